@@ -1,0 +1,1 @@
+"""Durable activities: one module per build phase, thin calls into imagebuilder."""

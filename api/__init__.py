@@ -1,0 +1,1 @@
+"""HTTP adapters: the ARM resource provider Microsoft.VirtualMachineImages, one blueprint per module."""

@@ -1,0 +1,1 @@
+"""The domain: template schema, pipeline planning, store and compute providers. Knows nothing of Functions."""

@@ -1,0 +1,1 @@
+"""Compute providers behind one seam (`base.ComputeProvider`): `local` and `azure`."""

@@ -1,0 +1,154 @@
+"""The ComputeProvider seam: the one interface between the build pipeline and where images are built.
+
+Two implementations: `providers.local` (a namespace sandbox, disk tooling and QEMU on one machine) and
+`providers.azure` (a build VM in the user's subscription). Activities call exactly one method each;
+orchestrators never see a provider, only the JSON messages of `imagebuilder.pipeline.messages`.
+
+Contract for every method:
+
+* **Idempotent.** Resource names derive from `BuildInput.run` (template, run id) and the step, never from
+  a clock or a random source, so a retried activity or a replay after a crash finds what the first
+  attempt made and does not make a second one.
+* **Permanent failures are returned**, as a result whose `status` is `"failed"` and whose `error`
+  (`ErrorInfo`) names the step, the exit code, the last lines of output and the log's URI.
+* **Transient failures are raised** as `TransientProviderError`; the orchestrator retries the activity
+  with `call_activity_with_retry`.
+* **Long-running work may return `Pending`** (the Azure provider does: it starts an ARM operation and
+  returns). The orchestrator waits `retry_after_seconds` on a durable timer and then calls
+  `poll(pending)`, which returns the method's final result or another `Pending`. The local provider
+  usually finishes in the call and returns the result itself.
+* **Logs** go to the `LogSink` given to the call, line by line as they are produced (the run's
+  `customization.log`). Secrets never reach a sink.
+
+Exceptions::
+
+    ProviderError                 base of everything a provider raises on purpose
+    ├── TransientProviderError    retry me (throttling, a lost connection, a busy resource)
+    └── ProviderConfigError       the provider cannot work here at all (a tool missing, no credentials)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Protocol
+
+from imagebuilder.pipeline.messages import (
+    BuildEnv,
+    BuildInput,
+    CaptureResult,
+    CleanupReport,
+    Pending,
+    PrepareResult,
+    ReplicationResult,
+    StepResult,
+)
+
+
+class ProviderError(Exception):
+    """Base of the errors a provider raises on purpose. `hint` says what the user can do."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message if hint is None else f"{message} ({hint})")
+        self.hint = hint
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying: the activity re-raises it so the orchestrator's retry policy applies."""
+
+
+class ProviderConfigError(ProviderError):
+    """The provider cannot run in this environment (missing tool, credentials, settings)."""
+
+
+class LogSink(Protocol):
+    """Where a step's output goes while it runs (the run's customization.log)."""
+
+    def write(self, text: str) -> None:
+        """Append text (one or more whole lines) to the log."""
+
+    @property
+    def uri(self) -> str:
+        """Where the whole log can be read."""
+
+
+class NullLog:
+    """A sink that drops everything (for calls with nothing worth logging)."""
+
+    uri = ""
+
+    def write(self, text: str) -> None:
+        return None
+
+
+class ComputeProvider(ABC):
+    """Builds one run of one template through the phases of ARCHITECTURE.md.
+
+    Call order for a run: `prepare` → `create_build_env` → `customize` (once per customizer, in
+    order) → `validate` → `generalize` → `capture` → `distribute` (once per target and region) →
+    `cleanup` (always, on every path, even when `create_build_env` never ran).
+    """
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def prepare(self, build: BuildInput, log: LogSink) -> PrepareResult | Pending:
+        """Resolve the source (`latest` → exact version) and fetch every `scriptUri`/`sourceUri` into
+        the run's staging area, checking `sha256Checksum`, before any build resource exists."""
+
+    @abstractmethod
+    def create_build_env(
+        self, build: BuildInput, prepared: PrepareResult, log: LogSink
+    ) -> BuildEnv | Pending:
+        """Create the transient build resources from the resolved source."""
+
+    @abstractmethod
+    def customize(self, build: BuildInput, env: BuildEnv, index: int, log: LogSink) -> StepResult | Pending:
+        """Run `properties.customize[index]` in the build environment."""
+
+    @abstractmethod
+    def validate(self, build: BuildInput, env: BuildEnv, log: LogSink) -> StepResult | Pending:
+        """Run `properties.validate.inVMValidations` against the customized (not yet generalized) image.
+        Returns `skipped` when the template has none."""
+
+    @abstractmethod
+    def generalize(self, build: BuildInput, env: BuildEnv, log: LogSink) -> StepResult | Pending:
+        """Deprovision (Linux) or sysprep (Windows) the build environment."""
+
+    @abstractmethod
+    def capture(self, build: BuildInput, env: BuildEnv, log: LogSink) -> CaptureResult | Pending:
+        """Capture the generalized build environment as an image the distributors can copy."""
+
+    @abstractmethod
+    def distribute(
+        self,
+        build: BuildInput,
+        captured: CaptureResult,
+        target_index: int,
+        region: str,
+        log: LogSink,
+    ) -> ReplicationResult | Pending:
+        """Publish the captured image as `properties.distribute[target_index]` in one region."""
+
+    @abstractmethod
+    def cleanup(self, build: BuildInput, *, keep: bool, log: LogSink) -> CleanupReport:
+        """Remove every transient resource of the run (found by its identity, not by a handle).
+        With `keep=True` (errorHandling `abort`) keep the build environment and say where it is."""
+
+    def poll(self, pending: Pending, log: LogSink) -> Any:
+        """Continue a long-running operation; returns the original method's result or a new `Pending`."""
+        raise NotImplementedError(f"provider {self.name!r} returns no Pending operations")
+
+
+def get_provider(name: str, **options: Any) -> ComputeProvider:
+    """The provider named by the app setting `IMAGEBUILDER_PROVIDER` (`local` or `azure`)."""
+    if name == "local":
+        from imagebuilder.providers.local.provider import LocalProvider
+
+        return LocalProvider(**options)
+    if name == "azure":
+        from imagebuilder.providers.azure.provider import AzureProvider
+
+        return AzureProvider(**options)
+    raise ProviderConfigError(
+        f"unknown provider {name!r}", hint="set IMAGEBUILDER_PROVIDER to local or azure"
+    )

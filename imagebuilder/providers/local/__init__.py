@@ -1,0 +1,1 @@
+"""The local provider: sandboxed customization, deprovision, disk capture, QEMU boot checks, local gallery."""

@@ -1,0 +1,1 @@
+"""Templates, runs, run outputs, triggers and logs on Azure Storage (Azurite locally)."""

@@ -1,0 +1,1 @@
+"""Durable orchestrations: deterministic generators, no I/O, no clock, no providers or store."""

@@ -1,0 +1,1 @@
+"""Timer, blob and queue trigger adapters (one blueprint per module)."""
