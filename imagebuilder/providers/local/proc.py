@@ -1,0 +1,250 @@
+"""The one subprocess choke point of the local provider: every external command goes through `run()`.
+
+`run(argv, *, log=None, timeout=None, input=None, env=None, cwd=None, check=True) -> Completed` logs the
+exact argv (``$ cmd args``) to the `LogSink`, streams the command's output to it line by line while it
+runs, kills the whole process group on timeout (or on any exception), and on failure raises an error that
+carries the command, its exit code and the tail of its output. Argv is data, never a shell string.
+
+Exceptions::
+
+    ProviderError (providers.base)
+    ├── CommandError             a command exited non-zero (argv, returncode, tail)
+    │   └── CommandTimeoutError  a command ran past its timeout; its process group was killed
+    └── ProviderConfigError
+        └── ToolMissingError     the program is not installed (hint: scripts/setup.sh)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from imagebuilder.providers.base import LogSink, ProviderConfigError, ProviderError
+
+TAIL_LINES = 25
+KILL_GRACE_SECONDS = 3.0
+
+__all__ = [
+    "CommandError",
+    "CommandTimeoutError",
+    "Completed",
+    "ToolMissingError",
+    "format_argv",
+    "require_tools",
+    "run",
+]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished command. `stdout`/`stderr` are decoded text (invalid UTF-8 replaced);
+    `stdout_bytes` keeps the raw bytes for binary output (e.g. ``debugfs -R 'cat …'``)."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+    stdout_bytes: bytes = field(default=b"", repr=False)
+
+    @property
+    def tail(self) -> list[str]:
+        """The last lines of the combined output (stdout then stderr)."""
+        return _tail(self.stdout, self.stderr)
+
+
+class CommandError(ProviderError):
+    """A command failed: names the command, its exit code and the last lines of its output."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        tail: list[str],
+        *,
+        duration: float = 0.0,
+        what: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.tail = tail
+        self.duration = duration
+        head = what or f"command failed with exit code {returncode}"
+        text = f"{head}: {format_argv(argv)}"
+        if tail:
+            text += "\n" + "\n".join(f"  | {line}" for line in tail)
+        super().__init__(text, hint=hint)
+
+
+class CommandTimeoutError(CommandError):
+    """A command ran longer than its timeout; its whole process group was killed."""
+
+
+class ToolMissingError(ProviderConfigError):
+    """A program the local provider needs is not installed."""
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    """The argv as one copy-pasteable shell line (for logs and errors only, never executed)."""
+    return shlex.join(str(a) for a in argv)
+
+
+def require_tools(*names: str) -> None:
+    """Raise `ToolMissingError` naming every program in `names` that is not on PATH."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise ToolMissingError(
+            f"the local provider needs {', '.join(missing)}, not found on PATH",
+            hint="run scripts/setup.sh as root to install the Debian packages it lists",
+        )
+
+
+def _tail(stdout: str, stderr: str, n: int = TAIL_LINES) -> list[str]:
+    lines = [ln for ln in (stdout.splitlines() + stderr.splitlines()) if ln.strip()]
+    return lines[-n:]
+
+
+def _pump(
+    stream: IO[bytes], sink: list[bytes], log: LogSink | None, prefix: str, redact: Sequence[str]
+) -> None:
+    for chunk in iter(stream.readline, b""):
+        sink.append(chunk)
+        if log is not None:
+            text = chunk.decode("utf-8", "replace").rstrip("\n")
+            log.write(f"{prefix}{_redact(text, redact)}\n")
+    stream.close()
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            # The leader is gone; make sure no member of its group survives it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    log: LogSink | None = None,
+    timeout: float | None = None,
+    input: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    check: bool = True,
+    echo_output: bool = True,
+    redact: Sequence[str] = (),
+) -> Completed:
+    """Run `argv` (a list, never a shell string) and wait for it.
+
+    - `log`: the exact argv is written as ``$ …``, then every output line as it arrives (unless
+      `echo_output=False`, for binary or bulky output); strings in `redact` are masked in the log.
+    - `timeout` (seconds): on expiry the command's whole process group is killed (SIGTERM, then
+      SIGKILL) and `CommandTimeoutError` is raised (even with `check=False`).
+    - `input`: bytes or text fed to stdin (stdin is /dev/null otherwise).
+    - `env`: entries added to (overriding) the current environment; use ``env -i`` in argv for a clean one.
+    - `check`: raise `CommandError` on a non-zero exit; with `check=False` the caller reads `returncode`.
+    """
+    args = [str(a) for a in argv]
+    if not args:
+        raise ValueError("run() needs a non-empty argv")
+    if log is not None:
+        log.write(f"$ {_redact(format_argv(args), redact)}\n")
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    data = input.encode() if isinstance(input, str) else input
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissingError(
+            f"cannot run {format_argv(args)}: {args[0]} is not installed",
+            hint="run scripts/setup.sh as root to install the Debian packages it lists",
+        ) from exc
+    out: list[bytes] = []
+    err: list[bytes] = []
+    pump_log = log if echo_output else None
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, out, pump_log, "", redact), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, err, pump_log, "", redact), daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    timed_out = False
+    try:
+        if data is not None:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(data)
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        for t in pumps:
+            # A daemon that escaped the process group may hold the pipes open: do not wait forever.
+            t.join(timeout=5.0)
+    duration = time.monotonic() - start
+    stdout_bytes = b"".join(out)
+    stdout = stdout_bytes.decode("utf-8", "replace")
+    stderr = b"".join(err).decode("utf-8", "replace")
+    done = Completed(args, proc.returncode, stdout, stderr, duration, stdout_bytes)
+    tail = [_redact(line, redact) for line in done.tail]
+    shown = [_redact(a, redact) for a in args]
+    if timed_out:
+        if log is not None:
+            log.write(f"! timed out after {timeout} s, process group killed: {args[0]}\n")
+        raise CommandTimeoutError(
+            shown,
+            proc.returncode,
+            tail,
+            duration=duration,
+            what=f"command timed out after {timeout} s (process group killed)",
+        )
+    if check and proc.returncode != 0:
+        if log is not None:
+            log.write(f"! exit code {proc.returncode}: {args[0]}\n")
+        raise CommandError(shown, proc.returncode, tail, duration=duration)
+    return done
