@@ -1,0 +1,1060 @@
+"""Frozen pydantic models of the AIB image template schema (2025-10-01, a superset of older versions).
+
+Field names are snake_case; aliases are ARM's camelCase, so `model_dump(by_alias=True, exclude_none=True,
+mode="json")` gives ARM JSON back. Rules the spec states only in prose are model validators raising
+`RuleViolation`, which `parsing` turns into `TemplateError`s naming the JSON path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from imagebuilder.template import errors as E
+
+DEFAULT_BUILD_TIMEOUT_MINUTES = 240
+MAX_BUILD_TIMEOUT_MINUTES = 960
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_PIR_VERSION = re.compile(r"^(latest|\d+(\.\d+){0,3})$", re.IGNORECASE)
+_WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
+_GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+_RG_ID = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[A-Za-z0-9_\-.()]{1,90}$", re.IGNORECASE)
+_MSI_ID = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ManagedIdentity"
+    r"/userAssignedIdentities/[^/]+$",
+    re.IGNORECASE,
+)
+# Lenient on purpose (the spec's own examples say ".../gallery/<g>/images/<i>"): the provider resolves it.
+_GALLERY_IMAGE_ID = re.compile(
+    r"^(?P<image>/subscriptions/[^/]+/.+/images/[^/]+)(/versions/(?P<version>[^/]+))?$", re.IGNORECASE
+)
+_VERSION_ID = re.compile(r"/versions/(?P<version>[^/]+)$", re.IGNORECASE)
+
+
+class Issue(NamedTuple):
+    """One broken rule: `field` is the JSON path relative to the model that found it ("" = the model)."""
+
+    code: str
+    message: str
+    field: str = ""
+
+
+class RuleViolation(ValueError):
+    """Raised by model validators; carries every broken rule of one model (pydantic keeps it in ctx)."""
+
+    def __init__(self, issues: list[Issue]) -> None:
+        super().__init__("; ".join(i.message for i in issues))
+        self.issues = issues
+
+
+def _raise(issues: list[Issue]) -> None:
+    if issues:
+        raise RuleViolation(issues)
+
+
+class ArmModel(BaseModel):
+    """Base of every schema model: frozen, camelCase aliases, strict JSON types, unknown members rejected."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="forbid",
+        strict=True,
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """ARM JSON (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _check_uri(value: str | None, field: str, code: str = E.INVALID_PARAMETER) -> list[Issue]:
+    if value is None:
+        return []
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return [Issue(code, f"'{field}' must be an absolute http(s) URI, got {value!r}.", field)]
+    return []
+
+
+def _check_sha(value: str) -> str:
+    if value == "":
+        return value
+    if not _SHA256.match(value):
+        raise RuleViolation(
+            [
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "sha256Checksum must be 64 hexadecimal characters (the SHA-256 of the file).",
+                )
+            ]
+        )
+    return value.lower()
+
+
+Sha256 = Annotated[str, AfterValidator(_check_sha)]
+
+
+def _check_script(
+    script_uri: str | None, inline: list[str] | None, no_script_code: str, kind: str
+) -> list[Issue]:
+    has_uri = bool(script_uri)
+    has_inline = bool(inline)
+    if has_uri and has_inline:
+        return [
+            Issue(
+                E.INVALID_PARAMETER,
+                f"A {kind} takes exactly one of 'scriptUri' or 'inline', not both: remove one of them.",
+                "inline",
+            )
+        ]
+    if not has_uri and not has_inline:
+        return [
+            Issue(
+                no_script_code,
+                f"A {kind} needs a script: give exactly one of 'scriptUri' (a URI) or 'inline' "
+                "(a list of commands).",
+                "scriptUri",
+            )
+        ]
+    issues = _check_uri(script_uri, "scriptUri")
+    if inline is not None:
+        for i, line in enumerate(inline):
+            if "\x00" in line:
+                issues.append(
+                    Issue(E.INVALID_PARAMETER, "Inline commands cannot contain NUL.", f"inline[{i}]")
+                )
+    return issues
+
+
+def _check_destination(destination: str) -> list[Issue]:
+    if destination == "":
+        return [Issue(E.INVALID_PARAMETER, "'destination' must not be empty.", "destination")]
+    if "\x00" in destination:
+        return [Issue(E.INVALID_PARAMETER, "'destination' cannot contain NUL.", "destination")]
+    if not (destination.startswith("/") or _WINDOWS_ABS.match(destination)):
+        return [
+            Issue(
+                E.INVALID_PARAMETER,
+                f"'destination' must be an absolute path (Linux: starting with '/', Windows: a drive letter "
+                f"such as 'C:\\\\'), got {destination!r}.",
+                "destination",
+            )
+        ]
+    if ".." in re.split(r"[\\/]", destination):
+        return [
+            Issue(
+                E.INVALID_PARAMETER,
+                f"'destination' must not contain '..' components, got {destination!r}.",
+                "destination",
+            )
+        ]
+    return []
+
+
+def _nonempty(value: str, field: str, code: str) -> list[Issue]:
+    if value.strip() == "":
+        return [Issue(code, f"'{field}' must not be empty.", field)]
+    return []
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+class PlatformImagePurchasePlan(ArmModel):
+    """Purchase plan of a Marketplace image."""
+
+    plan_name: str
+    plan_product: str
+    plan_publisher: str
+
+
+class PlatformImageSource(ArmModel):
+    """A Marketplace (PIR) image: publisher/offer/sku/version; version may be 'latest'."""
+
+    type: Literal["PlatformImage"]
+    publisher: str
+    offer: str
+    sku: str
+    version: str
+    plan_info: PlatformImagePurchasePlan | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> PlatformImageSource:
+        issues: list[Issue] = []
+        for f in ("publisher", "offer", "sku", "version"):
+            issues += _nonempty(getattr(self, f), f, E.BAD_PIR_SOURCE)
+        if not issues and not _PIR_VERSION.match(self.version):
+            issues.append(
+                Issue(
+                    E.BAD_PIR_SOURCE,
+                    f"'version' must be 'latest' or a version like '22.04.202401010', got {self.version!r}.",
+                    "version",
+                )
+            )
+        _raise(issues)
+        return self
+
+    @property
+    def is_latest(self) -> bool:
+        return self.version.lower() == "latest"
+
+    @property
+    def urn(self) -> str:
+        return f"{self.publisher}:{self.offer}:{self.sku}:{self.version}"
+
+
+class ManagedImageSource(ArmModel):
+    """A managed image in the user's subscription."""
+
+    type: Literal["ManagedImage"]
+    image_id: str
+
+    @model_validator(mode="after")
+    def _rules(self) -> ManagedImageSource:
+        _raise(_nonempty(self.image_id, "imageId", E.BAD_MANAGED_IMAGE_SOURCE))
+        return self
+
+
+class SharedImageVersionSource(ArmModel):
+    """An image version in an Azure Compute Gallery (or direct shared gallery); version may be 'latest'."""
+
+    type: Literal["SharedImageVersion"]
+    image_version_id: str
+
+    @model_validator(mode="after")
+    def _rules(self) -> SharedImageVersionSource:
+        if not _VERSION_ID.search(self.image_version_id):
+            _raise(
+                [
+                    Issue(
+                        E.BAD_SHARED_IMAGE_VERSION_SOURCE,
+                        "'imageVersionId' must be the resource id of an image version, ending in "
+                        f"'/versions/<version>' (or '/versions/latest'), got {self.image_version_id!r}.",
+                        "imageVersionId",
+                    )
+                ]
+            )
+        return self
+
+    @property
+    def version(self) -> str:
+        m = _VERSION_ID.search(self.image_version_id)
+        return m.group("version") if m else ""
+
+    @property
+    def is_latest(self) -> bool:
+        return self.version.lower() == "latest"
+
+
+ImageTemplateSource = Annotated[
+    PlatformImageSource | ManagedImageSource | SharedImageVersionSource, Field(discriminator="type")
+]
+SOURCE_TYPES = ("PlatformImage", "ManagedImage", "SharedImageVersion")
+
+# ------------------------------------------------------------------------------------------ customizers
+
+
+class _Step(ArmModel):
+    name: str | None = None
+
+
+class ShellCustomizer(_Step):
+    """Runs a shell script (Linux): exactly one of scriptUri / inline."""
+
+    type: Literal["Shell"]
+    script_uri: str | None = None
+    sha256_checksum: Sha256 | None = None
+    inline: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ShellCustomizer:
+        _raise(_check_script(self.script_uri, self.inline, E.NO_CUSTOMIZER_SCRIPT, "Shell customizer"))
+        return self
+
+
+class PowerShellCustomizer(_Step):
+    """Runs PowerShell (Windows): exactly one of scriptUri / inline; runAsSystem needs runElevated."""
+
+    type: Literal["PowerShell"]
+    script_uri: str | None = None
+    sha256_checksum: Sha256 | None = None
+    inline: list[str] | None = None
+    run_elevated: bool | None = None
+    run_as_system: bool | None = None
+    valid_exit_codes: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> PowerShellCustomizer:
+        issues = _check_script(self.script_uri, self.inline, E.NO_CUSTOMIZER_SCRIPT, "PowerShell customizer")
+        issues += _check_elevation(self.run_elevated, self.run_as_system)
+        _raise(issues)
+        return self
+
+
+def _check_elevation(run_elevated: bool | None, run_as_system: bool | None) -> list[Issue]:
+    if run_as_system and not run_elevated:
+        return [
+            Issue(
+                E.INVALID_PARAMETER,
+                "'runAsSystem' can only be true when 'runElevated' is true: set runElevated to true.",
+                "runAsSystem",
+            )
+        ]
+    return []
+
+
+class WindowsRestartCustomizer(_Step):
+    """Reboots the Windows build VM and waits for it."""
+
+    type: Literal["WindowsRestart"]
+    restart_command: str | None = None
+    restart_check_command: str | None = None
+    restart_timeout: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> WindowsRestartCustomizer:
+        if self.restart_timeout and not _GO_DURATION.match(self.restart_timeout):
+            _raise(
+                [
+                    Issue(
+                        E.INVALID_PARAMETER,
+                        "'restartTimeout' must be a duration such as '5m' or '2h', "
+                        f"got {self.restart_timeout!r}.",
+                        "restartTimeout",
+                    )
+                ]
+            )
+        return self
+
+
+class WindowsUpdateCustomizer(_Step):
+    """Installs Windows updates."""
+
+    type: Literal["WindowsUpdate"]
+    search_criteria: str | None = None
+    filters: list[str] | None = None
+    update_limit: Annotated[int, Field(ge=0)] | None = None
+
+
+class FileCustomizer(_Step):
+    """Copies one file (sourceUri) to an absolute destination path in the image."""
+
+    type: Literal["File"]
+    source_uri: str | None = None
+    sha256_checksum: Sha256 | None = None
+    destination: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> FileCustomizer:
+        _raise(_check_file(self.source_uri, self.destination, E.NO_CUSTOMIZER_SCRIPT, "File customizer"))
+        return self
+
+
+def _check_file(
+    source_uri: str | None, destination: str | None, no_script_code: str, kind: str
+) -> list[Issue]:
+    issues: list[Issue] = []
+    if not source_uri:
+        issues.append(
+            Issue(no_script_code, f"A {kind} needs 'sourceUri': the URI of the file to copy.", "sourceUri")
+        )
+    else:
+        issues += _check_uri(source_uri, "sourceUri")
+    if destination is None:
+        issues.append(
+            Issue(
+                E.MISSING_REQUIRED_PROPERTY,
+                f"A {kind} needs 'destination': the absolute path of the file in the image.",
+                "destination",
+            )
+        )
+    else:
+        issues += _check_destination(destination)
+    return issues
+
+
+ImageTemplateCustomizer = Annotated[
+    ShellCustomizer
+    | PowerShellCustomizer
+    | WindowsRestartCustomizer
+    | WindowsUpdateCustomizer
+    | FileCustomizer,
+    Field(discriminator="type"),
+]
+CUSTOMIZER_TYPES = ("Shell", "PowerShell", "WindowsRestart", "WindowsUpdate", "File")
+
+# ------------------------------------------------------------------------------------------- validators
+
+
+class ShellValidator(_Step):
+    """Runs a shell script on the image during validation (Linux)."""
+
+    type: Literal["Shell"]
+    script_uri: str | None = None
+    sha256_checksum: Sha256 | None = None
+    inline: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ShellValidator:
+        _raise(_check_script(self.script_uri, self.inline, E.NO_VALIDATOR_SCRIPT, "Shell validator"))
+        return self
+
+
+class PowerShellValidator(_Step):
+    """Runs PowerShell on the image during validation (Windows)."""
+
+    type: Literal["PowerShell"]
+    script_uri: str | None = None
+    sha256_checksum: Sha256 | None = None
+    inline: list[str] | None = None
+    run_elevated: bool | None = None
+    run_as_system: bool | None = None
+    valid_exit_codes: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> PowerShellValidator:
+        issues = _check_script(self.script_uri, self.inline, E.NO_VALIDATOR_SCRIPT, "PowerShell validator")
+        issues += _check_elevation(self.run_elevated, self.run_as_system)
+        _raise(issues)
+        return self
+
+
+class FileValidator(_Step):
+    """Copies a file needed by later validators."""
+
+    type: Literal["File"]
+    source_uri: str | None = None
+    sha256_checksum: Sha256 | None = None
+    destination: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> FileValidator:
+        _raise(_check_file(self.source_uri, self.destination, E.NO_VALIDATOR_SCRIPT, "File validator"))
+        return self
+
+
+ImageTemplateInVMValidator = Annotated[
+    ShellValidator | PowerShellValidator | FileValidator, Field(discriminator="type")
+]
+VALIDATOR_TYPES = ("Shell", "PowerShell", "File")
+
+# ----------------------------------------------------------------------------------------- distributors
+
+StorageAccountType = Literal["Standard_LRS", "Standard_ZRS", "Premium_LRS"]
+
+
+class TargetRegion(ArmModel):
+    """A region an image version is replicated to."""
+
+    name: str
+    replica_count: Annotated[int, Field(ge=1)] | None = None
+    storage_account_type: StorageAccountType | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> TargetRegion:
+        _raise(_nonempty(self.name, "name", E.INVALID_PARAMETER))
+        return self
+
+
+class DistributeVersionerLatest(ArmModel):
+    """New version = latest existing version (within `major`, -1 = any) with patch + 1."""
+
+    scheme: Literal["Latest"]
+    major: Annotated[int, Field(ge=-1)] | None = None
+
+
+class DistributeVersionerSource(ArmModel):
+    """New version = the source image's version."""
+
+    scheme: Literal["Source"]
+
+
+DistributeVersioner = Annotated[
+    DistributeVersionerLatest | DistributeVersionerSource, Field(discriminator="scheme")
+]
+
+
+class _Distributor(ArmModel):
+    run_output_name: str
+    artifact_tags: dict[str, str] | None = None
+
+    @field_validator("run_output_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise RuleViolation(
+                [
+                    Issue(
+                        E.INVALID_PARAMETER,
+                        "'runOutputName' must match ^[A-Za-z0-9-_.]{1,64}$ (letters, digits, '-', '_', '.'; "
+                        f"at most 64), got {value!r}.",
+                    )
+                ]
+            )
+        return value
+
+
+class ManagedImageDistributor(_Distributor):
+    """Distribute as a managed image."""
+
+    type: Literal["ManagedImage"]
+    image_id: str
+    location: str
+
+    @model_validator(mode="after")
+    def _rules(self) -> ManagedImageDistributor:
+        _raise(
+            _nonempty(self.image_id, "imageId", E.INVALID_PARAMETER)
+            + _nonempty(self.location, "location", E.INVALID_PARAMETER)
+        )
+        return self
+
+
+class SharedImageDistributor(_Distributor):
+    """Distribute to an Azure Compute Gallery image (definition id, or a version id to pin the version).
+
+    Deprecated `replicationRegions` (+ `storageAccountType`) are kept as given; `effective_target_regions`
+    is the normalized view (each region once, replicaCount 1, that storage account type).
+    """
+
+    type: Literal["SharedImage"]
+    gallery_image_id: str
+    replication_regions: list[str] | None = None
+    exclude_from_latest: bool | None = None
+    storage_account_type: StorageAccountType | None = None
+    target_regions: list[TargetRegion] | None = None
+    versioning: DistributeVersioner | None = None
+    replication_mode: Literal["Full", "Shallow"] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> SharedImageDistributor:
+        issues: list[Issue] = []
+        m = _GALLERY_IMAGE_ID.match(self.gallery_image_id)
+        if not m:
+            issues.append(
+                Issue(
+                    E.BAD_SHARED_IMAGE_DISTRIBUTE,
+                    "'galleryImageId' must be the resource id of a gallery image definition "
+                    "(/subscriptions/…/providers/Microsoft.Compute/galleries/<g>/images/<i>), optionally "
+                    f"followed by /versions/<x.y.z>; got {self.gallery_image_id!r}.",
+                    "galleryImageId",
+                )
+            )
+        elif m.group("version") is not None and self.versioning is not None:
+            issues.append(
+                Issue(
+                    E.BAD_SHARED_IMAGE_DISTRIBUTE,
+                    "Give the version either in 'galleryImageId' (…/versions/x.y.z) or with 'versioning', "
+                    "not both.",
+                    "versioning",
+                )
+            )
+        if self.target_regions is not None and self.replication_regions is not None:
+            issues.append(
+                Issue(
+                    E.BAD_SHARED_IMAGE_DISTRIBUTE,
+                    "'targetRegions' and the deprecated 'replicationRegions' cannot both be given: "
+                    "use targetRegions only.",
+                    "replicationRegions",
+                )
+            )
+        if self.storage_account_type is not None and self.replication_regions is None:
+            issues.append(
+                Issue(
+                    E.BAD_SHARED_IMAGE_DISTRIBUTE,
+                    "The deprecated 'storageAccountType' can only be given with 'replicationRegions': "
+                    "use targetRegions[].storageAccountType instead.",
+                    "storageAccountType",
+                )
+            )
+        names = [r.lower().replace(" ", "") for r in self.replication_regions or []]
+        names += [t.name.lower().replace(" ", "") for t in self.target_regions or []]
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                field = "targetRegions" if self.target_regions is not None else "replicationRegions"
+                issues.append(Issue(E.BAD_SHARED_IMAGE_DISTRIBUTE, f"Region {n!r} is listed twice.", field))
+                break
+            seen.add(n)
+        _raise(issues)
+        return self
+
+    @property
+    def gallery_image_definition_id(self) -> str:
+        """`galleryImageId` without any `/versions/x` suffix."""
+        m = _GALLERY_IMAGE_ID.match(self.gallery_image_id)
+        return m.group("image") if m else self.gallery_image_id
+
+    @property
+    def pinned_version(self) -> str | None:
+        """The version given in `galleryImageId` (…/versions/1.2.3), if any."""
+        m = _GALLERY_IMAGE_ID.match(self.gallery_image_id)
+        return m.group("version") if m else None
+
+    def effective_target_regions(self, default_location: str) -> list[TargetRegion]:
+        """targetRegions, or the deprecated replicationRegions normalized, or the template's location."""
+        if self.target_regions:
+            return list(self.target_regions)
+        if self.replication_regions:
+            return [
+                TargetRegion(
+                    name=r, replica_count=1, storage_account_type=self.storage_account_type or "Standard_LRS"
+                )
+                for r in self.replication_regions
+            ]
+        return [TargetRegion(name=default_location, replica_count=1, storage_account_type="Standard_LRS")]
+
+
+class VhdDistributor(_Distributor):
+    """Distribute as a VHD blob (at `uri`, or in the staging storage account)."""
+
+    type: Literal["VHD"]
+    uri: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> VhdDistributor:
+        if self.uri:
+            _raise(_check_uri(self.uri, "uri"))
+        return self
+
+
+ImageTemplateDistributor = Annotated[
+    ManagedImageDistributor | SharedImageDistributor | VhdDistributor, Field(discriminator="type")
+]
+DISTRIBUTOR_TYPES = ("ManagedImage", "SharedImage", "VHD")
+
+# ------------------------------------------------------------------------------------ other properties
+
+
+class VirtualNetworkConfig(ArmModel):
+    """Subnet of the build VM; containerInstanceSubnetId for isolated builds (then no proxy VM)."""
+
+    subnet_id: str | None = None
+    container_instance_subnet_id: str | None = None
+    proxy_vm_size: str | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> VirtualNetworkConfig:
+        issues: list[Issue] = []
+        if self.container_instance_subnet_id and not self.subnet_id:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "'containerInstanceSubnetId' may only be given together with 'subnetId' (on the same "
+                    "virtual network).",
+                    "containerInstanceSubnetId",
+                )
+            )
+        if self.proxy_vm_size and self.container_instance_subnet_id:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "'proxyVmSize' must not be given with 'containerInstanceSubnetId': no proxy VM is "
+                    "deployed for isolated builds.",
+                    "proxyVmSize",
+                )
+            )
+        elif self.proxy_vm_size and not self.subnet_id:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "'proxyVmSize' only applies with 'subnetId' (the proxy passes traffic into that subnet).",
+                    "proxyVmSize",
+                )
+            )
+        _raise(issues)
+        return self
+
+
+class ImageTemplateVmProfile(ArmModel):
+    """The build/validation VM: size, OS disk size, extra identities, network."""
+
+    vm_size: str | None = None
+    os_disk_size_gb: Annotated[int, Field(ge=0)] | None = Field(default=None, alias="osDiskSizeGB")
+    user_assigned_identities: list[str] | None = None
+    vnet_config: VirtualNetworkConfig | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ImageTemplateVmProfile:
+        issues = [
+            Issue(
+                E.INVALID_PARAMETER,
+                f"Expected the resource id of a user-assigned managed identity, got {i!r}.",
+                f"userAssignedIdentities[{n}]",
+            )
+            for n, i in enumerate(self.user_assigned_identities or [])
+            if not _MSI_ID.match(i)
+        ]
+        _raise(issues)
+        return self
+
+
+class OptimizeVmBoot(ArmModel):
+    state: Literal["Enabled", "Disabled"] | None = None
+
+
+class OptimizeWorkload(ArmModel):
+    state: Literal["Enabled", "Disabled"] | None = None
+    script_uri: str | None = None
+    sha256_checksum: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> OptimizeWorkload:
+        _raise(_check_uri(self.script_uri, "scriptUri"))
+        return self
+
+
+class ImageTemplateOptimize(ArmModel):
+    """Optimizations applied to the image (faster VM boot, workload script)."""
+
+    vm_boot: OptimizeVmBoot | None = None
+    workload: OptimizeWorkload | None = None
+
+
+class ImageTemplateValidate(ArmModel):
+    """In-VM validation of the result (or of the source only)."""
+
+    continue_distribute_on_failure: bool | None = None
+    source_validation_only: bool | None = None
+    in_vm_validations: list[ImageTemplateInVMValidator] | None = Field(default=None, alias="inVMValidations")
+
+
+OnBuildError = Literal["cleanup", "abort"]
+
+
+class ImageTemplateErrorHandling(ArmModel):
+    """What happens to the build VM when a customizer / validator fails (cleanup is the default)."""
+
+    on_customizer_error: OnBuildError | None = None
+    on_validation_error: OnBuildError | None = None
+
+
+class ImageTemplateAutoRun(ArmModel):
+    """Build automatically on create/update."""
+
+    state: Literal["Enabled", "Disabled"] | None = None
+
+
+class DataDisk(ArmModel):
+    """An extra data disk added to the image."""
+
+    size_gb: Annotated[int, Field(ge=0)] | None = Field(default=None, alias="sizeGB")
+
+
+class ImageTemplateProperties(ArmModel):
+    """`properties` of an image template (read-only fields are not modelled: they are server-side state)."""
+
+    source: ImageTemplateSource
+    customize: list[ImageTemplateCustomizer] | None = None
+    optimize: ImageTemplateOptimize | None = None
+    validate_: ImageTemplateValidate | None = Field(default=None, alias="validate")
+    distribute: list[ImageTemplateDistributor]
+    error_handling: ImageTemplateErrorHandling | None = None
+    build_timeout_in_minutes: Annotated[int, Field(ge=0, le=MAX_BUILD_TIMEOUT_MINUTES)] | None = None
+    vm_profile: ImageTemplateVmProfile | None = None
+    additional_data_disks: list[DataDisk] | None = None
+    staging_resource_group: str | None = None
+    auto_run: ImageTemplateAutoRun | None = None
+    managed_resource_tags: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ImageTemplateProperties:
+        issues: list[Issue] = []
+        if not self.distribute:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "'distribute' must list at least one target (ManagedImage, SharedImage or VHD).",
+                    "distribute",
+                )
+            )
+        seen: dict[str, int] = {}
+        for i, d in enumerate(self.distribute):
+            key = d.run_output_name.lower()
+            if key in seen:
+                issues.append(
+                    Issue(
+                        E.INVALID_PARAMETER,
+                        f"runOutputName {d.run_output_name!r} is used by distribute[{seen[key]}] too: "
+                        "every distribute target needs its own runOutputName.",
+                        f"distribute[{i}].runOutputName",
+                    )
+                )
+            else:
+                seen[key] = i
+        if self.staging_resource_group and not _RG_ID.match(self.staging_resource_group):
+            issues.append(
+                Issue(
+                    E.BAD_STAGING_RESOURCE_GROUP,
+                    "'stagingResourceGroup' must be a resource group id "
+                    f"(/subscriptions/<id>/resourceGroups/<name>), got {self.staging_resource_group!r}.",
+                    "stagingResourceGroup",
+                )
+            )
+        _raise(issues)
+        return self
+
+    @property
+    def effective_build_timeout_minutes(self) -> int:
+        """buildTimeoutInMinutes, where omitted or 0 means the default of 240 (4 hours)."""
+        return self.build_timeout_in_minutes or DEFAULT_BUILD_TIMEOUT_MINUTES
+
+    @property
+    def customizers(self) -> list[Any]:
+        return list(self.customize or [])
+
+    @property
+    def validators(self) -> list[Any]:
+        return list(self.validate_.in_vm_validations or []) if self.validate_ else []
+
+
+class UserAssignedIdentity(ArmModel):
+    """Value of a userAssignedIdentities entry: `{}` in requests (principalId/clientId are read-only)."""
+
+
+class ImageTemplateIdentity(ArmModel):
+    """The template's identity: UserAssigned with exactly one identity, or None (removes it)."""
+
+    type: Literal["UserAssigned", "None"]
+    user_assigned_identities: dict[str, UserAssignedIdentity] | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ImageTemplateIdentity:
+        ids = self.user_assigned_identities or {}
+        issues: list[Issue] = []
+        if self.type == "UserAssigned":
+            if len(ids) != 1:
+                issues.append(
+                    Issue(
+                        E.INVALID_PARAMETER,
+                        f"Image Builder supports exactly one user-assigned identity, got {len(ids)}: "
+                        "list one identity resource id in 'userAssignedIdentities'.",
+                        "userAssignedIdentities",
+                    )
+                )
+            for key in ids:
+                if not _MSI_ID.match(key):
+                    issues.append(
+                        Issue(
+                            E.INVALID_PARAMETER,
+                            f"Expected the resource id of a user-assigned managed identity, got {key!r}.",
+                            "userAssignedIdentities",
+                        )
+                    )
+        elif ids:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "Identity type 'None' takes no 'userAssignedIdentities'.",
+                    "userAssignedIdentities",
+                )
+            )
+        _raise(issues)
+        return self
+
+
+IDENTITY_REQUIRED_SINCE = "2020-02-14"
+
+
+class ImageTemplate(ArmModel):
+    """An image template as the user gave it (PUT body, read-only fields dropped)."""
+
+    location: str
+    tags: dict[str, str] | None = None
+    identity: ImageTemplateIdentity | None = None
+    properties: ImageTemplateProperties
+
+    @model_validator(mode="after")
+    def _rules(self, info: ValidationInfo) -> ImageTemplate:
+        issues = _nonempty(self.location, "location", E.LOCATION_REQUIRED)
+        api_version = (info.context or {}).get("api_version") if isinstance(info.context, dict) else None
+        if self.identity is None and api_version is not None and api_version >= IDENTITY_REQUIRED_SINCE:
+            issues.append(
+                Issue(
+                    E.MISSING_REQUIRED_PROPERTY,
+                    "'identity' is required: give a user-assigned managed identity "
+                    '({"type": "UserAssigned", "userAssignedIdentities": {"<identity resource id>": {}}}).',
+                    "identity",
+                )
+            )
+        _raise(issues)
+        return self
+
+    def to_arm(self) -> dict[str, Any]:
+        """The body as ARM returns it, without read-only fields (id, name, type, state are the API's)."""
+        return self.to_json()
+
+
+# ------------------------------------------------------------------------------------------- PATCH body
+
+
+class ImageTemplateUpdateProperties(ArmModel):
+    """The only template properties PATCH may change."""
+
+    distribute: list[ImageTemplateDistributor] | None = None
+    vm_profile: ImageTemplateVmProfile | None = None
+
+
+class ImageTemplateUpdate(ArmModel):
+    """A PATCH body: tags, identity, properties.vmProfile, properties.distribute."""
+
+    identity: ImageTemplateIdentity | None = None
+    tags: dict[str, str] | None = None
+    properties: ImageTemplateUpdateProperties | None = None
+
+
+# --------------------------------------------------------------------------------------------- triggers
+
+_CRON_FIELD = re.compile(
+    r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/\d+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/\d+)?)*$"
+)
+_TIME_ZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
+
+
+def _check_ncrontab(expr: str) -> list[Issue]:
+    fields = expr.split()
+    if len(fields) != 6 or not all(_CRON_FIELD.match(f) for f in fields):
+        return [
+            Issue(
+                E.INVALID_PARAMETER,
+                "'schedule' must be an NCRONTAB expression of 6 fields "
+                "({second} {minute} {hour} {day} {month} {day-of-week}), e.g. '0 0 3 * * *'; "
+                f"got {expr!r}.",
+                "schedule",
+            )
+        ]
+    return []
+
+
+class SourceImageTriggerProperties(ArmModel):
+    """AIB's trigger: build when a new version of the (latest) source image appears."""
+
+    kind: Literal["SourceImage"]
+
+
+class ScheduleTriggerProperties(ArmModel):
+    """Our extension: build on an NCRONTAB schedule, optionally only when the inputs changed."""
+
+    kind: Literal["Schedule"]
+    schedule: str
+    time_zone: str | None = None
+    only_when_inputs_changed: bool | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> ScheduleTriggerProperties:
+        issues = _check_ncrontab(self.schedule)
+        if self.time_zone is not None and not _TIME_ZONE.match(self.time_zone):
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "'timeZone' must be an IANA time zone name such as 'UTC' or 'Europe/Paris', "
+                    f"got {self.time_zone!r}.",
+                    "timeZone",
+                )
+            )
+        _raise(issues)
+        return self
+
+
+TriggerProperties = Annotated[
+    SourceImageTriggerProperties | ScheduleTriggerProperties, Field(discriminator="kind")
+]
+TRIGGER_KINDS = ("SourceImage", "Schedule")
+
+
+class TriggerResource(ArmModel):
+    """A trigger PUT body (read-only status/provisioningState dropped)."""
+
+    properties: TriggerProperties
+
+    def to_arm(self) -> dict[str, Any]:
+        return self.to_json()
+
+
+# ----------------------------------------------------------------------------- response-only models
+
+ProvisioningState = Literal["Creating", "Updating", "Succeeded", "Failed", "Deleting", "Canceled"]
+RunState = Literal["Running", "Canceling", "Succeeded", "PartiallySucceeded", "Failed", "Canceled"]
+RunSubState = Literal["Queued", "Building", "Customizing", "Optimizing", "Validating", "Distributing"]
+ProvisioningErrorCode = Literal[
+    "BadSourceType",
+    "BadPIRSource",
+    "BadManagedImageSource",
+    "BadSharedImageVersionSource",
+    "BadCustomizerType",
+    "UnsupportedCustomizerType",
+    "NoCustomizerScript",
+    "BadValidatorType",
+    "UnsupportedValidatorType",
+    "NoValidatorScript",
+    "BadDistributeType",
+    "BadSharedImageDistribute",
+    "BadStagingResourceGroup",
+    "ServerError",
+    "Other",
+]
+
+
+class _Response(ArmModel):
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+
+class ImageTemplateLastRunStatus(_Response):
+    """`properties.lastRunStatus`: state of the run in progress or the last one."""
+
+    start_time: str | None = None
+    end_time: str | None = None
+    run_state: RunState | None = None
+    run_sub_state: RunSubState | None = None
+    message: str | None = None
+
+
+class ProvisioningError(_Response):
+    """`properties.provisioningError`."""
+
+    provisioning_error_code: str | None = None
+    message: str | None = None
+
+
+class RunOutputProperties(_Response):
+    """What a distribute target produced."""
+
+    artifact_id: str | None = None
+    artifact_uri: str | None = None
+    provisioning_state: ProvisioningState | None = None
+
+
+class RunOutput(_Response):
+    """A run output resource (GET …/runOutputs/{name})."""
+
+    id: str | None = None
+    name: str | None = None
+    type: str | None = "Microsoft.VirtualMachineImages/imageTemplates/runOutputs"
+    properties: RunOutputProperties | None = None
+
+
+class TriggerStatus(_Response):
+    """`properties.status` of a trigger."""
+
+    code: str | None = None
+    message: str | None = None
+    time: str | None = None

@@ -1,0 +1,413 @@
+"""Request bodies in, models out: PUT/PATCH/trigger parsing, pydantic errors as AIB/ARM `TemplateError`s.
+
+Read-only fields (id, name, type, systemData, provisioningState, lastRunStatus, exactStagingResourceGroup,
+source.exactVersion, identity principalId/clientId, trigger status) are dropped before validation, as ARM
+ignores them. Every problem pydantic finds becomes one `TemplateError` naming its JSON path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from imagebuilder.template import errors as E
+from imagebuilder.template.errors import TemplateError
+from imagebuilder.template.models import (
+    CUSTOMIZER_TYPES,
+    DISTRIBUTOR_TYPES,
+    NAME_PATTERN,
+    SOURCE_TYPES,
+    TRIGGER_KINDS,
+    VALIDATOR_TYPES,
+    ImageTemplate,
+    ImageTemplateUpdate,
+    RuleViolation,
+    TriggerResource,
+)
+
+SUPPORTED_API_VERSIONS: tuple[str, ...] = (
+    "2019-05-01-preview",
+    "2020-02-14",
+    "2021-10-01",
+    "2022-02-14",
+    "2022-07-01",
+    "2023-07-01",
+    "2024-02-01",
+    "2025-10-01",
+)
+LATEST_API_VERSION = SUPPORTED_API_VERSIONS[-1]
+
+M = TypeVar("M", bound=BaseModel)
+
+_RESOURCE_READ_ONLY = ("id", "name", "type", "systemData", "etag")
+_PROPERTIES_READ_ONLY = (
+    "provisioningState",
+    "provisioningError",
+    "lastRunStatus",
+    "exactStagingResourceGroup",
+)
+# Properties a PATCH may not touch (AIB templates are immutable apart from these).
+_PATCHABLE_TOP = ("tags", "identity", "properties")
+_PATCHABLE_PROPERTIES = ("vmProfile", "distribute")
+_TEMPLATE_TOP = ("location", "tags", "identity", "properties")
+_TEMPLATE_PROPERTIES = (
+    "source",
+    "customize",
+    "optimize",
+    "validate",
+    "distribute",
+    "errorHandling",
+    "buildTimeoutInMinutes",
+    "vmProfile",
+    "additionalDataDisks",
+    "stagingResourceGroup",
+    "autoRun",
+    "managedResourceTags",
+)
+
+_TAG_CODES = {
+    "source": (E.BAD_SOURCE_TYPE, SOURCE_TYPES),
+    "customize": (E.BAD_CUSTOMIZER_TYPE, CUSTOMIZER_TYPES),
+    "inVMValidations": (E.BAD_VALIDATOR_TYPE, VALIDATOR_TYPES),
+    "distribute": (E.BAD_DISTRIBUTE_TYPE, DISTRIBUTOR_TYPES),
+    "versioning": (E.INVALID_PARAMETER, ("Latest", "Source")),
+    "properties": (E.INVALID_PARAMETER, TRIGGER_KINDS),
+}
+_MISSING_CODES = {
+    ("source", "PlatformImage"): E.BAD_PIR_SOURCE,
+    ("source", "ManagedImage"): E.BAD_MANAGED_IMAGE_SOURCE,
+    ("source", "SharedImageVersion"): E.BAD_SHARED_IMAGE_VERSION_SOURCE,
+    ("distribute", "SharedImage"): E.BAD_SHARED_IMAGE_DISTRIBUTE,
+}
+_DISCRIMINATORS = ("type", "scheme", "kind")
+_RETIRED_TYPES = {
+    "ISO": "ISO sources were retired by Image Builder: use a PlatformImage source instead.",
+}
+
+
+# ----------------------------------------------------------------------------------------- public API
+
+
+def check_api_version(api_version: str) -> None:
+    """Raise TemplateError unless `api_version` is one this service accepts."""
+    if api_version not in SUPPORTED_API_VERSIONS:
+        raise TemplateError(
+            E.INVALID_API_VERSION,
+            f"The api-version {api_version!r} is not supported. Supported versions: "
+            f"{', '.join(SUPPORTED_API_VERSIONS)}.",
+            "api-version",
+        )
+
+
+def validate_resource_name(name: str, target: str = "imageTemplateName") -> str:
+    """Check an image template, trigger or run output name against ^[A-Za-z0-9-_.]{1,64}$."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise TemplateError(
+            E.INVALID_RESOURCE_NAME,
+            f"The name {name!r} is invalid: use 1 to 64 letters, digits, '-', '_' or '.'.",
+            target,
+        )
+    return name
+
+
+def parse_template(
+    body: Any, *, api_version: str = LATEST_API_VERSION, name: str | None = None
+) -> ImageTemplate:
+    """Validate a PUT body into an ImageTemplate; raise TemplateError listing every problem in `.details`."""
+    check_api_version(api_version)
+    if name is not None:
+        validate_resource_name(name)
+    obj = _require_object(body)
+    clean = _strip_template_read_only(obj)
+    return _validate(ImageTemplate, clean, obj, {"api_version": api_version})
+
+
+def parse_template_update(body: Any, *, api_version: str = LATEST_API_VERSION) -> ImageTemplateUpdate:
+    """Validate a PATCH body: only tags, identity, properties.vmProfile and .distribute may change."""
+    check_api_version(api_version)
+    obj = _require_object(body)
+    clean = {k: v for k, v in obj.items() if k not in _RESOURCE_READ_ONLY}
+    problems: list[TemplateError] = []
+    for key in clean:
+        if key in _TEMPLATE_TOP and key not in _PATCHABLE_TOP:
+            problems.append(_not_patchable(key))
+    props = clean.get("properties")
+    if isinstance(props, Mapping):
+        props = {k: v for k, v in props.items() if k not in _PROPERTIES_READ_ONLY}
+        for key in props:
+            if key in _TEMPLATE_PROPERTIES and key not in _PATCHABLE_PROPERTIES:
+                problems.append(_not_patchable(f"properties.{key}"))
+        clean["properties"] = props
+    if problems:
+        raise _combine(problems)
+    clean = {k: v for k, v in clean.items() if k in _PATCHABLE_TOP or k not in _TEMPLATE_TOP}
+    if isinstance(clean.get("identity"), Mapping):
+        clean["identity"] = _strip_identity(clean["identity"])
+    return _validate(ImageTemplateUpdate, clean, obj, None)
+
+
+def apply_update(template: ImageTemplate, update: ImageTemplateUpdate) -> ImageTemplate:
+    """The template after a PATCH: tags, identity, vmProfile and distribute replaced when given."""
+    data = template.to_json()
+    if update.tags is not None:
+        data["tags"] = dict(update.tags)
+    if update.identity is not None:
+        data["identity"] = update.identity.to_json()
+    if update.properties is not None:
+        if update.properties.vm_profile is not None:
+            data["properties"]["vmProfile"] = update.properties.vm_profile.to_json()
+        if update.properties.distribute is not None:
+            data["properties"]["distribute"] = [d.to_json() for d in update.properties.distribute]
+    return _validate(ImageTemplate, data, data, None)
+
+
+def parse_trigger(body: Any, *, api_version: str = LATEST_API_VERSION) -> TriggerResource:
+    """Validate a trigger PUT body: kind SourceImage (AIB) or Schedule (our extension)."""
+    check_api_version(api_version)
+    obj = _require_object(body)
+    clean = {k: v for k, v in obj.items() if k not in _RESOURCE_READ_ONLY}
+    props = clean.get("properties")
+    if isinstance(props, Mapping):
+        clean["properties"] = {k: v for k, v in props.items() if k not in ("status", "provisioningState")}
+    return _validate(TriggerResource, clean, obj, None)
+
+
+def input_fingerprint(
+    template: ImageTemplate, source_exact_version: str | None, artifact_sha256: Mapping[str, str]
+) -> str:
+    """A stable hash of what feeds a build: source (+ resolved version), customize, optimize, validate,
+    disks, distribute targets and the SHA-256 of every fetched artifact (keyed by URI).
+
+    Tags, identity, VM size, network, timeout, error handling and autoRun are left out: they change
+    how a build runs, not what it produces.
+    """
+    props = template.properties
+    vm = props.vm_profile
+    doc = {
+        "v": 1,
+        "source": props.source.to_json(),
+        "sourceExactVersion": source_exact_version,
+        "customize": [c.to_json() for c in props.customize or []],
+        "optimize": props.optimize.to_json() if props.optimize else None,
+        "validate": props.validate_.to_json() if props.validate_ else None,
+        "osDiskSizeGB": vm.os_disk_size_gb if vm else None,
+        "additionalDataDisks": [d.to_json() for d in props.additional_data_disks or []],
+        "distribute": [d.to_json() for d in props.distribute],
+        "artifacts": {k: v.lower() for k, v in sorted(artifact_sha256.items())},
+    }
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, Mapping):
+        raise TemplateError(
+            E.INVALID_REQUEST_CONTENT,
+            f"The request body must be a JSON object, got {_json_type(body)}.",
+        )
+    return dict(body)
+
+
+def _not_patchable(target: str) -> TemplateError:
+    return TemplateError(
+        E.PROPERTY_CHANGE_NOT_ALLOWED,
+        f"'{target}' cannot be changed by an update: image templates are immutable apart from tags, "
+        "identity, properties.vmProfile and properties.distribute. "
+        "Delete and re-create the template to change it.",
+        target,
+    )
+
+
+def _strip_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in identity.items() if k not in ("principalId", "tenantId")}
+    uais = out.get("userAssignedIdentities")
+    if isinstance(uais, Mapping):
+        out["userAssignedIdentities"] = {
+            k: (
+                {kk: vv for kk, vv in v.items() if kk not in ("principalId", "clientId")}
+                if isinstance(v, Mapping)
+                else v
+            )
+            for k, v in uais.items()
+        }
+    return out
+
+
+def _strip_template_read_only(obj: Mapping[str, Any]) -> dict[str, Any]:
+    clean = {k: v for k, v in obj.items() if k not in _RESOURCE_READ_ONLY}
+    if isinstance(clean.get("identity"), Mapping):
+        clean["identity"] = _strip_identity(clean["identity"])
+    props = clean.get("properties")
+    if isinstance(props, Mapping):
+        props = {k: v for k, v in props.items() if k not in _PROPERTIES_READ_ONLY}
+        source = props.get("source")
+        if isinstance(source, Mapping):
+            props["source"] = {k: v for k, v in source.items() if k != "exactVersion"}
+        clean["properties"] = props
+    return clean
+
+
+def _validate(model: type[M], data: dict[str, Any], original: Any, context: dict[str, Any] | None) -> M:
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise _combine(_convert(exc, original)) from None
+
+
+def _combine(problems: list[TemplateError]) -> TemplateError:
+    if len(problems) == 1:
+        return problems[0]
+    first = problems[0]
+    return TemplateError(
+        E.INVALID_TEMPLATE,
+        f"The request has {len(problems)} problems; the first: {first.message} See 'details' for all.",
+        first.target,
+        problems,
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+class _Walk:
+    """Follows a pydantic error location through the raw body: JSON path, tag contexts, the value."""
+
+    def __init__(self, loc: tuple[int | str, ...], body: Any) -> None:
+        self.parts: list[str] = []
+        self.container: str | None = None  # last named field before a discriminated object
+        self.tag: str | None = None
+        node: Any = body
+        last_name: str | None = None
+        for el in loc:
+            if isinstance(el, int):
+                self.parts.append(f"[{el}]")
+                node = node[el] if isinstance(node, list) and 0 <= el < len(node) else None
+                continue
+            if (
+                isinstance(node, Mapping)
+                and el not in node
+                and any(node.get(k) == el for k in _DISCRIMINATORS)
+            ):
+                self.container, self.tag = last_name, el
+                continue
+            self.parts.append(("." if self.parts else "") + el)
+            last_name = el
+            node = node.get(el) if isinstance(node, Mapping) else None
+        self.last_name = last_name
+        self.value = node
+
+    @property
+    def path(self) -> str:
+        return "".join(self.parts)
+
+    def join(self, sub: str) -> str:
+        if not sub:
+            return self.path
+        if not self.path:
+            return sub
+        return self.path + ("" if sub.startswith("[") else ".") + sub
+
+
+def _convert(exc: ValidationError, body: Any) -> list[TemplateError]:
+    out: list[TemplateError] = []
+    for err in exc.errors(include_url=False):
+        walk = _Walk(tuple(err["loc"]), body)
+        etype = err["type"]
+        ctx = err.get("ctx") or {}
+        cause = ctx.get("error")
+        if isinstance(cause, RuleViolation):
+            for issue in cause.issues:
+                out.append(TemplateError(issue.code, issue.message, walk.join(issue.field)))
+            continue
+        path = walk.path
+        if etype in ("union_tag_invalid", "union_tag_not_found"):
+            out.append(_bad_tag(walk, etype, ctx))
+        elif etype == "missing":
+            code = _MISSING_CODES.get((walk.container or "", walk.tag or ""), E.MISSING_REQUIRED_PROPERTY)
+            if path == "location":
+                code = E.LOCATION_REQUIRED
+            out.append(TemplateError(code, f"The required property '{path}' is missing: add it.", path))
+        elif etype == "extra_forbidden":
+            where = path.rpartition(".")[0] or "the request body"
+            out.append(
+                TemplateError(
+                    E.INVALID_REQUEST_CONTENT,
+                    f"Could not find member '{walk.last_name}' on {where}: it is not a property of this "
+                    "object (check its spelling and case).",
+                    path,
+                )
+            )
+        elif etype == "literal_error":
+            expected = ctx.get("expected", "")
+            out.append(
+                TemplateError(
+                    E.INVALID_PARAMETER,
+                    f"'{path}' must be one of {expected}, got {_short(walk.value)}.",
+                    path,
+                )
+            )
+        elif etype.endswith("_type") or etype in (
+            "model_attributes_type",
+            "dataclass_type",
+            "is_instance_of",
+        ):
+            out.append(
+                TemplateError(
+                    E.INVALID_REQUEST_CONTENT,
+                    f"'{path or 'body'}' has the wrong JSON type ({_json_type(walk.value)}): {err['msg']}.",
+                    path or None,
+                )
+            )
+        else:
+            out.append(
+                TemplateError(
+                    E.INVALID_PARAMETER,
+                    f"'{path}' is invalid: {err['msg']} (got {_short(walk.value)}).",
+                    path,
+                )
+            )
+    return out
+
+
+def _bad_tag(walk: _Walk, etype: str, ctx: Mapping[str, Any]) -> TemplateError:
+    path = walk.path
+    field = ctx.get("discriminator", "'type'").strip("'")
+    key = walk.last_name or ""
+    code, allowed = _TAG_CODES.get(key, (E.INVALID_PARAMETER, ()))
+    target = f"{path}.{field}" if path else field
+    node = walk.value
+    given = node.get(field) if isinstance(node, Mapping) else None
+    choices = ", ".join(allowed) if allowed else str(ctx.get("expected_tags", ""))
+    if etype == "union_tag_not_found" or given is None:
+        return TemplateError(code, f"'{target}' is missing: set it to one of {choices}.", target)
+    hint = _RETIRED_TYPES.get(given, "") if isinstance(given, str) else ""
+    return TemplateError(
+        code,
+        f"'{target}' {_short(given)} is not supported: use one of {choices}." + (f" {hint}" if hint else ""),
+        target,
+    )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
