@@ -1,1 +1,80 @@
-"""Templates, runs, run outputs, triggers and logs on Azure Storage (Azurite locally)."""
+"""Templates, runs, run outputs, triggers and logs on Azure Storage (Azurite locally).
+
+The only place with storage clients (azure-data-tables, azure-storage-blob). Public interface::
+
+    open_store(connection_string, *, prefix="aib") -> Store      # tables/containers created once per process
+    Store.templates: TemplateRepo
+        get(sub, rg, name) -> StoredTemplate | None              # .resource (ARM JSON) .etag .last_run_id
+        create(sub, rg, name, resource) -> StoredTemplate        # AlreadyExistsError
+        replace(sub, rg, name, resource, *, etag) -> StoredTemplate   # ConcurrencyError on ETag mismatch
+        delete(sub, rg, name, *, etag=None)
+        list_by_subscription(sub, *, page_size, continuation) / list_by_rg(sub, rg, ...) -> Page
+    Store.runs: RunRepo
+        create(run, *, template_snapshot) -> RunRecord           # RunInProgressError: one run at a time
+        get(run) / latest(sub, rg, name) -> RunRecord | None ; list(sub, rg, name) -> [RunRecord]
+        set_status(run, *, run_state, run_sub_state, message, error, details) -> RunRecord
+        add_step(run, step) ; put_output(run, name, output) ; outputs(run) ; output(run, name)
+        log(run, name="customization.log") -> BlobLog           # .write(text) .uri .read()
+    Store.triggers: TriggerRepo   get / put / delete / list / list_all
+    Store.operations: OperationRepo   create / get / complete   (ARM async operations)
+    Store.purge_template(sub, rg, name, *, etag=None)
+
+Errors: see `imagebuilder.store.errors` (StoreError and its tree).
+"""
+
+from imagebuilder.store.errors import (
+    AlreadyExistsError,
+    ConcurrencyError,
+    ConflictError,
+    InvalidContinuationError,
+    InvalidKeyError,
+    NotFoundError,
+    RunInProgressError,
+    StoreError,
+    TooLargeError,
+)
+from imagebuilder.store.logs import BlobLog
+from imagebuilder.store.operations import OperationRepo
+from imagebuilder.store.records import (
+    RUN_STATES,
+    RUN_SUB_STATES,
+    TERMINAL_OPERATION_STATES,
+    TERMINAL_RUN_STATES,
+    OperationRecord,
+    Page,
+    RunRecord,
+    StoredTemplate,
+    StoredTrigger,
+)
+from imagebuilder.store.runs import RunRepo
+from imagebuilder.store.store import Store, open_store
+from imagebuilder.store.templates import TemplateRepo
+from imagebuilder.store.triggers import TriggerRepo
+
+__all__ = [
+    "RUN_STATES",
+    "RUN_SUB_STATES",
+    "TERMINAL_OPERATION_STATES",
+    "TERMINAL_RUN_STATES",
+    "AlreadyExistsError",
+    "BlobLog",
+    "ConcurrencyError",
+    "ConflictError",
+    "InvalidContinuationError",
+    "InvalidKeyError",
+    "NotFoundError",
+    "OperationRecord",
+    "OperationRepo",
+    "Page",
+    "RunInProgressError",
+    "RunRecord",
+    "RunRepo",
+    "Store",
+    "StoreError",
+    "StoredTemplate",
+    "StoredTrigger",
+    "TemplateRepo",
+    "TooLargeError",
+    "TriggerRepo",
+    "open_store",
+]

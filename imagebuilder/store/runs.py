@@ -1,0 +1,358 @@
+"""Runs, run outputs and run logs: every run of a template is kept until the template is deleted.
+
+Runs table: partition = subscription | resource group | template, row = run id. Outputs table:
+partition = the run's partition | run id, row = run output name. Logs: append blobs named
+`{subscription}/{resource group}/{template}/{run id}/{log name}`. Every update is an ETag-conditional
+read-modify-write, retried when another writer got there first.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from azure.data.tables import TableEntity
+from azure.storage.blob import ContainerClient
+
+from imagebuilder.pipeline.messages import RESOURCE_TYPE, RunRef
+from imagebuilder.store._storage import (
+    Table,
+    check_log_name,
+    check_run_id,
+    etag_of,
+    iso,
+    join_keys,
+    key,
+    now,
+    pack,
+    parse_iso,
+    retry_on_conflict,
+    unpack,
+)
+from imagebuilder.store.errors import (
+    AlreadyExistsError,
+    ConcurrencyError,
+    NotFoundError,
+    RunInProgressError,
+    TooLargeError,
+)
+from imagebuilder.store.logs import BlobLog
+from imagebuilder.store.records import RUN_STATES, RUN_SUB_STATES, TERMINAL_RUN_STATES, RunRecord
+from imagebuilder.store.templates import TemplateRepo
+
+RUN_OUTPUT_TYPE = f"{RESOURCE_TYPE}/runOutputs"
+DEFAULT_LOG = "customization.log"
+
+
+def run_partition(sub: str, rg: str, template: str) -> str:
+    return join_keys(sub, rg, template)
+
+
+def _ref_of(entity: TableEntity) -> RunRef:
+    return RunRef(
+        subscription_id=str(entity["SubscriptionId"]),
+        resource_group=str(entity["ResourceGroup"]),
+        template_name=str(entity["TemplateName"]),
+        run_id=str(entity["RunId"]),
+    )
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` merged into a copy of `base`: dicts merge recursively, anything else replaces."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class RunRepo:
+    """Runs of templates, their outputs and their logs."""
+
+    def __init__(self, runs: Table, outputs: Table, templates: TemplateRepo, logs: ContainerClient) -> None:
+        self._runs = runs
+        self._outputs = outputs
+        self._templates = templates
+        self._logs = logs
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def _record(self, entity: TableEntity) -> RunRecord:
+        ref = _ref_of(entity)
+        created = parse_iso(entity.get("CreatedTime"))
+        assert created is not None
+        return RunRecord(
+            run=ref,
+            run_state=str(entity["RunState"]),
+            run_sub_state=str(entity.get("RunSubState") or "") or None,
+            message=str(entity.get("Message") or ""),
+            error=unpack(entity, "Error"),
+            details=unpack(entity, "Details", {}),
+            created_time=created,
+            start_time=parse_iso(entity.get("StartTime")),
+            end_time=parse_iso(entity.get("EndTime")),
+            etag=etag_of(entity),
+            template_snapshot=unpack(entity, "Snapshot", {}),
+            log_uri=self.log(ref).uri,
+        )
+
+    @staticmethod
+    def _keys(run: RunRef) -> tuple[str, str]:
+        return run_partition(run.subscription_id, run.resource_group, run.template_name), key(
+            check_run_id(run.run_id)
+        )
+
+    def _entity(self, run: RunRef) -> TableEntity | None:
+        return self._runs.get(*self._keys(run))
+
+    # -- runs --------------------------------------------------------------------------------------
+
+    def create(self, run: RunRef, *, template_snapshot: dict[str, Any]) -> RunRecord:
+        """Record a new run (runState Running, runSubState Queued) and make it the template's last run.
+
+        Raises `NotFoundError` if the template does not exist, `RunInProgressError` if another run of
+        it is still active (one run at a time) or it is being deleted, `AlreadyExistsError` if the run
+        id is taken. The claim is conditional on the template's ETag, so two concurrent creates cannot
+        both win.
+        """
+        check_run_id(run.run_id)
+        snapshot = pack("Snapshot", template_snapshot)
+        if sum(len(v) for k, v in snapshot.items() if isinstance(v, bytes)) > 600_000:
+            raise TooLargeError("the template snapshot is too large to record with the run")
+
+        def attempt() -> RunRecord:
+            tmpl = self._templates.entity(run.subscription_id, run.resource_group, run.template_name)
+            if tmpl is None:
+                raise NotFoundError(f"image template {run.template_name!r} does not exist")
+            stored = unpack(tmpl, "Body", {})
+            if (stored.get("properties") or {}).get("provisioningState") == "Deleting":
+                raise RunInProgressError(f"image template {run.template_name!r} is being deleted")
+            last_id = str(tmpl.get("LastRunId") or "")
+            if last_id:
+                last = self.get(run.model_copy(update={"run_id": last_id}))
+                if last is not None and last.active:
+                    raise RunInProgressError(
+                        f"image template {run.template_name!r} already has a run in progress "
+                        f"(run {last_id}, {last.run_state}/{last.run_sub_state})",
+                        active_run_id=last_id,
+                        hint="wait for it to finish or cancel it",
+                    )
+            pk, rk = self._keys(run)
+            stamp = iso(now())
+            entity = {
+                "PartitionKey": pk,
+                "RowKey": rk,
+                "SubscriptionId": run.subscription_id,
+                "ResourceGroup": run.resource_group,
+                "TemplateName": run.template_name,
+                "RunId": run.run_id,
+                "RunState": "Running",
+                "RunSubState": "Queued",
+                "Message": "",
+                "CreatedTime": stamp,
+                "StartTime": stamp,
+                "EndTime": "",
+                **pack("Details", {}),
+                **snapshot,
+            }
+            self._runs.create(entity, f"run {run.run_id!r}")
+            try:
+                self._templates.set_last_run(tmpl, run.run_id)
+            except (ConcurrencyError, NotFoundError):
+                self._runs.delete(pk, rk)
+                raise
+            record = self.get(run)
+            assert record is not None
+            return record
+
+        return retry_on_conflict(f"start run {run.run_id!r}", attempt)
+
+    def get(self, run: RunRef) -> RunRecord | None:
+        entity = self._entity(run)
+        return None if entity is None else self._record(entity)
+
+    def list(self, sub: str, rg: str, template_name: str) -> list[RunRecord]:
+        """Every run of the template, oldest first."""
+        entities = self._runs.query("PartitionKey eq @pk", {"pk": run_partition(sub, rg, template_name)})
+        records = [self._record(e) for e in entities]
+        return sorted(records, key=lambda r: (r.created_time, r.run.run_id))
+
+    def latest(self, sub: str, rg: str, template_name: str) -> RunRecord | None:
+        """The template's last run (the one `lastRunStatus` and runOutputs describe), or None."""
+        tmpl = self._templates.get(sub, rg, template_name)
+        if tmpl is not None and tmpl.last_run_id:
+            record = self.get(
+                RunRef(
+                    subscription_id=sub,
+                    resource_group=rg,
+                    template_name=template_name,
+                    run_id=tmpl.last_run_id,
+                )
+            )
+            if record is not None:
+                return record
+        runs = self.list(sub, rg, template_name)
+        return runs[-1] if runs else None
+
+    def set_status(
+        self,
+        run: RunRef,
+        *,
+        run_state: str | None = None,
+        run_sub_state: str | None = None,
+        message: str | None = None,
+        error: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """Update the run; fields left None are kept. Retried on ETag conflicts, so concurrent writers
+        never lose each other's updates.
+
+        `startTime` is set on the first Running, `endTime` on the first terminal state. A terminal
+        state is final: later state, sub-state, message and error changes are ignored (details still
+        merge). `details` is merged key by key into the stored details (top-level keys replace).
+        """
+        if run_state is not None and run_state not in RUN_STATES:
+            raise ValueError(f"runState {run_state!r} is not one of {', '.join(RUN_STATES)}")
+        if run_sub_state is not None and run_sub_state not in RUN_SUB_STATES:
+            raise ValueError(f"runSubState {run_sub_state!r} is not one of {', '.join(RUN_SUB_STATES)}")
+
+        def attempt() -> RunRecord:
+            entity = self._entity(run)
+            if entity is None:
+                raise NotFoundError(
+                    f"run {run.run_id!r} of image template {run.template_name!r} does not exist"
+                )
+            updated: dict[str, Any] = dict(entity)
+            final = updated["RunState"] in TERMINAL_RUN_STATES
+            stamp = iso(now())
+            if not final:
+                if run_state is not None:
+                    updated["RunState"] = run_state
+                    if run_state == "Running" and not updated.get("StartTime"):
+                        updated["StartTime"] = stamp
+                    if run_state in TERMINAL_RUN_STATES:
+                        updated["EndTime"] = stamp
+                        if not updated.get("StartTime"):
+                            updated["StartTime"] = stamp
+                if run_sub_state is not None:
+                    updated["RunSubState"] = run_sub_state
+                if message is not None:
+                    updated["Message"] = message
+                if error is not None:
+                    updated.update(pack("Error", error))
+            if details:
+                merged = {**unpack(entity, "Details", {}), **details}
+                updated.update(pack("Details", merged))
+            self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
+            record = self.get(run)
+            assert record is not None
+            return record
+
+        return retry_on_conflict(f"update run {run.run_id!r}", attempt)
+
+    def add_step(self, run: RunRef, step: dict[str, Any]) -> RunRecord:
+        """Append one step report to `details.steps` (replacing an earlier report with the same `name`)."""
+
+        def attempt() -> RunRecord:
+            entity = self._entity(run)
+            if entity is None:
+                raise NotFoundError(
+                    f"run {run.run_id!r} of image template {run.template_name!r} does not exist"
+                )
+            details = unpack(entity, "Details", {})
+            steps = [s for s in details.get("steps", []) if s.get("name") != step.get("name")]
+            details["steps"] = [*steps, step]
+            updated: dict[str, Any] = {**dict(entity), **pack("Details", details)}
+            self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
+            record = self.get(run)
+            assert record is not None
+            return record
+
+        return retry_on_conflict(f"update run {run.run_id!r}", attempt)
+
+    # -- outputs -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _output_pk(run: RunRef) -> str:
+        return join_keys(run.subscription_id, run.resource_group, run.template_name, check_run_id(run.run_id))
+
+    def put_output(self, run: RunRef, name: str, output: dict[str, Any]) -> None:
+        """Record run output `name` (ARM RunOutput properties: artifactId, artifactUri,
+        provisioningState, plus our per-region status). Merged recursively into what is stored (dicts
+        merge, other values replace) under ETag retry, so parallel per-region writers lose nothing."""
+        pk, rk = self._output_pk(run), key(name)
+
+        def attempt() -> None:
+            entity = self._outputs.get(pk, rk)
+            if entity is None:
+                try:
+                    self._outputs.create(
+                        {
+                            "PartitionKey": pk,
+                            "RowKey": rk,
+                            "Name": name,
+                            "CreatedAt": iso(now()),
+                            **pack("Properties", output),
+                        },
+                        f"run output {name!r}",
+                    )
+                except AlreadyExistsError as exc:
+                    raise ConcurrencyError("run output created concurrently") from exc
+                return
+            merged = deep_merge(unpack(entity, "Properties", {}), output)
+            self._outputs.replace(
+                {**dict(entity), **pack("Properties", merged)}, etag_of(entity), f"run output {name!r}"
+            )
+
+        retry_on_conflict(f"record run output {name!r}", attempt)
+
+    def _output_resource(self, run: RunRef, entity: TableEntity) -> dict[str, Any]:
+        name = str(entity["Name"])
+        return {
+            "id": f"{run.template_id}/runOutputs/{name}",
+            "name": name,
+            "type": RUN_OUTPUT_TYPE,
+            "properties": unpack(entity, "Properties", {}),
+        }
+
+    def outputs(self, run: RunRef) -> builtins.list[dict[str, Any]]:
+        """The run's outputs as ARM RunOutput resources ({id, name, type, properties}), by name."""
+        entities = self._outputs.query("PartitionKey eq @pk", {"pk": self._output_pk(run)})
+        return [self._output_resource(run, e) for e in entities]
+
+    def output(self, run: RunRef, name: str) -> dict[str, Any] | None:
+        entity = self._outputs.get(self._output_pk(run), key(name))
+        return None if entity is None else self._output_resource(run, entity)
+
+    # -- logs --------------------------------------------------------------------------------------
+
+    def log(self, run: RunRef, name: str = DEFAULT_LOG) -> BlobLog:
+        """The run's log `name` as an append blob (`.write(text)`, `.uri`, `.read()`)."""
+        blob = "/".join(
+            (
+                key(run.subscription_id),
+                key(run.resource_group),
+                key(run.template_name),
+                check_run_id(run.run_id),
+                check_log_name(name),
+            )
+        )
+        return BlobLog(self._logs, blob)
+
+    # -- removal -----------------------------------------------------------------------------------
+
+    def delete_all(self, sub: str, rg: str, template_name: str) -> None:
+        """Remove every run of the template with its outputs and logs."""
+        for record in self.list(sub, rg, template_name):
+            pk = self._output_pk(record.run)
+            for entity in self._outputs.query(
+                "PartitionKey eq @pk", {"pk": pk}, select=["PartitionKey", "RowKey"]
+            ):
+                self._outputs.delete(pk, str(entity["RowKey"]))
+        prefix = "/".join((key(sub), key(rg), key(template_name))) + "/"
+        for blob in self._logs.list_blobs(name_starts_with=prefix):
+            self._logs.delete_blob(blob.name)
+        for record in self.list(sub, rg, template_name):
+            self._runs.delete(*self._keys(record.run))
