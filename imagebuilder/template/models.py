@@ -8,14 +8,17 @@ mode="json")` gives ARM JSON back. Rules the spec states only in prose are model
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -42,6 +45,16 @@ _GALLERY_IMAGE_ID = re.compile(
     r"^(?P<image>/subscriptions/[^/]+/.+/images/[^/]+)(/versions/(?P<version>[^/]+))?$", re.IGNORECASE
 )
 _VERSION_ID = re.compile(r"/versions/(?P<version>[^/]+)$", re.IGNORECASE)
+
+
+IDENTITY_REQUIRED_SINCE = "2020-02-14"
+MIN_BUILD_TIMEOUT_MINUTES = 6
+
+
+def _api_version(info: ValidationInfo) -> str | None:
+    ctx = info.context
+    value = ctx.get("api_version") if isinstance(ctx, dict) else None
+    return value if isinstance(value, str) else None
 
 
 class Issue(NamedTuple):
@@ -78,9 +91,44 @@ class ArmModel(BaseModel):
         strict=True,
     )
 
+    _case_map: ClassVar[dict[str, str] | None] = None
+
     def to_json(self) -> dict[str, Any]:
         """ARM JSON (camelCase, unset fields left out)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_key_case(cls, data: Any) -> Any:
+        """Match member names case-insensitively, as AIB does (docs spell `imageVersionID`)."""
+        if not isinstance(data, dict):
+            return data
+        if cls.__dict__.get("_case_map") is None:
+            cls._case_map = {
+                (f.alias or name).lower(): (f.alias or name) for name, f in cls.model_fields.items()
+            }
+        case_map = cls.__dict__["_case_map"]
+        out: dict[Any, Any] = {}
+        issues: list[Issue] = []
+        exact = [k for k in data if isinstance(k, str) and k in case_map.values()]
+        for key in exact:
+            out[key] = data[key]
+        for key, value in data.items():
+            if key in out and key in exact:
+                continue
+            canonical = case_map.get(key.lower(), key) if isinstance(key, str) else key
+            if canonical in out:
+                issues.append(
+                    Issue(
+                        E.INVALID_REQUEST_CONTENT,
+                        f"'{canonical}' is given twice (as {key!r} too): give it once.",
+                        str(key),
+                    )
+                )
+                continue
+            out[canonical] = value
+        _raise(issues)
+        return out
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -168,6 +216,24 @@ def _check_destination(destination: str) -> list[Issue]:
             )
         ]
     return []
+
+
+def tag_of(key: str) -> Callable[[Any], str | None]:
+    """Discriminator lookup: the value of `key` (matched case-insensitively) when it is a string."""
+
+    def get(value: Any) -> str | None:
+        if isinstance(value, BaseModel):
+            found = getattr(value, key, None)
+        elif isinstance(value, dict):
+            found = value.get(key)
+            if found is None:
+                found = next((v for k, v in value.items() if isinstance(k, str) and k.lower() == key), None)
+        else:
+            return None
+        return found if isinstance(found, str) else None
+
+    get.__name__ = f"tag_of_{key}"
+    return get
 
 
 def _nonempty(value: str, field: str, code: str) -> list[Issue]:
@@ -266,7 +332,10 @@ class SharedImageVersionSource(ArmModel):
 
 
 ImageTemplateSource = Annotated[
-    PlatformImageSource | ManagedImageSource | SharedImageVersionSource, Field(discriminator="type")
+    Annotated[PlatformImageSource, Tag("PlatformImage")]
+    | Annotated[ManagedImageSource, Tag("ManagedImage")]
+    | Annotated[SharedImageVersionSource, Tag("SharedImageVersion")],
+    Discriminator(tag_of("type")),
 ]
 SOURCE_TYPES = ("PlatformImage", "ManagedImage", "SharedImageVersion")
 
@@ -393,12 +462,12 @@ def _check_file(
 
 
 ImageTemplateCustomizer = Annotated[
-    ShellCustomizer
-    | PowerShellCustomizer
-    | WindowsRestartCustomizer
-    | WindowsUpdateCustomizer
-    | FileCustomizer,
-    Field(discriminator="type"),
+    Annotated[ShellCustomizer, Tag("Shell")]
+    | Annotated[PowerShellCustomizer, Tag("PowerShell")]
+    | Annotated[WindowsRestartCustomizer, Tag("WindowsRestart")]
+    | Annotated[WindowsUpdateCustomizer, Tag("WindowsUpdate")]
+    | Annotated[FileCustomizer, Tag("File")],
+    Discriminator(tag_of("type")),
 ]
 CUSTOMIZER_TYPES = ("Shell", "PowerShell", "WindowsRestart", "WindowsUpdate", "File")
 
@@ -453,7 +522,10 @@ class FileValidator(_Step):
 
 
 ImageTemplateInVMValidator = Annotated[
-    ShellValidator | PowerShellValidator | FileValidator, Field(discriminator="type")
+    Annotated[ShellValidator, Tag("Shell")]
+    | Annotated[PowerShellValidator, Tag("PowerShell")]
+    | Annotated[FileValidator, Tag("File")],
+    Discriminator(tag_of("type")),
 ]
 VALIDATOR_TYPES = ("Shell", "PowerShell", "File")
 
@@ -489,7 +561,8 @@ class DistributeVersionerSource(ArmModel):
 
 
 DistributeVersioner = Annotated[
-    DistributeVersionerLatest | DistributeVersionerSource, Field(discriminator="scheme")
+    Annotated[DistributeVersionerLatest, Tag("Latest")] | Annotated[DistributeVersionerSource, Tag("Source")],
+    Discriminator(tag_of("scheme")),
 ]
 
 
@@ -638,7 +711,10 @@ class VhdDistributor(_Distributor):
 
 
 ImageTemplateDistributor = Annotated[
-    ManagedImageDistributor | SharedImageDistributor | VhdDistributor, Field(discriminator="type")
+    Annotated[ManagedImageDistributor, Tag("ManagedImage")]
+    | Annotated[SharedImageDistributor, Tag("SharedImage")]
+    | Annotated[VhdDistributor, Tag("VHD")],
+    Discriminator(tag_of("type")),
 ]
 DISTRIBUTOR_TYPES = ("ManagedImage", "SharedImage", "VHD")
 
@@ -646,15 +722,47 @@ DISTRIBUTOR_TYPES = ("ManagedImage", "SharedImage", "VHD")
 
 
 class VirtualNetworkConfig(ArmModel):
-    """Subnet of the build VM; containerInstanceSubnetId for isolated builds (then no proxy VM)."""
+    """Subnet of the build VM; containerInstanceSubnetId for isolated builds (then no proxy VM).
+
+    2019-05-01-preview named the subnet with `name` (the virtual network), `subnetName` and
+    `resourceGroupName`; those are accepted for that api-version only, see `effective_subnet_id`.
+    """
 
     subnet_id: str | None = None
     container_instance_subnet_id: str | None = None
     proxy_vm_size: str | None = None
+    name: str | None = None
+    subnet_name: str | None = None
+    resource_group_name: str | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> VirtualNetworkConfig:
+    def _rules(self, info: ValidationInfo) -> VirtualNetworkConfig:
         issues: list[Issue] = []
+        legacy = {
+            "name": self.name,
+            "subnetName": self.subnet_name,
+            "resourceGroupName": self.resource_group_name,
+        }
+        given = [k for k, v in legacy.items() if v is not None]
+        api_version = _api_version(info)
+        if given and api_version is not None and api_version >= IDENTITY_REQUIRED_SINCE:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    f"'{given[0]}' was replaced by 'subnetId' in api-version 2020-02-14: give the subnet's "
+                    "resource id in 'subnetId'.",
+                    given[0],
+                )
+            )
+        elif given and (len(given) != len(legacy) or self.subnet_id):
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    "The legacy vnetConfig needs all of 'name', 'subnetName' and 'resourceGroupName' and no "
+                    "'subnetId'.",
+                    given[0],
+                )
+            )
         if self.container_instance_subnet_id and not self.subnet_id:
             issues.append(
                 Issue(
@@ -683,6 +791,17 @@ class VirtualNetworkConfig(ArmModel):
             )
         _raise(issues)
         return self
+
+    def effective_subnet_id(self, subscription_id: str) -> str | None:
+        """subnetId, or the legacy (2019-05-01-preview) name/subnetName/resourceGroupName as a subnet id."""
+        if self.subnet_id:
+            return self.subnet_id
+        if self.name and self.subnet_name and self.resource_group_name:
+            return (
+                f"/subscriptions/{subscription_id}/resourceGroups/{self.resource_group_name}/providers"
+                f"/Microsoft.Network/virtualNetworks/{self.name}/subnets/{self.subnet_name}"
+            )
+        return None
 
 
 class ImageTemplateVmProfile(ArmModel):
@@ -801,6 +920,16 @@ class ImageTemplateProperties(ArmModel):
                 )
             else:
                 seen[key] = i
+        timeout = self.build_timeout_in_minutes
+        if timeout is not None and 0 < timeout < MIN_BUILD_TIMEOUT_MINUTES:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    f"'buildTimeoutInMinutes' must be 0 (the default, 240 minutes) or between "
+                    f"{MIN_BUILD_TIMEOUT_MINUTES} and {MAX_BUILD_TIMEOUT_MINUTES}, got {timeout}.",
+                    "buildTimeoutInMinutes",
+                )
+            )
         if self.staging_resource_group and not _RG_ID.match(self.staging_resource_group):
             issues.append(
                 Issue(
@@ -872,9 +1001,6 @@ class ImageTemplateIdentity(ArmModel):
         return self
 
 
-IDENTITY_REQUIRED_SINCE = "2020-02-14"
-
-
 class ImageTemplate(ArmModel):
     """An image template as the user gave it (PUT body, read-only fields dropped)."""
 
@@ -886,7 +1012,7 @@ class ImageTemplate(ArmModel):
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> ImageTemplate:
         issues = _nonempty(self.location, "location", E.LOCATION_REQUIRED)
-        api_version = (info.context or {}).get("api_version") if isinstance(info.context, dict) else None
+        api_version = _api_version(info)
         if self.identity is None and api_version is not None and api_version >= IDENTITY_REQUIRED_SINCE:
             issues.append(
                 Issue(
@@ -976,7 +1102,9 @@ class ScheduleTriggerProperties(ArmModel):
 
 
 TriggerProperties = Annotated[
-    SourceImageTriggerProperties | ScheduleTriggerProperties, Field(discriminator="kind")
+    Annotated[SourceImageTriggerProperties, Tag("SourceImage")]
+    | Annotated[ScheduleTriggerProperties, Tag("Schedule")],
+    Discriminator(tag_of("kind")),
 ]
 TRIGGER_KINDS = ("SourceImage", "Schedule")
 

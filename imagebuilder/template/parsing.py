@@ -84,6 +84,7 @@ _MISSING_CODES = {
     ("distribute", "SharedImage"): E.BAD_SHARED_IMAGE_DISTRIBUTE,
 }
 _DISCRIMINATORS = ("type", "scheme", "kind")
+_TAG_FIELDS = {"versioning": "scheme", "properties": "kind"}
 _RETIRED_TYPES = {
     "ISO": "ISO sources were retired by Image Builder: use a PlatformImage source instead.",
 }
@@ -305,14 +306,14 @@ class _Walk:
                 continue
             if (
                 isinstance(node, Mapping)
-                and el not in node
-                and any(node.get(k) == el for k in _DISCRIMINATORS)
+                and _get_ci(node, el) is None
+                and any(_get_ci(node, k) == el for k in _DISCRIMINATORS)
             ):
                 self.container, self.tag = last_name, el
                 continue
             self.parts.append(("." if self.parts else "") + el)
             last_name = el
-            node = node.get(el) if isinstance(node, Mapping) else None
+            node = _get_ci(node, el) if isinstance(node, Mapping) else None
         self.last_name = last_name
         self.value = node
 
@@ -326,6 +327,14 @@ class _Walk:
         if not self.path:
             return sub
         return self.path + ("" if sub.startswith("[") else ".") + sub
+
+
+def _get_ci(node: Mapping[Any, Any], key: str) -> Any:
+    """node[key], matching the key case-insensitively when there is no exact match (as the models do)."""
+    if key in node:
+        return node[key]
+    lowered = key.lower()
+    return next((v for k, v in node.items() if isinstance(k, str) and k.lower() == lowered), None)
 
 
 def _convert(exc: ValidationError, body: Any) -> list[TemplateError]:
@@ -391,15 +400,23 @@ def _convert(exc: ValidationError, body: Any) -> list[TemplateError]:
 
 def _bad_tag(walk: _Walk, etype: str, ctx: Mapping[str, Any]) -> TemplateError:
     path = walk.path
-    field = ctx.get("discriminator", "'type'").strip("'")
     key = walk.last_name or ""
+    field = _TAG_FIELDS.get(key, "type")
     code, allowed = _TAG_CODES.get(key, (E.INVALID_PARAMETER, ()))
     target = f"{path}.{field}" if path else field
     node = walk.value
-    given = node.get(field) if isinstance(node, Mapping) else None
+    given = _get_ci(node, field) if isinstance(node, Mapping) else None
     choices = ", ".join(allowed) if allowed else str(ctx.get("expected_tags", ""))
-    if etype == "union_tag_not_found" or given is None:
+    if not isinstance(node, Mapping):
+        return TemplateError(
+            E.INVALID_REQUEST_CONTENT,
+            f"'{path}' must be a JSON object with a '{field}' ({choices}), got {_json_type(node)}.",
+            path or None,
+        )
+    if given is None:
         return TemplateError(code, f"'{target}' is missing: set it to one of {choices}.", target)
+    if not isinstance(given, str):
+        return TemplateError(code, f"'{target}' must be a string, one of {choices}.", target)
     hint = _RETIRED_TYPES.get(given, "") if isinstance(given, str) else ""
     return TemplateError(
         code,
