@@ -1,0 +1,191 @@
+"""Durable Functions for the local host: `DurableHost`, the one object the HTTP host mounts.
+
+It wires the engine (episodes, activities, timers, entities over SQLite in the state directory) to the
+Durable extension's HTTP API and builds the `durableClient` binding value. Errors:
+`DurableConfigError` (host.json / app settings cannot be used; the message says what to fix).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from local_runtime.durable.engine import DurableError, Engine
+from local_runtime.durable.http_api import RPC_PREFIX, WEBHOOK_PREFIX, DurableHttpApi, quote_id
+from local_runtime.indexing import FunctionInfo
+
+__all__ = ["DurableConfigError", "DurableError", "DurableHost"]
+
+DEFAULT_HUB = "TestHubName"
+DEFAULT_MAX_ACTIVITIES = 10
+SYSTEM_KEY_FILE = "durabletask_extension.key"
+
+
+class DurableConfigError(Exception):
+    """host.json's durableTask section or an app setting it names cannot be used."""
+
+
+def _durable_section(host_json: Mapping[str, Any]) -> dict[str, Any]:
+    ext = host_json.get("extensions") or {}
+    section = ext.get("durableTask") if isinstance(ext, dict) else None
+    if section is None:
+        section = host_json.get("durableTask")
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def resolve_hub_name(host_json: Mapping[str, Any], app_settings: Mapping[str, str]) -> str:
+    """`extensions.durableTask.hubName` with `%APPSETTING%` references resolved, like the host does."""
+    raw = _durable_section(host_json).get("hubName")
+    if not raw:
+        return DEFAULT_HUB
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in app_settings:
+            raise DurableConfigError(
+                f"host.json extensions.durableTask.hubName refers to app setting %{key}% which is not set; "
+                f"add {key} to local.settings.json Values (or the environment)"
+            )
+        return app_settings[key]
+
+    name = re.sub(r"%([^%]+)%", sub, str(raw))
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,49}", name):
+        raise DurableConfigError(
+            f"task hub name {name!r} (host.json extensions.durableTask.hubName) must be 3-50 letters and "
+            "digits starting with a letter, as Azure Storage requires"
+        )
+    return name
+
+
+class DurableHost:
+    """Durable Functions on the local host: start it after `add_routes`, stop it before the server."""
+
+    def __init__(
+        self,
+        *,
+        functions: list[FunctionInfo],
+        state_dir: Path,
+        host_json: dict[str, Any],
+        app_settings: Mapping[str, str],
+        base_url: str,
+    ) -> None:
+        self.hub = resolve_hub_name(host_json, app_settings)
+        section = _durable_section(host_json)
+        try:
+            max_activities = int(section.get("maxConcurrentActivityFunctions", DEFAULT_MAX_ACTIVITIES))
+        except (TypeError, ValueError) as exc:
+            raise DurableConfigError(
+                "host.json extensions.durableTask.maxConcurrentActivityFunctions must be an integer"
+            ) from exc
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.base_url = base_url.rstrip("/")
+        self.functions = functions
+        self.engine = Engine(
+            functions=functions,
+            db_path=self.state_dir / "durable.sqlite",
+            max_activities=max_activities,
+            app_dir=self._app_dir(functions),
+        )
+        self.api = DurableHttpApi(self, self.engine)
+        self.system_key = self._load_system_key()
+        self._extra_keys: list[str] = []
+
+    @staticmethod
+    def _app_dir(functions: list[FunctionInfo]) -> str:
+        for f in functions:
+            try:
+                return str(Path(inspect.getfile(f.user_function)).parent)
+            except (TypeError, OSError):
+                continue
+        return str(Path.cwd())
+
+    def _load_system_key(self) -> str:
+        path = self.state_dir / SYSTEM_KEY_FILE
+        if path.is_file():
+            key = path.read_text().strip()
+            if key:
+                return key
+        key = secrets.token_urlsafe(32)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(key + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return key
+
+    def accept_key(self, key: str) -> None:
+        """Also accept `key` (e.g. the host's master key) on the public webhook endpoints."""
+        self._extra_keys.append(key)
+
+    def accepted_keys(self) -> list[str]:
+        return [self.system_key, *self._extra_keys]
+
+    # ------------------------------------------------------------------ the interface the host uses
+    def add_routes(self, app: web.Application) -> None:
+        self.api.add_routes(app)
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    @property
+    def rpc_base_url(self) -> str:
+        return f"{self.base_url}{RPC_PREFIX}/"
+
+    @property
+    def webhook_base_url(self) -> str:
+        return f"{self.base_url}{WEBHOOK_PREFIX}"
+
+    def management_urls(self, instance_id: str, connection: str = "Storage") -> dict[str, str]:
+        pre = f"{self.webhook_base_url}/instances/{instance_id}"
+        q = f"taskHub={self.hub}&connection={connection}&code={self.system_key}"
+        return {
+            "id": instance_id,
+            "statusQueryGetUri": f"{pre}?{q}",
+            "sendEventPostUri": f"{pre}/raiseEvent/{{eventName}}?{q}",
+            "terminatePostUri": f"{pre}/terminate?reason={{text}}&{q}",
+            "rewindPostUri": f"{pre}/rewind?reason={{text}}&{q}",
+            "purgeHistoryDeleteUri": f"{pre}?{q}",
+            "restartPostUri": f"{pre}/restart?{q}",
+            "suspendPostUri": f"{pre}/suspend?reason={{text}}&{q}",
+            "resumePostUri": f"{pre}/resume?reason={{text}}&{q}",
+        }
+
+    def client_binding_json(self, binding: dict[str, Any]) -> str:
+        """What a `durableClient` binding receives (BindingHelper.DurableOrchestrationClientToString)."""
+        hub = binding.get("taskHub") or self.hub
+        connection = binding.get("connectionName") or binding.get("connection")
+        code = f"code={self.system_key}"
+        base = self.webhook_base_url
+        start = f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]"
+        mgmt = self.management_urls("INSTANCEID", connection or "Storage")
+        mgmt = {k: v.replace(f"taskHub={self.hub}", f"taskHub={hub}") for k, v in mgmt.items()}
+        return json.dumps(
+            {
+                "taskHubName": hub,
+                "connectionName": connection,
+                "creationUrls": {
+                    "createNewInstancePostUri": f"{start}?{code}",
+                    "createAndWaitOnNewInstancePostUri": (
+                        f"{start}?timeout={{timeoutInSeconds}}&pollingInterval={{intervalInSeconds}}&{code}"
+                    ),
+                },
+                "managementUrls": mgmt,
+                "baseUrl": base,
+                "requiredQueryStringParameters": code,
+                "rpcBaseUrl": self.rpc_base_url,
+                "httpBaseUrl": None,
+            }
+        )
+
+    def status_url(self, instance_id: str) -> str:
+        return self.management_urls(quote_id(instance_id))["statusQueryGetUri"]

@@ -1,0 +1,176 @@
+"""Invoking orchestrator, activity and entity functions exactly the way the Python worker does.
+
+Orchestrators and entities get their JSON context (one keyword argument named after the trigger, which
+the SDK requires to be `context`); activities get `ActivityTriggerConverter.decode(Datum('json', text))`
+and their return value goes through `ActivityTriggerConverter.encode` (DURABLE-PROTOCOL.md §3).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import uuid
+from typing import Any
+
+import azure.functions as func
+from azure.functions import _abc as func_abc
+from azure.functions import meta
+from azure.functions.durable_functions import ActivityTriggerConverter
+
+from local_runtime.indexing import FunctionInfo
+
+OUT_OF_PROC_MARKER = "\n\n$OutOfProcData$:"
+
+
+class ActivityFailure(Exception):
+    """An activity raised; `reason` and `details` are what the host writes into TaskFailed."""
+
+    def __init__(self, reason: str, details: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+
+class _Trace(func_abc.TraceContext):  # type: ignore[misc]
+    @property
+    def trace_state(self) -> str:
+        return ""
+
+    @property
+    def trace_parent(self) -> str:
+        return ""
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {}
+
+
+class _Retry(func_abc.RetryContext):  # type: ignore[misc]
+    @property
+    def retry_count(self) -> int:
+        return 0
+
+    @property
+    def max_retry_count(self) -> int:
+        return 0
+
+    @property
+    def exception(self) -> Any:
+        return None
+
+
+class InvocationContext(func.Context):  # type: ignore[misc]
+    """The `context: func.Context` the worker injects when a function declares it."""
+
+    _tls = threading.local
+
+    def __init__(self, function_name: str, function_directory: str) -> None:
+        self._id = str(uuid.uuid4())
+        self._name = function_name
+        self._dir = function_directory
+
+    @property
+    def invocation_id(self) -> str:
+        return self._id
+
+    @property
+    def thread_local_storage(self) -> type[threading.local]:
+        return self._tls
+
+    @property
+    def function_name(self) -> str:
+        return self._name
+
+    @property
+    def function_directory(self) -> str:
+        return self._dir
+
+    @property
+    def trace_context(self) -> func_abc.TraceContext:
+        return _Trace()
+
+    @property
+    def retry_context(self) -> func_abc.RetryContext:
+        return _Retry()
+
+
+def _wants_context(fn: FunctionInfo) -> bool:
+    try:
+        params = inspect.signature(fn.user_function).parameters
+    except (TypeError, ValueError):
+        return False
+    bound = {b.get("name") for b in fn.bindings}
+    return "context" in params and "context" not in bound
+
+
+def activity_kwargs(fn: FunctionInfo, input_text: str | None, app_dir: str) -> dict[str, Any]:
+    value = ActivityTriggerConverter.decode(
+        meta.Datum(type="json", value=input_text if input_text is not None else "null"), trigger_metadata={}
+    )
+    kwargs: dict[str, Any] = {fn.trigger_name: value}
+    if _wants_context(fn):
+        kwargs["context"] = InvocationContext(fn.name, app_dir)
+    return kwargs
+
+
+def encode_activity_result(value: Any) -> str:
+    datum = ActivityTriggerConverter.encode(value, expected_type=None)
+    return str(datum.value)
+
+
+def activity_failure(name: str, exc: BaseException) -> ActivityFailure:
+    """TaskFailed as the real host writes it for an out-of-proc activity exception."""
+    message = f"{type(exc).__name__}: {exc}"
+    reason = f"Activity function '{name}' failed: {message}"
+    details = json.dumps({"ClassName": "System.Exception", "Message": message})
+    return ActivityFailure(reason, details)
+
+
+def run_activity_sync(fn: FunctionInfo, input_text: str | None, app_dir: str) -> str:
+    """Decode, call, encode; raises ActivityFailure with the host's Reason/Details."""
+    try:
+        result = fn.user_function(**activity_kwargs(fn, input_text, app_dir))
+        return encode_activity_result(result)
+    except Exception as exc:
+        raise activity_failure(fn.name, exc) from exc
+
+
+async def run_activity_async(fn: FunctionInfo, input_text: str | None, app_dir: str) -> str:
+    try:
+        result = await fn.user_function(**activity_kwargs(fn, input_text, app_dir))
+        return encode_activity_result(result)
+    except Exception as exc:
+        raise activity_failure(fn.name, exc) from exc
+
+
+def is_async(fn: FunctionInfo) -> bool:
+    return inspect.iscoroutinefunction(fn.user_function)
+
+
+def run_orchestrator(fn: FunctionInfo, context_json: str) -> tuple[dict[str, Any], str | None]:
+    """Call the orchestrator handle; return (OrchestratorState, error text or None)."""
+    try:
+        out = fn.user_function(**{fn.trigger_name: func.OrchestrationContext(context_json)})
+    except Exception as exc:
+        text = str(exc)
+        if OUT_OF_PROC_MARKER in text:
+            head, _, tail = text.partition(OUT_OF_PROC_MARKER)
+            try:
+                state = json.loads(tail)
+            except ValueError:
+                state = {}
+            return state, str(state.get("error") or head)
+        return {}, f"{type(exc).__name__}: {exc}"
+    state = json.loads(out) if isinstance(out, str | bytes) else out
+    if not isinstance(state, dict):
+        return {}, f"orchestrator returned {type(state).__name__}, not an OrchestratorState JSON object"
+    return state, None
+
+
+def run_entity(fn: FunctionInfo, batch_json: str) -> dict[str, Any]:
+    out = fn.user_function(**{fn.trigger_name: func.EntityContext(batch_json)})
+    result = json.loads(out) if isinstance(out, str | bytes) else out
+    if not isinstance(result, dict):
+        raise TypeError(f"entity {fn.name} returned {type(result).__name__}, not an EntityState JSON object")
+    return result

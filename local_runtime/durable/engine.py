@@ -1,0 +1,943 @@
+"""The durable engine: episodes, activity workers, timers, sub-orchestrations and entities over SQLite.
+
+One asyncio loop owns all state. An instance runs one episode at a time and each episode takes *all*
+visible inbox events of the instance at once (never one replay per completion). Activities run on
+`maxConcurrentActivityFunctions` workers (sync ones in a thread pool, async ones on the loop); their
+completions are committed in batches. Errors: `DurableError` (bad request from a client, carries an HTTP
+status) is the only exception this module raises to callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from local_runtime.durable import calls
+from local_runtime.durable import history as h
+from local_runtime.durable.replay import Decision, ReplayError, replay_actions
+from local_runtime.durable.store import InboxItem, InstanceRow, Store, WorkItem
+from local_runtime.indexing import FunctionInfo
+
+log = logging.getLogger("local_runtime.durable")
+
+PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, SUSPENDED = (
+    "Pending",
+    "Running",
+    "Completed",
+    "Failed",
+    "Terminated",
+    "Suspended",
+)
+TERMINAL = (COMPLETED, FAILED, TERMINATED)
+# DTFx OrchestrationStatus numbers used in ExecutionCompleted.OrchestrationStatus
+_STATUS_NUM = {COMPLETED: 1, FAILED: 3, TERMINATED: 5}
+
+
+class DurableError(Exception):
+    """A client request the engine refuses; `status` is the HTTP status the real host answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Instance:
+    row: InstanceRow
+    history: list[h.Event] | None = None
+    played: int = 0  # history[:played] already carries IsPlayed=True
+
+
+@dataclass
+class _Effects:
+    """What one transaction produced, applied to memory after COMMIT."""
+
+    inbox: list[InboxItem] = field(default_factory=list)
+    work: list[WorkItem] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+
+
+def entity_scheduler_id(name: str, key: str) -> str:
+    return f"@{name.lower()}@{key}"
+
+
+def _parse_entity_id(entity_id: str) -> tuple[str, str]:
+    _, name, key = entity_id.split("@", 2)
+    return name, key
+
+
+class Engine:
+    """Runs every durable instance of one task hub; all public methods run on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        functions: list[FunctionInfo],
+        db_path: Path,
+        max_activities: int,
+        app_dir: str,
+    ) -> None:
+        self.orchestrators: dict[str, FunctionInfo] = {}
+        self.activities: dict[str, FunctionInfo] = {}
+        self.entities: dict[str, FunctionInfo] = {}
+        for f in functions:
+            key = (f.durable_name or f.name).lower()
+            if f.trigger_type == "orchestrationTrigger":
+                self.orchestrators[key] = f
+            elif f.trigger_type == "activityTrigger":
+                self.activities[key] = f
+            elif f.trigger_type == "entityTrigger":
+                self.entities[key] = f
+        self.db_path = db_path
+        self.app_dir = app_dir
+        self.max_activities = max(1, max_activities)
+        self.store: Store | None = None
+        self.instances: dict[str, Instance] = {}
+        self.inbox: dict[str, list[InboxItem]] = {}
+        self.ready: OrderedDict[str, None] = OrderedDict()
+        self.work_q: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self.pool: ThreadPoolExecutor | None = None
+        self.completions: list[tuple[WorkItem, h.Event]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.in_flight = 0
+        self.http: aiohttp.ClientSession | None = None
+        self.flush_scheduled = False
+        self.timer_handles: dict[int, asyncio.TimerHandle] = {}
+        self.listeners: list[Callable[[str], None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.store = Store(self.db_path)
+        self.pool = ThreadPoolExecutor(max_workers=self.max_activities, thread_name_prefix="durable-activity")
+        for item in self.store.all_inbox():
+            self._add_inbox_mem(item)
+        for w in self.store.all_work():
+            self.work_q.put_nowait(w)  # recovered: may run again if it was mid-flight at the crash
+        self.tasks.append(asyncio.create_task(self._dispatch_loop(), name="durable-dispatch"))
+        for i in range(self.max_activities):
+            self.tasks.append(asyncio.create_task(self._activity_worker(), name=f"durable-activity-{i}"))
+        self.wake.set()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self.stopping = True
+        self.wake.set()
+        deadline = time.monotonic() + grace
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception) as exc:
+                log.debug("durable: task ended with %r at stop", exc)
+        self.tasks.clear()
+        if self.completions and self.store is not None:
+            self._flush_completions()
+        for handle in self.timer_handles.values():
+            handle.cancel()
+        self.timer_handles.clear()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.http is not None:
+            await self.http.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    @property
+    def db(self) -> Store:
+        assert self.store is not None, "durable engine not started"
+        return self.store
+
+    # ------------------------------------------------------------------ inbox (memory mirror)
+    def _add_inbox_mem(self, item: InboxItem) -> None:
+        self.inbox.setdefault(item.instance_id, []).append(item)
+        delay = item.visible_at - time.time()
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+            self.timer_handles[item.id] = loop.call_later(delay, self._timer_due, item.id, item.instance_id)
+        else:
+            self._mark_ready(item.instance_id)
+
+    def _timer_due(self, item_id: int, instance_id: str) -> None:
+        self.timer_handles.pop(item_id, None)
+        self._mark_ready(instance_id)
+
+    def _mark_ready(self, instance_id: str) -> None:
+        self.ready[instance_id] = None
+        self.wake.set()
+
+    def _apply(self, fx: _Effects) -> None:
+        for item in fx.inbox:
+            self._add_inbox_mem(item)
+        for w in fx.work:
+            self.work_q.put_nowait(w)
+        for iid in fx.done:
+            for cb in list(self.listeners):
+                cb(iid)
+
+    # ------------------------------------------------------------------ dispatch
+    async def _dispatch_loop(self) -> None:
+        while not self.stopping:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.ready and not self.stopping:
+                iid, _ = self.ready.popitem(last=False)
+                try:
+                    if iid.startswith("@"):
+                        self._entity_batch(iid)
+                    else:
+                        self._episode(iid)
+                except Exception:
+                    log.exception("durable: processing %s failed; it will be retried", iid)
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(1.0, self._mark_ready, iid)
+                await asyncio.sleep(0)
+
+    def _visible(self, iid: str) -> list[InboxItem]:
+        items = self.inbox.get(iid)
+        if not items:
+            return []
+        now = time.time()
+        return [i for i in items if i.visible_at <= now]
+
+    def _consume(self, iid: str, ids: set[int]) -> None:
+        items = self.inbox.get(iid)
+        if items is None:
+            return
+        rest = [i for i in items if i.id not in ids]
+        if rest:
+            self.inbox[iid] = rest
+        else:
+            del self.inbox[iid]
+
+    def _instance(self, iid: str) -> Instance | None:
+        inst = self.instances.get(iid)
+        if inst is None:
+            row = self.db.get_instance(iid)
+            if row is None:
+                return None
+            inst = Instance(row)
+            self.instances[iid] = inst
+        return inst
+
+    def _history(self, inst: Instance) -> list[h.Event]:
+        if inst.history is None:
+            inst.history = self.db.load_history(inst.row.instance_id)
+        for e in inst.history[inst.played :]:
+            e["IsPlayed"] = True
+        inst.played = len(inst.history)
+        return inst.history
+
+    # ------------------------------------------------------------------ episodes
+    def _episode(self, iid: str) -> None:
+        visible = self._visible(iid)
+        if not visible:
+            return
+        inst = self._instance(iid)
+        if inst is None:  # purged: drop whatever was still addressed to it
+            ids = [i.id for i in visible]
+            with self.db.transaction() as c:
+                self.db.delete_inbox(c, ids)
+            self._consume(iid, set(ids))
+            return
+        row = inst.row
+        consumed: list[int] = []
+        new_events: list[h.Event] = []
+        control_events: list[h.Event] = []
+        terminate_reason: str | None = None
+        status = row.status
+        for item in visible:
+            e = item.event
+            control = e.get("__control__")
+            if item.execution_id is not None and item.execution_id != row.execution_id:
+                consumed.append(item.id)  # stale: an earlier execution's completion
+                continue
+            if status in TERMINAL:
+                consumed.append(item.id)
+                continue
+            if control == h.CONTROL_TERMINATE:
+                consumed.append(item.id)
+                terminate_reason = e.get("reason")
+                break
+            if control == h.CONTROL_SUSPEND:
+                consumed.append(item.id)
+                if status != SUSPENDED:
+                    status = SUSPENDED
+                    control_events.append(h.event(h.EXECUTION_SUSPENDED, h.utcnow(), Reason=e.get("reason")))
+                continue
+            if control == h.CONTROL_RESUME:
+                consumed.append(item.id)
+                if status == SUSPENDED:
+                    status = RUNNING
+                    control_events.append(h.event(h.EXECUTION_RESUMED, h.utcnow(), Reason=e.get("reason")))
+                continue
+            if status == SUSPENDED:
+                continue  # held until resume
+            consumed.append(item.id)
+            new_events.append(e)
+        if terminate_reason is not None or status in TERMINAL:
+            if terminate_reason is not None and status not in TERMINAL:
+                self._terminate_now(inst, consumed, new_events + control_events, terminate_reason)
+            else:
+                with self.db.transaction() as c:
+                    self.db.delete_inbox(c, consumed)
+                self._consume(iid, set(consumed))
+            return
+        if not new_events:
+            # only control events: record them, no replay
+            hist = self._history(inst)
+            with self.db.transaction() as c:
+                self.db.delete_inbox(c, consumed)
+                if control_events:
+                    self.db.append_history(c, iid, len(hist), control_events)
+                row.status = status if status != PENDING else row.status
+                row.updated = time.time()
+                self.db.put_instance(c, row)
+            hist.extend(control_events)
+            self._consume(iid, set(consumed))
+            return
+        if status == SUSPENDED:
+            return
+        self._replay(inst, consumed, control_events + new_events)
+
+    def _terminate_now(
+        self, inst: Instance, consumed: list[int], events: list[h.Event], reason: str | None
+    ) -> None:
+        row = inst.row
+        hist = self._history(inst)
+        now = h.utcnow()
+        out = json.dumps(reason)
+        added = [
+            *events,
+            h.event(h.EXECUTION_TERMINATED, now, Input=reason),
+            h.event(h.EXECUTION_COMPLETED, now, OrchestrationStatus=_STATUS_NUM[TERMINATED], Result=out),
+        ]
+        fx = _Effects(done=[row.instance_id])
+        with self.db.transaction() as c:
+            self.db.delete_inbox(c, consumed)
+            self.db.append_history(c, row.instance_id, len(hist), added)
+            c.execute(
+                "DELETE FROM activities WHERE instance_id=? AND execution_id=?",
+                (row.instance_id, row.execution_id),
+            )
+            row.status, row.output, row.updated = TERMINATED, out, time.time()
+            self.db.put_instance(c, row)
+            self._notify_parent(
+                c, row, failed=True, result=None, reason=f"Orchestration terminated: {reason}", fx=fx
+            )
+        hist.extend(added)
+        self._consume(row.instance_id, set(consumed))
+        self._apply(fx)
+
+    def _replay(self, inst: Instance, consumed: list[int], new_events: list[h.Event]) -> None:
+        row = inst.row
+        iid = row.instance_id
+        hist = self._history(inst)
+        now = h.utcnow()
+        episode = [h.event(h.ORCHESTRATOR_STARTED, now), *new_events]
+        full = hist + episode
+        parent = json.loads(row.parent) if row.parent else None
+        ctx = {
+            "history": full,
+            "input": json.loads(row.input) if row.input is not None else None,
+            "instanceId": iid,
+            "isReplaying": bool(hist),
+            "parentInstanceId": parent["OrchestrationInstance"]["InstanceId"] if parent else None,
+            "upperSchemaVersion": 1,
+            "upperSchemaVersionNew": 2,
+        }
+        fn = self.orchestrators.get(row.name.lower())
+        error: str | None
+        if fn is None:
+            state: dict[str, Any] = {}
+            error = (
+                f"The function '{row.name}' doesn't exist, is disabled, or is not an orchestrator function."
+            )
+        else:
+            state, error = calls.run_orchestrator(fn, json.dumps(ctx))
+        actions: list[Any] = []
+        for group in state.get("actions") or []:
+            actions.extend(group if isinstance(group, list) else [group])
+        decisions: list[Decision] = []
+        can_input: str | None = None
+        did_can = False
+        try:
+            result = replay_actions(actions, full, now)
+            decisions, can_input, did_can = (
+                result.decisions,
+                result.continue_as_new,
+                result.did_continue_as_new,
+            )
+        except ReplayError as exc:
+            error = error or str(exc)
+        if error is None:
+            for d in decisions:
+                problem = self._check_decision(row, d)
+                if problem:
+                    error = problem
+                    break
+        if error is not None:
+            # a failing episode still delivers its fire-and-forget entity signals; nothing else is scheduled
+            decisions = [d for d in decisions if d.kind == "entity" and d.signal]
+        fx = _Effects()
+        added: list[h.Event] = list(episode)
+        with self.db.transaction() as c:
+            self.db.delete_inbox(c, consumed)
+            if "customStatus" in state:
+                row.custom_status = json.dumps(state["customStatus"])
+            for d in decisions:
+                ev = self._decide(c, row, d, now, fx)
+                if ev is not None:
+                    added.append(ev)
+            added.append(h.event(h.ORCHESTRATOR_COMPLETED, now))
+            row.updated = time.time()
+            if error is not None:
+                message = f"Orchestrator function '{row.name}' failed: {error}"
+                added.append(
+                    h.event(
+                        h.EXECUTION_COMPLETED,
+                        now,
+                        OrchestrationStatus=_STATUS_NUM[FAILED],
+                        Result=json.dumps(message),
+                        FailureDetails={
+                            "ErrorType": "OrchestrationFailureException",
+                            "ErrorMessage": message,
+                        },
+                    )
+                )
+                row.status, row.output = FAILED, json.dumps(message)
+                self._notify_parent(c, row, failed=True, result=None, reason=message, fx=fx)
+                fx.done.append(iid)
+            elif state.get("isDone") and did_can:
+                self._continue_as_new(c, inst, can_input, fx)
+                added = []
+            elif state.get("isDone"):
+                output = state.get("output")
+                out_text = json.dumps(output)
+                added.append(
+                    h.event(
+                        h.EXECUTION_COMPLETED,
+                        now,
+                        OrchestrationStatus=_STATUS_NUM[COMPLETED],
+                        Result=out_text,
+                    )
+                )
+                row.status, row.output = COMPLETED, out_text
+                self._notify_parent(c, row, failed=False, result=out_text, reason=None, fx=fx)
+                fx.done.append(iid)
+            else:
+                row.status = RUNNING
+            if added:
+                self.db.append_history(c, iid, len(hist), added)
+            self.db.put_instance(c, row)
+        if added:
+            hist.extend(added)
+        self._consume(iid, set(consumed))
+        if row.status in TERMINAL:
+            self.instances.pop(iid, None)
+        self._apply(fx)
+
+    def _check_decision(self, row: InstanceRow, d: Decision) -> str | None:
+        if d.kind == "activity" and d.name.lower() not in self.activities:
+            return f"The function '{d.name}' doesn't exist, is disabled, or is not an activity function."
+        if d.kind == "suborchestration":
+            if d.name.lower() not in self.orchestrators:
+                return (
+                    f"The function '{d.name}' doesn't exist, is disabled, or is not an orchestrator function."
+                )
+            if d.instance_id is not None and (
+                d.instance_id.startswith("@") or d.instance_id == row.instance_id
+            ):
+                return f"Invalid sub-orchestration instance ID '{d.instance_id}'."
+        return None
+
+    def _decide(self, c: Any, row: InstanceRow, d: Decision, now: datetime, fx: _Effects) -> h.Event | None:
+        iid, xid = row.instance_id, row.execution_id
+        if d.kind in ("activity", "http"):
+            inp = d.input if d.kind == "activity" else json.dumps(d.http_request)
+            w = WorkItem(iid, xid, d.seq, d.name, inp, d.kind)
+            self.db.add_work(c, w)
+            fx.work.append(w)
+            return h.event(h.TASK_SCHEDULED, now, d.seq, Name=d.name, Version="", Input=inp)
+        if d.kind == "timer":
+            assert d.fire_at is not None
+            fire = h.fmt_event_time(d.fire_at)
+            fired = h.event(h.TIMER_FIRED, d.fire_at, TimerId=d.seq, FireAt=fire)
+            fx.inbox.append(self.db.add_inbox(c, iid, xid, d.fire_at.timestamp(), fired))
+            return h.event(h.TIMER_CREATED, now, d.seq, FireAt=fire)
+        if d.kind == "suborchestration":
+            child_id = d.instance_id or f"{xid}:{d.seq}"
+            fn = self.orchestrators[d.name.lower()]
+            parent = {
+                "Name": row.name,
+                "Version": row.version or "",
+                "TaskScheduleId": d.seq,
+                "OrchestrationInstance": {"InstanceId": iid, "ExecutionId": xid},
+            }
+            self._create(
+                c, fn.durable_name or fn.name, child_id, d.input, d.version, parent, fx, replace=True
+            )
+            return h.event(
+                h.SUB_ORCHESTRATION_CREATED,
+                now,
+                d.seq,
+                Name=d.name,
+                Version=d.version or "",
+                InstanceId=child_id,
+                Input=d.input,
+            )
+        if d.kind == "entity":
+            assert d.instance_id is not None
+            msg: dict[str, Any] = {
+                "id": str(uuid.uuid4()),
+                "op": d.operation,
+                "signal": d.signal,
+                "input": d.input,
+                "parent": iid,
+                "parentExecution": xid,
+            }
+            text = json.dumps(msg)
+            op = h.event(h.EVENT_RAISED, now, Name="op", Input=text)
+            fx.inbox.append(self.db.add_inbox(c, d.instance_id, None, time.time(), op))
+            return h.event(h.EVENT_SENT, now, d.seq, InstanceId=d.instance_id, Name="op", Input=text)
+        return None
+
+    def _notify_parent(
+        self, c: Any, row: InstanceRow, *, failed: bool, result: str | None, reason: str | None, fx: _Effects
+    ) -> None:
+        if not row.parent:
+            return
+        parent = json.loads(row.parent)
+        pid = parent["OrchestrationInstance"]["InstanceId"]
+        pxid = parent["OrchestrationInstance"]["ExecutionId"]
+        seq = parent["TaskScheduleId"]
+        now = h.utcnow()
+        if failed:
+            details = json.dumps({"ClassName": "System.Exception", "Message": reason})
+            ev = h.event(h.SUB_ORCHESTRATION_FAILED, now, TaskScheduledId=seq, Reason=reason, Details=details)
+        else:
+            ev = h.event(h.SUB_ORCHESTRATION_COMPLETED, now, TaskScheduledId=seq, Result=result)
+        fx.inbox.append(self.db.add_inbox(c, pid, pxid, time.time(), ev))
+
+    def _continue_as_new(self, c: Any, inst: Instance, input_text: str | None, fx: _Effects) -> None:
+        row = inst.row
+        self.db.clear_history(c, row.instance_id)
+        c.execute(
+            "DELETE FROM activities WHERE instance_id=? AND execution_id=?",
+            (row.instance_id, row.execution_id),
+        )
+        row.execution_id = uuid.uuid4().hex
+        row.input = json.dumps(input_text)
+        row.status = RUNNING
+        row.output = None
+        inst.history = []
+        inst.played = 0
+        fx.inbox.append(
+            self.db.add_inbox(c, row.instance_id, row.execution_id, time.time(), self._started(row))
+        )
+
+    @staticmethod
+    def _started(row: InstanceRow) -> h.Event:
+        parent = json.loads(row.parent) if row.parent else None
+        return h.event(
+            h.EXECUTION_STARTED,
+            h.utcnow(),
+            OrchestrationInstance={"InstanceId": row.instance_id, "ExecutionId": row.execution_id},
+            ParentInstance=parent,
+            Name=row.name,
+            Version=row.version or "",
+            Input=row.input,
+            Tags=None,
+            Correlation=None,
+            ScheduledStartTime=None,
+            Generation=0,
+        )
+
+    def _create(
+        self,
+        c: Any,
+        name: str,
+        instance_id: str,
+        input_value: Any,
+        version: str | None,
+        parent: dict[str, Any] | None,
+        fx: _Effects,
+        *,
+        replace: bool,
+    ) -> InstanceRow:
+        existing = self.instances.get(instance_id) or None
+        old = existing.row if existing else self.db.get_instance(instance_id)
+        if old is not None and old.status not in TERMINAL and not replace:
+            raise DurableError(
+                409,
+                f"An orchestration instance with the ID '{instance_id}' already exists and is {old.status}.",
+            )
+        if old is not None:
+            self.db.delete_instance(c, instance_id)
+            self.inbox.pop(instance_id, None)
+        now = time.time()
+        row = InstanceRow(
+            instance_id=instance_id,
+            name=name,
+            version=version,
+            execution_id=uuid.uuid4().hex,
+            status=PENDING,
+            input=json.dumps(input_value),
+            output=None,
+            custom_status=None,
+            created=now,
+            updated=now,
+            parent=json.dumps(parent) if parent else None,
+        )
+        self.db.put_instance(c, row)
+        self.instances[instance_id] = Instance(row, history=[], played=0)
+        fx.inbox.append(self.db.add_inbox(c, instance_id, row.execution_id, now, self._started(row)))
+        return row
+
+    # ------------------------------------------------------------------ activities
+    async def _activity_worker(self) -> None:
+        while True:
+            w = await self.work_q.get()
+            if self.stopping:
+                return
+            self.in_flight += 1
+            try:
+                ev = await self._run_work_item(w)
+            finally:
+                self.in_flight -= 1
+            self.completions.append((w, ev))
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_completions)
+
+    async def _run_work_item(self, w: WorkItem) -> h.Event:
+        now = h.utcnow
+        try:
+            if w.kind == "http":
+                result = await self._http_activity(w.input)
+            else:
+                fn = self.activities.get(w.name.lower())
+                if fn is None:
+                    raise calls.ActivityFailure(
+                        f"The function '{w.name}' doesn't exist, is disabled, or is not an activity function",
+                        "",
+                    )
+                if calls.is_async(fn):
+                    result = await calls.run_activity_async(fn, w.input, self.app_dir)
+                else:
+                    assert self.pool is not None
+                    loop = asyncio.get_running_loop()
+                    result = await loop.run_in_executor(
+                        self.pool, calls.run_activity_sync, fn, w.input, self.app_dir
+                    )
+            return h.event(h.TASK_COMPLETED, now(), TaskScheduledId=w.seq, Result=result)
+        except calls.ActivityFailure as f:
+            return h.event(h.TASK_FAILED, now(), TaskScheduledId=w.seq, Reason=f.reason, Details=f.details)
+        except Exception as exc:
+            failure = calls.activity_failure(w.name, exc)
+            return h.event(
+                h.TASK_FAILED, now(), TaskScheduledId=w.seq, Reason=failure.reason, Details=failure.details
+            )
+
+    async def _http_activity(self, input_text: str | None) -> str:
+        req = json.loads(input_text or "{}")
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+        headers = {k: v if isinstance(v, str) else ",".join(v) for k, v in (req.get("headers") or {}).items()}
+        async with self.http.request(
+            str(req.get("method") or "GET"), str(req["uri"]), data=req.get("content"), headers=headers
+        ) as resp:
+            content = await resp.text()
+            return json.dumps(
+                {
+                    "statusCode": resp.status,
+                    "headers": {k: v for k, v in resp.headers.items()},
+                    "content": content,
+                }
+            )
+
+    def _flush_completions(self) -> None:
+        self.flush_scheduled = False
+        batch, self.completions = self.completions, []
+        if not batch or self.store is None:
+            return
+        fx = _Effects()
+        with self.db.transaction() as c:
+            for w, ev in batch:
+                if self.db.delete_work(c, w):  # gone if the instance was terminated, purged or restarted
+                    fx.inbox.append(self.db.add_inbox(c, w.instance_id, w.execution_id, time.time(), ev))
+        self._apply(fx)
+
+    # ------------------------------------------------------------------ entities
+    def _entity_batch(self, entity_id: str) -> None:
+        visible = self._visible(entity_id)
+        if not visible:
+            return
+        name, key = _parse_entity_id(entity_id)
+        fn = self.entities.get(name)
+        requests: list[dict[str, Any]] = []
+        for item in visible:
+            try:
+                requests.append(json.loads(item.event.get("Input") or "{}"))
+            except ValueError:
+                requests.append({})
+        state = self.db.get_entity(entity_id)
+        results: list[dict[str, Any]]
+        new_state = state
+        if fn is None:
+            err = json.dumps(
+                f"The function '{name}' doesn't exist, is disabled, or is not an entity function."
+            )
+            results = [{"isError": True, "result": err} for _ in requests]
+        else:
+            batch = {
+                "self": {"name": name, "key": key},
+                "exists": state is not None,
+                "state": state,
+                "batch": [
+                    {
+                        "name": r.get("op"),
+                        "input": json.dumps(r["input"]) if r.get("input") is not None else None,
+                        "isSignal": bool(r.get("signal")),
+                    }
+                    for r in requests
+                ],
+            }
+            try:
+                out = calls.run_entity(fn, json.dumps(batch))
+                results = list(out.get("results") or [])
+                new_state = out.get("entityState") if out.get("entityExists") else None
+            except Exception as exc:
+                log.exception("durable: entity %s failed", entity_id)
+                results = [
+                    {"isError": True, "result": json.dumps(f"{type(exc).__name__}: {exc}")} for _ in requests
+                ]
+        fx = _Effects()
+        ids = [i.id for i in visible]
+        with self.db.transaction() as c:
+            self.db.delete_inbox(c, ids)
+            self.db.put_entity(c, entity_id, new_state, time.time())
+            for i, r in enumerate(requests):
+                if r.get("signal") or not r.get("parent"):
+                    continue
+                res = results[i] if i < len(results) else {"isError": True, "result": json.dumps("no result")}
+                body: dict[str, Any] = {"result": res.get("result")}
+                if res.get("isError"):
+                    body["exceptionType"] = "Error"
+                ev = h.event(h.EVENT_RAISED, h.utcnow(), Name=r.get("id"), Input=json.dumps(body))
+                fx.inbox.append(self.db.add_inbox(c, r["parent"], r.get("parentExecution"), time.time(), ev))
+        self._consume(entity_id, set(ids))
+        self._apply(fx)
+
+    # ------------------------------------------------------------------ client operations
+    def function_exists(self, name: str) -> bool:
+        return name.lower() in self.orchestrators
+
+    def start_new(self, name: str, instance_id: str | None, input_value: Any, version: str | None) -> str:
+        fn = self.orchestrators.get(name.lower())
+        if fn is None:
+            raise DurableError(
+                400, f"The function '{name}' doesn't exist, is disabled, or is not an orchestrator function."
+            )
+        iid = instance_id or uuid.uuid4().hex
+        if iid.startswith("@"):
+            raise DurableError(400, f"Orchestration instance ids must not start with @: '{iid}'.")
+        fx = _Effects()
+        with self.db.transaction() as c:
+            self._create(c, fn.durable_name or fn.name, iid, input_value, version, None, fx, replace=False)
+        self._apply(fx)
+        return iid
+
+    def status_row(self, iid: str) -> InstanceRow | None:
+        inst = self.instances.get(iid)
+        return inst.row if inst else self.db.get_instance(iid)
+
+    def history_of(self, iid: str) -> list[h.Event]:
+        inst = self.instances.get(iid)
+        if inst is not None and inst.history is not None:
+            return list(inst.history)
+        return self.db.load_history(iid)
+
+    def _enqueue(self, iid: str, execution_id: str | None, event: h.Event) -> None:
+        fx = _Effects()
+        with self.db.transaction() as c:
+            fx.inbox.append(self.db.add_inbox(c, iid, execution_id, time.time(), event))
+        self._apply(fx)
+
+    def raise_event(self, iid: str, name: str, input_text: str) -> None:
+        row = self._require(iid)
+        if row.status in TERMINAL:
+            raise DurableError(410, f"Instance '{iid}' is {row.status}; it no longer accepts events.")
+        self._enqueue(iid, None, h.event(h.EVENT_RAISED, h.utcnow(), Name=name, Input=input_text))
+
+    def control(self, iid: str, op: str, reason: str | None) -> None:
+        row = self._require(iid)
+        if row.status in TERMINAL:
+            raise DurableError(410, f"Instance '{iid}' is already {row.status}.")
+        self._enqueue(iid, None, {"__control__": op, "reason": reason})
+
+    def _require(self, iid: str) -> InstanceRow:
+        row = self.status_row(iid)
+        if row is None:
+            raise DurableError(404, f"No instance with ID '{iid}' found.")
+        return row
+
+    def restart(self, iid: str, new_id: bool) -> str:
+        row = self._require(iid)
+        target = uuid.uuid4().hex if new_id else iid
+        if not new_id and row.status not in TERMINAL:
+            raise DurableError(
+                400, f"Instance '{iid}' is {row.status}; only finished instances restart in place."
+            )
+        fx = _Effects()
+        with self.db.transaction() as c:
+            self._create(
+                c,
+                row.name,
+                target,
+                json.loads(row.input) if row.input else None,
+                row.version,
+                None,
+                fx,
+                replace=not new_id,
+            )
+        self._apply(fx)
+        return target
+
+    def rewind(self, iid: str, reason: str | None) -> None:
+        """Re-run the failed activities and sub-orchestrations of a Failed instance (DTFx rewind)."""
+        row = self._require(iid)
+        if row.status in (COMPLETED, TERMINATED):
+            raise DurableError(
+                410, f"Instance '{iid}' is {row.status}; only failed instances can be rewound."
+            )
+        if row.status != FAILED:
+            return
+        inst = self._instance(iid)
+        assert inst is not None
+        hist = self._history(inst)
+        scheduled = {e["EventId"]: e for e in hist if e["EventType"] == h.TASK_SCHEDULED}
+        failed_ids = {e["TaskScheduledId"] for e in hist if e["EventType"] == h.TASK_FAILED}
+        keep = [
+            e
+            for e in hist
+            if not (e["EventType"] == h.TASK_FAILED or e["EventType"] == h.EXECUTION_COMPLETED)
+        ]
+        keep.append(h.event(h.GENERIC_EVENT, h.utcnow(), Data=f"Rewound: {reason or ''}"))
+        fx = _Effects()
+        with self.db.transaction() as c:
+            self.db.clear_history(c, iid)
+            self.db.append_history(c, iid, 0, keep)
+            for seq in sorted(failed_ids):
+                s = scheduled.get(seq)
+                if s is None:
+                    continue
+                w = WorkItem(iid, row.execution_id, seq, s["Name"], s.get("Input"), "activity")
+                self.db.add_work(c, w)
+                fx.work.append(w)
+            row.status, row.output, row.updated = RUNNING, None, time.time()
+            self.db.put_instance(c, row)
+        inst.history = keep
+        inst.played = 0
+        self.instances[iid] = inst
+        self._apply(fx)
+
+    def purge(self, iid: str) -> int:
+        row = self.status_row(iid)
+        if row is None or row.status not in TERMINAL:
+            return 0
+        with self.db.transaction() as c:
+            self.db.delete_instance(c, iid)
+        self.instances.pop(iid, None)
+        self.inbox.pop(iid, None)
+        return 1
+
+    def purge_by(self, created_from: float, created_to: float | None, statuses: list[str] | None) -> int:
+        wanted = [s for s in (statuses or list(TERMINAL)) if s in TERMINAL]
+        if not wanted:
+            return 0
+        rows = self.db.query_instances(
+            created_from=created_from,
+            created_to=created_to,
+            statuses=wanted,
+            prefix=None,
+            limit=None,
+            offset=0,
+        )
+        with self.db.transaction() as c:
+            for r in rows:
+                self.db.delete_instance(c, r.instance_id)
+        for r in rows:
+            self.instances.pop(r.instance_id, None)
+            self.inbox.pop(r.instance_id, None)
+        return len(rows)
+
+    def query(
+        self,
+        *,
+        created_from: float | None,
+        created_to: float | None,
+        statuses: list[str] | None,
+        prefix: str | None,
+        top: int | None,
+        token: str | None,
+    ) -> tuple[list[InstanceRow], str | None]:
+        offset = 0
+        if token:
+            try:
+                offset = int(base64.b64decode(token.encode()).decode())
+            except ValueError as exc:
+                raise DurableError(400, "x-ms-continuation-token is not a token this host issued.") from exc
+        rows = self.db.query_instances(
+            created_from=created_from,
+            created_to=created_to,
+            statuses=statuses,
+            prefix=prefix,
+            limit=top,
+            offset=offset,
+        )
+        rows = [self.instances[r.instance_id].row if r.instance_id in self.instances else r for r in rows]
+        next_token = None
+        if top is not None and len(rows) == top:
+            next_token = base64.b64encode(str(offset + top).encode()).decode()
+        return rows, next_token
+
+    def signal_entity(self, name: str, key: str, op: str, input_text: str | None) -> None:
+        msg = {"id": str(uuid.uuid4()), "op": op, "signal": True, "input": input_text}
+        self._enqueue(
+            entity_scheduler_id(name, key),
+            None,
+            h.event(h.EVENT_RAISED, h.utcnow(), Name="op", Input=json.dumps(msg)),
+        )
+
+    def entity_state(self, name: str, key: str) -> str | None:
+        return self.db.get_entity(entity_scheduler_id(name, key))
+
+    def list_entities(self, name: str) -> list[tuple[str, str, str]]:
+        out = []
+        for eid, state in self.db.list_entities(f"@{name.lower()}@"):
+            n, k = _parse_entity_id(eid)
+            out.append((n, k, state))
+        return out
+
+
+def epoch(t: datetime) -> float:
+    return t.astimezone(UTC).timestamp()

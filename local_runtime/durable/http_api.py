@@ -1,0 +1,339 @@
+"""The Durable extension's HTTP API: the RPC base the Python client calls and the public webhooks.
+
+Both bases serve the same handlers (like the real `HttpApiHandler`); the webhook base needs the
+durabletask system key (`code` query parameter or `x-functions-key` header), the RPC base needs none.
+Status codes follow DURABLE-PROTOCOL.md §4.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from local_runtime.durable import history as h
+from local_runtime.durable.engine import COMPLETED, FAILED, TERMINAL, TERMINATED, DurableError, Engine
+from local_runtime.durable.store import InstanceRow
+
+if TYPE_CHECKING:
+    from local_runtime.durable import DurableHost
+
+RPC_PREFIX = "/durabletask"
+WEBHOOK_PREFIX = "/runtime/webhooks/durabletask"
+_RUNNING_CODES = ("Pending", "Running", "Suspended", "ContinuedAsNew")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _loads_or_none(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
+
+
+def status_payload(row: InstanceRow, *, show_input: bool = True) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "instanceId": row.instance_id,
+        "runtimeStatus": row.status,
+        "input": _loads_or_none(row.input) if show_input else None,
+        "customStatus": _loads_or_none(row.custom_status),
+        "output": _loads_or_none(row.output),
+        "createdTime": h.fmt_status_time(datetime.fromtimestamp(row.created, UTC)),
+        "lastUpdatedTime": h.fmt_status_time(datetime.fromtimestamp(row.updated, UTC)),
+    }
+
+
+def history_payload(events: list[h.Event], show_output: bool) -> list[dict[str, Any]]:
+    """The `historyEvents` shape of the real host: scheduling and episode markers folded away."""
+    scheduled: dict[int, h.Event] = {}
+    out: list[dict[str, Any]] = []
+    for e in events:
+        t = e["EventType"]
+        if t in (h.TASK_SCHEDULED, h.SUB_ORCHESTRATION_CREATED, h.TIMER_CREATED):
+            scheduled[e["EventId"]] = e
+            if t == h.TIMER_CREATED:
+                out.append(
+                    {"EventType": "TimerCreated", "FireAt": e.get("FireAt"), "Timestamp": e["Timestamp"]}
+                )
+            continue
+        if t in (h.ORCHESTRATOR_STARTED, h.ORCHESTRATOR_COMPLETED):
+            continue
+        item: dict[str, Any] = {"EventType": h.EVENT_NAMES.get(t, str(t)), "Timestamp": e["Timestamp"]}
+        if t == h.EXECUTION_STARTED:
+            item["FunctionName"] = e.get("Name")
+            if show_output:
+                item["Input"] = e.get("Input")
+        elif t in (
+            h.TASK_COMPLETED,
+            h.TASK_FAILED,
+            h.SUB_ORCHESTRATION_COMPLETED,
+            h.SUB_ORCHESTRATION_FAILED,
+        ):
+            s = scheduled.get(e.get("TaskScheduledId", -1))
+            if s is not None:
+                item["FunctionName"] = s.get("Name")
+                item["ScheduledTime"] = s["Timestamp"]
+                if "InstanceId" in s:
+                    item["InstanceId"] = s["InstanceId"]
+            if show_output and "Result" in e:
+                item["Result"] = _loads_or_none(e.get("Result"))
+            if "Reason" in e:
+                item["Reason"] = e.get("Reason")
+                item["Details"] = e.get("Details")
+        elif t == h.TIMER_FIRED:
+            item["TimerId"] = e.get("TimerId")
+            item["FireAt"] = e.get("FireAt")
+        elif t == h.EVENT_RAISED:
+            item["Name"] = e.get("Name")
+            if show_output:
+                item["Input"] = e.get("Input")
+        elif t == h.EVENT_SENT:
+            item["Name"] = e.get("Name")
+            item["InstanceId"] = e.get("InstanceId")
+        elif t == h.EXECUTION_COMPLETED:
+            item["OrchestrationStatus"] = {1: "Completed", 3: "Failed", 5: "Terminated"}.get(
+                e.get("OrchestrationStatus", 0), "Completed"
+            )
+            if show_output:
+                item["Result"] = _loads_or_none(e.get("Result"))
+        elif t in (h.EXECUTION_TERMINATED, h.EXECUTION_SUSPENDED, h.EXECUTION_RESUMED):
+            item["Reason"] = e.get("Input", e.get("Reason"))
+        out.append(item)
+    return out
+
+
+def _bool(q: str | None, default: bool) -> bool:
+    if q is None or q == "":
+        return default
+    return q.strip().lower() == "true"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"Message": message, "ExceptionMessage": message}, status=status)
+
+
+class DurableHttpApi:
+    """aiohttp handlers bound to one engine and one host (for URLs and the system key)."""
+
+    def __init__(self, host: DurableHost, engine: Engine) -> None:
+        self.host = host
+        self.engine = engine
+
+    def add_routes(self, app: web.Application) -> None:
+        for prefix, webhook in ((RPC_PREFIX, False), (WEBHOOK_PREFIX, True)):
+            g = self._guard if webhook else (lambda f: f)
+            r = app.router
+            r.add_post(prefix + "/orchestrators/{functionName}", g(self.start))
+            r.add_post(prefix + "/orchestrators/{functionName}/{instanceId}", g(self.start))
+            for path in (prefix + "/instances", prefix + "/instances/"):
+                r.add_get(path, g(self.list_instances))
+                r.add_delete(path, g(self.purge_by))
+            r.add_get(prefix + "/instances/{instanceId}", g(self.get_status))
+            r.add_delete(prefix + "/instances/{instanceId}", g(self.purge))
+            r.add_post(prefix + "/instances/{instanceId}/raiseEvent/{eventName}", g(self.raise_event))
+            r.add_post(prefix + "/instances/{instanceId}/{operation}", g(self.operation))
+            r.add_get(prefix + "/entities/{name}", g(self.list_entities))
+            r.add_get(prefix + "/entities/{name}/{key}", g(self.get_entity))
+            r.add_post(prefix + "/entities/{name}/{key}", g(self.signal_entity))
+            r.add_delete(prefix + "/entities/{name}/{key}", g(self.signal_entity))
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            given = request.query.get("code") or request.headers.get("x-functions-key") or ""
+            if not any(hmac.compare_digest(given, k) for k in self.host.accepted_keys()):
+                return web.Response(status=401)
+            return await handler(request)
+
+        return guarded
+
+    # ------------------------------------------------------------------ orchestrations
+    async def start(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["functionName"]
+        instance_id = request.match_info.get("instanceId")
+        body = await request.read()
+        try:
+            input_value = json.loads(body) if body.strip() else None
+        except ValueError:
+            return _error(400, "Invalid JSON content in the request body.")
+        try:
+            iid = self.engine.start_new(name, instance_id, input_value, request.query.get("version"))
+        except DurableError as exc:
+            return _error(exc.status, exc.message)
+        timeout = request.query.get("timeout")
+        if timeout:
+            interval = float(request.query.get("pollingInterval") or 1)
+            deadline = time.monotonic() + float(timeout)
+            while time.monotonic() < deadline:
+                row = self.engine.status_row(iid)
+                if row is not None and row.status in TERMINAL:
+                    return self._completed_response(row)
+                await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        return self._check_status_response(request, iid)
+
+    def _completed_response(self, row: InstanceRow) -> web.Response:
+        if row.status == COMPLETED:
+            return web.json_response(_loads_or_none(row.output), status=200)
+        return web.json_response(status_payload(row), status=500 if row.status == FAILED else 200)
+
+    def _check_status_response(self, request: web.Request, iid: str) -> web.Response:
+        payload = self.host.management_urls(iid)
+        return web.json_response(
+            payload,
+            status=202,
+            headers={"Location": payload["statusQueryGetUri"], "Retry-After": "10"},
+        )
+
+    async def get_status(self, request: web.Request) -> web.StreamResponse:
+        iid = request.match_info["instanceId"]
+        row = self.engine.status_row(iid)
+        if row is None:
+            return web.Response(status=404)
+        q = request.query
+        payload = status_payload(row, show_input=_bool(q.get("showInput"), True))
+        if _bool(q.get("showHistory"), False):
+            payload["historyEvents"] = history_payload(
+                self.engine.history_of(iid), _bool(q.get("showHistoryOutput"), False)
+            )
+        if row.status in _RUNNING_CODES:
+            return web.json_response(
+                payload, status=202, headers={"Location": str(request.url), "Retry-After": "5"}
+            )
+        if row.status == FAILED and _bool(q.get("returnInternalServerErrorOnFailure"), False):
+            return web.json_response(payload, status=500)
+        return web.json_response(payload, status=200)
+
+    async def list_instances(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            created_from = (
+                h.parse_time(q["createdTimeFrom"]).timestamp() if q.get("createdTimeFrom") else None
+            )
+            created_to = h.parse_time(q["createdTimeTo"]).timestamp() if q.get("createdTimeTo") else None
+            top = int(q["top"]) if q.get("top") else None
+        except ValueError as exc:
+            return _error(400, f"Bad query parameter: {exc}")
+        statuses = [s.strip() for s in q.get("runtimeStatus", "").split(",") if s.strip()] or None
+        try:
+            rows, token = self.engine.query(
+                created_from=created_from,
+                created_to=created_to,
+                statuses=statuses,
+                prefix=q.get("instanceIdPrefix") or None,
+                top=top,
+                token=request.headers.get("x-ms-continuation-token"),
+            )
+        except DurableError as exc:
+            return _error(exc.status, exc.message)
+        show_input = _bool(q.get("showInput"), True)
+        headers = {"x-ms-continuation-token": token} if token else {}
+        return web.json_response([status_payload(r, show_input=show_input) for r in rows], headers=headers)
+
+    async def purge(self, request: web.Request) -> web.StreamResponse:
+        n = self.engine.purge(request.match_info["instanceId"])
+        if n == 0:
+            return web.Response(status=404)
+        return web.json_response({"instancesDeleted": n})
+
+    async def purge_by(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        if not q.get("createdTimeFrom"):
+            return _error(400, "Purging by filter needs createdTimeFrom.")
+        try:
+            created_from = h.parse_time(q["createdTimeFrom"]).timestamp()
+            created_to = h.parse_time(q["createdTimeTo"]).timestamp() if q.get("createdTimeTo") else None
+        except ValueError as exc:
+            return _error(400, f"Bad query parameter: {exc}")
+        statuses = [s.strip() for s in q.get("runtimeStatus", "").split(",") if s.strip()] or None
+        n = self.engine.purge_by(created_from, created_to, statuses)
+        if n == 0:
+            return web.Response(status=404)
+        return web.json_response({"instancesDeleted": n})
+
+    async def raise_event(self, request: web.Request) -> web.StreamResponse:
+        iid = request.match_info["instanceId"]
+        name = request.match_info["eventName"]
+        row = self.engine.status_row(iid)
+        if row is None:
+            return web.Response(status=404)
+        if row.status in TERMINAL:
+            return web.Response(status=410)
+        if not (request.content_type or "").startswith("application/json"):
+            return _error(400, "raiseEvent needs Content-Type: application/json.")
+        body = await request.read()
+        try:
+            value = json.loads(body) if body.strip() else None
+        except ValueError:
+            return _error(400, "Invalid JSON content in the request body.")
+        # ConvertToJToken + re-serialization: a Python client's already-JSON string stays a string (#295).
+        self.engine.raise_event(iid, name, json.dumps(value, separators=(",", ":")))
+        return web.Response(status=202)
+
+    async def operation(self, request: web.Request) -> web.StreamResponse:
+        iid = request.match_info["instanceId"]
+        op = request.match_info["operation"]
+        reason = request.query.get("reason")
+        row = self.engine.status_row(iid)
+        if row is None:
+            return web.Response(status=404)
+        try:
+            if op in ("terminate", "suspend", "resume"):
+                if row.status in TERMINAL:
+                    return web.Response(status=410)
+                self.engine.control(iid, op, reason)
+                return web.Response(status=202)
+            if op == "rewind":
+                if row.status in (COMPLETED, TERMINATED):
+                    return web.Response(status=410)
+                self.engine.rewind(iid, reason)
+                return web.Response(status=202)
+            if op == "restart":
+                new_id = _bool(request.query.get("restartWithNewInstanceId"), True)
+                target = self.engine.restart(iid, new_id)
+                return self._check_status_response(request, target)
+        except DurableError as exc:
+            if exc.status in (404, 410):
+                return web.Response(status=exc.status)
+            return _error(exc.status, exc.message)
+        return web.Response(status=404)
+
+    # ------------------------------------------------------------------ entities
+    @staticmethod
+    def _key(request: web.Request) -> str:
+        key = request.match_info["key"]
+        return "" if key == "$" else key
+
+    async def signal_entity(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if request.method == "DELETE":
+            op, value = "delete", None
+        else:
+            op = request.query.get("op") or ""
+            body = await request.read()
+            try:
+                value = json.loads(body) if body.strip() else None
+            except ValueError:
+                return _error(400, "Invalid JSON content in the request body.")
+        self.engine.signal_entity(name, self._key(request), op, value)
+        return web.Response(status=202)
+
+    async def get_entity(self, request: web.Request) -> web.StreamResponse:
+        state = self.engine.entity_state(request.match_info["name"], self._key(request))
+        if state is None:
+            return web.Response(status=404)
+        return web.Response(text=state, content_type="application/json")
+
+    async def list_entities(self, request: web.Request) -> web.StreamResponse:
+        rows = self.engine.list_entities(request.match_info["name"])
+        return web.json_response(
+            [{"entityId": {"name": n, "key": k}, "state": _loads_or_none(s)} for n, k, s in rows]
+        )
+
+
+def quote_id(instance_id: str) -> str:
+    return quote(instance_id, safe="")

@@ -1,0 +1,241 @@
+"""Sample Durable Functions app for the local runtime's durable tests: one function per feature."""
+
+import asyncio
+import os
+from datetime import timedelta
+
+import azure.durable_functions as df
+import azure.functions as func
+
+app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=50, max_number_of_attempts=3)
+
+
+def _log(line: str) -> None:
+    path = os.environ.get("DURABLE_SAMPLE_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+# ---------------------------------------------------------------- HTTP starter with the client binding
+@app.route(route="orchestrators/{functionName}", methods=["POST"])
+@app.durable_client_input(client_name="client")
+async def http_start(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    body = req.get_body()
+    instance_id = await client.start_new(
+        req.route_params["functionName"], None, req.get_json() if body else None
+    )
+    return client.create_check_status_response(req, instance_id)
+
+
+# ---------------------------------------------------------------- activities
+@app.activity_trigger(input_name="name")
+def say_hello(name: str) -> str:
+    return f"Hello {name}!"
+
+
+@app.activity_trigger(input_name="x")
+def inc(x: int) -> int:
+    _log(f"inc {x}")
+    return x + 1
+
+
+@app.activity_trigger(input_name="x")
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+@app.activity_trigger(input_name="x")
+def slow_inc(x: int) -> int:
+    import time
+
+    time.sleep(float(os.environ.get("DURABLE_SAMPLE_SLOW", "0.2")))
+    _log(f"slow_inc {x}")
+    return x + 1
+
+
+@app.activity_trigger(input_name="key")
+def flaky(key: str) -> str:
+    """Fails until it has been called `n` times for `key` (counted in a file next to the log)."""
+    name, _, n = key.partition(":")
+    path = os.environ["DURABLE_SAMPLE_LOG"] + ".flaky." + name
+    count = 1
+    if os.path.exists(path):
+        with open(path) as f:
+            count += int(f.read())
+    with open(path, "w") as f:
+        f.write(str(count))
+    if count < int(n):
+        raise ValueError(f"attempt {count} of {name} failed")
+    return f"{name} ok after {count}"
+
+
+@app.activity_trigger(input_name="x")
+def always_fails(x: str) -> str:
+    raise RuntimeError(f"nope {x}")
+
+
+# ---------------------------------------------------------------- orchestrators
+@app.orchestration_trigger(context_name="context")
+def hello_sequence(context: df.DurableOrchestrationContext):
+    a = yield context.call_activity("say_hello", "Tokyo")
+    b = yield context.call_activity("say_hello", "Seattle")
+    context.set_custom_status({"stage": "fan-out"})
+    rest = yield context.task_all([context.call_activity("say_hello", c) for c in "ABC"])
+    return [a, b, *rest]
+
+
+@app.orchestration_trigger(context_name="context")
+def fan_out(context: df.DurableOrchestrationContext):
+    m = context.get_input()
+    results = yield context.task_all([context.call_activity("inc", i) for i in range(m)])
+    return sum(results)
+
+
+@app.orchestration_trigger(context_name="context")
+def slow_fan_out(context: df.DurableOrchestrationContext):
+    m = context.get_input()
+    results = yield context.task_all([context.call_activity("slow_inc", i) for i in range(m)])
+    return sum(results)
+
+
+@app.orchestration_trigger(context_name="context")
+def chain(context: df.DurableOrchestrationContext):
+    n = context.get_input()
+    x = 0
+    for _ in range(n):
+        x = yield context.call_activity("inc", x)
+    y = yield context.call_activity("async_double", x)
+    return y
+
+
+@app.orchestration_trigger(context_name="context")
+def retry_then_ok(context: df.DurableOrchestrationContext):
+    key = context.get_input()
+    r = yield context.call_activity_with_retry("flaky", RETRY, key)
+    after = yield context.call_activity("say_hello", "after")
+    return [r, after]
+
+
+@app.orchestration_trigger(context_name="context")
+def retry_exhausts(context: df.DurableOrchestrationContext):
+    try:
+        yield context.call_activity_with_retry("always_fails", RETRY, "x")
+    except Exception as e:
+        msg = str(e)
+        after = yield context.call_activity("say_hello", "after")
+        return {"error": msg.split(" \n ")[0], "after": after}
+    return "unexpected"
+
+
+@app.orchestration_trigger(context_name="context")
+def unhandled_failure(context: df.DurableOrchestrationContext):
+    yield context.call_activity("always_fails", "boom")
+    return "unreachable"
+
+
+@app.orchestration_trigger(context_name="context")
+def approval(context: df.DurableOrchestrationContext):
+    seconds = context.get_input()
+    timeout = context.create_timer(context.current_utc_datetime + timedelta(seconds=seconds))
+    ev = context.wait_for_external_event("Approval")
+    winner = yield context.task_any([ev, timeout])
+    if winner == ev:
+        timeout.cancel()
+        return {"approved": ev.result}
+    return "timed out"
+
+
+@app.orchestration_trigger(context_name="context")
+def timer_then_activity(context: df.DurableOrchestrationContext):
+    yield context.create_timer(context.current_utc_datetime + timedelta(milliseconds=300))
+    r = yield context.call_activity("say_hello", "timer")
+    return r
+
+
+@app.orchestration_trigger(context_name="context")
+def two_waits(context: df.DurableOrchestrationContext):
+    a = yield context.wait_for_external_event("E")
+    b = yield context.wait_for_external_event("E")
+    return [a, b]
+
+
+@app.orchestration_trigger(context_name="context")
+def child(context: df.DurableOrchestrationContext):
+    n = context.get_input()
+    if n <= 0:
+        return 0
+    r = yield context.call_activity("inc", n)
+    deeper = yield context.call_sub_orchestrator("child", n - 1)
+    return r + deeper
+
+
+@app.orchestration_trigger(context_name="context")
+def parent(context: df.DurableOrchestrationContext):
+    a = yield context.call_sub_orchestrator("child", 3, instance_id=f"{context.instance_id}-child")
+    b = yield context.task_all([context.call_sub_orchestrator("child", i) for i in (1, 2)])
+    return [a, b]
+
+
+@app.orchestration_trigger(context_name="context")
+def failing_child(context: df.DurableOrchestrationContext):
+    key = context.get_input()
+    yield context.call_activity("flaky", key)
+    return "child ok"
+
+
+@app.orchestration_trigger(context_name="context")
+def parent_retry(context: df.DurableOrchestrationContext):
+    key = context.get_input()
+    r = yield context.call_sub_orchestrator_with_retry("failing_child", RETRY, key)
+    return r
+
+
+@app.orchestration_trigger(context_name="context")
+def eternal(context: df.DurableOrchestrationContext):
+    n = context.get_input()
+    r = yield context.call_activity("inc", n)
+    if r < 5:
+        context.continue_as_new(r)
+        return None
+    return r
+
+
+@app.orchestration_trigger(context_name="context")
+def waiter(context: df.DurableOrchestrationContext):
+    context.set_custom_status("waiting")
+    v = yield context.wait_for_external_event("Go")
+    r = yield context.call_activity("say_hello", str(v))
+    return r
+
+
+@app.orchestration_trigger(context_name="context")
+def counter_user(context: df.DurableOrchestrationContext):
+    eid = df.EntityId("Counter", context.get_input())
+    context.signal_entity(eid, "add", 5)
+    v = yield context.call_entity(eid, "add", 10)
+    got = yield context.call_entity(eid, "get")
+    try:
+        yield context.call_entity(eid, "fail")
+    except Exception as e:
+        return [v, got, str(e)]
+    return [v, got, "no error"]
+
+
+@app.entity_trigger(context_name="context")
+def Counter(context: df.DurableEntityContext):
+    s = context.get_state(lambda: 0)
+    op = context.operation_name
+    if op == "add":
+        s += context.get_input()
+        context.set_result(s)
+    elif op == "get":
+        context.set_result(s)
+    elif op == "fail":
+        raise ValueError("bad op")
+    elif op == "delete":
+        context.destruct_on_exit()
+        return
+    context.set_state(s)
