@@ -3,9 +3,36 @@
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities import (
+    capture,
+    cleanup,
+    create_env,
+    customize,
+    distribute,
+    generalize,
+    poll,
+    prepare,
+    run_status,
+    validate,
+)
 from api import operations
+from orchestrators import build_image, distribute_image
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for blueprint in (operations.bp,):
+for blueprint in (
+    operations.bp,
+    build_image.bp,
+    distribute_image.bp,
+    prepare.bp,
+    create_env.bp,
+    customize.bp,
+    validate.bp,
+    generalize.bp,
+    capture.bp,
+    distribute.bp,
+    cleanup.bp,
+    run_status.bp,
+    poll.bp,
+):
     app.register_functions(blueprint)

@@ -1,0 +1,40 @@
+"""The `run_status` activity: persist the run'\''s lastRunStatus (runState, runSubState, message) or one run
+output in the store, where the API reads them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.durable_functions as df
+
+from activities._common import build_of, store, timeout_scale
+from imagebuilder.pipeline.plan import StatusUpdate
+
+bp = df.Blueprint()
+
+
+@bp.activity_trigger(input_name="payload")
+def run_status(payload: dict[str, Any]) -> dict[str, Any]:
+    """Input: {build, op: "status"|"output", ...StatusUpdate}. Idempotent: writing the same status twice
+    changes nothing. Returns what was written, plus the host's `timeoutScale` (see _common)."""
+    run = build_of(payload).run
+    update = StatusUpdate.model_validate(payload)
+    if update.op == "output":
+        if not update.output_name or update.output is None:
+            raise ValueError("run_status op=output needs output_name and output")
+        store().runs.put_output(run, update.output_name, update.output)
+        return {"op": "output", "name": update.output_name}
+    store().runs.set_status(
+        run,
+        run_state=update.run_state,
+        run_sub_state=update.run_sub_state,
+        message=update.message,
+        error=update.error.model_dump(mode="json") if update.error else None,
+        details=update.details or None,
+    )
+    return {
+        "op": "status",
+        "runState": update.run_state,
+        "runSubState": update.run_sub_state,
+        "timeoutScale": timeout_scale(),
+    }

@@ -1,0 +1,61 @@
+"""Deterministic names of a build: durable function names, child instance ids and step names.
+
+Everything here derives from (template, run, step) so that a replay or a retry computes the same name
+again; nothing reads a clock or a random source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Durable function names (the orchestrators and activities register exactly these).
+BUILD_ORCHESTRATION = "build_image"
+DISTRIBUTE_ORCHESTRATION = "distribute_image"
+CANCEL_EVENT = "cancel"
+
+ACTIVITY_PREPARE = "prepare"
+ACTIVITY_CREATE_ENV = "create_env"
+ACTIVITY_CUSTOMIZE = "customize"
+ACTIVITY_VALIDATE = "validate"
+ACTIVITY_GENERALIZE = "generalize"
+ACTIVITY_CAPTURE = "capture"
+ACTIVITY_DISTRIBUTE = "distribute"
+ACTIVITY_CLEANUP = "cleanup"
+ACTIVITY_RUN_STATUS = "run_status"
+ACTIVITY_POLL = "poll"
+
+PHASE_ACTIVITIES = (
+    ACTIVITY_PREPARE,
+    ACTIVITY_CREATE_ENV,
+    ACTIVITY_CUSTOMIZE,
+    ACTIVITY_VALIDATE,
+    ACTIVITY_GENERALIZE,
+    ACTIVITY_CAPTURE,
+    ACTIVITY_DISTRIBUTE,
+    ACTIVITY_CLEANUP,
+)
+
+
+def distribute_instance_id(parent_instance_id: str, target_index: int) -> str:
+    """The instance id of the `distribute_image` child for `properties.distribute[target_index]`."""
+    return f"{parent_instance_id}:distribute:{target_index}"
+
+
+def customizer_step(index: int, customizer: dict[str, Any]) -> str:
+    """`customize[2] (Shell 'install nginx')`: the JSON path plus what the user called the step."""
+    kind = str(customizer.get("type") or "?")
+    name = customizer.get("name")
+    return f"customize[{index}] ({kind} {name!r})" if name else f"customize[{index}] ({kind})"
+
+
+def distribute_step(index: int, run_output_name: str, region: str) -> str:
+    """`distribute[1] 'galleryOut' in westeurope`."""
+    return f"distribute[{index}] {run_output_name!r} in {region}"
+
+
+STEP_PREPARE = "prepare (source and artifacts)"
+STEP_CREATE_ENV = "create build environment"
+STEP_VALIDATE = "validate.inVMValidations"
+STEP_GENERALIZE = "generalize"
+STEP_CAPTURE = "capture"
+STEP_CLEANUP = "cleanup"

@@ -1,0 +1,436 @@
+"""The `build_image` orchestration: one run of one template, phase by phase, with cleanup on every path.
+
+Queued → Building (prepare, create_env) → Customizing (one activity per customizer) → Optimizing (only
+when the template asks) → Validating (inVMValidations) → Distributing (generalize, capture, then one
+`distribute_image` sub-orchestration per distribute target). Every phase change and the end are
+reported as custom status and persisted through the `run_status` activity. Each step is raced against
+the `buildTimeoutInMinutes` durable timer and the external event `cancel`; whichever way the run ends,
+`cleanup` runs. Pure: no I/O, no clock (only `context.current_utc_datetime`), JSON across the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from datetime import datetime, timedelta
+from typing import Any
+
+import azure.durable_functions as df
+
+from imagebuilder.pipeline import naming
+from imagebuilder.pipeline import plan as p
+from imagebuilder.pipeline.messages import (
+    BuildEnv,
+    BuildInput,
+    CaptureResult,
+    CleanupReport,
+    ErrorInfo,
+    Pending,
+    PrepareResult,
+    StepResult,
+)
+
+bp = df.Blueprint()
+
+# Transient failures (a raised TransientProviderError, a lost storage connection) are retried by the
+# host; permanent ones come back as `Outcome(kind="failed")` and are never retried.
+RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_of_attempts=3)
+# After a cancel or a timeout, how long to let the interrupted step notice that cleanup removed its
+# environment before the run is declared over (the step cannot be stopped from here).
+SETTLE_GRACE = timedelta(minutes=2)
+
+Gen = Generator[Any, Any, Any]
+
+
+class Interrupted(Exception):
+    """The deadline timer or the `cancel` event won the race against a step (orchestrator-internal)."""
+
+    def __init__(self, reason: str, step: str, inflight: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.step = step
+        self.inflight = inflight
+
+
+class StepFailed(Exception):
+    """A phase returned a permanent failure (orchestrator-internal)."""
+
+    def __init__(self, error: ErrorInfo, *, keep: bool = False) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.keep = keep
+
+
+def load_input(raw: Any) -> dict[str, Any]:
+    """Orchestration inputs arrive as a dict, or as JSON text when a client encoded them twice."""
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    if not isinstance(raw, dict):
+        raise ValueError(f"orchestration input must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Steps:
+    """Calling phase activities from an orchestration: retries, Pending polling, racing, work time."""
+
+    def __init__(self, context: df.DurableOrchestrationContext, build_json: dict[str, Any]) -> None:
+        self.ctx = context
+        self.build_json = build_json
+        self.race_with: list[Any] = []  # tasks that interrupt a step when they finish first
+        self.race_names: dict[int, str] = {}
+        self.step = ""
+        self.work_seconds = 0.0
+
+    def wait(self, task: Any, *, race: bool = True) -> Gen:
+        """Yield `task`, raced against the interrupting tasks; return its value or raise its error."""
+        if not race or not self.race_with:
+            result = yield task
+            return result
+        winner = yield self.ctx.task_any([task, *self.race_with])
+        if winner is task:
+            if isinstance(task.result, Exception):
+                raise task.result
+            return task.result
+        raise Interrupted(self.race_names.get(id(winner), "interrupted"), self.step, task)
+
+    def call(self, activity: str, args: dict[str, Any], *, step: str, race: bool = True) -> Gen:
+        """Run one phase activity to its final value (polling `Pending` with durable timers).
+        A permanent failure raises `StepFailed`; an exhausted retry raises the SDK's exception."""
+        self.step = step
+        payload = {"build": self.build_json, "step": step, **args}
+        raw = yield from self.wait(self.ctx.call_activity_with_retry(activity, RETRY, payload), race=race)
+        outcome = p.Outcome.model_validate(raw)
+        self.work_seconds += outcome.seconds
+        while outcome.kind == "pending":
+            pending = Pending.model_validate(outcome.value)
+            fire_at = self.ctx.current_utc_datetime + timedelta(seconds=max(1, pending.retry_after_seconds))
+            yield from self.wait(self.ctx.create_timer(fire_at), race=race)
+            poll = {"build": self.build_json, "step": step, "pending": outcome.value}
+            raw = yield from self.wait(
+                self.ctx.call_activity_with_retry(naming.ACTIVITY_POLL, RETRY, poll), race=race
+            )
+            outcome = p.Outcome.model_validate(raw)
+            self.work_seconds += outcome.seconds
+        if outcome.kind == "failed":
+            raise StepFailed(outcome.error or ErrorInfo(code="StepFailed", message="failed", step=step))
+        return outcome.value
+
+
+class BuildRun:
+    """The state of one `build_image` execution, rebuilt identically on every replay."""
+
+    def __init__(self, context: df.DurableOrchestrationContext) -> None:
+        self.ctx = context
+        self.build = BuildInput.model_validate(load_input(context.get_input()))
+        self.build_json = self.build.model_dump(mode="json")
+        self.plan = p.BuildPlan.from_template(self.build.template)
+        self.started = context.current_utc_datetime
+        self.steps = Steps(context, self.build_json)
+        self.deadline: Any = None
+        self.timeout_scale = 1.0
+        self.run_state = p.RUNNING
+        self.sub_state = p.QUEUED
+        self.message = "queued"
+        self.phases: dict[str, dict[str, Any]] = {}
+        self._phase_work_start = 0.0
+        self.outputs: list[dict[str, Any]] = []
+
+    # ---- status -----------------------------------------------------------------------------------
+    def custom_status(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "runState": self.run_state,
+            "runSubState": self.sub_state,
+            "message": self.message,
+            "startTime": iso(self.started),
+            "step": self.steps.step or None,
+            **extra,
+        }
+
+    def _close_phase(self) -> None:
+        now = self.ctx.current_utc_datetime
+        current = self.phases.get(self.sub_state)
+        if current is not None and "end" not in current:
+            current["end"] = iso(now)
+            current["seconds"] = round((now - self.ctx_time(current["start"])).total_seconds(), 3)
+            current["workSeconds"] = round(self.steps.work_seconds - self._phase_work_start, 3)
+
+    def ctx_time(self, stamp: str) -> datetime:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=self.started.tzinfo)
+
+    def phase(self, sub_state: str, message: str) -> Gen:
+        """Enter a phase: custom status at once, then persisted through `run_status`."""
+        self._close_phase()
+        self.sub_state, self.message = sub_state, message
+        self.phases[sub_state] = {"start": iso(self.ctx.current_utc_datetime)}
+        self._phase_work_start = self.steps.work_seconds
+        ack = yield from self.persist()
+        return ack
+
+    def arm(self, scale: float) -> None:
+        """Start racing every step against the build timeout (from the orchestration's start) and the
+        `cancel` event. `scale` is the host's test knob (1.0 unless set; see activities/run_status)."""
+        self.timeout_scale = scale
+        budget = timedelta(minutes=self.plan.timeout_minutes) * scale
+        self.deadline = self.ctx.create_timer(self.started + budget)
+        cancel = self.ctx.wait_for_external_event(naming.CANCEL_EVENT)
+        self.steps.race_with = [self.deadline, cancel]
+        self.steps.race_names = {id(self.deadline): "timeout", id(cancel): "cancel"}
+
+    def persist(self, *, error: ErrorInfo | None = None, details: dict[str, Any] | None = None) -> Gen:
+        self.ctx.set_custom_status(self.custom_status())
+        update = p.StatusUpdate(
+            run_state=self.run_state,
+            run_sub_state=self.sub_state,
+            message=self.message,
+            error=error,
+            details=details or {},
+        )
+        ack = yield self.ctx.call_activity_with_retry(
+            naming.ACTIVITY_RUN_STATUS, RETRY, {"build": self.build_json, **update.model_dump(mode="json")}
+        )
+        return ack
+
+    # ---- the phases -------------------------------------------------------------------------------
+    def work(self) -> Gen:
+        """Everything up to the end of distribution. Returns the validation error that
+        continueDistributeOnFailure let through, if any."""
+        plan, steps = self.plan, self.steps
+        ack = yield from self.phase(p.BUILDING, "resolving the source and fetching artifacts")
+        scale = ack.get("timeoutScale") if isinstance(ack, dict) else None
+        self.arm(float(scale) if isinstance(scale, int | float) and scale > 0 else 1.0)
+        prepared = PrepareResult.model_validate(
+            (yield from steps.call(naming.ACTIVITY_PREPARE, {}, step=naming.STEP_PREPARE))
+        )
+        if prepared.status != "succeeded":
+            raise StepFailed(prepared.error or ErrorInfo(code="PrepareFailed", message="prepare failed"))
+        self.message = "creating the build environment"
+        env = BuildEnv.model_validate(
+            (
+                yield from steps.call(
+                    naming.ACTIVITY_CREATE_ENV,
+                    {"prepared": prepared.model_dump(mode="json")},
+                    step=naming.STEP_CREATE_ENV,
+                )
+            )
+        )
+        env_json = env.model_dump(mode="json")
+
+        if plan.source_validation_only:
+            yield from self.phase(p.VALIDATING, "validating the source image (sourceValidationOnly)")
+            result = yield from self.validate(env_json)
+            if result.status == "failed":
+                raise StepFailed(self.step_error(result, naming.STEP_VALIDATE), keep=self.keep_on_validation)
+            return None
+
+        if plan.customizers:
+            yield from self.phase(p.CUSTOMIZING, f"running {len(plan.customizers)} customizer(s)")
+        for c in plan.customizers:
+            self.message = f"running {c.step}"
+            result = StepResult.model_validate(
+                (
+                    yield from steps.call(
+                        naming.ACTIVITY_CUSTOMIZE, {"env": env_json, "index": c.index}, step=c.step
+                    )
+                )
+            )
+            if result.status == "failed":
+                raise StepFailed(self.step_error(result, c.step), keep=plan.on_customizer_error == "abort")
+
+        if (self.build.template.get("properties") or {}).get("optimize"):
+            yield from self.phase(p.OPTIMIZING, "optimize: no optimization step applies; image unchanged")
+
+        validation_error: ErrorInfo | None = None
+        if plan.has_validations:
+            yield from self.phase(p.VALIDATING, "running inVMValidations")
+            result = yield from self.validate(env_json)
+            if result.status == "failed":
+                validation_error = self.step_error(result, naming.STEP_VALIDATE)
+                if not plan.continue_distribute_on_failure:
+                    raise StepFailed(validation_error, keep=self.keep_on_validation)
+
+        yield from self.phase(p.DISTRIBUTING, "generalizing the build environment")
+        generalized = yield from steps.call(
+            naming.ACTIVITY_GENERALIZE, {"env": env_json}, step=naming.STEP_GENERALIZE
+        )
+        gen = StepResult.model_validate(generalized)
+        if gen.status == "failed":
+            raise StepFailed(self.step_error(gen, naming.STEP_GENERALIZE))
+        self.message = "capturing the image"
+        captured = CaptureResult.model_validate(
+            (yield from steps.call(naming.ACTIVITY_CAPTURE, {"env": env_json}, step=naming.STEP_CAPTURE))
+        )
+        if captured.status != "succeeded":
+            raise StepFailed(
+                captured.error or ErrorInfo(code="CaptureFailed", message="capture failed", step="capture")
+            )
+        if plan.targets:
+            self.message = f"distributing to {len(plan.targets)} target(s)"
+            self.ctx.set_custom_status(self.custom_status())
+            children = [
+                self.ctx.call_sub_orchestrator(
+                    naming.DISTRIBUTE_ORCHESTRATION,
+                    {
+                        "build": self.build_json,
+                        "captured": captured.model_dump(mode="json"),
+                        "target_index": t.index,
+                    },
+                    naming.distribute_instance_id(self.ctx.instance_id, t.index),
+                )
+                for t in plan.targets
+            ]
+            steps.step = "distribute"
+            self.outputs = list((yield from steps.wait(self.ctx.task_all(children))))
+            steps.work_seconds += sum(float(o.get("workSeconds") or 0) for o in self.outputs)
+        return validation_error
+
+    @property
+    def keep_on_validation(self) -> bool:
+        return self.plan.on_validation_error == "abort"
+
+    def validate(self, env_json: dict[str, Any]) -> Gen:
+        value = yield from self.steps.call(
+            naming.ACTIVITY_VALIDATE, {"env": env_json}, step=naming.STEP_VALIDATE
+        )
+        return StepResult.model_validate(value)
+
+    @staticmethod
+    def step_error(result: StepResult, step: str) -> ErrorInfo:
+        if result.error is not None:
+            return result.error if result.error.step else result.error.model_copy(update={"step": step})
+        return ErrorInfo(code="StepFailed", message=f"{step} failed", step=step, exit_code=result.exit_code)
+
+    def cleanup(self, keep: bool) -> Gen:
+        """Cleanup is never raced: it runs to the end on every path."""
+        raw = yield from self.steps.call(
+            naming.ACTIVITY_CLEANUP, {"keep": keep}, step=naming.STEP_CLEANUP, race=False
+        )
+        return CleanupReport.model_validate(raw)
+
+    # ---- the whole run ----------------------------------------------------------------------------
+    def run(self) -> Gen:
+        failure: ErrorInfo | None = None
+        validation_error: ErrorInfo | None = None
+        interrupted: Interrupted | None = None
+        keep = False
+        try:
+            validation_error = yield from self.work()
+            keep = validation_error is not None and self.keep_on_validation
+        except Interrupted as exc:
+            interrupted = exc
+        except StepFailed as exc:
+            failure, keep = exc.error, exc.keep
+        except Exception as exc:  # an activity that still raised after its retries, or a bad result
+            failure = p.error_from_exception(str(exc), step=self.steps.step or "orchestration")
+        if interrupted is not None and interrupted.reason == "cancel":
+            self.run_state, self.message = p.CANCELING, f"canceling during {interrupted.step}: cleaning up"
+            yield from self.persist()
+
+        self.message = "cleaning up" if not keep else "cleaning up (keeping the build environment: abort)"
+        self.ctx.set_custom_status(self.custom_status())
+        cleanup_error: str | None = None
+        report = CleanupReport()
+        try:
+            report = yield from self.cleanup(keep)
+        except StepFailed as exc:
+            cleanup_error = exc.error.message
+        except Exception as exc:
+            cleanup_error = str(exc).strip().splitlines()[0] if str(exc).strip() else "cleanup failed"
+        if interrupted is not None:
+            yield from self.settle(interrupted, keep)
+        self._close_phase()
+
+        state, message = self.conclude(failure, validation_error, interrupted, report)
+        if cleanup_error or report.errors:
+            problems = [*report.errors, *([cleanup_error] if cleanup_error else [])]
+            message += "\ncleanup problems: " + "; ".join(problems)
+        self.run_state, self.message = state, message
+        details = {
+            "phases": self.phases,
+            "workSeconds": round(self.steps.work_seconds, 3),
+            "cleanup": report.model_dump(mode="json"),
+            "outputs": self.outputs,
+            "endTime": iso(self.ctx.current_utc_datetime),
+        }
+        if self.deadline is not None and not self.deadline.is_completed:
+            self.deadline.cancel()
+        yield from self.persist(error=failure or validation_error, details=details)
+        return {**self.custom_status(), **details, "error": _dump(failure or validation_error)}
+
+    def settle(self, interrupted: Interrupted, keep: bool) -> Gen:
+        """After cleanup removed the environment under it, let the interrupted step finish (bounded),
+        then sweep once more in case it made something after the first cleanup."""
+        inflight = interrupted.inflight
+        if inflight is None:
+            return
+        if not inflight.is_completed:
+            grace = self.ctx.create_timer(self.ctx.current_utc_datetime + SETTLE_GRACE)
+            yield self.ctx.task_any([inflight, grace])
+            if not grace.is_completed:
+                grace.cancel()
+        if inflight.is_completed:
+            try:
+                yield from self.cleanup(keep)
+            except Exception as exc:  # the first cleanup's report stands
+                self.message = f"second cleanup after the interrupted step failed: {exc}"
+
+    def conclude(
+        self,
+        failure: ErrorInfo | None,
+        validation_error: ErrorInfo | None,
+        interrupted: Interrupted | None,
+        report: CleanupReport,
+    ) -> tuple[str, str]:
+        if interrupted is not None:
+            if interrupted.reason == "cancel":
+                return p.CANCELED, f"canceled by request during {interrupted.step} ({self.sub_state})"
+            scaled = "" if self.timeout_scale == 1.0 else f", scaled by {self.timeout_scale:g} by the host"
+            return p.FAILED, (
+                f"build timed out after {self.plan.timeout_minutes} minute(s) (buildTimeoutInMinutes"
+                f"{scaled}) during {interrupted.step} ({self.sub_state})"
+            )
+        if failure is not None:
+            return p.FAILED, p.failure_message(failure, kept=report.kept)
+        if validation_error is not None:
+            delivered = ", ".join(f"{o['runOutputName']}: {o['status']}" for o in self.outputs)
+            return p.FAILED, (
+                p.failure_message(validation_error, kept=report.kept)
+                + f"\ndistributed anyway (continueDistributeOnFailure): {delivered or 'nothing'}"
+            )
+        if self.plan.source_validation_only:
+            return (
+                p.SUCCEEDED,
+                "source image validated; nothing is built or distributed (sourceValidationOnly)",
+            )
+        if not self.outputs:
+            return p.SUCCEEDED, "built and captured; the template has no distribute targets"
+        state = p.final_run_state(self.outputs)
+        lines = []
+        for o in self.outputs:
+            line = f"{o['runOutputName']}: {o['status']}"
+            failed = [r for r in o.get("regions", []) if r.get("status") != "succeeded"]
+            if failed:
+                line += (
+                    " (failed in "
+                    + ", ".join(
+                        f"{r.get('region')}: {(r.get('error') or {}).get('message', 'failed')}"
+                        for r in failed
+                    )
+                    + ")"
+                )
+            lines.append(line)
+        return state, "; ".join(lines)
+
+
+def _dump(error: ErrorInfo | None) -> dict[str, Any] | None:
+    return None if error is None else error.model_dump(mode="json")
+
+
+@bp.orchestration_trigger(context_name="context")
+def build_image(context: df.DurableOrchestrationContext) -> Gen:
+    """One run of one template. Input: BuildInput JSON. Output: the final lastRunStatus plus details."""
+    result = yield from BuildRun(context).run()
+    return result

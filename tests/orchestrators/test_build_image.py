@@ -1,0 +1,281 @@
+"""The `build_image` / `distribute_image` orchestrations replayed through the SDK's registered handles
+with hand-built DTFx history (tests/orchestrators/replay_host.py) and fake phase activities."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from datetime import timedelta
+
+from tests.orchestrators.fakes import FakeBuild, build_input, handles
+from tests.orchestrators.replay_host import T0, Instance, ReplayHost, Scheduled, leaves, parse
+
+
+def run(
+    fake: FakeBuild, data: dict | None = None, host: ReplayHost | None = None
+) -> tuple[ReplayHost, Instance]:
+    host = host or ReplayHost(handles(), fake.activities())
+    inst = host.run("build_image", data or build_input())
+    assert inst.failed is None, inst.failed
+    return host, inst
+
+
+def phase_names(host: ReplayHost) -> list[str]:
+    """Activities of the parent, with run_status calls shown as their sub-state or final state."""
+    out = []
+    for c in host.calls:
+        if c.instance_id != "run-1":
+            continue
+        if c.name == "run_status":
+            p = c.payload
+            out.append(f"status:{p['run_state']}/{p['run_sub_state']}")
+        else:
+            out.append(c.name if c.name != "customize" else f"customize[{c.payload['index']}]")
+    return out
+
+
+def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> None:
+    fake = FakeBuild()
+    host, inst = run(fake)
+    assert phase_names(host) == [
+        "status:Running/Building",
+        "prepare",
+        "create_env",
+        "status:Running/Customizing",
+        "customize[0]",
+        "customize[1]",
+        "status:Running/Validating",
+        "validate",
+        "status:Running/Distributing",
+        "generalize",
+        "capture",
+        "cleanup",
+        "status:Succeeded/Distributing",
+    ]
+    # one child per distribute target, one replication per region, run outputs persisted with status
+    children = sorted({c.instance_id for c in host.calls if c.instance_id != "run-1"})
+    assert children == ["run-1:distribute:0", "run-1:distribute:1", "run-1:distribute:2"]
+    gallery = [
+        c.payload["region"]
+        for c in host.calls
+        if c.instance_id == "run-1:distribute:1" and c.name == "distribute"
+    ]
+    assert gallery == ["westeurope", "northeurope"]
+    assert set(fake.outputs) == {"managed", "gallery", "vhd"}
+    assert fake.outputs["gallery"]["provisioningState"] == "Succeeded"
+    assert [r["region"] for r in fake.outputs["gallery"]["regions"]] == ["westeurope", "northeurope"]
+    assert fake.outputs["managed"]["artifactId"] == "/id/managed/westeurope"
+    assert fake.cleanups == [False]
+    out = inst.output
+    assert out["runState"] == "Succeeded" and out["runSubState"] == "Distributing"
+    assert [o["status"] for o in out["outputs"]] == ["succeeded"] * 3
+    assert set(out["phases"]) == {"Building", "Customizing", "Validating", "Distributing"}
+    assert out["phases"]["Customizing"]["workSeconds"] == 4.0  # two customizers of 2 s each
+    assert out["workSeconds"] > 0
+    # custom status went through the sub-states in order and ended terminal
+    seen = [s["runSubState"] for s in inst.custom_statuses]
+    assert [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s] == [
+        "Building",
+        "Customizing",
+        "Validating",
+        "Distributing",
+    ]
+    assert inst.custom_status["runState"] == "Succeeded"
+    final = fake.statuses[-1]
+    assert final["run_state"] == "Succeeded" and final["details"]["outputs"]
+
+
+def test_deadline_timer_is_build_timeout_and_cancel_event_is_raced() -> None:
+    fake = FakeBuild()
+    host = ReplayHost(handles(), fake.activities())
+    inst = host.start("build_image", build_input(buildTimeoutInMinutes=7))
+    # first episode: persists Building (not raced); the first raced step carries the timer and event
+    host.pending_children, host.retry_timers = [], {}
+    while not any(c.name == "prepare" for c in host.calls):
+        at, _, i, ev = heapq.heappop(host.queue)
+        host.clock = max(host.clock, at)
+        host.deliver(i, ev)
+    state, _ = host.invoke(inst)
+    flat = leaves(state["actions"][0])
+    timers = [a for a in flat if a["actionType"] == 5]
+    events = [a for a in flat if a["actionType"] == 6]
+    assert parse(timers[0]["fireAt"]) == T0 + timedelta(minutes=7)
+    assert events[0]["externalEventName"] == "cancel"
+    any_action = [a for a in state["actions"][0] if a["actionType"] == 11]
+    assert any_action, "the step is raced (WhenAny) against the deadline and the cancel event"
+
+
+def test_default_timeout_is_four_hours() -> None:
+    fake = FakeBuild()
+    host = ReplayHost(handles(), fake.activities())
+    inst = host.run("build_image", build_input(buildTimeoutInMinutes=0))
+    timer = next(e for e in inst.history if e["EventType"] == 10)
+    assert parse(timer["FireAt"]) == T0 + timedelta(minutes=240)
+
+
+def test_host_timeout_scale_shortens_the_deadline() -> None:
+    fake = FakeBuild(hang_customizer=0, timeout_scale=0.05)
+    _, inst = run(fake, build_input(buildTimeoutInMinutes=6))
+    timer = next(e for e in inst.history if e["EventType"] == 10)
+    assert parse(timer["FireAt"]) == T0 + timedelta(seconds=18)
+    assert (
+        "timed out after 6 minute(s) (buildTimeoutInMinutes, scaled by 0.05 by the host)"
+        in inst.output["message"]
+    )
+
+
+def test_customizer_failure_skips_the_rest_and_still_cleans_up() -> None:
+    fake = FakeBuild(fail_customizer=0)
+    host, inst = run(fake)
+    names = phase_names(host)
+    assert names[-2:] == ["cleanup", "status:Failed/Customizing"]
+    assert "customize[1]" not in names and "generalize" not in names and "distribute" not in host.names()
+    assert fake.cleanups == [False]
+    msg = inst.output["message"]
+    assert "customize[0] (File 'page')" in msg
+    assert "exit code 3" in msg
+    assert "E: Unable to locate package nope" in msg
+    assert "customization.log" in msg
+    assert fake.statuses[-1]["error"]["exit_code"] == 3
+
+
+def test_abort_keeps_the_build_environment_and_says_where() -> None:
+    fake = FakeBuild(fail_customizer=1)
+    _, inst = run(fake, build_input(errorHandling={"onCustomizerError": "abort"}))
+    assert fake.cleanups == [True]
+    assert inst.output["runState"] == "Failed"
+    assert (
+        "kept for inspection (errorHandling abort): /var/lib/imagebuilder/builds/tpl-r1"
+        in inst.output["message"]
+    )
+
+
+def test_timeout_during_a_stuck_customizer_fails_the_run_and_cleans_up() -> None:
+    fake = FakeBuild(hang_customizer=1)
+    host, inst = run(fake, build_input(buildTimeoutInMinutes=1))
+    assert inst.output["runState"] == "Failed"
+    assert "timed out after 1 minute(s)" in inst.output["message"]
+    assert "customize[1]" in inst.output["message"]
+    assert fake.cleanups == [False]  # the stuck step never finishes: no second sweep
+    cleanup_at = next(c.at for c in host.calls if c.name == "cleanup")
+    assert cleanup_at == T0 + timedelta(minutes=1)
+    assert "generalize" not in host.names()
+
+
+def test_cancel_during_a_customizer_reports_canceling_then_canceled_after_cleanup() -> None:
+    fake = FakeBuild(hang_customizer=0)
+    host = ReplayHost(handles(), fake.activities())
+
+    def cancel_when_customizing(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
+        if item.name == "customize":
+            h.raise_event(inst.instance_id, "cancel", "user asked", after=5)
+
+    host.on_schedule.append(cancel_when_customizing)
+    _, inst = run(fake, host=host)
+    states = [s["run_state"] for s in fake.statuses]
+    assert states[-2:] == ["Canceling", "Canceled"]
+    assert fake.cleanups == [False]
+    assert inst.output["runState"] == "Canceled"
+    assert "customize[0]" in inst.output["message"]
+    assert "generalize" not in host.names()
+
+
+def test_cancel_when_the_step_finishes_after_cleanup_sweeps_twice() -> None:
+    fake = FakeBuild()
+    host = ReplayHost(handles(), fake.activities(), durations={"customize": 60})
+
+    def cancel_soon(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
+        if item.name == "customize" and item.input and '"index": 0' in item.input:
+            h.raise_event(inst.instance_id, "cancel", None, after=1)
+
+    host.on_schedule.append(cancel_soon)
+    _, inst = run(fake, host=host)
+    assert inst.output["runState"] == "Canceled"
+    assert fake.cleanups == [False, False]
+
+
+def test_transient_failure_is_retried_by_the_host() -> None:
+    fake = FakeBuild(transient_customizer={1: 1})
+    host, inst = run(fake)
+    assert inst.output["runState"] == "Succeeded"
+    assert host.names("run-1").count("customize") == 3  # customize[0], customize[1] twice
+
+
+def test_transient_failures_past_the_retry_budget_fail_the_run_naming_the_step() -> None:
+    fake = FakeBuild(transient_customizer={0: 5})
+    host, inst = run(fake)
+    assert inst.output["runState"] == "Failed"
+    assert host.names("run-1").count("customize") == 3
+    assert "customize[0] (File 'page')" in inst.output["message"]
+    assert "sandbox busy" in inst.output["message"]
+    assert fake.cleanups == [False]
+
+
+def test_one_failed_region_makes_the_run_partially_succeeded() -> None:
+    fake = FakeBuild(fail_regions={"northeurope"})
+    _, inst = run(fake)
+    assert inst.output["runState"] == "PartiallySucceeded"
+    assert fake.outputs["gallery"]["status"] == "partial"
+    assert fake.outputs["managed"]["status"] == "succeeded"
+    assert "northeurope: no space in northeurope" in inst.output["message"]
+
+
+def test_validation_failure_stops_distribution_unless_continue_distribute_on_failure() -> None:
+    fake = FakeBuild(fail_validation=True)
+    host, inst = run(fake)
+    assert inst.output["runState"] == "Failed" and "validate.inVMValidations" in inst.output["message"]
+    assert "distribute" not in host.names() and fake.cleanups == [False]
+
+    fake = FakeBuild(fail_validation=True)
+    validate = {
+        "inVMValidations": [{"type": "Shell", "name": "c", "inline": ["false"]}],
+        "continueDistributeOnFailure": True,
+    }
+    host, inst = run(fake, build_input(validate=validate, errorHandling={"onValidationError": "abort"}))
+    assert inst.output["runState"] == "Failed"
+    assert "distributed anyway (continueDistributeOnFailure)" in inst.output["message"]
+    assert set(fake.outputs) == {"managed", "gallery", "vhd"}
+    assert fake.cleanups == [True]
+
+
+def test_source_validation_only_validates_the_source_and_builds_nothing() -> None:
+    fake = FakeBuild()
+    validate = {
+        "inVMValidations": [{"type": "Shell", "name": "c", "inline": ["true"]}],
+        "sourceValidationOnly": True,
+    }
+    host, inst = run(fake, build_input(validate=validate, customize=[]))
+    assert phase_names(host) == [
+        "status:Running/Building",
+        "prepare",
+        "create_env",
+        "status:Running/Validating",
+        "validate",
+        "cleanup",
+        "status:Succeeded/Validating",
+    ]
+    assert "sourceValidationOnly" in inst.output["message"]
+
+
+def test_checksum_failure_in_prepare_fails_before_any_build_resource() -> None:
+    fake = FakeBuild(fail_prepare=True)
+    host, inst = run(fake)
+    assert phase_names(host) == ["status:Running/Building", "prepare", "cleanup", "status:Failed/Building"]
+    assert "sha256" in inst.output["message"] and "expected bb" in inst.output["message"]
+
+
+def test_pending_results_are_polled_with_durable_timers() -> None:
+    fake = FakeBuild(pending_capture=2)
+    host, inst = run(fake)
+    assert inst.output["runState"] == "Succeeded"
+    assert host.names("run-1").count("poll") == 2
+    polls = [c.at for c in host.calls if c.name in ("capture", "poll")]
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(polls)] == [31.0, 31.0]
+
+
+def test_replay_is_deterministic_same_actions_every_episode() -> None:
+    fake = FakeBuild()
+    host, inst = run(fake)
+    state1, _ = host.invoke(inst)
+    state2, _ = host.invoke(inst)
+    assert state1 == state2 and state1["isDone"]
