@@ -1,0 +1,260 @@
+"""The Linux customizers and in-sandbox validators: Shell (inline commands run as `#!/bin/sh -e`, or the
+staged scriptUri run by its own shebang) in the sandbox, and File (the staged sourceUri copied on the
+host side to an absolute destination resolved inside the root, never outside it). Also the up-front
+check that rejects Windows-only customizers and validators for Linux sources.
+
+Exceptions::
+
+    ProviderError (providers.base)
+    └── CustomizerError     a customizer or validator that cannot run here (.code, .field)
+        (PathEscapeError from layout for a destination that would leave the root)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagebuilder.providers.base import LogSink, ProviderError
+from imagebuilder.providers.local import proc, sandbox
+from imagebuilder.providers.local.artifacts import staged_name
+from imagebuilder.providers.local.layout import (
+    PathEscapeError,
+    check_template_path,
+    is_within,
+    resolve_in_root,
+    safe_name,
+)
+
+WINDOWS_ONLY = {
+    "powershell": "PowerShell",
+    "windowsrestart": "WindowsRestart",
+    "windowsupdate": "WindowsUpdate",
+}
+LINUX_CUSTOMIZERS = ("Shell", "File")
+INLINE_SHEBANG = "#!/bin/sh -e"
+
+
+class CustomizerError(ProviderError):
+    """A customizer or validator that cannot run in the local provider."""
+
+    def __init__(self, code: str, field: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.field = field
+
+
+@dataclass
+class Outcome:
+    """What one customizer or validator did."""
+
+    ok: bool
+    exit_code: int | None = None
+    code: str = ""
+    message: str = ""
+    tail: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    duration: float = 0.0
+
+
+def items(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """properties.customize (kind 'customize') or properties.validate.inVMValidations ('validate')."""
+    props = template.get("properties") or {}
+    if kind == "customize":
+        raw = props.get("customize") or []
+    else:
+        raw = (props.get("validate") or {}).get("inVMValidations") or []
+    return [i if isinstance(i, dict) else {} for i in raw]
+
+
+def field_of(kind: str, index: int) -> str:
+    return (
+        f"properties.customize[{index}]"
+        if kind == "customize"
+        else f"properties.validate.inVMValidations[{index}]"
+    )
+
+
+def step_name(kind: str, index: int, item: dict[str, Any]) -> str:
+    """e.g. ``customize[2] (Shell: install nginx)``."""
+    label = "customize" if kind == "customize" else "validate"
+    typ = str(item.get("type") or "?")
+    name = str(item.get("name") or "").strip()
+    return f"{label}[{index}] ({typ}: {name})" if name else f"{label}[{index}] ({typ})"
+
+
+def check_supported(template: dict[str, Any], os_name: str = "Linux") -> None:
+    """Reject, before anything is built, customizers and validators this Linux build cannot run."""
+    for kind in ("customize", "validate"):
+        for i, item in enumerate(items(template, kind)):
+            where = field_of(kind, i)
+            typ = str(item.get("type") or "")
+            if typ.lower() in WINDOWS_ONLY:
+                raise CustomizerError(
+                    "BadCustomizerType" if kind == "customize" else "BadValidatorType",
+                    f"{where}.type",
+                    f"{where}.type is {WINDOWS_ONLY[typ.lower()]}, which runs only on Windows; the source "
+                    f"image is {os_name}",
+                    hint="use a Shell customizer (or File) for Linux images, or a Windows source on Azure",
+                )
+            if typ not in LINUX_CUSTOMIZERS:
+                raise CustomizerError(
+                    "BadCustomizerType" if kind == "customize" else "BadValidatorType",
+                    f"{where}.type",
+                    f"{where}.type {typ!r} is not a customizer the local provider knows",
+                    hint="use Shell or File",
+                )
+            if typ == "Shell":
+                inline, uri = item.get("inline"), item.get("scriptUri")
+                if bool(inline) == bool(uri):
+                    raise CustomizerError(
+                        "NoCustomizerScript" if kind == "customize" else "NoValidatorScript",
+                        where,
+                        f"{where} needs exactly one of inline or scriptUri",
+                        hint="give a list of commands in inline, or the URI of a script in scriptUri",
+                    )
+                if inline is not None and not (
+                    isinstance(inline, list) and all(isinstance(c, str) for c in inline)
+                ):
+                    raise CustomizerError(
+                        "NoCustomizerScript", f"{where}.inline", f"{where}.inline must be a list of strings"
+                    )
+            if typ == "File":
+                if not item.get("sourceUri"):
+                    raise CustomizerError(
+                        "InvalidParameter",
+                        f"{where}.sourceUri",
+                        f"{where}.sourceUri is missing",
+                        hint="give the URI of the file to upload",
+                    )
+                try:
+                    check_template_path(str(item.get("destination") or ""), f"{where}.destination")
+                except PathEscapeError as exc:
+                    raise CustomizerError("InvalidDestination", f"{where}.destination", str(exc)) from exc
+
+
+def run_shell(
+    item: dict[str, Any],
+    *,
+    step_key: str,
+    root: Path,
+    inbox: Path,
+    artifacts: Path,
+    network: bool,
+    run_marker: str,
+    log: LogSink,
+    timeout: float | None,
+) -> Outcome:
+    """Run a Shell customizer/validator in the sandbox; the log gets every output line as it comes."""
+    sandbox.prepare_inbox(inbox)
+    steps = inbox / "steps"
+    if item.get("inline"):
+        script = steps / f"{step_key}.sh"
+        script.write_text(INLINE_SHEBANG + "\n" + "\n".join(item["inline"]) + "\n")
+    else:
+        uri = str(item["scriptUri"])
+        staged = artifacts / staged_name(uri)
+        if not staged.is_file():
+            return Outcome(
+                ok=False,
+                code="ArtifactNotStaged",
+                message=f"the script {uri} was not staged (prepare did not run for this run)",
+            )
+        script = steps / f"{step_key}-{safe_name(Path(urllib.parse.urlsplit(uri).path).name or 'script')}"
+        shutil.copyfile(staged, script)
+    script.chmod(0o755)
+    inside = f"{sandbox.INBOX}/steps/{script.name}"
+    start = time.monotonic()
+    try:
+        done = sandbox.run(
+            root, [inside], network=network, inbox=inbox, run_marker=run_marker, log=log, timeout=timeout
+        )
+    except proc.CommandTimeoutError as exc:
+        return Outcome(
+            ok=False,
+            exit_code=exc.returncode,
+            code="CustomizerTimeout",
+            message=f"timed out after {timeout:.0f} s" if timeout else "timed out",
+            tail=exc.tail,
+            duration=time.monotonic() - start,
+        )
+    finally:
+        script.unlink(missing_ok=True)
+    duration = time.monotonic() - start
+    if done.returncode != 0:
+        return Outcome(
+            ok=False,
+            exit_code=done.returncode,
+            code="CustomizerFailed",
+            message=f"exited with code {done.returncode}",
+            tail=done.tail,
+            duration=duration,
+        )
+    return Outcome(ok=True, exit_code=0, duration=duration)
+
+
+def _mkdirs_inside(root: Path, directory: str) -> Path:
+    """mkdir -p of an absolute image path, every component resolved inside the root."""
+    parts = [p for p in directory.split("/") if p]
+    current = "/"
+    for part in parts:
+        current = current.rstrip("/") + "/" + part
+        p = resolve_in_root(root, current, follow_final=True)
+        if not p.exists():
+            p.mkdir(mode=0o755)
+        elif not p.is_dir():
+            raise PathEscapeError(f"{current} exists in the image and is not a directory")
+    return resolve_in_root(root, directory, follow_final=True)
+
+
+def run_file(
+    item: dict[str, Any],
+    *,
+    where: str,
+    root: Path,
+    artifacts: Path,
+    log: LogSink,
+) -> Outcome:
+    """Copy the staged sourceUri to `destination` inside the root (created root:root 0644; missing
+    parent folders are created 0755)."""
+    start = time.monotonic()
+    uri = str(item.get("sourceUri") or "")
+    raw_dest = str(item.get("destination") or "")
+    try:
+        dest = check_template_path(raw_dest, f"{where}.destination")
+    except PathEscapeError as exc:
+        return Outcome(ok=False, code="InvalidDestination", message=str(exc))
+    staged = artifacts / staged_name(uri)
+    if not staged.is_file():
+        return Outcome(
+            ok=False, code="ArtifactNotStaged", message=f"the file {uri} was not staged (prepare did not run)"
+        )
+    try:
+        parent_inside, name = dest.rsplit("/", 1)
+        parent = _mkdirs_inside(root, parent_inside or "/")
+        target = resolve_in_root(root, f"{parent_inside}/{name}", follow_final=True)
+        if target.is_dir():
+            base = Path(urllib.parse.urlsplit(uri).path).name or "file"
+            target = resolve_in_root(root, f"{dest}/{base}", follow_final=True)
+        if not is_within(target.parent, root) or not is_within(parent, root):
+            raise PathEscapeError(f"{where}.destination {raw_dest!r} resolves outside the image root")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as dst, staged.open("rb") as src:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+        os.chmod(target, 0o644)
+        os.chown(target, 0, 0)
+    except PathEscapeError as exc:
+        return Outcome(ok=False, code="InvalidDestination", message=str(exc))
+    except OSError as exc:
+        return Outcome(
+            ok=False, code="CustomizerFailed", message=f"cannot write {raw_dest} in the image: {exc.strerror}"
+        )
+    inside = "/" + str(target.relative_to(os.path.realpath(root)))
+    size = target.stat().st_size
+    log.write(f"copied {uri.split('?', 1)[0]} to {inside} ({size} bytes)\n")
+    return Outcome(ok=True, details={"destination": inside, "size": size}, duration=time.monotonic() - start)

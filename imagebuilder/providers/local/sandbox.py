@@ -1,0 +1,207 @@
+"""The customizer sandbox: a command run as root inside a build root with bubblewrap (pivot_root, new
+mount/pid/ipc/uts namespaces, optional new network namespace), a clean environment, a reduced capability
+set (no CAP_SYS_ADMIN, CAP_MKNOD, CAP_SETFCAP, CAP_NET_ADMIN, CAP_SYS_MODULE, CAP_DAC_READ_SEARCH...),
+fresh /proc, /dev, tmpfs /run, and the run's inbox bound read-only at /run/imagebuilder. Network is on
+by default (like a build VM); with it off only `lo` exists.
+
+Exceptions: those of `proc.run` (CommandTimeoutError when the step's timeout expires; the whole
+sandbox dies with it, since bwrap runs with --die-with-parent and its own pid namespace).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from imagebuilder.providers.base import LogSink
+from imagebuilder.providers.local import proc
+
+INBOX = "/run/imagebuilder"
+HOSTNAME = "imagebuilder"
+RUN_MARKER_ENV = "IMAGEBUILDER_SANDBOX_RUN"
+PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{INBOX}/bin"
+
+# Docker's default set minus CAP_MKNOD and CAP_SETFCAP: enough for apt, dpkg, useradd, sudo, chroot.
+CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+)
+
+SUDO_SHIM = r"""#!/bin/sh
+# sudo shim of the local image builder sandbox (the image has no sudo): steps already run as root.
+user=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -u|-g|-C|-D|-h|-p|-r|-t|-U|-T) [ "$1" = -u ] && user="$2"; shift 2 ;;
+    --user=*) user="${1#--user=}"; shift ;;
+    --) shift; break ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+[ $# -eq 0 ] && exec /bin/sh
+if [ -n "$user" ] && [ "$user" != root ] && [ "$user" != "#0" ]; then
+  exec su -s /bin/sh "$user" -c 'exec "$0" "$@"' "$@"
+fi
+exec env "$@"
+"""
+
+
+class PrefixedLog:
+    """A LogSink that prefixes every line with the step's name before passing it on."""
+
+    def __init__(self, inner: LogSink, prefix: str) -> None:
+        self._inner = inner
+        self._prefix = prefix
+        self.lines: list[str] = []
+
+    @property
+    def uri(self) -> str:
+        return self._inner.uri
+
+    def write(self, text: str) -> None:
+        out = []
+        for line in text.splitlines():
+            self.lines.append(line)
+            out.append(f"[{self._prefix}] {line}\n")
+        if out:
+            self._inner.write("".join(out))
+
+
+def prepare_inbox(inbox: Path) -> None:
+    """Create the inbox with the sudo shim (used only when the image has no sudo of its own: it comes
+    last on PATH)."""
+    (inbox / "bin").mkdir(parents=True, exist_ok=True)
+    (inbox / "steps").mkdir(parents=True, exist_ok=True)
+    shim = inbox / "bin" / "sudo"
+    if not shim.exists() or shim.read_text() != SUDO_SHIM:
+        shim.write_text(SUDO_SHIM)
+    shim.chmod(0o755)
+
+
+def sandbox_argv(
+    root: Path,
+    command: Sequence[str],
+    *,
+    network: bool,
+    inbox: Path | None,
+    run_marker: str,
+    env: Mapping[str, str] | None = None,
+    workdir: str = "/root",
+) -> list[str]:
+    """The bwrap argv that runs `command` (an argv inside the image) with `root` as `/`."""
+    argv = [
+        "bwrap",
+        "--bind", str(root), "/",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--ro-bind-try", "/sys", "/sys",
+        "--tmpfs", "/run",
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--hostname", HOSTNAME,
+        "--die-with-parent", "--new-session",
+        "--cap-drop", "ALL",
+    ]  # fmt: skip
+    for cap in CAPABILITIES:
+        argv += ["--cap-add", cap]
+    if network:
+        argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+    else:
+        argv += ["--unshare-net"]
+    if inbox is not None:
+        argv += ["--ro-bind", str(inbox), INBOX]
+    variables = {
+        "PATH": PATH,
+        "HOME": "/root",
+        "USER": "root",
+        "LOGNAME": "root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "DEBIAN_FRONTEND": "noninteractive",
+        RUN_MARKER_ENV: run_marker,
+    }
+    variables.update(env or {})
+    argv.append("--clearenv")
+    for key, value in variables.items():
+        argv += ["--setenv", key, value]
+    argv += ["--chdir", workdir if (root / workdir.lstrip("/")).is_dir() else "/"]
+    argv += ["--", *command]
+    return argv
+
+
+def run(
+    root: Path,
+    command: Sequence[str],
+    *,
+    network: bool,
+    inbox: Path | None,
+    run_marker: str,
+    log: LogSink,
+    timeout: float | None,
+    env: Mapping[str, str] | None = None,
+) -> proc.Completed:
+    """Run `command` in the sandbox; returns the completed command (check the returncode) or raises
+    `proc.CommandTimeoutError`."""
+    proc.require_tools("bwrap")
+    argv = sandbox_argv(root, command, network=network, inbox=inbox, run_marker=run_marker, env=env)
+    return proc.run(argv, log=log, timeout=timeout, check=False)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def find_processes(run_marker: str, paths: Sequence[Path]) -> list[int]:
+    """Processes of one run: a sandbox (its argv names a run folder) or anything inside one (its
+    environment carries the run marker, or its root is inside a run folder)."""
+    marker = f"{RUN_MARKER_ENV}={run_marker}".encode()
+    needles = [str(p).encode() for p in paths]
+    found: list[int] = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        cmdline = _read(f"/proc/{pid}/cmdline")
+        is_bwrap = cmdline.startswith(b"bwrap\x00") or b"/bwrap\x00" in cmdline[:64]
+        if is_bwrap and any(n in cmdline for n in needles):
+            found.append(pid)
+            continue
+        if marker in _read(f"/proc/{pid}/environ").split(b"\x00"):
+            found.append(pid)
+            continue
+        try:
+            root = os.readlink(f"/proc/{pid}/root")
+        except OSError:
+            continue
+        if any(root == str(p) or root.startswith(str(p) + "/") for p in paths):
+            found.append(pid)
+    return found
+
+
+def kill_processes(pids: Sequence[int]) -> list[int]:
+    """SIGKILL each pid; returns those that were signalled."""
+    killed = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return killed
