@@ -248,6 +248,12 @@ class Engine:
 
     # ------------------------------------------------------------------ episodes
     def _episode(self, iid: str) -> None:
+        self._episode_once(iid)
+        inst = self.instances.get(iid)
+        if inst is not None and inst.row.status not in (SUSPENDED, *TERMINAL) and self._visible(iid):
+            self._mark_ready(iid)  # events held during a suspension, released by a resume in this batch
+
+    def _episode_once(self, iid: str) -> None:
         visible = self._visible(iid)
         if not visible:
             return
@@ -314,9 +320,7 @@ class Engine:
             hist.extend(control_events)
             self._consume(iid, set(consumed))
             return
-        if status == SUSPENDED:
-            return
-        self._replay(inst, consumed, control_events + new_events)
+        self._replay(inst, consumed, control_events + new_events, suspended=status == SUSPENDED)
 
     def _terminate_now(
         self, inst: Instance, consumed: list[int], events: list[h.Event], reason: str | None
@@ -347,7 +351,9 @@ class Engine:
         self._consume(row.instance_id, set(consumed))
         self._apply(fx)
 
-    def _replay(self, inst: Instance, consumed: list[int], new_events: list[h.Event]) -> None:
+    def _replay(
+        self, inst: Instance, consumed: list[int], new_events: list[h.Event], *, suspended: bool = False
+    ) -> None:
         row = inst.row
         iid = row.instance_id
         hist = self._history(inst)
@@ -444,7 +450,7 @@ class Engine:
                 self._notify_parent(c, row, failed=False, result=out_text, reason=None, fx=fx)
                 fx.done.append(iid)
             else:
-                row.status = RUNNING
+                row.status = SUSPENDED if suspended else RUNNING
             if added:
                 self.db.append_history(c, iid, len(hist), added)
             self.db.put_instance(c, row)
@@ -833,6 +839,7 @@ class Engine:
             return
         inst = self._instance(iid)
         assert inst is not None
+        row = inst.row
         hist = self._history(inst)
         scheduled = {e["EventId"]: e for e in hist if e["EventType"] == h.TASK_SCHEDULED}
         failed_ids = {e["TaskScheduledId"] for e in hist if e["EventType"] == h.TASK_FAILED}
