@@ -306,7 +306,7 @@ class _Walk:
                 continue
             if (
                 isinstance(node, Mapping)
-                and _get_ci(node, el) is None
+                and el not in node
                 and any(_get_ci(node, k) == el for k in _DISCRIMINATORS)
             ):
                 self.container, self.tag = last_name, el
