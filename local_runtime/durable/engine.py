@@ -90,6 +90,7 @@ class Engine:
         db_path: Path,
         max_activities: int,
         app_dir: str,
+        coalesce_window: float = 0.02,
     ) -> None:
         self.orchestrators: dict[str, FunctionInfo] = {}
         self.activities: dict[str, FunctionInfo] = {}
@@ -120,6 +121,11 @@ class Engine:
         self.flush_scheduled = False
         self.timer_handles: dict[int, asyncio.TimerHandle] = {}
         self.listeners: list[Callable[[str], None]] = []
+        # Completion batching: an instance that still has activities queued or running waits up to
+        # `coalesce_window` for more completions, so that a fan-out replays a few times, not once per result.
+        self.coalesce_window = coalesce_window
+        self.outstanding: dict[str, int] = {}
+        self.deferred: dict[str, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -127,8 +133,8 @@ class Engine:
         self.pool = ThreadPoolExecutor(max_workers=self.max_activities, thread_name_prefix="durable-activity")
         for item in self.store.all_inbox():
             self._add_inbox_mem(item)
-        for w in self.store.all_work():
-            self.work_q.put_nowait(w)  # recovered: may run again if it was mid-flight at the crash
+        # recovered work items may run again if they were mid-flight at the crash (QUIRKS.md)
+        self._queue_work(self.store.all_work())
         self.tasks.append(asyncio.create_task(self._dispatch_loop(), name="durable-dispatch"))
         for i in range(self.max_activities):
             self.tasks.append(asyncio.create_task(self._activity_worker(), name=f"durable-activity-{i}"))
@@ -150,9 +156,10 @@ class Engine:
         self.tasks.clear()
         if self.completions and self.store is not None:
             self._flush_completions()
-        for handle in self.timer_handles.values():
+        for handle in [*self.timer_handles.values(), *self.deferred.values()]:
             handle.cancel()
         self.timer_handles.clear()
+        self.deferred.clear()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
         if self.http is not None:
@@ -167,28 +174,40 @@ class Engine:
         return self.store
 
     # ------------------------------------------------------------------ inbox (memory mirror)
-    def _add_inbox_mem(self, item: InboxItem) -> None:
-        self.inbox.setdefault(item.instance_id, []).append(item)
+    def _add_inbox_mem(self, item: InboxItem, coalesce: bool = False) -> None:
+        iid = item.instance_id
+        self.inbox.setdefault(iid, []).append(item)
         delay = item.visible_at - time.time()
         if delay > 0:
             loop = asyncio.get_running_loop()
-            self.timer_handles[item.id] = loop.call_later(delay, self._timer_due, item.id, item.instance_id)
+            self.timer_handles[item.id] = loop.call_later(delay, self._timer_due, item.id, iid)
+        elif coalesce and self.outstanding.get(iid, 0) > 0 and self.coalesce_window > 0:
+            if iid not in self.deferred:
+                loop = asyncio.get_running_loop()
+                self.deferred[iid] = loop.call_later(self.coalesce_window, self._mark_ready, iid)
         else:
-            self._mark_ready(item.instance_id)
+            self._mark_ready(iid)
+
+    def _queue_work(self, items: list[WorkItem]) -> None:
+        for w in items:
+            self.outstanding[w.instance_id] = self.outstanding.get(w.instance_id, 0) + 1
+            self.work_q.put_nowait(w)
 
     def _timer_due(self, item_id: int, instance_id: str) -> None:
         self.timer_handles.pop(item_id, None)
         self._mark_ready(instance_id)
 
     def _mark_ready(self, instance_id: str) -> None:
+        handle = self.deferred.pop(instance_id, None)
+        if handle is not None:
+            handle.cancel()
         self.ready[instance_id] = None
         self.wake.set()
 
-    def _apply(self, fx: _Effects) -> None:
+    def _apply(self, fx: _Effects, coalesce: bool = False) -> None:
         for item in fx.inbox:
-            self._add_inbox_mem(item)
-        for w in fx.work:
-            self.work_q.put_nowait(w)
+            self._add_inbox_mem(item, coalesce)
+        self._queue_work(fx.work)
         for iid in fx.done:
             for cb in list(self.listeners):
                 cb(iid)
@@ -690,7 +709,13 @@ class Engine:
             for w, ev in batch:
                 if self.db.delete_work(c, w):  # gone if the instance was terminated, purged or restarted
                     fx.inbox.append(self.db.add_inbox(c, w.instance_id, w.execution_id, time.time(), ev))
-        self._apply(fx)
+        for w, _ in batch:
+            left = self.outstanding.get(w.instance_id, 1) - 1
+            if left > 0:
+                self.outstanding[w.instance_id] = left
+            else:
+                self.outstanding.pop(w.instance_id, None)
+        self._apply(fx, coalesce=True)
 
     # ------------------------------------------------------------------ entities
     def _entity_batch(self, entity_id: str) -> None:
