@@ -49,6 +49,7 @@ _VERSION_ID = re.compile(r"/versions/(?P<version>[^/]+)$", re.IGNORECASE)
 
 IDENTITY_REQUIRED_SINCE = "2020-02-14"
 MIN_BUILD_TIMEOUT_MINUTES = 6
+RESOURCE_READ_ONLY = ("id", "name", "type", "systemData", "etag")
 
 
 def _api_version(info: ValidationInfo) -> str | None:
@@ -91,6 +92,8 @@ class ArmModel(BaseModel):
         strict=True,
     )
 
+    # Read-only members ARM ignores in request bodies: dropped before validation, never dumped.
+    read_only: ClassVar[tuple[str, ...]] = ()
     _case_map: ClassVar[dict[str, str] | None] = None
 
     def to_json(self) -> dict[str, Any]:
@@ -108,6 +111,9 @@ class ArmModel(BaseModel):
                 (f.alias or name).lower(): (f.alias or name) for name, f in cls.model_fields.items()
             }
         case_map = cls.__dict__["_case_map"]
+        if cls.read_only:
+            ignored = {name.lower() for name in cls.read_only}
+            data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.lower() in ignored)}
         out: dict[Any, Any] = {}
         issues: list[Issue] = []
         exact = [k for k in data if isinstance(k, str) and k in case_map.values()]
@@ -256,6 +262,8 @@ class PlatformImagePurchasePlan(ArmModel):
 class PlatformImageSource(ArmModel):
     """A Marketplace (PIR) image: publisher/offer/sku/version; version may be 'latest'."""
 
+    read_only = ("exactVersion",)
+
     type: Literal["PlatformImage"]
     publisher: str
     offer: str
@@ -302,6 +310,8 @@ class ManagedImageSource(ArmModel):
 
 class SharedImageVersionSource(ArmModel):
     """An image version in an Azure Compute Gallery (or direct shared gallery); version may be 'latest'."""
+
+    read_only = ("exactVersion",)
 
     type: Literal["SharedImageVersion"]
     image_version_id: str
@@ -882,6 +892,8 @@ class DataDisk(ArmModel):
 class ImageTemplateProperties(ArmModel):
     """`properties` of an image template (read-only fields are not modelled: they are server-side state)."""
 
+    read_only = ("provisioningState", "provisioningError", "lastRunStatus", "exactStagingResourceGroup")
+
     source: ImageTemplateSource
     customize: list[ImageTemplateCustomizer] | None = None
     optimize: ImageTemplateOptimize | None = None
@@ -959,9 +971,13 @@ class ImageTemplateProperties(ArmModel):
 class UserAssignedIdentity(ArmModel):
     """Value of a userAssignedIdentities entry: `{}` in requests (principalId/clientId are read-only)."""
 
+    read_only = ("principalId", "clientId")
+
 
 class ImageTemplateIdentity(ArmModel):
     """The template's identity: UserAssigned with exactly one identity, or None (removes it)."""
+
+    read_only = ("principalId", "tenantId")
 
     type: Literal["UserAssigned", "None"]
     user_assigned_identities: dict[str, UserAssignedIdentity] | None = None
@@ -1004,6 +1020,8 @@ class ImageTemplateIdentity(ArmModel):
 class ImageTemplate(ArmModel):
     """An image template as the user gave it (PUT body, read-only fields dropped)."""
 
+    read_only = RESOURCE_READ_ONLY
+
     location: str
     tags: dict[str, str] | None = None
     identity: ImageTemplateIdentity | None = None
@@ -1036,12 +1054,16 @@ class ImageTemplate(ArmModel):
 class ImageTemplateUpdateProperties(ArmModel):
     """The only template properties PATCH may change."""
 
+    read_only = ImageTemplateProperties.read_only
+
     distribute: list[ImageTemplateDistributor] | None = None
     vm_profile: ImageTemplateVmProfile | None = None
 
 
 class ImageTemplateUpdate(ArmModel):
     """A PATCH body: tags, identity, properties.vmProfile, properties.distribute."""
+
+    read_only = RESOURCE_READ_ONLY
 
     identity: ImageTemplateIdentity | None = None
     tags: dict[str, str] | None = None
@@ -1074,11 +1096,15 @@ def _check_ncrontab(expr: str) -> list[Issue]:
 class SourceImageTriggerProperties(ArmModel):
     """AIB's trigger: build when a new version of the (latest) source image appears."""
 
+    read_only = ("status", "provisioningState")
+
     kind: Literal["SourceImage"]
 
 
 class ScheduleTriggerProperties(ArmModel):
     """Our extension: build on an NCRONTAB schedule, optionally only when the inputs changed."""
+
+    read_only = ("status", "provisioningState")
 
     kind: Literal["Schedule"]
     schedule: str
@@ -1111,6 +1137,8 @@ TRIGGER_KINDS = ("SourceImage", "Schedule")
 
 class TriggerResource(ArmModel):
     """A trigger PUT body (read-only status/provisioningState dropped)."""
+
+    read_only = RESOURCE_READ_ONLY
 
     properties: TriggerProperties
 

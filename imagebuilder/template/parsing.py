@@ -1,8 +1,8 @@
 """Request bodies in, models out: PUT/PATCH/trigger parsing, pydantic errors as AIB/ARM `TemplateError`s.
 
-Read-only fields (id, name, type, systemData, provisioningState, lastRunStatus, exactStagingResourceGroup,
-source.exactVersion, identity principalId/clientId, trigger status) are dropped before validation, as ARM
-ignores them. Every problem pydantic finds becomes one `TemplateError` naming its JSON path.
+Read-only members (id, name, type, provisioningState, lastRunStatus, exactVersion, ...) are dropped by
+the models themselves (`ArmModel.read_only`), as ARM ignores them. Every problem pydantic finds becomes
+one `TemplateError` naming its JSON path; several come back together in `.details`.
 """
 
 from __future__ import annotations
@@ -43,31 +43,27 @@ LATEST_API_VERSION = SUPPORTED_API_VERSIONS[-1]
 
 M = TypeVar("M", bound=BaseModel)
 
-_RESOURCE_READ_ONLY = ("id", "name", "type", "systemData", "etag")
-_PROPERTIES_READ_ONLY = (
-    "provisioningState",
-    "provisioningError",
-    "lastRunStatus",
-    "exactStagingResourceGroup",
-)
 # Properties a PATCH may not touch (AIB templates are immutable apart from these).
 _PATCHABLE_TOP = ("tags", "identity", "properties")
 _PATCHABLE_PROPERTIES = ("vmProfile", "distribute")
-_TEMPLATE_TOP = ("location", "tags", "identity", "properties")
-_TEMPLATE_PROPERTIES = (
-    "source",
-    "customize",
-    "optimize",
-    "validate",
-    "distribute",
-    "errorHandling",
-    "buildTimeoutInMinutes",
-    "vmProfile",
-    "additionalDataDisks",
-    "stagingResourceGroup",
-    "autoRun",
-    "managedResourceTags",
-)
+_TEMPLATE_TOP = {k.lower(): k for k in ("location", "tags", "identity", "properties")}
+_TEMPLATE_PROPERTIES = {
+    k.lower(): k
+    for k in (
+        "source",
+        "customize",
+        "optimize",
+        "validate",
+        "distribute",
+        "errorHandling",
+        "buildTimeoutInMinutes",
+        "vmProfile",
+        "additionalDataDisks",
+        "stagingResourceGroup",
+        "autoRun",
+        "managedResourceTags",
+    )
+}
 
 _TAG_CODES = {
     "source": (E.BAD_SOURCE_TYPE, SOURCE_TYPES),
@@ -123,32 +119,27 @@ def parse_template(
     if name is not None:
         validate_resource_name(name)
     obj = _require_object(body)
-    clean = _strip_template_read_only(obj)
-    return _validate(ImageTemplate, clean, obj, {"api_version": api_version})
+    return _validate(ImageTemplate, obj, obj, {"api_version": api_version})
 
 
 def parse_template_update(body: Any, *, api_version: str = LATEST_API_VERSION) -> ImageTemplateUpdate:
     """Validate a PATCH body: only tags, identity, properties.vmProfile and .distribute may change."""
     check_api_version(api_version)
     obj = _require_object(body)
-    clean = {k: v for k, v in obj.items() if k not in _RESOURCE_READ_ONLY}
     problems: list[TemplateError] = []
-    for key in clean:
-        if key in _TEMPLATE_TOP and key not in _PATCHABLE_TOP:
-            problems.append(_not_patchable(key))
-    props = clean.get("properties")
+    for key in obj:
+        canonical = _TEMPLATE_TOP.get(key.lower()) if isinstance(key, str) else None
+        if canonical is not None and canonical not in _PATCHABLE_TOP:
+            problems.append(_not_patchable(canonical))
+    props = _get_ci(obj, "properties")
     if isinstance(props, Mapping):
-        props = {k: v for k, v in props.items() if k not in _PROPERTIES_READ_ONLY}
         for key in props:
-            if key in _TEMPLATE_PROPERTIES and key not in _PATCHABLE_PROPERTIES:
-                problems.append(_not_patchable(f"properties.{key}"))
-        clean["properties"] = props
+            canonical = _TEMPLATE_PROPERTIES.get(key.lower()) if isinstance(key, str) else None
+            if canonical is not None and canonical not in _PATCHABLE_PROPERTIES:
+                problems.append(_not_patchable(f"properties.{canonical}"))
     if problems:
         raise _combine(problems)
-    clean = {k: v for k, v in clean.items() if k in _PATCHABLE_TOP or k not in _TEMPLATE_TOP}
-    if isinstance(clean.get("identity"), Mapping):
-        clean["identity"] = _strip_identity(clean["identity"])
-    return _validate(ImageTemplateUpdate, clean, obj, None)
+    return _validate(ImageTemplateUpdate, obj, obj, None)
 
 
 def apply_update(template: ImageTemplate, update: ImageTemplateUpdate) -> ImageTemplate:
@@ -170,11 +161,7 @@ def parse_trigger(body: Any, *, api_version: str = LATEST_API_VERSION) -> Trigge
     """Validate a trigger PUT body: kind SourceImage (AIB) or Schedule (our extension)."""
     check_api_version(api_version)
     obj = _require_object(body)
-    clean = {k: v for k, v in obj.items() if k not in _RESOURCE_READ_ONLY}
-    props = clean.get("properties")
-    if isinstance(props, Mapping):
-        clean["properties"] = {k: v for k, v in props.items() if k not in ("status", "provisioningState")}
-    return _validate(TriggerResource, clean, obj, None)
+    return _validate(TriggerResource, obj, obj, None)
 
 
 def input_fingerprint(
@@ -224,35 +211,6 @@ def _not_patchable(target: str) -> TemplateError:
         "Delete and re-create the template to change it.",
         target,
     )
-
-
-def _strip_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in identity.items() if k not in ("principalId", "tenantId")}
-    uais = out.get("userAssignedIdentities")
-    if isinstance(uais, Mapping):
-        out["userAssignedIdentities"] = {
-            k: (
-                {kk: vv for kk, vv in v.items() if kk not in ("principalId", "clientId")}
-                if isinstance(v, Mapping)
-                else v
-            )
-            for k, v in uais.items()
-        }
-    return out
-
-
-def _strip_template_read_only(obj: Mapping[str, Any]) -> dict[str, Any]:
-    clean = {k: v for k, v in obj.items() if k not in _RESOURCE_READ_ONLY}
-    if isinstance(clean.get("identity"), Mapping):
-        clean["identity"] = _strip_identity(clean["identity"])
-    props = clean.get("properties")
-    if isinstance(props, Mapping):
-        props = {k: v for k, v in props.items() if k not in _PROPERTIES_READ_ONLY}
-        source = props.get("source")
-        if isinstance(source, Mapping):
-            props["source"] = {k: v for k, v in source.items() if k != "exactVersion"}
-        clean["properties"] = props
-    return clean
 
 
 def _validate(model: type[M], data: dict[str, Any], original: Any, context: dict[str, Any] | None) -> M:

@@ -145,6 +145,16 @@ def test_read_only_fields_are_ignored() -> None:
     assert parse_template(body).to_arm() == FULL_TEMPLATE
 
 
+def test_read_only_fields_are_ignored_by_the_models_too() -> None:
+    body = {**FULL_TEMPLATE, "id": "/x", "name": "t", "type": "Microsoft.VirtualMachineImages/imageTemplates"}
+    body = mutate(body, "properties.lastRunStatus", {"runState": "Failed"})
+    body["identity"] = {
+        "type": "UserAssigned",
+        "userAssignedIdentities": {IDENTITY: {"clientId": "c", "principalId": "p"}},
+    }
+    assert ImageTemplate.model_validate(body).to_arm() == FULL_TEMPLATE
+
+
 def test_member_names_match_case_insensitively() -> None:
     body = mutate(
         FULL_TEMPLATE,
