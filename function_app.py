@@ -15,13 +15,17 @@ from activities import (
     run_status,
     validate,
 )
-from api import operations
+from api import async_operations, operations, runs, templates, triggers
 from orchestrators import build_image, distribute_image
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 for blueprint in (
     operations.bp,
+    templates.bp,
+    runs.bp,
+    triggers.bp,
+    async_operations.bp,
     build_image.bp,
     distribute_image.bp,
     prepare.bp,

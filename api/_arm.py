@@ -1,0 +1,353 @@
+"""ARM plumbing shared by the HTTP adapters: api-version, error bodies, long-running-operation headers,
+paging links, resource shapes and the store.
+
+Every handler is wrapped by `arm`: known errors become ARM error bodies
+(`{"error": {"code", "message", "target", "details"}}`), anything else a 500 with a correlation id and
+no stack trace (the trace goes to the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import azure.functions as func
+
+from imagebuilder.pipeline.messages import RESOURCE_TYPE
+from imagebuilder.settings import Settings
+from imagebuilder.store import (
+    ConflictError,
+    InvalidContinuationError,
+    NotFoundError,
+    OperationRecord,
+    RunRecord,
+    Store,
+    StoredTemplate,
+    StoredTrigger,
+    StoreError,
+    TooLargeError,
+    open_store,
+)
+from imagebuilder.template import SUPPORTED_API_VERSIONS, TemplateError, validate_resource_name
+
+log = logging.getLogger("api")
+
+PROVIDER = "Microsoft.VirtualMachineImages"
+TEMPLATE_TYPE = RESOURCE_TYPE
+TRIGGER_TYPE = f"{RESOURCE_TYPE}/triggers"
+RUN_TYPE = f"{RESOURCE_TYPE}/runs"
+DEFAULT_PAGE_SIZE = 100
+
+SUBSCRIPTION = "subscriptions/{subscriptionId}"
+TEMPLATES = SUBSCRIPTION + "/resourceGroups/{resourceGroupName}/providers/" + PROVIDER + "/imageTemplates"
+TEMPLATE = TEMPLATES + "/{imageTemplateName}"
+
+_RG = re.compile(r"^[-\w._()]{1,90}$")
+_SUB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class ArmError(Exception):
+    """An ARM error answer: HTTP status plus `{"error": {code, message, target, details}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        target: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.target = target
+        self.details = details or []
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.target is not None:
+            error["target"] = self.target
+        error["details"] = self.details
+        return {"error": error}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body), status_code=status, headers=headers or {}, mimetype="application/json"
+    )
+
+
+def empty_response(status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(b"", status_code=status, headers=headers or {})
+
+
+def _error_response(exc: BaseException) -> func.HttpResponse:
+    if isinstance(exc, ArmError):
+        return json_response(exc.body(), exc.status)
+    if isinstance(exc, TemplateError):
+        return json_response(exc.to_arm(), 400)
+    if isinstance(exc, NotFoundError):
+        return json_response(ArmError(404, "ResourceNotFound", exc.message).body(), 404)
+    if isinstance(exc, TooLargeError):
+        return json_response(ArmError(413, "RequestEntityTooLarge", str(exc)).body(), 413)
+    if isinstance(exc, InvalidContinuationError):
+        return json_response(ArmError(400, "InvalidContinuationToken", str(exc), "$skipToken").body(), 400)
+    if isinstance(exc, ConflictError):
+        return json_response(ArmError(409, "Conflict", str(exc)).body(), 409)
+    correlation = str(uuid.uuid4())
+    if isinstance(exc, StoreError):
+        log.error("store error (correlation %s): %s", correlation, exc)
+    else:
+        log.exception("unhandled error (correlation %s)", correlation, exc_info=exc)
+    return json_response(
+        ArmError(
+            500,
+            "InternalServerError",
+            f"The service could not complete the request; retry it. Correlation id: {correlation}.",
+        ).body(),
+        500,
+    )
+
+
+def arm(fn: F) -> F:
+    """Turn every exception of a handler into an ARM error response (sync or async handlers)."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
+            try:
+                result: func.HttpResponse = await fn(*args, **kwargs)
+                return result
+            except Exception as exc:
+                return _error_response(exc)
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
+        try:
+            result: func.HttpResponse = fn(*args, **kwargs)
+            return result
+        except Exception as exc:
+            return _error_response(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- request parts -------------------------------------------------------------------------------------
+
+
+def api_version(req: func.HttpRequest) -> str:
+    """The request's `api-version`, which ARM requires on every call and which must be one we serve."""
+    value = str(req.params.get("api-version") or "")
+    if not value:
+        raise ArmError(
+            400,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+            "api-version",
+        )
+    if value not in SUPPORTED_API_VERSIONS:
+        raise ArmError(
+            400,
+            "InvalidApiVersionParameter",
+            f"The api-version '{value}' is invalid. The supported versions are "
+            f"'{','.join(reversed(SUPPORTED_API_VERSIONS))}'.",
+            "api-version",
+        )
+    return value
+
+
+def route(req: func.HttpRequest, name: str) -> str:
+    value = str(req.route_params.get(name) or "")
+    if not value:
+        raise ArmError(400, "InvalidParameter", f"The path parameter '{name}' is missing.", name)
+    return value
+
+
+def subscription(req: func.HttpRequest) -> str:
+    sub = route(req, "subscriptionId")
+    if not _SUB.match(sub):
+        raise ArmError(
+            400,
+            "InvalidSubscriptionId",
+            f"The subscription identifier '{sub}' is malformed.",
+            "subscriptionId",
+        )
+    return sub
+
+
+def resource_group(req: func.HttpRequest) -> str:
+    rg = route(req, "resourceGroupName")
+    if not _RG.match(rg) or rg.endswith("."):
+        raise ArmError(
+            400,
+            "InvalidResourceGroupName",
+            f"The resource group name '{rg}' is invalid: use 1-90 letters, digits, '_', '-', '.', "
+            "'(' or ')', not ending in '.'.",
+            "resourceGroupName",
+        )
+    return rg
+
+
+def resource_name(req: func.HttpRequest, param: str) -> str:
+    return validate_resource_name(route(req, param), param)
+
+
+def template_coordinates(req: func.HttpRequest) -> tuple[str, str, str]:
+    return subscription(req), resource_group(req), resource_name(req, "imageTemplateName")
+
+
+def read_json(req: func.HttpRequest) -> Any:
+    raw = req.get_body()
+    if not raw or not raw.strip():
+        raise ArmError(400, "InvalidRequestContent", "The request content was empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArmError(
+            400, "InvalidRequestContent", f"The request content is not valid JSON: {exc}. Send a JSON object."
+        ) from None
+
+
+# -- ids, links and headers ----------------------------------------------------------------------------
+
+
+def template_id(sub: str, rg: str, name: str) -> str:
+    return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{TEMPLATE_TYPE}/{name}"
+
+
+def parse_template_id(resource_id: str) -> tuple[str, str, str]:
+    parts = resource_id.strip("/").split("/")
+    if len(parts) < 8 or parts[0].lower() != "subscriptions" or parts[2].lower() != "resourcegroups":
+        raise ValueError(f"not an image template id: {resource_id!r}")
+    return parts[1], parts[3], parts[7]
+
+
+def origin(req: func.HttpRequest) -> str:
+    url = urlsplit(req.url)
+    return f"{url.scheme}://{url.netloc}" if url.scheme and url.netloc else ""
+
+
+def location_slug(location: str) -> str:
+    return re.sub(r"\s+", "", location).lower() or "global"
+
+
+def operation_path(op: OperationRecord) -> str:
+    return (
+        f"/subscriptions/{op.subscription_id}/providers/{PROVIDER}/locations/{op.location}"
+        f"/operations/{op.operation_id}"
+    )
+
+
+def operation_result_path(op: OperationRecord) -> str:
+    return (
+        f"/subscriptions/{op.subscription_id}/providers/{PROVIDER}/locations/{op.location}"
+        f"/operationResults/{op.operation_id}"
+    )
+
+
+def retry_after(op: OperationRecord | None = None) -> int:
+    """Seconds a client should wait before polling: short at first, longer as a build goes on."""
+    if op is None or op.done:
+        return 1
+    elapsed = (datetime.now(UTC) - op.start_time).total_seconds()
+    return int(max(1, min(15, elapsed // 10)))
+
+
+def lro_headers(
+    req: func.HttpRequest, op: OperationRecord, *, location: bool, version: str
+) -> dict[str, str]:
+    """`Azure-AsyncOperation` (+ `Location` for 202s) and `Retry-After`, as ARM sends them."""
+    base = origin(req)
+    headers = {
+        "Azure-AsyncOperation": f"{base}{operation_path(op)}?api-version={version}",
+        "Retry-After": str(retry_after(op)),
+    }
+    if location:
+        headers["Location"] = f"{base}{operation_result_path(op)}?api-version={version}"
+    return headers
+
+
+def next_link(req: func.HttpRequest, token: str | None, version: str) -> str | None:
+    if token is None:
+        return None
+    path = urlsplit(req.url).path
+    return f"{origin(req)}{path}?api-version={version}&$skipToken={quote(token, safe='')}"
+
+
+def page_size() -> int:
+    """Templates per list page: the app setting IMAGEBUILDER_LIST_PAGE_SIZE (default 100), read per call."""
+    raw = os.environ.get("IMAGEBUILDER_LIST_PAGE_SIZE", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_PAGE_SIZE
+
+
+def store() -> Store:
+    """The app's store, on the storage account of `AzureWebJobsStorage`."""
+    return open_store(Settings.from_env().storage_connection)
+
+
+# -- resource shapes -----------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def system_data(created: datetime, modified: datetime) -> dict[str, Any]:
+    return {"createdAt": _iso(created), "lastModifiedAt": _iso(modified)}
+
+
+def template_body(stored: StoredTemplate, last_run: RunRecord | None) -> dict[str, Any]:
+    """The template as GET returns it: the stored resource, its lastRunStatus and systemData."""
+    body: dict[str, Any] = json.loads(json.dumps(stored.resource))
+    props = body.setdefault("properties", {})
+    if last_run is not None:
+        props["lastRunStatus"] = last_run.last_run_status()
+    body["systemData"] = system_data(stored.created_at, stored.last_modified_at)
+    return body
+
+
+def trigger_body(trigger: StoredTrigger) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(json.dumps(trigger.resource))
+    body["systemData"] = system_data(trigger.created_at, trigger.last_modified_at)
+    return body
+
+
+def run_body(run: RunRecord, outputs: list[dict[str, Any]], req: func.HttpRequest) -> dict[str, Any]:
+    """Our extension: one run of a template, with its outputs and where its logs are."""
+    rid = f"{run.run.template_id}/runs/{run.run.run_id}"
+    props: dict[str, Any] = {
+        "runState": run.run_state,
+        "runSubState": run.run_sub_state,
+        "message": run.message,
+        "createdTime": _iso(run.created_time),
+        "startTime": _iso(run.start_time),
+        "endTime": _iso(run.end_time),
+        "logUri": run.log_uri,
+        "logs": {"customization.log": f"{origin(req)}{rid}/logs/customization.log"},
+        "outputs": outputs,
+        "details": run.details,
+    }
+    if run.error is not None:
+        props["error"] = run.error
+    return {"id": rid, "name": run.run.run_id, "type": RUN_TYPE, "properties": props}
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking store work off the worker's event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)

@@ -1,0 +1,123 @@
+"""Starting, cancelling and reconciling builds: the one place the API talks to the `build_image`
+orchestration (through the durable client binding).
+
+`start_build` is also what a trigger (timer, source-image check) calls to run a template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.durable_functions as df
+
+from api._arm import ArmError, in_thread
+from imagebuilder.pipeline.messages import BuildInput, RunRef
+from imagebuilder.store import RunInProgressError, RunRecord, Store, StoredTemplate
+
+log = logging.getLogger("api.builds")
+
+ORCHESTRATION = "build_image"
+CANCEL_EVENT = "cancel"
+_DEAD = {"Failed", "Terminated", "Canceled"}
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time and never repeats."""
+    return f"{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def instance_id(run: RunRef) -> str:
+    """The orchestration instance of a run: derived from (template, run id), so it is stable."""
+    digest = hashlib.sha256(run.template_id.lower().encode()).hexdigest()[:12]
+    return f"{run.template_name}-{digest}-{run.run_id}"
+
+
+def run_ref(stored: StoredTemplate, run_id: str) -> RunRef:
+    return RunRef(
+        subscription_id=stored.subscription_id,
+        resource_group=stored.resource_group,
+        template_name=stored.name,
+        run_id=run_id,
+    )
+
+
+async def start_build(
+    client: df.DurableOrchestrationClient, store: Store, stored: StoredTemplate
+) -> RunRecord:
+    """Record a new run (Queued) and start `build_image` for it; 409 if a run is already active."""
+    ref = run_ref(stored, new_run_id())
+    try:
+        record: RunRecord = await in_thread(store.runs.create, ref, template_snapshot=stored.resource)
+    except RunInProgressError as exc:
+        raise ArmError(
+            409,
+            "Conflict",
+            f"Image template '{stored.name}' already has a build in progress"
+            + (f" (run {exc.active_run_id})" if exc.active_run_id else "")
+            + ": wait for it to finish or cancel it, then run the template again.",
+        ) from None
+    payload: dict[str, Any] = BuildInput(run=ref, template=stored.resource).model_dump(mode="json")
+    try:
+        await client.start_new(ORCHESTRATION, instance_id(ref), payload)
+    except Exception as exc:
+        log.exception("starting %s for run %s failed", ORCHESTRATION, ref.run_id)
+        await in_thread(
+            store.runs.set_status,
+            ref,
+            run_state="Failed",
+            message=f"The build could not be started: {exc}",
+            error={"code": "BuildNotStarted", "message": str(exc)},
+        )
+        raise ArmError(
+            503,
+            "ServiceUnavailable",
+            f"The build of image template '{stored.name}' could not be started; retry the run.",
+        ) from None
+    return record
+
+
+async def cancel_build(client: df.DurableOrchestrationClient, store: Store, run: RunRecord) -> RunRecord:
+    """Mark the run Canceling and raise the `cancel` event on its orchestration."""
+    record: RunRecord = await in_thread(
+        store.runs.set_status, run.run, run_state="Canceling", message="Cancellation requested."
+    )
+    try:
+        await client.raise_event(instance_id(run.run), CANCEL_EVENT, "canceled by user request")
+    except Exception as exc:
+        # No orchestration to tell (it never started or is gone): nothing is building, so it is canceled.
+        log.warning("raising %r on run %s failed: %s", CANCEL_EVENT, run.run.run_id, exc)
+        record = await reconcile(client, store, record, force=True)
+    return record
+
+
+async def reconcile(
+    client: df.DurableOrchestrationClient, store: Store, run: RunRecord, *, force: bool = False
+) -> RunRecord:
+    """Finish a run whose orchestration ended without recording an end (crashed, terminated)."""
+    if run.terminal:
+        return run
+    status = None
+    try:
+        status = await client.get_status(instance_id(run.run))
+    except Exception as exc:
+        log.warning("orchestration status of run %s unavailable: %s", run.run.run_id, exc)
+    runtime = getattr(getattr(status, "runtime_status", None), "value", None) if status else None
+    if runtime in _DEAD or (force and runtime is None):
+        canceled = run.run_state == "Canceling"
+        output = getattr(status, "output", None) if status else None
+        message = (
+            "The build was canceled." if canceled else f"The build orchestration ended ({runtime}): {output}"
+        )
+        updated: RunRecord = await in_thread(
+            store.runs.set_status,
+            run.run,
+            run_state="Canceled" if canceled else "Failed",
+            message=message,
+            error=None if canceled else {"code": "BuildOrchestrationFailed", "message": message},
+        )
+        return updated
+    return run

@@ -1,0 +1,169 @@
+"""Runs of a template: run, cancel, runOutputs (the last run's), and our extension listing every run
+with its outputs and logs (`.../imageTemplates/{name}/runs[/{runId}[/logs/{logName}]]`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from api._arm import (
+    TEMPLATE,
+    ArmError,
+    api_version,
+    arm,
+    in_thread,
+    json_response,
+    location_slug,
+    lro_headers,
+    resource_name,
+    route,
+    run_body,
+    store,
+    template_coordinates,
+    template_id,
+)
+from api._builds import cancel_build, start_build
+from api.templates import deleting, last_run, load
+from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.store import InvalidKeyError, RunRecord, Store, StoredTemplate
+
+bp = df.Blueprint()
+
+
+def _op(st: Store, stored: StoredTemplate, kind: str, run: RunRecord) -> Any:
+    return st.operations.create(
+        stored.subscription_id,
+        location_slug(str(stored.resource.get("location", ""))),
+        kind=kind,
+        resource_id=template_id(stored.subscription_id, stored.resource_group, stored.name),
+        run_id=run.run.run_id,
+    )
+
+
+@bp.route(route=TEMPLATE + "/run", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@arm
+async def image_templates_run(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """VirtualMachineImageTemplates_Run: 202; the operation completes when the build does."""
+    version = api_version(req)
+    sub, rg, name = template_coordinates(req)
+    st = store()
+    stored = await in_thread(load, st, sub, rg, name)
+    if stored.provisioning_state == "Deleting":
+        raise deleting(stored.name)
+    run = await start_build(client, st, stored)
+    op = await in_thread(_op, st, stored, "run", run)
+    return func.HttpResponse(
+        b"", status_code=202, headers=lro_headers(req, op, location=True, version=version)
+    )
+
+
+@bp.route(route=TEMPLATE + "/cancel", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@arm
+async def image_templates_cancel(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """VirtualMachineImageTemplates_Cancel: 202; the operation completes when the build has stopped."""
+    version = api_version(req)
+    sub, rg, name = template_coordinates(req)
+    st = store()
+    stored = await in_thread(load, st, sub, rg, name)
+    run = await in_thread(last_run, st, stored)
+    if run is None or run.terminal:
+        raise ArmError(
+            409,
+            "Conflict",
+            f"Image template '{stored.name}' has no build in progress to cancel"
+            + (f" (its last run ended {run.run_state})." if run else "."),
+        )
+    run = await cancel_build(client, st, run)
+    op = await in_thread(_op, st, stored, "cancel", run)
+    return func.HttpResponse(
+        b"", status_code=202, headers=lro_headers(req, op, location=True, version=version)
+    )
+
+
+@bp.route(route=TEMPLATE + "/runOutputs", methods=["GET"])
+@arm
+def image_templates_list_run_outputs(req: func.HttpRequest) -> func.HttpResponse:
+    """VirtualMachineImageTemplates_ListRunOutputs: the outputs of the template's last run."""
+    api_version(req)
+    sub, rg, name = template_coordinates(req)
+    st = store()
+    run = last_run(st, load(st, sub, rg, name))
+    return json_response({"value": st.runs.outputs(run.run) if run else []})
+
+
+@bp.route(route=TEMPLATE + "/runOutputs/{runOutputName}", methods=["GET"])
+@arm
+def image_templates_get_run_output(req: func.HttpRequest) -> func.HttpResponse:
+    """VirtualMachineImageTemplates_GetRunOutput: one output of the last run."""
+    api_version(req)
+    sub, rg, name = template_coordinates(req)
+    output_name = resource_name(req, "runOutputName")
+    st = store()
+    run = last_run(st, load(st, sub, rg, name))
+    output = st.runs.output(run.run, output_name) if run else None
+    if output is None:
+        raise ArmError(
+            404,
+            "ResourceNotFound",
+            f"The run output '{output_name}' of image template '{name}' was not found (runOutputs lists "
+            "the outputs of the last run).",
+        )
+    return json_response(output)
+
+
+def _run(st: Store, req: func.HttpRequest) -> tuple[StoredTemplate, RunRecord]:
+    sub, rg, name = template_coordinates(req)
+    stored = load(st, sub, rg, name)
+    run_id = route(req, "runId")
+    ref = RunRef(subscription_id=sub, resource_group=rg, template_name=stored.name, run_id=run_id)
+    try:
+        run = st.runs.get(ref)
+    except InvalidKeyError:
+        run = None
+    if run is None:
+        raise ArmError(404, "ResourceNotFound", f"Run '{run_id}' of image template '{name}' was not found.")
+    return stored, run
+
+
+@bp.route(route=TEMPLATE + "/runs", methods=["GET"])
+@arm
+def image_template_runs_list(req: func.HttpRequest) -> func.HttpResponse:
+    """Extension: every run of the template (oldest first), each with its outputs and logs."""
+    api_version(req)
+    sub, rg, name = template_coordinates(req)
+    st = store()
+    stored = load(st, sub, rg, name)
+    runs = st.runs.list(sub, rg, stored.name)
+    return json_response({"value": [run_body(r, st.runs.outputs(r.run), req) for r in runs]})
+
+
+@bp.route(route=TEMPLATE + "/runs/{runId}", methods=["GET"])
+@arm
+def image_template_runs_get(req: func.HttpRequest) -> func.HttpResponse:
+    """Extension: one run with its state, steps, outputs and log locations."""
+    api_version(req)
+    st = store()
+    _, run = _run(st, req)
+    return json_response(run_body(run, st.runs.outputs(run.run), req))
+
+
+@bp.route(route=TEMPLATE + "/runs/{runId}/logs/{logName}", methods=["GET"])
+@arm
+def image_template_run_log(req: func.HttpRequest) -> func.HttpResponse:
+    """Extension: a run's log as text (e.g. customization.log)."""
+    api_version(req)
+    st = store()
+    _, run = _run(st, req)
+    try:
+        text = st.runs.log(run.run, route(req, "logName")).read()
+    except InvalidKeyError as exc:
+        raise ArmError(400, "InvalidParameter", exc.message, "logName") from None
+    return func.HttpResponse(text, status_code=200, mimetype="text/plain", charset="utf-8")

@@ -1,0 +1,165 @@
+"""The ARM surface called handler by handler (no host): ARM errors, immutability, PATCH, delete, triggers,
+async operations, and the store behind them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.api.conftest import API, Direct, minimal_template, template_url
+
+
+def test_api_version_is_required_and_checked(direct: Direct, sub: str) -> None:
+    missing = direct.get(template_url(sub).split("?")[0])
+    assert missing.status == 400 and missing.json["error"]["code"] == "MissingApiVersionParameter"
+    bad = direct.get(template_url(sub, api="2099-01-01"))
+    assert bad.status == 400
+    assert bad.json["error"]["code"] == "InvalidApiVersionParameter"
+    assert "2025-10-01" in bad.json["error"]["message"]
+    old = direct.put(template_url(sub, api="2020-02-14"), minimal_template())
+    assert old.status == 201, old.text
+
+
+def test_create_get_identical_put_and_immutability(direct: Direct, sub: str) -> None:
+    created = direct.put(template_url(sub), minimal_template())
+    assert created.status == 201, created.text
+    body = created.json
+    assert body["id"].endswith("/imageTemplates/t1") and body["name"] == "t1"
+    assert body["type"] == "Microsoft.VirtualMachineImages/imageTemplates"
+    assert body["properties"]["provisioningState"] == "Succeeded"
+    assert "/locations/westus/operations/" in created.headers["Azure-AsyncOperation"]
+    assert created.headers["Retry-After"].isdigit()
+    op = direct.get(created.headers["Azure-AsyncOperation"])
+    assert op.status == 200 and op.json["status"] == "Succeeded" and op.json["endTime"]
+
+    got = direct.get(template_url(sub, name="T1"))
+    assert (
+        got.status == 200 and got.json["properties"]["source"] == minimal_template()["properties"]["source"]
+    )
+    assert "lastRunStatus" not in got.json["properties"]
+
+    again = direct.put(template_url(sub), minimal_template())
+    assert again.status == 200
+    retagged = direct.put(template_url(sub), {**minimal_template(), "tags": {"a": "b"}})
+    assert retagged.status == 200 and retagged.json["tags"] == {"a": "b"}
+
+    changed = minimal_template()
+    changed["properties"]["customize"][0]["inline"] = ["echo changed"]
+    conflict = direct.put(template_url(sub), changed)
+    assert conflict.status == 409
+    assert "not supported" in conflict.json["error"]["message"]
+    assert direct.get(template_url(sub)).json["properties"]["customize"][0]["inline"] == ["echo hello"]
+
+
+def test_not_found_and_bad_names(direct: Direct, sub: str) -> None:
+    missing = direct.get(template_url(sub, name="nope"))
+    assert missing.status == 404 and missing.json["error"]["code"] == "ResourceNotFound"
+    bad = direct.put(template_url(sub, name="bad name!"), minimal_template())
+    assert bad.status == 400 and bad.json["error"]["target"] == "imageTemplateName"
+    not_json = direct.put(template_url(sub), raw=b"{not json")
+    assert not_json.status == 400 and not_json.json["error"]["code"] == "InvalidRequestContent"
+    empty = direct.put(template_url(sub), raw=b"")
+    assert empty.status == 400
+    assert direct.get(template_url(sub)).status == 404
+
+
+def test_patch_changes_only_what_aib_allows(direct: Direct, sub: str) -> None:
+    direct.put(template_url(sub), minimal_template())
+    tagged = direct.patch(template_url(sub), {"tags": {"new-tag": "new-value"}})
+    assert tagged.status == 200, tagged.text
+    assert tagged.json["tags"] == {"new-tag": "new-value"}
+    vm = direct.patch(template_url(sub), {"properties": {"vmProfile": {"vmSize": "Standard_D4s_v3"}}})
+    assert vm.status == 200 and vm.json["properties"]["vmProfile"]["vmSize"] == "Standard_D4s_v3"
+    assert vm.json["tags"] == {"new-tag": "new-value"}
+    refused = direct.patch(template_url(sub), {"properties": {"customize": []}})
+    assert refused.status == 400 and refused.json["error"]["target"] == "properties.customize"
+    none = direct.patch(template_url(sub), {"identity": {"type": "None"}})
+    assert none.status == 200 and none.json["identity"] == {"type": "None"}
+    assert direct.patch(template_url(sub, name="nope"), {"tags": {}}).status == 404
+
+
+def test_list_pages_with_next_link(direct: Direct, sub: str) -> None:
+    for i in range(4):
+        assert direct.put(template_url(sub, name=f"t{i}"), minimal_template()).status == 201
+    assert direct.put(template_url(sub, rg="other", name="x"), minimal_template()).status == 201
+    url: str | None = (
+        f"/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/imageTemplates?api-version={API}"
+    )
+    names: list[str] = []
+    pages = 0
+    while url:
+        page = direct.get(url)
+        assert page.status == 200, page.text
+        names += [t["name"] for t in page.json["value"]]
+        url = page.json.get("nextLink")
+        pages += 1
+    assert sorted(names) == ["t0", "t1", "t2", "t3", "x"] and pages == 2
+    by_rg = direct.get(template_url(sub).split("/t1?")[0] + f"?api-version={API}")
+    assert [t["name"] for t in by_rg.json["value"]] == ["t0", "t1", "t2"] and by_rg.json["nextLink"]
+    rest = direct.get(by_rg.json["nextLink"])
+    assert [t["name"] for t in rest.json["value"]] == ["t3"] and "nextLink" not in rest.json
+    rg1 = direct.get(template_url(sub, rg="other").split("/t1?")[0] + f"?api-version={API}")
+    assert [t["name"] for t in rg1.json["value"]] == ["x"] and "nextLink" not in rg1.json
+    bad = direct.get(
+        f"/subscriptions/{sub}/providers/Microsoft.VirtualMachineImages/imageTemplates"
+        f"?api-version={API}&$skipToken=garbage"
+    )
+    assert bad.status == 400
+
+
+def test_delete_is_an_lro_and_idempotent(direct: Direct, sub: str) -> None:
+    direct.put(template_url(sub), minimal_template())
+    gone = direct.delete(template_url(sub))
+    assert gone.status == 202
+    assert "/operationResults/" in gone.headers["Location"]
+    assert direct.get(gone.headers["Azure-AsyncOperation"]).json["status"] == "Succeeded"
+    result = direct.get(gone.headers["Location"])
+    assert result.status == 204
+    assert direct.get(template_url(sub)).status == 404
+    assert direct.delete(template_url(sub)).status == 204
+
+
+def test_run_when_the_orchestration_cannot_start(direct: Direct, sub: str) -> None:
+    """With no durable host reachable the run is refused with 503 and recorded as Failed, not left Queued."""
+    direct.put(template_url(sub), minimal_template())
+    started = direct.post(template_url(sub, suffix="/run"))
+    assert started.status == 503, started.text
+    assert "Traceback" not in started.text
+    status = direct.get(template_url(sub)).json["properties"]["lastRunStatus"]
+    assert status["runState"] == "Failed" and "could not be started" in status["message"]
+    runs = direct.get(template_url(sub, suffix="/runs")).json["value"]
+    assert len(runs) == 1 and runs[0]["properties"]["error"]["code"] == "BuildNotStarted"
+    cancel = direct.post(template_url(sub, suffix="/cancel"))
+    assert cancel.status == 409
+    assert direct.get(template_url(sub, suffix="/runOutputs")).json == {"value": []}
+    assert direct.get(template_url(sub, suffix="/runOutputs/vhd1")).status == 404
+
+
+def test_triggers(direct: Direct, sub: str) -> None:
+    assert (
+        direct.put(
+            template_url(sub, suffix="/triggers/source"), {"properties": {"kind": "SourceImage"}}
+        ).status
+        == 404
+    )
+    direct.put(template_url(sub), minimal_template())
+    created = direct.put(
+        template_url(sub, suffix="/triggers/source"), {"properties": {"kind": "SourceImage"}}
+    )
+    assert created.status == 201, created.text
+    props: dict[str, Any] = created.json["properties"]
+    assert props["kind"] == "SourceImage" and props["status"]["code"] == "Healthy"
+    assert props["provisioningState"] == "Succeeded"
+    assert created.json["type"] == "Microsoft.VirtualMachineImages/imageTemplates/triggers"
+    assert (
+        direct.put(
+            template_url(sub, suffix="/triggers/source"), {"properties": {"kind": "SourceImage"}}
+        ).status
+        == 200
+    )
+    bad = direct.put(template_url(sub, suffix="/triggers/t2"), {"properties": {"kind": "Nope"}})
+    assert bad.status == 400
+    assert [t["name"] for t in direct.get(template_url(sub, suffix="/triggers")).json["value"]] == ["source"]
+    assert direct.get(template_url(sub, suffix="/triggers/source")).status == 200
+    assert direct.delete(template_url(sub, suffix="/triggers/source")).status == 202
+    assert direct.delete(template_url(sub, suffix="/triggers/source")).status == 204
+    assert direct.get(template_url(sub, suffix="/triggers/source")).status == 404
