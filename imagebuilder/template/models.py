@@ -347,6 +347,7 @@ ImageTemplateSource = Annotated[
     | Annotated[SharedImageVersionSource, Tag("SharedImageVersion")],
     Discriminator(tag_of("type")),
 ]
+Source = PlatformImageSource | ManagedImageSource | SharedImageVersionSource
 SOURCE_TYPES = ("PlatformImage", "ManagedImage", "SharedImageVersion")
 
 # ------------------------------------------------------------------------------------------ customizers
@@ -479,6 +480,13 @@ ImageTemplateCustomizer = Annotated[
     | Annotated[FileCustomizer, Tag("File")],
     Discriminator(tag_of("type")),
 ]
+Customizer = (
+    ShellCustomizer
+    | PowerShellCustomizer
+    | WindowsRestartCustomizer
+    | WindowsUpdateCustomizer
+    | FileCustomizer
+)
 CUSTOMIZER_TYPES = ("Shell", "PowerShell", "WindowsRestart", "WindowsUpdate", "File")
 
 # ------------------------------------------------------------------------------------------- validators
@@ -537,6 +545,7 @@ ImageTemplateInVMValidator = Annotated[
     | Annotated[FileValidator, Tag("File")],
     Discriminator(tag_of("type")),
 ]
+Validator = ShellValidator | PowerShellValidator | FileValidator
 VALIDATOR_TYPES = ("Shell", "PowerShell", "File")
 
 # ----------------------------------------------------------------------------------------- distributors
@@ -726,6 +735,7 @@ ImageTemplateDistributor = Annotated[
     | Annotated[VhdDistributor, Tag("VHD")],
     Discriminator(tag_of("type")),
 ]
+Distributor = ManagedImageDistributor | SharedImageDistributor | VhdDistributor
 DISTRIBUTOR_TYPES = ("ManagedImage", "SharedImage", "VHD")
 
 # ------------------------------------------------------------------------------------ other properties
@@ -960,12 +970,49 @@ class ImageTemplateProperties(ArmModel):
         return self.build_timeout_in_minutes or DEFAULT_BUILD_TIMEOUT_MINUTES
 
     @property
-    def customizers(self) -> list[Any]:
+    def customizers(self) -> list[Customizer]:
+        """`customize`, or [] when omitted."""
         return list(self.customize or [])
 
     @property
-    def validators(self) -> list[Any]:
+    def validators(self) -> list[Validator]:
+        """`validate.inVMValidations`, or [] when omitted."""
         return list(self.validate_.in_vm_validations or []) if self.validate_ else []
+
+    def artifacts(self) -> list[ArtifactRef]:
+        """Every file a build fetches (scriptUri / sourceUri), in order, with its JSON path and checksum."""
+        found: list[ArtifactRef] = []
+        for i, c in enumerate(self.customizers):
+            found += _step_artifact(c, f"properties.customize[{i}]")
+        for i, v in enumerate(self.validators):
+            found += _step_artifact(v, f"properties.validate.inVMValidations[{i}]")
+        workload = self.optimize.workload if self.optimize else None
+        if workload is not None and workload.script_uri:
+            found.append(
+                ArtifactRef(
+                    "properties.optimize.workload.scriptUri",
+                    workload.script_uri,
+                    workload.sha256_checksum or None,
+                )
+            )
+        return found
+
+
+class ArtifactRef(NamedTuple):
+    """A file to fetch before the build: where the template names it, its URI, its expected SHA-256."""
+
+    target: str
+    uri: str
+    sha256: str | None
+
+
+def _step_artifact(step: Customizer | Validator, path: str) -> list[ArtifactRef]:
+    if isinstance(step, ShellCustomizer | PowerShellCustomizer | ShellValidator | PowerShellValidator):
+        if step.script_uri:
+            return [ArtifactRef(f"{path}.scriptUri", step.script_uri, step.sha256_checksum or None)]
+    elif isinstance(step, FileCustomizer | FileValidator) and step.source_uri:
+        return [ArtifactRef(f"{path}.sourceUri", step.source_uri, step.sha256_checksum or None)]
+    return []
 
 
 class UserAssignedIdentity(ArmModel):

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.template import parse_template, parse_template_update, parse_trigger
+from imagebuilder.template import (
+    ImageTemplateLastRunStatus,
+    RunOutput,
+    TriggerStatus,
+    parse_template,
+    parse_template_update,
+    parse_trigger,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
 if not EXAMPLES.is_dir():  # a fresh clone: the spec lives next to the repository
@@ -93,3 +100,47 @@ def test_trigger_examples(name: str) -> None:
     assert trigger.to_arm() == doc["parameters"]["parameters"]
     for resp in doc["responses"].values():
         assert parse_trigger(resp["body"]).to_arm() == {"properties": {"kind": "SourceImage"}}
+
+
+def _response_bodies(type_suffix: str) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(EXAMPLES.glob("*.json")):
+        for resp in json.loads(path.read_text())["responses"].values():
+            body = resp.get("body") if isinstance(resp, dict) else None
+            if isinstance(body, dict):
+                for item in body.get("value", [body]):
+                    if str(item.get("type", "")).endswith(type_suffix):
+                        found.append(item)
+    return found
+
+
+def test_run_output_responses_round_trip() -> None:
+    bodies = _response_bodies("/runOutputs")
+    assert bodies
+    for body in bodies:
+        assert RunOutput.model_validate(body).to_json() == body
+
+
+def test_trigger_status_responses_round_trip() -> None:
+    bodies = _response_bodies("/triggers")
+    assert bodies
+    for body in bodies:
+        assert (
+            TriggerStatus.model_validate(body["properties"]["status"]).to_json()
+            == body["properties"]["status"]
+        )
+
+
+def test_last_run_status_shape() -> None:
+    status = ImageTemplateLastRunStatus(
+        start_time="2026-01-01T00:00:00Z",
+        run_state="Running",
+        run_sub_state="Customizing",
+        message="customize[0]",
+    )
+    assert status.to_json() == {
+        "startTime": "2026-01-01T00:00:00Z",
+        "runState": "Running",
+        "runSubState": "Customizing",
+        "message": "customize[0]",
+    }

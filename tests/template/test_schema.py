@@ -387,3 +387,19 @@ def test_input_fingerprint_is_stable_and_sensitive() -> None:
 
 def test_sub_constant() -> None:
     assert SUB.startswith("/subscriptions/")
+
+
+def test_artifacts_lists_every_fetched_file_with_its_path() -> None:
+    body = mutate(
+        FULL_TEMPLATE,
+        "properties.optimize.workload",
+        {"state": "Enabled", "scriptUri": "https://example.com/w.sh"},
+    )
+    refs = parse_template(body).properties.artifacts()
+    assert [(r.target, r.uri, r.sha256) for r in refs] == [
+        ("properties.customize[0].scriptUri", "https://example.com/setup.sh", SHA),
+        ("properties.customize[2].sourceUri", "https://example.com/app.conf", None),
+        ("properties.validate.inVMValidations[1].sourceUri", "https://example.com/check.sh", None),
+        ("properties.validate.inVMValidations[2].scriptUri", "https://example.com/check.ps1", None),
+        ("properties.optimize.workload.scriptUri", "https://example.com/w.sh", None),
+    ]
