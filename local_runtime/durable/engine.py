@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +28,7 @@ from local_runtime.durable import calls
 from local_runtime.durable import history as h
 from local_runtime.durable.replay import Decision, ReplayError, replay_actions
 from local_runtime.durable.store import InboxItem, InstanceRow, Store, WorkItem
+from local_runtime.durable.threads import DaemonPool
 from local_runtime.indexing import FunctionInfo
 
 log = logging.getLogger("local_runtime.durable")
@@ -111,7 +111,7 @@ class Engine:
         self.inbox: dict[str, list[InboxItem]] = {}
         self.ready: OrderedDict[str, None] = OrderedDict()
         self.work_q: asyncio.Queue[WorkItem] = asyncio.Queue()
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: DaemonPool | None = None
         self.completions: list[tuple[WorkItem, h.Event]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.wake = asyncio.Event()
@@ -130,7 +130,7 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.store = Store(self.db_path)
-        self.pool = ThreadPoolExecutor(max_workers=self.max_activities, thread_name_prefix="durable-activity")
+        self.pool = DaemonPool(self.max_activities, "durable-activity")
         for item in self.store.all_inbox():
             self._add_inbox_mem(item)
         # recovered work items may run again if they were mid-flight at the crash (QUIRKS.md)
@@ -140,7 +140,7 @@ class Engine:
             self.tasks.append(asyncio.create_task(self._activity_worker(), name=f"durable-activity-{i}"))
         self.wake.set()
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
         self.stopping = True
         self.wake.set()
         deadline = time.monotonic() + grace
@@ -161,7 +161,7 @@ class Engine:
         self.timer_handles.clear()
         self.deferred.clear()
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown()
         if self.http is not None:
             await self.http.close()
         if self.store is not None:
@@ -517,9 +517,21 @@ class Engine:
                 "TaskScheduleId": d.seq,
                 "OrchestrationInstance": {"InstanceId": iid, "ExecutionId": xid},
             }
-            self._create(
-                c, fn.durable_name or fn.name, child_id, d.input, d.version, parent, fx, replace=True
-            )
+            existing = self.status_row(child_id)
+            if existing is not None and existing.status not in TERMINAL:
+                # DTFx refuses to start over a live instance; the parent sees the sub-orchestration fail
+                reason = (
+                    f"An orchestration instance with the ID '{child_id}' already exists ({existing.status})."
+                )
+                details = json.dumps({"ClassName": "System.InvalidOperationException", "Message": reason})
+                failed = h.event(
+                    h.SUB_ORCHESTRATION_FAILED, now, TaskScheduledId=d.seq, Reason=reason, Details=details
+                )
+                fx.inbox.append(self.db.add_inbox(c, iid, xid, time.time(), failed))
+            else:
+                self._create(
+                    c, fn.durable_name or fn.name, child_id, d.input, d.version, parent, fx, replace=True
+                )
             return h.event(
                 h.SUB_ORCHESTRATION_CREATED,
                 now,
@@ -669,9 +681,8 @@ class Engine:
                     result = await calls.run_activity_async(fn, w.input, self.app_dir)
                 else:
                     assert self.pool is not None
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(
-                        self.pool, calls.run_activity_sync, fn, w.input, self.app_dir
+                    result = await asyncio.wrap_future(
+                        self.pool.submit(calls.run_activity_sync, fn, w.input, self.app_dir)
                     )
             return h.event(h.TASK_COMPLETED, now(), TaskScheduledId=w.seq, Result=result)
         except calls.ActivityFailure as f:
@@ -862,35 +873,44 @@ class Engine:
             )
         if row.status != FAILED:
             return
+        fx = _Effects()
+        with self.db.transaction() as c:
+            self._rewind(c, iid, reason, fx)
+        self._apply(fx)
+
+    def _rewind(self, c: Any, iid: str, reason: str | None, fx: _Effects) -> None:
         inst = self._instance(iid)
         assert inst is not None
         row = inst.row
         hist = self._history(inst)
-        scheduled = {e["EventId"]: e for e in hist if e["EventType"] == h.TASK_SCHEDULED}
-        failed_ids = {e["TaskScheduledId"] for e in hist if e["EventType"] == h.TASK_FAILED}
-        keep = [
-            e
-            for e in hist
-            if not (e["EventType"] == h.TASK_FAILED or e["EventType"] == h.EXECUTION_COMPLETED)
-        ]
-        keep.append(h.event(h.GENERIC_EVENT, h.utcnow(), Data=f"Rewound: {reason or ''}"))
-        fx = _Effects()
-        with self.db.transaction() as c:
-            self.db.clear_history(c, iid)
-            self.db.append_history(c, iid, 0, keep)
-            for seq in sorted(failed_ids):
-                s = scheduled.get(seq)
-                if s is None:
-                    continue
-                w = WorkItem(iid, row.execution_id, seq, s["Name"], s.get("Input"), "activity")
+        scheduled = {
+            e["EventId"]: e for e in hist if e["EventType"] in (h.TASK_SCHEDULED, h.SUB_ORCHESTRATION_CREATED)
+        }
+        keep: list[h.Event] = []
+        for e in hist:
+            t = e["EventType"]
+            if t == h.EXECUTION_COMPLETED:
+                continue
+            if t == h.TASK_FAILED and e["TaskScheduledId"] in scheduled:
+                s = scheduled[e["TaskScheduledId"]]
+                w = WorkItem(iid, row.execution_id, s["EventId"], s["Name"], s.get("Input"), "activity")
                 self.db.add_work(c, w)
                 fx.work.append(w)
-            row.status, row.output, row.updated = RUNNING, None, time.time()
-            self.db.put_instance(c, row)
+                continue
+            if t == h.SUB_ORCHESTRATION_FAILED and e["TaskScheduledId"] in scheduled:
+                child = self.status_row(scheduled[e["TaskScheduledId"]]["InstanceId"])
+                if child is not None and child.status == FAILED:
+                    self._rewind(c, child.instance_id, reason, fx)
+                    continue
+            keep.append(e)
+        keep.append(h.event(h.GENERIC_EVENT, h.utcnow(), Data=f"Rewound: {reason or ''}"))
+        self.db.clear_history(c, iid)
+        self.db.append_history(c, iid, 0, keep)
+        row.status, row.output, row.updated = RUNNING, None, time.time()
+        self.db.put_instance(c, row)
         inst.history = keep
         inst.played = 0
         self.instances[iid] = inst
-        self._apply(fx)
 
     def purge(self, iid: str) -> int:
         row = self.status_row(iid)

@@ -226,6 +226,27 @@ def test_rewind_reruns_failed_activities(server, run):
     assert st.runtime_status.value == "Completed" and st.output == "child ok"
 
 
+def test_rewind_reaches_failed_sub_orchestrations(server, run):
+    c = server.client()
+    key = f"v{uuid.uuid4().hex[:8]}:2"
+    iid = run(c.start_new("parent_plain", None, key))
+    st = wait_for(run, c, iid)
+    assert st.runtime_status.value == "Failed"
+    assert "Orchestrator function 'failing_child' failed" in st.output
+    run(c.rewind(iid, "again"))
+    st = wait_for(run, c, iid)
+    assert st.runtime_status.value == "Completed" and st.output == "parent got child ok"
+
+
+def test_call_http_runs_as_the_builtin_http_activity(server, run):
+    c = server.client()
+    iid = run(c.start_new("http_caller", None, f"{server.host.rpc_base_url}instances/?top=1"))
+    st = wait_for(run, c, iid)
+    assert st.output == {"status": 200, "is_list": True}
+    scheduled = [e for e in server.host.engine.history_of(iid) if e["EventType"] == h.TASK_SCHEDULED]
+    assert scheduled[0]["Name"] == "BuiltIn::HttpActivity"
+
+
 def test_query_filters_paging_and_purge(server, run):
     c = server.client()
     prefix = f"q{uuid.uuid4().hex[:6]}-"

@@ -194,6 +194,18 @@ def parent_retry(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def parent_plain(context: df.DurableOrchestrationContext):
+    r = yield context.call_sub_orchestrator("failing_child", context.get_input())
+    return f"parent got {r}"
+
+
+@app.orchestration_trigger(context_name="context")
+def http_caller(context: df.DurableOrchestrationContext):
+    r = yield context.call_http("GET", context.get_input())
+    return {"status": r["statusCode"], "is_list": r["content"].startswith("[")}
+
+
+@app.orchestration_trigger(context_name="context")
 def eternal(context: df.DurableOrchestrationContext):
     n = context.get_input()
     r = yield context.call_activity("inc", n)
