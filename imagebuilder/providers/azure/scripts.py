@@ -1,0 +1,293 @@
+"""The scripts the Azure provider sends into the build VM through managed Run Command (pure text, no I/O).
+
+Each function returns the whole script for one step. Downloads always verify a SHA-256 inside the VM
+(the provider checked the same digest before the build VM existed), so a file changed in between fails.
+Machine-readable results come back as one line `IMAGEBUILDER-<KIND> key=value ...` in the output.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from typing import Any
+
+MARKER_WU = "IMAGEBUILDER-WU"
+MARKER_BOOT = "IMAGEBUILDER-BOOT"
+
+DEFAULT_RESTART_COMMAND = 'shutdown /r /f /t 0 /c "packer restart"'
+DEFAULT_WU_SEARCH = "BrowseOnly=0 and IsInstalled=0"
+DEFAULT_WU_FILTERS = ["exclude:$_.Title -like '*Preview*'", "include:$true"]
+DEFAULT_WU_LIMIT = 1000
+
+
+def _ps_quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ps_b64(text: str) -> str:
+    """A PowerShell expression evaluating to `text`, immune to quoting (the text travels base64-encoded)."""
+    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return f"[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('{encoded}'))"
+
+
+# -- Linux ------------------------------------------------------------------------------------------
+
+_BASH_DOWNLOAD = r"""
+ib_download() {  # url dest sha256
+  local url="$1" dest="$2" want="$3" tmp
+  tmp="$(mktemp)"
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsSL --retry 5 --retry-delay 3 -o "$tmp" "$url"
+  else
+    wget -q -O "$tmp" "$url"
+  fi
+  local got
+  got="$(sha256sum "$tmp" | cut -d' ' -f1)"
+  if [ "$got" != "$want" ]; then
+    echo "checksum mismatch for the file downloaded to $dest: expected $want, got $got" >&2
+    rm -f "$tmp"
+    exit 97
+  fi
+  mv -f "$tmp" "$dest"
+}
+"""
+
+
+def shell(step: dict[str, Any], sha256: str | None) -> str:
+    """A Shell customizer/validator: inline lines run by `/bin/sh -e`, or scriptUri downloaded and run."""
+    if step.get("scriptUri"):
+        url = str(step["scriptUri"])
+        return (
+            "#!/bin/bash\nset -eu\n"
+            + _BASH_DOWNLOAD
+            + f"ib_download {shlex.quote(url)} /tmp/imagebuilder-script.sh {shlex.quote(sha256 or '')}\n"
+            + "chmod +x /tmp/imagebuilder-script.sh\n"
+            + "set +e\n/bin/bash /tmp/imagebuilder-script.sh\nrc=$?\nrm -f /tmp/imagebuilder-script.sh\n"
+            + "exit $rc\n"
+        )
+    body = "\n".join(str(line) for line in step.get("inline") or [])
+    return (
+        "#!/bin/bash\nset -eu\ncat > /tmp/imagebuilder-inline.sh <<'IMAGEBUILDER_EOF'\n"
+        + body
+        + "\nIMAGEBUILDER_EOF\nset +e\n/bin/sh -e /tmp/imagebuilder-inline.sh\nrc=$?\n"
+        + "rm -f /tmp/imagebuilder-inline.sh\nexit $rc\n"
+    )
+
+
+def file_linux(step: dict[str, Any], sha256: str) -> str:
+    """A File customizer on Linux: download inside the VM, verify, move into `destination`."""
+    dest = str(step["destination"])
+    return (
+        "#!/bin/bash\nset -eu\n"
+        + _BASH_DOWNLOAD
+        + f'mkdir -p "$(dirname {shlex.quote(dest)})"\n'
+        + f"ib_download {shlex.quote(str(step['sourceUri']))} {shlex.quote(dest)} {shlex.quote(sha256)}\n"
+        + f"echo 'copied to {dest}'\n"
+    )
+
+
+def deprovision_linux() -> str:
+    """Linux generalization: the Azure guest agent removes the build user, host keys, DHCP leases, history."""
+    return (
+        "#!/bin/bash\nset -eu\n"
+        "if command -v waagent >/dev/null 2>&1; then WAAGENT=waagent; else WAAGENT=/usr/sbin/waagent; fi\n"
+        "$WAAGENT -force -deprovision+user\n"
+        "export HISTSIZE=0\nsync\necho deprovisioned\n"
+    )
+
+
+# -- Windows ----------------------------------------------------------------------------------------
+
+_PS_DOWNLOAD = r"""
+function Invoke-IbDownload([string]$Url, [string]$Dest, [string]$Sha256) {
+  $ProgressPreference = 'SilentlyContinue'
+  $tmp = [IO.Path]::GetTempFileName()
+  Invoke-WebRequest -UseBasicParsing -Uri $Url -OutFile $tmp
+  $got = (Get-FileHash -Algorithm SHA256 -Path $tmp).Hash.ToLowerInvariant()
+  if ($got -ne $Sha256.ToLowerInvariant()) {
+    Remove-Item -Force $tmp
+    Write-Error "checksum mismatch for the file downloaded to ${Dest}: expected $Sha256, got $got"
+    exit 97
+  }
+  Move-Item -Force $tmp $Dest
+}
+"""
+
+# Not elevated / elevated-but-not-SYSTEM: Run Command itself runs as SYSTEM, so the user script runs
+# through a one-shot scheduled task as a transient local account (password made and kept inside the VM).
+_PS_AS_USER = r"""
+function Invoke-IbAsUser([string]$ScriptPath, [string]$RunLevel) {
+  $name = 'imagebuilder'
+  Add-Type -AssemblyName System.Web
+  $pw = [System.Web.Security.Membership]::GeneratePassword(32, 6) + 'aA1!'
+  $secure = ConvertTo-SecureString $pw -AsPlainText -Force
+  if (-not (Get-LocalUser -Name $name -ErrorAction SilentlyContinue)) {
+    New-LocalUser -Name $name -Password $secure -AccountNeverExpires | Out-Null
+  } else { Set-LocalUser -Name $name -Password $secure }
+  if ($RunLevel -eq 'Highest') {
+    Add-LocalGroupMember -Group Administrators -Member $name -ErrorAction SilentlyContinue
+  }
+  $out = "$env:TEMP\imagebuilder-task.log"
+  $arg = "-NoProfile -ExecutionPolicy Bypass -Command `"& '$ScriptPath' *> '$out'; exit `$LASTEXITCODE`""
+  $action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument $arg
+  $task = 'imagebuilder-step'
+  Register-ScheduledTask -TaskName $task -Action $action -RunLevel $RunLevel -Force `
+    -User $name -Password $pw | Out-Null
+  Start-ScheduledTask -TaskName $task
+  do {
+    Start-Sleep -Seconds 2; $t = Get-ScheduledTask -TaskName $task
+  } while ($t.State -eq 'Running' -or $t.State -eq 'Queued')
+  $rc = (Get-ScheduledTaskInfo -TaskName $task).LastTaskResult
+  Unregister-ScheduledTask -TaskName $task -Confirm:$false
+  if (Test-Path $out) { Get-Content $out; Remove-Item -Force $out }
+  return $rc
+}
+"""
+
+
+def powershell(step: dict[str, Any], sha256: str | None) -> str:
+    """A PowerShell customizer/validator honouring runElevated / runAsSystem; the exit code comes back."""
+    lines = ["$ErrorActionPreference = 'Stop'", _PS_DOWNLOAD, _PS_AS_USER]
+    lines.append("$script = Join-Path $env:TEMP 'imagebuilder-script.ps1'")
+    if step.get("scriptUri"):
+        lines.append(
+            f"Invoke-IbDownload {_ps_quote(str(step['scriptUri']))} $script {_ps_quote(sha256 or '')}"
+        )
+    else:
+        body = "\n".join(str(line) for line in step.get("inline") or [])
+        lines.append(f"Set-Content -Encoding UTF8 -Path $script -Value ({_ps_b64(body)})")
+    lines.append("$ErrorActionPreference = 'Continue'")
+    if step.get("runElevated") and step.get("runAsSystem"):
+        lines.append("& powershell.exe -NoProfile -ExecutionPolicy Bypass -File $script\n$rc = $LASTEXITCODE")
+    else:
+        level = "Highest" if step.get("runElevated") else "Limited"
+        lines.append(f"$rc = Invoke-IbAsUser $script '{level}'")
+    lines.append("Remove-Item -Force $script -ErrorAction SilentlyContinue\nexit $rc")
+    return "\n".join(lines) + "\n"
+
+
+def file_windows(step: dict[str, Any], sha256: str) -> str:
+    """A File customizer on Windows."""
+    dest = str(step["destination"])
+    return (
+        "$ErrorActionPreference = 'Stop'\n"
+        + _PS_DOWNLOAD
+        + f"New-Item -ItemType Directory -Force -Path (Split-Path -Parent {_ps_quote(dest)}) | Out-Null\n"
+        + f"Invoke-IbDownload {_ps_quote(str(step['sourceUri']))} {_ps_quote(dest)} {_ps_quote(sha256)}\n"
+        + f"Write-Output 'copied to {dest}'\n"
+    )
+
+
+def schedule_restart(command: str, delay_seconds: int = 10) -> str:
+    """Start `command` detached after a delay, so the run command reports before the VM goes down."""
+    return (
+        "$ErrorActionPreference = 'Stop'\n"
+        f"$cmd = {_ps_b64(command)}\n"
+        f"Start-Process -WindowStyle Hidden -FilePath cmd.exe -ArgumentList '/c', "
+        f'"timeout /t {delay_seconds} /nobreak > NUL & $cmd"\n'
+        "Write-Output 'restart scheduled'\n"
+    )
+
+
+def restart_check(check_command: str | None) -> str:
+    """Print the last boot time (epoch seconds) and run the user's restartCheckCommand, if any."""
+    lines = [
+        "$boot = (Get-CimInstance Win32_OperatingSystem).LastBootUpTime.ToUniversalTime()",
+        "$epoch = [int][double]::Parse((Get-Date $boot -UFormat %s))",
+        f'Write-Output "{MARKER_BOOT} epoch=$epoch"',
+    ]
+    if check_command:
+        lines.append(f"cmd.exe /c ({_ps_b64(check_command)})\nexit $LASTEXITCODE")
+    return "\n".join(lines) + "\n"
+
+
+def windows_update(step: dict[str, Any]) -> str:
+    """Search, filter, download and install updates with the Windows Update Agent API (one pass).
+
+    The last line says how many were installed, how many are still pending, and whether a reboot is
+    needed; the provider repeats passes (rebooting in between) until nothing is pending.
+    """
+    criteria = str(step.get("searchCriteria") or DEFAULT_WU_SEARCH)
+    filters = [str(f) for f in (step.get("filters") or DEFAULT_WU_FILTERS)]
+    limit = int(step.get("updateLimit") or DEFAULT_WU_LIMIT)
+    filter_lines = []
+    for item in filters:
+        kind, _, expr = item.partition(":")
+        if kind not in ("include", "exclude") or not expr:
+            raise ValueError(
+                f"Windows Update filter {item!r} must look like 'include:<expr>' or 'exclude:<expr>'"
+            )
+        filter_lines.append(f"  @{{ Kind = '{kind}'; Test = [scriptblock]::Create({_ps_b64(expr)}) }}")
+    return (
+        "$ErrorActionPreference = 'Stop'\n"
+        "$session = New-Object -ComObject Microsoft.Update.Session\n"
+        "$searcher = $session.CreateUpdateSearcher()\n"
+        f"$result = $searcher.Search({_ps_b64(criteria)})\n"
+        "$filters = @(\n" + ",\n".join(filter_lines) + "\n)\n"
+        "$selected = New-Object -ComObject Microsoft.Update.UpdateColl\n"
+        "$matched = 0\n"
+        "foreach ($u in $result.Updates) {\n"
+        "  $_ = $u; $verdict = $null\n"
+        "  foreach ($f in $filters) { if ($verdict -eq $null -and (& $f.Test)) { $verdict = $f.Kind } }\n"
+        "  if ($verdict -ne 'include') { Write-Output \"skipped: $($u.Title)\"; continue }\n"
+        "  $matched++\n"
+        f"  if ($selected.Count -lt {limit}) {{ if (-not $u.EulaAccepted) {{ $u.AcceptEula() }}; "
+        "[void]$selected.Add($u) }\n"
+        "}\n"
+        "$installed = 0; $reboot = 0\n"
+        "if ($selected.Count -gt 0) {\n"
+        "  $dl = $session.CreateUpdateDownloader(); $dl.Updates = $selected; [void]$dl.Download()\n"
+        "  $inst = $session.CreateUpdateInstaller(); $inst.Updates = $selected\n"
+        "  $r = $inst.Install()\n"
+        "  for ($i = 0; $i -lt $selected.Count; $i++) {\n"
+        "    $code = $r.GetUpdateResult($i).ResultCode\n"
+        '    Write-Output "installed ($code): $($selected.Item($i).Title)"\n'
+        "    if ($code -eq 2 -or $code -eq 3) { $installed++ }\n"
+        "  }\n"
+        "  if ($r.RebootRequired) { $reboot = 1 }\n"
+        "}\n"
+        "$remaining = $matched - $installed\n"
+        f'Write-Output "{MARKER_WU} installed=$installed remaining=$remaining reboot=$reboot"\n'
+    )
+
+
+def sysprep() -> str:
+    """Windows generalization: sysprep /generalize /oobe /mode:vm, then wait for the reseal image state."""
+    return (
+        "$ErrorActionPreference = 'Stop'\n"
+        "while ((Get-Service RdAgent -ErrorAction SilentlyContinue).Status -ne 'Running') { Start-Sleep 5 }\n"
+        "while ((Get-Service WindowsAzureGuestAgent -ErrorAction SilentlyContinue).Status -ne 'Running') "
+        "{ Start-Sleep 5 }\n"
+        "& $env:SystemRoot\\System32\\Sysprep\\Sysprep.exe /oobe /generalize /quiet /quit /mode:vm\n"
+        "$key = 'HKLM:\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Setup\\State'\n"
+        "while ($true) {\n"
+        "  $state = (Get-ItemProperty $key).ImageState\n"
+        "  Write-Output $state\n"
+        "  if ($state -eq 'IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE') { break }\n"
+        "  Start-Sleep -Seconds 10\n"
+        "}\n"
+        "Write-Output 'sysprep done'\n"
+    )
+
+
+_MARKER_LINE = re.compile(r"^(IMAGEBUILDER-[A-Z]+)\s+(.*)$", re.MULTILINE)
+
+
+def parse_marker(output: str, marker: str) -> dict[str, str] | None:
+    """The key=value pairs of the last `marker` line in a script's output, or None."""
+    found: dict[str, str] | None = None
+    for match in _MARKER_LINE.finditer(output):
+        if match.group(1) == marker:
+            found = dict(pair.split("=", 1) for pair in match.group(2).split() if "=" in pair)
+    return found
+
+
+def parse_duration(text: str | None, default_seconds: int) -> int:
+    """AIB durations such as '5m', '2h', '90s' (restartTimeout) in seconds."""
+    if not text:
+        return default_seconds
+    match = re.fullmatch(r"\s*(\d+)\s*([smh]?)\s*", text)
+    if not match:
+        raise ValueError(f"duration {text!r} is not like '5m', '2h' or '90s'")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]

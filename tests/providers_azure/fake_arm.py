@@ -1,0 +1,947 @@
+"""A checking ARM endpoint behind an azure-core HttpTransport, for driving the Azure SDK's real pipeline.
+
+Every request the SDK sends is checked (host, method, path, api-version, bearer token, body) and answered
+with responses shaped like the Azure REST API's documented examples (azure-rest-api-specs `examples/`):
+201 + Azure-AsyncOperation for PUTs, 202 + Location/Azure-AsyncOperation for POST actions and DELETEs,
+operation status bodies {"status": "InProgress" | "Succeeded" | "Failed", "error": {...}}, ARM error
+bodies {"error": {"code", "message"}}. State is kept, so ARM's dependency rules (a NIC in use cannot be
+deleted, ...) apply. Problems are collected in `problems`; a test asserts the list is empty.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import HttpTransport
+
+ARM = "management.azure.com"
+SUB = "00000000-0000-0000-0000-000000000000"
+TOKEN = "fake-token-for-tests"
+
+API = {
+    "resources": "2025-04-01",
+    "network": "2026-03-01",
+    "compute": "2026-04-01",
+    "disks": "2026-03-02",
+    "gallery": "2026-03-03",
+}
+
+
+class FakeCredential:
+    """A TokenCredential returning one static token."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        assert scopes == ("https://management.azure.com/.default",) or scopes[0].startswith(
+            "https://storage"
+        ), scopes
+        return AccessToken(TOKEN, int(time.time()) + 3600)
+
+
+@dataclass
+class Fault:
+    method: str
+    path: str  # regex on the lower-cased path
+    status: int
+    code: str
+    message: str = "injected"
+    headers: dict[str, str] = field(default_factory=dict)
+    times: int = 1
+
+
+@dataclass
+class Op:
+    id: str
+    remaining: int
+    on_done: Callable[[], dict[str, Any] | None]
+    error: tuple[str, str] | None = None
+    state: str = "InProgress"
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+# Guest behaviour: (vm name, run command name, script) -> (exit code, stdout, stderr)
+Guest = Callable[[str, str, str], tuple[int, str, str]]
+
+
+def default_guest(vm: str, name: str, script: str) -> tuple[int, str, str]:
+    return 0, f"ran {name} on {vm}\n", ""
+
+
+class FakeArm(HttpTransport):
+    """Route table over a dict of resources; see the module docstring."""
+
+    def __init__(self, *, location: str = "westus", guest: Guest = default_guest, op_polls: int = 1):
+        self.location = location
+        self.guest = guest
+        self.op_polls = op_polls
+        self.resources: dict[str, dict[str, Any]] = {}
+        self.ops: dict[str, Op] = {}
+        self.faults: list[Fault] = []
+        self.op_failures: list[tuple[str, str, str]] = []  # (path regex, code, message)
+        self.files: dict[str, bytes] = {}
+        self.blobs: dict[str, dict[str, Any]] = {}
+        self.platform_images: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, str | None, Any]] = []
+        self.problems: list[str] = []
+        self.slept: list[float] = []
+        self.scripts: dict[str, str] = {}
+
+    # -- HttpTransport ----------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeArm:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+    def open(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def sleep(self, duration: float) -> None:
+        self.slept.append(duration)
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        url = urlsplit(request.url)
+        method = request.method.upper()
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        raw = request.content if hasattr(request, "content") else request.data
+        if isinstance(raw, (bytes, bytearray)):
+            raw = raw.decode()
+        body = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except (TypeError, ValueError):
+                body = raw
+        self.requests.append((method, url.path, query.get("api-version"), body))
+        status, headers, payload = self._dispatch(method, url.netloc, url.path, query, body, request.headers)
+        return self._response(request, status, headers, payload, kwargs.get("stream", False))
+
+    def _response(
+        self, request: Any, status: int, headers: dict[str, str], payload: Any, stream: bool
+    ) -> Any:
+        resp = requests.Response()
+        resp.status_code = status
+        data = (
+            b""
+            if payload is None
+            else (payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+        )
+        all_headers = {"x-ms-request-id": str(uuid.uuid4()), **headers}
+        if payload is not None and not isinstance(payload, bytes):
+            all_headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        all_headers["Content-Length"] = str(len(data))
+        resp.headers = requests.structures.CaseInsensitiveDict(all_headers)
+        resp._content = data
+        resp._content_consumed = True
+        resp.raw = io.BytesIO(data)
+        resp.reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content"}.get(status, "Error")
+        resp.url = request.url
+        from azure.core.pipeline.transport._base import HttpRequest as LegacyRequest
+
+        if isinstance(request, LegacyRequest):
+            from azure.core.pipeline.transport._requests_basic import RequestsTransportResponse
+
+            return RequestsTransportResponse(request, resp, 4096)
+        from azure.core.rest._requests_basic import RestRequestsTransportResponse
+
+        result = RestRequestsTransportResponse(request=request, internal_response=resp, block_size=4096)
+        if not stream:
+            result.read()
+        return result
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    @staticmethod
+    def error(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        return status, headers or {}, {"error": {"code": code, "message": message}}
+
+    def _op(
+        self,
+        namespace: str,
+        on_done: Callable[[], dict[str, Any] | None],
+        path: str,
+        polls: int | None = None,
+    ) -> Op:
+        op = Op(str(uuid.uuid4()), self.op_polls if polls is None else polls, on_done)
+        for pattern, code, message in self.op_failures:
+            if re.search(pattern, path.lower()):
+                op.error = (code, message)
+        self.ops[op.id] = op
+        op.namespace = namespace  # type: ignore[attr-defined]
+        return op
+
+    def _async_headers(self, op: Op, namespace: str, location_too: bool = False) -> dict[str, str]:
+        base = f"https://{ARM}/subscriptions/{SUB}/providers/{namespace}/locations/{self.location}"
+        api = API["network"] if namespace == "Microsoft.Network" else API["compute"]
+        headers = {
+            "Azure-AsyncOperation": f"{base}/operations/{op.id}?api-version={api}",
+            "Retry-After": "10",
+        }
+        if location_too:
+            headers["Location"] = f"{base}/operationResults/{op.id}?api-version={api}"
+        return headers
+
+    def finish_all(self) -> None:
+        """Complete every operation in flight (for tests that skip the polling)."""
+        for op in list(self.ops.values()):
+            while op.state == "InProgress":
+                self._advance(op)
+
+    def _advance(self, op: Op) -> None:
+        if op.state != "InProgress":
+            return
+        if op.remaining > 0:
+            op.remaining -= 1
+            return
+        if op.error:
+            op.state = "Failed"
+            self._fail_side(op)
+            return
+        op.body = op.on_done() or {}
+        op.state = "Succeeded"
+
+    def _fail_side(self, op: Op) -> None:
+        target = getattr(op, "target", None)
+        if target and target in self.resources:
+            self.resources[target]["properties"]["provisioningState"] = "Failed"
+
+    def _check_api(self, query: dict[str, str], kind: str, path: str) -> bool:
+        want = API[kind]
+        got = query.get("api-version")
+        if got != want:
+            self.problem(f"{path}: api-version {got!r}, expected {want!r} for {kind}")
+            return False
+        return True
+
+    def _check_tags(self, path: str, body: dict[str, Any]) -> None:
+        tags = body.get("tags") or {}
+        if "imagebuilder-template" not in tags or "imagebuilder-run" not in tags:
+            self.problem(
+                f"PUT {path}: resource not tagged with imagebuilder-template/imagebuilder-run: {tags}"
+            )
+
+    # -- routing ----------------------------------------------------------------------------------
+
+    def _dispatch(self, method: str, host: str, path: str, query: dict[str, str], body: Any, headers: Any):
+        for fault in self.faults:
+            if fault.times > 0 and fault.method == method and re.search(fault.path, path.lower()):
+                fault.times -= 1
+                return self.error(fault.status, fault.code, fault.message, fault.headers)
+        if host.endswith(".blob.core.windows.net"):
+            return self._blob(method, host, path, headers)
+        if host != ARM:
+            key = f"https://{host}{path}"
+            if method == "GET" and key in self.files:
+                if "authorization" in {k.lower() for k in headers}:
+                    self.problem(f"credential sent to {host}")
+                return 200, {"Content-Type": "application/octet-stream"}, self.files[key]
+            return self.error(404, "NotFound", f"no file {key}")
+        if headers.get("Authorization") != f"Bearer {TOKEN}":
+            self.problem(f"{method} {path}: no bearer token")
+        p = path.lower()
+        prefix = f"/subscriptions/{SUB}".lower()
+        if not p.startswith(prefix):
+            self.problem(f"{method} {path}: wrong subscription")
+            return self.error(404, "SubscriptionNotFound", path)
+        rest = p[len(prefix) :]
+        m = re.fullmatch(
+            r"/providers/microsoft\.(compute|network)/locations/[^/]+/(operations|operationresults)/([^/]+)",
+            rest,
+        )
+        if m:
+            return self._op_status(m.group(2), m.group(3))
+        if rest == "/resourcegroups" or rest == "/resources":
+            self._check_api(query, "resources", path)
+            return self._list_tagged(rest, query)
+        m = re.fullmatch(r"/resourcegroups/([^/]+)", rest)
+        if m:
+            self._check_api(query, "resources", path)
+            return self._resource_group(method, path, m.group(1), body)
+        m = re.fullmatch(r"/resourcegroups/([^/]+)/resources", rest)
+        if m:
+            self._check_api(query, "resources", path)
+            base = f"{prefix}/resourcegroups/{m.group(1)}/providers/"
+            items = [
+                self._public(r)
+                for k, r in self.resources.items()
+                if k.startswith(base) and k.count("/") == base.count("/") + 2
+            ]
+            return 200, {}, {"value": items}
+        m = re.fullmatch(
+            r"/providers/microsoft\.compute/locations/([^/]+)/publishers/([^/]+)/artifacttypes/vmimage/offers/([^/]+)/skus/([^/]+)/versions(?:/([^/]+))?",
+            rest,
+        )
+        if m:
+            self._check_api(query, "compute", path)
+            return self._platform_image(m.groups())
+        m = re.fullmatch(
+            r"/resourcegroups/([^/]+)/providers/microsoft\.network/(networksecuritygroups|virtualnetworks|networkinterfaces|publicipaddresses)(?:/([^/]+))?",
+            rest,
+        )
+        if m:
+            self._check_api(query, "network", path)
+            return self._network(method, path, m.group(2), m.group(3), body)
+        m = re.fullmatch(
+            r"/resourcegroups/([^/]+)/providers/microsoft\.compute/disks/([^/]+)(/begingetaccess|/endgetaccess)?",
+            rest,
+        )
+        if m:
+            self._check_api(query, "disks", path)
+            return self._disk(method, path, m.group(3), body)
+        m = re.fullmatch(
+            r"/resourcegroups/([^/]+)/providers/microsoft\.compute/galleries/([^/]+)/images/([^/]+)(/versions(?:/[^/]+)?)?",
+            rest,
+        )
+        if m:
+            self._check_api(query, "gallery", path)
+            return self._gallery(method, path, m.group(4), query, body)
+        m = re.fullmatch(r"/resourcegroups/([^/]+)/providers/microsoft\.compute/images/([^/]+)", rest)
+        if m:
+            self._check_api(query, "compute", path)
+            return self._image(method, path, body)
+        m = re.fullmatch(
+            r"/resourcegroups/([^/]+)/providers/microsoft\.compute/virtualmachines/([^/]+)(/[a-z]+)?(?:/([^/]+))?",
+            rest,
+        )
+        if m:
+            self._check_api(query, "compute", path)
+            return self._vm(method, path, m.group(2), m.group(3), m.group(4), query, body)
+        self.problem(f"unexpected request {method} {path}")
+        return self.error(400, "UnexpectedRequest", f"{method} {path}")
+
+    def _public(self, resource: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(resource))
+
+    def _op_status(self, kind: str, op_id: str):
+        op = self.ops.get(op_id)
+        if op is None:
+            return self.error(404, "NotFound", f"operation {op_id}")
+        self._advance(op)
+        if kind == "operationresults":
+            if op.state == "InProgress":
+                return 202, {"Retry-After": "10"}, None
+            if op.state == "Failed":
+                return self.error(400, op.error[0], op.error[1])  # type: ignore[index]
+            return (200, {}, op.body) if op.body else (204, {}, None)
+        result: dict[str, Any] = {"name": op.id, "status": op.state, "startTime": "2026-11-27T04:00:00+00:00"}
+        if op.state != "InProgress":
+            result["endTime"] = "2026-11-27T04:05:00+00:00"
+        if op.state == "Failed":
+            result["error"] = {"code": op.error[0], "message": op.error[1]}  # type: ignore[index]
+        if op.state == "Succeeded" and op.body:
+            result["properties"] = {"output": op.body}
+        return 200, {"Retry-After": "10"} if op.state == "InProgress" else {}, result
+
+    def _list_tagged(self, rest: str, query: dict[str, str]):
+        m = re.fullmatch(r"tagName eq '([^']+)'", query.get("$filter", ""))
+        if not m:
+            self.problem(f"list {rest} without a tag filter: {query}")
+        tag = m.group(1) if m else ""
+        items = []
+        for key, res in self.resources.items():
+            is_group = key.count("/") == 4
+            if (rest == "/resourcegroups") == is_group and tag in (res.get("tags") or {}):
+                items.append(self._public(res))
+        return 200, {}, {"value": items}
+
+    def _store(self, path: str, type_: str, body: dict[str, Any], state: str = "Creating") -> dict[str, Any]:
+        res = {
+            "id": path,
+            "name": path.rsplit("/", 1)[-1],
+            "type": type_,
+            "location": body.get("location", self.location),
+            "tags": body.get("tags") or {},
+            "properties": {
+                **json.loads(json.dumps(body.get("properties") or {})),
+                "provisioningState": state,
+            },
+        }
+        for extra in ("plan", "identity"):
+            if extra in body:
+                res[extra] = body[extra]
+        self.resources[path.lower()] = res
+        return res
+
+    def _succeed(self, path: str) -> Callable[[], None]:
+        def done() -> None:
+            res = self.resources.get(path.lower())
+            if res:
+                res["properties"]["provisioningState"] = "Succeeded"
+
+        return done
+
+    def _put_lro(
+        self,
+        path: str,
+        type_: str,
+        body: dict[str, Any],
+        namespace: str,
+        extra_done: Callable[[], None] | None = None,
+    ):
+        exists = path.lower() in self.resources
+        res = self._store(path, type_, body, "Updating" if exists else "Creating")
+        succeed = self._succeed(path)
+
+        def done() -> None:
+            succeed()
+            if extra_done:
+                extra_done()
+
+        op = self._op(namespace, done, path)
+        op.target = path.lower()  # type: ignore[attr-defined]
+        return (200 if exists else 201), self._async_headers(op, namespace), self._public(res)
+
+    def _delete_lro(
+        self,
+        path: str,
+        namespace: str,
+        blockers: Callable[[], str | None] | None = None,
+        cascade: Callable[[], None] | None = None,
+    ):
+        if path.lower() not in self.resources:
+            return 204, {}, None
+        if blockers:
+            reason = blockers()
+            if reason:
+                return self.error(400 if namespace == "Microsoft.Network" else 409, *reason.split(":", 1))
+
+        def done() -> None:
+            self.resources.pop(path.lower(), None)
+            if cascade:
+                cascade()
+
+        op = self._op(namespace, done, path)
+        return 202, self._async_headers(op, namespace, location_too=True), None
+
+    def _get(self, path: str):
+        res = self.resources.get(path.lower())
+        if res is None:
+            return self.error(404, "ResourceNotFound", f"The Resource '{path}' was not found.")
+        return 200, {}, self._public(res)
+
+    # -- resource groups --------------------------------------------------------------------------
+
+    def _resource_group(self, method: str, path: str, name: str, body: Any):
+        if method == "GET":
+            return self._get(path)
+        if method == "PUT":
+            if not isinstance(body, dict) or not body.get("location"):
+                self.problem(f"PUT {path}: no location")
+            self._check_tags(path, body)
+            res = {
+                "id": path,
+                "name": path.rsplit("/", 1)[-1],
+                "type": "Microsoft.Resources/resourceGroups",
+                "location": body["location"],
+                "tags": body.get("tags") or {},
+                "properties": {"provisioningState": "Succeeded"},
+            }
+            created = path.lower() not in self.resources
+            self.resources[path.lower()] = res
+            return (201 if created else 200), {}, self._public(res)
+        if method == "DELETE":
+            if path.lower() not in self.resources:
+                return 404, {}, None
+
+            def done() -> None:
+                for key in [
+                    k for k in self.resources if k == path.lower() or k.startswith(path.lower() + "/")
+                ]:
+                    self.resources.pop(key)
+
+            op = self._op("Microsoft.Resources", done, path)
+            # ARM answers a resource group delete with Location only
+            return (
+                202,
+                {
+                    "Location": f"https://{ARM}/subscriptions/{SUB}/providers/Microsoft.Compute/locations/{self.location}/operationResults/{op.id}?api-version={API['resources']}",
+                    "Retry-After": "15",
+                },
+                None,
+            )
+        self.problem(f"{method} {path}: unexpected")
+        return self.error(405, "MethodNotAllowed", method)
+
+    def _platform_image(self, groups: tuple[str, ...]):
+        location, publisher, offer, sku, version = groups
+        key = f"{publisher}:{offer}:{sku}".lower()
+        versions = self.platform_images.get(key, {})
+        if version is None:
+            return (
+                200,
+                {},
+                [
+                    {
+                        "name": v,
+                        "location": location,
+                        "id": f"/Subscriptions/{SUB}/Providers/Microsoft.Compute/Locations/{location}/Publishers/{publisher}/ArtifactTypes/VMImage/Offers/{offer}/Skus/{sku}/Versions/{v}",
+                    }
+                    for v in versions
+                ],
+            )
+        if version not in versions:
+            return self.error(404, "NotFound", "Artifact: VMImage was not found.")
+        return (
+            200,
+            {},
+            {
+                "name": version,
+                "location": location,
+                "id": f"/Subscriptions/{SUB}/Providers/Microsoft.Compute/Locations/{location}/Publishers/{publisher}/ArtifactTypes/VMImage/Offers/{offer}/Skus/{sku}/Versions/{version}",
+                "properties": versions[version],
+            },
+        )
+
+    # -- network ----------------------------------------------------------------------------------
+
+    def _network(self, method: str, path: str, kind: str, name: str | None, body: Any):
+        if name is None:  # list (public IPs)
+            base = path.lower() + "/"
+            return (
+                200,
+                {},
+                {"value": [self._public(r) for k, r in self.resources.items() if k.startswith(base)]},
+            )
+        type_ = {
+            "networksecuritygroups": "Microsoft.Network/networkSecurityGroups",
+            "virtualnetworks": "Microsoft.Network/virtualNetworks",
+            "networkinterfaces": "Microsoft.Network/networkInterfaces",
+            "publicipaddresses": "Microsoft.Network/publicIPAddresses",
+        }[kind]
+        if method == "GET":
+            return self._get(path)
+        if method == "PUT":
+            self._check_tags(path, body)
+            props = body.get("properties") or {}
+            if kind == "networksecuritygroups":
+                inbound = [
+                    r
+                    for r in props.get("securityRules") or []
+                    if (r.get("properties") or {}).get("direction") == "Inbound"
+                ]
+                if inbound:
+                    self.problem(f"NSG {path} has inbound rules {inbound}")
+            if kind == "networkinterfaces":
+                for ipc in props.get("ipConfigurations") or []:
+                    if (ipc.get("properties") or {}).get("publicIPAddress"):
+                        self.problem(f"NIC {path} has a public IP")
+                    subnet = ((ipc.get("properties") or {}).get("subnet") or {}).get("id", "")
+                    vnet = subnet.lower().rsplit("/subnets/", 1)[0]
+                    if (
+                        "/virtualnetworks/" in vnet
+                        and vnet.startswith(f"/subscriptions/{SUB}/resourcegroups/it_")
+                        and vnet not in self.resources
+                    ):
+                        return self.error(400, "InvalidResourceReference", f"subnet {subnet} not found")
+            if kind == "virtualnetworks":
+                for subnet in props.get("subnets") or []:
+                    nsg = ((subnet.get("properties") or {}).get("networkSecurityGroup") or {}).get("id", "")
+                    if nsg and nsg.lower() not in self.resources:
+                        return self.error(400, "InvalidResourceReference", f"NSG {nsg} not found")
+            return self._put_lro(path, type_, body, "Microsoft.Network")
+        if method == "DELETE":
+
+            def blockers() -> str | None:
+                low = path.lower()
+                for res in self.resources.values():
+                    text = json.dumps(res).lower()
+                    if res["id"].lower() == low:
+                        continue
+                    if (
+                        kind == "networkinterfaces"
+                        and res["type"] == "Microsoft.Compute/virtualMachines"
+                        and low in text
+                    ):
+                        return "NicInUse:Network Interface is used by existing resource"
+                    if (
+                        kind == "virtualnetworks"
+                        and res["type"] == "Microsoft.Network/networkInterfaces"
+                        and low + "/subnets/" in text
+                    ):
+                        return "InUseSubnetCannotBeDeleted:Subnet is in use"
+                    if (
+                        kind == "networksecuritygroups"
+                        and res["type"] == "Microsoft.Network/virtualNetworks"
+                        and low in text
+                    ):
+                        return "InUseNetworkSecurityGroupCannotBeDeleted:NSG is in use by a subnet"
+                return None
+
+            return self._delete_lro(path, "Microsoft.Network", blockers)
+        return self.error(405, "MethodNotAllowed", method)
+
+    # -- compute ----------------------------------------------------------------------------------
+
+    def _vm(
+        self,
+        method: str,
+        path: str,
+        vm: str,
+        action: str | None,
+        child: str | None,
+        query: dict[str, str],
+        body: Any,
+    ):
+        vm_path = (
+            path
+            if action is None
+            else path[: path.lower().index("/virtualmachines/") + len("/virtualmachines/") + len(vm)]
+        )
+        res = self.resources.get(vm_path.lower())
+        if action is None:
+            if method == "GET":
+                return self._get(path)
+            if method == "PUT":
+                return self._put_vm(path, body)
+            if method == "DELETE":
+
+                def cascade() -> None:
+                    props = res["properties"] if res else {}
+                    for nic in (props.get("networkProfile") or {}).get("networkInterfaces") or []:
+                        if (nic.get("properties") or {}).get("deleteOption") == "Delete":
+                            self.resources.pop(nic["id"].lower(), None)
+                    disks = [
+                        (props.get("storageProfile") or {}).get("osDisk") or {},
+                        *list((props.get("storageProfile") or {}).get("dataDisks") or []),
+                    ]
+                    for d in disks:
+                        if d.get("deleteOption") == "Delete" and d.get("name"):
+                            self.resources.pop(
+                                f"{vm_path.rsplit('/providers/', 1)[0]}/providers/microsoft.compute/disks/{d['name']}".lower(),
+                                None,
+                            )
+                    for key in [k for k in self.resources if k.startswith(vm_path.lower() + "/")]:
+                        self.resources.pop(key)
+
+                return self._delete_lro(path, "Microsoft.Compute", None, cascade)
+        if res is None:
+            return self.error(404, "ResourceNotFound", f"VM {vm} not found")
+        view = res.setdefault("_view", {})
+        if action == "/instanceview" and method == "GET":
+            return (
+                200,
+                {},
+                {
+                    "computerName": res["properties"]["osProfile"]["computerName"],
+                    "vmAgent": {
+                        "vmAgentVersion": "2.7.41491.1102",
+                        "statuses": [
+                            {
+                                "code": "ProvisioningState/succeeded",
+                                "level": "Info",
+                                "displayStatus": "Ready" if view.get("agent_ready", True) else "Not Ready",
+                                "time": "2026-11-27T04:05:00+00:00",
+                            }
+                        ],
+                    },
+                    "statuses": [{"code": c, "level": "Info"} for c in view.get("statuses", [])],
+                },
+            )
+        if action == "/deallocate" and method == "POST":
+
+            def done() -> None:
+                view["statuses"] = [
+                    s for s in view.get("statuses", []) if not s.startswith("PowerState/")
+                ] + ["PowerState/deallocated"]
+
+            op = self._op("Microsoft.Compute", done, path)
+            return 202, self._async_headers(op, "Microsoft.Compute", location_too=True), None
+        if action == "/generalize" and method == "POST":
+            if "PowerState/deallocated" not in view.get("statuses", []):
+                return self.error(
+                    409,
+                    "OperationNotAllowed",
+                    "Operation 'generalize' is not allowed since the VM is running",
+                )
+            view["statuses"] = view["statuses"] + ["OSState/generalized"]
+            return 200, {}, None
+        if action == "/runcommands" and child:
+            return self._run_command(method, path, res, vm, child, body)
+        self.problem(f"unexpected VM request {method} {path}")
+        return self.error(400, "UnexpectedRequest", path)
+
+    def _put_vm(self, path: str, body: Any):
+        self._check_tags(path, body)
+        props = body.get("properties") or {}
+        size = (props.get("hardwareProfile") or {}).get("vmSize")
+        if not size:
+            self.problem(f"PUT {path}: no vmSize")
+        storage = props.get("storageProfile") or {}
+        if not storage.get("imageReference"):
+            self.problem(f"PUT {path}: no imageReference")
+        os_profile = props.get("osProfile") or {}
+        if not os_profile.get("adminUsername") or not os_profile.get("computerName"):
+            self.problem(f"PUT {path}: osProfile incomplete")
+        nics = (props.get("networkProfile") or {}).get("networkInterfaces") or []
+        for nic in nics:
+            if nic["id"].lower() not in self.resources:
+                return self.error(400, "InvalidResourceReference", f"NIC {nic['id']} not found")
+        if path.lower() in self.resources:
+            return self.error(
+                409, "PropertyChangeNotAllowed", "Changing property 'osProfile.adminPassword' is not allowed."
+            )
+        record = dict(body)
+        record["properties"] = {k: v for k, v in props.items()}
+        record["properties"]["osProfile"] = {k: v for k, v in os_profile.items() if k != "adminPassword"}
+        self.vm_bodies = [*getattr(self, "vm_bodies", []), body]
+
+        def done() -> None:
+            res = self.resources[path.lower()]
+            res["_view"] = {
+                "statuses": ["ProvisioningState/succeeded", "PowerState/running"],
+                "agent_ready": True,
+            }
+            rg_path = path[: path.lower().index("/providers/")]
+            os_disk = storage.get("osDisk") or {}
+            self.resources[f"{rg_path}/providers/Microsoft.Compute/disks/{os_disk.get('name')}".lower()] = {
+                "id": f"{rg_path}/providers/Microsoft.Compute/disks/{os_disk.get('name')}",
+                "name": os_disk.get("name"),
+                "type": "Microsoft.Compute/disks",
+                "location": self.location,
+                "tags": {},
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "diskState": "Attached",
+                    "diskSizeGB": os_disk.get("diskSizeGB", 30),
+                },
+            }
+
+        return self._put_lro(path, "Microsoft.Compute/virtualMachines", record, "Microsoft.Compute", done)
+
+    def _run_command(self, method: str, path: str, vm_res: dict[str, Any], vm: str, name: str, body: Any):
+        if method == "PUT":
+            self._check_tags(path, body)
+            source = (body.get("properties") or {}).get("source") or {}
+            if not source.get("script"):
+                self.problem(f"PUT {path}: no inline script")
+            script = source.get("script", "")
+            self.scripts[name] = script
+            if "PowerState/deallocated" in vm_res.get("_view", {}).get("statuses", []):
+                return self.error(409, "OperationNotAllowed", "VM is deallocated")
+            code, out, err = self.guest(vm, name, script)
+            state = "Succeeded" if code == 0 else "Failed"
+            status, headers, res = self._put_lro(
+                path, "Microsoft.Compute/virtualMachines/runCommands", body, "Microsoft.Compute"
+            )
+            stored = self.resources[path.lower()]
+            first = out.splitlines(keepends=True)[:1]
+            stored["properties"]["instanceView"] = {
+                "executionState": "Running",
+                "output": "".join(first),
+                "error": "",
+                "startTime": "2026-11-27T04:01:00+00:00",
+            }
+            op = self.ops[headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]]
+            previous = op.on_done
+
+            def done() -> None:
+                previous()
+                stored["properties"]["instanceView"] = {
+                    "executionState": state,
+                    "executionMessage": "",
+                    "exitCode": code,
+                    "output": out,
+                    "error": err,
+                    "startTime": "2026-11-27T04:01:00+00:00",
+                    "endTime": "2026-11-27T04:02:00+00:00",
+                    "statuses": [],
+                }
+
+            op.on_done = done
+            return status, headers, res
+        if method == "GET":
+            status, headers, res = self._get(path)
+            if status == 200:
+                # a run command's operation finishes when the script ends: GETs advance it
+                for op in self.ops.values():
+                    if getattr(op, "target", None) == path.lower():
+                        self._advance(op)
+                res = self._public(self.resources[path.lower()])
+            return status, headers, res
+        if method == "DELETE":
+            return self._delete_lro(path, "Microsoft.Compute")
+        return self.error(405, "MethodNotAllowed", method)
+
+    def _image(self, method: str, path: str, body: Any):
+        if method == "GET":
+            return self._get(path)
+        if method == "PUT":
+            self._check_tags(path, body)
+            source = ((body.get("properties") or {}).get("sourceVirtualMachine") or {}).get("id", "")
+            vm = self.resources.get(source.lower())
+            if vm is None or "OSState/generalized" not in vm.get("_view", {}).get("statuses", []):
+                return self.error(
+                    409, "OperationNotAllowed", "The source VM must be generalized to create an image."
+                )
+            return self._put_lro(path, "Microsoft.Compute/images", body, "Microsoft.Compute")
+        if method == "DELETE":
+            return self._delete_lro(path, "Microsoft.Compute")
+        return self.error(405, "MethodNotAllowed", method)
+
+    def _disk(self, method: str, path: str, action: str | None, body: Any):
+        disk_path = path if action is None else path.rsplit("/", 1)[0]
+        res = self.resources.get(disk_path.lower())
+        if action is None:
+            if method == "GET":
+                return self._get(path)
+            if method == "DELETE":
+
+                def blockers() -> str | None:
+                    vm_attached = (
+                        any(
+                            json.dumps(r).lower().count(f'"name": "{res["name"].lower()}"')
+                            and r["type"] == "Microsoft.Compute/virtualMachines"
+                            for r in self.resources.values()
+                        )
+                        if res
+                        else False
+                    )
+                    if vm_attached:
+                        return "OperationNotAllowed:Disk is attached to a VM"
+                    if res and res["properties"].get("diskState") == "ActiveSAS":
+                        return "OperationNotAllowed:Disk has an active SAS"
+                    return None
+
+                return self._delete_lro(path, "Microsoft.Compute", blockers)
+        if res is None:
+            return self.error(404, "ResourceNotFound", path)
+        if action == "/begingetaccess":
+            if body.get("access") != "Read":
+                self.problem(f"{path}: access {body.get('access')}")
+
+            def done() -> dict[str, Any]:
+                res["properties"]["diskState"] = "ActiveSAS"
+                return {
+                    "accessSAS": "https://md-abc.z1.blob.storage.azure.net/xyz/abcd?sv=2018-03-28&sr=b&si=x&sig=SECRET"
+                }
+
+            op = self._op("Microsoft.Compute", done, path)
+            return 202, self._async_headers(op, "Microsoft.Compute", location_too=True), None
+        if action == "/endgetaccess":
+
+            def done() -> None:
+                res["properties"]["diskState"] = "Unattached"
+
+            op = self._op("Microsoft.Compute", done, path, polls=0)
+            return 202, self._async_headers(op, "Microsoft.Compute", location_too=True), None
+        return self.error(405, "MethodNotAllowed", method)
+
+    def _gallery(self, method: str, path: str, versions: str | None, query: dict[str, str], body: Any):
+        if versions is None:
+            if method == "GET":
+                return self._get(path)
+            return self.error(405, "MethodNotAllowed", method)
+        if versions == "/versions":
+            base = path.lower() + "/"
+            return (
+                200,
+                {},
+                {"value": [self._public(r) for k, r in self.resources.items() if k.startswith(base)]},
+            )
+        if method == "PUT":
+            self._check_tags(path, body)
+            props = body.get("properties") or {}
+            source = ((props.get("storageProfile") or {}).get("source") or {}).get("id", "")
+            if source.lower() not in self.resources:
+                return self.error(400, "InvalidParameter", f"source {source} not found")
+            regions = (props.get("publishingProfile") or {}).get("targetRegions") or []
+            status, headers, res = self._put_lro(
+                path, "Microsoft.Compute/galleries/images/versions", body, "Microsoft.Compute"
+            )
+            stored = self.resources[path.lower()]
+            stored["_replication"] = [
+                {"region": r["name"], "state": "Replicating", "details": "", "progress": 0} for r in regions
+            ]
+            return status, headers, res
+        if method == "GET":
+            status, headers, res = self._get(path)
+            if status != 200:
+                return status, headers, res
+            stored = self.resources[path.lower()]
+            summary = stored.get("_replication", [])
+            # replication advances one region per read
+            pending = [s for s in summary if s["state"] == "Replicating"]
+            if pending and query.get("$expand") == "ReplicationStatus":
+                fail = getattr(self, "replication_failure", None)
+                if fail and pending[0]["region"].replace(" ", "").lower() == fail:
+                    pending[0].update(
+                        state="Failed", details="Replication failed: quota exceeded", progress=40
+                    )
+                else:
+                    pending[0].update(state="Completed", progress=100)
+            out = self._public({k: v for k, v in stored.items() if not k.startswith("_")})
+            if query.get("$expand") == "ReplicationStatus":
+                states = {s["state"] for s in summary}
+                out["properties"]["replicationStatus"] = {
+                    "aggregatedState": "Completed"
+                    if states == {"Completed"}
+                    else ("Failed" if "Failed" in states else "InProgress"),
+                    "summary": self._public(summary),
+                }
+            return 200, {}, out
+        if method == "DELETE":
+            return self._delete_lro(path, "Microsoft.Compute")
+        return self.error(405, "MethodNotAllowed", method)
+
+    # -- storage ----------------------------------------------------------------------------------
+
+    def _blob(self, method: str, host: str, path: str, headers: Any):
+        key = f"https://{host}{path}"
+        if not str(headers.get("Authorization", "")).startswith("Bearer "):
+            self.problem(f"{method} {key}: no bearer token for storage")
+        if method == "PUT":
+            source = headers.get("x-ms-copy-source")
+            if not source or "sig=" not in source:
+                self.problem(f"PUT {key}: no SAS copy source")
+            self.blobs[key] = {"polls": 1, "status": "pending"}
+            return (
+                202,
+                {
+                    "x-ms-copy-id": str(uuid.uuid4()),
+                    "x-ms-copy-status": "pending",
+                    "ETag": '"0x1"',
+                    "Last-Modified": "Fri, 27 Nov 2026 04:00:00 GMT",
+                    "x-ms-version": "2025-01-05",
+                },
+                None,
+            )
+        if method == "HEAD":
+            blob = self.blobs.get(key)
+            if blob is None:
+                return 404, {"x-ms-error-code": "BlobNotFound"}, None
+            if blob["polls"] > 0:
+                blob["polls"] -= 1
+            else:
+                blob["status"] = "success"
+            return (
+                200,
+                {
+                    "x-ms-copy-status": blob["status"],
+                    "x-ms-copy-progress": "512/1024" if blob["status"] == "pending" else "1024/1024",
+                    "x-ms-copy-id": "c",
+                    "x-ms-blob-type": "PageBlob",
+                    "Content-Length": "1024",
+                    "ETag": '"0x1"',
+                    "Last-Modified": "Fri, 27 Nov 2026 04:00:00 GMT",
+                    "x-ms-version": "2025-01-05",
+                },
+                None,
+            )
+        self.problem(f"unexpected storage request {method} {key}")
+        return 400, {}, None
