@@ -74,6 +74,12 @@ class RuleViolation(ValueError):
         self.issues = issues
 
 
+def _q(value: object) -> str:
+    """repr() of user input for a message, cut short: errors echo input, never all of it."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _raise(issues: list[Issue]) -> None:
     if issues:
         raise RuleViolation(issues)
@@ -127,7 +133,7 @@ class ArmModel(BaseModel):
                 issues.append(
                     Issue(
                         E.INVALID_REQUEST_CONTENT,
-                        f"'{canonical}' is given twice (as {key!r} too): give it once.",
+                        f"'{canonical}' is given twice (as {_q(key)} too): give it once.",
                         str(key),
                     )
                 )
@@ -145,7 +151,7 @@ def _check_uri(value: str | None, field: str, code: str = E.INVALID_PARAMETER) -
         return []
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return [Issue(code, f"'{field}' must be an absolute http(s) URI, got {value!r}.", field)]
+        return [Issue(code, f"'{field}' must be an absolute http(s) URI, got {_q(value)}.", field)]
     return []
 
 
@@ -209,7 +215,7 @@ def _check_destination(destination: str) -> list[Issue]:
             Issue(
                 E.INVALID_PARAMETER,
                 f"'destination' must be an absolute path (Linux: starting with '/', Windows: a drive letter "
-                f"such as 'C:\\\\'), got {destination!r}.",
+                f"such as 'C:\\\\'), got {_q(destination)}.",
                 "destination",
             )
         ]
@@ -217,7 +223,7 @@ def _check_destination(destination: str) -> list[Issue]:
         return [
             Issue(
                 E.INVALID_PARAMETER,
-                f"'destination' must not contain '..' components, got {destination!r}.",
+                f"'destination' must not contain '..' components, got {_q(destination)}.",
                 "destination",
             )
         ]
@@ -280,7 +286,8 @@ class PlatformImageSource(ArmModel):
             issues.append(
                 Issue(
                     E.BAD_PIR_SOURCE,
-                    f"'version' must be 'latest' or a version like '22.04.202401010', got {self.version!r}.",
+                    "'version' must be 'latest' or a version like '22.04.202401010', "
+                    f"got {_q(self.version)}.",
                     "version",
                 )
             )
@@ -324,7 +331,7 @@ class SharedImageVersionSource(ArmModel):
                     Issue(
                         E.BAD_SHARED_IMAGE_VERSION_SOURCE,
                         "'imageVersionId' must be the resource id of an image version, ending in "
-                        f"'/versions/<version>' (or '/versions/latest'), got {self.image_version_id!r}.",
+                        f"'/versions/<version>' (or '/versions/latest'), got {_q(self.image_version_id)}.",
                         "imageVersionId",
                     )
                 ]
@@ -418,7 +425,7 @@ class WindowsRestartCustomizer(_Step):
                     Issue(
                         E.INVALID_PARAMETER,
                         "'restartTimeout' must be a duration such as '5m' or '2h', "
-                        f"got {self.restart_timeout!r}.",
+                        f"got {_q(self.restart_timeout)}.",
                         "restartTimeout",
                     )
                 ]
@@ -598,7 +605,7 @@ class _Distributor(ArmModel):
                     Issue(
                         E.INVALID_PARAMETER,
                         "'runOutputName' must match ^[A-Za-z0-9-_.]{1,64}$ (letters, digits, '-', '_', '.'; "
-                        f"at most 64), got {value!r}.",
+                        f"at most 64), got {_q(value)}.",
                     )
                 ]
             )
@@ -647,7 +654,7 @@ class SharedImageDistributor(_Distributor):
                     E.BAD_SHARED_IMAGE_DISTRIBUTE,
                     "'galleryImageId' must be the resource id of a gallery image definition "
                     "(/subscriptions/…/providers/Microsoft.Compute/galleries/<g>/images/<i>), optionally "
-                    f"followed by /versions/<x.y.z>; got {self.gallery_image_id!r}.",
+                    f"followed by /versions/<x.y.z>; got {_q(self.gallery_image_id)}.",
                     "galleryImageId",
                 )
             )
@@ -684,7 +691,7 @@ class SharedImageDistributor(_Distributor):
         for n in names:
             if n in seen:
                 field = "targetRegions" if self.target_regions is not None else "replicationRegions"
-                issues.append(Issue(E.BAD_SHARED_IMAGE_DISTRIBUTE, f"Region {n!r} is listed twice.", field))
+                issues.append(Issue(E.BAD_SHARED_IMAGE_DISTRIBUTE, f"Region {_q(n)} is listed twice.", field))
                 break
             seen.add(n)
         _raise(issues)
@@ -837,7 +844,7 @@ class ImageTemplateVmProfile(ArmModel):
         issues = [
             Issue(
                 E.INVALID_PARAMETER,
-                f"Expected the resource id of a user-assigned managed identity, got {i!r}.",
+                f"Expected the resource id of a user-assigned managed identity, got {_q(i)}.",
                 f"userAssignedIdentities[{n}]",
             )
             for n, i in enumerate(self.user_assigned_identities or [])
@@ -935,7 +942,7 @@ class ImageTemplateProperties(ArmModel):
                 issues.append(
                     Issue(
                         E.INVALID_PARAMETER,
-                        f"runOutputName {d.run_output_name!r} is used by distribute[{seen[key]}] too: "
+                        f"runOutputName {_q(d.run_output_name)} is used by distribute[{seen[key]}] too: "
                         "every distribute target needs its own runOutputName.",
                         f"distribute[{i}].runOutputName",
                     )
@@ -957,7 +964,7 @@ class ImageTemplateProperties(ArmModel):
                 Issue(
                     E.BAD_STAGING_RESOURCE_GROUP,
                     "'stagingResourceGroup' must be a resource group id "
-                    f"(/subscriptions/<id>/resourceGroups/<name>), got {self.staging_resource_group!r}.",
+                    f"(/subscriptions/<id>/resourceGroups/<name>), got {_q(self.staging_resource_group)}.",
                     "stagingResourceGroup",
                 )
             )
@@ -1048,7 +1055,7 @@ class ImageTemplateIdentity(ArmModel):
                     issues.append(
                         Issue(
                             E.INVALID_PARAMETER,
-                            f"Expected the resource id of a user-assigned managed identity, got {key!r}.",
+                            f"Expected the resource id of a user-assigned managed identity, got {_q(key)}.",
                             "userAssignedIdentities",
                         )
                     )
@@ -1133,7 +1140,7 @@ def _check_ncrontab(expr: str) -> list[Issue]:
                 E.INVALID_PARAMETER,
                 "'schedule' must be an NCRONTAB expression of 6 fields "
                 "({second} {minute} {hour} {day} {month} {day-of-week}), e.g. '0 0 3 * * *'; "
-                f"got {expr!r}.",
+                f"got {_q(expr)}.",
                 "schedule",
             )
         ]
@@ -1166,7 +1173,7 @@ class ScheduleTriggerProperties(ArmModel):
                 Issue(
                     E.INVALID_PARAMETER,
                     "'timeZone' must be an IANA time zone name such as 'UTC' or 'Europe/Paris', "
-                    f"got {self.time_zone!r}.",
+                    f"got {_q(self.time_zone)}.",
                     "timeZone",
                 )
             )

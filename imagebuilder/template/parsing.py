@@ -94,7 +94,7 @@ def check_api_version(api_version: str) -> None:
     if api_version not in SUPPORTED_API_VERSIONS:
         raise TemplateError(
             E.INVALID_API_VERSION,
-            f"The api-version {api_version!r} is not supported. Supported versions: "
+            f"The api-version {_short(api_version)} is not supported. Supported versions: "
             f"{', '.join(SUPPORTED_API_VERSIONS)}.",
             "api-version",
         )
@@ -105,7 +105,7 @@ def validate_resource_name(name: str, target: str = "imageTemplateName") -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise TemplateError(
             E.INVALID_RESOURCE_NAME,
-            f"The name {name!r} is invalid: use 1 to 64 letters, digits, '-', '_' or '.'.",
+            f"The name {_short(name)} is invalid: use 1 to 64 letters, digits, '-', '_' or '.'.",
             target,
         )
     return name
@@ -384,5 +384,8 @@ def _bad_tag(walk: _Walk, etype: str, ctx: Mapping[str, Any]) -> TemplateError:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        text = "<unprintable>"
     return text if len(text) <= 80 else text[:77] + "..."

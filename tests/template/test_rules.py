@@ -684,3 +684,15 @@ def test_sha256_is_lowercased() -> None:
 
 def test_identity_fixture_is_one_identity() -> None:
     assert list(FULL_TEMPLATE["identity"]["userAssignedIdentities"]) == [IDENTITY]
+
+
+def test_errors_echo_input_cut_short() -> None:
+    huge = "x" * 100_000
+    for path in (
+        "properties.distribute[0].runOutputName",
+        "properties.customize[2].destination",
+        "properties.source.version",
+    ):
+        with pytest.raises(TemplateError) as info:
+            parse_template(mutate(FULL_TEMPLATE, path, huge))
+        assert len(info.value.message) < 400, path
