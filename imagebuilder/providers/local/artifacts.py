@@ -135,10 +135,11 @@ def fetch_all(
     seen: dict[str, StagedArtifact] = {}
     for ref in refs:
         if ref.sha256 and (len(ref.sha256) != 64 or any(c not in "0123456789abcdef" for c in ref.sha256)):
+            where = ref.field.rsplit(".", 1)[0] + ".sha256Checksum"
             raise ArtifactError(
                 "InvalidChecksum",
-                ref.field.rsplit(".", 1)[0] + ".sha256Checksum",
-                f"sha256Checksum {ref.sha256!r} for {ref.field} is not 64 hex digits",
+                where,
+                f"{where} {ref.sha256!r} (for {ref.field}) is not 64 hex digits",
                 hint="give the output of `sha256sum FILE` or leave sha256Checksum empty",
             )
         key = ref.uri + "\x00" + ref.sha256

@@ -199,17 +199,15 @@ def run_shell(
 
 
 def _mkdirs_inside(root: Path, directory: str) -> Path:
-    """mkdir -p of an absolute image path, every component resolved inside the root."""
-    parts = [p for p in directory.split("/") if p]
-    current = "/"
-    for part in parts:
-        current = current.rstrip("/") + "/" + part
-        p = resolve_in_root(root, current, follow_final=True)
-        if not p.exists():
-            p.mkdir(mode=0o755)
-        elif not p.is_dir():
-            raise PathEscapeError(f"{current} exists in the image and is not a directory")
-    return resolve_in_root(root, directory, follow_final=True)
+    """mkdir -p of an absolute image path resolved inside the root. The resolved path has no symlinks in
+    its existing part and nothing exists past its first missing component, so plain mkdir -p is safe."""
+    target = resolve_in_root(root, directory, follow_final=True)
+    if not is_within(target, root):
+        raise PathEscapeError(f"{directory} resolves outside the image root")
+    if target.exists() and not target.is_dir():
+        raise PathEscapeError(f"{directory} exists in the image and is not a directory")
+    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return target
 
 
 def run_file(

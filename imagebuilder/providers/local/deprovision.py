@@ -104,9 +104,10 @@ def deprovision(root: Path) -> dict[str, list[str]]:
 
     # 1 machine identity: an empty machine-id makes systemd run first-boot logic and generate a new one.
     mid = t.path("/etc/machine-id")
+    had_id = mid.exists() or mid.is_symlink()
     if mid.is_symlink():
         mid.unlink()
-    if mid.exists() or t.path("/etc/systemd").is_dir():
+    if had_id or t.path("/etc/systemd").is_dir():
         fd = os.open(mid, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o444)
         os.close(fd)
         t.note("machine-id emptied", mid)
