@@ -7,6 +7,7 @@ on create, and a template with a build in progress cannot be deleted.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import azure.durable_functions as df
@@ -87,7 +88,23 @@ def user_part(resource: dict[str, Any], *, with_tags: bool = False) -> dict[str,
     return out
 
 
+def with_service_defaults(user: dict[str, Any]) -> dict[str, Any]:
+    """What AIB fills in and returns although the request left it out (PowerShell steps'
+    runElevated/runAsSystem default to false)."""
+    out = json.loads(json.dumps(user))
+    props = out.get("properties") or {}
+    steps = list(props.get("customize") or []) + list(
+        (props.get("validate") or {}).get("inVMValidations") or []
+    )
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "PowerShell":
+            step.setdefault("runElevated", False)
+            step.setdefault("runAsSystem", False)
+    return out
+
+
 def make_resource(sub: str, rg: str, name: str, user: dict[str, Any]) -> dict[str, Any]:
+    user = with_service_defaults(user)
     resource: dict[str, Any] = {"id": template_id(sub, rg, name), "name": name, "type": TEMPLATE_TYPE}
     for k in ("location", "tags", "identity"):
         if user.get(k) is not None:
@@ -166,7 +183,7 @@ def image_templates_get(req: func.HttpRequest) -> func.HttpResponse:
 
 def _put(st: Store, sub: str, rg: str, name: str, template: ImageTemplate) -> tuple[StoredTemplate, bool]:
     """Create the template, or accept an identical PUT (tags may change); 409 for any other change."""
-    user = template.to_arm()
+    user = with_service_defaults(template.to_arm())
     for _ in range(_RETRIES):
         stored = st.templates.get(sub, rg, name)
         if stored is None:
