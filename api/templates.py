@@ -91,7 +91,7 @@ def user_part(resource: dict[str, Any], *, with_tags: bool = False) -> dict[str,
 def with_service_defaults(user: dict[str, Any]) -> dict[str, Any]:
     """What AIB fills in and returns although the request left it out (PowerShell steps'
     runElevated/runAsSystem default to false)."""
-    out = json.loads(json.dumps(user))
+    out: dict[str, Any] = json.loads(json.dumps(user))
     props = out.get("properties") or {}
     steps = list(props.get("customize") or []) + list(
         (props.get("validate") or {}).get("inVMValidations") or []
