@@ -90,6 +90,9 @@ class Steps:
         if not race or not self.race_with:
             result = yield task
             return result
+        for interrupter in self.race_with:  # fired while we were not racing: do not start the step
+            if interrupter.is_completed:
+                raise Interrupted(self.race_names.get(id(interrupter), "interrupted"), self.step, None)
         winner = yield self.ctx.task_any([task, *self.race_with])
         if winner is task:
             if isinstance(task.result, Exception):

@@ -279,3 +279,13 @@ def test_replay_is_deterministic_same_actions_every_episode() -> None:
     state1, _ = host.invoke(inst)
     state2, _ = host.invoke(inst)
     assert state1 == state2 and state1["isDone"]
+
+
+def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
+    fake = FakeBuild(timeout_scale=0.05)
+    # the 18 s deadline fires while the Validating status is written (17 s to 18.5 s), between steps
+    host = ReplayHost(handles(), fake.activities(), durations={"customize": 6.0, "run_status": 1.5})
+    _, inst = run(fake, build_input(buildTimeoutInMinutes=6), host=host)
+    assert inst.output["runState"] == "Failed" and "timed out" in inst.output["message"]
+    assert "validate" not in host.names(), "no step starts once the deadline has passed"
+    assert fake.cleanups == [False]
