@@ -1074,7 +1074,9 @@ class ImageTemplateIdentity(ArmModel):
 class ImageTemplate(ArmModel):
     """An image template as the user gave it (PUT body, read-only fields dropped)."""
 
-    read_only = RESOURCE_READ_ONLY
+    # ARM template-language members too: `az resource create --is-full-object` sends the resource as
+    # written in a deployment template (AIB's quickstarts do this).
+    read_only = (*RESOURCE_READ_ONLY, "apiVersion", "dependsOn", "comments")
 
     location: str
     tags: dict[str, str] | None = None
@@ -1192,7 +1194,8 @@ TRIGGER_KINDS = ("SourceImage", "Schedule")
 class TriggerResource(ArmModel):
     """A trigger PUT body (read-only status/provisioningState dropped)."""
 
-    read_only = RESOURCE_READ_ONLY
+    # AIB's trigger quickstart sends a `location`; triggers are proxy resources, so it means nothing.
+    read_only = (*RESOURCE_READ_ONLY, "location")
 
     properties: TriggerProperties
 
