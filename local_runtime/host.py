@@ -1,0 +1,337 @@
+"""The local Functions host: settings, storage, indexing, keys, the HTTP server, trigger listeners and the
+durable engine, started in that order and stopped in reverse on SIGINT/SIGTERM.
+
+Startup prints (stdout, one per line): `Listening on http://HOST:PORT`, `Functions:` and one line per
+function, then `Ready` once every listener runs; `Stopped` after a clean shutdown.
+
+Exceptions:
+    HostError       the app cannot be hosted (bad config, indexing failure, unsupported binding)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from local_runtime import blobs, queues, timers
+from local_runtime.azurite import Azurite, AzuriteError, is_dev_storage, resolve_storage
+from local_runtime.config import ConfigError, HostConfig, apply_settings, load_host_json, load_local_settings
+from local_runtime.http import MAX_BODY, HttpResult, RouteError, Router, make_handler, route_url
+from local_runtime.indexing import FunctionInfo, IndexingError, index_functions, load_app
+from local_runtime.invoke import FunctionLogFilter, Invoker, UnsupportedBinding, is_host_function
+from local_runtime.keys import Keys, load_keys
+from local_runtime.storage import BindingError, Storage
+
+log = logging.getLogger("local_runtime.host")
+
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "information": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "none": logging.CRITICAL + 10,
+}
+
+
+class HostError(Exception):
+    """The app cannot be hosted; the message says what to fix."""
+
+
+@dataclass
+class HostOptions:
+    """Command-line options of `python -m local_runtime start`."""
+
+    app_dir: Path
+    port: int = 7071
+    host: str = "127.0.0.1"
+    state_dir: Path | None = None
+    private_storage: bool = False
+
+
+def setup_logging(level: str = "Information") -> None:
+    """Console logging like `func start`: timestamp, the function (or `host`), the message."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(FunctionLogFilter())
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(function)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
+    # The storage SDK logs every request at INFO; the host's own console does not.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def say(line: str) -> None:
+    """A machine-readable startup line on stdout."""
+    print(line, flush=True)
+
+
+class Host:
+    """One hosted app. `await run()` serves until `stop()` (or a signal) and then shuts everything down."""
+
+    def __init__(self, options: HostOptions) -> None:
+        self.options = options
+        self.app_dir = options.app_dir.resolve()
+        self.state_dir = (options.state_dir or self.app_dir / ".state").resolve()
+        self.config: HostConfig = HostConfig()
+        self.functions: list[FunctionInfo] = []
+        self.azurite: Azurite | None = None
+        self.storage: Storage | None = None
+        self.durable: Any = None
+        self.keys: Keys | None = None
+        self.invoker: Invoker | None = None
+        self.runner: web.AppRunner | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.listeners: list[Any] = []
+        self._stop = asyncio.Event()
+        self.base_url = ""
+
+    # ------------------------------------------------------------------ startup
+    def prepare(self) -> None:
+        """Configuration, storage emulator, app import and indexing (before the event loop serves)."""
+        try:
+            self.config = load_host_json(self.app_dir)
+            settings = load_local_settings(self.app_dir)
+        except ConfigError as exc:
+            raise HostError(str(exc)) from exc
+        setup_logging(self.config.log_level)
+        apply_settings(settings)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
+        os.environ.setdefault("FUNCTIONS_WORKER_RUNTIME", "python")
+        dev = os.environ.get("AzureWebJobsStorage")  # noqa: SIM112 (the host's own spelling)
+        explicit: str | None = None
+        if is_dev_storage(dev):
+            try:
+                explicit, self.azurite = resolve_storage(
+                    dev, self.state_dir, private=self.options.private_storage, search_from=self.app_dir
+                )
+            except AzuriteError as exc:
+                raise HostError(str(exc)) from exc
+            if self.options.private_storage and explicit:
+                # The app sees the emulator it can reach: every dev-storage setting becomes explicit.
+                for k, v in list(os.environ.items()):
+                    if is_dev_storage(v):
+                        os.environ[k] = explicit
+        self.storage = Storage(explicit)
+        try:
+            app = load_app(self.app_dir, os.environ.get("PYTHON_SCRIPT_FILE_NAME", "function_app.py"))
+            self.functions = index_functions(app)
+        except IndexingError as exc:
+            raise HostError(str(exc)) from exc
+        except Exception as exc:
+            log.exception("importing the app failed")
+            raise HostError(f"{self.app_dir}: importing the app failed: {exc!r} (trace above)") from exc
+        self.keys = load_keys(self.state_dir)
+
+    def _wants_durable(self) -> bool:
+        return any(
+            not is_host_function(f) or any(b.get("type") == "durableClient" for b in f.bindings)
+            for f in self.functions
+        )
+
+    def _make_durable(self) -> None:
+        if not self._wants_durable():
+            return
+        try:
+            module = importlib.import_module("local_runtime.durable")
+        except ImportError as exc:
+            log.warning(
+                "the app has Durable Functions but local_runtime.durable is not available (%s); "
+                "orchestrations, activities and entities will not run",
+                exc,
+            )
+            return
+        self.durable = module.DurableHost(
+            functions=self.functions,
+            state_dir=self.state_dir,
+            host_json=self.config.raw,
+            app_settings=dict(os.environ),
+            base_url=self.base_url,
+        )
+        if self.keys is not None and hasattr(self.durable, "accept_key"):
+            self.durable.accept_key(self.keys.master)
+
+    async def start(self) -> None:
+        """Bind the port, mount routes, start the durable engine and every trigger listener."""
+        assert self.keys is not None and self.storage is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.options.host, self.options.port))
+        except OSError as exc:
+            sock.close()
+            raise HostError(
+                f"cannot listen on {self.options.host}:{self.options.port}: {exc.strerror}; "
+                "pick another --port (0 chooses a free one)"
+            ) from exc
+        port = sock.getsockname()[1]
+        self.base_url = f"http://{self.options.host}:{port}"
+        self._make_durable()
+        self.invoker = Invoker(
+            app_dir=self.app_dir,
+            durable=self.durable,
+            inputs={"blob": blobs.input_reader(self.storage)},
+            outputs={
+                "queue": queues.output_writer(self.storage, self.config.queues),
+                "blob": blobs.output_writer(self.storage),
+            },
+            function_timeout=self.config.function_timeout.total_seconds()
+            if self.config.function_timeout
+            else None,
+        )
+        try:
+            for fn in self.functions:
+                self.invoker.check(fn)
+            router = Router(self.functions, self.config.route_prefix)
+        except (UnsupportedBinding, RouteError) as exc:
+            sock.close()
+            raise HostError(str(exc)) from exc
+
+        app = web.Application(client_max_size=MAX_BODY)
+        if self.durable is not None:
+            self.durable.add_routes(app)
+        app.router.add_route(
+            "*", "/{tail:.*}", make_handler(router, self.keys, self._invoke_http, self._admin)
+        )
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        await web.SockSite(self.runner, sock).start()
+        say(f"Listening on {self.base_url}")
+        self._print_functions(router)
+        if self.durable is not None:
+            await self.durable.start()
+        assert self.invoker is not None
+        self.listeners = [
+            *timers.listeners(self.functions, self.invoker, self.state_dir),
+            *blobs.listeners(self.functions, self.invoker, self.storage, self.state_dir, self.config),
+            *queues.listeners(self.functions, self.invoker, self.storage, self.config.queues),
+        ]
+        for listener in self.listeners:
+            self.tasks.append(asyncio.create_task(listener.run(), name=f"listener:{listener.name}"))
+        say("Ready")
+
+    def _print_functions(self, router: Router) -> None:
+        assert self.keys is not None
+        say("Functions:")
+        by_fn = {r.function.name: r for r in router.routes}
+        for fn in self.functions:
+            route = by_fn.get(fn.name)
+            if route is None:
+                say(f"  {fn.name}: {fn.trigger_type}")
+                continue
+            methods = (
+                ",".join(sorted(route.methods)) if route.methods else "GET,POST,PUT,DELETE,PATCH,HEAD,OPTIONS"
+            )
+            url = route_url(self.base_url, route)
+            if route.auth_level == "function":
+                url += f"?code={self.keys.default}"
+            elif route.auth_level == "admin":
+                url += f" (admin: master key in {self.state_dir / 'keys.json'})"
+            say(f"  {fn.name}: [{methods}] {url}")
+
+    # ------------------------------------------------------------------ HTTP and admin
+    async def _invoke_http(self, fn: FunctionInfo, req: Any, route_params: dict[str, str]) -> HttpResult:
+        assert self.invoker is not None
+        metadata: dict[str, Any] = {**dict(req.params), **route_params, "Query": dict(req.params)}
+        with contextlib.suppress(ValueError):
+            body = json.loads(req.get_body() or b"null")
+            if isinstance(body, dict):
+                metadata = {**body, **metadata}
+        result = await self.invoker.invoke(
+            fn, lambda _ann: req, metadata, "This function was programmatically called via the host APIs."
+        )
+        if not result.ok:
+            return HttpResult(failed=True)
+        return HttpResult(response=result.http_response(fn))
+
+    async def _admin(self, request: web.Request, path: str) -> web.StreamResponse:
+        parts = [p for p in path.strip("/").split("/")]
+        if [p.lower() for p in parts] == ["admin", "host", "status"] and request.method == "GET":
+            return web.json_response({"id": "local", "state": "Running", "version": "local_runtime"})
+        if len(parts) == 3 and parts[1].lower() == "functions" and request.method == "POST":
+            fn = next((f for f in self.functions if f.name.lower() == parts[2].lower()), None)
+            if fn is None or not is_host_function(fn) or fn.trigger_type == "httpTrigger":
+                return web.Response(status=404)
+            try:
+                payload = await request.json() if await request.read() else {}
+            except ValueError:
+                return web.json_response({"error": 'body must be JSON like {"input": "..."}'}, status=400)
+            text = str((payload or {}).get("input") or "")
+            assert self.invoker is not None
+            manual: dict[str, Callable[[], Awaitable[Any]]] = {
+                "timerTrigger": lambda: timers.invoke_manually(fn, self.invoker),  # type: ignore[arg-type]
+                "queueTrigger": lambda: queues.invoke_manually(fn, self.invoker, text),  # type: ignore[arg-type]
+            }
+            if fn.trigger_type not in manual:
+                return web.Response(status=404)
+            self.tasks.append(asyncio.create_task(manual[fn.trigger_type]()))  # type: ignore[arg-type]
+            return web.Response(status=202)
+        return web.Response(status=404)
+
+    # ------------------------------------------------------------------ shutdown
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        """Stop listeners, the durable engine, the HTTP server, storage clients and Azurite, in that order."""
+        for listener in self.listeners:
+            listener.stop()
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.durable is not None:
+            try:
+                await self.durable.stop()
+            except Exception:
+                log.exception("stopping the durable engine failed")
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.storage is not None:
+            await self.storage.close()
+        if self.invoker is not None:
+            self.invoker.close()
+        if self.azurite is not None:
+            self.azurite.stop()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            await self.start()
+            await self._stop.wait()
+            say("Stopping")
+        finally:
+            await self.shutdown()
+        say("Stopped")
+
+
+def run_host(options: HostOptions) -> int:
+    """Prepare, serve until a signal, shut down; returns the process exit code."""
+    host = Host(options)
+    try:
+        host.prepare()
+        asyncio.run(host.run())
+    except (HostError, BindingError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if host.azurite is not None:
+            host.azurite.stop()
+        return 1
+    return 0

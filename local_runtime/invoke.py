@@ -1,0 +1,338 @@
+"""Invoking one function the way the Python worker does: binding data to keyword arguments, `func.Out`
+and `$return` to outputs, sync functions in a thread pool, async ones on the loop, `context` injection,
+the durable client binding, and the host's "Executing/Executed" log lines with function-scoped logging.
+
+Exceptions:
+    UnsupportedBinding   the app uses a binding type this host cannot serve (raised at startup)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import azure.functions as func
+from azure.functions import _abc as func_abc
+
+from local_runtime.indexing import DURABLE_TRIGGERS, FunctionInfo
+
+log = logging.getLogger("local_runtime.host")
+current_function: contextvars.ContextVar[str] = contextvars.ContextVar("local_runtime_function", default="")
+
+HOST_TRIGGERS = {"httpTrigger", "timerTrigger", "blobTrigger", "queueTrigger"}
+
+
+class UnsupportedBinding(Exception):
+    """A function uses a binding or trigger type the local host does not implement."""
+
+
+class DurableClientSource(Protocol):
+    """The one method of `local_runtime.durable.DurableHost` this module needs."""
+
+    def client_binding_json(self, binding: dict[str, Any]) -> str: ...
+
+
+# An input reader gets (binding, trigger metadata, parameter annotation) and returns the argument value;
+# an output writer gets (binding, value, trigger metadata) and writes it.
+InputReader = Callable[[dict[str, Any], Mapping[str, Any], Any], Awaitable[Any]]
+OutputWriter = Callable[[dict[str, Any], Any, Mapping[str, Any]], Awaitable[None]]
+
+
+class FunctionLogFilter(logging.Filter):
+    """Adds `record.function`: the function whose invocation is logging, or `host`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.function = current_function.get() or "host"
+        return True
+
+
+class _TraceContext(func_abc.TraceContext):  # type: ignore[misc]
+    def __init__(self, trace_parent: str) -> None:
+        self._parent = trace_parent
+
+    @property
+    def trace_state(self) -> str:
+        return ""
+
+    @property
+    def trace_parent(self) -> str:
+        return self._parent
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {}
+
+
+class _RetryContext(func_abc.RetryContext):  # type: ignore[misc]
+    def __init__(self, retry_count: int, max_retry_count: int) -> None:
+        self._count, self._max = retry_count, max_retry_count
+
+    @property
+    def retry_count(self) -> int:
+        return self._count
+
+    @property
+    def max_retry_count(self) -> int:
+        return self._max
+
+    @property
+    def exception(self) -> Any:
+        return None
+
+
+class InvocationContext(func.Context):  # type: ignore[misc]
+    """The `context` argument the worker injects when a function asks for it."""
+
+    def __init__(
+        self, invocation_id: str, function_name: str, function_directory: str, retry: int = 0
+    ) -> None:
+        self._id = invocation_id
+        self._name = function_name
+        self._dir = function_directory
+        self._trace = _TraceContext(f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01")
+        self._retry = _RetryContext(retry, 0)
+        self._tls = threading.local()
+
+    @property
+    def invocation_id(self) -> str:
+        return self._id
+
+    @property
+    def thread_local_storage(self) -> Any:
+        return self._tls
+
+    @property
+    def function_name(self) -> str:
+        return self._name
+
+    @property
+    def function_directory(self) -> str:
+        return self._dir
+
+    @property
+    def trace_context(self) -> Any:
+        return self._trace
+
+    @property
+    def retry_context(self) -> Any:
+        return self._retry
+
+
+class OutValue(func.Out):  # type: ignore[misc]
+    """A `func.Out[T]` the function sets; the host reads it after the function returns."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+
+    def set(self, val: Any) -> None:
+        self._value = val
+
+    def get(self) -> Any:
+        return self._value
+
+
+@dataclass
+class InvocationResult:
+    """The outcome of one invocation: outputs by binding name (`$return` included) or the error."""
+
+    invocation_id: str
+    ok: bool
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+
+    def http_response(self, fn: FunctionInfo) -> Any:
+        """`$return` if set, else the first named `http` output that was set (the host's choice)."""
+        http_outs = [b["name"] for b in fn.bindings if b.get("type") == "http" and _is_out(b)]
+        if "$return" in http_outs and self.outputs.get("$return") is not None:
+            return self.outputs["$return"]
+        for name in http_outs:
+            if self.outputs.get(name) is not None:
+                return self.outputs[name]
+        return None
+
+
+def _is_out(binding: Mapping[str, Any]) -> bool:
+    return str(binding.get("direction", "")).upper() in ("OUT", "INOUT")
+
+
+def signature_of(fn: FunctionInfo) -> inspect.Signature:
+    try:
+        return inspect.signature(fn.user_function, eval_str=True)
+    except (NameError, TypeError):
+        return inspect.signature(fn.user_function)
+
+
+def annotation_of(fn: FunctionInfo, name: str) -> Any:
+    param = signature_of(fn).parameters.get(name)
+    if param is None or param.annotation is inspect.Parameter.empty:
+        return None
+    return param.annotation
+
+
+def is_host_function(fn: FunctionInfo) -> bool:
+    """Triggers this host dispatches; durable triggers are the durable engine's."""
+    return fn.trigger_type not in DURABLE_TRIGGERS
+
+
+class Invoker:
+    """Runs functions for every trigger module; one instance per host."""
+
+    def __init__(
+        self,
+        *,
+        app_dir: Path,
+        durable: DurableClientSource | None = None,
+        inputs: Mapping[str, InputReader] | None = None,
+        outputs: Mapping[str, OutputWriter] | None = None,
+        max_workers: int | None = None,
+        function_timeout: float | None = None,
+    ) -> None:
+        self.app_dir = app_dir
+        self.durable = durable
+        self.inputs = dict(inputs or {})
+        self.outputs = dict(outputs or {})
+        workers = max_workers or int(os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or 0) or None
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="function")
+        self.function_timeout = function_timeout
+
+    def check(self, fn: FunctionInfo) -> None:
+        """Fail at startup, naming the function, if it uses a binding this host cannot serve."""
+        if fn.trigger_type not in HOST_TRIGGERS and fn.trigger_type not in DURABLE_TRIGGERS:
+            raise UnsupportedBinding(
+                f"function {fn.name!r}: trigger type {fn.trigger_type!r} is not supported by local_runtime "
+                f"(supported: {', '.join(sorted(HOST_TRIGGERS | set(DURABLE_TRIGGERS)))})"
+            )
+        for b in fn.bindings:
+            if b.get("name") == fn.trigger_name and b.get("type") == fn.trigger_type:
+                continue
+            kind = str(b.get("type"))
+            if kind == "durableClient" or (kind == "http" and _is_out(b)):
+                continue
+            table = self.outputs if _is_out(b) else self.inputs
+            if kind not in table:
+                direction = "output" if _is_out(b) else "input"
+                raise UnsupportedBinding(
+                    f"function {fn.name!r}: {direction} binding {b.get('name')!r} of "
+                    f"type {kind!r} is not supported by local_runtime (supported: {', '.join(sorted(table))})"
+                )
+
+    async def invoke(
+        self,
+        fn: FunctionInfo,
+        trigger_value: Callable[[Any], Any],
+        metadata: Mapping[str, Any],
+        reason: str,
+        retry_count: int = 0,
+    ) -> InvocationResult:
+        """Invoke `fn`; `trigger_value(annotation)` builds the trigger argument for the parameter's type."""
+        invocation_id = str(uuid.uuid4())
+        token = current_function.set(fn.name)
+        started = time.monotonic()
+        log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", fn.name, reason, invocation_id)
+        result = InvocationResult(invocation_id=invocation_id, ok=False)
+        try:
+            kwargs, outs = await self._arguments(fn, trigger_value, metadata, invocation_id, retry_count)
+            value = await self._call(fn, kwargs)
+            result.outputs = {name: out.get() for name, out in outs.items()}
+            if any(b.get("name") == "$return" for b in fn.bindings):
+                result.outputs["$return"] = value
+            await self._write_outputs(fn, result.outputs, metadata)
+            result.ok = True
+        except Exception as exc:  # the host reports any failure of user code or bindings the same way
+            result.error = exc
+            # the trace goes to the log only, never to an HTTP caller
+            log.error(
+                "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)\n%s",
+                fn.name,
+                invocation_id,
+                (time.monotonic() - started) * 1000,
+                "".join(traceback.format_exception(exc)).rstrip(),
+            )
+        else:
+            log.info(
+                "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
+                fn.name,
+                invocation_id,
+                (time.monotonic() - started) * 1000,
+            )
+        finally:
+            current_function.reset(token)
+        return result
+
+    async def _arguments(
+        self,
+        fn: FunctionInfo,
+        trigger_value: Callable[[Any], Any],
+        metadata: Mapping[str, Any],
+        invocation_id: str,
+        retry_count: int,
+    ) -> tuple[dict[str, Any], dict[str, OutValue]]:
+        sig = signature_of(fn)
+        kwargs: dict[str, Any] = {fn.trigger_name: trigger_value(annotation_of(fn, fn.trigger_name))}
+        outs: dict[str, OutValue] = {}
+        for b in fn.bindings:
+            name = str(b.get("name"))
+            if name == fn.trigger_name or name == "$return":
+                continue
+            kind = str(b.get("type"))
+            if _is_out(b):
+                outs[name] = OutValue()
+                kwargs[name] = outs[name]
+            elif kind == "durableClient":
+                if self.durable is None:
+                    raise UnsupportedBinding(
+                        f"function {fn.name!r} has a durableClient binding but the durable engine "
+                        "(local_runtime.durable) is not available"
+                    )
+                kwargs[name] = self.durable.client_binding_json(b)
+            else:
+                kwargs[name] = await self.inputs[kind](b, metadata, annotation_of(fn, name))
+        if "context" in sig.parameters and "context" not in kwargs:
+            kwargs["context"] = InvocationContext(invocation_id, fn.name, str(self.app_dir), retry_count)
+        return kwargs, outs
+
+    async def _call(self, fn: FunctionInfo, kwargs: dict[str, Any]) -> Any:
+        target = fn.user_function
+        if inspect.iscoroutinefunction(target):
+            coro: Awaitable[Any] = target(**kwargs)
+        else:
+            ctx = contextvars.copy_context()
+            loop = asyncio.get_running_loop()
+            coro = loop.run_in_executor(self.pool, lambda: ctx.run(target, **kwargs))
+        if self.function_timeout:
+            return await asyncio.wait_for(coro, self.function_timeout)
+        return await coro
+
+    async def _write_outputs(
+        self, fn: FunctionInfo, values: dict[str, Any], metadata: Mapping[str, Any]
+    ) -> None:
+        for b in fn.bindings:
+            kind = str(b.get("type"))
+            if not _is_out(b) or kind == "http":
+                continue
+            value = values.get(str(b.get("name")))
+            if value is None:
+                continue
+            await self.outputs[kind](b, value, metadata)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def convert_text(data: bytes, annotation: Any, binding: Mapping[str, Any]) -> Any:
+    """Plain `str`/`bytes` trigger or input values, as the worker converts them by annotation."""
+    if annotation is bytes or str(binding.get("dataType", "")).lower() == "binary":
+        return data
+    return data.decode("utf-8")

@@ -1,0 +1,64 @@
+"""Function keys kept in the state directory: a host master key and a default host function key.
+
+Keys are generated with `secrets` on first start and stored in `<state>/keys.json` with mode 0600. The
+auth rule is the host's: anonymous needs nothing, function accepts any function or host key (or the master
+key), admin accepts only the master key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+KEYS_FILE = "keys.json"
+
+
+def _new_key() -> str:
+    # Same shape as the host's keys: URL-safe, no padding, long enough to be unguessable.
+    return secrets.token_urlsafe(40)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The host's keys. `function_keys` maps a key name to its value (host-level function keys)."""
+
+    master: str
+    function_keys: dict[str, str]
+
+    @property
+    def default(self) -> str:
+        return self.function_keys["default"]
+
+    def authorized(self, auth_level: str, presented: str | None) -> bool:
+        """Whether `presented` (from `code` or `x-functions-key`) satisfies `auth_level`."""
+        level = auth_level.lower()
+        if level == "anonymous":
+            return True
+        if not presented:
+            return False
+        if hmac.compare_digest(presented, self.master):
+            return True
+        if level == "admin":
+            return False
+        return any(hmac.compare_digest(presented, k) for k in self.function_keys.values())
+
+
+def load_keys(state_dir: Path) -> Keys:
+    """Read the keys from the state dir, creating them (file mode 0600) on first use."""
+    path = state_dir / KEYS_FILE
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return Keys(master=data["masterKey"], function_keys=dict(data["functionKeys"]))
+    keys = Keys(master=_new_key(), function_keys={"default": _new_key()})
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"masterKey": keys.master, "functionKeys": keys.function_keys}, f, indent=2)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return keys
