@@ -426,10 +426,16 @@ class FakeArm(HttpTransport):
             if cascade:
                 cascade()
 
+        self.resources[path.lower()]["properties"]["provisioningState"] = "Deleting"
         op = self._op(namespace, done, path)
+        op.target = path.lower()  # type: ignore[attr-defined]
         return 202, self._async_headers(op, namespace, location_too=True), None
 
     def _get(self, path: str):
+        # time passes between reads: an operation on this resource moves on
+        for op in list(self.ops.values()):
+            if getattr(op, "target", None) == path.lower() and op.state == "InProgress":
+                self._advance(op)
         res = self.resources.get(path.lower())
         if res is None:
             return self.error(404, "ResourceNotFound", f"The Resource '{path}' was not found.")
@@ -465,7 +471,9 @@ class FakeArm(HttpTransport):
                 ]:
                     self.resources.pop(key)
 
+            self.resources[path.lower()]["properties"]["provisioningState"] = "Deleting"
             op = self._op("Microsoft.Resources", done, path)
+            op.target = path.lower()  # type: ignore[attr-defined]
             # ARM answers a resource group delete with Location only
             return (
                 202,

@@ -1514,8 +1514,20 @@ class AzureProvider(ComputeProvider):
                 self._sleep(pause)
             return None
 
+        def gone(what: str, get: Callable[[], Any]) -> None:
+            while arm.get(f"read {what}", get) is not None:
+                if self._clock() + self.poll_interval > deadline:
+                    raise TransientProviderError(f"cleanup: {what} is still being deleted", hint="retried")
+                self._sleep(self.poll_interval)
+
         def delete(what: str, rid: str, get: Callable[[], Any], begin: Callable[[Any], Any]) -> None:
-            if arm.get(f"read {what}", get) is None:
+            existing = arm.get(f"read {what}", get)
+            if existing is None:
+                return
+            if _state_of(existing) == "Deleting":  # an earlier attempt started it: wait, do not restart
+                gone(what, get)
+                log.write(f"cleanup: deleted {what}\n")
+                removed.append(rid)
                 return
             while True:
                 try:
