@@ -110,7 +110,7 @@ def test_permanent_put_failure_is_returned_with_arm_code_and_cleanup_removes_the
             "The requested size Standard_D1_v2 is not available",
         )
     )
-    prepared, env = _env(provider, build, log)
+    _prepared, env = _env(provider, build, log)
     assert env.handle["status"] == "failed"
     assert env.handle["error"]["code"] == "SkuNotAvailable"
     assert "not available" in env.handle["error"]["message"]
@@ -131,7 +131,7 @@ def test_async_operation_failure_is_reported_with_its_code(provider, arm):
             "OS Provisioning did not finish in the allotted time",
         )
     )
-    prepared, env = _env(provider, build, log)
+    _prepared, env = _env(provider, build, log)
     assert env.handle["status"] == "failed"
     assert env.handle["error"]["code"] == "OSProvisioningTimedOut"
     assert env.handle["error"]["step"] == "create_build_env"
@@ -151,7 +151,7 @@ def test_authorization_failure_names_the_roles(provider, arm):
             "does not have authorization to perform action",
         )
     )
-    prepared, env = _env(provider, build, log)
+    _prepared, env = _env(provider, build, log)
     assert env.handle["error"]["code"] == "AuthorizationFailed"
     assert "infra/README.md" in env.handle["error"]["message"]
 
@@ -189,7 +189,7 @@ def test_checksum_mismatch_fails_prepare_before_any_resource_exists(provider, ar
 def test_cleanup_is_idempotent_ordered_and_keeps_on_abort(provider, arm):
     log = ListLog()
     build = build_input(linux_template())
-    _, env = _env(provider, build, log)
+    _env(provider, build, log)
     kept = provider.cleanup(build, keep=True, log=log)
     assert kept.kept and kept.removed == [] and own_resources(arm)
     first = _clean(provider, arm, build, log)
@@ -217,7 +217,7 @@ def test_cleanup_past_its_budget_raises_transient_and_finishes_on_retry(arm, clo
     )
     log = ListLog()
     build = build_input(linux_template())
-    _, env = _env(provider, build, log)
+    _env(provider, build, log)
     arm.op_polls = 5  # each delete now takes five status reads of 10 s
     with pytest.raises(TransientProviderError, match="still running"):
         provider.cleanup(build, keep=False, log=log)
