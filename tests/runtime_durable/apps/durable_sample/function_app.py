@@ -47,13 +47,14 @@ async def async_double(x: int) -> int:
     return 2 * x
 
 
-@app.activity_trigger(input_name="x")
-def slow_inc(x: int) -> int:
+@app.activity_trigger(input_name="item")
+def slow_inc(item: str) -> int:
+    """item = "<tag>:<n>"; logs the item when it starts, then does its (slow) work."""
     import time
 
+    _log(f"slow_inc {item}")
     time.sleep(float(os.environ.get("DURABLE_SAMPLE_SLOW", "0.2")))
-    _log(f"slow_inc {x}")
-    return x + 1
+    return int(item.rsplit(":", 1)[1]) + 1
 
 
 @app.activity_trigger(input_name="key")
@@ -96,8 +97,9 @@ def fan_out(context: df.DurableOrchestrationContext):
 
 @app.orchestration_trigger(context_name="context")
 def slow_fan_out(context: df.DurableOrchestrationContext):
-    m = context.get_input()
-    results = yield context.task_all([context.call_activity("slow_inc", i) for i in range(m)])
+    spec = context.get_input()
+    tasks = [context.call_activity("slow_inc", f"{spec['tag']}:{i}") for i in range(spec["m"])]
+    results = yield context.task_all(tasks)
     return sum(results)
 
 
