@@ -248,6 +248,12 @@ def tag_of(key: str) -> Callable[[Any], str | None]:
     return get
 
 
+def is_gallery_version(version: str) -> bool:
+    """Compute Gallery image version names: Major.Minor.Patch, each an int32."""
+    parts = version.split(".")
+    return len(parts) == 3 and all(p.isdigit() and p.isascii() and int(p) <= 2**31 - 1 for p in parts)
+
+
 def _nonempty(value: str, field: str, code: str) -> list[Issue]:
     if value.strip() == "":
         return [Issue(code, f"'{field}' must not be empty.", field)]
@@ -325,13 +331,15 @@ class SharedImageVersionSource(ArmModel):
 
     @model_validator(mode="after")
     def _rules(self) -> SharedImageVersionSource:
-        if not _VERSION_ID.search(self.image_version_id):
+        m = _VERSION_ID.search(self.image_version_id)
+        if not m or not (m.group("version").lower() == "latest" or is_gallery_version(m.group("version"))):
             _raise(
                 [
                     Issue(
                         E.BAD_SHARED_IMAGE_VERSION_SOURCE,
                         "'imageVersionId' must be the resource id of an image version, ending in "
-                        f"'/versions/<version>' (or '/versions/latest'), got {_q(self.image_version_id)}.",
+                        "'/versions/<major>.<minor>.<patch>' or '/versions/latest', "
+                        f"got {_q(self.image_version_id)}.",
                         "imageVersionId",
                     )
                 ]
@@ -655,6 +663,15 @@ class SharedImageDistributor(_Distributor):
                     "'galleryImageId' must be the resource id of a gallery image definition "
                     "(/subscriptions/…/providers/Microsoft.Compute/galleries/<g>/images/<i>), optionally "
                     f"followed by /versions/<x.y.z>; got {_q(self.gallery_image_id)}.",
+                    "galleryImageId",
+                )
+            )
+        elif m.group("version") is not None and not is_gallery_version(m.group("version")):
+            issues.append(
+                Issue(
+                    E.BAD_SHARED_IMAGE_DISTRIBUTE,
+                    "The version in 'galleryImageId' must be <major>.<minor>.<patch> (integers, e.g. 1.0.0), "
+                    f"got {_q(m.group('version'))}.",
                     "galleryImageId",
                 )
             )
@@ -1128,21 +1145,66 @@ class ImageTemplateUpdate(ArmModel):
 
 # --------------------------------------------------------------------------------------------- triggers
 
-_CRON_FIELD = re.compile(
-    r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/\d+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/\d+)?)*$"
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# (name, lowest, highest, names) of the six NCRONTAB fields, as Azure Functions timers use them.
+_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("second", 0, 59, ()),
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 0, 6, _DAYS),
 )
+
+
+def _cron_value(text: str, low: int, high: int, names: tuple[str, ...]) -> int | None:
+    if text.isascii() and text.isdigit():
+        value = int(text)
+    elif len(text) == 3 and text.lower() in names:
+        value = names.index(text.lower()) + low
+    else:
+        return None
+    return value if low <= value <= high else None
+
+
+def _cron_field_ok(field: str, low: int, high: int, names: tuple[str, ...]) -> bool:
+    for item in field.split(","):
+        base, _, step = item.partition("/")
+        if step and not (step.isascii() and step.isdigit() and 0 < int(step) <= high - low + 1):
+            return False
+        if base == "*":
+            continue
+        start, dash, end = base.partition("-")
+        first = _cron_value(start, low, high, names)
+        last = _cron_value(end, low, high, names) if dash else first
+        if first is None or last is None or first > last:
+            return False
+    return True
+
+
+def _cron_problem(expr: str) -> str | None:
+    fields = expr.split()
+    if len(fields) != len(_CRON_FIELDS):
+        return f"it has {len(fields)} fields, not 6"
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        if not _cron_field_ok(text, low, high, names):
+            return f"the {name} field {_q(text)} is not valid ({low}-{high}, '*', lists, ranges, steps)"
+    return None
+
+
 _TIME_ZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
 
 
 def _check_ncrontab(expr: str) -> list[Issue]:
-    fields = expr.split()
-    if len(fields) != 6 or not all(_CRON_FIELD.match(f) for f in fields):
+    problem = _cron_problem(expr)
+    if problem is not None:
         return [
             Issue(
                 E.INVALID_PARAMETER,
                 "'schedule' must be an NCRONTAB expression of 6 fields "
-                "({second} {minute} {hour} {day} {month} {day-of-week}), e.g. '0 0 3 * * *'; "
-                f"got {_q(expr)}.",
+                "({second} {minute} {hour} {day} {month} {day-of-week}), e.g. '0 0 3 * * *': "
+                f"{problem}.",
                 "schedule",
             )
         ]

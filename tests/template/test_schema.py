@@ -403,3 +403,74 @@ def test_artifacts_lists_every_fetched_file_with_its_path() -> None:
         ("properties.validate.inVMValidations[2].scriptUri", "https://example.com/check.ps1", None),
         ("properties.optimize.workload.scriptUri", "https://example.com/w.sh", None),
     ]
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "0 0 3 * * *",
+        "0 */5 * * * *",
+        "0 0 9-17 * * Mon-Fri",
+        "0 30 2 1,15 Jan,Jul *",
+        "*/10 * * * * *",
+        "0 0 0 31 12 sun",
+        "5-55/10 0 0 * * 0,6",
+    ],
+)
+def test_good_schedules(schedule: str) -> None:
+    body = {"properties": {"kind": "Schedule", "schedule": schedule}}
+    assert parse_trigger(body, api_version="2025-10-01").to_arm() == body
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "60 * * * * *",
+        "0 0 24 * * *",
+        "0 0 0 0 * *",
+        "0 0 0 * 13 *",
+        "0 0 0 * * 7",
+        "0 0 0 * * Funday",
+        "0 */0 * * * *",
+        "0 5-1 * * * *",
+        "0 1,,2 * * * *",
+        "",
+        "@daily",
+    ],
+)
+def test_bad_schedules(schedule: str) -> None:
+    with pytest.raises(TemplateError) as info:
+        parse_trigger({"properties": {"kind": "Schedule", "schedule": schedule}}, api_version="2025-10-01")
+    assert (info.value.code, info.value.target) == ("InvalidParameter", "properties.schedule")
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.0.0.0", "a.b.c", "1.0.-1", "1.0.2147483648", "latest"])
+def test_pinned_gallery_version_must_be_major_minor_patch(version: str) -> None:
+    body = mutate(FULL_TEMPLATE, "properties.distribute[1].versioning", DELETE)
+    body = mutate(body, "properties.distribute[1].galleryImageId", f"{GALLERY_IMAGE}/versions/{version}")
+    with pytest.raises(TemplateError) as info:
+        parse_template(body)
+    assert (info.value.code, info.value.target) == (
+        "BadSharedImageDistribute",
+        "properties.distribute[1].galleryImageId",
+    )
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"), [("latest", True), ("LATEST", True), ("2.1.0", True), ("2.1", False), ("v2", False)]
+)
+def test_source_gallery_version(version: str, ok: bool) -> None:
+    body = mutate(
+        FULL_TEMPLATE,
+        "properties.source",
+        {"type": "SharedImageVersion", "imageVersionId": f"{GALLERY_IMAGE}/versions/{version}"},
+    )
+    if ok:
+        parse_template(body)
+    else:
+        with pytest.raises(TemplateError) as info:
+            parse_template(body)
+        assert (info.value.code, info.value.target) == (
+            "BadSharedImageVersionSource",
+            "properties.source.imageVersionId",
+        )
