@@ -647,17 +647,7 @@ class FakeArm(HttpTransport):
                 {},
                 {
                     "computerName": res["properties"]["osProfile"]["computerName"],
-                    "vmAgent": {
-                        "vmAgentVersion": "2.7.41491.1102",
-                        "statuses": [
-                            {
-                                "code": "ProvisioningState/succeeded",
-                                "level": "Info",
-                                "displayStatus": "Ready" if view.get("agent_ready", True) else "Not Ready",
-                                "time": "2026-11-27T04:05:00+00:00",
-                            }
-                        ],
-                    },
+                    "vmAgent": self._agent_status(view),
                     "statuses": [{"code": c, "level": "Info"} for c in view.get("statuses", [])],
                 },
             )
@@ -683,6 +673,23 @@ class FakeArm(HttpTransport):
             return self._run_command(method, path, res, vm, child, body)
         self.problem(f"unexpected VM request {method} {path}")
         return self.error(400, "UnexpectedRequest", path)
+
+    @staticmethod
+    def _agent_status(view: dict[str, Any]) -> dict[str, Any]:
+        down = int(view.get("agent_down_reads", 0))
+        if down:
+            view["agent_down_reads"] = down - 1
+        return {
+            "vmAgentVersion": "2.7.41491.1102",
+            "statuses": [
+                {
+                    "code": "ProvisioningState/succeeded",
+                    "level": "Info",
+                    "displayStatus": "Not Ready" if down else "Ready",
+                    "time": "2026-11-27T04:05:00+00:00",
+                }
+            ],
+        }
 
     def _put_vm(self, path: str, body: Any):
         self._check_tags(path, body)

@@ -1360,6 +1360,14 @@ class AzureProvider(ComputeProvider):
                 lambda p: versions.begin_create_or_update(rg, gallery, name, version, body, polling=p),
             )
             raise _Wait(None, self.poll_interval)
+        if (current.get("tags") or {}).get(TAG_RUN) != ctx.build.run.run_id:
+            raise ArmFailure(
+                "GalleryImageVersionExists",
+                f"{gallery_image_id}/versions/{version} already exists and was not made by this run; "
+                "change properties.distribute[{index}].versioning (e.g. scheme Latest)".replace(
+                    "{index}", str(index)
+                ),
+            )
         props = current.get("properties") or {}
         summary = (props.get("replicationStatus") or {}).get("summary") or []
         mine_region = next((s for s in summary if _region(s.get("region")) == _region(region)), None)

@@ -1,0 +1,70 @@
+"""The in-VM scripts: the Linux ones run here for real under bash (download, checksum, exit codes)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import pytest
+
+from imagebuilder.providers.azure import scripts
+
+
+def _bash(script: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "step.sh"
+    path.write_text(script)
+    return subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_inline_shell_runs_with_sh_e_and_passes_the_exit_code(tmp_path):
+    ok = _bash(scripts.shell({"inline": ["echo one", "echo two"]}, None), tmp_path)
+    assert ok.returncode == 0 and ok.stdout == "one\ntwo\n"
+    failing = _bash(scripts.shell({"inline": ["echo before", "false", "echo never"]}, None), tmp_path)
+    assert failing.returncode == 1 and "never" not in failing.stdout  # /bin/sh -e like Packer
+    quoted = _bash(
+        scripts.shell({"inline": ["echo 'IMAGEBUILDER_EOF is just text' \"$HOME\""]}, None), tmp_path
+    )
+    assert quoted.returncode == 0 and "IMAGEBUILDER_EOF is just text" in quoted.stdout
+
+
+def test_script_and_file_downloads_verify_sha256_inside_the_vm(tmp_path):
+    source = tmp_path / "setup.sh"
+    source.write_text("echo from-script\nexit 4\n")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    url = source.as_uri()
+    run = _bash(scripts.shell({"scriptUri": url}, digest), tmp_path)
+    assert run.returncode == 4 and "from-script" in run.stdout
+    bad = _bash(scripts.shell({"scriptUri": url}, "0" * 64), tmp_path)
+    assert bad.returncode == 97 and "checksum mismatch" in bad.stderr
+
+    dest = tmp_path / "etc" / "motd"
+    copied = _bash(scripts.file_linux({"sourceUri": url, "destination": str(dest)}, digest), tmp_path)
+    assert copied.returncode == 0 and dest.read_bytes() == source.read_bytes()
+    dest.unlink()
+    refused = _bash(scripts.file_linux({"sourceUri": url, "destination": str(dest)}, "f" * 64), tmp_path)
+    assert refused.returncode == 97 and not dest.exists()
+
+
+def test_markers_durations_and_filters():
+    out = "x\nIMAGEBUILDER-WU installed=1 remaining=4 reboot=0\nIMAGEBUILDER-WU installed=2 remaining=0 reboot=1\n"
+    assert scripts.parse_marker(out, scripts.MARKER_WU) == {"installed": "2", "remaining": "0", "reboot": "1"}
+    assert scripts.parse_marker("nothing", scripts.MARKER_WU) is None
+    assert scripts.parse_duration("5m", 1) == 300 and scripts.parse_duration("2h", 1) == 7200
+    assert scripts.parse_duration(None, 42) == 42
+    with pytest.raises(ValueError, match="'5 minutes'"):
+        scripts.parse_duration("5 minutes", 1)
+    with pytest.raises(ValueError, match="include:<expr>"):
+        scripts.windows_update({"filters": ["$_.BrowseOnly"]})
+    default = scripts.windows_update({})
+    assert "$selected.Count -lt 1000" in default
+
+
+def test_powershell_inline_travels_base64_so_quotes_survive():
+    text = "Write-Output 'it''s \"quoted\"'"
+    script = scripts.powershell({"inline": [text]}, None)
+    assert text not in script  # encoded, not spliced into PowerShell source
+    import base64
+    import re
+
+    encoded = re.search(r"FromBase64String\('([^']+)'\)", script).group(1)
+    assert base64.b64decode(encoded).decode() == text
