@@ -49,6 +49,8 @@ _VERSION_ID = re.compile(r"/versions/(?P<version>[^/]+)$", re.IGNORECASE)
 
 IDENTITY_REQUIRED_SINCE = "2020-02-14"
 MIN_BUILD_TIMEOUT_MINUTES = 6
+INT32_MAX = 2**31 - 1
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]  # the spec's "format": "int32"
 RESOURCE_READ_ONLY = ("id", "name", "type", "systemData", "etag")
 
 
@@ -248,10 +250,15 @@ def tag_of(key: str) -> Callable[[Any], str | None]:
     return get
 
 
+def _small_int(text: str) -> int | None:
+    """A non-negative decimal of at most 10 digits, else None (int() of huge strings is slow or refused)."""
+    return int(text) if 0 < len(text) <= 10 and text.isascii() and text.isdigit() else None
+
+
 def is_gallery_version(version: str) -> bool:
     """Compute Gallery image version names: Major.Minor.Patch, each an int32."""
     parts = version.split(".")
-    return len(parts) == 3 and all(p.isdigit() and p.isascii() and int(p) <= 2**31 - 1 for p in parts)
+    return len(parts) == 3 and all((n := _small_int(p)) is not None and n <= INT32_MAX for p in parts)
 
 
 def _nonempty(value: str, field: str, code: str) -> list[Issue]:
@@ -395,7 +402,7 @@ class PowerShellCustomizer(_Step):
     inline: list[str] | None = None
     run_elevated: bool | None = None
     run_as_system: bool | None = None
-    valid_exit_codes: list[int] | None = None
+    valid_exit_codes: list[Int32] | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> PowerShellCustomizer:
@@ -447,7 +454,7 @@ class WindowsUpdateCustomizer(_Step):
     type: Literal["WindowsUpdate"]
     search_criteria: str | None = None
     filters: list[str] | None = None
-    update_limit: Annotated[int, Field(ge=0)] | None = None
+    update_limit: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
 
 
 class FileCustomizer(_Step):
@@ -530,7 +537,7 @@ class PowerShellValidator(_Step):
     inline: list[str] | None = None
     run_elevated: bool | None = None
     run_as_system: bool | None = None
-    valid_exit_codes: list[int] | None = None
+    valid_exit_codes: list[Int32] | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> PowerShellValidator:
@@ -572,7 +579,7 @@ class TargetRegion(ArmModel):
     """A region an image version is replicated to."""
 
     name: str
-    replica_count: Annotated[int, Field(ge=1)] | None = None
+    replica_count: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     storage_account_type: StorageAccountType | None = None
 
     @model_validator(mode="after")
@@ -585,7 +592,7 @@ class DistributeVersionerLatest(ArmModel):
     """New version = latest existing version (within `major`, -1 = any) with patch + 1."""
 
     scheme: Literal["Latest"]
-    major: Annotated[int, Field(ge=-1)] | None = None
+    major: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
 
 
 class DistributeVersionerSource(ArmModel):
@@ -852,7 +859,9 @@ class ImageTemplateVmProfile(ArmModel):
     """The build/validation VM: size, OS disk size, extra identities, network."""
 
     vm_size: str | None = None
-    os_disk_size_gb: Annotated[int, Field(ge=0)] | None = Field(default=None, alias="osDiskSizeGB")
+    os_disk_size_gb: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = Field(
+        default=None, alias="osDiskSizeGB"
+    )
     user_assigned_identities: list[str] | None = None
     vnet_config: VirtualNetworkConfig | None = None
 
@@ -920,7 +929,7 @@ class ImageTemplateAutoRun(ArmModel):
 class DataDisk(ArmModel):
     """An extra data disk added to the image."""
 
-    size_gb: Annotated[int, Field(ge=0)] | None = Field(default=None, alias="sizeGB")
+    size_gb: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = Field(default=None, alias="sizeGB")
 
 
 class ImageTemplateProperties(ArmModel):
@@ -1159,8 +1168,9 @@ _CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
 
 
 def _cron_value(text: str, low: int, high: int, names: tuple[str, ...]) -> int | None:
-    if text.isascii() and text.isdigit():
-        value = int(text)
+    number = _small_int(text)
+    if number is not None:
+        value = number
     elif len(text) == 3 and text.lower() in names:
         value = names.index(text.lower()) + low
     else:
@@ -1171,7 +1181,8 @@ def _cron_value(text: str, low: int, high: int, names: tuple[str, ...]) -> int |
 def _cron_field_ok(field: str, low: int, high: int, names: tuple[str, ...]) -> bool:
     for item in field.split(","):
         base, _, step = item.partition("/")
-        if step and not (step.isascii() and step.isdigit() and 0 < int(step) <= high - low + 1):
+        step_value = _small_int(step) if step else None
+        if step and not (step_value is not None and 0 < step_value <= high - low + 1):
             return False
         if base == "*":
             continue

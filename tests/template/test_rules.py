@@ -696,3 +696,22 @@ def test_errors_echo_input_cut_short() -> None:
         with pytest.raises(TemplateError) as info:
             parse_template(mutate(FULL_TEMPLATE, path, huge))
         assert len(info.value.message) < 400, path
+
+
+def test_int32_bounds_and_huge_numbers() -> None:
+    for path, value in (
+        ("properties.vmProfile.osDiskSizeGB", 2**31),
+        ("properties.customize[3].validExitCodes", [2**40]),
+        ("properties.distribute[1].targetRegions[0].replicaCount", 10**30),
+    ):
+        with pytest.raises(TemplateError) as info:
+            parse_template(mutate(FULL_TEMPLATE, path, value))
+        assert info.value.code == "InvalidParameter" and info.value.target is not None
+        assert info.value.target.startswith(path)
+    body = mutate(FULL_TEMPLATE, "properties.distribute[1].versioning", DELETE)
+    body = mutate(
+        body, "properties.distribute[1].galleryImageId", GALLERY_IMAGE + "/versions/" + "9" * 5000 + ".0.0"
+    )
+    with pytest.raises(TemplateError) as info:
+        parse_template(body)
+    assert info.value.code == "BadSharedImageDistribute"
