@@ -18,23 +18,23 @@ import requests
 
 HERE = Path(__file__).parent
 APP = HERE / "apps" / "durable_sample"
+ROOT = HERE.parent.parent
 M = 40
 
 
-def _start(cmd: list[str], env: dict[str, str], ready: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
+def _start(cmd: list[str], env: dict[str, str], ready: str, out: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the host with its output in a file (a full pipe would block it); wait for `ready`."""
+    with out.open("ab") as sink:
+        proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if ready in line:
-            return proc, line
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = out.read_text(errors="replace")
+        if ready in text:
+            return proc, text
+        time.sleep(0.05)
     proc.kill()
-    raise AssertionError("host did not start:\n" + "".join(seen[-30:]))
+    proc.wait()
+    raise AssertionError("host did not start:\n" + out.read_text(errors="replace")[-3000:])
 
 
 def _committed_items(db: Path) -> set[str]:
@@ -57,7 +57,7 @@ def _committed_items(db: Path) -> set[str]:
     return items
 
 
-def _crash_and_recover(tmp_path: Path, cmd: list[str], ready: str, base_of) -> None:
+def _crash_and_recover(tmp_path: Path, cmd: list[str], ready: str, base_of, via_http_function: bool) -> None:
     log = tmp_path / "activities.log"
     env = {
         **os.environ,
@@ -67,14 +67,17 @@ def _crash_and_recover(tmp_path: Path, cmd: list[str], ready: str, base_of) -> N
         "PYTHONUNBUFFERED": "1",
     }
     state = tmp_path / "state"
-    proc, line = _start(cmd, env, ready)
+    proc, line = _start(cmd, env, ready, tmp_path / "host1.out")
     try:
         rpc = base_of(line) + "/durabletask/"
         ids = []
         for tag in ("a", "b"):
-            r = requests.post(
-                f"{rpc}orchestrators/slow_fan_out", json=json.dumps({"tag": tag, "m": M}), timeout=10
-            )
+            if via_http_function:  # the app's HTTP starter with its durableClient binding
+                url = base_of(line) + "/api/orchestrators/slow_fan_out"
+                r = requests.post(url, json={"tag": tag, "m": M}, timeout=10)
+            else:  # the RPC endpoint, with the Python client's double encoding
+                url = f"{rpc}orchestrators/slow_fan_out"
+                r = requests.post(url, json=json.dumps({"tag": tag, "m": M}), timeout=10)
             assert r.status_code == 202, r.text
             ids.append(r.json()["id"])
         # a durable timer pending across the crash
@@ -96,7 +99,7 @@ def _crash_and_recover(tmp_path: Path, cmd: list[str], ready: str, base_of) -> N
     committed = _committed_items(state / "durable.sqlite")
     assert committed, "nothing was committed before the kill"
 
-    proc, line = _start(cmd, env, ready)
+    proc, line = _start(cmd, env, ready, tmp_path / "host2.out")
     try:
         rpc = base_of(line) + "/durabletask/"
         for iid in ids:
@@ -135,4 +138,21 @@ def _crash_and_recover(tmp_path: Path, cmd: list[str], ready: str, base_of) -> N
 @pytest.mark.slow
 def test_kill_9_mid_fan_out_engine_only(tmp_path):
     cmd = [sys.executable, str(HERE / "durable_runner.py"), str(APP), str(tmp_path / "state")]
-    _crash_and_recover(tmp_path, cmd, "READY ", lambda line: line.split()[1])
+    _crash_and_recover(tmp_path, cmd, "READY ", lambda out: out.split("READY ")[1].split()[0], False)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_fan_out_local_runtime_cli(tmp_path):
+    """The same through `python -m local_runtime start` (the whole host, HTTP starter included)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "local_runtime",
+        "start",
+        str(APP),
+        "--port",
+        "0",
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
+    _crash_and_recover(tmp_path, cmd, "Ready", lambda out: out.split("Listening on ")[1].split()[0], True)
