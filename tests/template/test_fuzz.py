@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -92,14 +93,17 @@ _collect(FULL_TEMPLATE, "")
 
 
 def _check(fn: Any, body: Any, api_version: str) -> Any:
+    before = copy.deepcopy(body)
     try:
         result = fn(body, api_version=api_version)
     except TemplateError as err:
+        assert body == before  # the request body is never modified
         json.dumps(err.to_arm())
         assert err.code and err.message
         for detail in err.details:
             assert detail.code and detail.message
         return None
+    assert body == before
     return result
 
 

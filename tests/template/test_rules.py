@@ -715,3 +715,35 @@ def test_int32_bounds_and_huge_numbers() -> None:
     with pytest.raises(TemplateError) as info:
         parse_template(body)
     assert info.value.code == "BadSharedImageDistribute"
+
+
+def test_template_error_shape() -> None:
+    inner = TemplateError("NoCustomizerScript", "give a script", "properties.customize[0].scriptUri")
+    outer = TemplateError(
+        "InvalidTemplate",
+        "2 problems",
+        "properties.customize[0].scriptUri",
+        [inner, TemplateError("LocationRequired", "add it", "location")],
+    )
+    assert outer.to_arm() == {
+        "error": {
+            "code": "InvalidTemplate",
+            "message": "2 problems",
+            "target": "properties.customize[0].scriptUri",
+            "details": [
+                {
+                    "code": "NoCustomizerScript",
+                    "message": "give a script",
+                    "target": "properties.customize[0].scriptUri",
+                    "details": [],
+                },
+                {"code": "LocationRequired", "message": "add it", "target": "location", "details": []},
+            ],
+        }
+    }
+    assert TemplateError("InvalidRequestContent", "not an object").to_arm()["error"] == {
+        "code": "InvalidRequestContent",
+        "message": "not an object",
+        "details": [],
+    }
+    assert "properties.customize[0].scriptUri" in str(inner) and "NoCustomizerScript" in str(inner)
