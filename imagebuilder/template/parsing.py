@@ -215,7 +215,8 @@ def _not_patchable(target: str) -> TemplateError:
 
 def _validate(model: type[M], data: dict[str, Any], original: Any, context: dict[str, Any] | None) -> M:
     try:
-        return model.model_validate(data, context=context)
+        # JSON members by their ARM (camelCase) names only; snake_case names are for Python callers.
+        return model.model_validate(data, context=context, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise _combine(_convert(exc, original)) from None
 

@@ -747,3 +747,14 @@ def test_template_error_shape() -> None:
         "details": [],
     }
     assert "properties.customize[0].scriptUri" in str(inner) and "NoCustomizerScript" in str(inner)
+
+
+def test_python_field_names_are_not_json_members() -> None:
+    body = mutate(FULL_TEMPLATE, "properties.buildTimeoutInMinutes", DELETE)
+    body = mutate(body, "properties.build_timeout_in_minutes", 77)
+    with pytest.raises(TemplateError) as info:
+        parse_template(body)
+    assert (info.value.code, info.value.target) == (
+        "InvalidRequestContent",
+        "properties.build_timeout_in_minutes",
+    )
