@@ -1,0 +1,353 @@
+"""Boot validation under QEMU (TCG only; the host's KVM cannot run stock guests): the image's own firmware
+path (SeaBIOS for Gen1, OVMF for Gen2), its own bootloader, kernel and systemd, then checks inside it.
+
+`boot_validate(disk, *, generation, checks, timeout=240, log=None, workdir) -> BootResult` copies the disk
+(sparse) into `workdir`, injects a oneshot unit + runner + the `BootCheck` scripts into the copy with
+``debugfs -w`` (the artifact is never modified), boots the copy with ``-nodefaults -display none
+-serial file:… -no-reboot -nic none`` and ``snapshot=on`` under an outer timeout (the whole qemu process
+group is killed when it expires), and decides pass/fail per check from nonce-tagged markers on the serial
+console, each with its exit code. The serial log stays in `workdir`; everything else is removed.
+
+Exceptions::
+
+    ProviderError (providers.base)
+    └── BootError    the image cannot be boot-validated at all (no systemd, bad check, missing firmware)
+    (a boot that fails or a check that fails is a BootResult with ok=False, not an exception)
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from imagebuilder.providers.base import LogSink, ProviderError
+from imagebuilder.providers.local import disk as disks
+from imagebuilder.providers.local import proc
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+GUEST_DIR = "/usr/local/libexec/imagebuilder-validate"
+UNIT_NAME = "imagebuilder-validate.service"
+TAIL_LINES = 30
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+class BootError(ProviderError):
+    """An image or a check that boot validation cannot work with (not a failed check: see BootResult)."""
+
+
+@dataclass(frozen=True)
+class BootCheck:
+    """One validation run inside the booted image, as root, from /root.
+
+    ``kind="shell"``: `source` is script text (run by ``/bin/sh -e`` unless it starts with ``#!``, like
+    Packer's inline shell); ``kind="file"``: `source` is the path of a script file on the host.
+    """
+
+    name: str
+    kind: Literal["shell", "file"]
+    source: str
+
+
+@dataclass
+class CheckResult:
+    """What one check did: its exit code (None if it never finished) and its output lines."""
+
+    name: str
+    exit_code: int | None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class BootResult:
+    """`ok` when the image booted, every check ran and exited 0. `exit_code`: the first failing check's
+    exit code (else qemu's when the boot itself failed, 0 when ok, None on timeout). `failures` are
+    sentences for people; `output_tail` the last lines of the serial console."""
+
+    ok: bool
+    exit_code: int | None
+    serial_log_path: Path
+    duration: float
+    failures: list[str]
+    output_tail: list[str]
+    checks: list[CheckResult] = field(default_factory=list)
+    timed_out: bool = False
+    qemu_exit_code: int | None = None
+
+
+def _check_script(check: BootCheck) -> str:
+    if check.kind == "shell":
+        text = check.source
+    elif check.kind == "file":
+        path = Path(check.source)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BootError(
+                f"validation {check.name!r}: cannot read script file {path}: {exc}",
+                hint="stage the script (scriptUri) before boot validation",
+            ) from exc
+    else:
+        raise BootError(f"validation {check.name!r}: kind {check.kind!r} is not 'shell' or 'file'")
+    if not text.startswith("#!"):
+        text = "#!/bin/sh -e\n" + text
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _runner(nonce: str, count: int) -> str:
+    indexes = " ".join(str(i) for i in range(1, count + 1))
+    return f"""#!/bin/sh
+# Injected into a throwaway copy of the image by imagebuilder boot validation; never part of an artifact.
+exec </dev/null >/dev/ttyS0 2>&1
+dmesg -n 1 2>/dev/null || true
+echo; echo "@@IB-{nonce} BEGIN@@"
+for i in {indexes}; do
+  echo; echo "@@IB-{nonce} CHECK $i START@@"
+  (cd /root && HOME=/root "{GUEST_DIR}/check-$i")
+  rc=$?
+  echo; echo "@@IB-{nonce} CHECK $i END rc=$rc@@"
+done
+echo "@@IB-{nonce} DONE@@"
+sync
+systemctl --no-block poweroff || poweroff -f
+"""
+
+
+_UNIT = f"""[Unit]
+Description=Image Builder in-VM validation (injected into a test boot only)
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart={GUEST_DIR}/run
+StandardInput=null
+TimeoutStartSec=infinity
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _inject(copy: Path, offset: int, files: dict[str, tuple[Path, int]], work: Path) -> None:
+    cmds = [f"mkdir {d}" for d in ("/usr/local", "/usr/local/libexec", GUEST_DIR)]
+    cmds.append("mkdir /etc/systemd/system/multi-user.target.wants")
+    for dest, (src, mode) in files.items():
+        cmds += [
+            f"rm {dest}",
+            f"write {src} {dest}",
+            f"sif {dest} mode 0{0o100000 | mode:o}",
+            f"sif {dest} uid 0",
+            f"sif {dest} gid 0",
+        ]
+    wants = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
+    cmds += [f"rm {wants}", f"symlink {wants} /etc/systemd/system/{UNIT_NAME}"]
+    script = work / "inject.debugfs"
+    script.write_text("\n".join(cmds) + "\n")
+    proc.run(["debugfs", "-w", "-f", script, f"{copy}?offset={offset}"], echo_output=False, timeout=120)
+    # debugfs exits 0 when a command fails: check what landed.
+    for dest in [*files, wants]:
+        try:
+            disks.stat_in_disk(copy, dest, offset=offset)
+        except FileNotFoundError as exc:
+            raise BootError(f"could not inject {dest} into the boot copy of the image") from exc
+
+
+def _is_systemd(copy: Path, offset: int) -> bool:
+    for init in ("/sbin/init", "/usr/sbin/init"):
+        try:
+            st = disks.stat_in_disk(copy, init, offset=offset)
+        except FileNotFoundError:
+            continue
+        if st["type"] == "symlink" and "systemd" in str(st["link"]):
+            return True
+    return False
+
+
+def _qemu_argv(
+    copy: Path, fmt: str, generation: str, serial: Path, vars_fd: Path | None, nonce: str
+) -> list[str]:
+    argv = [
+        "qemu-system-x86_64",
+        "-name", f"imagebuilder-validate-{nonce}",
+        "-accel", "tcg,thread=multi",
+        "-cpu", "max",
+        "-m", "1024",
+        "-smp", "2",
+        "-machine", "q35" if generation == "V2" else "pc",
+        "-nodefaults",
+        "-display", "none",
+        "-no-reboot",
+        "-serial", f"file:{serial}",
+        "-monitor", "none",
+        "-nic", "none",
+    ]  # fmt: skip
+    if vars_fd is not None:
+        argv += [
+            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,file={vars_fd}",
+        ]  # fmt: skip
+    argv += ["-drive", f"file={copy},format={fmt},if=virtio,snapshot=on"]
+    return argv
+
+
+def _parse(
+    text: str, nonce: str, checks: Sequence[BootCheck]
+) -> tuple[bool, bool, list[CheckResult], list[str]]:
+    """(began, done, per-check results, failures) from the serial console text."""
+    began = f"@@IB-{nonce} BEGIN@@" in text
+    done = f"@@IB-{nonce} DONE@@" in text
+    results, failures = [], []
+    for i, check in enumerate(checks, start=1):
+        start = re.search(rf"@@IB-{nonce} CHECK {i} START@@", text)
+        end = re.search(rf"@@IB-{nonce} CHECK {i} END rc=(\d+)@@", text)
+        if start is None:
+            results.append(CheckResult(check.name, None))
+            failures.append(f"validation {check.name!r} never ran")
+            continue
+        body = text[start.end() : end.start() if end else len(text)]
+        output = [ln.strip() for ln in body.splitlines() if ln.strip()]
+        if end is None:
+            results.append(CheckResult(check.name, None, output))
+            failures.append(f"validation {check.name!r} did not finish")
+            continue
+        rc = int(end.group(1))
+        results.append(CheckResult(check.name, rc, output))
+        if rc != 0:
+            last = f": {output[-1]}" if output else ""
+            failures.append(f"validation {check.name!r} failed with exit code {rc}{last}")
+    return began, done, results, failures
+
+
+def _diagnose(text: str) -> str | None:
+    for pattern, reason in (
+        (r"Kernel panic", "the kernel panicked"),
+        (r"emergency mode|Emergency shell", "systemd entered emergency mode"),
+        (r"Gave up waiting for root", "the initramfs did not find the root filesystem"),
+        (r"No bootable device|Boot failed", "the firmware found nothing to boot"),
+        (r"error: file .* not found|error: no such device", "GRUB could not load the kernel"),
+    ):
+        if re.search(pattern, text):
+            return reason
+    return None
+
+
+def boot_validate(
+    disk: Path,
+    *,
+    generation: str,
+    checks: list[BootCheck],
+    timeout: int = 240,
+    log: LogSink | None = None,
+    workdir: Path,
+) -> BootResult:
+    """Boot a copy of `disk` (raw, fixed VHD or qcow2) the way a Gen1/Gen2 VM would and run `checks` in it.
+
+    Returns a `BootResult`; raises `BootError` only when validation is impossible (no systemd in the
+    image, an unreadable check file, no OVMF for Gen2). `workdir` keeps the serial log afterwards.
+    """
+    disk, workdir = Path(disk), Path(workdir)
+    if generation not in ("V1", "V2"):
+        raise BootError(f"generation {generation!r} is not V1 or V2", hint="hyperVGeneration is V1 or V2")
+    if not checks:
+        raise BootError("boot validation needs at least one check")
+    proc.require_tools("qemu-system-x86_64", "qemu-img", "debugfs", "sfdisk", "cp")
+    if generation == "V2" and not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
+        raise BootError(
+            f"Gen2 boot validation needs UEFI firmware ({OVMF_CODE})",
+            hint="install the ovmf package (scripts/setup.sh lists it)",
+        )
+    scripts = [_check_script(c) for c in checks]
+    workdir.mkdir(parents=True, exist_ok=True)
+    nonce = secrets.token_hex(8)
+    serial = workdir / f"serial-{generation}-{nonce[:8]}.log"
+    work = Path(tempfile.mkdtemp(prefix="boot-", dir=workdir))
+    start = time.monotonic()
+    try:
+        fmt = disks.inspect_disk(disk)["format"]
+        copy = work / ("disk.vhd" if fmt == "vpc" else "disk.raw")
+        if fmt == "qcow2":
+            proc.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk, copy], log=log, timeout=600)
+            fmt = "raw"
+        else:
+            proc.run(["cp", "--sparse=always", disk, copy], log=log, timeout=600)
+        offset = disks.root_offset(copy)
+        if not _is_systemd(copy, offset):
+            raise BootError(
+                f"{disk} has no systemd init; boot validation runs its checks as a systemd unit",
+                hint="images without systemd (BusyBox) are validated in the build sandbox instead",
+            )
+        files: dict[str, tuple[Path, int]] = {}
+        for i, text in enumerate(scripts, start=1):
+            src = work / f"check-{i}"
+            src.write_text(text)
+            files[f"{GUEST_DIR}/check-{i}"] = (src, 0o755)
+        (work / "run").write_text(_runner(nonce, len(checks)))
+        (work / "unit").write_text(_UNIT)
+        files[f"{GUEST_DIR}/run"] = (work / "run", 0o755)
+        files[f"/etc/systemd/system/{UNIT_NAME}"] = (work / "unit", 0o644)
+        _inject(copy, offset, files, work)
+        vars_fd = None
+        if generation == "V2":
+            vars_fd = work / "OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, vars_fd)
+        if log is not None:
+            names = ", ".join(c.name for c in checks)
+            firmware = "OVMF/UEFI" if generation == "V2" else "SeaBIOS/BIOS"
+            log.write(f"boot validation: {disk.name} ({generation}, {firmware}, TCG), checks: {names}\n")
+        timed_out, qemu_rc = False, None
+        try:
+            done_proc = proc.run(
+                _qemu_argv(copy, fmt, generation, serial, vars_fd, nonce),
+                log=log,
+                timeout=timeout,
+                check=False,
+            )
+            qemu_rc = done_proc.returncode
+            qemu_tail = done_proc.tail
+        except proc.CommandTimeoutError as exc:
+            timed_out, qemu_tail = True, exc.tail
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    duration = round(time.monotonic() - start, 2)
+    text = _ANSI.sub("", serial.read_bytes().decode("utf-8", "replace")) if serial.exists() else ""
+    began, done, results, failures = _parse(text, nonce, checks)
+    if not done:
+        if timed_out:
+            failures.insert(0, f"boot validation timed out after {timeout} s (qemu killed)")
+        elif qemu_rc:
+            failures.insert(0, f"qemu exited with code {qemu_rc}: {' | '.join(qemu_tail[-3:])}")
+        if not began:
+            reason = _diagnose(text) or "it never reached multi-user.target"
+            failures.insert(1 if failures else 0, f"the image did not start its validation service: {reason}")
+    ok = done and not failures
+    first_bad = next((r.exit_code for r in results if r.exit_code not in (0, None)), None)
+    exit_code = 0 if ok else first_bad if first_bad is not None else (None if timed_out else qemu_rc)
+    tail = [ln for ln in (x.rstrip() for x in text.splitlines()) if ln.strip()][-TAIL_LINES:]
+    if log is not None:
+        for r in results:
+            log.write(f"validation {r.name!r}: exit code {r.exit_code}\n")
+            for line in r.output[-10:]:
+                log.write(f"  | {line}\n")
+        log.write(f"boot validation {'passed' if ok else 'FAILED'} in {duration} s; serial log: {serial}\n")
+    return BootResult(
+        ok=ok,
+        exit_code=exit_code,
+        serial_log_path=serial,
+        duration=duration,
+        failures=failures,
+        output_tail=tail,
+        checks=results,
+        timed_out=timed_out,
+        qemu_exit_code=qemu_rc,
+    )

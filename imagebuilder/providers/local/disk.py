@@ -1,0 +1,597 @@
+"""Disk images from root trees, with no loop device and no mount: GPT + ext4 root, bootable by generation.
+
+`build_disk(rootfs, out_raw, *, generation, bootable, size_mib=None, log=None) -> DiskInfo` writes a raw disk
+whose size is a whole number of MiB: partition 1 is the ext4 root (``mkfs.ext4 -E offset -d``), Gen1 (V1)
+adds a BIOS boot partition (14) holding GRUB's core.img with boot.img in the protective MBR (SeaBIOS/Hyper-V
+Gen1), Gen2 (V2) adds an EFI system partition (15) with GRUB as ``EFI/BOOT/BOOTX64.EFI`` (OVMF/Gen2), the
+layout of Debian's cloud images. `/etc/fstab` is written into the image (the tree itself is not touched).
+`to_vhd` (fixed, ``force_size``, footer checked), `to_qcow2`, `inspect_disk` (partition table, VHD footer,
+sizes) and `read_file_from_disk` / `stat_in_disk` (debugfs at the root offset) work on the results.
+
+Exceptions::
+
+    ProviderError (providers.base)
+    └── DiskError    a disk could not be built, converted or read (names the file and the step)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagebuilder.providers.base import LogSink, ProviderError
+from imagebuilder.providers.local import proc
+
+MiB = 1 << 20
+SECTOR = 512
+GPT_ROOT_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+GPT_LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+GPT_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+GPT_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ROOT_PARTNO, BIOS_PARTNO, ESP_PARTNO = 1, 14, 15
+BIOS_BOOT_MIB = 1
+ESP_MIB = 64
+GRUB_I386_PC = Path("/usr/lib/grub/i386-pc")
+GRUB_X86_64_EFI = Path("/usr/lib/grub/x86_64-efi")
+KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200n8 panic=-1"
+VHD_COOKIE = b"conectix"
+VHD_FIXED = 2
+_TIMEOUT = 900
+
+
+class DiskError(ProviderError):
+    """A disk image could not be built, converted or read."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One GPT partition; `start` and `size` in 512-byte sectors."""
+
+    number: int
+    start: int
+    size: int
+    type: str
+    uuid: str
+    name: str = ""
+
+    @property
+    def offset(self) -> int:
+        return self.start * SECTOR
+
+    @property
+    def size_bytes(self) -> int:
+        return self.size * SECTOR
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """What `build_disk` made. `size_bytes` is a whole number of MiB; `fs_uuid` is the ext4 root's UUID
+    (``root=UUID=…``), `root_part_uuid` the GPT PARTUUID of the root partition."""
+
+    path: Path
+    size_bytes: int
+    generation: str
+    bootable: bool
+    root_part_uuid: str
+    fs_uuid: str
+    partitions: list[Partition]
+    disk_uuid: str = ""
+    esp_uuid: str | None = None
+    kernel: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Partition:
+        return next(p for p in self.partitions if p.number == ROOT_PARTNO)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON (for manifests and messages across the durable boundary)."""
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+# --- building -------------------------------------------------------------------------------------
+
+
+def tree_usage(rootfs: Path) -> tuple[int, int]:
+    """(bytes allocated, number of entries) of a tree, without following symlinks."""
+    used, entries = 0, 0
+    stack = [str(rootfs)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                entries += 1
+                st = entry.stat(follow_symlinks=False)
+                used += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return used, entries
+
+
+def default_size_mib(rootfs: Path, *, generation: str, bootable: bool) -> int:
+    """A disk size with room for the tree plus headroom: a whole number of MiB, rounded up."""
+    used, entries = tree_usage(rootfs)
+    # ext4 overhead: inodes (256 B each, with slack), journal, reserved blocks; then free space.
+    root_mib = (used * 5 // 4 + entries * 1024) // MiB + (512 if bootable else 32)
+    total = _root_start_mib(generation, bootable) + root_mib + 1
+    step = 256 if bootable else 16
+    return -(-total // step) * step
+
+
+def _root_start_mib(generation: str, bootable: bool) -> int:
+    if not bootable:
+        return 1
+    return 1 + (BIOS_BOOT_MIB if generation == "V1" else ESP_MIB)
+
+
+def _find_kernel(rootfs: Path) -> tuple[str, str]:
+    """Paths (inside the image) GRUB loads: the /vmlinuz and /initrd.img symlinks Debian maintains
+    (so kernel upgrades inside the image keep booting), else the newest /boot/vmlinuz-*."""
+    link, ilink = rootfs / "vmlinuz", rootfs / "initrd.img"
+    if link.is_symlink() and ilink.is_symlink():
+        target = rootfs / os.readlink(link).lstrip("/")
+        itarget = rootfs / os.readlink(ilink).lstrip("/")
+        if target.is_file() and itarget.is_file():
+            return "/vmlinuz", "/initrd.img"
+    kernels = sorted(
+        (p for p in (rootfs / "boot").glob("vmlinuz-*") if p.is_file()),
+        key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)],
+    )
+    for k in reversed(kernels):
+        ver = k.name.removeprefix("vmlinuz-")
+        if (rootfs / "boot" / f"initrd.img-{ver}").is_file():
+            return f"/boot/vmlinuz-{ver}", f"/boot/initrd.img-{ver}"
+    raise DiskError(
+        f"{rootfs} has no kernel (/boot/vmlinuz-* with a matching initrd.img), so it cannot be made bootable",
+        hint="install a kernel in the image (linux-image-cloud-amd64) or build the disk with bootable=False",
+    )
+
+
+def _grub_cfg(fs_uuid: str, kernel: str, initrd: str) -> str:
+    return (
+        f"search --no-floppy --fs-uuid --set=root {fs_uuid}\n"
+        f"linux {kernel} root=UUID={fs_uuid} {KERNEL_CMDLINE}\n"
+        f"initrd {initrd}\n"
+        "boot\n"
+    )
+
+
+def _fstab(rootfs: Path, fs_uuid: str, esp_volid: str | None) -> str:
+    """Our root (and ESP) lines, then whatever else the image's fstab mounts (kept as it was)."""
+    ours = {"/", "/boot/efi"}
+    kept: list[str] = []
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in (rootfs / "etc/fstab").read_text().splitlines():
+            fields = line.split()
+            if not fields or fields[0].startswith("#") or (len(fields) > 1 and fields[1] in ours):
+                continue
+            kept.append(line)
+    lines = [
+        "# /etc/fstab: root and ESP lines written by imagebuilder when the image was captured",
+        f"UUID={fs_uuid} / ext4 rw,discard,errors=remount-ro 0 1",
+    ]
+    if esp_volid:
+        lines.append(f"UUID={esp_volid[:4]}-{esp_volid[4:]} /boot/efi vfat umask=0077,nofail 0 2")
+    return "\n".join([*lines, *kept]) + "\n"
+
+
+def _debugfs_path(path: str) -> str:
+    if not path.startswith("/") or any(c in path for c in '"\n\r\t '):
+        raise DiskError(
+            f"path {path!r} cannot be used inside a disk image",
+            hint="use an absolute path without spaces or quotes",
+        )
+    return f'"{path}"'
+
+
+def build_disk(
+    rootfs: Path,
+    out_raw: Path,
+    *,
+    generation: str,
+    bootable: bool,
+    size_mib: int | None = None,
+    log: LogSink | None = None,
+    fs_uuid: str | None = None,
+) -> DiskInfo:
+    """Write `rootfs` into a new raw GPT disk at `out_raw` (atomically: a tmp file renamed at the end).
+
+    `generation` "V1" (BIOS boot via GRUB core.img in a BIOS boot partition) or "V2" (UEFI via an ESP);
+    `bootable=False` gives a root partition only (trees without a kernel, like the BusyBox base).
+    `size_mib` defaults to the tree's size plus headroom. The tree is read, never modified.
+    """
+    rootfs, out_raw = Path(rootfs), Path(out_raw)
+    if generation not in ("V1", "V2"):
+        raise DiskError(f"generation {generation!r} is not V1 or V2", hint="hyperVGeneration is V1 or V2")
+    if not rootfs.is_dir():
+        raise DiskError(f"root tree {rootfs} is not a directory", hint="extract or build the root tree first")
+    proc.require_tools("sfdisk", "mkfs.ext4", "debugfs", "truncate")
+    kernel = initrd = None
+    if bootable:
+        kernel, initrd = _find_kernel(rootfs)
+        proc.require_tools("grub-mkimage", *(["mkfs.vfat", "mcopy", "mmd"] if generation == "V2" else []))
+    if size_mib is None:
+        size_mib = default_size_mib(rootfs, generation=generation, bootable=bootable)
+    root_start = _root_start_mib(generation, bootable)
+    if size_mib < root_start + 16:
+        raise DiskError(f"size_mib={size_mib} is too small", hint=f"use at least {root_start + 16} MiB")
+    fs_uuid = fs_uuid or str(uuid.uuid4())
+    esp_volid = f"{uuid.UUID(fs_uuid).int & 0xFFFFFFFF:08X}" if bootable and generation == "V2" else None
+    root_mib = size_mib - root_start - 1  # the last MiB holds the backup GPT
+    out_raw.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_raw.name}.", dir=out_raw.parent))
+    tmp_name = "disk.img"
+    tmp = work / tmp_name
+    try:
+        proc.run(["truncate", "-s", f"{size_mib}M", tmp], log=log)
+        lines = ["label: gpt", "unit: sectors", ""]
+        lines.append(
+            f"{tmp_name}{ROOT_PARTNO} : start={root_start * 2048}, size={root_mib * 2048}, "
+            f'type={GPT_ROOT_X86_64}, name="root"'
+        )
+        if bootable and generation == "V1":
+            lines.append(
+                f"{tmp_name}{BIOS_PARTNO} : start=2048, size={BIOS_BOOT_MIB * 2048}, "
+                f'type={GPT_BIOS_BOOT}, name="bios"'
+            )
+        if bootable and generation == "V2":
+            lines.append(
+                f'{tmp_name}{ESP_PARTNO} : start=2048, size={ESP_MIB * 2048}, type={GPT_ESP}, name="esp"'
+            )
+        proc.run(
+            ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", tmp_name],
+            input="\n".join(lines) + "\n",
+            cwd=work,
+            log=log,
+        )
+        table = _sfdisk_json(tmp)
+        parts = _partitions(table)
+        root = next(p for p in parts if p.number == ROOT_PARTNO)
+        try:
+            proc.run(
+                [
+                    "mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", fs_uuid,
+                    "-E", f"offset={root.offset},root_owner=0:0", "-d", rootfs, tmp, f"{root.size // 2}k",
+                ],
+                log=log,
+                timeout=_TIMEOUT,
+            )  # fmt: skip
+        except proc.CommandError as exc:
+            raise DiskError(
+                f"writing {rootfs} into an ext4 filesystem of {root.size_bytes // MiB} MiB failed\n{exc}",
+                hint="if the tree does not fit, pass a larger size_mib",
+            ) from exc
+        if (rootfs / "etc").is_dir():
+            _write_fstab(tmp, root.offset, rootfs, fs_uuid, esp_volid, work, log)
+        if bootable and kernel and initrd:
+            cfg = work / "early.cfg"
+            cfg.write_text(_grub_cfg(fs_uuid, kernel, initrd))
+            if generation == "V1":
+                _install_bios_grub(tmp, next(p for p in parts if p.number == BIOS_PARTNO), cfg, work, log)
+            else:
+                esp = next(p for p in parts if p.number == ESP_PARTNO)
+                _install_efi_grub(tmp, esp, esp_volid or "", cfg, work, log)
+        os.replace(tmp, out_raw)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return DiskInfo(
+        path=out_raw,
+        size_bytes=size_mib * MiB,
+        generation=generation,
+        bootable=bootable,
+        root_part_uuid=root.uuid,
+        fs_uuid=fs_uuid,
+        partitions=parts,
+        disk_uuid=str(table.get("id", "")),
+        esp_uuid=f"{esp_volid[:4]}-{esp_volid[4:]}" if esp_volid else None,
+        kernel=kernel,
+        details={"kernel_cmdline": f"root=UUID={fs_uuid} {KERNEL_CMDLINE}" if bootable else None},
+    )
+
+
+def _write_fstab(
+    disk: Path,
+    offset: int,
+    rootfs: Path,
+    fs_uuid: str,
+    esp_volid: str | None,
+    work: Path,
+    log: LogSink | None,
+) -> None:
+    fstab = work / "fstab"
+    fstab.write_text(_fstab(rootfs, fs_uuid, esp_volid))
+    cmds = ["rm /etc/fstab", f"write {fstab} /etc/fstab", "sif /etc/fstab mode 0100644",
+            "sif /etc/fstab uid 0", "sif /etc/fstab gid 0"]  # fmt: skip
+    if esp_volid and not (rootfs / "boot/efi").exists():
+        cmds.insert(0, "mkdir /boot/efi")
+    script = work / "debugfs.cmds"
+    script.write_text("\n".join(cmds) + "\n")
+    proc.run(["debugfs", "-w", "-f", script, f"{disk}?offset={offset}"], log=log, echo_output=False)
+    # debugfs exits 0 even when a command fails: check the result.
+    if read_file_from_disk(disk, "/etc/fstab", offset=offset).decode() != fstab.read_text():
+        raise DiskError(f"writing /etc/fstab into {disk} failed", hint="run e2fsck -fn on the disk's root")
+
+
+def _install_bios_grub(disk: Path, bios: Partition, cfg: Path, work: Path, log: LogSink | None) -> None:
+    """GRUB for BIOS on GPT without grub-install: boot.img in the MBR's code area pointing at core.img,
+    which sits in the BIOS boot partition (both sector pointers patched as grub-install would)."""
+    core = work / "core.img"
+    proc.run(
+        ["grub-mkimage", "-O", "i386-pc", "-o", core, "-c", cfg, "-p", f"(hd0,gpt{ROOT_PARTNO})/boot/grub",
+         "biosdisk", "part_gpt", "ext2", "search", "search_fs_uuid", "linux", "echo"],
+        log=log,
+    )  # fmt: skip
+    data = bytearray(core.read_bytes())
+    if len(data) > bios.size_bytes:
+        raise DiskError(f"GRUB core.img ({len(data)} bytes) does not fit the BIOS boot partition")
+    # diskboot.img (core.img's first sector) ends with a blocklist: start LBA of the rest of core.img.
+    (default_start,) = struct.unpack_from("<Q", data, 0x1F4)
+    if default_start != 2:
+        raise DiskError(f"unexpected GRUB core.img layout (blocklist start {default_start}, expected 2)")
+    struct.pack_into("<Q", data, 0x1F4, bios.start + 1)
+    boot = bytearray((GRUB_I386_PC / "boot.img").read_bytes()[:440])
+    struct.pack_into("<Q", boot, 0x5C, bios.start)  # GRUB_BOOT_MACHINE_KERNEL_SECTOR
+    with disk.open("r+b") as f:
+        f.seek(0)
+        f.write(boot)  # code only: the disk signature and protective MBR entry stay
+        f.seek(bios.offset)
+        f.write(data)
+
+
+def _install_efi_grub(
+    disk: Path, esp: Partition, volid: str, cfg: Path, work: Path, log: LogSink | None
+) -> None:
+    """An ESP (mkfs.vfat + mtools, no mount) holding GRUB as the removable-media
+    path EFI/BOOT/BOOTX64.EFI, which UEFI firmware boots with no NVRAM entry."""
+    efi = work / "BOOTX64.EFI"
+    proc.run(
+        ["grub-mkimage", "-O", "x86_64-efi", "-o", efi, "-c", cfg, "-p", "/EFI/BOOT",
+         "part_gpt", "ext2", "fat", "search", "search_fs_uuid", "linux", "echo"],
+        log=log,
+    )  # fmt: skip
+    # Built as its own file and copied in: mtools misreads a FAT made with --offset inside a large file.
+    esp_img = work / "esp.img"
+    proc.run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-i", volid, "-h", str(esp.start), "-C", esp_img,
+              str(esp.size // 2)], log=log)  # fmt: skip
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    for folder in ("::/EFI", "::/EFI/BOOT"):
+        proc.run(["mmd", "-i", esp_img, folder], log=log, env=env)
+    proc.run(["mcopy", "-i", esp_img, efi, "::/EFI/BOOT/BOOTX64.EFI"], log=log, env=env)
+    with esp_img.open("rb") as src, disk.open("r+b") as dst:
+        dst.seek(esp.offset)
+        shutil.copyfileobj(src, dst, 4 * MiB)
+    esp_img.unlink()
+
+
+# --- conversions ----------------------------------------------------------------------------------
+
+
+def _atomic_out(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.with_name(f".{out.name}.partial")
+
+
+def to_vhd(raw: Path, out: Path, *, log: LogSink | None = None) -> Path:
+    """A fixed VHD as Azure takes it: ``subformat=fixed,force_size``, virtual size = the raw size (a whole
+    number of MiB), file = that + the 512-byte ``conectix`` footer. Checked after conversion."""
+    raw, out = Path(raw), Path(out)
+    size = raw.stat().st_size
+    if size % MiB:
+        raise DiskError(
+            f"{raw} is {size} bytes, not a whole number of MiB; Azure rejects such a VHD",
+            hint="build the disk with a size in whole MiB (build_disk does)",
+        )
+    tmp = _atomic_out(out)
+    try:
+        proc.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size", raw, tmp],
+            log=log,
+            timeout=_TIMEOUT,
+        )
+        footer = read_vhd_footer(tmp)
+        problems = []
+        if footer is None:
+            problems.append("no conectix footer")
+        else:
+            if footer["disk_type"] != VHD_FIXED:
+                problems.append(f"disk type {footer['disk_type']} (want 2, fixed)")
+            if footer["current_size"] != size or footer["original_size"] != size:
+                problems.append(f"footer size {footer['current_size']} != raw size {size}")
+            if not footer["checksum_ok"]:
+                problems.append("bad footer checksum")
+        if tmp.stat().st_size != size + 512:
+            problems.append(f"file size {tmp.stat().st_size} != {size} + 512")
+        if problems:
+            raise DiskError(f"qemu-img wrote a VHD Azure would reject ({out}): {'; '.join(problems)}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def to_qcow2(raw: Path, out: Path, *, compress: bool = False, log: LogSink | None = None) -> Path:
+    """A qcow2 copy of a raw disk (zstd-compressed clusters when `compress`)."""
+    raw, out = Path(raw), Path(out)
+    tmp = _atomic_out(out)
+    opts = ["-c", "-o", "compression_type=zstd"] if compress else []
+    try:
+        proc.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", *opts, raw, tmp], log=log, timeout=_TIMEOUT
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+# --- inspection -----------------------------------------------------------------------------------
+
+
+def read_vhd_footer(path: Path) -> dict[str, Any] | None:
+    """The parsed 512-byte VHD footer at the end of `path`, or None when there is none."""
+    with Path(path).open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 512:
+            return None
+        f.seek(-512, os.SEEK_END)
+        raw = f.read(512)
+    if raw[:8] != VHD_COOKIE:
+        return None
+    checksum = struct.unpack_from(">I", raw, 64)[0]
+    computed = (~sum(raw[:64] + b"\0\0\0\0" + raw[68:])) & 0xFFFFFFFF
+    cyl, heads, spt = struct.unpack_from(">HBB", raw, 56)
+    return {
+        "cookie": raw[:8].decode(),
+        "features": struct.unpack_from(">I", raw, 8)[0],
+        "format_version": struct.unpack_from(">I", raw, 12)[0],
+        "data_offset": struct.unpack_from(">Q", raw, 16)[0],
+        "creator_application": raw[28:32].decode("latin-1"),
+        "creator_host_os": raw[36:40].decode("latin-1"),
+        "original_size": struct.unpack_from(">Q", raw, 40)[0],
+        "current_size": struct.unpack_from(">Q", raw, 48)[0],
+        "geometry": {"cylinders": cyl, "heads": heads, "sectors_per_track": spt},
+        "disk_type": struct.unpack_from(">I", raw, 60)[0],
+        "checksum": checksum,
+        "checksum_ok": checksum == computed,
+        "uuid": str(uuid.UUID(bytes=raw[68:84])),
+    }
+
+
+def _detect_format(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[:4] == b"QFI\xfb":
+        return "qcow2"
+    if head == VHD_COOKIE or read_vhd_footer(path) is not None:
+        return "vpc"
+    return "raw"
+
+
+def _sfdisk_json(path: Path) -> dict[str, Any]:
+    done = proc.run(["sfdisk", "--json", path], timeout=60)
+    table: dict[str, Any] = json.loads(done.stdout)["partitiontable"]
+    return table
+
+
+def _partitions(table: dict[str, Any]) -> list[Partition]:
+    out = []
+    for p in table.get("partitions", []):
+        m = re.search(r"(\d+)$", p["node"])
+        out.append(
+            Partition(
+                number=int(m.group(1)) if m else 0,
+                start=int(p["start"]),
+                size=int(p["size"]),
+                type=str(p["type"]).upper(),
+                uuid=str(p.get("uuid", "")),
+                name=str(p.get("name", "")),
+            )
+        )
+    return sorted(out, key=lambda p: p.number)
+
+
+def inspect_disk(path: Path) -> dict[str, Any]:
+    """What a disk image is: ``format`` (raw | vpc | qcow2), ``file_size``, ``virtual_size``,
+    ``footer`` (VHD), ``partition_table`` (sfdisk's JSON, raw and fixed VHD), ``partitions`` and
+    ``root_offset`` (byte offset of the root filesystem, or None)."""
+    path = Path(path)
+    fmt = _detect_format(path)
+    info = json.loads(proc.run(["qemu-img", "info", "-f", fmt, "--output=json", path], timeout=60).stdout)
+    out: dict[str, Any] = {
+        "path": str(path),
+        "format": fmt,
+        "file_size": path.stat().st_size,
+        "virtual_size": int(info["virtual-size"]),
+        "footer": read_vhd_footer(path) if fmt == "vpc" else None,
+        "partition_table": None,
+        "partitions": [],
+        "root_offset": None,
+    }
+    if fmt in ("raw", "vpc"):
+        with contextlib.suppress(proc.CommandError, KeyError, ValueError):
+            table = _sfdisk_json(path)
+            out["partition_table"] = table
+            parts = _partitions(table)
+            out["partitions"] = [asdict(p) for p in parts]
+            root = _root_partition(parts)
+            out["root_offset"] = root.offset if root else None
+    return out
+
+
+def _root_partition(parts: list[Partition]) -> Partition | None:
+    linux = [p for p in parts if p.type in (GPT_ROOT_X86_64, GPT_LINUX_FS, "83")]
+    if not linux:
+        return None
+    return next((p for p in linux if p.number == ROOT_PARTNO), max(linux, key=lambda p: p.size))
+
+
+def root_offset(disk: Path) -> int:
+    """Byte offset of the root (ext4) partition of a raw or fixed-VHD disk."""
+    disk = Path(disk)
+    if _detect_format(disk) == "qcow2":
+        raise DiskError(f"{disk} is qcow2; debugfs reads raw or fixed VHD", hint="convert it to raw first")
+    root = _root_partition(_partitions(_sfdisk_json(disk)))
+    if root is None:
+        raise DiskError(f"{disk} has no Linux root partition", hint="was it made by build_disk?")
+    return root.offset
+
+
+def _debugfs(disk: Path, offset: int, request: str) -> proc.Completed:
+    return proc.run(["debugfs", "-R", request, f"{disk}?offset={offset}"], timeout=120, echo_output=False)
+
+
+def stat_in_disk(disk: Path, path_in_fs: str, *, offset: int | None = None) -> dict[str, Any]:
+    """``type`` (regular | directory | symlink | …), ``mode`` (permission bits), ``uid``, ``gid``, ``size``
+    and ``link`` (symlink target) of a path in the root filesystem, read with debugfs (no mount)."""
+    off = root_offset(disk) if offset is None else offset
+    done = _debugfs(disk, off, f"stat {_debugfs_path(path_in_fs)}")
+    if "File not found" in done.stderr or not done.stdout.strip():
+        raise FileNotFoundError(f"{path_in_fs} is not in the filesystem of {disk}")
+    text = done.stdout
+    m_type = re.search(r"Type:\s+(\S+)\s+Mode:\s+(\d+)", text)
+    m_user = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", text)
+    m_size = re.search(r"Size:\s+(\d+)", text)
+    m_link = re.search(r'Fast link dest:\s+"(.*)"', text)
+    if not (m_type and m_user and m_size):
+        raise DiskError(f"cannot parse debugfs stat of {path_in_fs} in {disk}: {text[:200]!r}")
+    kind = m_type.group(1)
+    link = m_link.group(1) if m_link else None
+    if kind == "symlink" and link is None:
+        link = _debugfs(disk, off, f"cat {_debugfs_path(path_in_fs)}").stdout_bytes.decode()
+    return {
+        "type": kind,
+        "mode": int(m_type.group(2), 8),
+        "uid": int(m_user.group(1)),
+        "gid": int(m_user.group(2)),
+        "size": int(m_size.group(1)),
+        "link": link,
+    }
+
+
+def read_file_from_disk(raw: Path, path_in_fs: str, *, offset: int | None = None) -> bytes:
+    """The contents of a file in the root filesystem of a raw or fixed-VHD disk (debugfs, no mount).
+    Symlinks are followed inside the image. Raises FileNotFoundError / IsADirectoryError."""
+    off = root_offset(raw) if offset is None else offset
+    path = path_in_fs
+    for _ in range(16):
+        st = stat_in_disk(raw, path, offset=off)
+        if st["type"] == "symlink":
+            target = str(st["link"])
+            path = os.path.normpath(
+                target if target.startswith("/") else os.path.join(os.path.dirname(path), target)
+            )
+            continue
+        if st["type"] == "directory":
+            raise IsADirectoryError(f"{path_in_fs} is a directory in {raw}")
+        return _debugfs(raw, off, f"cat {_debugfs_path(path)}").stdout_bytes
+    raise DiskError(f"too many symlinks resolving {path_in_fs} in {raw}")
