@@ -56,6 +56,28 @@ def test_retry_succeeds_with_dtfx_sequence_numbers(server, run):
     ]
 
 
+def test_retries_interleaved_with_other_work(server, run):
+    c = server.client()
+    tag = f"i{uuid.uuid4().hex[:6]}"
+    iid = run(c.start_new("retry_interleaved", None, tag))
+    st = wait_for(run, c, iid)
+    assert st.runtime_status.value == "Completed", st.output
+    out = st.output
+    assert out[:3] == [f"{tag}A ok after 2", "Hello B!", f"{tag}C ok after 3"]
+    assert out[3] in ("Hello E!", f"{tag}D ok after 2") and out[4] == "Hello F!"
+    ids = _ids(server, iid)
+    scheduled = [i for k, i in ids if k in ("TaskScheduled", "TimerCreated", "EventSent")]
+    assert sorted(scheduled) == list(range(len(scheduled))), ids  # every id used once, none skipped
+    assert scheduled[:3] == [0, 1, 2]
+
+
+def test_max_concurrent_activity_functions(server, run):
+    c = server.client()
+    iid = run(c.start_new("probe_fan_out", None, None))
+    st = wait_for(run, c, iid)
+    assert 2 <= st.output <= 4  # host.json maxConcurrentActivityFunctions = 4
+
+
 def test_retries_that_exhaust_raise_in_the_orchestrator(server, run):
     c = server.client()
     iid = run(c.start_new("retry_exhausts", None, None))

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import threading
 from datetime import timedelta
 
 import azure.durable_functions as df
@@ -78,7 +79,51 @@ def always_fails(x: str) -> str:
     raise RuntimeError(f"nope {x}")
 
 
+_probe_lock = threading.Lock()
+_probe = {"now": 0, "max": 0}
+
+
+@app.activity_trigger(input_name="x")
+def concurrency_probe(x: int) -> int:
+    """Records how many activities run at once (sync activities run on the host's worker threads)."""
+    import time
+
+    with _probe_lock:
+        _probe["now"] += 1
+        _probe["max"] = max(_probe["max"], _probe["now"])
+    time.sleep(0.05)
+    with _probe_lock:
+        _probe["now"] -= 1
+    return _probe["max"]
+
+
 # ---------------------------------------------------------------- orchestrators
+@app.orchestration_trigger(context_name="context")
+def probe_fan_out(context: df.DurableOrchestrationContext):
+    results = yield context.task_all([context.call_activity("concurrency_probe", i) for i in range(12)])
+    return max(results)
+
+
+@app.orchestration_trigger(context_name="context")
+def retry_interleaved(context: df.DurableOrchestrationContext):
+    """Retries interleaved with plain calls, a signal and a timer: ids must match DTFx exactly."""
+    tag = context.get_input()
+    first = context.call_activity_with_retry("flaky", RETRY, f"{tag}A:2")
+    plain = context.call_activity("say_hello", "B")
+    second = context.call_activity_with_retry("flaky", RETRY, f"{tag}C:3")
+    results = yield context.task_all([first, plain, second])
+    context.signal_entity(df.EntityId("Counter", tag), "add", 1)
+    yield context.create_timer(context.current_utc_datetime + timedelta(milliseconds=10))
+    winner = yield context.task_any(
+        [
+            context.call_activity_with_retry("flaky", RETRY, f"{tag}D:2"),
+            context.call_activity("say_hello", "E"),
+        ]
+    )
+    last = yield context.call_activity("say_hello", "F")
+    return [*results, winner.result, last]
+
+
 @app.orchestration_trigger(context_name="context")
 def hello_sequence(context: df.DurableOrchestrationContext):
     a = yield context.call_activity("say_hello", "Tokyo")
