@@ -175,6 +175,39 @@ def _check_sha(value: str) -> str:
 Sha256 = Annotated[str, AfterValidator(_check_sha)]
 
 
+MAX_TAGS = 50
+_TAG_NAME_FORBIDDEN = set("<>%&\\?/")
+
+
+def _check_tags(tags: dict[str, str]) -> dict[str, str]:
+    """ARM's tag limits (they apply to the template and to everything tagged from it)."""
+    issues: list[Issue] = []
+    if len(tags) > MAX_TAGS:
+        issues.append(Issue(E.INVALID_PARAMETER, f"At most {MAX_TAGS} tags are allowed, got {len(tags)}."))
+    for name, value in tags.items():
+        if not name or len(name) > 512 or _TAG_NAME_FORBIDDEN & set(name):
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    f"Tag name {_q(name)} is invalid: use 1 to 512 characters, none of < > % & \\ ? /.",
+                    name if name and "." not in name else "",
+                )
+            )
+        elif len(value) > 256:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    f"The value of tag {_q(name)} is longer than 256 characters.",
+                    name if "." not in name else "",
+                )
+            )
+    _raise(issues)
+    return tags
+
+
+Tags = Annotated[dict[str, str], AfterValidator(_check_tags)]
+
+
 def _check_script(
     script_uri: str | None, inline: list[str] | None, no_script_code: str, kind: str
 ) -> list[Issue]:
@@ -609,7 +642,7 @@ DistributeVersioner = Annotated[
 
 class _Distributor(ArmModel):
     run_output_name: str
-    artifact_tags: dict[str, str] | None = None
+    artifact_tags: Tags | None = None
 
     @field_validator("run_output_name")
     @classmethod
@@ -948,7 +981,7 @@ class ImageTemplateProperties(ArmModel):
     additional_data_disks: list[DataDisk] | None = None
     staging_resource_group: str | None = None
     auto_run: ImageTemplateAutoRun | None = None
-    managed_resource_tags: dict[str, str] | None = None
+    managed_resource_tags: Tags | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> ImageTemplateProperties:
@@ -1105,7 +1138,7 @@ class ImageTemplate(ArmModel):
     read_only = (*RESOURCE_READ_ONLY, "apiVersion", "dependsOn", "comments")
 
     location: str
-    tags: dict[str, str] | None = None
+    tags: Tags | None = None
     identity: ImageTemplateIdentity | None = None
     properties: ImageTemplateProperties
 
@@ -1148,7 +1181,7 @@ class ImageTemplateUpdate(ArmModel):
     read_only = RESOURCE_READ_ONLY
 
     identity: ImageTemplateIdentity | None = None
-    tags: dict[str, str] | None = None
+    tags: Tags | None = None
     properties: ImageTemplateUpdateProperties | None = None
 
 

@@ -578,6 +578,28 @@ BAD: list[tuple[str, list[tuple[str, Any]], str, str, str | None]] = [
     ),
     ("tag-value-not-string", [("tags.team", 5)], "2025-10-01", "InvalidRequestContent", "tags.team"),
     (
+        "tag-name-forbidden-char",
+        [("tags", {"cost/center": "x"})],
+        "2025-10-01",
+        "InvalidParameter",
+        "tags.cost/center",
+    ),
+    ("tag-value-too-long", [("tags", {"team": "v" * 257})], "2025-10-01", "InvalidParameter", "tags.team"),
+    (
+        "too-many-tags",
+        [("tags", {f"t{i}": "v" for i in range(51)})],
+        "2025-10-01",
+        "InvalidParameter",
+        "tags",
+    ),
+    (
+        "artifact-tag-empty-name",
+        [(f"{D0}.artifactTags", {"": "v"})],
+        "2025-10-01",
+        "InvalidParameter",
+        f"{D0}.artifactTags",
+    ),
+    (
         "unknown-member",
         [("properties.customise", [])],
         "2025-10-01",
