@@ -45,7 +45,7 @@ def test_namespaces_identity_and_clean_environment(root: Path, monkeypatch: pyte
     assert done.returncode == 0, done.tail
     out = done.stdout
     assert "pid=1\n" in out or "pid=2\n" in out  # bwrap's own init may be pid 1
-    assert "imagebuilder\n" in out
+    assert "localhost\n" in out
     assert "\n0\n" in out
     assert "SECRET_TOKEN" not in out and "do-not-leak" not in out
     assert "DEBIAN_FRONTEND=noninteractive" in out

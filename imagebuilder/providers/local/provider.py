@@ -16,6 +16,7 @@ that may work next time) and `ProviderConfigError` (a tool missing) are raised.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import importlib
@@ -39,7 +40,7 @@ from imagebuilder.pipeline.messages import (
     SourceInfo,
     StepResult,
 )
-from imagebuilder.providers.base import ComputeProvider, LogSink, ProviderError
+from imagebuilder.providers.base import ComputeProvider, LogSink, ProviderError, TransientProviderError
 from imagebuilder.providers.local import artifacts, catalog, customizers, deprovision, proc, sandbox
 from imagebuilder.providers.local.gallery import GalleryError, GalleryImageId, ImageId, Stores, sha256_file
 from imagebuilder.providers.local.layout import RunLayout, is_within, safe_name, short_hash
@@ -80,10 +81,11 @@ class _Tee:
 
     def write(self, text: str) -> None:
         self._inner.write(text)
+        # Never creates the folder: a step still writing after cleanup must not bring the run back.
         with contextlib.suppress(OSError):
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with self._path.open("a") as fh:
-                fh.write(text)
+            if self._path.parent.is_dir():
+                with self._path.open("a") as fh:
+                    fh.write(text)
 
 
 class LocalProvider(ComputeProvider):
@@ -165,6 +167,7 @@ class LocalProvider(ComputeProvider):
                 data = json.loads(record.read_text())
                 if data.get("template_sha256") == digest:
                     return PrepareResult.model_validate(data["result"])
+        layout.logs.mkdir(parents=True, exist_ok=True)
         log = self._log(layout, log, "prepare")
         try:
             customizers.check_supported(build.template)
@@ -310,6 +313,7 @@ class LocalProvider(ComputeProvider):
 
     def create_build_env(self, build: BuildInput, prepared: PrepareResult, log: LogSink) -> BuildEnv:
         layout = self.layout(build)
+        layout.logs.mkdir(parents=True, exist_ok=True)
         log = self._log(layout, log, "build")
         if layout.env_record.is_file():
             recorded: dict[str, Any] = json.loads(layout.env_record.read_text())
@@ -369,8 +373,10 @@ class LocalProvider(ComputeProvider):
 
     def _make_root(self, layout: RunLayout, lower: Path, tarball: Path, log: LogSink) -> str:
         """Overlay (lower = the extracted base, upper = the run) or, where that fails, a plain extract."""
-        if self._mounted(layout.root):
-            proc.run(["umount", str(layout.root)], log=log, timeout=60)
+        for point in sorted(_mounts_under(layout.build), key=len, reverse=True):
+            proc.run(["umount", point], log=log, timeout=60)
+        if _mounts_under(layout.build):
+            raise ProviderError(f"cannot unmount what is mounted under {layout.build}")
         shutil.rmtree(layout.build, ignore_errors=True)
         layout.build.mkdir(parents=True, exist_ok=True)
         if not any(c in str(p) for p in (lower, layout.build) for c in ",:"):
@@ -641,33 +647,68 @@ class LocalProvider(ComputeProvider):
         bootable = bool(env.handle.get("bootable", False))
         raw = layout.capture / "disk.raw"
         vhd = layout.capture / "disk.vhd"
-        info = disk.build_disk(root, raw, generation=generation, bootable=bootable, log=clog)
-        disk.to_vhd(raw, vhd, log=clog)
-        image: dict[str, Any] = {
-            "format": "vhd",
-            "vhd": str(vhd),
-            "generation": generation,
-            "bootable": bootable,
-            "disk": _plain(info),
-        }
-        if _true(self._tags(build).get(TAG_QCOW2.lower(), "")) or _true(os.environ.get(QCOW2_ENV, "")):
-            qcow2 = layout.capture / "disk.qcow2"
-            disk.to_qcow2(raw, qcow2, log=clog)
-            image["qcow2"] = str(qcow2)
-        raw.unlink()
         rootfs = layout.capture / "rootfs.tar.zst"
-        proc.run(
-            ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*", "-I", "zstd -T0 -3",
-             "-cf", str(rootfs), "."],
-            log=clog, timeout=1800,
-        )  # fmt: skip
+        timings: dict[str, float] = {}
+        # The root tree tarball (for layering) is written while the disk is built: two cores, two jobs.
+        tar_argv = ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                    "-I", "zstd -T0 -1", "-cf", str(rootfs), "."]  # fmt: skip
+        clog.write(f"$ {proc.format_argv(tar_argv)}\n")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            tar_job = pool.submit(_timed, lambda: proc.run(tar_argv, timeout=1800))
+            try:
+                t0 = time.monotonic()
+                info = disk.build_disk(root, raw, generation=generation, bootable=bootable, log=clog)
+                timings["build_disk"] = time.monotonic() - t0
+                t0 = time.monotonic()
+                disk.to_vhd(raw, vhd, log=clog)
+                timings["to_vhd"] = time.monotonic() - t0
+                image: dict[str, Any] = {
+                    "format": "vhd",
+                    "vhd": str(vhd),
+                    "generation": generation,
+                    "bootable": bootable,
+                    "disk": _plain(info),
+                }
+                if _true(self._tags(build).get(TAG_QCOW2.lower(), "")) or _true(
+                    os.environ.get(QCOW2_ENV, "")
+                ):
+                    t0 = time.monotonic()
+                    qcow2 = layout.capture / "disk.qcow2"
+                    disk.to_qcow2(raw, qcow2, log=clog)
+                    image["qcow2"] = str(qcow2)
+                    timings["to_qcow2"] = time.monotonic() - t0
+                raw.unlink()
+                t0 = time.monotonic()
+                image["sha256"] = sha256_file(vhd)
+                timings["sha256"] = time.monotonic() - t0
+                timings["rootfs_tar"] = tar_job.result()
+            except ProviderError as exc:
+                tar_job.cancel()
+                with contextlib.suppress(Exception):
+                    tar_job.result()
+                if isinstance(exc, TransientProviderError):
+                    raise
+                tail = list(getattr(exc, "tail", []) or [])[-LOG_TAIL:]
+                clog.write(f"! capture failed: {exc}\n")
+                return CaptureResult(
+                    status="failed",
+                    error=ErrorInfo(
+                        code="CaptureFailed",
+                        message=f"capture failed: {exc}",
+                        step="capture",
+                        exit_code=getattr(exc, "returncode", None),
+                        log_tail=tail,
+                        log_uri=log.uri or None,
+                    ),
+                )
         image["rootfs"] = str(rootfs)
-        image["sha256"] = sha256_file(vhd)
         image["size"] = vhd.stat().st_size
         image["source"] = env.handle.get("source")
         image["seconds"] = round(time.monotonic() - start, 3)
+        image["timings"] = {k: round(v, 3) for k, v in timings.items()}
         clog.write(
-            f"[capture] {vhd} ({image['size']} bytes, sha256 {image['sha256']}) in {image['seconds']} s\n"
+            f"[capture] {vhd} ({image['size']} bytes, sha256 {image['sha256']}) in {image['seconds']} s "
+            f"{image['timings']}\n"
         )
         result = CaptureResult(status="succeeded", image=image)
         record.write_text(result.model_dump_json())
@@ -1043,6 +1084,12 @@ def _loops_under(folder: Path) -> list[str]:
             if path == base or path.startswith(base + "/"):
                 out.append("/dev/" + backing.parent.parent.name)
     return out
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
 
 
 def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:

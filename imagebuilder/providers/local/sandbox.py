@@ -19,7 +19,7 @@ from imagebuilder.providers.base import LogSink
 from imagebuilder.providers.local import proc
 
 INBOX = "/run/imagebuilder"
-HOSTNAME = "imagebuilder"
+HOSTNAME = "localhost"  # resolvable from every image's /etc/hosts (sudo looks it up)
 RUN_MARKER_ENV = "IMAGEBUILDER_SANDBOX_RUN"
 PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{INBOX}/bin"
 
