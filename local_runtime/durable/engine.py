@@ -716,10 +716,18 @@ class Engine:
         if not batch or self.store is None:
             return
         fx = _Effects()
-        with self.db.transaction() as c:
-            for w, ev in batch:
-                if self.db.delete_work(c, w):  # gone if the instance was terminated, purged or restarted
-                    fx.inbox.append(self.db.add_inbox(c, w.instance_id, w.execution_id, time.time(), ev))
+        try:
+            with self.db.transaction() as c:
+                for w, ev in batch:
+                    if self.db.delete_work(c, w):  # gone if the instance was terminated, purged or restarted
+                        fx.inbox.append(self.db.add_inbox(c, w.instance_id, w.execution_id, time.time(), ev))
+        except Exception:
+            log.exception("durable: recording %d activity completions failed; retrying", len(batch))
+            self.completions[:0] = batch
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_later(1.0, self._flush_completions)
+            return
         for w, _ in batch:
             left = self.outstanding.get(w.instance_id, 1) - 1
             if left > 0:
