@@ -266,6 +266,9 @@ class FakeArm(HttpTransport):
         )
         if m:
             return self._op_status(m.group(2), m.group(3))
+        m = re.fullmatch(r"/operationresults/([^/]+)", rest)
+        if m:
+            return self._op_status("operationresults", m.group(1))
         if rest == "/resourcegroups" or rest == "/resources":
             self._check_api(query, "resources", path)
             return self._list_tagged(rest, query)
@@ -478,7 +481,7 @@ class FakeArm(HttpTransport):
             return (
                 202,
                 {
-                    "Location": f"https://{ARM}/subscriptions/{SUB}/providers/Microsoft.Compute/locations/{self.location}/operationResults/{op.id}?api-version={API['resources']}",
+                    "Location": f"https://{ARM}/subscriptions/{SUB}/operationresults/{op.id}?api-version={API['resources']}",
                     "Retry-After": "15",
                 },
                 None,
