@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -163,3 +170,68 @@ def minimal_template(**props: Any) -> dict[str, Any]:
             **props,
         },
     }
+
+
+# -- the local runtime -----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+SDK_APP = Path(__file__).resolve().parent / "apps" / "sdk_app"
+
+
+class Runtime:
+    """`python -m local_runtime start tests/api/apps/sdk_app --port 0 --state-dir DIR` as a subprocess."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
+        self.state_dir = state_dir
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env, "PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-m", "local_runtime", "start", str(SDK_APP), "--port", "0"]
+        argv += ["--state-dir", str(state_dir)]
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = self._wait(r"^Listening on (http://\S+)$").group(1)
+        keys = json.loads((state_dir / "keys.json").read_text())
+        self.key: str = keys["functionKeys"]["default"]
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def _wait(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                m = rx.search(line)
+                if m:
+                    return m
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"the runtime did not print {pattern!r}; output:\n" + "\n".join(self.lines))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+
+
+@pytest.fixture(scope="session")
+def runtime(api_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    rt = Runtime(
+        tmp_path_factory.mktemp("sdk-runtime"),
+        {"AzureWebJobsStorage": api_azurite.connection_string, "IMAGEBUILDER_LIST_PAGE_SIZE": "3"},
+    )
+    try:
+        yield rt
+    finally:
+        rt.stop()

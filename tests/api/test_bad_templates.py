@@ -5,6 +5,7 @@ leaves a partial template behind."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -241,15 +242,19 @@ KEYS = [
 
 
 def _mutate(body: dict[str, Any], path: str, value: Any, delete: bool) -> dict[str, Any]:
+    """Set (or delete) the member at a dotted path, if the path still exists in the body."""
     node: Any = body
     parts = path.split(".")
     for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.get(part)
+        if isinstance(node, list):
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        elif isinstance(node, dict):
+            node = node.get(part)
         if not isinstance(node, dict | list):
             return body
     last = parts[-1]
     if isinstance(node, list):
-        if int(last) < len(node):
+        if last.isdigit() and int(last) < len(node):
             node[int(last)] = value
     elif delete:
         node.pop(last, None)
@@ -259,7 +264,7 @@ def _mutate(body: dict[str, Any], path: str, value: Any, delete: bool) -> dict[s
 
 
 @settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("API_FUZZ_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
