@@ -536,3 +536,27 @@ def test_layering_on_a_gallery_version_and_a_managed_image(provider: LocalProvid
         assert_no_leaks(provider, dept)
     versions = sorted(os.listdir(Path(out.artifact_uri.removeprefix("file://")).parent.parent.parent))  # type: ignore[union-attr]
     assert [v for v in versions if v[0].isdigit()] == ["1.0.0", "1.0.1", "1.0.2"]
+
+
+def test_cleanup_during_a_running_customizer_stops_it(provider: LocalProvider) -> None:
+    import threading
+    import time
+
+    build = build_input(
+        {"customize": [{"type": "Shell", "name": "long", "inline": ["echo begun", "sleep 120"]}]}
+    )
+    log = RecLog()
+    prepared = provider.prepare(build, log)
+    env = provider.create_build_env(build, prepared, log)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(provider.customize(build, env, 0, log)))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while "begun" not in log.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report = provider.cleanup(build, keep=False, log=log)  # what a cancel does
+    worker.join(30)
+    assert not worker.is_alive()
+    assert any(r.startswith("process ") for r in report.removed)
+    assert results[0].status == "failed"
+    assert_no_leaks(provider, build)

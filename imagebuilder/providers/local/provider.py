@@ -726,7 +726,7 @@ class LocalProvider(ComputeProvider):
             )
         target = targets[target_index]
         field = f"properties.distribute[{target_index}]"
-        name = str(target.get("runOutputName") or f"output{target_index}")
+        name = str(target.get("runOutputName") or f"distribute{target_index}")
         typ = str(target.get("type") or "")
         step = f"distribute[{target_index}] ({typ}: {name}) {region}"
         layout = self.layout(build)
