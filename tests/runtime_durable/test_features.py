@@ -150,8 +150,8 @@ def test_timer_then_activity(server, run):
     assert time.monotonic() - t0 >= 0.3
 
 
-def test_raw_event_body_and_buffered_event_quirk(server, run):
-    """A raw JSON body arrives as-is; one early event satisfies both waits (SDK quirk, as on Azure)."""
+def test_raw_event_bodies_arrive_as_json(server, run):
+    """A raw JSON body (curl, not the Python client) arrives as JSON; two events feed two waits."""
     c = server.client()
     iid = run(c.start_new("two_waits", None, None))
     wait_for(run, c, iid, ("Running",))
@@ -168,6 +168,29 @@ def test_raw_event_body_and_buffered_event_quirk(server, run):
     st = wait_for(run, c, iid)
     assert st.output == [{"ok": True}, 2]
     assert run(post(f"{server.host.rpc_base_url}instances/{iid}/raiseEvent/E", b"3")) == 410
+
+
+def test_one_buffered_event_satisfies_two_waits(server, run):
+    """SDK quirk (§8.2): an event raised before the waits resolves both of them, as on Azure."""
+    c = server.client()
+    iid = run(c.start_new("late_waits", None, None))
+    wait_for(run, c, iid, ("Running",))
+    run(c.raise_event(iid, "E", 1))
+    st = wait_for(run, c, iid)
+    assert st.output == ["1", "1"]
+
+
+def test_durable_names(server, run):
+    """call_activity(fn_obj) sends the def name, not activity=... (quirk §8.5); names are case-insensitive."""
+    c = server.client()
+    iid = run(c.start_new("calls_by_function_object", None, None))
+    st = wait_for(run, c, iid)
+    assert st.runtime_status.value == "Failed"
+    assert (
+        "The function 'original_def' doesn't exist, is disabled, or is not an activity function" in st.output
+    )
+    iid = run(c.start_new("calls_by_durable_name", None, None))
+    assert wait_for(run, c, iid).output == 1
 
 
 def test_continue_as_new(server, run):

@@ -210,6 +210,31 @@ def two_waits(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def late_waits(context: df.DurableOrchestrationContext):
+    yield context.call_activity("slow_inc", "late:0")
+    a = yield context.wait_for_external_event("E")
+    b = yield context.wait_for_external_event("E")
+    return [a, b]
+
+
+@app.activity_trigger(input_name="x", activity="renamed_activity")
+def original_def(x: int) -> int:
+    return x
+
+
+@app.orchestration_trigger(context_name="context")
+def calls_by_function_object(context: df.DurableOrchestrationContext):
+    r = yield context.call_activity(original_def, 1)
+    return r
+
+
+@app.orchestration_trigger(context_name="context")
+def calls_by_durable_name(context: df.DurableOrchestrationContext):
+    r = yield context.call_activity("Renamed_Activity", 1)
+    return r
+
+
+@app.orchestration_trigger(context_name="context")
 def child(context: df.DurableOrchestrationContext):
     n = context.get_input()
     if n <= 0:
