@@ -16,12 +16,12 @@ import azure.durable_functions as df
 
 from api._arm import ArmError, in_thread
 from imagebuilder.pipeline.messages import BuildInput, RunRef
+from imagebuilder.pipeline.naming import BUILD_ORCHESTRATION, CANCEL_EVENT
 from imagebuilder.store import RunInProgressError, RunRecord, Store, StoredTemplate
 
 log = logging.getLogger("api.builds")
 
-ORCHESTRATION = "build_image"
-CANCEL_EVENT = "cancel"
+ORCHESTRATION = BUILD_ORCHESTRATION
 _DEAD = {"Failed", "Terminated", "Canceled"}
 
 
