@@ -875,7 +875,8 @@ class FakeArm(HttpTransport):
         if method == "PUT":
             self._check_tags(path, body)
             props = body.get("properties") or {}
-            source = ((props.get("storageProfile") or {}).get("source") or {}).get("id", "")
+            src = (props.get("storageProfile") or {}).get("source") or {}
+            source = src.get("id") or src.get("virtualMachineId") or ""
             if source.lower() not in self.resources:
                 return self.error(400, "InvalidParameter", f"source {source} not found")
             regions = (props.get("publishingProfile") or {}).get("targetRegions") or []

@@ -266,3 +266,45 @@ def test_find_orphans_lists_what_a_run_left(provider, arm):
     assert {o["run"] for o in orphans} == {RUN}
     assert all(o["template"].endswith("/imageTemplates/myImageTemplate") for o in orphans)
     assert find_orphans(SUB, provider=provider, active_runs={RUN}) == []
+
+
+def test_trusted_launch_gallery_source_builds_a_trusted_launch_vm_and_publishes_from_the_vm(provider, arm):
+    log = ListLog()
+    arm.resources[GALLERY_IMAGE.lower()]["properties"]["features"] = [
+        {"name": "SecurityType", "value": "TrustedLaunch"}
+    ]
+    arm.resources[GALLERY_IMAGE.lower()]["properties"]["hyperVGeneration"] = "V2"
+    template = linux_template()
+    template["properties"]["source"] = {
+        "type": "SharedImageVersion",
+        "imageVersionId": f"{GALLERY_IMAGE}/versions/1.0.0",
+    }
+    build = build_input(template)
+    prepared = provider.prepare(build, log)
+    env, _ = settle(provider, provider.create_build_env(build, prepared, log), log)
+    props = arm.vm_bodies[0]["properties"]
+    assert props["securityProfile"] == {
+        "securityType": "TrustedLaunch",
+        "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True},
+    }
+    linux = props["osProfile"]["linuxConfiguration"]
+    assert "adminPassword" not in props["osProfile"] and linux["disablePasswordAuthentication"] is True
+    assert linux["ssh"]["publicKeys"][0]["keyData"].startswith("ssh-rsa ")
+    settle(provider, provider.generalize(build, env, log), log)
+    captured, _ = settle(provider, provider.capture(build, env, log), log)
+    assert captured.image["managed_image_id"] is None and captured.image["trusted_launch"] is True
+    sig, _ = settle(provider, provider.distribute(build, captured, 0, "westus", log), log)
+    assert sig.status == "succeeded"
+    version = arm.resources[sig.artifact_id.lower()]
+    assert version["properties"]["storageProfile"]["source"] == {"virtualMachineId": env.handle["vm_id"]}
+    managed, _ = settle(provider, provider.distribute(build, captured, 1, "westus", log), log)
+    assert managed.status == "failed" and managed.error.code == "TrustedLaunchNotSupported"
+    assert provider.cleanup(build, keep=False, log=log).errors == []
+    assert arm.problems == []
+
+
+def test_standard_security_is_explicit_for_gen1_and_gen2(provider, arm):
+    log = ListLog()
+    build = build_input(linux_template())
+    settle(provider, provider.create_build_env(build, provider.prepare(build, log), log), log)
+    assert arm.vm_bodies[0]["properties"]["securityProfile"] == {"securityType": "Standard"}

@@ -654,6 +654,8 @@ class AzureProvider(ComputeProvider):
                 "properties.source.imageVersionId points at a Specialized image definition; "
                 "use a Generalized one",
             )
+        features = {str(f.get("name")): str(f.get("value")) for f in props.get("features") or []}
+        security = features.get("SecurityType", "Standard")
         exact = re.sub(r"/versions/[^/]+$", f"/versions/{version}", version_id, flags=re.IGNORECASE)
         plan = props.get("purchasePlan")
         return SourceInfo(
@@ -664,6 +666,7 @@ class AzureProvider(ComputeProvider):
             details={
                 "os_type": props.get("osType", "Linux"),
                 "image_reference": {"id": exact},
+                "security_type": "TrustedLaunch" if security == "TrustedLaunch" else "Standard",
                 "plan": (
                     {
                         "name": plan.get("name"),
@@ -862,20 +865,22 @@ class AzureProvider(ComputeProvider):
             }
             for lun, disk in enumerate(ctx.props.get("additionalDataDisks") or [])
         ]
-        # Nobody signs in (no inbound port, Run Command only); the password never leaves this call and is
-        # removed with the account by deprovisioning.
-        password = secrets.token_urlsafe(24) + "aA1!"
-        os_profile: dict[str, Any] = {
-            "computerName": ctx.names.computer,
-            "adminUsername": ADMIN_USER,
-            "adminPassword": password,
-        }
+        # Nobody signs in (no inbound port, Run Command only). Linux gets a throwaway SSH key whose private
+        # half is never kept; Windows needs a password, made here, never stored or logged. Deprovisioning
+        # removes the account either way.
+        os_profile: dict[str, Any] = {"computerName": ctx.names.computer, "adminUsername": ADMIN_USER}
         if os_type == "Linux":
             os_profile["linuxConfiguration"] = {
-                "disablePasswordAuthentication": False,
+                "disablePasswordAuthentication": True,
                 "provisionVMAgent": True,
+                "ssh": {
+                    "publicKeys": [
+                        {"path": f"/home/{ADMIN_USER}/.ssh/authorized_keys", "keyData": _throwaway_ssh_key()}
+                    ]
+                },
             }
         else:
+            os_profile["adminPassword"] = secrets.token_urlsafe(24) + "aA1!"
             os_profile["windowsConfiguration"] = {"provisionVMAgent": True, "enableAutomaticUpdates": False}
         body: dict[str, Any] = {
             "location": ctx.location,
@@ -896,6 +901,15 @@ class AzureProvider(ComputeProvider):
                 "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
             },
         }
+        if source.details.get("security_type") == "TrustedLaunch":
+            body["properties"]["securityProfile"] = {
+                "securityType": "TrustedLaunch",
+                "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True},
+            }
+        else:
+            # Explicit: newer API versions default Gen2 VMs to Trusted Launch, which cannot be captured
+            # into a managed image.
+            body["properties"]["securityProfile"] = {"securityType": "Standard"}
         plan = source.details.get("plan")
         if plan:
             body["plan"] = plan
@@ -1200,24 +1214,28 @@ class AzureProvider(ComputeProvider):
         env = BuildEnv.model_validate(ctx.args["env"]).handle
         rg, vm_id = env["resource_group"], env["vm_id"]
         compute = ctx.arm.compute
-        image = self._ensure(
-            ctx,
-            f"image {ctx.names.image}",
-            lambda: compute.images.get(rg, ctx.names.image),
-            lambda body, p: compute.images.begin_create_or_update(rg, ctx.names.image, body, polling=p),
-            lambda: {
-                "location": env["location"],
-                "tags": self._tags(ctx),
-                "properties": {
-                    "sourceVirtualMachine": {"id": vm_id},
-                    "hyperVGeneration": env["hyper_v_generation"],
+        trusted = (env.get("source") or {}).get("details", {}).get("security_type") == "TrustedLaunch"
+        image: dict[str, Any] = {}
+        if not trusted:  # a Trusted Launch VM cannot become a managed image: galleries take the VM itself
+            image = self._ensure(
+                ctx,
+                f"image {ctx.names.image}",
+                lambda: compute.images.get(rg, ctx.names.image),
+                lambda body, p: compute.images.begin_create_or_update(rg, ctx.names.image, body, polling=p),
+                lambda: {
+                    "location": env["location"],
+                    "tags": self._tags(ctx),
+                    "properties": {
+                        "sourceVirtualMachine": {"id": vm_id},
+                        "hyperVGeneration": env["hyper_v_generation"],
+                    },
                 },
-            },
-        )
+            )
         return CaptureResult(
             status="succeeded",
             image={
                 "managed_image_id": image.get("id"),
+                "trusted_launch": trusted,
                 "vm_id": vm_id,
                 "resource_group": rg,
                 "os_disk": env["os_disk"],
@@ -1351,7 +1369,13 @@ class AzureProvider(ComputeProvider):
                 ),
                 "properties": {
                     "publishingProfile": publishing,
-                    "storageProfile": {"source": {"id": image["managed_image_id"]}},
+                    "storageProfile": {
+                        "source": (
+                            {"id": image["managed_image_id"]}
+                            if image.get("managed_image_id")
+                            else {"virtualMachineId": image["vm_id"]}
+                        )
+                    },
                 },
             }
             ctx.log.write(f"creating gallery image version {version} in {len(regions)} regions\n")
@@ -1394,6 +1418,12 @@ class AzureProvider(ComputeProvider):
     ) -> ReplicationResult:
         image_id = str(target.get("imageId") or "")
         parsed = ArmId.parse(image_id, f"properties.distribute[{index}].imageId")
+        if image.get("trusted_launch"):
+            raise ArmFailure(
+                "TrustedLaunchNotSupported",
+                f"properties.distribute[{index}]: a Trusted Launch build cannot be a managed image; "
+                "use a SharedImage distributor with a Trusted Launch image definition",
+            )
         location = str(target.get("location") or image["location"])
         if _region(location) != _region(image["location"]):
             raise ArmFailure(
@@ -1626,6 +1656,16 @@ class AzureProvider(ComputeProvider):
                 lambda p: arm.resources.resource_groups.begin_delete(rg, polling=p),
             )
         return CleanupReport(removed=removed, errors=errors)
+
+
+def _throwaway_ssh_key() -> str:
+    """An OpenSSH RSA public key whose private key is dropped at once (Azure requires some credential)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode("ascii") + " imagebuilder-throwaway"
 
 
 def _polled(begin: Callable[..., Any], *args: Any) -> Any:
