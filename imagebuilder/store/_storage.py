@@ -11,13 +11,16 @@ import json
 import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableEntity, UpdateMode
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
 from imagebuilder.store.errors import (
     AlreadyExistsError,
@@ -51,6 +54,43 @@ def expand_connection_string(value: str) -> str:
         f"BlobEndpoint=http://127.0.0.1:10000/{_DEV_ACCOUNT};"
         f"QueueEndpoint=http://127.0.0.1:10001/{_DEV_ACCOUNT};"
         f"TableEndpoint=http://127.0.0.1:10002/{_DEV_ACCOUNT};"
+    )
+
+
+@dataclass(frozen=True)
+class IdentityEndpoints:
+    """A storage account reached with an Entra ID identity instead of a key."""
+
+    account_name: str
+    table_url: str
+    blob_url: str
+    managed_identity: bool
+    client_id: str | None
+
+    def credential(self) -> TokenCredential:
+        if self.managed_identity:
+            return ManagedIdentityCredential(client_id=self.client_id)
+        return DefaultAzureCredential(managed_identity_client_id=self.client_id)
+
+
+def identity_endpoints(conn: str) -> IdentityEndpoints | None:
+    """The endpoints of an identity-based connection string; None for a key- or SAS-based one."""
+    parts: dict[str, str] = {}
+    for item in conn.split(";"):
+        name, sep, value = item.partition("=")
+        if sep:
+            parts[name.strip().lower()] = value.strip()
+    if "accountkey" in parts or "sharedaccesssignature" in parts or "accountname" not in parts:
+        return None
+    account = parts["accountname"]
+    suffix = parts.get("endpointsuffix", "core.windows.net")
+    credential = parts.get("credential", "").lower()
+    return IdentityEndpoints(
+        account_name=account,
+        table_url=parts.get("tableendpoint") or f"https://{account}.table.{suffix}",
+        blob_url=parts.get("blobendpoint") or f"https://{account}.blob.{suffix}",
+        managed_identity=credential == "managedidentity",
+        client_id=parts.get("clientid") or None,
     )
 
 

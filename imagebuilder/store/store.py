@@ -1,4 +1,11 @@
-"""`open_store`: the storage clients for one connection string, with tables and containers created once."""
+"""`open_store`: the storage clients for one storage account, with tables and containers created once.
+
+The account is named by a connection string: a shared-key one (Azurite, or an account that allows
+keys), `UseDevelopmentStorage=true`, or an identity-based one with no secret,
+`AccountName=<name>;Credential=managedidentity[;ClientId=<user-assigned identity client id>]`
+(optionally `TableEndpoint=`/`BlobEndpoint=`), which is what the app's `AzureWebJobsStorage__accountName`
+/ `__credential` / `__clientId` settings describe on Azure.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
-from imagebuilder.store._storage import Table, expand_connection_string
+from imagebuilder.store._storage import Table, expand_connection_string, identity_endpoints
 from imagebuilder.store.operations import OperationRepo
 from imagebuilder.store.runs import RunRepo
 from imagebuilder.store.templates import TemplateRepo
@@ -29,8 +36,13 @@ class Store:
                 f"store prefix {prefix!r} must be 1-20 lowercase letters/digits, starting with a letter"
             )
         conn = expand_connection_string(connection_string)
-        tables = TableServiceClient.from_connection_string(conn)
-        blobs = BlobServiceClient.from_connection_string(conn)
+        identity = identity_endpoints(conn)
+        if identity is None:
+            tables = TableServiceClient.from_connection_string(conn)
+            blobs = BlobServiceClient.from_connection_string(conn)
+        else:
+            tables = TableServiceClient(identity.table_url, credential=identity.credential())
+            blobs = BlobServiceClient(identity.blob_url, credential=identity.credential())
         names = {n: f"{prefix}{n}" for n in ("templates", "runs", "runoutputs", "triggers", "operations")}
         clients = {n: tables.create_table_if_not_exists(t) for n, t in names.items()}
         logs = blobs.get_container_client(f"{prefix}-runlogs")

@@ -312,3 +312,23 @@ def test_storage_clients_live_only_in_the_store() -> None:
                 continue
             bad = {m for m in _imports(path) if m.startswith(("azure.data.tables", "azure.storage"))}
             assert not bad, f"{path} creates storage clients ({bad}); use imagebuilder.store"
+
+
+def test_identity_based_connections_need_no_key() -> None:
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    from imagebuilder.store._storage import expand_connection_string, identity_endpoints
+
+    conn = "AccountName=stib123;Credential=managedidentity;ClientId=1111-2222"
+    ep = identity_endpoints(conn)
+    assert ep is not None
+    assert (ep.table_url, ep.blob_url) == (
+        "https://stib123.table.core.windows.net",
+        "https://stib123.blob.core.windows.net",
+    )
+    assert isinstance(ep.credential(), ManagedIdentityCredential) and ep.client_id == "1111-2222"
+    other = identity_endpoints("AccountName=a;TableEndpoint=https://t.example;BlobEndpoint=https://b.example")
+    assert other is not None and other.table_url == "https://t.example"
+    assert isinstance(other.credential(), DefaultAzureCredential)
+    assert identity_endpoints(expand_connection_string("UseDevelopmentStorage=true")) is None
+    assert identity_endpoints("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=eA==") is None
