@@ -151,8 +151,12 @@ class ArmModel(BaseModel):
 def _check_uri(value: str | None, field: str, code: str = E.INVALID_PARAMETER) -> list[Issue]:
     if value is None:
         return []
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. a broken IPv6 literal
+        ok = False
+    if not ok:
         return [Issue(code, f"'{field}' must be an absolute http(s) URI, got {_q(value)}.", field)]
     return []
 
