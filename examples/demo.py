@@ -49,6 +49,7 @@ class LocalRuntime:
     env: dict[str, str] = field(default_factory=dict)
     app_dir: Path = ROOT
     log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
     base_url: str = ""
     _reader: threading.Thread | None = None
@@ -56,9 +57,10 @@ class LocalRuntime:
     def start(self, timeout: float = 120.0) -> LocalRuntime:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or self.state_dir / "runtime.log"
-        env = {**os.environ, **self.env}
+        # host.json names the task hub through this app setting (as it is set on Azure)
+        env = {"IMAGEBUILDER_TASK_HUB": "ImageBuilderHub", **os.environ, **self.env}
         argv = [sys.executable, "-m", "local_runtime", "start", str(self.app_dir), "--port", "0"]
-        argv += ["--state-dir", str(self.state_dir)]
+        argv += ["--state-dir", str(self.state_dir), *self.extra_args]
         self.proc = subprocess.Popen(
             argv,
             cwd=self.app_dir,
@@ -237,6 +239,11 @@ class ImageBuilderApi:
         ).body
         return list((body or {}).get("value", []))
 
+    def runs(self, name: str) -> list[dict[str, Any]]:
+        """Our extension: every run of the template (oldest first) with details and log locations."""
+        body = self.expect(self.request("GET", self.template_path(name) + "/runs"), 200, what="runs").body
+        return list((body or {}).get("value", []))
+
     def watch(
         self, name: str, *, timeout: float = 3600.0, interval: float = 1.0, on_change: Any = None
     ) -> dict[str, Any]:
@@ -293,7 +300,9 @@ def run_demo(template_path: Path, state_dir: Path, name: str) -> int:
         # the provider's state (runs, image store, gallery, VHDs) and the base cache, kept between demos
         "IMAGEBUILDER_STATE_DIR": os.environ.get("IMAGEBUILDER_STATE_DIR", str(ROOT / ".state" / "provider")),
     }
-    runtime = LocalRuntime(state_dir=state_dir, env=env)
+    # with development storage, the runtime starts its own Azurite on free ports (data in its state dir)
+    private = ["--private-storage"] if env["AzureWebJobsStorage"] == "UseDevelopmentStorage=true" else []
+    runtime = LocalRuntime(state_dir=state_dir, env=env, extra_args=private)
     _say(f"== starting the local runtime (state in {state_dir})")
     runtime.start()
     started = time.monotonic()
@@ -315,13 +324,24 @@ def run_demo(template_path: Path, state_dir: Path, name: str) -> int:
                 _say(f"   [{elapsed:7.1f}s] {status.get('runState'):<18} {sub:<13} {first}")
 
             try:
-                final = api.watch(name, on_change=show)
+                final = api.watch(name, on_change=show, interval=0.25)
             except KeyboardInterrupt:
                 _say("   interrupted: canceling the run (cleanup runs before it ends)")
                 api.cancel(name)
                 final = api.watch(name, on_change=show, timeout=600)
         _say(f"== run finished: {final.get('runState')} in {time.monotonic() - run_started:.1f}s")
         _say("   " + str(final.get("message") or "").replace("\n", "\n   "))
+        runs = api.runs(name)
+        last = runs[-1]["properties"] if runs else {}
+        phases = (last.get("details") or {}).get("phases") or {}
+        if phases:
+            _say("== time per phase (wall / the phase activities' own work)")
+        for phase, p in phases.items():
+            wall, work = float(p.get("seconds") or 0), float(p.get("workSeconds") or 0)
+            _say(f"   {phase:<13} {wall:7.1f}s / {work:7.1f}s")
+        log_url = (last.get("logs") or {}).get("customization.log")
+        if log_url:
+            _say(f"== customization log: {log_url}  (function key in x-functions-key)")
         outputs = api.run_outputs(name)
         if outputs:
             _say("== run outputs")

@@ -287,7 +287,8 @@ class BuildRun:
             ]
             steps.step = "distribute"
             self.outputs = list((yield from steps.wait(self.ctx.task_all(children))))
-            steps.work_seconds += sum(float(o.get("workSeconds") or 0) for o in self.outputs)
+            # targets distribute in parallel: their work on the critical path is the longest one
+            steps.work_seconds += max((float(o.get("workSeconds") or 0) for o in self.outputs), default=0.0)
         return validation_error
 
     @property

@@ -71,6 +71,8 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
     assert [o["status"] for o in out["outputs"]] == ["succeeded"] * 3
     assert set(out["phases"]) == {"Building", "Customizing", "Validating", "Distributing"}
     assert out["phases"]["Customizing"]["workSeconds"] == 4.0  # two customizers of 2 s each
+    # generalize + capture + the longest of the targets (they replicate in parallel) + cleanup, 1 s each
+    assert out["phases"]["Distributing"]["workSeconds"] == 4.0
     assert out["workSeconds"] > 0
     # custom status went through the sub-states in order and ended terminal
     seen = [s["runSubState"] for s in inst.custom_statuses]
