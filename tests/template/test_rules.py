@@ -54,6 +54,20 @@ BAD: list[tuple[str, list[tuple[str, Any]], str, str, str | None]] = [
         f"{C0}.scriptUri",
     ),
     (
+        "shell-uri-broken",
+        [(f"{C0}.scriptUri", "http://[::1/x.sh")],
+        "2025-10-01",
+        "InvalidParameter",
+        f"{C0}.scriptUri",
+    ),
+    (
+        "shell-uri-no-host",
+        [(f"{C0}.scriptUri", "https://:443/x.sh")],
+        "2025-10-01",
+        "InvalidParameter",
+        f"{C0}.scriptUri",
+    ),
+    (
         "shell-inline-not-list",
         [(C0, {"type": "Shell", "inline": "echo hi"})],
         "2025-10-01",
