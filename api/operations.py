@@ -9,6 +9,8 @@ from pathlib import Path
 import azure.durable_functions as df
 import azure.functions as func
 
+from api._arm import api_version, arm
+
 bp = df.Blueprint()
 
 _CATALOG = Path(__file__).with_name("operations_catalog.json")
@@ -21,8 +23,10 @@ def _operations() -> list[dict[str, object]]:
 
 
 @bp.route(route="providers/Microsoft.VirtualMachineImages/operations", methods=["GET"])
+@arm
 def operations_list(req: func.HttpRequest) -> func.HttpResponse:
     """Operations_List: the RP's operations, the same on every call."""
+    api_version(req)
     return func.HttpResponse(
         json.dumps({"value": _operations()}), status_code=200, mimetype="application/json"
     )
