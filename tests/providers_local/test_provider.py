@@ -560,3 +560,34 @@ def test_cleanup_during_a_running_customizer_stops_it(provider: LocalProvider) -
     assert any(r.startswith("process ") for r in report.removed)
     assert results[0].status == "failed"
     assert_no_leaks(provider, build)
+
+
+def test_boot_results_become_step_results(tmp_path: Path) -> None:
+    from imagebuilder.providers.local import boot
+    from imagebuilder.providers.local.provider import _boot_step_result
+
+    checks = [
+        boot.CheckResult("validate[0] (Shell: a)", 0, ["fine"]),
+        boot.CheckResult("validate[1] (Shell: b)", 3, ["x", "bad"]),
+    ]
+    failed = boot.BootResult(
+        ok=False, exit_code=3, serial_log_path=tmp_path / "s.log", duration=20.5,
+        failures=["validation 'validate[1] (Shell: b)' failed with exit code 3"], output_tail=["console"], checks=checks,
+    )  # fmt: skip
+    log = RecLog()
+    res = _boot_step_result(failed, tmp_path / "s.log", log, log)
+    assert res.status == "failed" and res.step == "validate[1] (Shell: b)" and res.exit_code == 3
+    assert res.error is not None and res.error.log_tail == ["x", "bad"] and res.error.log_uri == log.uri
+    assert res.details["checks"][1] == {"name": "validate[1] (Shell: b)", "exit_code": 3}
+    timed_out = boot.BootResult(
+        ok=False, exit_code=None, serial_log_path=tmp_path / "s.log", duration=240, failures=["timed out"],
+        output_tail=["Probing EDD"], checks=[], timed_out=True,
+    )  # fmt: skip
+    res2 = _boot_step_result(timed_out, None, log, log)
+    assert (
+        res2.error is not None
+        and res2.error.code == "ValidationTimeout"
+        and res2.error.log_tail == ["Probing EDD"]
+    )
+    ok = boot.BootResult(True, 0, tmp_path / "s.log", 19.0, [], [], checks[:1])
+    assert _boot_step_result(ok, None, log, log).status == "succeeded"

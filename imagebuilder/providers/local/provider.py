@@ -16,12 +16,13 @@ that may work next time) and `ProviderConfigError` (a tool missing) are raised.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import hashlib
-import importlib
 import json
 import os
+import shlex
 import shutil
 import time
 import urllib.parse
@@ -43,7 +44,13 @@ from imagebuilder.pipeline.messages import (
 from imagebuilder.providers.base import ComputeProvider, LogSink, ProviderError, TransientProviderError
 from imagebuilder.providers.local import artifacts, catalog, customizers, deprovision, proc, sandbox
 from imagebuilder.providers.local.gallery import GalleryError, GalleryImageId, ImageId, Stores, sha256_file
-from imagebuilder.providers.local.layout import RunLayout, is_within, safe_name, short_hash
+from imagebuilder.providers.local.layout import (
+    RunLayout,
+    check_template_path,
+    is_within,
+    safe_name,
+    short_hash,
+)
 
 TAG_NETWORK = "imagebuilder.local.network"
 TAG_QCOW2 = "imagebuilder.local.qcow2"
@@ -557,32 +564,34 @@ class LocalProvider(ComputeProvider):
         vlog: LogSink,
         log: LogSink,
     ) -> StepResult:
-        """Bootable images: a throwaway disk from the tree, booted under QEMU with the checks."""
-        from imagebuilder.providers.local import disk
-
-        boot: Any = importlib.import_module("imagebuilder.providers.local.boot")
+        """Bootable images: a throwaway disk from the tree, booted under QEMU (its own firmware,
+        bootloader and systemd), the validators run inside as root. File validators become a check that
+        writes the file (base64) before the next ones run. The serial log is kept in the run's logs."""
+        from imagebuilder.providers.local import boot, disk
 
         shutil.rmtree(layout.validate_dir, ignore_errors=True)
         layout.validate_dir.mkdir(parents=True, exist_ok=True)
         try:
-            checks: list[Any] = []
+            checks: list[boot.BootCheck] = []
             for i, item in enumerate(items):
                 step = customizers.step_name("validate", i, item)
                 if item.get("type") == "File":
+                    where = customizers.field_of("validate", i)
+                    dest = check_template_path(str(item.get("destination") or ""), f"{where}.destination")
                     staged = layout.artifacts / artifacts.staged_name(str(item.get("sourceUri")))
-                    checks.append(
-                        {
-                            "type": "File",
-                            "name": step,
-                            "source": str(staged),
-                            "destination": item.get("destination"),
-                        }
+                    data = base64.b64encode(staged.read_bytes()).decode()
+                    parent = dest.rsplit("/", 1)[0] or "/"
+                    q_parent, q_dest = shlex.quote(parent), shlex.quote(dest)
+                    script = (
+                        f"mkdir -p {q_parent}\nbase64 -d > {q_dest} <<'IMAGEBUILDER_EOF'\n{data}\n"
+                        f"IMAGEBUILDER_EOF\nchmod 0644 {q_dest}\n"
                     )
+                    checks.append(boot.BootCheck(name=step, kind="shell", source=script))
                 elif item.get("inline"):
-                    checks.append({"type": "Shell", "name": step, "inline": list(item["inline"])})
+                    checks.append(boot.BootCheck(name=step, kind="shell", source="\n".join(item["inline"])))
                 else:
                     staged = layout.artifacts / artifacts.staged_name(str(item.get("scriptUri")))
-                    checks.append({"type": "Shell", "name": step, "script": staged.read_text()})
+                    checks.append(boot.BootCheck(name=step, kind="file", source=str(staged)))
             raw = layout.validate_dir / "validate.raw"
             generation = str(env.handle.get("generation", "V1"))
             disk.build_disk(tree, raw, generation=generation, bootable=True, log=vlog)
@@ -590,10 +599,16 @@ class LocalProvider(ComputeProvider):
                 raw,
                 generation=generation,
                 checks=checks,
-                timeout=min(self._step_timeout(build), 900.0),
+                timeout=int(min(self._step_timeout(build), 900.0)),
+                log=vlog,
                 workdir=layout.validate_dir,
             )
-            return _boot_step_result(res, vlog, log)
+            serial = Path(res.serial_log_path)
+            kept_serial = None
+            if serial.is_file() and layout.logs.is_dir():
+                kept_serial = layout.logs / f"validation-{serial.name}"
+                shutil.move(str(serial), kept_serial)
+            return _boot_step_result(res, kept_serial, vlog, log)
         finally:
             shutil.rmtree(layout.validate_dir, ignore_errors=True)
 
@@ -1100,28 +1115,33 @@ def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def _boot_step_result(res: Any, vlog: LogSink, log: LogSink) -> StepResult:
-    """A boot.BootResult as a StepResult (read by attribute, so boot's own type stays its own)."""
-    ok = bool(getattr(res, "ok", getattr(res, "passed", False)))
-    details = {"mode": "boot", "boot": _plain(res)}
-    if ok:
-        vlog.write("[validate] boot validation passed\n")
+def _boot_step_result(res: Any, serial: Path | None, vlog: LogSink, log: LogSink) -> StepResult:
+    """A boot.BootResult as a StepResult: the first failing check names the step."""
+    details: dict[str, Any] = {
+        "mode": "boot",
+        "boot_seconds": res.duration,
+        "checks": [{"name": c.name, "exit_code": c.exit_code} for c in res.checks],
+        "serial_log": str(serial) if serial else None,
+    }
+    if res.ok:
+        vlog.write(f"[validate] boot validation passed in {res.duration} s\n")
         return StepResult(status="succeeded", step="validate", details=details)
-    failed_step = str(getattr(res, "failed_check", None) or "validate")
-    tail = [str(x) for x in (getattr(res, "log_tail", None) or getattr(res, "tail", None) or [])][-LOG_TAIL:]
-    exit_code = getattr(res, "exit_code", None)
-    message = str(getattr(res, "message", None) or getattr(res, "error", None) or "boot validation failed")
-    vlog.write(f"! {failed_step} failed: {message}\n")
+    failed = next((c for c in res.checks if c.exit_code != 0), None)
+    step = failed.name if failed is not None else "validate"
+    tail = (failed.output if failed is not None and failed.output else res.output_tail)[-LOG_TAIL:]
+    reason = "; ".join(res.failures) or "boot validation failed"
+    code = "ValidationTimeout" if res.timed_out else "ValidationFailed"
+    vlog.write(f"! {step} failed: {reason}\n")
     return StepResult(
         status="failed",
-        step=failed_step,
-        exit_code=exit_code if isinstance(exit_code, int) else None,
+        step=step,
+        exit_code=res.exit_code,
         error=ErrorInfo(
-            code="ValidationFailed",
-            message=f"{failed_step} failed: {message}",
-            step=failed_step,
-            exit_code=exit_code if isinstance(exit_code, int) else None,
-            log_tail=tail,
+            code=code,
+            message=f"{step} failed: {reason}",
+            step=step,
+            exit_code=res.exit_code,
+            log_tail=[str(x) for x in tail],
             log_uri=log.uri or None,
         ),
         details=details,
