@@ -296,3 +296,53 @@ def test_write_pacing_spaces_arm_writes(provider, arm, clock):
     _env(provider, build, log)
     assert provider.pacer.waited, "consecutive writes were not paced"
     assert all(0 < w <= 0.5 for w in provider.pacer.waited)
+
+
+def test_validation_failure_names_the_validator(provider, arm):
+    log = ListLog()
+    build = build_input(linux_template())
+    arm.guest = lambda vm, name, script: (
+        (1, "", "test: /etc/motd: missing\n") if name == "ib-validate-0" else (0, "", "")
+    )
+    _, env = _env(provider, build, log)
+    result, _ = settle(provider, provider.validate(build, env, log), log)
+    assert result.status == "failed" and result.error.code == "ValidationFailed"
+    assert result.step == "validate.inVMValidations[0] (check)" and result.exit_code == 1
+    _clean(provider, arm, build, log)
+
+
+def test_no_validations_is_skipped_and_get_provider_builds_without_network(provider, arm):
+    from imagebuilder.providers.base import get_provider
+
+    log = ListLog()
+    template = linux_template()
+    template["properties"].pop("validate")
+    build = build_input(template)
+    _, env = _env(provider, build, log)
+    assert provider.validate(build, env, log).status == "skipped"
+    assert get_provider("azure", environ={"IMAGEBUILDER_AZURE_POLL_SECONDS": "30"}).poll_interval == 30
+
+
+def test_source_image_in_another_region_is_refused_before_building(provider, arm):
+    from tests.providers_azure.conftest import PREFIX
+
+    image = f"{PREFIX}/rg1/providers/Microsoft.Compute/images/elsewhere"
+    arm.resources[image.lower()] = {
+        "id": image,
+        "name": "elsewhere",
+        "type": "Microsoft.Compute/images",
+        "location": "eastus",
+        "tags": {},
+        "properties": {"storageProfile": {"osDisk": {"osType": "Linux"}}},
+    }
+    template = linux_template()
+    template["properties"]["source"] = {"type": "ManagedImage", "imageId": image}
+    prepared = provider.prepare(build_input(template), ListLog())
+    assert prepared.status == "failed" and prepared.error.code == "SourceImageLocationMismatch"
+    missing = linux_template()
+    missing["properties"]["source"] = {"type": "ManagedImage", "imageId": image + "-gone"}
+    assert provider.prepare(build_input(missing), ListLog()).error.code == "SourceImageNotFound"
+    bad = linux_template()
+    bad["properties"]["source"] = {"type": "ManagedImage", "imageId": "not-an-id"}
+    err = provider.prepare(build_input(bad), ListLog()).error
+    assert err.code == "InvalidResourceId" and "properties.source.imageId" in err.message

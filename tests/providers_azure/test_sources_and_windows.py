@@ -207,6 +207,9 @@ def test_windows_powershell_restart_and_update_through_run_command(provider, arm
     wu = arm.scripts["ib-wu-3-0"]
     assert "Microsoft.Update.Session" in wu and "$selected.Count -lt 40" in wu
     assert "restart scheduled" in log.text and "Windows Update pass 2" in log.text
+    arm.finish_all()  # the deletions were started, not awaited
+    left = sorted(k.rsplit("/", 1)[-1] for k in arm.resources if "/runcommands/" in k)
+    assert left == ["ib-customize-0", "ib-customize-1"]  # pass and check commands were removed once read
 
     generalized, _ = settle(provider, provider.generalize(build, env, log), log)
     assert generalized.status == "succeeded"

@@ -981,6 +981,19 @@ class AzureProvider(ComputeProvider):
             )
         raise _Wait(None, self.poll_interval)
 
+    def _forget(self, ctx: _Ctx, env: dict[str, Any], key: str) -> None:
+        """Delete a run command whose result is already in the step state (best effort, not awaited),
+        so that repeated passes (Windows Update, restart checks) do not pile up run commands on the VM."""
+        name = f"ib-{key}"
+        commands = ctx.arm.compute.virtual_machine_run_commands
+        try:
+            ctx.arm.start(
+                f"delete run command {name}",
+                lambda p: commands.begin_delete(env["resource_group"], env["vm"], name, polling=p),
+            )
+        except (ArmFailure, TransientProviderError) as exc:
+            ctx.log.write(f"note: run command {name} stays until the VM is deleted ({exc})\n")
+
     def _script_step(
         self, ctx: _Ctx, env: dict[str, Any], key: str, step: dict[str, Any], label: str
     ) -> StepResult:
@@ -1043,6 +1056,7 @@ class AzureProvider(ComputeProvider):
         deadline = float(st["requested_at"]) + timeout
         if st["stage"] == "restart":
             code, _, _ = self._run_command(ctx, env, f"restart-{key}", scripts.schedule_restart(command))
+            self._forget(ctx, env, f"restart-{key}")
             if code != 0:
                 raise ArmFailure("RestartFailed", f"scheduling the restart exited with {code}")
             st["stage"] = "wait"
@@ -1066,6 +1080,7 @@ class AzureProvider(ComputeProvider):
             code, output, _ = self._run_command(
                 ctx, env, f"check-{key}-{st['attempt']}", scripts.restart_check(check)
             )
+            self._forget(ctx, env, f"check-{key}-{st['attempt']}")
             boot = scripts.parse_marker(output, scripts.MARKER_BOOT) or {}
             booted_after = float(boot.get("epoch", 0)) > float(st["requested_at"])
         except ArmFailure:
@@ -1134,6 +1149,7 @@ class AzureProvider(ComputeProvider):
                             log_uri=ctx.log.uri or None,
                         ),
                     )
+                self._forget(ctx, env, f"wu-{index}-{n}")
                 installed, remaining = int(result.get("installed", 0)), int(result.get("remaining", 0))
                 st["installed"] = int(st["installed"]) + installed
                 ctx.log.write(f"Windows Update pass {n + 1}: {installed} installed, {remaining} pending\n")
