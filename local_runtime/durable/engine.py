@@ -42,6 +42,7 @@ PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, SUSPENDED = (
     "Suspended",
 )
 TERMINAL = (COMPLETED, FAILED, TERMINATED)
+MAX_COALESCE = 0.5  # seconds; upper bound of the completion-batching wait (see Engine.__init__)
 # DTFx OrchestrationStatus numbers used in ExecutionCompleted.OrchestrationStatus
 _STATUS_NUM = {COMPLETED: 1, FAILED: 3, TERMINATED: 5}
 
@@ -121,9 +122,12 @@ class Engine:
         self.flush_scheduled = False
         self.timer_handles: dict[int, asyncio.TimerHandle] = {}
         self.listeners: list[Callable[[str], None]] = []
-        # Completion batching: an instance that still has activities queued or running waits up to
-        # `coalesce_window` for more completions, so that a fan-out replays a few times, not once per result.
+        # Completion batching: an instance that still has activities queued or running waits for more
+        # completions, so that a fan-out replays a few times, not once per result. The wait is
+        # `coalesce_window`, or twice the instance's last replay if that is longer (replay is O(history):
+        # a 1000-activity fan-out must not spend its time replaying), capped at MAX_COALESCE.
         self.coalesce_window = coalesce_window
+        self.replay_cost: dict[str, float] = {}
         self.outstanding: dict[str, int] = {}
         self.deferred: dict[str, asyncio.TimerHandle] = {}
 
@@ -184,7 +188,8 @@ class Engine:
         elif coalesce and self.outstanding.get(iid, 0) > 0 and self.coalesce_window > 0:
             if iid not in self.deferred:
                 loop = asyncio.get_running_loop()
-                self.deferred[iid] = loop.call_later(self.coalesce_window, self._mark_ready, iid)
+                window = min(MAX_COALESCE, max(self.coalesce_window, 2 * self.replay_cost.get(iid, 0.0)))
+                self.deferred[iid] = loop.call_later(window, self._mark_ready, iid)
         else:
             self._mark_ready(iid)
 
@@ -223,7 +228,12 @@ class Engine:
                     if iid.startswith("@"):
                         self._entity_batch(iid)
                     else:
+                        t0 = time.perf_counter()
                         self._episode(iid)
+                        if iid in self.outstanding:
+                            self.replay_cost[iid] = time.perf_counter() - t0
+                        else:
+                            self.replay_cost.pop(iid, None)
                 except Exception:
                     log.exception("durable: processing %s failed; it will be retried", iid)
                     loop = asyncio.get_running_loop()
