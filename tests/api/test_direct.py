@@ -165,3 +165,33 @@ def test_triggers(direct: Direct, sub: str) -> None:
     assert direct.delete(template_url(sub, suffix="/triggers/source")).status == 202
     assert direct.delete(template_url(sub, suffix="/triggers/source")).status == 204
     assert direct.get(template_url(sub, suffix="/triggers/source")).status == 404
+
+
+def test_concurrent_puts_one_template_wins(direct: Direct, sub: str) -> None:
+    """Racing creators of one name: exactly one creates it; identical bodies get 200, different ones 409."""
+    import threading
+
+    bodies = []
+    for i in range(6):
+        body = minimal_template()
+        body["properties"]["customize"][0]["inline"] = [f"echo {i % 2}"]
+        bodies.append(body)
+    results: list[tuple[int, int]] = []
+    barrier = threading.Barrier(len(bodies))
+
+    def put(i: int) -> None:
+        barrier.wait()
+        results.append((i, direct.put(template_url(sub), bodies[i]).status))
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, status in results if status == 201]
+    assert len(winners) == 1, results
+    stored = direct.get(template_url(sub)).json["properties"]["customize"][0]["inline"]
+    assert stored == bodies[winners[0]]["properties"]["customize"][0]["inline"]
+    for i, status in results:
+        same = bodies[i]["properties"]["customize"][0]["inline"] == stored
+        assert status == (201 if i in winners else 200 if same else 409), results
