@@ -182,7 +182,7 @@ def test_checksum_mismatch_fails_prepare_before_any_resource_exists(provider, ar
     template["properties"]["customize"][1]["sha256Checksum"] = "0" * 64
     prepared = provider.prepare(build_input(template), log)
     assert prepared.status == "failed" and prepared.error.code == "ChecksumMismatch"
-    assert "customize" in prepared.error.message and "sha256Checksum" in prepared.error.message
+    assert "properties.customize[1].sha256Checksum" in prepared.error.message
     assert [m for m, *_ in arm.requests if m != "GET"] == []
 
 

@@ -246,13 +246,18 @@ class AzureProvider(ComputeProvider):
 
     # -- plumbing ----------------------------------------------------------------------------------
 
+    def _template_identity(self, build: BuildInput | None) -> str | None:
+        if self._credential is not None or self._credential_mode != "template" or build is None:
+            return None
+        identities = list((build.template.get("identity") or {}).get("userAssignedIdentities") or {})
+        return str(identities[0]) if identities else None
+
     def _credential_for(self, build: BuildInput | None) -> TokenCredential:
+        template_identity = self._template_identity(build)
+        if template_identity:
+            return make_credential(identity_resource_id=template_identity)
         if self._credential is not None:
             return self._credential
-        if self._credential_mode == "template" and build is not None:
-            identities = list((build.template.get("identity") or {}).get("userAssignedIdentities") or {})
-            if identities:
-                return make_credential(identity_resource_id=identities[0])
         try:
             self._credential = make_credential(client_id=self._client_id)
         except Exception as exc:  # azure-identity missing pieces: configuration, not a build failure
@@ -263,7 +268,7 @@ class AzureProvider(ComputeProvider):
 
     def clients(self, subscription_id: str, build: BuildInput | None = None) -> AzureClients:
         """The SDK clients for one subscription (cached)."""
-        key = subscription_id.lower()
+        key = f"{subscription_id.lower()}|{self._template_identity(build) or ''}"
         if key not in self._clients:
             self._clients[key] = AzureClients(
                 subscription_id,
@@ -497,20 +502,21 @@ class AzureProvider(ComputeProvider):
     def _do_prepare(self, ctx: _Ctx) -> PrepareResult:
         source = self._resolve_source(ctx)
         ctx.log.write(f"source resolved: {source.type} {source.id} ({source.hyper_v_generation})\n")
-        artifacts: list[StagedArtifact] = []
-        seen: set[str] = set()
-        steps = [("customize", s) for s in ctx.props.get("customize") or []]
-        steps += [
-            ("validate.inVMValidations", s)
-            for s in (ctx.props.get("validate") or {}).get("inVMValidations") or []
-        ]
+        artifacts: dict[str, StagedArtifact] = {}
+        steps = [(f"properties.customize[{i}]", s) for i, s in enumerate(ctx.props.get("customize") or [])]
+        validations = (ctx.props.get("validate") or {}).get("inVMValidations") or []
+        steps += [(f"properties.validate.inVMValidations[{i}]", s) for i, s in enumerate(validations)]
         for where, step in steps:
-            uri = step.get("scriptUri") or step.get("sourceUri")
-            if not uri or uri in seen:
+            field = "scriptUri" if step.get("scriptUri") else "sourceUri"
+            uri = str(step.get(field) or "")
+            if not uri:
                 continue
-            seen.add(uri)
-            data = ctx.arm.fetch(str(uri))
-            digest = hashlib.sha256(data).hexdigest()
+            if uri not in artifacts:
+                data = ctx.arm.fetch(uri)
+                digest = hashlib.sha256(data).hexdigest()
+                ctx.log.write(f"fetched {redact(uri)}: {len(data)} bytes, sha256 {digest}\n")
+                artifacts[uri] = StagedArtifact(uri=uri, sha256=digest, size=len(data), location=uri)
+            digest = artifacts[uri].sha256
             want = str(step.get("sha256Checksum") or "").lower()
             if want and want != digest:
                 return PrepareResult(
@@ -519,16 +525,14 @@ class AzureProvider(ComputeProvider):
                     error=ErrorInfo(
                         code="ChecksumMismatch",
                         message=(
-                            f"{where}: sha256 of {redact(str(uri))} is {digest}, the template says {want}; "
-                            "fix sha256Checksum or the file"
+                            f"{where}.sha256Checksum is {want} but {where}.{field} ({redact(uri)}) has "
+                            f"sha256 {digest}; fix the checksum or the file"
                         ),
                         step="prepare",
                         log_uri=ctx.log.uri or None,
                     ),
                 )
-            ctx.log.write(f"fetched {redact(str(uri))}: {len(data)} bytes, sha256 {digest}\n")
-            artifacts.append(StagedArtifact(uri=str(uri), sha256=digest, size=len(data), location=str(uri)))
-        return PrepareResult(status="succeeded", source=source, artifacts=artifacts)
+        return PrepareResult(status="succeeded", source=source, artifacts=list(artifacts.values()))
 
     def _resolve_source(self, ctx: _Ctx) -> SourceInfo:
         source = ctx.props.get("source") or {}
