@@ -182,8 +182,7 @@ class BlobListener:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), SCAN_INTERVAL)
         finally:
-            for task in self.tasks:
-                task.cancel()
+            # in-flight blobs finish (the host drains on shutdown); a cancel from the host cancels them too
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def scan(self) -> None:

@@ -48,6 +48,9 @@ _LEVELS = {
 }
 
 
+SHUTDOWN_GRACE = 10.0
+
+
 class HostError(Exception):
     """The app cannot be hosted; the message says what to fix."""
 
@@ -223,8 +226,14 @@ class Host:
             *queues.listeners(self.functions, self.invoker, self.storage, self.config.queues),
         ]
         for listener in self.listeners:
-            self.tasks.append(asyncio.create_task(listener.run(), name=f"listener:{listener.name}"))
+            task = asyncio.create_task(listener.run(), name=f"listener:{listener.name}")
+            task.add_done_callback(self._listener_done)
+            self.tasks.append(task)
         say("Ready")
+
+    def _listener_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
     def _print_functions(self, router: Router) -> None:
         assert self.keys is not None
@@ -292,9 +301,12 @@ class Host:
         """Stop listeners, the durable engine, the HTTP server, storage clients and Azurite, in that order."""
         for listener in self.listeners:
             listener.stop()
-        for task in self.tasks:
-            task.cancel()
         if self.tasks:
+            # running invocations may finish (up to SHUTDOWN_GRACE seconds), as the host drains on shutdown
+            _, pending = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE)
+            for task in pending:
+                log.warning("%s did not finish within %ss; cancelling it", task.get_name(), SHUTDOWN_GRACE)
+                task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.durable is not None:
             try:

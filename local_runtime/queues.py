@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import azure.functions as func
+from azure.functions.queue import QueueMessage as WorkerQueueMessage
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueMessage as StorageMessage
 from azure.storage.queue.aio import QueueClient
@@ -124,6 +125,7 @@ class QueueListener:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
+        log.info("Queue trigger '%s' listening on queue '%s'", self.name, self.queue_name)
         await ensure_queue(self.client, self._created)
         interval = MIN_POLL
         max_poll = max(self.config.max_polling_interval.total_seconds(), MIN_POLL)
@@ -148,7 +150,13 @@ class QueueListener:
                 interval = min(interval * 2, max_poll)
                 continue
             interval = MIN_POLL
-            await asyncio.gather(*(self.process(m) for m in batch))
+            await asyncio.gather(*(self.process_safely(m) for m in batch))
+
+    async def process_safely(self, msg: StorageMessage) -> None:
+        try:
+            await self.process(msg)
+        except Exception:  # one bad message must not stop the listener; it reappears after its lease
+            log.exception("queue %s: processing message %s failed", self.queue_name, msg.id)
 
     async def process(self, msg: StorageMessage) -> None:
         max_count = self.config.max_dequeue_count
@@ -166,7 +174,7 @@ class QueueListener:
                 self.config.message_encoding,
             )
         else:
-            message = func.QueueMessage(
+            message = WorkerQueueMessage(
                 id=msg.id,
                 body=body,
                 dequeue_count=msg.dequeue_count,
@@ -224,7 +232,7 @@ def listeners(
 async def invoke_manually(fn: FunctionInfo, invoker: Invoker, text: str) -> None:
     """The admin API's `POST /admin/functions/<queue fn>` with `{"input": text}`: one invocation, no queue."""
     body = text.encode("utf-8")
-    message = func.QueueMessage(id="admin", body=body, dequeue_count=1)
+    message = WorkerQueueMessage(id="admin", body=body, dequeue_count=1)
     await invoker.invoke(
         fn,
         lambda ann: message if ann in (None, func.QueueMessage) else convert_text(body, ann, fn.trigger),
