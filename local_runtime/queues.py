@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import azure.functions as func
-from azure.functions.queue import QueueMessage as WorkerQueueMessage
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.functions.queue import QueueMessage as WorkerQueueMessage
 from azure.storage.queue import QueueMessage as StorageMessage
 from azure.storage.queue.aio import QueueClient
 
