@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import threading
 import uuid
 from typing import Any
@@ -21,6 +22,7 @@ from azure.functions.durable_functions import ActivityTriggerConverter
 from local_runtime.indexing import FunctionInfo
 
 OUT_OF_PROC_MARKER = "\n\n$OutOfProcData$:"
+log = logging.getLogger("local_runtime.durable")
 
 
 class ActivityFailure(Exception):
@@ -123,6 +125,7 @@ def activity_failure(name: str, exc: BaseException) -> ActivityFailure:
     """TaskFailed as the real host writes it for an out-of-proc activity exception."""
     message = f"{type(exc).__name__}: {exc}"
     reason = f"Activity function '{name}' failed: {message}"
+    log.warning("durable: activity %s failed", name, exc_info=exc)
     details = json.dumps({"ClassName": "System.Exception", "Message": message})
     return ActivityFailure(reason, details)
 

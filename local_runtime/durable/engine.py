@@ -236,6 +236,8 @@ class Engine:
                             self.replay_cost.pop(iid, None)
                 except Exception:
                     log.exception("durable: processing %s failed; it will be retried", iid)
+                    # the transaction rolled back: forget what memory may have changed, reload from SQLite
+                    self.instances.pop(iid, None)
                     loop = asyncio.get_running_loop()
                     loop.call_later(1.0, self._mark_ready, iid)
                 await asyncio.sleep(0)
@@ -279,7 +281,11 @@ class Engine:
     def _episode(self, iid: str) -> None:
         self._episode_once(iid)
         inst = self.instances.get(iid)
-        if inst is not None and inst.row.status not in (SUSPENDED, *TERMINAL) and self._visible(iid):
+        if inst is None:
+            return
+        if inst.row.status in TERMINAL:
+            self.instances.pop(iid, None)  # finished instances live in SQLite only
+        elif inst.row.status != SUSPENDED and self._visible(iid):
             self._mark_ready(iid)  # events held during a suspension, released by a resume in this batch
 
     def _episode_once(self, iid: str) -> None:
@@ -459,6 +465,7 @@ class Engine:
                     )
                 )
                 row.status, row.output = FAILED, json.dumps(message)
+                log.warning("durable: orchestration %s (%s) failed: %s", row.name, iid, error)
                 self._notify_parent(c, row, failed=True, result=None, reason=message, fx=fx)
                 fx.done.append(iid)
             elif state.get("isDone") and did_can:
@@ -476,6 +483,7 @@ class Engine:
                     )
                 )
                 row.status, row.output = COMPLETED, out_text
+                log.info("durable: orchestration %s (%s) completed", row.name, iid)
                 self._notify_parent(c, row, failed=False, result=out_text, reason=None, fx=fx)
                 fx.done.append(iid)
             else:
@@ -821,8 +829,14 @@ class Engine:
         if iid.startswith("@"):
             raise DurableError(400, f"Orchestration instance ids must not start with @: '{iid}'.")
         fx = _Effects()
-        with self.db.transaction() as c:
-            self._create(c, fn.durable_name or fn.name, iid, input_value, version, None, fx, replace=False)
+        try:
+            with self.db.transaction() as c:
+                self._create(
+                    c, fn.durable_name or fn.name, iid, input_value, version, None, fx, replace=False
+                )
+        except BaseException:
+            self.instances.pop(iid, None)
+            raise
         self._apply(fx)
         return iid
 
