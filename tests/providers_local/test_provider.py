@@ -21,6 +21,7 @@ from tests.providers_local.test_provider_support import (
     build_input,
     file_root,
     http_server,
+    mounts_under,
     provider,
     sha256,
 )
@@ -454,6 +455,7 @@ def test_cleanup_keep_then_cleanup(provider: LocalProvider) -> None:
     assert any("logs" in k for k in kept.kept)
     assert (Path(env.handle["root"]) / "bin").exists()
     assert (provider.layout(build).logs / "customization.log").is_file()
+    assert mounts_under(provider.state_dir) == []  # kept as a plain folder: no mount outlives the run
     provider.cleanup(build, keep=False, log=log)
     assert_no_leaks(provider, build)
 

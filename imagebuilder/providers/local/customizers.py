@@ -12,6 +12,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import time
@@ -60,6 +61,28 @@ class Outcome:
     tail: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     duration: float = 0.0
+
+
+class _TailLog:
+    """Passes output on and keeps its last lines in arrival order (stdout and stderr interleaved as
+    they came), without the command line itself."""
+
+    def __init__(self, inner: LogSink, keep: int = 40) -> None:
+        self._inner = inner
+        self._lines: collections.deque[str] = collections.deque(maxlen=keep)
+
+    @property
+    def uri(self) -> str:
+        return self._inner.uri
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            if line.strip() and not line.startswith("$ "):
+                self._lines.append(line)
+        self._inner.write(text)
+
+    def tail(self, n: int = 20) -> list[str]:
+        return list(self._lines)[-n:]
 
 
 def items(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -169,10 +192,11 @@ def run_shell(
         shutil.copyfile(staged, script)
     script.chmod(0o755)
     inside = f"{sandbox.INBOX}/steps/{script.name}"
+    recorder = _TailLog(log)
     start = time.monotonic()
     try:
         done = sandbox.run(
-            root, [inside], network=network, inbox=inbox, run_marker=run_marker, log=log, timeout=timeout
+            root, [inside], network=network, inbox=inbox, run_marker=run_marker, log=recorder, timeout=timeout
         )
     except proc.CommandTimeoutError as exc:
         return Outcome(
@@ -180,7 +204,7 @@ def run_shell(
             exit_code=exc.returncode,
             code="CustomizerTimeout",
             message=f"timed out after {timeout:.0f} s" if timeout else "timed out",
-            tail=exc.tail,
+            tail=recorder.tail(),
             duration=time.monotonic() - start,
         )
     finally:
@@ -192,7 +216,7 @@ def run_shell(
             exit_code=done.returncode,
             code="CustomizerFailed",
             message=f"exited with code {done.returncode}",
-            tail=done.tail,
+            tail=recorder.tail(),
             duration=duration,
         )
     return Outcome(ok=True, exit_code=0, duration=duration)

@@ -1006,10 +1006,18 @@ class LocalProvider(ComputeProvider):
                 removed.append(f"loop device {loop}")
             except ProviderError as exc:
                 errors.append(f"cannot detach {loop}: {exc}")
-        keep_mounts = {str(layout.root)} if keep else set()
+        if keep and self._mounted(layout.root):
+            # Kept for inspection as a plain folder, so that no mount outlives the run.
+            kept_copy = layout.build / "root.kept"
+            shutil.rmtree(kept_copy, ignore_errors=True)
+            try:
+                proc.run(
+                    ["cp", "-a", "--reflink=auto", f"{layout.root}/.", str(kept_copy)], log=log, timeout=1800
+                )
+            except ProviderError as exc:
+                errors.append(f"cannot copy the build root for inspection: {exc}")
+                shutil.rmtree(kept_copy, ignore_errors=True)
         for mount in sorted(_mounts_under(run_dir), key=len, reverse=True):
-            if mount in keep_mounts:
-                continue
             try:
                 proc.run(["umount", mount], log=log, timeout=120)
             except ProviderError:
@@ -1019,12 +1027,15 @@ class LocalProvider(ComputeProvider):
                     errors.append(f"cannot unmount {mount}: {exc}")
                     continue
             removed.append(f"mount {mount}")
+        if keep and (layout.build / "root.kept").is_dir() and not _mounts_under(layout.build):
+            shutil.rmtree(layout.root, ignore_errors=True)
+            os.replace(layout.build / "root.kept", layout.root)
+            for d in (layout.upper, layout.overlay_work):
+                shutil.rmtree(d, ignore_errors=True)
         if keep:
             shutil.rmtree(layout.validate_dir, ignore_errors=True)
             if layout.root.exists():
-                kept.append(
-                    f"build root {layout.root}" + (" (overlay mount)" if self._mounted(layout.root) else "")
-                )
+                kept.append(f"build root {layout.root}")
             if layout.logs.exists():
                 kept.append(f"logs {layout.logs}")
             if layout.staging.exists():
