@@ -1004,7 +1004,7 @@ class AzureProvider(ComputeProvider):
         """Shell / PowerShell / File, as a customizer or an in-VM validator."""
         kind = step.get("type")
         os_type = env["os_type"]
-        started = time.monotonic()
+        started = float(ctx.state.setdefault(f"started:{key}", self._clock()))  # across polls
         uri = step.get("scriptUri") or step.get("sourceUri")
         sha = env.get("artifacts", {}).get(uri) if uri else None
         if uri and not sha:
@@ -1030,7 +1030,7 @@ class AzureProvider(ComputeProvider):
         else:
             raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported here")
         code, output, error = self._run_command(ctx, env, key, script)
-        duration = time.monotonic() - started
+        duration = max(0.0, self._clock() - started)
         if code not in valid:
             return StepResult(
                 status="failed",
