@@ -139,7 +139,7 @@ def parse_template_update(body: Any, *, api_version: str = LATEST_API_VERSION) -
                 problems.append(_not_patchable(f"properties.{canonical}"))
     if problems:
         raise _combine(problems)
-    return _validate(ImageTemplateUpdate, obj, obj, None)
+    return _validate(ImageTemplateUpdate, obj, obj, {"api_version": api_version})
 
 
 def apply_update(template: ImageTemplate, update: ImageTemplateUpdate) -> ImageTemplate:
@@ -161,7 +161,7 @@ def parse_trigger(body: Any, *, api_version: str = LATEST_API_VERSION) -> Trigge
     """Validate a trigger PUT body: kind SourceImage (AIB) or Schedule (our extension)."""
     check_api_version(api_version)
     obj = _require_object(body)
-    return _validate(TriggerResource, obj, obj, None)
+    return _validate(TriggerResource, obj, obj, {"api_version": api_version})
 
 
 def input_fingerprint(

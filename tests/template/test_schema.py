@@ -474,3 +474,18 @@ def test_source_gallery_version(version: str, ok: bool) -> None:
             "BadSharedImageVersionSource",
             "properties.source.imageVersionId",
         )
+
+
+def test_patch_follows_the_api_version_too() -> None:
+    legacy = {
+        "properties": {
+            "vmProfile": {"vnetConfig": {"name": "v", "subnetName": "s", "resourceGroupName": "r"}}
+        }
+    }
+    parse_template_update(legacy, api_version="2019-05-01-preview")
+    with pytest.raises(TemplateError) as info:
+        parse_template_update(legacy, api_version="2025-10-01")
+    assert (info.value.code, info.value.target) == (
+        "InvalidParameter",
+        "properties.vmProfile.vnetConfig.name",
+    )
