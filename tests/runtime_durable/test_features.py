@@ -232,6 +232,16 @@ def test_terminate(server, run):
     run(c.terminate(iid, "again"))  # 410 is accepted by the client
 
 
+def test_terminating_a_sub_orchestration_fails_the_parents_task(server, run):
+    c = server.client()
+    iid = f"pw-{uuid.uuid4().hex[:8]}"
+    run(c.start_new("parent_of_waiter", iid, None))
+    wait_for(run, c, f"{iid}-w", ("Running",))
+    run(c.terminate(f"{iid}-w", "stop it"))
+    st = wait_for(run, c, iid)
+    assert st.output == "child failed: Orchestration terminated: stop it"
+
+
 def test_suspend_holds_events_until_resume(server, run):
     c = server.client()
     iid = run(c.start_new("waiter", None, None))

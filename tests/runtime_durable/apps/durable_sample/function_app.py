@@ -272,6 +272,15 @@ def parent_plain(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def parent_of_waiter(context: df.DurableOrchestrationContext):
+    try:
+        yield context.call_sub_orchestrator("waiter", None, instance_id=f"{context.instance_id}-w")
+    except Exception as e:
+        return "child failed: " + str(e).split(" \n ")[0]
+    return "child done"
+
+
+@app.orchestration_trigger(context_name="context")
 def http_caller(context: df.DurableOrchestrationContext):
     r = yield context.call_http("GET", context.get_input())
     return {"status": r["statusCode"], "is_list": r["content"].startswith("[")}
