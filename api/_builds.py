@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
@@ -23,6 +23,9 @@ log = logging.getLogger("api.builds")
 
 ORCHESTRATION = BUILD_ORCHESTRATION
 _DEAD = {"Failed", "Terminated", "Canceled"}
+# A run still Queued that the durable host does not know after this long was never started (the process
+# that recorded it died before starting the orchestration).
+ORPHAN_AFTER = timedelta(minutes=15)
 
 
 def new_run_id() -> str:
@@ -46,13 +49,16 @@ def run_ref(stored: StoredTemplate, run_id: str) -> RunRef:
 
 
 async def start_build(
-    client: df.DurableOrchestrationClient, store: Store, stored: StoredTemplate
+    client: df.DurableOrchestrationClient, store: Store, stored: StoredTemplate, *, retry: bool = True
 ) -> RunRecord:
-    """Record a new run (Queued) and start `build_image` for it; 409 if a run is already active."""
+    """Record a new run (Queued) and start `build_image` for it; 409 if a run is already active (a run
+    whose orchestration is over or was never started is settled first, see `reconcile`)."""
     ref = run_ref(stored, new_run_id())
     try:
         record: RunRecord = await in_thread(store.runs.create, ref, template_snapshot=stored.resource)
     except RunInProgressError as exc:
+        if retry and exc.active_run_id and await _cleared(client, store, stored, exc.active_run_id):
+            return await start_build(client, store, stored, retry=False)
         raise ArmError(
             409,
             "Conflict",
@@ -80,6 +86,16 @@ async def start_build(
     return record
 
 
+async def _cleared(
+    client: df.DurableOrchestrationClient, store: Store, stored: StoredTemplate, run_id: str
+) -> bool:
+    """True if the active run `run_id` turned out to be over (and is now recorded as such)."""
+    active = await in_thread(store.runs.get, run_ref(stored, run_id))
+    if active is None or active.terminal:
+        return True  # it ended while we looked
+    return (await reconcile(client, store, active)).terminal
+
+
 async def cancel_build(client: df.DurableOrchestrationClient, store: Store, run: RunRecord) -> RunRecord:
     """Mark the run Canceling and raise the `cancel` event on its orchestration."""
     record: RunRecord = await in_thread(
@@ -97,27 +113,34 @@ async def cancel_build(client: df.DurableOrchestrationClient, store: Store, run:
 async def reconcile(
     client: df.DurableOrchestrationClient, store: Store, run: RunRecord, *, force: bool = False
 ) -> RunRecord:
-    """Finish a run whose orchestration ended without recording an end (crashed, terminated)."""
+    """Finish a run whose orchestration ended without recording an end (crashed, terminated), or never
+    started (still Queued, unknown to the durable host after `ORPHAN_AFTER`). With `force`, a run the
+    host does not know is finished at once (its cancel could not be delivered)."""
     if run.terminal:
         return run
-    status = None
     try:
         status = await client.get_status(instance_id(run.run))
     except Exception as exc:
         log.warning("orchestration status of run %s unavailable: %s", run.run.run_id, exc)
-    runtime = getattr(getattr(status, "runtime_status", None), "value", None) if status else None
-    if runtime in _DEAD or (force and runtime is None):
-        canceled = run.run_state == "Canceling"
-        output = getattr(status, "output", None) if status else None
-        message = (
-            "The build was canceled." if canceled else f"The build orchestration ended ({runtime}): {output}"
-        )
-        updated: RunRecord = await in_thread(
-            store.runs.set_status,
-            run.run,
-            run_state="Canceled" if canceled else "Failed",
-            message=message,
-            error=None if canceled else {"code": "BuildOrchestrationFailed", "message": message},
-        )
-        return updated
-    return run
+        return run
+    runtime_status = getattr(status, "runtime_status", None)
+    runtime = getattr(runtime_status, "value", None)
+    unknown = runtime is None
+    orphan = unknown and run.run_sub_state == "Queued" and datetime.now(UTC) - run.created_time > ORPHAN_AFTER
+    if runtime not in _DEAD and not (unknown and force) and not orphan:
+        return run
+    canceled = run.run_state == "Canceling"
+    if canceled:
+        message = "The build was canceled."
+    elif unknown:
+        message = "The build orchestration was never started; run the template again."
+    else:
+        message = f"The build orchestration ended ({runtime}): {getattr(status, 'output', None)}"
+    updated: RunRecord = await in_thread(
+        store.runs.set_status,
+        run.run,
+        run_state="Canceled" if canceled else "Failed",
+        message=message,
+        error=None if canceled else {"code": "BuildOrchestrationFailed", "message": message},
+    )
+    return updated

@@ -8,17 +8,21 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
 from azure.mgmt.imagebuilder import ImageBuilderClient
 from azure.mgmt.imagebuilder import models as m
 
+from api._arm import store as api_store
 from examples.sdk_client import make_client
-from tests.api.conftest import Runtime, minimal_template
+from imagebuilder.pipeline.messages import RunRef
+from tests.api.conftest import Direct, Runtime, minimal_template
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
@@ -262,3 +266,38 @@ def test_run_and_cancel_examples_over_http(runtime: Runtime, sub: str) -> None:
     assert final["status"] == "Canceled" and final["error"]["code"] == "Canceled"
     no_key = requests.get(base + q, timeout=30)
     assert no_key.status_code == 401
+
+
+def _orphan_run(sub: str, name: str, *, age: timedelta) -> RunRef:
+    """A run recorded (Queued) whose orchestration was never started: the API process died in between."""
+    st = api_store()
+    stored = st.templates.get(sub, RG, name)
+    assert stored is not None
+    ref = RunRef(
+        subscription_id=sub, resource_group=RG, template_name=name, run_id=f"orphan-{uuid.uuid4().hex[:6]}"
+    )
+    st.runs.create(ref, template_snapshot=stored.resource)
+    if age:
+        table = st.runs._runs.client  # backdate it, as if the crash happened long ago
+        entity = table.get_entity(*st.runs._keys(ref))
+        entity["CreatedTime"] = (datetime.now(UTC) - age).isoformat()
+        table.update_entity(entity, mode=UpdateMode.MERGE)
+    return ref
+
+
+def test_a_run_that_never_started_does_not_block_the_template(
+    client: ImageBuilderClient, direct: Direct, sub: str
+) -> None:
+    ops = client.virtual_machine_image_templates
+    ops.begin_create_or_update(RG, "orphans", model_template(**{"test.seconds": "0"})).result()
+    fresh = _orphan_run(sub, "orphans", age=timedelta(0))
+    with pytest.raises(HttpResponseError) as info:
+        ops.begin_run(RG, "orphans")  # it may still be starting: refused
+    assert info.value.status_code == 409
+    ops.begin_cancel(RG, "orphans").result()  # the host does not know it: canceled at once
+    assert api_store().runs.get(fresh).run_state == "Canceled"
+
+    old = _orphan_run(sub, "orphans", age=timedelta(hours=1))
+    ops.begin_run(RG, "orphans").result()  # the old orphan is settled, the new run goes through
+    assert api_store().runs.get(old).run_state == "Failed"
+    assert ops.get(RG, "orphans").last_run_status.run_state == "Succeeded"
