@@ -111,12 +111,18 @@ def client_loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture(scope="session")
-def sample_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sample_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The sample app's activities append to this file (it reads DURABLE_SAMPLE_LOG when they run)."""
     import os
 
     path = tmp_path_factory.mktemp("durable-log") / "activities.log"
+    old = os.environ.get("DURABLE_SAMPLE_LOG")
     os.environ["DURABLE_SAMPLE_LOG"] = str(path)
-    return path
+    yield path
+    if old is None:
+        os.environ.pop("DURABLE_SAMPLE_LOG", None)
+    else:
+        os.environ["DURABLE_SAMPLE_LOG"] = old
 
 
 @pytest.fixture(scope="session")
