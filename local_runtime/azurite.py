@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +64,13 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies, so a kill -9'd host leaves no Azurite."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def find_azurite(*starts: Path) -> Path:
     """node_modules/.bin/azurite, looked up upward from each start folder and from the repository."""
     seen: set[Path] = set()
@@ -84,7 +93,8 @@ class Azurite:
     """One Azurite process with blob/queue/table on `host` and data under `location`.
 
     Ports left as 0 are chosen free. `start()` waits until all three ports accept connections;
-    `stop()` terminates the whole process group (also registered with atexit).
+    `stop()` terminates the whole process group (also registered with atexit). With `die_with_parent`
+    (Linux) Azurite also gets SIGTERM if the thread that started it dies, even by kill -9.
     """
 
     location: Path
@@ -94,6 +104,7 @@ class Azurite:
     host: str = "127.0.0.1"
     search_from: Path | None = None
     startup_timeout: float = 30.0
+    die_with_parent: bool = True
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -136,7 +147,12 @@ class Azurite:
         debug_log = self.location / "azurite.out"
         with debug_log.open("ab") as out:
             self._proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout

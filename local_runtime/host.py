@@ -185,6 +185,7 @@ class Host:
             ) from exc
         port = sock.getsockname()[1]
         self.base_url = f"http://{self.options.host}:{port}"
+        os.environ["WEBSITE_HOSTNAME"] = f"{self.options.host}:{port}"  # as Core Tools sets it
         self._make_durable()
         self.invoker = Invoker(
             app_dir=self.app_dir,
