@@ -940,6 +940,20 @@ class FakeArm(HttpTransport):
                 },
                 None,
             )
+        if method == "GET" and key in self.files:  # download_blob: a ranged GET answered 206
+            data = self.files[key]
+            return (
+                206,
+                {
+                    "Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}",
+                    "x-ms-blob-type": "BlockBlob",
+                    "ETag": '"0x2"',
+                    "Last-Modified": "Fri, 27 Nov 2026 04:00:00 GMT",
+                    "x-ms-version": "2025-01-05",
+                    "Content-Type": "application/octet-stream",
+                },
+                data,
+            )
         if method == "HEAD":
             blob = self.blobs.get(key)
             if blob is None:

@@ -311,3 +311,21 @@ def test_standard_security_is_explicit_for_gen1_and_gen2(provider, arm):
     build = build_input(linux_template())
     settle(provider, provider.create_build_env(build, provider.prepare(build, log), log), log)
     assert arm.vm_bodies[0]["properties"]["securityProfile"] == {"securityType": "Standard"}
+
+
+def test_private_blob_scripts_are_read_with_identities_not_sent_elsewhere(provider, arm):
+    log = ListLog()
+    blob = "https://scripts.blob.core.windows.net/private/setup.sh"
+    arm.files[blob] = b"echo private\n"
+    template = linux_template(vmProfile={"userAssignedIdentities": [IDENTITY]})
+    template["properties"]["customize"][1]["scriptUri"] = blob
+    build = build_input(template)
+    prepared = provider.prepare(build, log)
+    assert prepared.status == "succeeded", prepared
+    got = [r for r in arm.requests if r[0] == "GET" and r[1] == "/private/setup.sh"]
+    assert got, "the blob was not read through the storage client"
+    env, _ = settle(provider, provider.create_build_env(build, prepared, log), log)
+    settle(provider, provider.customize(build, env, 1, log), log)
+    script = arm.scripts["ib-customize-1"]
+    assert f"IB_MSI={IDENTITY}" in script and "169.254.169.254/metadata/identity/oauth2/token" in script
+    assert arm.problems == []  # includes: no credential sent to example.com

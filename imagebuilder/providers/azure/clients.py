@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
@@ -440,7 +441,17 @@ class AzureClients:
         return OperationStatus("Succeeded", retry, body)
 
     def fetch(self, url: str) -> bytes:
-        """Download a scriptUri/sourceUri (no ARM credential is sent to arbitrary hosts)."""
+        """Download a scriptUri/sourceUri. Private Azure blobs (no SAS) are read with the app's identity;
+        no credential is ever sent to any other host."""
+        host = urlsplit(url).netloc.lower()
+        if (
+            url.lower().startswith("https://")
+            and host.endswith(".blob.core.windows.net")
+            and "sig=" not in url
+        ):
+            return bytes(
+                self.call(f"download {redact(url)}", lambda: self.blob(url).download_blob().readall())
+            )
         if self._http is None:
             policies: list[Any] = [RetryPolicy(retry_total=2, retry_backoff_factor=0.5)]
             self._http = PipelineClient("", policies=policies, transport=self.transport)

@@ -840,6 +840,9 @@ class AzureProvider(ComputeProvider):
                 "hyper_v_generation": source.hyper_v_generation,
                 "source": source.model_dump(mode="json"),
                 "artifacts": {a.uri: a.sha256 for a in prepared.artifacts},
+                "identities": [
+                    str(i) for i in (ctx.props.get("vmProfile") or {}).get("userAssignedIdentities") or []
+                ],
             },
         )
 
@@ -1010,23 +1013,28 @@ class AzureProvider(ComputeProvider):
         if uri and not sha:
             raise ArmFailure("ArtifactNotStaged", f"{label}: {redact(str(uri))} was not fetched by prepare")
         valid = [0]
+        identity = (env.get("identities") or [None])[0]  # for private blobs, read from inside the VM
         if kind == "Shell":
             if os_type != "Linux":
                 raise ArmFailure(
                     "InvalidCustomizer", f"{label}: Shell runs on Linux; this source is {os_type}"
                 )
-            script = scripts.shell(step, sha)
+            script = scripts.shell(step, sha, identity)
         elif kind == "PowerShell":
             if os_type != "Windows":
                 raise ArmFailure(
                     "InvalidCustomizer", f"{label}: PowerShell runs on Windows; this source is {os_type}"
                 )
-            script = scripts.powershell(step, sha)
+            script = scripts.powershell(step, sha, identity)
             valid = [int(c) for c in step.get("validExitCodes") or [0]]
         elif kind == "File":
             if not step.get("destination") or not sha:
                 raise ArmFailure("InvalidCustomizer", f"{label}: File needs sourceUri and destination")
-            script = scripts.file_linux(step, sha) if os_type == "Linux" else scripts.file_windows(step, sha)
+            script = (
+                scripts.file_linux(step, sha, identity)
+                if os_type == "Linux"
+                else scripts.file_windows(step, sha, identity)
+            )
         else:
             raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported here")
         code, output, error = self._run_command(ctx, env, key, script)

@@ -34,11 +34,25 @@ def _ps_b64(text: str) -> str:
 # -- Linux ------------------------------------------------------------------------------------------
 
 _BASH_DOWNLOAD = r"""
-ib_download() {  # url dest sha256
-  local url="$1" dest="$2" want="$3" tmp
+ib_download() {  # url dest sha256; private Azure blobs (no SAS) are read with the VM's managed identity
+  local url="$1" dest="$2" want="$3" tmp token
+  local -a auth=()
+  case "$url" in
+    https://*.blob.core.windows.net/*)
+      case "$url" in
+        *sig=*) ;;
+        *)
+          local imds="http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01"
+          imds="$imds&resource=https%3A%2F%2Fstorage.azure.com%2F${IB_MSI:+&msi_res_id=$IB_MSI}"
+          token="$(curl -fsS -H Metadata:true "$imds" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')"
+          auth=(-H "Authorization: Bearer $token" -H "x-ms-version: 2021-08-06")
+          ;;
+      esac
+      ;;
+  esac
   tmp="$(mktemp)"
   if command -v curl >/dev/null 2>&1; then
-    curl -fsSL --retry 5 --retry-delay 3 -o "$tmp" "$url"
+    curl -fsSL --retry 5 --retry-delay 3 "${auth[@]}" -o "$tmp" "$url"
   else
     wget -q -O "$tmp" "$url"
   fi
@@ -54,13 +68,16 @@ ib_download() {  # url dest sha256
 """
 
 
-def shell(step: dict[str, Any], sha256: str | None) -> str:
+def _bash_header(identity: str | None) -> str:
+    return "#!/bin/bash\nset -eu\n" + f"IB_MSI={shlex.quote(identity or '')}\n" + _BASH_DOWNLOAD
+
+
+def shell(step: dict[str, Any], sha256: str | None, identity: str | None = None) -> str:
     """A Shell customizer/validator: inline lines run by `/bin/sh -e`, or scriptUri downloaded and run."""
     if step.get("scriptUri"):
         url = str(step["scriptUri"])
         return (
-            "#!/bin/bash\nset -eu\n"
-            + _BASH_DOWNLOAD
+            _bash_header(identity)
             + f"ib_download {shlex.quote(url)} /tmp/imagebuilder-script.sh {shlex.quote(sha256 or '')}\n"
             + "chmod +x /tmp/imagebuilder-script.sh\n"
             + "set +e\n/bin/bash /tmp/imagebuilder-script.sh\nrc=$?\nrm -f /tmp/imagebuilder-script.sh\n"
@@ -75,7 +92,7 @@ def shell(step: dict[str, Any], sha256: str | None) -> str:
     )
 
 
-def file_linux(step: dict[str, Any], sha256: str) -> str:
+def file_linux(step: dict[str, Any], sha256: str, identity: str | None = None) -> str:
     """A File customizer on Linux: download inside the VM, verify, move into `destination`."""
     dest = str(step["destination"])
     return (
@@ -102,8 +119,15 @@ def deprovision_linux() -> str:
 _PS_DOWNLOAD = r"""
 function Invoke-IbDownload([string]$Url, [string]$Dest, [string]$Sha256) {
   $ProgressPreference = 'SilentlyContinue'
+  $headers = @{}
+  if ($Url -match '^https://[^/]+\.blob\.core\.windows\.net/' -and $Url -notmatch 'sig=') {
+    $imds = 'http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fstorage.azure.com%2F'
+    if ($IbMsi) { $imds += "&msi_res_id=$IbMsi" }
+    $token = (Invoke-RestMethod -Headers @{ Metadata = 'true' } -Uri $imds).access_token
+    $headers = @{ Authorization = "Bearer $token"; 'x-ms-version' = '2021-08-06' }
+  }
   $tmp = [IO.Path]::GetTempFileName()
-  Invoke-WebRequest -UseBasicParsing -Uri $Url -OutFile $tmp
+  Invoke-WebRequest -UseBasicParsing -Headers $headers -Uri $Url -OutFile $tmp
   $got = (Get-FileHash -Algorithm SHA256 -Path $tmp).Hash.ToLowerInvariant()
   if ($got -ne $Sha256.ToLowerInvariant()) {
     Remove-Item -Force $tmp
@@ -146,9 +170,14 @@ function Invoke-IbAsUser([string]$ScriptPath, [string]$RunLevel) {
 """
 
 
-def powershell(step: dict[str, Any], sha256: str | None) -> str:
+def powershell(step: dict[str, Any], sha256: str | None, identity: str | None = None) -> str:
     """A PowerShell customizer/validator honouring runElevated / runAsSystem; the exit code comes back."""
-    lines = ["$ErrorActionPreference = 'Stop'", _PS_DOWNLOAD, _PS_AS_USER]
+    lines = [
+        "$ErrorActionPreference = 'Stop'",
+        f"$IbMsi = {_ps_quote(identity or '')}",
+        _PS_DOWNLOAD,
+        _PS_AS_USER,
+    ]
     lines.append("$script = Join-Path $env:TEMP 'imagebuilder-script.ps1'")
     if step.get("scriptUri"):
         lines.append(
@@ -167,11 +196,12 @@ def powershell(step: dict[str, Any], sha256: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def file_windows(step: dict[str, Any], sha256: str) -> str:
+def file_windows(step: dict[str, Any], sha256: str, identity: str | None = None) -> str:
     """A File customizer on Windows."""
     dest = str(step["destination"])
     return (
         "$ErrorActionPreference = 'Stop'\n"
+        + f"$IbMsi = {_ps_quote(identity or '')}\n"
         + _PS_DOWNLOAD
         + f"New-Item -ItemType Directory -Force -Path (Split-Path -Parent {_ps_quote(dest)}) | Out-Null\n"
         + f"Invoke-IbDownload {_ps_quote(str(step['sourceUri']))} {_ps_quote(dest)} {_ps_quote(sha256)}\n"
