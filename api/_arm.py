@@ -239,8 +239,11 @@ def parse_template_id(resource_id: str) -> tuple[str, str, str]:
 
 
 def origin(req: func.HttpRequest) -> str:
+    """scheme://host the client used (behind App Service's front end, from X-Forwarded-Proto/-Host)."""
     url = urlsplit(req.url)
-    return f"{url.scheme}://{url.netloc}" if url.scheme and url.netloc else ""
+    scheme = (req.headers.get("x-forwarded-proto") or url.scheme or "").split(",")[0].strip()
+    host = (req.headers.get("x-forwarded-host") or url.netloc or "").split(",")[0].strip()
+    return f"{scheme}://{host}" if scheme and host else ""
 
 
 def location_slug(location: str) -> str:

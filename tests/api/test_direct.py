@@ -195,3 +195,26 @@ def test_concurrent_puts_one_template_wins(direct: Direct, sub: str) -> None:
     for i, status in results:
         same = bodies[i]["properties"]["customize"][0]["inline"] == stored
         assert status == (201 if i in winners else 200 if same else 409), results
+
+
+def test_links_follow_the_front_end(direct: Direct, sub: str) -> None:
+    """Behind App Service's TLS front end, operation links use the scheme and host the client used."""
+    import json as _json
+
+    import azure.functions as func
+
+    from api.templates import image_templates_delete
+
+    direct.put(template_url(sub), minimal_template())
+    req = func.HttpRequest(
+        "DELETE",
+        f"http://10.0.0.4:80{template_url(sub)}",
+        headers={"x-forwarded-proto": "https", "x-forwarded-host": "myapp.azurewebsites.net"},
+        params={"api-version": "2025-10-01"},
+        route_params={"subscriptionId": sub, "resourceGroupName": "rg1", "imageTemplateName": "t1"},
+        body=b"",
+    )
+    resp = image_templates_delete(req)
+    assert resp.status_code == 202, _json.loads(resp.get_body() or b"{}")
+    assert resp.headers["Location"].startswith("https://myapp.azurewebsites.net/subscriptions/")
+    assert resp.headers["Azure-AsyncOperation"].startswith("https://myapp.azurewebsites.net/")
