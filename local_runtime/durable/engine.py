@@ -42,6 +42,7 @@ PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, SUSPENDED = (
     "Suspended",
 )
 TERMINAL = (COMPLETED, FAILED, TERMINATED)
+HTTP_POLL_DEFAULT = 30.0  # seconds between call_http 202 polls without Retry-After (the extension's default)
 MAX_COALESCE = 0.5  # seconds; upper bound of the completion-batching wait (see Engine.__init__)
 # DTFx OrchestrationStatus numbers used in ExecutionCompleted.OrchestrationStatus
 _STATUS_NUM = {COMPLETED: 1, FAILED: 3, TERMINATED: 5}
@@ -716,17 +717,27 @@ class Engine:
         if self.http is None:
             self.http = aiohttp.ClientSession()
         headers = {k: v if isinstance(v, str) else ",".join(v) for k, v in (req.get("headers") or {}).items()}
-        async with self.http.request(
-            str(req.get("method") or "GET"), str(req["uri"]), data=req.get("content"), headers=headers
-        ) as resp:
-            content = await resp.text()
-            return json.dumps(
-                {
-                    "statusCode": resp.status,
-                    "headers": {k: v for k, v in resp.headers.items()},
-                    "content": content,
-                }
-            )
+        method, uri, content = str(req.get("method") or "GET"), str(req["uri"]), req.get("content")
+        while True:
+            async with self.http.request(method, uri, data=content, headers=headers) as resp:
+                body = await resp.text()
+                location = resp.headers.get("Location")
+                if resp.status == 202 and location and req.get("asynchronousPatternEnabled", True):
+                    # the Durable HTTP async pattern: poll Location with GET until it stops answering 202
+                    try:
+                        delay = float(resp.headers.get("Retry-After", ""))
+                    except ValueError:
+                        delay = HTTP_POLL_DEFAULT
+                    method, uri, content = "GET", location, None
+                    await asyncio.sleep(delay)
+                    continue
+                return json.dumps(
+                    {
+                        "statusCode": resp.status,
+                        "headers": {k: v for k, v in resp.headers.items()},
+                        "content": body,
+                    }
+                )
 
     def _flush_completions(self) -> None:
         self.flush_scheduled = False

@@ -86,6 +86,7 @@ class ServerThread:
             base_url=base,
         )
         self.durable.add_routes(app)
+        app.router.add_route("*", "/test/async-pattern/{n}", _async_pattern)
         await self.runner.setup()
         site = web.SockSite(self.runner, sock)
         await site.start()
@@ -101,6 +102,19 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+_polls: dict[str, int] = {}
+
+
+async def _async_pattern(request: web.Request) -> web.Response:
+    """A test endpoint in the HTTP async pattern: 202 + Location + Retry-After n times, then 200."""
+    token = request.query.get("t", "")
+    left = int(request.match_info["n"]) - _polls.get(token, 0)
+    _polls[token] = _polls.get(token, 0) + 1
+    if left > 0:
+        return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "0.05"})
+    return web.json_response({"polls": _polls[token], "method": request.method})
 
 
 @pytest.fixture(scope="session")

@@ -302,6 +302,15 @@ def test_call_http_runs_as_the_builtin_http_activity(server, run):
     assert scheduled[0]["Name"] == "BuiltIn::HttpActivity"
 
 
+def test_call_http_follows_the_async_pattern(server, run):
+    c = server.client()
+    iid = run(
+        c.start_new("http_poster", None, f"{server.base_url}/test/async-pattern/2?t={uuid.uuid4().hex}")
+    )
+    st = wait_for(run, c, iid)
+    assert st.output == {"status": 200, "content": {"polls": 3, "method": "GET"}}
+
+
 def test_query_filters_paging_and_purge(server, run):
     c = server.client()
     prefix = f"q{uuid.uuid4().hex[:6]}-"

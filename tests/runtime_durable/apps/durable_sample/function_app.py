@@ -1,6 +1,7 @@
 """Sample Durable Functions app for the local runtime's durable tests: one function per feature."""
 
 import asyncio
+import json
 import os
 import threading
 from datetime import timedelta
@@ -284,6 +285,12 @@ def parent_of_waiter(context: df.DurableOrchestrationContext):
 def http_caller(context: df.DurableOrchestrationContext):
     r = yield context.call_http("GET", context.get_input())
     return {"status": r["statusCode"], "is_list": r["content"].startswith("[")}
+
+
+@app.orchestration_trigger(context_name="context")
+def http_poster(context: df.DurableOrchestrationContext):
+    r = yield context.call_http("POST", context.get_input(), content={"start": True})
+    return {"status": r["statusCode"], "content": json.loads(r["content"])}
 
 
 @app.orchestration_trigger(context_name="context")
