@@ -8,6 +8,7 @@ param tags object
 param taskHub string
 param createGallery bool
 param principalId string
+param principalType string
 
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var deploymentContainer = 'app-package-${take(token, 8)}'
@@ -71,7 +72,7 @@ resource userStorageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     properties: {
       roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
       principalId: principalId
-      principalType: 'User'
+      principalType: principalType
     }
   }
 ]

@@ -15,11 +15,15 @@ param location string
 @description('Durable Functions task hub name (app setting IMAGEBUILDER_TASK_HUB)')
 param taskHub string = 'ImageBuilderHub'
 
-@description('Also create an Azure Compute Gallery for distribution targets')
-param createGallery bool = false
+@description('Also create an Azure Compute Gallery for distribution targets (\'true\' or \'false\': azd passes strings)')
+param createGallery string = 'false'
 
 @description('Object id of the deploying user, granted data access to the app storage for troubleshooting (optional)')
 param principalId string = ''
+
+@description('Type of principalId: User or ServicePrincipal (a CI pipeline)')
+@allowed(['User', 'ServicePrincipal'])
+param principalType string = 'User'
 
 var tags = { 'azd-env-name': environmentName, application: 'imagebuilder-functions' }
 var role = loadJsonContent('imagebuilder-role.json')
@@ -38,8 +42,9 @@ module app 'app.bicep' = {
     location: location
     tags: tags
     taskHub: taskHub
-    createGallery: createGallery
+    createGallery: toLower(createGallery) == 'true'
     principalId: principalId
+    principalType: principalType
   }
 }
 
