@@ -196,7 +196,14 @@ def run_shell(
     start = time.monotonic()
     try:
         done = sandbox.run(
-            root, [inside], network=network, inbox=inbox, run_marker=run_marker, log=recorder, timeout=timeout
+            root,
+            # One pipe for both streams, so the log and the tail keep the order the lines were written in.
+            ["/bin/sh", "-c", 'exec "$0" 2>&1', inside],
+            network=network,
+            inbox=inbox,
+            run_marker=run_marker,
+            log=recorder,
+            timeout=timeout,
         )
     except proc.CommandTimeoutError as exc:
         return Outcome(

@@ -71,6 +71,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_cached(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process (big files get copied to
+    several stores in a row)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = sha256_file(path)
+    return _SHA_MEMO[key]
+
+
 def _key(text: str) -> str:
     return safe_name(text.lower(), limit=90)
 
@@ -248,7 +261,7 @@ class Stores:
             staging.mkdir()
             copy_verified(disk, staging / DISK, str(meta["sha256"]), log=log)
             if rootfs.is_file():
-                copy_verified(rootfs, staging / ROOTFS, sha256_file(rootfs), log=log)
+                copy_verified(rootfs, staging / ROOTFS, sha256_cached(rootfs), log=log)
             full = {
                 **meta,
                 "id": ref.text,
@@ -466,7 +479,7 @@ class Stores:
             try:
                 copy_verified(disk, target, sha256, log=log)
                 if rootfs.is_file():
-                    copy_verified(rootfs, region_dir / ROOTFS, sha256_file(rootfs), log=log)
+                    copy_verified(rootfs, region_dir / ROOTFS, sha256_cached(rootfs), log=log)
             except BaseException as exc:
                 self._set_region(
                     ref, version, region, {**settings, "state": "Failed", "error": str(exc)[:500]}

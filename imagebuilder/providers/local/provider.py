@@ -42,7 +42,7 @@ from imagebuilder.pipeline.messages import (
     StepResult,
 )
 from imagebuilder.providers.base import ComputeProvider, LogSink, ProviderError, TransientProviderError
-from imagebuilder.providers.local import artifacts, catalog, customizers, deprovision, proc, sandbox
+from imagebuilder.providers.local import artifacts, catalog, customizers, deprovision, gallery, proc, sandbox
 from imagebuilder.providers.local.gallery import GalleryError, GalleryImageId, ImageId, Stores, sha256_file
 from imagebuilder.providers.local.layout import (
     RunLayout,
@@ -669,7 +669,9 @@ class LocalProvider(ComputeProvider):
                     "-I", "zstd -T0 -1", "-cf", str(rootfs), "."]  # fmt: skip
         clog.write(f"$ {proc.format_argv(tar_argv)}\n")
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            tar_job = pool.submit(_timed, lambda: proc.run(tar_argv, timeout=1800))
+            tar_job = pool.submit(
+                _timed, lambda: (proc.run(tar_argv, timeout=1800), gallery.sha256_cached(rootfs))
+            )
             try:
                 t0 = time.monotonic()
                 info = disk.build_disk(root, raw, generation=generation, bootable=bootable, log=clog)

@@ -171,7 +171,7 @@ def find_processes(run_marker: str, paths: Sequence[Path]) -> list[int]:
     """Processes of one run: a sandbox (its argv names a run folder) or anything inside one (its
     environment carries the run marker, or its root is inside a run folder)."""
     marker = f"{RUN_MARKER_ENV}={run_marker}".encode()
-    needles = [str(p).encode() for p in paths]
+    needles = [(str(p) + "/").encode() for p in paths] + [(str(p) + "\x00").encode() for p in paths]
     found: list[int] = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
