@@ -346,3 +346,21 @@ def test_source_image_in_another_region_is_refused_before_building(provider, arm
     bad["properties"]["source"] = {"type": "ManagedImage", "imageId": "not-an-id"}
     err = provider.prepare(build_input(bad), ListLog()).error
     assert err.code == "InvalidResourceId" and "properties.source.imageId" in err.message
+
+
+def test_a_pending_resumes_in_a_fresh_provider_instance(provider, arm, clock):
+    """Each poll may run in another worker process: nothing may live only in the provider's memory."""
+    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.fake_arm import FakeCredential
+
+    log = ListLog()
+    build = build_input(linux_template())
+    prepared = provider.prepare(build, log)
+    result = provider.create_build_env(build, prepared, log)
+    while isinstance(result, Pending):
+        fresh = AzureProvider(
+            credential=FakeCredential(), transport=arm, sleep=clock.sleep, clock=clock, environ={}
+        )
+        result = fresh.poll(Pending.model_validate_json(result.model_dump_json()), log)
+    assert isinstance(result, BuildEnv) and result.handle["status"] == "ready"
+    _clean(provider, arm, build, log)
