@@ -127,7 +127,7 @@ class DurableHttpApi:
 
     def add_routes(self, app: web.Application) -> None:
         for prefix, webhook in ((RPC_PREFIX, False), (WEBHOOK_PREFIX, True)):
-            g = self._guard if webhook else (lambda f: f)
+            g = (lambda f: self._ready(self._guard(f))) if webhook else self._ready
             r = app.router
             r.add_post(prefix + "/orchestrators/{functionName}", g(self.start))
             r.add_post(prefix + "/orchestrators/{functionName}/{instanceId}", g(self.start))
@@ -142,6 +142,18 @@ class DurableHttpApi:
             r.add_get(prefix + "/entities/{name}/{key}", g(self.get_entity))
             r.add_post(prefix + "/entities/{name}/{key}", g(self.signal_entity))
             r.add_delete(prefix + "/entities/{name}/{key}", g(self.signal_entity))
+
+    def _ready(self, handler: Handler) -> Handler:
+        async def ready(request: web.Request) -> web.StreamResponse:
+            if (
+                self.engine.store is None
+            ):  # between the server starting and DurableHost.start(), or after stop
+                return web.Response(
+                    status=503, headers={"Retry-After": "1"}, text="durable engine not running"
+                )
+            return await handler(request)
+
+        return ready
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:

@@ -133,3 +133,33 @@ def test_entity_delete_and_dollar_key(server, run):
     while run(req("GET", f"entities/counter/{key}"))[0] != 404 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert run(req("GET", f"entities/counter/{key}"))[0] == 404
+
+
+def test_503_until_started(tmp_path, client_loop):
+    """The host mounts the routes before it starts the engine: requests in between get 503."""
+    from aiohttp import web
+
+    async def go():
+        host = DurableHost(
+            functions=[], state_dir=tmp_path, host_json={}, app_settings={}, base_url="http://x"
+        )
+        app = web.Application()
+        host.add_routes(app)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{port}/durabletask/instances/") as r:
+                    before = r.status
+                await host.start()
+                async with s.get(f"http://127.0.0.1:{port}/durabletask/instances/") as r:
+                    after = r.status
+                await host.stop()
+        finally:
+            await runner.cleanup()
+        return before, after
+
+    assert client_loop.run_until_complete(go()) == (503, 200)
