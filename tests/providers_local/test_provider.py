@@ -431,7 +431,10 @@ def test_validation_in_sandbox_does_not_touch_the_image(provider: LocalProvider)
 
 
 def test_phases_are_idempotent(provider: LocalProvider) -> None:
-    build = build_input({"customize": [{"type": "Shell", "inline": ["echo x >> /counter"]}]})
+    build = build_input(
+        {"customize": [{"type": "Shell", "inline": ["echo x >> /counter"]}]},
+        tags={"imagebuilder.local.qcow2": "true"},
+    )
     log = RecLog()
     first = provider.prepare(build, log)
     assert provider.prepare(build, log) == first
@@ -442,6 +445,8 @@ def test_phases_are_idempotent(provider: LocalProvider) -> None:
     assert (Path(env.handle["root"]) / "counter").read_text() == "x\n"
     cap = provider.capture(build, env, log)
     assert provider.capture(build, env, log) == cap
+    qcow2 = disk.inspect_disk(Path(cap.image["qcow2"]))
+    assert qcow2["format"] == "qcow2" and qcow2["virtual_size"] + 512 == cap.image["size"]
     provider.cleanup(build, keep=False, log=log)
     assert_no_leaks(provider, build)
 
@@ -593,3 +598,65 @@ def test_boot_results_become_step_results(tmp_path: Path) -> None:
     )
     ok = boot.BootResult(True, 0, tmp_path / "s.log", 19.0, [], [], checks[:1])
     assert _boot_step_result(ok, None, log, log).status == "succeeded"
+
+
+def test_vhd_and_managed_image_targets_failures_and_uploader(provider: LocalProvider, tmp_path: Path) -> None:
+    uploads: list[tuple[str, Path]] = []
+
+    def upload(url: str, path: Path) -> str:
+        uploads.append((url, path))
+        return url.split("?", 1)[0]
+
+    provider.blob_uploader = None
+    inside = provider.state_dir / "vhds" / "custom" / "mine.vhd"
+    targets = [
+        {"type": "VHD", "runOutputName": "outside", "uri": (tmp_path / "x.vhd").as_uri()},
+        {"type": "VHD", "runOutputName": "inside", "uri": inside.as_uri()},
+        {
+            "type": "VHD",
+            "runOutputName": "blob",
+            "uri": "https://acct.blob.core.windows.net/vhds/a.vhd?sig=SECRET",
+        },
+        {
+            "type": "ManagedImage",
+            "runOutputName": "m1",
+            "imageId": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/images/i",
+            "location": "westus",
+        },
+        {
+            "type": "ManagedImage",
+            "runOutputName": "m2",
+            "imageId": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/images/i",
+            "location": "eastus",
+        },
+        {"type": "Nope", "runOutputName": "n"},
+    ]
+    build = build_input({"distribute": targets})
+    log = RecLog()
+    prepared = provider.prepare(build, log)
+    env = provider.create_build_env(build, prepared, log)
+    cap = provider.capture(build, env, log)
+    outside = provider.distribute(build, cap, 0, "westus", log)
+    assert (
+        outside.status == "failed" and outside.error is not None and outside.error.code == "BadVhdDistribute"
+    )
+    assert not (tmp_path / "x.vhd").exists()
+    ok = provider.distribute(build, cap, 1, "westus", log)
+    assert ok.status == "succeeded" and inside.is_file() and ok.artifact_uri == inside.as_uri()
+    blob = provider.distribute(build, cap, 2, "westus", log)
+    assert blob.status == "failed" and blob.error is not None and "SECRET" not in blob.error.message
+    provider.blob_uploader = upload
+    blob2 = provider.distribute(build, cap, 2, "westus", log)
+    assert (
+        blob2.status == "succeeded" and blob2.artifact_uri == "https://acct.blob.core.windows.net/vhds/a.vhd"
+    )
+    assert uploads and uploads[0][1] == Path(cap.image["vhd"])
+    assert provider.distribute(build, cap, 3, "westus", log).status == "succeeded"
+    conflict = provider.distribute(build, cap, 4, "eastus", log)
+    assert conflict.status == "failed" and conflict.error is not None and "westus" in conflict.error.message
+    assert conflict.error.step == "distribute[4] (ManagedImage: m2) eastus"
+    bad = provider.distribute(build, cap, 5, "westus", log)
+    assert bad.status == "failed" and bad.error is not None and bad.error.code == "BadDistributeType"
+    assert "SECRET" not in log.text
+    provider.cleanup(build, keep=False, log=log)
+    assert_no_leaks(provider, build)
