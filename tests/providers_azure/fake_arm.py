@@ -88,6 +88,7 @@ class FakeArm(HttpTransport):
         self.faults: list[Fault] = []
         self.op_failures: list[tuple[str, str, str]] = []  # (path regex, code, message)
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.blobs: dict[str, dict[str, Any]] = {}
         self.platform_images: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, str | None, Any]] = []
@@ -247,6 +248,8 @@ class FakeArm(HttpTransport):
             return self._blob(method, host, path, headers)
         if host != ARM:
             key = f"https://{host}{path}"
+            if method == "GET" and key in self.redirects:
+                return 302, {"Location": self.redirects[key]}, None
             if method == "GET" and key in self.files:
                 if "authorization" in {k.lower() for k in headers}:
                     self.problem(f"credential sent to {host}")

@@ -364,3 +364,17 @@ def test_a_pending_resumes_in_a_fresh_provider_instance(provider, arm, clock):
         result = fresh.poll(Pending.model_validate_json(result.model_dump_json()), log)
     assert isinstance(result, BuildEnv) and result.handle["status"] == "ready"
     _clean(provider, arm, build, log)
+
+
+def test_downloads_follow_redirects_and_missing_files_fail_prepare(provider, arm):
+    arm.redirects["https://example.com/setup.sh"] = "https://raw.example.org/setup.sh"
+    arm.files["https://raw.example.org/setup.sh"] = arm.files.pop("https://example.com/setup.sh")
+    prepared = provider.prepare(build_input(linux_template()), ListLog())
+    assert prepared.status == "succeeded"
+    del arm.files["https://raw.example.org/setup.sh"]
+    failed = provider.prepare(build_input(linux_template()), ListLog())
+    assert (
+        failed.status == "failed"
+        and failed.error.code == "ScriptDownloadFailed"
+        and "404" in failed.error.message
+    )

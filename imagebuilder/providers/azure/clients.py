@@ -33,7 +33,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
+from azure.core.pipeline.policies import RedirectPolicy, RetryPolicy, SansIOHTTPPolicy
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.polling import PollingMethod
 from azure.core.rest import HttpRequest
@@ -187,9 +187,6 @@ class StartOnly(PollingMethod[Any]):
         headers = http.headers
         async_url = headers.get("Azure-AsyncOperation")
         location = headers.get("Location")
-        # A 200/201 with a terminal provisioningState and no polling header is already done.
-        if status in (200, 201, 204) and not async_url and not location:
-            async_url = location = None
         self.started = Started(
             status_code=status,
             body=body if isinstance(body, dict) else {},
@@ -453,7 +450,7 @@ class AzureClients:
                 self.call(f"download {redact(url)}", lambda: self.blob(url).download_blob().readall())
             )
         if self._http is None:
-            policies: list[Any] = [RetryPolicy(retry_total=2, retry_backoff_factor=0.5)]
+            policies: list[Any] = [RedirectPolicy(), RetryPolicy(retry_total=2, retry_backoff_factor=0.5)]
             self._http = PipelineClient("", policies=policies, transport=self.transport)
         try:
             response = self._http.send_request(HttpRequest("GET", url))
@@ -461,7 +458,7 @@ class AzureClients:
             raise classify(exc, what=f"download {redact(url)}") from exc
         if response.status_code in (408, 429) or response.status_code >= 500:
             raise TransientProviderError(f"download {redact(url)}: HTTP {response.status_code}")
-        if response.status_code >= 400:
+        if response.status_code != 200:
             raise ArmFailure(
                 "ScriptDownloadFailed",
                 f"downloading {redact(url)} answered HTTP {response.status_code}",
