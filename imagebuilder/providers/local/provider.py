@@ -310,8 +310,12 @@ class LocalProvider(ComputeProvider):
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{key}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        catalog.extract_base(tarball, tmp / "tree")
-        (tmp / ".complete").write_text(str(tarball))
+        try:
+            catalog.extract_base(tarball, tmp / "tree")
+            (tmp / ".complete").write_text(str(tarball))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             os.rename(tmp, dest)
         except OSError:
