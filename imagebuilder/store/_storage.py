@@ -35,7 +35,11 @@ T = TypeVar("T")
 
 # A binary property holds at most 64 KiB and an entity at most 1 MiB (all properties together).
 CHUNK_BYTES = 60_000
-MAX_PACKED_BYTES = 900_000
+# Budgets per packed value so that every entity stays under 1 MiB: a run holds its template snapshot,
+# details and error together.
+MAX_PACKED_BYTES = 560_000
+DETAILS_BYTES = 300_000
+SMALL_BYTES = 60_000
 MAX_CONFLICT_RETRIES = 50
 
 _DEV_ACCOUNT = "devstoreaccount1"
@@ -143,25 +147,34 @@ def check_log_name(name: str) -> str:
     return name
 
 
-def pack(prefix: str, value: Any) -> dict[str, Any]:
+def pack(prefix: str, value: Any, limit: int = MAX_PACKED_BYTES) -> dict[str, Any]:
     """JSON-serialize and compress `value` into binary properties `{prefix}0..n` plus `{prefix}Chunks`.
 
     One entity is written atomically, so a value packed this way is never seen half-written.
     """
     raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     data = zlib.compress(raw, 6)
-    if len(data) > MAX_PACKED_BYTES:
+    if len(data) > limit:
         raise TooLargeError(
-            f"{prefix} is {len(raw)} bytes of JSON ({len(data)} compressed); at most {MAX_PACKED_BYTES} "
+            f"{prefix} is {len(raw)} bytes of JSON ({len(data)} compressed); at most {limit} "
             "compressed bytes fit one storage entity",
             hint="move large inline scripts to scriptUri/sourceUri files",
         )
-    props: dict[str, Any] = {f"{prefix}Chunks": 0}
     chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+    props: dict[str, Any] = {f"{prefix}Chunks": len(chunks)}
     for i, chunk in enumerate(chunks):
         props[f"{prefix}{i}"] = chunk
-    props[f"{prefix}Chunks"] = len(chunks)
     return props
+
+
+def repack(
+    entity: Mapping[str, Any], prefix: str, value: Any, limit: int = MAX_PACKED_BYTES
+) -> dict[str, Any]:
+    """A copy of `entity` with `prefix` packed anew (chunks of the old value dropped)."""
+    stale = re.compile(re.escape(prefix) + r"\d+$")
+    out = {k: v for k, v in entity.items() if not stale.match(k)}
+    out.update(pack(prefix, value, limit))
+    return out
 
 
 def unpack(entity: Mapping[str, Any], prefix: str, default: Any = None) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 from azure.data.tables import TableEntity
 
 from imagebuilder.store._storage import (
+    SMALL_BYTES,
     Table,
     etag_of,
     iso,
@@ -18,6 +19,7 @@ from imagebuilder.store._storage import (
     now,
     pack,
     parse_iso,
+    repack,
     retry_on_conflict,
     unpack,
 )
@@ -113,9 +115,9 @@ class OperationRepo:
                 return _record(entity)
             updated: dict[str, Any] = {**dict(entity), "Status": status, "EndTime": iso(now())}
             if error is not None:
-                updated.update(pack("Error", error))
+                updated = repack(updated, "Error", error, SMALL_BYTES)
             if result is not None:
-                updated.update(pack("Result", result))
+                updated = repack(updated, "Result", result)
             self._t.replace(updated, etag_of(entity), f"operation {operation_id}")
             record = self.get(sub, operation_id)
             assert record is not None

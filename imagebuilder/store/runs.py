@@ -16,6 +16,8 @@ from azure.storage.blob import ContainerClient
 
 from imagebuilder.pipeline.messages import RESOURCE_TYPE, RunRef
 from imagebuilder.store._storage import (
+    DETAILS_BYTES,
+    SMALL_BYTES,
     Table,
     check_log_name,
     check_run_id,
@@ -26,6 +28,7 @@ from imagebuilder.store._storage import (
     now,
     pack,
     parse_iso,
+    repack,
     retry_on_conflict,
     unpack,
 )
@@ -34,7 +37,6 @@ from imagebuilder.store.errors import (
     ConcurrencyError,
     NotFoundError,
     RunInProgressError,
-    TooLargeError,
 )
 from imagebuilder.store.logs import BlobLog
 from imagebuilder.store.records import RUN_STATES, RUN_SUB_STATES, TERMINAL_RUN_STATES, RunRecord
@@ -119,8 +121,6 @@ class RunRepo:
         """
         check_run_id(run.run_id)
         snapshot = pack("Snapshot", template_snapshot)
-        if sum(len(v) for k, v in snapshot.items() if isinstance(v, bytes)) > 600_000:
-            raise TooLargeError("the template snapshot is too large to record with the run")
 
         def attempt() -> RunRecord:
             tmpl = self._templates.entity(run.subscription_id, run.resource_group, run.template_name)
@@ -154,7 +154,7 @@ class RunRepo:
                 "CreatedTime": stamp,
                 "StartTime": stamp,
                 "EndTime": "",
-                **pack("Details", {}),
+                **pack("Details", {}, DETAILS_BYTES),
                 **snapshot,
             }
             self._runs.create(entity, f"run {run.run_id!r}")
@@ -225,7 +225,7 @@ class RunRepo:
                     f"run {run.run_id!r} of image template {run.template_name!r} does not exist"
                 )
             updated: dict[str, Any] = dict(entity)
-            final = updated["RunState"] in TERMINAL_RUN_STATES
+            final = entity["RunState"] in TERMINAL_RUN_STATES
             stamp = iso(now())
             if not final:
                 if run_state is not None:
@@ -241,10 +241,10 @@ class RunRepo:
                 if message is not None:
                     updated["Message"] = message
                 if error is not None:
-                    updated.update(pack("Error", error))
+                    updated = repack(updated, "Error", error, SMALL_BYTES)
             if details:
                 merged = {**unpack(entity, "Details", {}), **details}
-                updated.update(pack("Details", merged))
+                updated = repack(updated, "Details", merged, DETAILS_BYTES)
             self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
             record = self.get(run)
             assert record is not None
@@ -264,7 +264,7 @@ class RunRepo:
             details = unpack(entity, "Details", {})
             steps = [s for s in details.get("steps", []) if s.get("name") != step.get("name")]
             details["steps"] = [*steps, step]
-            updated: dict[str, Any] = {**dict(entity), **pack("Details", details)}
+            updated = repack(entity, "Details", details, DETAILS_BYTES)
             self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
             record = self.get(run)
             assert record is not None
@@ -294,7 +294,7 @@ class RunRepo:
                             "RowKey": rk,
                             "Name": name,
                             "CreatedAt": iso(now()),
-                            **pack("Properties", output),
+                            **pack("Properties", output, SMALL_BYTES),
                         },
                         f"run output {name!r}",
                     )
@@ -303,7 +303,7 @@ class RunRepo:
                 return
             merged = deep_merge(unpack(entity, "Properties", {}), output)
             self._outputs.replace(
-                {**dict(entity), **pack("Properties", merged)}, etag_of(entity), f"run output {name!r}"
+                repack(entity, "Properties", merged, SMALL_BYTES), etag_of(entity), f"run output {name!r}"
             )
 
         retry_on_conflict(f"record run output {name!r}", attempt)

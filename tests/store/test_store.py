@@ -332,3 +332,18 @@ def test_identity_based_connections_need_no_key() -> None:
     assert isinstance(other.credential(), DefaultAzureCredential)
     assert identity_endpoints(expand_connection_string("UseDevelopmentStorage=true")) is None
     assert identity_endpoints("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=eA==") is None
+
+
+def test_values_shrink_without_leftover_chunks(store: Store) -> None:
+    store.templates.create(SUB, "rg1", "tmpl", resource("tmpl"))
+    store.runs.create(ref(), template_snapshot={})
+    noise = os.urandom(90_000).hex()  # incompressible: several chunks
+    store.runs.set_status(ref(), details={"blob": noise})
+    table = store.runs._runs.client
+    assert table.get_entity(*store.runs._keys(ref()))["DetailsChunks"] > 1
+    store.runs.set_status(ref(), details={"blob": "small"})
+    entity = table.get_entity(*store.runs._keys(ref()))
+    assert entity["DetailsChunks"] == 1 and "Details1" not in entity
+    assert store.runs.get(ref()).details == {"blob": "small"}  # type: ignore[union-attr]
+    with pytest.raises(TooLargeError):
+        store.runs.set_status(ref(), details={"blob": os.urandom(400_000).hex()})
