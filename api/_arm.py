@@ -247,7 +247,8 @@ def origin(req: func.HttpRequest) -> str:
 
 
 def location_slug(location: str) -> str:
-    return re.sub(r"\s+", "", location).lower() or "global"
+    """The location segment of operation URLs: Azure's normalized region name ("West US" -> "westus")."""
+    return re.sub(r"[^a-z0-9]", "", location.lower()) or "global"
 
 
 def operation_path(op: OperationRecord) -> str:
