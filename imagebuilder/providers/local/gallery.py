@@ -259,9 +259,13 @@ class Stores:
             staging = folder.parent / f".{folder.name}.new"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
-            copy_verified(disk, staging / DISK, str(meta["sha256"]), log=log)
-            if rootfs.is_file():
-                copy_verified(rootfs, staging / ROOTFS, sha256_cached(rootfs), log=log)
+            try:
+                copy_verified(disk, staging / DISK, str(meta["sha256"]), log=log)
+                if rootfs.is_file():
+                    copy_verified(rootfs, staging / ROOTFS, sha256_cached(rootfs), log=log)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             full = {
                 **meta,
                 "id": ref.text,

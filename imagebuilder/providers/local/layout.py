@@ -2,6 +2,13 @@
 gallery and VHD folders under the state directory, and the path-safety helpers that keep paths taken
 from templates inside their root (symlinks are resolved as if the root were `/`).
 
+    state_dir/local/runs/<template>-<run>-<hash>/   one run; removed by cleanup (kept on abort)
+        staging/artifacts/  staging/prepare.json    fetched scriptUri/sourceUri files, prepare record
+        staging/capture/                            disk.vhd [disk.qcow2] rootfs.tar.zst capture.json
+        build/root build/upper build/work env.json  overlay (lower = cache_dir/extracted/<base>/tree)
+        inbox/ (read-only at /run/imagebuilder)     step scripts, sudo shim;  validate/ logs/
+    state_dir/images/ gallery/ vhds/                the stores (see `gallery`)
+
 Exceptions::
 
     ProviderError (providers.base)
