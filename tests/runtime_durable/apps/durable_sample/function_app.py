@@ -293,6 +293,53 @@ def http_poster(context: df.DurableOrchestrationContext):
     return {"status": r["statusCode"], "content": json.loads(r["content"])}
 
 
+def _plan_task(context: df.DurableOrchestrationContext, step: dict, tag: str):
+    """One step of an `interpreter` plan as a Task (see tests/runtime_durable/test_sequence_fuzz.py)."""
+    kind, arg = next(iter(step.items()))
+    if kind == "a":
+        return context.call_activity("say_hello", str(arg))
+    if kind == "r":
+        key, fails = arg
+        return context.call_activity_with_retry("flaky", RETRY, f"{tag}{key}:{fails + 1}")
+    if kind == "t":
+        return context.create_timer(context.current_utc_datetime + timedelta(milliseconds=arg))
+    if kind == "all":
+        return context.task_all([_plan_task(context, s, tag) for s in arg])
+    if kind == "any":
+        return context.task_any([_plan_task(context, s, tag) for s in arg])
+    if kind == "sub":
+        return context.call_sub_orchestrator(
+            "interpreter", {"tag": f"{tag}{arg['key']}", "steps": arg["steps"]}
+        )
+    if kind == "sig":
+        context.signal_entity(df.EntityId("Counter", tag), "add", arg)
+        return None
+    raise ValueError(f"unknown step {step}")
+
+
+@app.orchestration_trigger(context_name="context")
+def interpreter(context: df.DurableOrchestrationContext):
+    plan = context.get_input()
+    out = []
+    for step in plan["steps"]:
+        task = _plan_task(context, step, plan["tag"])
+        if task is None:
+            out.append("signalled")
+            continue
+        result = yield task
+        out.append(_plain(step, result))
+    return out
+
+
+def _plain(step: dict, result):
+    """task_any results are Tasks: report them as "any" (the winner is timing-dependent)."""
+    if "any" in step:
+        return "any"
+    if "all" in step:
+        return [_plain(s, r) for s, r in zip(step["all"], result, strict=True)]
+    return result
+
+
 @app.orchestration_trigger(context_name="context")
 def eternal(context: df.DurableOrchestrationContext):
     n = context.get_input()
