@@ -178,11 +178,15 @@ class FakeArm(HttpTransport):
         on_done: Callable[[], dict[str, Any] | None],
         path: str,
         polls: int | None = None,
+        deleting: bool = False,
     ) -> Op:
         op = Op(str(uuid.uuid4()), self.op_polls if polls is None else polls, on_done)
-        for pattern, code, message in self.op_failures:
+        for failure in [] if deleting else list(self.op_failures):  # one injected failure hits one PUT/POST
+            pattern, code, message = failure
             if re.search(pattern, path.lower()):
                 op.error = (code, message)
+                self.op_failures.remove(failure)
+                break
         self.ops[op.id] = op
         op.namespace = namespace  # type: ignore[attr-defined]
         return op
@@ -433,7 +437,7 @@ class FakeArm(HttpTransport):
                 cascade()
 
         self.resources[path.lower()]["properties"]["provisioningState"] = "Deleting"
-        op = self._op(namespace, done, path)
+        op = self._op(namespace, done, path, deleting=True)
         op.target = path.lower()  # type: ignore[attr-defined]
         return 202, self._async_headers(op, namespace, location_too=True), None
 

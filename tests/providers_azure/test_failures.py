@@ -135,7 +135,6 @@ def test_async_operation_failure_is_reported_with_its_code(provider, arm):
     assert env.handle["status"] == "failed"
     assert env.handle["error"]["code"] == "OSProvisioningTimedOut"
     assert env.handle["error"]["step"] == "create_build_env"
-    arm.op_failures.clear()
     _clean(provider, arm, build, log)
 
 
@@ -378,3 +377,22 @@ def test_downloads_follow_redirects_and_missing_files_fail_prepare(provider, arm
         and failed.error.code == "ScriptDownloadFailed"
         and "404" in failed.error.message
     )
+
+
+def test_build_vm_allocation_failure_is_retried_with_a_new_vm(provider, arm):
+    log = ListLog()
+    build = build_input(linux_template())
+    arm.op_failures.append(
+        (r"/virtualmachines/[^/]+$", "AllocationFailed", "Allocation failed. Please try another size.")
+    )
+    _, env = _env(provider, build, log)
+    assert env.handle["status"] == "ready", env
+    assert len(arm.vm_bodies) == 2 and "trying again (1/2)" in log.text
+    nic_puts = [p for m, p, _, _ in arm.requests if m == "PUT" and "/networkinterfaces/" in p.lower()]
+    assert len(nic_puts) == 2  # the NIC went with the failed VM and was made again
+    for _ in range(3):
+        arm.op_failures.append((r"/virtualmachines/[^/]+$", "AllocationFailed", "still no capacity"))
+    _, env = _env(provider, build_input(linux_template(), run="run-2"), log)
+    assert env.handle["status"] == "failed" and env.handle["error"]["code"] == "AllocationFailed"
+    _clean(provider, arm, build, log)
+    _clean(provider, arm, build_input(linux_template(), run="run-2"), log)

@@ -36,6 +36,7 @@ from imagebuilder.pipeline.messages import (
 )
 from imagebuilder.providers.azure import scripts
 from imagebuilder.providers.azure.clients import (
+    TRANSIENT_CODES,
     ArmFailure,
     AzureClients,
     OperationStatus,
@@ -427,6 +428,9 @@ class AzureProvider(ComputeProvider):
             if not status.done:
                 return self._pending(method, build, args, state, op, status.retry_after)
             if status.state != "Succeeded":
+                retry = self._retry_build_vm(build, args, state, op, status.error_code, log)
+                if retry is not None:
+                    return retry
                 error = ErrorInfo(
                     code=status.error_code or f"Operation{status.state}",
                     message=status.error_message or f"{op.get('what')} ended {status.state}",
@@ -437,6 +441,44 @@ class AzureProvider(ComputeProvider):
                 return self._failed(method, build, args, error)
             result = status.body
         return self._drive(method, build, args, log, state, result)
+
+    def _retry_build_vm(
+        self,
+        build: BuildInput,
+        args: dict[str, Any],
+        state: dict[str, Any],
+        op: dict[str, Any],
+        code: str | None,
+        log: LogSink,
+    ) -> Pending | None:
+        """A build VM that failed for a passing reason (capacity, an internal error) is deleted and made
+        again, at most twice; its NIC and disks go with it (deleteOption) and are remade by the next pass."""
+        if not str(op.get("what", "")).startswith("create build VM") or code not in TRANSIENT_CODES:
+            return None
+        attempts = int(state.get("vm_retries", 0))
+        if attempts >= 2:
+            return None
+        state["vm_retries"] = attempts + 1
+        names = Names.of(build)
+        arm = self.clients(build.run.subscription_id, build)
+        log.write(f"build VM failed with {code}; deleting it and trying again ({attempts + 1}/2)\n")
+        try:
+            started = arm.start(
+                f"delete failed VM {names.vm}",
+                lambda p: arm.compute.virtual_machines.begin_delete(
+                    names.resource_group, names.vm, polling=p
+                ),
+            )
+        except Throttled as throttled:
+            return self._pending("create_build_env", build, args, state, op, throttled.retry_after)
+        return self._pending(
+            "create_build_env",
+            build,
+            args,
+            state,
+            started.operation(f"delete failed VM {names.vm}"),
+            started.retry_after,
+        )
 
     def prepare(self, build: BuildInput, log: LogSink) -> PrepareResult | Pending:
         result: PrepareResult | Pending = self._drive("prepare", build, {}, log)
