@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
 import pytest
@@ -84,7 +84,7 @@ class Direct:
                     + (f"?{parts.query}" if parts.query else ""),
                     headers={"content-type": "application/json"},
                     params=params,
-                    route_params=match.groupdict(),
+                    route_params={k: unquote(v) for k, v in match.groupdict().items()},
                     body=data,
                 )
                 kwargs: dict[str, Any] = {"req": req}

@@ -305,3 +305,37 @@ def test_fuzzed_bodies_never_5xx_and_never_half_stored(
         else:
             assert stored.json["properties"] == resp.json["properties"]
     json.dumps(stored.json)  # what is stored is always whole, valid JSON
+
+
+@settings(
+    max_examples=int(os.environ.get("API_FUZZ_EXAMPLES", "60")) // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    name=st.text(
+        alphabet=st.characters(blacklist_characters="/?#%", blacklist_categories=["Cs"]),
+        min_size=1,
+        max_size=70,
+    ),
+    trigger=json_value,
+    version=st.sampled_from(["2025-10-01", "2022-07-01", "2019-05-01-preview", "2025-13-01", ""]),
+)
+def test_fuzzed_names_versions_and_trigger_bodies_never_5xx(
+    direct: Direct, name: str, trigger: Any, version: str
+) -> None:
+    sub = str(uuid.uuid4())
+    assert direct.put(template_url(sub), minimal_template()).status == 201
+    from urllib.parse import quote
+
+    quoted = quote(name, safe="")
+    for resp in (
+        direct.get(template_url(sub, name=quoted, api=version)),
+        direct.put(template_url(sub, name=quoted, api=version), minimal_template()),
+        direct.put(template_url(sub, suffix=f"/triggers/{quoted}", api=version), trigger),
+        direct.post(template_url(sub, name=quoted, suffix="/cancel", api=version)),
+        direct.get(template_url(sub, suffix=f"/runOutputs/{quoted}", api=version)),
+    ):
+        assert resp.status < 500 or resp.status == 503, resp.text
+        if resp.status >= 400 and resp.text:
+            assert resp.json["error"]["code"]
