@@ -203,7 +203,9 @@ def settle(provider: AzureProvider, result: Any, log: ListLog, limit: int = 60) 
     """Poll a result until it is not Pending, sending each Pending through JSON like the durable boundary."""
     polls = 0
     while isinstance(result, Pending):
-        wire = json.loads(json.dumps(result.model_dump(mode="json")))
+        text = json.dumps(result.model_dump(mode="json"))
+        assert "sig=" not in text and "adminPassword" not in text, "a secret would enter durable history"
+        wire = json.loads(text)
         result = provider.poll(Pending.model_validate(wire), log)
         polls += 1
         assert polls < limit, "never finished"
