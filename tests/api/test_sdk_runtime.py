@@ -301,3 +301,15 @@ def test_a_run_that_never_started_does_not_block_the_template(
     ops.begin_run(RG, "orphans").result()  # the old orphan is settled, the new run goes through
     assert api_store().runs.get(old).run_state == "Failed"
     assert ops.get(RG, "orphans").last_run_status.run_state == "Succeeded"
+
+
+def test_an_older_api_version_client(runtime: Runtime, sub: str) -> None:
+    with make_client(runtime.url, runtime.key, sub, polling_interval=0.2, api_version="2022-02-14") as old:
+        ops = old.virtual_machine_image_templates
+        ops.begin_create_or_update(RG, "legacy", model_template()).result()
+        assert ops.get(RG, "legacy").properties.provisioning_state == "Succeeded"
+        ops.begin_delete(RG, "legacy").result()
+    with make_client(runtime.url, runtime.key, sub, api_version="2099-01-01") as future:
+        with pytest.raises(HttpResponseError) as info:
+            future.virtual_machine_image_templates.get(RG, "legacy")
+        assert info.value.status_code == 400 and info.value.error.code == "InvalidApiVersionParameter"
