@@ -140,12 +140,18 @@ def bench_ours(n: int, m: int, runs: int, chain: int, max_activities: int) -> tu
         try:
             loop.run_until_complete(_run_ours(rpc, "fan_out", [2]))  # warm-up
             walls = []
+            stats = rt.host.engine.stats
+            before = dict(stats)
             for _ in range(runs):
                 wall, outs = loop.run_until_complete(_run_ours(rpc, "fan_out", [m] * n))
                 bad = sum(1 for o in outs if o != sum(range(1, m + 1)))
                 if bad:
                     print(f"  ours: {bad} wrong outputs!")
                 walls.append(wall)
+            episodes = stats["episodes"] - before["episodes"]
+            print(
+                f"  ours: {episodes / (runs * n):.1f} episodes (replays) per orchestration of {m} activities"
+            )
             CHAIN_TIMES.clear()
             loop.run_until_complete(_run_ours(rpc, "chained", [chain], poll=0.05))
             gaps = [CHAIN_TIMES[i + 1][0] - CHAIN_TIMES[i][1] for i in range(len(CHAIN_TIMES) - 1)]

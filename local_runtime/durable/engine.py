@@ -129,6 +129,7 @@ class Engine:
         # a 1000-activity fan-out must not spend its time replaying), capped at MAX_COALESCE.
         self.coalesce_window = coalesce_window
         self.replay_cost: dict[str, float] = {}
+        self.stats = {"episodes": 0, "activities": 0, "entity_batches": 0}
         self.outstanding: dict[str, int] = {}
         self.deferred: dict[str, asyncio.TimerHandle] = {}
 
@@ -394,6 +395,7 @@ class Engine:
         iid = row.instance_id
         hist = self._history(inst)
         now = h.utcnow()
+        self.stats["episodes"] += 1
         episode = [h.event(h.ORCHESTRATOR_STARTED, now), *new_events]
         full = hist + episode
         parent = json.loads(row.parent) if row.parent else None
@@ -675,6 +677,7 @@ class Engine:
             if self.stopping:
                 return
             self.in_flight += 1
+            self.stats["activities"] += 1
             try:
                 ev = await self._run_work_item(w)
             finally:
@@ -772,6 +775,7 @@ class Engine:
             return
         name, key = _parse_entity_id(entity_id)
         fn = self.entities.get(name)
+        self.stats["entity_batches"] += 1
         requests: list[dict[str, Any]] = []
         for item in visible:
             try:
