@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import azure.functions as func
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from imagebuilder.pipeline.messages import RESOURCE_TYPE
 from imagebuilder.settings import Settings
@@ -109,6 +110,19 @@ def _error_response(exc: BaseException) -> func.HttpResponse:
     if isinstance(exc, ConflictError):
         return json_response(ArmError(409, "Conflict", str(exc)).body(), 409)
     correlation = str(uuid.uuid4())
+    if isinstance(exc, ServiceRequestError | ServiceResponseError) or (
+        isinstance(exc, HttpResponseError) and (exc.status_code or 0) >= 500
+    ):
+        log.warning("storage unavailable (correlation %s): %s", correlation, exc)
+        return json_response(
+            ArmError(
+                503,
+                "ServiceUnavailable",
+                f"The service's storage is unavailable; retry shortly. Correlation id: {correlation}.",
+            ).body(),
+            503,
+            {"Retry-After": "10"},
+        )
     if isinstance(exc, StoreError):
         log.error("store error (correlation %s): %s", correlation, exc)
     else:

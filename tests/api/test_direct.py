@@ -218,3 +218,19 @@ def test_links_follow_the_front_end(direct: Direct, sub: str) -> None:
     assert resp.status_code == 202, _json.loads(resp.get_body() or b"{}")
     assert resp.headers["Location"].startswith("https://myapp.azurewebsites.net/subscriptions/")
     assert resp.headers["Azure-AsyncOperation"].startswith("https://myapp.azurewebsites.net/")
+
+
+def test_errors_never_leak_internals() -> None:
+    import json as _json
+
+    from azure.core.exceptions import ServiceRequestError
+
+    from api._arm import _error_response
+
+    down = _error_response(ServiceRequestError("connection refused to 127.0.0.1:10002"))
+    assert down.status_code == 503 and down.headers["Retry-After"]
+    assert _json.loads(down.get_body())["error"]["code"] == "ServiceUnavailable"
+    bug = _error_response(KeyError("secret-internal-name"))
+    body = bug.get_body().decode()
+    assert bug.status_code == 500 and "secret-internal-name" not in body and "Traceback" not in body
+    assert "Correlation id" in _json.loads(body)["error"]["message"]
