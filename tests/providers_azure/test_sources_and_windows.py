@@ -250,12 +250,18 @@ def test_shell_on_windows_is_refused_with_the_field(provider, arm):
     _seed_windows(arm)
     log = ListLog()
     template = _windows_template()
-    template["properties"]["customize"] = [{"type": "Shell", "name": "oops", "inline": ["ls"]}]
+    template["properties"]["customize"] = [
+        {"type": "Shell", "name": "oops", "inline": ["ls"]},
+        {"type": "PowerShell", "name": "sys", "inline": ["whoami"], "runAsSystem": True},
+        {"type": "PowerShell", "name": "codes", "inline": ["whoami"], "validExitCodes": ["zero"]},
+    ]
     build = build_input(template)
     env, _ = settle(provider, provider.create_build_env(build, provider.prepare(build, log), log), log)
     step = provider.customize(build, env, 0, log)
     assert step.status == "failed" and step.error.code == "InvalidCustomizer"
     assert "customize[0] (oops)" in step.error.message
+    assert "runAsSystem needs runElevated" in provider.customize(build, env, 1, log).error.message
+    assert "customize[2] (codes).validExitCodes" in provider.customize(build, env, 2, log).error.message
 
 
 def test_find_orphans_lists_what_a_run_left(provider, arm):

@@ -1067,8 +1067,13 @@ class AzureProvider(ComputeProvider):
                 raise ArmFailure(
                     "InvalidCustomizer", f"{label}: PowerShell runs on Windows; this source is {os_type}"
                 )
+            if step.get("runAsSystem") and not step.get("runElevated"):
+                raise ArmFailure("InvalidCustomizer", f"{label}: runAsSystem needs runElevated: true")
+            try:
+                valid = [int(c) for c in step.get("validExitCodes") or [0]]
+            except (TypeError, ValueError) as exc:
+                raise ArmFailure("InvalidCustomizer", f"{label}.validExitCodes must be integers") from exc
             script = scripts.powershell(step, sha, identity)
-            valid = [int(c) for c in step.get("validExitCodes") or [0]]
         elif kind == "File":
             if not step.get("destination") or not sha:
                 raise ArmFailure("InvalidCustomizer", f"{label}: File needs sourceUri and destination")
