@@ -660,3 +660,67 @@ def test_vhd_and_managed_image_targets_failures_and_uploader(provider: LocalProv
     assert "SECRET" not in log.text
     provider.cleanup(build, keep=False, log=log)
     assert_no_leaks(provider, build)
+
+
+def test_concurrent_runs_share_the_base_and_get_distinct_versions(tmp_path: Path, base_cache: Path) -> None:
+    import threading
+
+    provider = LocalProvider(state_dir=tmp_path / "state", cache_dir=tmp_path / "fresh-cache")
+    builds = [
+        build_input(
+            {
+                "customize": [{"type": "Shell", "inline": [f"echo {i} > /n"]}],
+                "distribute": [
+                    {
+                        "type": "SharedImage",
+                        "runOutputName": "g",
+                        "galleryImageId": GALLERY_IMAGE,
+                        "targetRegions": [{"name": "a"}, {"name": "b"}],
+                    }
+                ],
+            },
+            run_id=f"r{i}",
+        )
+        for i in range(3)
+    ]
+    results: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def run(build) -> None:  # type: ignore[no-untyped-def]
+        try:
+            log = RecLog()
+            env = provider.create_build_env(build, provider.prepare(build, log), log)
+            provider.customize(build, env, 0, log)
+            cap = provider.capture(build, env, log)
+            out: list = []
+            regions = [
+                threading.Thread(target=lambda r=r: out.append(provider.distribute(build, cap, 0, r, log)))
+                for r in "ab"
+            ]
+            for t in regions:
+                t.start()
+            for t in regions:
+                t.join()
+            results[build.run.run_id] = out
+            provider.cleanup(build, keep=False, log=log)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in builds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    versions = set()
+    for out in results.values():
+        assert [r.status for r in out] == ["succeeded", "succeeded"]
+        ids = {r.artifact_id for r in out}
+        assert len(ids) == 1  # both regions of one run publish the same version
+        versions |= ids
+    assert len(versions) == 3
+    assert [
+        p.name for p in (tmp_path / "fresh-cache" / "extracted").iterdir() if not p.name.startswith(".")
+    ].__len__() == 1
+    for b in builds:
+        assert_no_leaks(provider, b)

@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import shutil
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -299,7 +300,8 @@ class LocalProvider(ComputeProvider):
         return rootfs
 
     def _extracted(self, tarball: Path) -> Path:
-        """The tarball extracted once into the cache (read-only lower layer of build roots)."""
+        """The tarball extracted once into the cache (read-only lower layer of build roots). Concurrent
+        callers (threads or processes) wait on a lock file and reuse the first one's result."""
         st = tarball.stat()
         key = f"{safe_name(tarball.name.removesuffix('.tar.zst'), limit=60)}-" + short_hash(
             str(tarball.resolve()), str(st.st_size), str(st.st_mtime_ns)
@@ -308,18 +310,17 @@ class LocalProvider(ComputeProvider):
         if (dest / ".complete").is_file():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{key}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            catalog.extract_base(tarball, tmp / "tree")
-            (tmp / ".complete").write_text(str(tarball))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another run won the race
+        with gallery.locked_file(dest.parent / f".{key}.lock"):
+            if (dest / ".complete").is_file():
+                return dest
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=dest.parent))
+            try:
+                catalog.extract_base(tarball, tmp / "tree")
+                (tmp / ".complete").write_text(str(tarball))
+                os.rename(tmp, dest)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
     def create_build_env(self, build: BuildInput, prepared: PrepareResult, log: LogSink) -> BuildEnv:
