@@ -146,7 +146,7 @@ class DurableHost:
         return f"{self.base_url}{WEBHOOK_PREFIX}"
 
     def management_urls(self, instance_id: str, connection: str = "Storage") -> dict[str, str]:
-        pre = f"{self.webhook_base_url}/instances/{instance_id}"
+        pre = f"{self.webhook_base_url}/instances/{quote_id(instance_id)}"
         q = f"taskHub={self.hub}&connection={connection}&code={self.system_key}"
         return {
             "id": instance_id,
@@ -188,4 +188,5 @@ class DurableHost:
         )
 
     def status_url(self, instance_id: str) -> str:
-        return self.management_urls(quote_id(instance_id))["statusQueryGetUri"]
+        """The public (webhook, keyed) status URL of an instance."""
+        return self.management_urls(instance_id)["statusQueryGetUri"]

@@ -174,13 +174,16 @@ class DurableHttpApi:
         except ValueError:
             return _error(400, "Invalid JSON content in the request body.")
         try:
+            timeout = float(request.query.get("timeout") or 0)
+            interval = float(request.query.get("pollingInterval") or 1)
+        except ValueError:
+            return _error(400, "timeout and pollingInterval must be numbers of seconds.")
+        try:
             iid = self.engine.start_new(name, instance_id, input_value, request.query.get("version"))
         except DurableError as exc:
             return _error(exc.status, exc.message)
-        timeout = request.query.get("timeout")
-        if timeout:
-            interval = float(request.query.get("pollingInterval") or 1)
-            deadline = time.monotonic() + float(timeout)
+        if timeout > 0:
+            deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 row = self.engine.status_row(iid)
                 if row is not None and row.status in TERMINAL:

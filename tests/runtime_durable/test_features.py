@@ -121,6 +121,16 @@ def test_nested_sub_orchestrations(server, run):
     created = [e for e in server.host.engine.history_of(iid) if e["EventType"] == h.SUB_ORCHESTRATION_CREATED]
     assert created[0]["InstanceId"] == f"{iid}-child"
     assert [e["InstanceId"].rsplit(":", 1)[1] for e in created[1:]] == ["1", "2"]
+    # such ids are URL-encoded in the management URLs and still resolve
+    url = server.host.status_url(created[1]["InstanceId"])
+    assert "%3A1?" in url
+
+    async def get():
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            return r.status, await r.json()
+
+    code, body = run(get())
+    assert code == 200 and body["output"] == 2
 
 
 def test_event_beats_timer(server, run):
