@@ -160,13 +160,16 @@ class Host:
                 exc,
             )
             return
-        self.durable = module.DurableHost(
-            functions=self.functions,
-            state_dir=self.state_dir,
-            host_json=self.config.raw,
-            app_settings=dict(os.environ),
-            base_url=self.base_url,
-        )
+        try:
+            self.durable = module.DurableHost(
+                functions=self.functions,
+                state_dir=self.state_dir,
+                host_json=self.config.raw,
+                app_settings=dict(os.environ),
+                base_url=self.base_url,
+            )
+        except Exception as exc:  # the durable engine's config errors say what to fix
+            raise HostError(f"Durable Functions: {exc}") from exc
         if self.keys is not None and hasattr(self.durable, "accept_key"):
             self.durable.accept_key(self.keys.master)
 
@@ -186,7 +189,11 @@ class Host:
         port = sock.getsockname()[1]
         self.base_url = f"http://{self.options.host}:{port}"
         os.environ["WEBSITE_HOSTNAME"] = f"{self.options.host}:{port}"  # as Core Tools sets it
-        self._make_durable()
+        try:
+            self._make_durable()
+        except HostError:
+            sock.close()
+            raise
         self.invoker = Invoker(
             app_dir=self.app_dir,
             durable=self.durable,

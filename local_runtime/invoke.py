@@ -16,6 +16,8 @@ import os
 import threading
 import time
 import traceback
+import types
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -175,10 +177,15 @@ def signature_of(fn: FunctionInfo) -> inspect.Signature:
 
 
 def annotation_of(fn: FunctionInfo, name: str) -> Any:
+    """The parameter's annotation with `Optional[...]`/`X | None` unwrapped (None when absent)."""
     param = signature_of(fn).parameters.get(name)
     if param is None or param.annotation is inspect.Parameter.empty:
         return None
-    return param.annotation
+    ann = param.annotation
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = args[0] if len(args) == 1 else ann
+    return ann
 
 
 def is_host_function(fn: FunctionInfo) -> bool:

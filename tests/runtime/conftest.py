@@ -90,6 +90,11 @@ class RuntimeProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(5)
+        # shown by pytest only when the test fails
+        print(
+            f"--- output of {self.app_dir.name} (exit {self.proc.returncode}) ---\n"
+            + "\n".join(self.lines[-200:])
+        )
         return self.proc.returncode
 
 

@@ -128,6 +128,12 @@ def test_queue_trigger_outputs_and_poison(storage_host: StorageHost) -> None:
     receipt = h.blobs.get_blob_client("receipts", "o1.txt")  # {id} from the JSON message body
     assert receipt.download_blob().readall() == b"order o1 for 3"
 
+    h.upload("inputs", "doc1.txt", b"document one")
+    queue(h.az, "lookups").send_message(json.dumps({"name": "doc1.txt"}))
+    queue(h.az, "lookups").send_message(json.dumps({"name": "missing.txt"}))
+    found = wait_until(lambda: len(h.events("on_lookup")) == 2 and h.events("on_lookup"), what="blob input")
+    assert {e["name"]: e["doc"] for e in found} == {"doc1.txt": "document one", "missing.txt": None}
+
     poisoned = wait_until(lambda: drain(queue(h.az, "bad-poison")), what="poison queue")
     assert poisoned == ["payload"]
     assert [e["dequeue_count"] for e in h.events("on_bad")] == [1, 2]

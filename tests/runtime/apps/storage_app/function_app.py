@@ -55,3 +55,9 @@ async def on_bad(msg: func.QueueMessage) -> None:
 @app.queue_trigger(arg_name="text", queue_name="plain", connection="AzureWebJobsStorage")
 def on_plain(text: str) -> None:
     record(fn="on_plain", text=text)
+
+
+@app.queue_trigger(arg_name="msg", queue_name="lookups", connection="AzureWebJobsStorage")
+@app.blob_input(arg_name="doc", path="inputs/{name}", connection="AzureWebJobsStorage")
+def on_lookup(msg: func.QueueMessage, doc: str | None) -> None:
+    record(fn="on_lookup", name=msg.get_json()["name"], doc=doc)
