@@ -156,3 +156,64 @@ def test_kill_9_mid_fan_out_local_runtime_cli(tmp_path):
         str(tmp_path / "state"),
     ]
     _crash_and_recover(tmp_path, cmd, "Ready", lambda out: out.split("Listening on ")[1].split()[0], True)
+
+
+@pytest.mark.slow
+def test_repeated_kills_at_random_moments(tmp_path):
+    """Several kill -9s at random moments (mid-episode, mid-commit, mid-activity): after each, every
+    activity whose completion was committed never runs again, and in the end everything completes."""
+    import random
+
+    rnd = random.Random(1234)
+    log = tmp_path / "activities.log"
+    env = {
+        **os.environ,
+        "DURABLE_SAMPLE_LOG": str(log),
+        "DURABLE_SAMPLE_SLOW": "0.04",
+        "SAMPLE_HUB": "CrashHub",
+    }
+    cmd = [sys.executable, str(HERE / "durable_runner.py"), str(APP), str(tmp_path / "state")]
+    base_of = lambda out: out.split("READY ")[1].split()[0]  # noqa: E731
+    proc, out = _start(cmd, env, "READY ", tmp_path / "run0.out")
+    rpc = base_of(out) + "/durabletask/"
+    ids = []
+    for tag in ("p", "q", "r"):
+        r = requests.post(
+            f"{rpc}orchestrators/slow_fan_out", json=json.dumps({"tag": tag, "m": 30}), timeout=10
+        )
+        ids.append(r.json()["id"])
+    chain = requests.post(f"{rpc}orchestrators/chain", json=json.dumps(15), timeout=10).json()["id"]
+    checkpoints: list[tuple[int, set[str]]] = []
+    try:
+        for k in range(4):
+            time.sleep(rnd.uniform(0.05, 0.25))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            size = log.stat().st_size if log.exists() else 0
+            checkpoints.append((size, _committed_items(tmp_path / "state" / "durable.sqlite")))
+            proc, out = _start(cmd, env, "READY ", tmp_path / f"run{k + 1}.out")
+            rpc = base_of(out) + "/durabletask/"
+        for iid in [*ids, chain]:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                body = requests.get(f"{rpc}instances/{iid}", timeout=10).json()
+                if body["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
+                    break
+                time.sleep(0.05)
+            assert body["runtimeStatus"] == "Completed", body
+        outputs = [requests.get(f"{rpc}instances/{i}", timeout=10).json()["output"] for i in ids]
+        assert outputs == [sum(range(1, 31))] * 3
+        assert requests.get(f"{rpc}instances/{chain}", timeout=10).json()["output"] == 30
+    finally:
+        proc.kill()
+        proc.wait()
+    text = log.read_bytes()
+    runs = Counter(line.split()[1] for line in text.decode().splitlines() if line.startswith("slow_inc"))
+    assert set(runs) == {f"{t}:{i}" for t in "pqr" for i in range(30)}
+    for size, committed in checkpoints:
+        later = {line.split()[1] for line in text[size:].decode().splitlines() if line.startswith("slow_inc")}
+        assert not later & committed, (
+            f"committed before a kill, ran again after it: {sorted(later & committed)}"
+        )
+    print("committed at each kill:", [len(c) for _, c in checkpoints], "runs:", sum(runs.values()))
+    assert sum(len(c) for _, c in checkpoints) > 0
