@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
 import pytest
+import requests
 
 from api import async_operations, operations, runs, templates, triggers
 from local_runtime.azurite import Azurite, start_azurite
@@ -235,3 +236,48 @@ def runtime(api_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> I
         yield rt
     finally:
         rt.stop()
+
+
+class Http:
+    """The same calls as `Direct`, over HTTP to the local runtime (with the function key)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.base = runtime.url
+        self.session = requests.Session()
+        self.session.headers["x-functions-key"] = runtime.key
+
+    def request(self, method: str, url: str, body: Any = None, *, raw: bytes | None = None) -> Response:
+        full = url if "://" in url else f"{self.base}{url}"
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        resp = self.session.request(
+            method,
+            full,
+            data=data,
+            headers={"content-type": "application/json"},
+            timeout=60,
+            allow_redirects=False,
+        )
+        return Response(resp.status_code, dict(resp.headers), resp.text)
+
+    def get(self, url: str) -> Response:
+        return self.request("GET", url)
+
+    def put(self, url: str, body: Any = None, **kw: Any) -> Response:
+        return self.request("PUT", url, body, **kw)
+
+    def patch(self, url: str, body: Any = None) -> Response:
+        return self.request("PATCH", url, body)
+
+    def delete(self, url: str) -> Response:
+        return self.request("DELETE", url)
+
+    def post(self, url: str, body: Any = None) -> Response:
+        return self.request("POST", url, body)
+
+
+@pytest.fixture(params=["direct", "http"])
+def api(request: pytest.FixtureRequest, direct: Direct) -> Direct | Http:
+    """The API called handler by handler, then through the local runtime."""
+    if request.param == "direct":
+        return direct
+    return Http(request.getfixturevalue("runtime"))

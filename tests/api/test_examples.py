@@ -277,5 +277,6 @@ def test_every_example_is_covered() -> None:
 
 
 @pytest.mark.parametrize("example", sorted(CASES))
-def test_example(direct: Direct, example: str) -> None:
-    CASES[example](direct, str(uuid.uuid4()))
+def test_example(api: Direct, example: str) -> None:
+    """Each example twice: handler by handler, and over HTTP through the local runtime."""
+    CASES[example](api, str(uuid.uuid4()))
