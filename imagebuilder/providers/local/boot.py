@@ -111,6 +111,8 @@ def _runner(nonce: str, count: int) -> str:
 # Injected into a throwaway copy of the image by imagebuilder boot validation; never part of an artifact.
 exec </dev/null >/dev/ttyS0 2>&1
 dmesg -n 1 2>/dev/null || true
+# Checks see a finished boot (this unit is Type=simple, so it does not hold the boot up itself).
+timeout 120 systemctl is-system-running --wait >/dev/null 2>&1 || true
 echo; echo "@@IB-{nonce} BEGIN@@"
 for i in {indexes}; do
   echo; echo "@@IB-{nonce} CHECK $i START@@"
@@ -129,7 +131,7 @@ Description=Image Builder in-VM validation (injected into a test boot only)
 After=multi-user.target
 
 [Service]
-Type=oneshot
+Type=simple
 ExecStart={GUEST_DIR}/run
 StandardInput=null
 TimeoutStartSec=infinity
