@@ -35,6 +35,13 @@ def test_chained_sync_and_async_activities(server, run):
     assert wait_for(run, c, iid).output == 10
 
 
+def test_is_replaying_follows_is_played(server, run):
+    """Earlier episodes' events carry IsPlayed=true: only the code after the newest event runs 'live'."""
+    c = server.client()
+    iid = run(c.start_new("replay_flags", None, None))
+    assert wait_for(run, c, iid).output == [True, True, True, False]
+
+
 def test_unhandled_activity_failure_fails_the_orchestration(server, run):
     c = server.client()
     iid = run(c.start_new("unhandled_failure", None, None))

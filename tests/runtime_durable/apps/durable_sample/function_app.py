@@ -341,6 +341,15 @@ def _plain(step: dict, result):
 
 
 @app.orchestration_trigger(context_name="context")
+def replay_flags(context: df.DurableOrchestrationContext):
+    flags = [context.is_replaying]
+    for i in range(3):
+        yield context.call_activity("say_hello", str(i))
+        flags.append(context.is_replaying)
+    return flags
+
+
+@app.orchestration_trigger(context_name="context")
 def eternal(context: df.DurableOrchestrationContext):
     n = context.get_input()
     r = yield context.call_activity("inc", n)
