@@ -1,8 +1,13 @@
 """Durable Functions for the local host: `DurableHost`, the one object the HTTP host mounts.
 
 It wires the engine (episodes, activities, timers, entities over SQLite in the state directory) to the
-Durable extension's HTTP API and builds the `durableClient` binding value. Errors:
-`DurableConfigError` (host.json / app settings cannot be used; the message says what to fix).
+Durable extension's HTTP API and builds the `durableClient` binding value. Modules: history (event
+shapes), replay (DTFx sequence numbers), calls (worker-style invocation), store (SQLite), engine, http_api.
+
+    Exception
+    ├── DurableConfigError   DurableHost(): host.json durableTask / an app setting it names is unusable
+    ├── DurableError         engine: a client request refused; carries the HTTP status the API answers
+    └── ReplayError          replay: an action list the host cannot process; fails that orchestration
 """
 
 from __future__ import annotations
