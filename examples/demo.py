@@ -297,8 +297,10 @@ def run_demo(template_path: Path, state_dir: Path, name: str) -> int:
     env = {
         "IMAGEBUILDER_PROVIDER": os.environ.get("IMAGEBUILDER_PROVIDER", "local"),
         "AzureWebJobsStorage": os.environ.get("AzureWebJobsStorage", "UseDevelopmentStorage=true"),  # noqa: SIM112
-        # the provider's state (runs, image store, gallery, VHDs) and the base cache, kept between demos
+        # the provider's state (runs, image store, gallery, VHDs) and the base image cache (shared with
+        # the end-to-end tests), kept between demos
         "IMAGEBUILDER_STATE_DIR": os.environ.get("IMAGEBUILDER_STATE_DIR", str(ROOT / ".state" / "provider")),
+        "IMAGEBUILDER_CACHE_DIR": os.environ.get("IMAGEBUILDER_CACHE_DIR", str(ROOT / ".state" / "cache")),
     }
     # with development storage, the runtime starts its own Azurite on free ports (data in its state dir)
     private = ["--private-storage"] if env["AzureWebJobsStorage"] == "UseDevelopmentStorage=true" else []

@@ -5,6 +5,7 @@ itself where there is one, and that nothing transient was left behind."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,4 +121,31 @@ def test_build_timeout_fails_the_run_and_cleans_up(e2e: E2E) -> None:
     assert final["runState"] == "Failed"
     assert "timed out after 6 minute(s)" in final["message"]
     assert "customize[0]" in final["message"]
+    e2e.assert_no_leaks()
+
+
+def test_abort_keeps_the_build_root_and_logs_and_says_where(e2e: E2E) -> None:
+    name = "bb-abort"
+    template = e2e.template(
+        "busybox-webpage.json",
+        customize=[shell("breaks", "echo evidence > /root/evidence", "exit 7")],
+        errorHandling={"onCustomizerError": "abort"},
+    )
+    final = e2e.build(name, template)
+    assert final["runState"] == "Failed"
+    message = final["message"]
+    assert "exit code 7" in message
+    assert "kept for inspection (errorHandling abort):" in message
+    kept_root = next(line for line in message.split(", ") if "build root" in line)
+    root = Path(kept_root.split("build root ", 1)[1].split(" (", 1)[0].strip())
+    assert (root / "root" / "evidence").read_text() == "evidence\n", "the kept root shows the failed state"
+    # the user inspected it; a cleanup without keep removes what abort kept
+    from imagebuilder.pipeline.messages import BuildInput
+    from imagebuilder.providers.base import NullLog
+    from imagebuilder.providers.local.provider import LocalProvider
+
+    record = e2e.latest_run(name)
+    build = BuildInput(run=record.run, template=record.template_snapshot)
+    report = LocalProvider(state_dir=e2e.provider_state).cleanup(build, keep=False, log=NullLog())
+    assert not report.errors, report
     e2e.assert_no_leaks()
