@@ -724,3 +724,27 @@ def test_concurrent_runs_share_the_base_and_get_distinct_versions(tmp_path: Path
     ].__len__() == 1
     for b in builds:
         assert_no_leaks(provider, b)
+
+
+def test_a_lost_overlay_mount_is_restored(provider: LocalProvider) -> None:
+    import subprocess
+
+    build = build_input(
+        {
+            "customize": [
+                {"type": "Shell", "inline": ["echo one > /one"]},
+                {"type": "Shell", "inline": ["cat /one > /two"]},
+            ]
+        }
+    )
+    log = RecLog()
+    env = provider.create_build_env(build, provider.prepare(build, log), log)
+    assert provider.customize(build, env, 0, log).status == "succeeded"
+    root = Path(env.handle["root"])
+    assert env.handle["mode"] == "overlay"
+    subprocess.run(["umount", str(root)], check=True)  # what a host reboot does
+    assert not (root / "one").exists()
+    assert provider.customize(build, env, 1, log).status == "succeeded"
+    assert (root / "two").read_text() == "one\n"
+    provider.cleanup(build, keep=False, log=log)
+    assert_no_leaks(provider, build)

@@ -402,9 +402,10 @@ class LocalProvider(ComputeProvider):
         catalog.extract_base(tarball, layout.root)
         return "copy"
 
-    @staticmethod
-    def _env_ok(env: BuildEnv, step: str, log: LogSink) -> StepResult | None:
+    def _env_ok(self, env: BuildEnv, step: str, log: LogSink) -> StepResult | None:
         root = Path(str(env.handle.get("root", "")))
+        with contextlib.suppress(ProviderError, KeyError, OSError):
+            self._root_ready(env.handle)  # remounts the overlay if the host lost it (a reboot)
         if root.is_dir() and (root / "bin").exists():
             return None
         return StepResult(
@@ -652,6 +653,8 @@ class LocalProvider(ComputeProvider):
                 if Path(str(done.image.get("vhd"))).is_file():
                     return done
         root = Path(str(env.handle.get("root", "")))
+        with contextlib.suppress(ProviderError, KeyError, OSError):
+            self._root_ready(env.handle)
         if not (root.is_dir() and (root / "bin").exists()):
             return CaptureResult(
                 status="failed",
