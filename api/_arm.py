@@ -1,9 +1,7 @@
 """ARM plumbing shared by the HTTP adapters: api-version, error bodies, long-running-operation headers,
-paging links, resource shapes and the store.
-
-Every handler is wrapped by `arm`: known errors become ARM error bodies
-(`{"error": {"code", "message", "target", "details"}}`), anything else a 500 with a correlation id and
-no stack trace (the trace goes to the log).
+paging links, resource shapes and the store. Every handler is wrapped by `arm`: known errors become ARM
+error bodies (`{"error": {"code", "message", "target", "details"}}`), storage outages a 503, anything else
+a 500 with a correlation id and no stack trace (the trace goes to the log).
 """
 
 from __future__ import annotations
