@@ -1,10 +1,8 @@
 """Runs, run outputs and run logs: every run of a template is kept until the template is deleted.
 
-Runs table: partition = subscription | resource group | template, row = run id. Outputs table:
-partition = the run's partition | run id, row = run output name. Logs: append blobs named
-`{subscription}/{resource group}/{template}/{run id}/{log name}`. Every update is an ETag-conditional
-read-modify-write, retried when another writer got there first.
-"""
+Runs: partition = subscription|resource group|template, row = run id; outputs: partition = run's | run id,
+row = output name; logs: append blobs `{sub}/{rg}/{template}/{run id}/{log name}`. Every update is an
+ETag-conditional read-modify-write, retried when another writer got there first."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
 """`open_store`: the storage clients for one storage account, with tables and containers created once.
 
-The account is named by a connection string: a shared-key one (Azurite, or an account that allows
-keys), `UseDevelopmentStorage=true`, or an identity-based one with no secret,
-`AccountName=<name>;Credential=managedidentity[;ClientId=<user-assigned identity client id>]`
-(optionally `TableEndpoint=`/`BlobEndpoint=`), which is what the app's `AzureWebJobsStorage__accountName`
-/ `__credential` / `__clientId` settings describe on Azure.
-"""
+The connection string is a shared-key one (Azurite), `UseDevelopmentStorage=true`, or identity-based with
+no secret: `AccountName=<name>;Credential=managedidentity[;ClientId=<id>][;TableEndpoint=..;BlobEndpoint=..]`
+(what `AzureWebJobsStorage__accountName` / `__credential` / `__clientId` describe on Azure)."""
 
 from __future__ import annotations
 
