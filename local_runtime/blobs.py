@@ -171,6 +171,8 @@ class BlobListener:
 
     async def run(self) -> None:
         log.info("Blob trigger '%s' watching %s/%s", self.name, self.container, self.pattern)
+        if str(self.fn.trigger.get("source", "")).lower() == "eventgrid":
+            log.info("Blob trigger '%s': source EventGrid is served by polling on this host", self.name)
         try:
             while not self._stopping.is_set():
                 try:

@@ -21,7 +21,12 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument(
         "app_dir", nargs="?", default=".", type=Path, help="folder with function_app.py and host.json"
     )
-    start.add_argument("--port", type=int, default=7071, help="HTTP port (0 picks a free one); default 7071")
+    start.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="HTTP port (0 picks a free one); default: local.settings.json Host.LocalHttpPort, else 7071",
+    )
     start.add_argument("--host", default="127.0.0.1", help="address to listen on; default 127.0.0.1")
     start.add_argument(
         "--state-dir",

@@ -60,6 +60,7 @@ class HostConfig:
     blob_parallelism: int = 8
     function_timeout: timedelta | None = None
     log_level: str = "Information"
+    functions: tuple[str, ...] | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -125,6 +126,9 @@ def load_host_json(app_dir: Path) -> HostConfig:
     par = _ci(blobs, "maxDegreeOfParallelism")
     timeout = _ci(raw, "functionTimeout")
     level = _ci(_ci(_ci(raw, "logging") or {}, "logLevel") or {}, "default")
+    only = _ci(raw, "functions")
+    if only is not None and (not isinstance(only, list) or not all(isinstance(n, str) for n in only)):
+        raise ConfigError(f"{path}: $.functions must be a list of function names")
     return HostConfig(
         raw=raw,
         route_prefix=route_prefix,
@@ -132,6 +136,7 @@ def load_host_json(app_dir: Path) -> HostConfig:
         blob_parallelism=int(par) if par else 8,
         function_timeout=parse_timespan(timeout, f"{path}: $.functionTimeout") if timeout else None,
         log_level=str(level or "Information"),
+        functions=tuple(only) if only is not None else None,
     )
 
 
@@ -150,6 +155,34 @@ def load_local_settings(app_dir: Path) -> dict[str, str]:
             raise ConfigError(f"{path}: $.Values.{k} must be a string, number or boolean")
         out[str(k)] = v if isinstance(v, str) else json.dumps(v)
     return out
+
+
+@dataclass(frozen=True)
+class LocalHostSettings:
+    """local.settings.json `Host`: the port and CORS settings Core Tools reads."""
+
+    local_http_port: int | None = None
+    cors: tuple[str, ...] = ()
+    cors_credentials: bool = False
+
+
+def load_local_host_settings(app_dir: Path) -> LocalHostSettings:
+    """`Host` of `<app_dir>/local.settings.json` (missing file or section: defaults)."""
+    path = app_dir / "local.settings.json"
+    if not path.is_file():
+        return LocalHostSettings()
+    host = _read_json(path).get("Host") or {}
+    if not isinstance(host, dict):
+        raise ConfigError(f"{path}: $.Host must be an object")
+    port = _ci(host, "LocalHttpPort")
+    if port is not None and (not str(port).isdigit() or not 0 <= int(port) < 65536):
+        raise ConfigError(f"{path}: $.Host.LocalHttpPort must be a port number")
+    cors = str(_ci(host, "CORS") or "")
+    return LocalHostSettings(
+        local_http_port=int(port) if port is not None else None,
+        cors=tuple(o.strip().rstrip("/") for o in cors.split(",") if o.strip()),
+        cors_credentials=bool(_ci(host, "CORSCredentials")),
+    )
 
 
 def apply_settings(values: Mapping[str, str]) -> None:

@@ -28,11 +28,28 @@ from aiohttp import web
 
 from local_runtime import blobs, queues, timers
 from local_runtime.azurite import Azurite, AzuriteError, is_dev_storage, resolve_storage
-from local_runtime.config import ConfigError, HostConfig, apply_settings, load_host_json, load_local_settings
-from local_runtime.http import MAX_BODY, HttpResult, RouteError, Router, make_handler, route_url
+from local_runtime.config import (
+    ConfigError,
+    HostConfig,
+    LocalHostSettings,
+    apply_settings,
+    load_host_json,
+    load_local_host_settings,
+    load_local_settings,
+)
+from local_runtime.http import (
+    MAX_BODY,
+    HttpResult,
+    RouteError,
+    Router,
+    cors_middleware,
+    make_handler,
+    route_url,
+)
 from local_runtime.indexing import FunctionInfo, IndexingError, index_functions, load_app
 from local_runtime.invoke import FunctionLogFilter, Invoker, UnsupportedBinding, is_host_function
 from local_runtime.keys import Keys, load_keys
+from local_runtime.ncrontab import ScheduleError
 from local_runtime.storage import BindingError, Storage
 
 log = logging.getLogger("local_runtime.host")
@@ -60,7 +77,7 @@ class HostOptions:
     """Command-line options of `python -m local_runtime start`."""
 
     app_dir: Path
-    port: int = 7071
+    port: int | None = None  # None: local.settings.json Host.LocalHttpPort, else 7071
     host: str = "127.0.0.1"
     state_dir: Path | None = None
     private_storage: bool = False
@@ -92,6 +109,7 @@ class Host:
         self.app_dir = options.app_dir.resolve()
         self.state_dir = (options.state_dir or self.app_dir / ".state").resolve()
         self.config: HostConfig = HostConfig()
+        self.local_host = LocalHostSettings()
         self.functions: list[FunctionInfo] = []
         self.azurite: Azurite | None = None
         self.storage: Storage | None = None
@@ -110,6 +128,7 @@ class Host:
         try:
             self.config = load_host_json(self.app_dir)
             settings = load_local_settings(self.app_dir)
+            self.local_host = load_local_host_settings(self.app_dir)
         except ConfigError as exc:
             raise HostError(str(exc)) from exc
         setup_logging(self.config.log_level)
@@ -135,6 +154,9 @@ class Host:
         try:
             app = load_app(self.app_dir, os.environ.get("PYTHON_SCRIPT_FILE_NAME", "function_app.py"))
             self.functions = index_functions(app)
+            if self.config.functions is not None:  # host.json "functions": load only these, as the host
+                wanted = {n.lower() for n in self.config.functions}
+                self.functions = [f for f in self.functions if f.name.lower() in wanted]
         except IndexingError as exc:
             raise HostError(str(exc)) from exc
         except Exception as exc:
@@ -178,12 +200,17 @@ class Host:
         assert self.keys is not None and self.storage is not None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        wanted_port = self.options.port
+        if wanted_port is None:
+            wanted_port = (
+                self.local_host.local_http_port if self.local_host.local_http_port is not None else 7071
+            )
         try:
-            sock.bind((self.options.host, self.options.port))
+            sock.bind((self.options.host, wanted_port))
         except OSError as exc:
             sock.close()
             raise HostError(
-                f"cannot listen on {self.options.host}:{self.options.port}: {exc.strerror}; "
+                f"cannot listen on {self.options.host}:{wanted_port}: {exc.strerror}; "
                 "pick another --port (0 chooses a free one)"
             ) from exc
         port = sock.getsockname()[1]
@@ -214,7 +241,7 @@ class Host:
             sock.close()
             raise HostError(str(exc)) from exc
 
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[cors_middleware(self.local_host)])
         if self.durable is not None:
             self.durable.add_routes(app)
         app.router.add_route(
@@ -228,11 +255,14 @@ class Host:
         if self.durable is not None:
             await self.durable.start()
         assert self.invoker is not None
-        self.listeners = [
-            *timers.listeners(self.functions, self.invoker, self.state_dir),
-            *blobs.listeners(self.functions, self.invoker, self.storage, self.state_dir, self.config),
-            *queues.listeners(self.functions, self.invoker, self.storage, self.config.queues),
-        ]
+        try:
+            self.listeners = [
+                *timers.listeners(self.functions, self.invoker, self.state_dir),
+                *blobs.listeners(self.functions, self.invoker, self.storage, self.state_dir, self.config),
+                *queues.listeners(self.functions, self.invoker, self.storage, self.config.queues),
+            ]
+        except (BindingError, ScheduleError, ConfigError) as exc:
+            raise HostError(str(exc)) from exc
         for listener in self.listeners:
             task = asyncio.create_task(listener.run(), name=f"listener:{listener.name}")
             task.add_done_callback(self._listener_done)

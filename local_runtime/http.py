@@ -14,11 +14,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from urllib.parse import unquote
 
 import azure.functions as func
 from aiohttp import web
 
+from local_runtime.config import LocalHostSettings
 from local_runtime.indexing import FunctionInfo
 from local_runtime.keys import Keys
 
@@ -267,7 +269,8 @@ def compile_route(fn: FunctionInfo, route_prefix: str) -> Route:
             params[part.name] = part
             if part.catch_all and index != len(segments) - 1:
                 raise RouteError(f"{where}: a catch-all parameter must be the last segment")
-            body = ".*" if part.catch_all else ("[^/]+?" if not only_param else "[^/]+")
+            # greedy: ASP.NET matches complex segments right to left ({name}.{ext} on a.b.c: a.b + c)
+            body = ".*" if part.catch_all else "[^/]+"
             seg_rx += f"(?P<{part.name}>{body})"
         if only_param:
             p = parts[0]
@@ -377,6 +380,37 @@ def to_web_response(result: HttpResult) -> web.StreamResponse:
     for c in cookies:
         resp.headers.add("Set-Cookie", c)
     return resp
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def cors_middleware(settings: LocalHostSettings) -> Any:
+    """Core Tools' CORS from local.settings.json `Host.CORS` (`*` or a list of origins)."""
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = bool(origin) and ("*" in settings.cors or (origin or "").rstrip("/") in settings.cors)
+        if allowed and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = request.headers[
+                "Access-Control-Request-Method"
+            ]
+            if "Access-Control-Request-Headers" in request.headers:
+                response.headers["Access-Control-Allow-Headers"] = request.headers[
+                    "Access-Control-Request-Headers"
+                ]
+        else:
+            response = await handler(request)
+        if allowed and origin:
+            wildcard = "*" in settings.cors and not settings.cors_credentials
+            response.headers["Access-Control-Allow-Origin"] = "*" if wildcard else origin
+            if settings.cors_credentials:
+                response.headers["Access-Control-Allow-Credentials"] = "true"
+        return response
+
+    return cors
 
 
 def make_handler(
