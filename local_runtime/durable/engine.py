@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -32,6 +32,7 @@ from local_runtime.durable.threads import DaemonPool
 from local_runtime.indexing import FunctionInfo
 
 log = logging.getLogger("local_runtime.durable")
+_T = TypeVar("_T")
 
 PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, SUSPENDED = (
     "Pending",
@@ -114,6 +115,7 @@ class Engine:
         self.ready: OrderedDict[str, None] = OrderedDict()
         self.work_q: asyncio.Queue[WorkItem] = asyncio.Queue()
         self.pool: DaemonPool | None = None
+        self.user_thread: DaemonPool | None = None
         self.completions: list[tuple[WorkItem, h.Event]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.wake = asyncio.Event()
@@ -137,6 +139,7 @@ class Engine:
     async def start(self) -> None:
         self.store = Store(self.db_path)
         self.pool = DaemonPool(self.max_activities, "durable-activity")
+        self.user_thread = DaemonPool(1, "durable-orchestrator")
         for item in self.store.all_inbox():
             self._add_inbox_mem(item)
         # recovered work items may run again if they were mid-flight at the crash (QUIRKS.md)
@@ -166,8 +169,9 @@ class Engine:
             handle.cancel()
         self.timer_handles.clear()
         self.deferred.clear()
-        if self.pool is not None:
-            self.pool.shutdown()
+        for pool in (self.pool, self.user_thread):
+            if pool is not None:
+                pool.shutdown()
         if self.http is not None:
             await self.http.close()
         if self.store is not None:
@@ -228,10 +232,10 @@ class Engine:
                 iid, _ = self.ready.popitem(last=False)
                 try:
                     if iid.startswith("@"):
-                        self._entity_batch(iid)
+                        await self._entity_batch(iid)
                     else:
                         t0 = time.perf_counter()
-                        self._episode(iid)
+                        await self._episode(iid)
                         if iid in self.outstanding:
                             self.replay_cost[iid] = time.perf_counter() - t0
                         else:
@@ -280,8 +284,8 @@ class Engine:
         return inst.history
 
     # ------------------------------------------------------------------ episodes
-    def _episode(self, iid: str) -> None:
-        self._episode_once(iid)
+    async def _episode(self, iid: str) -> None:
+        await self._episode_once(iid)
         inst = self.instances.get(iid)
         if inst is None:
             return
@@ -290,7 +294,7 @@ class Engine:
         elif inst.row.status != SUSPENDED and self._visible(iid):
             self._mark_ready(iid)  # events held during a suspension, released by a resume in this batch
 
-    def _episode_once(self, iid: str) -> None:
+    async def _episode_once(self, iid: str) -> None:
         visible = self._visible(iid)
         if not visible:
             return
@@ -357,7 +361,7 @@ class Engine:
             hist.extend(control_events)
             self._consume(iid, set(consumed))
             return
-        self._replay(inst, consumed, control_events + new_events, suspended=status == SUSPENDED)
+        await self._replay(inst, consumed, control_events + new_events, suspended=status == SUSPENDED)
 
     def _terminate_now(
         self, inst: Instance, consumed: list[int], events: list[h.Event], reason: str | None
@@ -388,7 +392,7 @@ class Engine:
         self._consume(row.instance_id, set(consumed))
         self._apply(fx)
 
-    def _replay(
+    async def _replay(
         self, inst: Instance, consumed: list[int], new_events: list[h.Event], *, suspended: bool = False
     ) -> None:
         row = inst.row
@@ -416,7 +420,7 @@ class Engine:
                 f"The function '{row.name}' doesn't exist, is disabled, or is not an orchestrator function."
             )
         else:
-            state, error = calls.run_orchestrator(fn, json.dumps(ctx))
+            state, error = await self._user_code(calls.run_orchestrator, fn, json.dumps(ctx))
         actions: list[Any] = []
         for group in state.get("actions") or []:
             actions.extend(group if isinstance(group, list) else [group])
@@ -670,6 +674,14 @@ class Engine:
         fx.inbox.append(self.db.add_inbox(c, instance_id, row.execution_id, now, self._started(row)))
         return row
 
+    async def _user_code(self, call: Callable[..., _T], *args: Any) -> _T:
+        """Orchestrator and entity functions run on one worker thread (the Python worker runs sync
+        functions off its event loop too): a slow or blocking orchestrator never stalls HTTP. One
+        thread keeps them one at a time; the dispatch loop awaits each before the next."""
+        assert self.user_thread is not None
+        result: _T = await asyncio.wrap_future(self.user_thread.submit(call, *args))
+        return result
+
     # ------------------------------------------------------------------ activities
     async def _activity_worker(self) -> None:
         while True:
@@ -769,7 +781,7 @@ class Engine:
         self._apply(fx, coalesce=True)
 
     # ------------------------------------------------------------------ entities
-    def _entity_batch(self, entity_id: str) -> None:
+    async def _entity_batch(self, entity_id: str) -> None:
         visible = self._visible(entity_id)
         if not visible:
             return
@@ -805,7 +817,7 @@ class Engine:
                 ],
             }
             try:
-                out = calls.run_entity(fn, json.dumps(batch))
+                out = await self._user_code(calls.run_entity, fn, json.dumps(batch))
                 results = list(out.get("results") or [])
                 new_state = out.get("entityState") if out.get("entityExists") else None
             except Exception as exc:
