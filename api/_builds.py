@@ -17,7 +17,7 @@ import azure.durable_functions as df
 from api._arm import ArmError, in_thread
 from imagebuilder.pipeline.messages import BuildInput, RunRef
 from imagebuilder.pipeline.naming import BUILD_ORCHESTRATION, CANCEL_EVENT
-from imagebuilder.store import RunInProgressError, RunRecord, Store, StoredTemplate
+from imagebuilder.store import TERMINAL_RUN_STATES, RunInProgressError, RunRecord, Store, StoredTemplate
 
 log = logging.getLogger("api.builds")
 
@@ -125,22 +125,32 @@ async def reconcile(
         return run
     runtime_status = getattr(status, "runtime_status", None)
     runtime = getattr(runtime_status, "value", None)
+    output = getattr(status, "output", None)
     unknown = runtime is None
     orphan = unknown and run.run_sub_state == "Queued" and datetime.now(UTC) - run.created_time > ORPHAN_AFTER
-    if runtime not in _DEAD and not (unknown and force) and not orphan:
+    if runtime not in _DEAD and runtime != "Completed" and not (unknown and force) and not orphan:
         return run
     canceled = run.run_state == "Canceling"
-    if canceled:
+    state = "Canceled" if canceled else "Failed"
+    if runtime == "Completed":
+        # It ended without recording its outcome: take it from its output (the orchestration's status).
+        reported = output.get("runState") if isinstance(output, dict) else None
+        state = reported if reported in TERMINAL_RUN_STATES else state
+        message = str(output.get("message") or "") if isinstance(output, dict) else ""
+        message = message or "The build ended without recording its outcome."
+    elif canceled:
         message = "The build was canceled."
     elif unknown:
         message = "The build orchestration was never started; run the template again."
     else:
-        message = f"The build orchestration ended ({runtime}): {getattr(status, 'output', None)}"
+        message = f"The build orchestration ended ({runtime}): {output}"
     updated: RunRecord = await in_thread(
         store.runs.set_status,
         run.run,
-        run_state="Canceled" if canceled else "Failed",
+        run_state=state,
         message=message,
-        error=None if canceled else {"code": "BuildOrchestrationFailed", "message": message},
+        error=None
+        if state in ("Canceled", "Succeeded", "PartiallySucceeded")
+        else {"code": "BuildOrchestrationFailed", "message": message},
     )
     return updated

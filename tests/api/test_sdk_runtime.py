@@ -313,3 +313,12 @@ def test_an_older_api_version_client(runtime: Runtime, sub: str) -> None:
         with pytest.raises(HttpResponseError) as info:
             future.virtual_machine_image_templates.get(RG, "legacy")
         assert info.value.status_code == 400 and info.value.error.code == "InvalidApiVersionParameter"
+
+
+def test_an_orchestration_that_ends_without_recording_is_settled(client: ImageBuilderClient) -> None:
+    ops = client.virtual_machine_image_templates
+    tags = {"test.seconds": "0", "test.silent": "1", "test.outcome": "PartiallySucceeded"}
+    ops.begin_create_or_update(RG, "silent", model_template(**tags)).result()
+    assert ops.begin_run(RG, "silent").result() is None
+    status = ops.get(RG, "silent").last_run_status
+    assert status.run_state == "PartiallySucceeded" and status.message == "finished without recording"
