@@ -314,6 +314,10 @@ class FakeArm(HttpTransport):
         if m:
             self._check_api(query, "disks", path)
             return self._disk(method, path, m.group(3), body)
+        m = re.fullmatch(r"/resourcegroups/([^/]+)/providers/microsoft\.compute/snapshots(?:/([^/]+))?", rest)
+        if m:
+            self._check_api(query, "disks", path)
+            return self._snapshot(method, path, m.group(2), body)
         m = re.fullmatch(
             r"/resourcegroups/([^/]+)/providers/microsoft\.compute/galleries/([^/]+)/images/([^/]+)(/versions(?:/[^/]+)?)?",
             rest,
@@ -403,6 +407,7 @@ class FakeArm(HttpTransport):
         body: dict[str, Any],
         namespace: str,
         extra_done: Callable[[], None] | None = None,
+        created: int = 201,
     ):
         exists = path.lower() in self.resources
         res = self._store(path, type_, body, "Updating" if exists else "Creating")
@@ -415,7 +420,9 @@ class FakeArm(HttpTransport):
 
         op = self._op(namespace, done, path)
         op.target = path.lower()  # type: ignore[attr-defined]
-        return (200 if exists else 201), self._async_headers(op, namespace), self._public(res)
+        if created == 202:  # the disk RP (disks, snapshots) answers 202 + Location, no body
+            return 202, self._async_headers(op, namespace, location_too=True), None
+        return (200 if exists else created), self._async_headers(op, namespace), self._public(res)
 
     def _delete_lro(
         self,
@@ -449,7 +456,13 @@ class FakeArm(HttpTransport):
         res = self.resources.get(path.lower())
         if res is None:
             return self.error(404, "ResourceNotFound", f"The Resource '{path}' was not found.")
-        return 200, {}, self._public(res)
+        if "_copy_reads" in res:  # a CopyStart snapshot fills in over a few reads
+            if res["_copy_reads"] > 0:
+                res["_copy_reads"] -= 1
+                res["properties"]["completionPercent"] = 50.0
+            else:
+                res["properties"]["completionPercent"] = 100.0
+        return 200, {}, self._public({k: v for k, v in res.items() if not k.startswith("_")})
 
     # -- resource groups --------------------------------------------------------------------------
 
@@ -808,12 +821,27 @@ class FakeArm(HttpTransport):
             return self._get(path)
         if method == "PUT":
             self._check_tags(path, body)
-            source = ((body.get("properties") or {}).get("sourceVirtualMachine") or {}).get("id", "")
+            props = body.get("properties") or {}
+            snapshot = (((props.get("storageProfile") or {}).get("osDisk") or {}).get("snapshot") or {}).get(
+                "id"
+            )
+            if snapshot:
+                snap = self.resources.get(snapshot.lower())
+                if snap is None or snap["location"] != body.get("location"):
+                    return self.error(
+                        400, "InvalidParameter", "the snapshot must exist in the image's region"
+                    )
+                if snap["properties"].get("completionPercent", 100) < 100:
+                    return self.error(409, "OperationNotAllowed", "the snapshot copy is not complete")
+                return self._put_lro(path, "Microsoft.Compute/images", body, "Microsoft.Compute")
+            source = (props.get("sourceVirtualMachine") or {}).get("id", "")
             vm = self.resources.get(source.lower())
             if vm is None or "OSState/generalized" not in vm.get("_view", {}).get("statuses", []):
                 return self.error(
                     409, "OperationNotAllowed", "The source VM must be generalized to create an image."
                 )
+            if vm["location"] != body.get("location"):
+                return self.error(400, "InvalidParameter", "The source VM must be in the image's region.")
             return self._put_lro(path, "Microsoft.Compute/images", body, "Microsoft.Compute")
         if method == "DELETE":
             return self._delete_lro(path, "Microsoft.Compute")
@@ -865,6 +893,38 @@ class FakeArm(HttpTransport):
 
             op = self._op("Microsoft.Compute", done, path, polls=0)
             return 202, self._async_headers(op, "Microsoft.Compute", location_too=True), None
+        return self.error(405, "MethodNotAllowed", method)
+
+    def _snapshot(self, method: str, path: str, name: str | None, body: Any):
+        if name is None:
+            base = path.lower() + "/"
+            return (
+                200,
+                {},
+                {"value": [self._public(r) for k, r in self.resources.items() if k.startswith(base)]},
+            )
+        if method == "GET":
+            return self._get(path)
+        if method == "DELETE":
+            return self._delete_lro(path, "Microsoft.Compute")
+        if method == "PUT":
+            self._check_tags(path, body)
+            data = (body.get("properties") or {}).get("creationData") or {}
+            source = str(data.get("sourceResourceId", ""))
+            if source.lower() not in self.resources:
+                return self.error(404, "ResourceNotFound", f"source {source} not found")
+            if (
+                data.get("createOption") == "CopyStart"
+                and body.get("location") == self.resources[source.lower()]["location"]
+            ):
+                return self.error(400, "InvalidParameter", "CopyStart copies to another region")
+            status, headers, res = self._put_lro(
+                path, "Microsoft.Compute/snapshots", body, "Microsoft.Compute", created=202
+            )
+            if data.get("createOption") == "CopyStart":
+                self.resources[path.lower()]["properties"]["completionPercent"] = 0.0
+                self.resources[path.lower()]["_copy_reads"] = 1
+            return status, headers, res
         return self.error(405, "MethodNotAllowed", method)
 
     def _gallery(self, method: str, path: str, versions: str | None, query: dict[str, str], body: Any):

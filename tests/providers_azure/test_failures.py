@@ -19,7 +19,7 @@ def _env(provider, build, log):
 def _clean(provider, arm, build, log):
     report = provider.cleanup(build, keep=False, log=log)
     assert report.errors == []
-    outputs = [r for r in own_resources(arm) if "/galleries/" in r or r.endswith("/images/out")]
+    outputs = [r for r in own_resources(arm) if "/resourcegroups/it_" not in r.lower()]
     assert own_resources(arm) == outputs  # only distributed artifacts outlive the run
     assert arm.problems == []
     return report
@@ -396,3 +396,29 @@ def test_build_vm_allocation_failure_is_retried_with_a_new_vm(provider, arm):
     assert env.handle["status"] == "failed" and env.handle["error"]["code"] == "AllocationFailed"
     _clean(provider, arm, build, log)
     _clean(provider, arm, build_input(linux_template(), run="run-2"), log)
+
+
+def test_managed_image_in_another_region_goes_through_a_copied_snapshot(provider, arm):
+    from tests.providers_azure.conftest import PREFIX
+
+    log = ListLog()
+    template = linux_template()
+    target = f"{PREFIX}/myResourceGroup/providers/Microsoft.Compute/images/out-east"
+    template["properties"]["distribute"][1] = {
+        "type": "ManagedImage",
+        "runOutputName": "east",
+        "imageId": target,
+        "location": "eastus",
+    }
+    build = build_input(template)
+    _, env = _env(provider, build, log)
+    settle(provider, provider.generalize(build, env, log), log)
+    captured, _ = settle(provider, provider.capture(build, env, log), log)
+    result, _ = settle(provider, provider.distribute(build, captured, 1, "eastus", log), log)
+    assert result.status == "succeeded" and result.artifact_id == target, result
+    image = arm.resources[target.lower()]
+    assert image["location"] == "eastus"
+    snapshot = image["properties"]["storageProfile"]["osDisk"]["snapshot"]["id"]
+    assert snapshot.endswith("-snap-eastus") and "copying the OS disk snapshot to eastus" in log.text
+    report = _clean(provider, arm, build, log)
+    assert [r for r in report.removed if "/snapshots/" in r]  # both snapshots were transient

@@ -1500,15 +1500,24 @@ class AzureProvider(ComputeProvider):
                 "use a SharedImage distributor with a Trusted Launch image definition",
             )
         location = str(target.get("location") or image["location"])
-        if _region(location) != _region(image["location"]):
-            raise ArmFailure(
-                "ManagedImageLocationUnsupported",
-                f"properties.distribute[{index}].location {location}: this provider makes managed images "
-                f"in the build region ({image['location']}) only; use a SharedImage distributor to reach "
-                "other regions",
-            )
         arm = self.clients(parsed.subscription, ctx.build)
         rg, name = parsed.resource_group, parsed.name("images")
+        properties: dict[str, Any] = {
+            "sourceVirtualMachine": {"id": image["vm_id"]},
+            "hyperVGeneration": image["hyper_v_generation"],
+        }
+        if _region(location) != _region(image["location"]):
+            snapshot_id = self._snapshot_in(ctx, image, location)
+            properties = {
+                "hyperVGeneration": image["hyper_v_generation"],
+                "storageProfile": {
+                    "osDisk": {
+                        "osType": image["os_type"],
+                        "osState": "Generalized",
+                        "snapshot": {"id": snapshot_id},
+                    }
+                },
+            }
         result = self._ensure(
             ctx,
             f"managed image {name}",
@@ -1517,10 +1526,7 @@ class AzureProvider(ComputeProvider):
             lambda: {
                 "location": location,
                 "tags": self._tags(ctx, target.get("artifactTags") or {}),
-                "properties": {
-                    "sourceVirtualMachine": {"id": image["vm_id"]},
-                    "hyperVGeneration": image["hyper_v_generation"],
-                },
+                "properties": properties,
             },
         )
         return ReplicationResult(
@@ -1529,6 +1535,50 @@ class AzureProvider(ComputeProvider):
             status="succeeded",
             artifact_id=str(result.get("id") or image_id),
         )
+
+    def _snapshot_in(self, ctx: _Ctx, image: dict[str, Any], location: str) -> str:
+        """The generalized OS disk as a snapshot in `location`: an incremental snapshot in the build
+        region copied across with CopyStart (both transient, in the staging group). Returns its id."""
+        rg, snapshots = image["resource_group"], ctx.arm.compute.snapshots
+        sub = ctx.build.run.subscription_id
+        disk_id = (
+            f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{image['os_disk']}"
+        )
+        here, there = f"ib-{ctx.names.key}-snap", f"ib-{ctx.names.key}-snap-{_region(location)}"
+        tags = self._tags(ctx)
+        source = self._ensure(
+            ctx,
+            f"snapshot {here}",
+            lambda: snapshots.get(rg, here),
+            lambda body, p: snapshots.begin_create_or_update(rg, here, body, polling=p),
+            lambda: {
+                "location": image["location"],
+                "tags": tags,
+                "properties": {
+                    "creationData": {"createOption": "Copy", "sourceResourceId": disk_id},
+                    "incremental": True,
+                },
+            },
+        )
+        copy = self._ensure(
+            ctx,
+            f"snapshot {there}",
+            lambda: snapshots.get(rg, there),
+            lambda body, p: snapshots.begin_create_or_update(rg, there, body, polling=p),
+            lambda: {
+                "location": location,
+                "tags": tags,
+                "properties": {
+                    "creationData": {"createOption": "CopyStart", "sourceResourceId": source["id"]},
+                    "incremental": True,
+                },
+            },
+        )
+        done = float((copy.get("properties") or {}).get("completionPercent", 100))
+        if done < 100:
+            ctx.log.write(f"copying the OS disk snapshot to {location}: {done:.0f}%\n")
+            raise _Wait(None, self.poll_interval)
+        return str(copy["id"])
 
     def _distribute_vhd(
         self, ctx: _Ctx, image: dict[str, Any], target: dict[str, Any], index: int, region: str
@@ -1705,6 +1755,18 @@ class AzureProvider(ComputeProvider):
                 partial(compute.disks.get, rg, disk),
                 partial(_polled, compute.disks.begin_delete, rg, disk),
             )
+        snapshots = arm.call(
+            "list snapshots", lambda: [dict(x) for x in compute.snapshots.list_by_resource_group(rg)]
+        )
+        for snap in snapshots:
+            if (snap.get("tags") or {}).get(TAG_RUN) == build.run.run_id:
+                snap_name = str(snap["name"])
+                delete(
+                    f"snapshot {snap_name}",
+                    str(snap["id"]),
+                    partial(compute.snapshots.get, rg, snap_name),
+                    partial(_polled, compute.snapshots.begin_delete, rg, snap_name),
+                )
         delete(
             f"image {names.image}",
             f"{base}/Microsoft.Compute/images/{names.image}",
