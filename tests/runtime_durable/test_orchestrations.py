@@ -42,6 +42,21 @@ def test_is_replaying_follows_is_played(server, run):
     assert wait_for(run, c, iid).output == [True, True, True, False]
 
 
+def test_a_blocking_orchestrator_does_not_stall_the_host(server, run):
+    import inspect
+
+    app_module = inspect.getmodule(server.functions["say_hello"].user_function)
+    c = server.client()
+    iid = run(c.start_new("gated", None, None))
+    assert app_module.GATE_ENTERED.wait(10)
+    try:
+        # the orchestrator is blocked right now; the HTTP API still answers
+        assert run(c.get_status(iid)).runtime_status.value in ("Pending", "Running")
+    finally:
+        app_module.GATE.set()
+    assert wait_for(run, c, iid).output == "released"
+
+
 def test_unhandled_activity_failure_fails_the_orchestration(server, run):
     c = server.client()
     iid = run(c.start_new("unhandled_failure", None, None))

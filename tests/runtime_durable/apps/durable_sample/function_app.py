@@ -340,6 +340,19 @@ def _plain(step: dict, result):
     return result
 
 
+GATE_ENTERED = threading.Event()
+GATE = threading.Event()
+
+
+@app.orchestration_trigger(context_name="context")
+def gated(context: df.DurableOrchestrationContext):
+    """Blocks inside orchestrator code (a bad habit the host must survive) until the test opens GATE."""
+    GATE_ENTERED.set()
+    GATE.wait(30)
+    return "released"
+    yield  # a generator, like every orchestrator
+
+
 @app.orchestration_trigger(context_name="context")
 def replay_flags(context: df.DurableOrchestrationContext):
     flags = [context.is_replaying]
