@@ -92,7 +92,7 @@ def concurrency_probe(x: int) -> int:
     with _probe_lock:
         _probe["now"] += 1
         _probe["max"] = max(_probe["max"], _probe["now"])
-    time.sleep(0.05)
+    time.sleep(0.15)
     with _probe_lock:
         _probe["now"] -= 1
     return _probe["max"]
