@@ -209,7 +209,8 @@ class RunRepo:
 
         `startTime` is set on the first Running, `endTime` on the first terminal state. A terminal
         state is final: later state, sub-state, message and error changes are ignored (details still
-        merge). `details` is merged key by key into the stored details (top-level keys replace).
+        merge); Canceling does not go back to Running. `details` is merged key by key into the stored
+        details (top-level keys replace).
         """
         if run_state is not None and run_state not in RUN_STATES:
             raise ValueError(f"runState {run_state!r} is not one of {', '.join(RUN_STATES)}")
@@ -225,8 +226,10 @@ class RunRepo:
             updated: dict[str, Any] = dict(entity)
             final = entity["RunState"] in TERMINAL_RUN_STATES
             stamp = iso(now())
+            # A cancellation, once asked for, is not undone by a progress report saying Running.
+            canceling = entity["RunState"] == "Canceling" and run_state == "Running"
             if not final:
-                if run_state is not None:
+                if run_state is not None and not canceling:
                     updated["RunState"] = run_state
                     if run_state == "Running" and not updated.get("StartTime"):
                         updated["StartTime"] = stamp

@@ -151,6 +151,10 @@ def test_run_lifecycle_one_at_a_time_and_every_run_kept(store: Store) -> None:
     after = store.runs.set_status(ref(run_id="r1"), run_state="Running", details={"note": 1})
     assert after.run_state == "Failed" and after.details == {"source": {"id": "x"}, "note": 1}
     second = store.runs.create(ref(run_id="r2"), template_snapshot={})
+    store.runs.set_status(ref(run_id="r2"), run_state="Canceling")
+    progress = store.runs.set_status(ref(run_id="r2"), run_state="Running", run_sub_state="Distributing")
+    assert (progress.run_state, progress.run_sub_state) == ("Canceling", "Distributing")
+    second = store.runs.get(ref(run_id="r2"))
     assert store.runs.latest(SUB, "RG1", "TMPL") == second
     assert [r.run.run_id for r in store.runs.list(SUB, "rg1", "tmpl")] == ["r1", "r2"]
     with pytest.raises(AlreadyExistsError):
