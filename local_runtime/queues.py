@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -30,7 +31,14 @@ from local_runtime.timers import disabled
 
 log = logging.getLogger("local_runtime.queues")
 
-LEASE_SECONDS = 600  # the host keeps a message invisible while its function runs (and renews it)
+LEASE_SECONDS = 600  # the host keeps a message invisible while its function runs, renewing it
+
+
+def lease_seconds() -> int:
+    """The running-message lease; LOCAL_RUNTIME_QUEUE_LEASE_SECONDS overrides it (tests)."""
+    return max(2, int(os.environ.get("LOCAL_RUNTIME_QUEUE_LEASE_SECONDS") or LEASE_SECONDS))
+
+
 MIN_POLL = 0.1
 
 
@@ -129,12 +137,29 @@ class QueueListener:
         await ensure_queue(self.client, self._created)
         interval = MIN_POLL
         max_poll = max(self.config.max_polling_interval.total_seconds(), MIN_POLL)
+        threshold = self.config.new_batch_threshold
+        if threshold is None:
+            threshold = self.config.batch_size // 2
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            await self._poll(in_flight, interval, max_poll, threshold)
+        finally:
+            # running invocations finish (the host drains); a cancel from the host cancels them too
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _poll(
+        self, in_flight: set[asyncio.Task[None]], interval: float, max_poll: float, threshold: int
+    ) -> None:
+        """The host's batching: fetch `batchSize` messages while at most `newBatchThreshold` run."""
         while not self._stopping.is_set():
+            if len(in_flight) > threshold:
+                await asyncio.wait(in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
                 pager = self.client.receive_messages(
                     messages_per_page=self.config.batch_size,
                     max_messages=self.config.batch_size,
-                    visibility_timeout=LEASE_SECONDS,
+                    visibility_timeout=lease_seconds(),
                 )
                 batch = [m async for m in pager]
             except ResourceNotFoundError:
@@ -150,7 +175,10 @@ class QueueListener:
                 interval = min(interval * 2, max_poll)
                 continue
             interval = MIN_POLL
-            await asyncio.gather(*(self.process_safely(m) for m in batch))
+            for m in batch:
+                task = asyncio.create_task(self.process_safely(m))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
 
     async def process_safely(self, msg: StorageMessage) -> None:
         try:
@@ -163,6 +191,48 @@ class QueueListener:
         if (msg.dequeue_count or 0) > max_count:
             await self.move_to_poison(msg)
             return
+        ok = False
+        receipt = [msg.pop_receipt]
+        finished = asyncio.Event()
+        renewal = asyncio.create_task(self._renew(msg, receipt, finished))
+        try:
+            ok = await self._invoke(msg)
+        finally:
+            finished.set()  # a renewal in progress completes, so the receipt we settle with is current
+            await renewal
+        msg.pop_receipt = receipt[0]
+        try:
+            if ok:
+                await self.client.delete_message(msg.id, msg.pop_receipt)
+            elif (msg.dequeue_count or 0) >= max_count:
+                await self.move_to_poison(msg)
+            else:
+                await self.client.update_message(
+                    msg.id,
+                    msg.pop_receipt,
+                    visibility_timeout=int(self.config.visibility_timeout.total_seconds()),
+                )
+        except ResourceNotFoundError:
+            log.warning("queue %s: message %s was gone before it could be settled", self.queue_name, msg.id)
+
+    async def _renew(self, msg: StorageMessage, receipt: list[str | None], finished: asyncio.Event) -> None:
+        """Keep a running message invisible: renew its lease every half lease, as the host does."""
+        lease = lease_seconds()
+        while True:
+            try:
+                await asyncio.wait_for(finished.wait(), lease / 2)
+                return
+            except TimeoutError:
+                pass
+            try:
+                updated = await self.client.update_message(msg.id, receipt[0], visibility_timeout=lease)
+                receipt[0] = updated.pop_receipt
+            except Exception as exc:
+                log.warning(
+                    "queue %s: renewing the lease of message %s failed: %s", self.queue_name, msg.id, exc
+                )
+
+    async def _invoke(self, msg: StorageMessage) -> bool:
         ok = False
         try:
             body = decode(msg.content, self.config.message_encoding)
@@ -193,19 +263,7 @@ class QueueListener:
                 retry_count=(msg.dequeue_count or 1) - 1,
             )
             ok = result.ok
-        try:
-            if ok:
-                await self.client.delete_message(msg.id, msg.pop_receipt)
-            elif (msg.dequeue_count or 0) >= max_count:
-                await self.move_to_poison(msg)
-            else:
-                await self.client.update_message(
-                    msg.id,
-                    msg.pop_receipt,
-                    visibility_timeout=int(self.config.visibility_timeout.total_seconds()),
-                )
-        except ResourceNotFoundError:
-            log.warning("queue %s: message %s was gone before it could be settled", self.queue_name, msg.id)
+        return ok
 
     async def move_to_poison(self, msg: StorageMessage) -> None:
         log.warning(

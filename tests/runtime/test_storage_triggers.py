@@ -50,8 +50,8 @@ class StorageHost:
         self.blobs = BlobServiceClient.from_connection_string(az.connection_string)
         self.started: list[RuntimeProcess] = []
 
-    def start(self) -> RuntimeProcess:
-        rp = self.runtime("storage_app", self.state, self.env)
+    def start(self, **extra_env: str) -> RuntimeProcess:
+        rp = self.runtime("storage_app", self.state, {**self.env, **extra_env})
         self.started.append(rp)
         return rp
 
@@ -151,3 +151,21 @@ def test_queue_trigger_str_annotation_and_encoding_errors(storage_host: StorageH
     poison = QueueClient.from_connection_string(h.az.connection_string, "plain-poison")
     assert wait_until(lambda: drain(poison), what="undecodable message") == ["not base64 !!!"]
     host.wait_for_line(r"is not valid base64")
+
+
+def test_queue_lease_is_renewed_and_messages_run_concurrently(storage_host: StorageHost) -> None:
+    h = storage_host
+    h.start(LOCAL_RUNTIME_QUEUE_LEASE_SECONDS="2")  # each run takes 3 s: longer than the lease
+    q = queue(h.az, "slow")
+    for i in range(3):
+        q.send_message(f"m{i}")
+    wait_until(
+        lambda: len([e for e in h.events("on_slow") if e["phase"] == "end"]) == 3, what="slow messages"
+    )
+    time.sleep(1.5)
+    starts = [e for e in h.events("on_slow") if e["phase"] == "start"]
+    assert sorted(e["body"] for e in starts) == ["m0", "m1", "m2"]  # none ran twice: the lease was renewed
+    assert all(e["dequeue_count"] == 1 for e in starts)
+    ends = [e for e in h.events("on_slow") if e["phase"] == "end"]
+    assert max(e["t"] for e in starts) < min(e["t"] for e in ends)  # one batch, run concurrently
+    assert drain(q) == []

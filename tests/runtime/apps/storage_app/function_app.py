@@ -61,3 +61,12 @@ def on_plain(text: str) -> None:
 @app.blob_input(arg_name="doc", path="inputs/{name}", connection="AzureWebJobsStorage")
 def on_lookup(msg: func.QueueMessage, doc: str | None) -> None:
     record(fn="on_lookup", name=msg.get_json()["name"], doc=doc)
+
+
+@app.queue_trigger(arg_name="msg", queue_name="slow", connection="AzureWebJobsStorage")
+async def on_slow(msg: func.QueueMessage) -> None:
+    import asyncio
+
+    record(fn="on_slow", phase="start", body=msg.get_body().decode(), dequeue_count=msg.dequeue_count)
+    await asyncio.sleep(3)
+    record(fn="on_slow", phase="end", body=msg.get_body().decode())
