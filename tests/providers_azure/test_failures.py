@@ -422,3 +422,30 @@ def test_managed_image_in_another_region_goes_through_a_copied_snapshot(provider
     assert snapshot.endswith("-snap-eastus") and "copying the OS disk snapshot to eastus" in log.text
     report = _clean(provider, arm, build, log)
     assert [r for r in report.removed if "/snapshots/" in r]  # both snapshots were transient
+
+
+def test_cleanup_reports_a_refused_delete_and_removes_the_rest(provider, arm):
+    log = ListLog()
+    build = build_input(linux_template())
+    _env(provider, build, log)
+    arm.faults.append(
+        Fault(
+            "DELETE", r"/networksecuritygroups/", 403, "AuthorizationFailed", "no delete permission", times=1
+        )
+    )
+    report = provider.cleanup(build, keep=False, log=log)
+    assert (
+        len(report.errors) == 1
+        and "AuthorizationFailed" in report.errors[0]
+        and "/networkSecurityGroups/" in report.errors[0]
+    )
+    kinds = {
+        r["type"]
+        for r in arm.resources.values()
+        if (r.get("tags") or {}).get("imagebuilder-run") == "run-0001"
+    }
+    assert kinds == {
+        "Microsoft.Network/networkSecurityGroups",
+        "Microsoft.Resources/resourceGroups",
+    }  # the rest is gone
+    _clean(provider, arm, build, log)  # a later attempt finishes the job

@@ -1633,11 +1633,16 @@ class AzureProvider(ComputeProvider):
     # -- cleanup -----------------------------------------------------------------------------------
 
     def cleanup(self, build: BuildInput, *, keep: bool, log: LogSink) -> CleanupReport:
-        """Delete the run's transient resources in dependency order; waits, within a budget, for each."""
+        """Delete the run's transient resources in dependency order; waits, within a budget, for each.
+        A resource ARM refuses to delete is reported in `errors` and the others are still removed."""
         try:
-            names = Names.of(build)
+            return self._cleanup(build, keep=keep, log=log)
         except ArmFailure as exc:
-            return CleanupReport(errors=[str(exc)])
+            log.write(f"cleanup failed: {exc.code}: {exc.arm_message}\n")
+            return CleanupReport(errors=[f"{exc.code}: {exc.arm_message}"])
+
+    def _cleanup(self, build: BuildInput, *, keep: bool, log: LogSink) -> CleanupReport:
+        names = Names.of(build)
         arm = self.clients(build.run.subscription_id, build)
         rg = names.resource_group
         sub = build.run.subscription_id
@@ -1683,8 +1688,19 @@ class AzureProvider(ComputeProvider):
                     raise TransientProviderError(f"cleanup: {what} is still being deleted", hint="retried")
                 self._sleep(self.poll_interval)
 
+        def listed(what: str, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+            try:
+                return arm.call(what, fn)
+            except ArmFailure as exc:
+                errors.append(f"{what}: {exc.code}: {exc.arm_message}")
+                return []
+
         def delete(what: str, rid: str, get: Callable[[], Any], begin: Callable[[Any], Any]) -> None:
-            existing = arm.get(f"read {what}", get)
+            try:
+                existing = arm.get(f"read {what}", get)
+            except ArmFailure as exc:
+                errors.append(f"{rid}: {exc.code}: {exc.arm_message}")
+                return
             if existing is None:
                 return
             if _state_of(existing) == "Deleting":  # an earlier attempt started it: wait, do not restart
@@ -1724,7 +1740,7 @@ class AzureProvider(ComputeProvider):
             lambda: network.network_interfaces.get(rg, names.nic),
             lambda p: network.network_interfaces.begin_delete(rg, names.nic, polling=p),
         )
-        public_ips = arm.call(
+        public_ips = listed(
             "list public IPs", lambda: [dict(i) for i in network.public_ip_addresses.list(rg)]
         )
         for ip in public_ips:
@@ -1740,22 +1756,25 @@ class AzureProvider(ComputeProvider):
             names.data_disk(lun) for lun in range(len(_props(build).get("additionalDataDisks") or []))
         ]
         for disk in disk_names:
-            existing = arm.get(f"read disk {disk}", partial(compute.disks.get, rg, disk))
-            if existing and (existing.get("properties") or {}).get("diskState") == "ActiveSAS":
-                wait(
-                    f"revoke access to {disk}",
-                    arm.start(
+            try:
+                existing = arm.get(f"read disk {disk}", partial(compute.disks.get, rg, disk))
+                if existing and (existing.get("properties") or {}).get("diskState") == "ActiveSAS":
+                    wait(
                         f"revoke access to {disk}",
-                        partial(_polled, compute.disks.begin_revoke_access, rg, disk),
-                    ),
-                )
+                        arm.start(
+                            f"revoke access to {disk}",
+                            partial(_polled, compute.disks.begin_revoke_access, rg, disk),
+                        ),
+                    )
+            except ArmFailure as exc:
+                errors.append(f"revoke access to {disk}: {exc.code}: {exc.arm_message}")
             delete(
                 f"disk {disk}",
                 f"{base}/Microsoft.Compute/disks/{disk}",
                 partial(compute.disks.get, rg, disk),
                 partial(_polled, compute.disks.begin_delete, rg, disk),
             )
-        snapshots = arm.call(
+        snapshots = listed(
             "list snapshots", lambda: [dict(x) for x in compute.snapshots.list_by_resource_group(rg)]
         )
         for snap in snapshots:
