@@ -14,6 +14,9 @@ from tests.providers_local.test_provider_support import RecLog, file_root, http_
 _FIXTURES = (file_root,)  # pytest fixtures used by name in this module
 
 
+ROOTS: list[Path] = []  # no file:// folder allowed but the examples
+
+
 def _ref(
     uri: str, checksum: str = "", field: str = "properties.customize[0].scriptUri"
 ) -> artifacts.ArtifactRef:
@@ -43,11 +46,23 @@ def test_file_uri_in_allowed_root_is_staged_idempotently(file_root: Path, tmp_pa
     (file_root / "a b.sh").write_bytes(b"echo hi\n")
     uri = (file_root / "a b.sh").as_uri()
     dest = tmp_path / "staging"
-    staged = artifacts.fetch_all([_ref(uri, sha256(b"echo hi\n"))], dest, blob_fetcher=None, log=RecLog())
+    staged = artifacts.fetch_all(
+        [_ref(uri, sha256(b"echo hi\n"))],
+        dest,
+        blob_fetcher=None,
+        log=RecLog(),
+        roots=artifacts.file_roots(str(file_root)),
+    )
     assert staged[0].sha256 == sha256(b"echo hi\n") and staged[0].size == 8
     assert Path(staged[0].location).read_bytes() == b"echo hi\n"
     (file_root / "a b.sh").unlink()  # already staged: not fetched again
-    again = artifacts.fetch_all([_ref(uri, sha256(b"echo hi\n"))], dest, blob_fetcher=None, log=RecLog())
+    again = artifacts.fetch_all(
+        [_ref(uri, sha256(b"echo hi\n"))],
+        dest,
+        blob_fetcher=None,
+        log=RecLog(),
+        roots=artifacts.file_roots(str(file_root)),
+    )
     assert again == staged
 
 
@@ -57,7 +72,13 @@ def test_file_uri_outside_roots_and_symlink_tricks_refused(file_root: Path, tmp_
     (file_root / "link").symlink_to(outside)
     for uri in (outside.as_uri(), (file_root / "link").as_uri(), f"file://{file_root}/../outside.txt"):
         with pytest.raises(artifacts.ArtifactError) as err:
-            artifacts.fetch_all([_ref(uri)], tmp_path / "s", blob_fetcher=None, log=RecLog())
+            artifacts.fetch_all(
+                [_ref(uri)],
+                tmp_path / "s",
+                blob_fetcher=None,
+                log=RecLog(),
+                roots=artifacts.file_roots(str(file_root)),
+            )
         assert err.value.code == "ArtifactNotAllowed"
         assert "properties.customize[0].scriptUri" in str(err.value)
 
@@ -82,7 +103,9 @@ def test_http_download_checksum_mismatch_and_404(tmp_path: Path) -> None:
         assert "SECRET" not in text
         assert list((tmp_path / "s2").iterdir()) == []
         with pytest.raises(artifacts.ArtifactError) as err404:
-            artifacts.fetch_all([_ref(f"{url}/missing.sh")], tmp_path / "s3", blob_fetcher=None, log=RecLog())
+            artifacts.fetch_all(
+                [_ref(f"{url}/missing.sh")], tmp_path / "s3", blob_fetcher=None, log=RecLog(), roots=ROOTS
+            )
         assert "404" in str(err404.value)
 
 
@@ -116,9 +139,17 @@ def test_blob_urls_go_through_the_blob_fetcher(tmp_path: Path) -> None:
 
 def test_bad_scheme_and_bad_checksum_format(tmp_path: Path) -> None:
     with pytest.raises(artifacts.ArtifactError) as err:
-        artifacts.fetch_all([_ref("ftp://x/y")], tmp_path / "s", blob_fetcher=None, log=RecLog())
+        artifacts.fetch_all([_ref("ftp://x/y")], tmp_path / "s", blob_fetcher=None, log=RecLog(), roots=ROOTS)
     assert err.value.code == "UnsupportedUriScheme"
     with pytest.raises(artifacts.ArtifactError) as err2:
-        artifacts.fetch_all([_ref("https://x/y", "nothex")], tmp_path / "s", blob_fetcher=None, log=RecLog())
+        artifacts.fetch_all(
+            [_ref("https://x/y", "nothex")], tmp_path / "s", blob_fetcher=None, log=RecLog(), roots=ROOTS
+        )
     assert err2.value.code == "InvalidChecksum"
     assert "properties.customize[0].sha256Checksum" in str(err2.value)
+
+
+def test_file_roots_come_from_the_setting_plus_examples(tmp_path: Path) -> None:
+    roots = artifacts.file_roots(f"{tmp_path}:{tmp_path}/b")
+    assert roots[:2] == [tmp_path.resolve(), (tmp_path / "b").resolve()]
+    assert roots[-1].name == "examples"

@@ -74,7 +74,7 @@ def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def provider(tmp_path: Path, base_cache: Path) -> Iterator[LocalProvider]:
+def provider(tmp_path: Path, base_cache: Path, file_root: Path) -> Iterator[LocalProvider]:
     """A provider on a fresh state dir; whatever a failed test left mounted is unmounted afterwards."""
     p = LocalProvider(state_dir=tmp_path / "state", cache_dir=base_cache)
     yield p

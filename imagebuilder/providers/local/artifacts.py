@@ -95,10 +95,10 @@ def collect(template: dict[str, Any]) -> list[ArtifactRef]:
     return refs
 
 
-def file_roots(extra: Sequence[Path] = ()) -> list[Path]:
-    """Folders a `file://` URI may point into."""
-    roots = [Path(p) for p in os.environ.get(FILE_ROOT_ENV, "").split(os.pathsep) if p.strip()]
-    roots.extend(extra)
+def file_roots(setting: str = "") -> list[Path]:
+    """Folders a `file://` URI may read: those in the setting's value (os.pathsep-separated), then the
+    repository's `examples/`, all as real paths."""
+    roots = [Path(p) for p in setting.split(os.pathsep) if p.strip()]
     roots.append(EXAMPLES_DIR)
     return [Path(os.path.realpath(r)) for r in roots]
 
@@ -125,12 +125,12 @@ def fetch_all(
     *,
     blob_fetcher: BlobFetcher | None,
     log: LogSink,
-    extra_file_roots: Sequence[Path] = (),
+    roots: Sequence[Path] = (),
 ) -> list[StagedArtifact]:
     """Fetch each ref into `dest_dir` (idempotent: a staged file with the right sum is kept) and check
-    its checksum. Raises `ArtifactError` (permanent) or `TransientProviderError`."""
+    its checksum; `file://` URIs only below `roots` (see `file_roots`). Raises `ArtifactError`
+    (permanent) or `TransientProviderError`."""
     dest_dir.mkdir(parents=True, exist_ok=True)
-    roots = file_roots(extra_file_roots)
     staged: list[StagedArtifact] = []
     seen: dict[str, StagedArtifact] = {}
     for ref in refs:

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +111,22 @@ class LocalProvider(ComputeProvider):
         cache_dir: Path | None = None,
         blob_fetcher: Callable[[str], bytes] | None = None,
         blob_uploader: BlobUploader | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
-        env = os.environ
+        # The environment is read here, once (never at import, never per call).
+        env = os.environ if environ is None else environ
         self.state_dir = Path(state_dir or env.get("IMAGEBUILDER_STATE_DIR") or ".state").resolve()
         self.cache_dir = Path(
             cache_dir or env.get("IMAGEBUILDER_CACHE_DIR") or self.state_dir / "cache"
         ).resolve()
         self.blob_fetcher = blob_fetcher
         self.blob_uploader = blob_uploader
+        self.file_roots = artifacts.file_roots(env.get(artifacts.FILE_ROOT_ENV, ""))
+        self.vhd_roots = [self.state_dir / "vhds"] + [
+            Path(p) for p in env.get(VHD_ROOT_ENV, "").split(os.pathsep) if p.strip()
+        ]
+        self.qcow2 = _true(env.get(QCOW2_ENV, ""))
+        self.catalog_file = env.get(catalog.CATALOG_SETTING) or None
         self.stores = Stores(self.state_dir)
 
     # ------------------------------------------------------------------------------------- helpers
@@ -155,10 +163,8 @@ class LocalProvider(ComputeProvider):
     def _log(self, layout: RunLayout, log: LogSink, phase: str) -> LogSink:
         return _Tee(log, layout.logs / f"{phase}.log")
 
-    @staticmethod
-    def _catalog_extra() -> dict[str, str] | None:
-        path = os.environ.get(catalog.CATALOG_SETTING)
-        return catalog.load_catalog_file(path) if path else None
+    def _catalog_extra(self) -> dict[str, str] | None:
+        return catalog.load_catalog_file(self.catalog_file) if self.catalog_file else None
 
     @staticmethod
     def _template_hash(build: BuildInput) -> str:
@@ -189,7 +195,11 @@ class LocalProvider(ComputeProvider):
         log.write(f"source {source.type} {source.id} -> {source.exact_version or source.id}\n")
         try:
             staged = artifacts.fetch_all(
-                artifacts.collect(build.template), layout.artifacts, blob_fetcher=self.blob_fetcher, log=log
+                artifacts.collect(build.template),
+                layout.artifacts,
+                blob_fetcher=self.blob_fetcher,
+                log=log,
+                roots=self.file_roots,
             )
         except artifacts.ArtifactError as exc:
             return self._prepare_failed(exc.code, str(exc), log, source=source)
@@ -694,9 +704,7 @@ class LocalProvider(ComputeProvider):
                     "bootable": bootable,
                     "disk": _plain(info),
                 }
-                if _true(self._tags(build).get(TAG_QCOW2.lower(), "")) or _true(
-                    os.environ.get(QCOW2_ENV, "")
-                ):
+                if self.qcow2 or _true(self._tags(build).get(TAG_QCOW2.lower(), "")):
                     t0 = time.monotonic()
                     qcow2 = layout.capture / "disk.qcow2"
                     disk.to_qcow2(raw, qcow2, log=clog)
@@ -949,9 +957,7 @@ class LocalProvider(ComputeProvider):
             )  # fmt: skip
         elif parts.scheme == "file":
             dest = Path(os.path.realpath(urllib.parse.unquote(parts.path)))
-            allowed = [self.stores.vhds_dir] + [
-                Path(p) for p in os.environ.get(VHD_ROOT_ENV, "").split(os.pathsep) if p.strip()
-            ]
+            allowed = self.vhd_roots
             if not any(is_within(dest.parent, a) and dest != Path(os.path.realpath(a)) for a in allowed):
                 raise GalleryError(
                     "BadVhdDistribute",
