@@ -962,7 +962,10 @@ class Engine:
                     self._rewind(c, child.instance_id, reason, fx)
                     continue
             keep.append(e)
-        keep.append(h.event(h.GENERIC_EVENT, h.utcnow(), Data=f"Rewound: {reason or ''}"))
+        # an episode replays the rewound history: it waits for the re-run work, or fails again if the
+        # orchestrator code itself raised
+        wake = h.event(h.GENERIC_EVENT, h.utcnow(), Data=f"Rewound: {reason or ''}")
+        fx.inbox.append(self.db.add_inbox(c, iid, row.execution_id, time.time(), wake))
         self.db.clear_history(c, iid)
         self.db.append_history(c, iid, 0, keep)
         row.status, row.output, row.updated = RUNNING, None, time.time()

@@ -291,6 +291,15 @@ def test_rewind_reruns_failed_activities(server, run):
     assert st.runtime_status.value == "Completed" and st.output == "child ok"
 
 
+def test_rewind_of_an_orchestrator_code_failure_fails_again(server, run):
+    c = server.client()
+    iid = run(c.start_new("code_failure", None, None))
+    assert wait_for(run, c, iid).runtime_status.value == "Failed"
+    run(c.rewind(iid, "no luck"))
+    st = wait_for(run, c, iid)
+    assert st.runtime_status.value == "Failed" and "deterministic bug" in st.output
+
+
 def test_rewind_reaches_failed_sub_orchestrations(server, run):
     c = server.client()
     key = f"v{uuid.uuid4().hex[:8]}:2"

@@ -185,6 +185,12 @@ def unhandled_failure(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def code_failure(context: df.DurableOrchestrationContext):
+    yield context.call_activity("say_hello", "x")
+    raise RuntimeError("deterministic bug")
+
+
+@app.orchestration_trigger(context_name="context")
 def approval(context: df.DurableOrchestrationContext):
     seconds = context.get_input()
     timeout = context.create_timer(context.current_utc_datetime + timedelta(seconds=seconds))
