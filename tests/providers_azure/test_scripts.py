@@ -22,9 +22,9 @@ def test_inline_shell_runs_with_sh_e_and_passes_the_exit_code(tmp_path):
     failing = _bash(scripts.shell({"inline": ["echo before", "false", "echo never"]}, None), tmp_path)
     assert failing.returncode == 1 and "never" not in failing.stdout  # /bin/sh -e like Packer
     quoted = _bash(
-        scripts.shell({"inline": ["echo 'IMAGEBUILDER_EOF is just text' \"$HOME\""]}, None), tmp_path
+        scripts.shell({"inline": ["echo 'EOF' \"it's\" `echo ticks`", "true", "EOF=1"]}, None), tmp_path
     )
-    assert quoted.returncode == 0 and "IMAGEBUILDER_EOF is just text" in quoted.stdout
+    assert quoted.returncode == 0 and quoted.stdout == "EOF it's ticks\n"  # the text reached sh unchanged
 
 
 def test_script_and_file_downloads_verify_sha256_inside_the_vm(tmp_path):

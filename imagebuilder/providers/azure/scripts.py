@@ -73,22 +73,23 @@ def _bash_header(identity: str | None) -> str:
 
 
 def shell(step: dict[str, Any], sha256: str | None, identity: str | None = None) -> str:
-    """A Shell customizer/validator: inline lines run by `/bin/sh -e`, or scriptUri downloaded and run."""
+    """A Shell customizer/validator: inline lines run by `/bin/sh -e` (like Packer), or scriptUri
+    downloaded, verified and run by bash. The user's text travels base64-encoded, immune to quoting."""
     if step.get("scriptUri"):
         url = str(step["scriptUri"])
         return (
             _bash_header(identity)
-            + f"ib_download {shlex.quote(url)} /tmp/imagebuilder-script.sh {shlex.quote(sha256 or '')}\n"
-            + "chmod +x /tmp/imagebuilder-script.sh\n"
-            + "set +e\n/bin/bash /tmp/imagebuilder-script.sh\nrc=$?\nrm -f /tmp/imagebuilder-script.sh\n"
-            + "exit $rc\n"
+            + 'script="$(mktemp)"\n'
+            + f'ib_download {shlex.quote(url)} "$script" {shlex.quote(sha256 or "")}\n'
+            + 'set +e\n/bin/bash "$script"\nrc=$?\nrm -f "$script"\nexit $rc\n'
         )
-    body = "\n".join(str(line) for line in step.get("inline") or [])
+    body = "\n".join(str(line) for line in step.get("inline") or []) + "\n"
+    encoded = base64.b64encode(body.encode("utf-8")).decode("ascii")
     return (
-        "#!/bin/bash\nset -eu\ncat > /tmp/imagebuilder-inline.sh <<'IMAGEBUILDER_EOF'\n"
-        + body
-        + "\nIMAGEBUILDER_EOF\nset +e\n/bin/sh -e /tmp/imagebuilder-inline.sh\nrc=$?\n"
-        + "rm -f /tmp/imagebuilder-inline.sh\nexit $rc\n"
+        "#!/bin/bash\nset -eu\n"
+        + 'script="$(mktemp)"\n'
+        + f'echo {encoded} | base64 -d > "$script"\n'
+        + 'set +e\n/bin/sh -e "$script"\nrc=$?\nrm -f "$script"\nexit $rc\n'
     )
 
 
