@@ -48,7 +48,7 @@ from local_runtime.http import (
 )
 from local_runtime.indexing import FunctionInfo, IndexingError, index_functions, load_app
 from local_runtime.invoke import FunctionLogFilter, Invoker, UnsupportedBinding, is_host_function
-from local_runtime.keys import Keys, load_keys
+from local_runtime.keys import Keys, KeysError, load_keys
 from local_runtime.ncrontab import ScheduleError
 from local_runtime.storage import BindingError, Storage
 
@@ -162,7 +162,10 @@ class Host:
         except Exception as exc:
             log.exception("importing the app failed")
             raise HostError(f"{self.app_dir}: importing the app failed: {exc!r} (trace above)") from exc
-        self.keys = load_keys(self.state_dir)
+        try:
+            self.keys = load_keys(self.state_dir)
+        except KeysError as exc:
+            raise HostError(str(exc)) from exc
 
     def _wants_durable(self) -> bool:
         return any(
@@ -247,7 +250,9 @@ class Host:
         app.router.add_route(
             "*", "/{tail:.*}", make_handler(router, self.keys, self._invoke_http, self._admin)
         )
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
         say(f"Listening on {self.base_url}")

@@ -2,7 +2,7 @@
 
 Keys are generated with `secrets` on first start and stored in `<state>/keys.json` with mode 0600. The
 auth rule is the host's: anonymous needs nothing, function accepts any function or host key (or the master
-key), admin accepts only the master key.
+key), admin accepts only the master key. Errors: `KeysError` (the keys file is unreadable).
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KEYS_FILE = "keys.json"
+
+
+class KeysError(Exception):
+    """The keys file in the state directory cannot be read."""
 
 
 def _new_key() -> str:
@@ -51,8 +55,13 @@ def load_keys(state_dir: Path) -> Keys:
     """Read the keys from the state dir, creating them (file mode 0600) on first use."""
     path = state_dir / KEYS_FILE
     if path.is_file():
-        data = json.loads(path.read_text())
-        return Keys(master=data["masterKey"], function_keys=dict(data["functionKeys"]))
+        try:
+            data = json.loads(path.read_text())
+            return Keys(master=str(data["masterKey"]), function_keys=dict(data["functionKeys"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeysError(
+                f"{path} is not a valid keys file ({exc!r}); delete it to generate new keys on the next start"
+            ) from exc
     keys = Keys(master=_new_key(), function_keys={"default": _new_key()})
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
