@@ -18,7 +18,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,7 +71,6 @@ class _Effects:
 
     inbox: list[InboxItem] = field(default_factory=list)
     work: list[WorkItem] = field(default_factory=list)
-    done: list[str] = field(default_factory=list)
 
 
 def entity_scheduler_id(name: str, key: str) -> str:
@@ -124,7 +123,6 @@ class Engine:
         self.http: aiohttp.ClientSession | None = None
         self.flush_scheduled = False
         self.timer_handles: dict[int, asyncio.TimerHandle] = {}
-        self.listeners: list[Callable[[str], None]] = []
         # Completion batching: an instance that still has activities queued or running waits for more
         # completions, so that a fan-out replays a few times, not once per result. The wait is
         # `coalesce_window`, or twice the instance's last replay if that is longer (replay is O(history):
@@ -219,9 +217,6 @@ class Engine:
         for item in fx.inbox:
             self._add_inbox_mem(item, coalesce)
         self._queue_work(fx.work)
-        for iid in fx.done:
-            for cb in list(self.listeners):
-                cb(iid)
 
     # ------------------------------------------------------------------ dispatch
     async def _dispatch_loop(self) -> None:
@@ -375,7 +370,7 @@ class Engine:
             h.event(h.EXECUTION_TERMINATED, now, Input=reason),
             h.event(h.EXECUTION_COMPLETED, now, OrchestrationStatus=_STATUS_NUM[TERMINATED], Result=out),
         ]
-        fx = _Effects(done=[row.instance_id])
+        fx = _Effects()
         with self.db.transaction() as c:
             self.db.delete_inbox(c, consumed)
             self.db.append_history(c, row.instance_id, len(hist), added)
@@ -474,7 +469,6 @@ class Engine:
                 row.status, row.output = FAILED, json.dumps(message)
                 log.warning("durable: orchestration %s (%s) failed: %s", row.name, iid, error)
                 self._notify_parent(c, row, failed=True, result=None, reason=message, fx=fx)
-                fx.done.append(iid)
             elif state.get("isDone") and did_can:
                 self._continue_as_new(c, inst, can_input, fx)
                 added = []
@@ -492,7 +486,6 @@ class Engine:
                 row.status, row.output = COMPLETED, out_text
                 log.info("durable: orchestration %s (%s) completed", row.name, iid)
                 self._notify_parent(c, row, failed=False, result=out_text, reason=None, fx=fx)
-                fx.done.append(iid)
             else:
                 row.status = SUSPENDED if suspended else RUNNING
             if added:
@@ -843,9 +836,6 @@ class Engine:
         self._apply(fx)
 
     # ------------------------------------------------------------------ client operations
-    def function_exists(self, name: str) -> bool:
-        return name.lower() in self.orchestrators
-
     def start_new(self, name: str, instance_id: str | None, input_value: Any, version: str | None) -> str:
         fn = self.orchestrators.get(name.lower())
         if fn is None:
@@ -1051,7 +1041,3 @@ class Engine:
             n, k = _parse_entity_id(eid)
             out.append((n, k, state))
         return out
-
-
-def epoch(t: datetime) -> float:
-    return t.astimezone(UTC).timestamp()
