@@ -17,6 +17,7 @@ from activities import (
 )
 from api import async_operations, operations, runs, templates, triggers
 from orchestrators import build_image, distribute_image
+from triggers import evaluation, sweeper, uploads
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -38,5 +39,8 @@ for blueprint in (
     cleanup.bp,
     run_status.bp,
     poll.bp,
+    evaluation.bp,
+    uploads.bp,
+    sweeper.bp,
 ):
     app.register_functions(blueprint)

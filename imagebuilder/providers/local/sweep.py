@@ -1,0 +1,140 @@
+"""The local sweeper: transient run folders (build roots, overlays, staging, scratch disks) under
+`<state>/local/runs` whose run is over or gone, with the processes, mounts and loop devices in them.
+
+`sweep(state_dir, runs, *, grace_seconds)`: `runs` maps every run the store knows to (terminal, kept)
+where `kept` means its cleanup kept the build root on purpose (errorHandling `abort`: kept until the
+template is deleted, with no mount or process left). A run still active is never touched; a folder
+no known run owns is removed only once it is older than `grace_seconds`. Errors are reported, not raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.providers.base import NullLog, ProviderError
+from imagebuilder.providers.local import proc, sandbox
+from imagebuilder.providers.local.layout import RunLayout, StateLayout
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the store says about a run: over or not, and whether its build root is kept on purpose."""
+
+    terminal: bool
+    kept: bool = False
+
+
+@dataclass
+class SweepReport:
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def run_folders(state_dir: Path) -> list[Path]:
+    """The run folders present now (list them BEFORE reading runs from the store: a run is recorded
+    before its folder exists, so a folder seen first always has its run in a later read)."""
+    runs = StateLayout(state_dir).runs
+    return sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+
+
+def _mount_points() -> list[str]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 4:
+            out.append(parts[4].encode().decode("unicode_escape"))
+    return out
+
+
+def _loops_under(folder: Path) -> list[str]:
+    out = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            path = backing.read_text().strip()
+            if path == str(folder) or path.startswith(str(folder) + "/"):
+                out.append("/dev/" + backing.parent.parent.name)
+    return out
+
+
+def _release(folder: Path, report: SweepReport) -> bool:
+    """Kill the folder's processes, unmount its mounts, detach its loop devices. True when nothing is
+    left holding it."""
+    pids = sandbox.kill_processes(sandbox.find_processes(folder.name, [folder]))
+    for pid in pids:
+        report.removed.append(f"process {pid} of {folder.name}")
+    deadline = time.monotonic() + 5
+    while pids and any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for loop in _loops_under(folder):
+        try:
+            proc.run(["losetup", "-d", loop], log=NullLog(), timeout=60)
+            report.removed.append(f"loop device {loop}")
+        except ProviderError as exc:
+            report.errors.append(f"cannot detach {loop}: {exc}")
+    base = str(folder)
+    mounts = [m for m in _mount_points() if m == base or m.startswith(base + "/")]
+    for mount in sorted(mounts, key=len, reverse=True):
+        try:
+            proc.run(["umount", mount], log=NullLog(), timeout=120)
+        except ProviderError:
+            try:
+                proc.run(["umount", "-l", mount], log=NullLog(), timeout=60)
+            except ProviderError as exc:
+                report.errors.append(f"cannot unmount {mount}: {exc}")
+                continue
+        report.removed.append(f"mount {mount}")
+    return not [m for m in _mount_points() if m == base or m.startswith(base + "/")]
+
+
+def _age(folder: Path) -> float:
+    try:
+        return time.time() - folder.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def sweep(
+    state_dir: Path,
+    runs: Mapping[RunRef, RunFacts],
+    *,
+    folders: list[Path] | None = None,
+    grace_seconds: float = 300.0,
+) -> SweepReport:
+    """Remove what finished or vanished runs left under `state_dir` (see the module docstring)."""
+    report = SweepReport()
+    present = run_folders(state_dir) if folders is None else folders
+    owners = {RunLayout.for_run(state_dir, ref).run_dir.name: (ref, facts) for ref, facts in runs.items()}
+    for folder in present:
+        owner = owners.get(folder.name)
+        if owner is not None and not owner[1].terminal:
+            continue  # a running run's resources are never touched
+        if owner is None and _age(folder) < grace_seconds:
+            continue  # maybe a run recorded after our listing: look again next time
+        what = (
+            f"run folder {folder} (run {owner[0].run_id} of {owner[0].template_name}, finished)"
+            if owner is not None
+            else f"run folder {folder} (no run or template owns it)"
+        )
+        if not _release(folder, report):
+            report.errors.append(f"mounts remain under {folder}; not deleting it")
+            continue
+        if owner is not None and owner[1].kept:
+            report.kept.append(f"{what}: kept on purpose (errorHandling abort)")
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            report.errors.append(f"cannot remove {folder}")
+        else:
+            report.removed.append(what)
+    return report

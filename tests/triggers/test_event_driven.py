@@ -1,0 +1,250 @@
+"""Event-driven builds on the real local runtime, Azurite and the local provider: blob uploads of
+templates, replaced scripts, Schedule and SourceImage triggers, lifecycle events and the sweeper."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+
+from imagebuilder.pipeline import events as ev
+from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.providers.local.layout import RunLayout
+from tests.triggers.conftest import RG, SUB, Env, template
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = "image-artifacts"
+UPLOADS = "image-templates"
+
+
+def _result(env: Env, path: str) -> dict[str, Any]:
+    return dict(json.loads(env.read_blob(UPLOADS, path)))
+
+
+def _run_types(env: Env, run_id: str) -> list[str]:
+    return [
+        e["type"].rsplit(".", 1)[-1] + (f":{e['data'].get('runSubState')}" if "Phase" in e["type"] else "")
+        for e in env.drain_events()
+        if e.get("data", {}).get("runId") == run_id
+    ]
+
+
+def test_bad_uploads_give_an_error_result_and_no_template(env: Env) -> None:
+    bad = template()
+    del bad["properties"]["distribute"]
+    env.upload(UPLOADS, f"{SUB}/{RG}/badtemplate.json", json.dumps(bad))
+    env.upload(UPLOADS, "notjson.json", "{not json")
+    deployment = {
+        "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+        "contentVersion": "1.0.0.0",
+        "resources": [
+            {
+                "type": "Microsoft.VirtualMachineImages/imageTemplates",
+                "apiVersion": "2022-02-14",
+                "name": "armtemplate",
+                "location": "[resourceGroup().location]",
+                **{k: v for k, v in template().items() if k != "location"},
+            }
+        ],
+    }
+    env.upload(UPLOADS, f"{RG}/armtemplate.json", json.dumps(deployment))
+
+    result = _result(env, f"{SUB}/{RG}/badtemplate.result.json")
+    assert result["status"] == "Failed"
+    assert result["error"]["code"] == "MissingRequiredProperty"
+    assert result["error"]["target"] == "properties.distribute"
+    assert _result(env, "notjson.result.json")["error"]["code"] == "InvalidRequestContent"
+    arm = _result(env, f"{RG}/armtemplate.result.json")
+    assert arm["error"]["code"] == "InvalidTemplate" and "resourceGroup()" in arm["error"]["message"]
+    for name in ("badtemplate", "notjson", "armtemplate"):
+        assert env.api.request("GET", env.api.template_path(name)).status == 404
+    # result files are never taken for uploads
+    names = [b.name for b in env.blobs.get_container_client(UPLOADS).list_blobs()]
+    assert not [n for n in names if n.endswith(".result.result.json")]
+
+
+def test_upload_builds_a_replaced_script_rebuilds_and_events_arrive_in_order(env: Env) -> None:
+    script_v1 = "#!/bin/sh\necho v1 > /etc/release-note\n"
+    url = env.upload(ARTIFACTS, "scripts/note.sh", script_v1, public=True)
+    body = template(customize=[{"type": "Shell", "name": "note", "scriptUri": url}])
+    deployment = {
+        "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+        "contentVersion": "1.0.0.0",
+        "parameters": {"imageTemplateName": {"type": "string", "defaultValue": "scripted"}},
+        "resources": [
+            {
+                "type": "Microsoft.VirtualMachineImages/imageTemplates",
+                "apiVersion": "2022-02-14",
+                "name": "[parameters('imageTemplateName')]",
+                **body,
+            }
+        ],
+    }
+    env.upload(UPLOADS, f"{SUB}/{RG}/scripted.json", json.dumps(deployment))
+    result = _result(env, f"{SUB}/{RG}/scripted.result.json")
+    assert result["status"] == "Accepted", result
+    first = env.wait_done("scripted", result["runId"])
+    assert first["properties"]["details"]["trigger"]["kind"] == "Upload"
+
+    # replacing the script starts a build (the fingerprint changed) ...
+    script_v2 = "#!/bin/sh\necho v2 > /etc/release-note\n"
+    env.upload(ARTIFACTS, "scripts/note.sh", script_v2, public=True)
+    runs = env.wait_runs("scripted", lambda rs: len(rs) >= 2, "a build after the script changed")
+    second = runs[1]
+    assert second["properties"]["details"]["trigger"]["kind"] == "ArtifactChanged"
+    second = env.wait_done("scripted", second["name"])
+    sha = hashlib.sha256(script_v2.encode()).hexdigest()
+    assert [a["sha256"] for a in second["properties"]["details"]["artifacts"]] == [sha]
+
+    # ... the same content uploaded again does not (a skipped run says why)
+    env.upload(ARTIFACTS, "scripts/note.sh", script_v2, public=True)
+    runs = env.wait_runs("scripted", lambda rs: len(rs) >= 3, "a skipped run after the same script")
+    skipped = runs[2]["properties"]
+    assert skipped["runState"] == "Canceled"
+    assert skipped["message"].startswith("Skipped:") and "unchanged" in skipped["message"]
+    assert skipped["details"]["skipped"]["fingerprint"]
+
+    # lifecycle events of the second run, in order
+    types = _run_types(env, second["name"])
+    assert types[0] == "RunStarted", types
+    phases = [t for t in types if t.startswith("RunPhaseChanged")]
+    assert phases == [
+        "RunPhaseChanged:Building",
+        "RunPhaseChanged:Customizing",
+        "RunPhaseChanged:Distributing",
+    ]
+    assert types.index("ReplicationFinished") > types.index("RunPhaseChanged:Distributing")
+    assert types[-1] == "RunSucceeded"
+    one = next(e for e in env.events if e["type"] == ev.RUN_STARTED and e["data"]["runId"] == second["name"])
+    assert one["specversion"] == "1.0" and one["source"].endswith("/imageTemplates/scripted")
+    assert one["subject"] == f"runs/{second['name']}" and one["time"].endswith("Z")
+    assert "RunSkipped" in _run_types(env, runs[2]["name"])
+
+
+def test_schedule_with_unchanged_inputs_records_a_skipped_run(env: Env) -> None:
+    env.api.put_template("scheduled", template())
+    env.trigger(
+        "scheduled",
+        "nightly",
+        {"properties": {"kind": "Schedule", "schedule": "*/4 * * * * *", "timeZone": "Europe/Paris",
+                        "onlyWhenInputsChanged": True}},
+    )  # fmt: skip
+    runs = env.wait_runs("scheduled", lambda rs: len(rs) >= 1, "the first scheduled build")
+    env.wait_done("scheduled", runs[0]["name"])
+    runs = env.wait_runs(
+        "scheduled",
+        lambda rs: any(r["properties"]["message"].startswith("Skipped:") for r in rs),
+        "a skipped scheduled run",
+    )
+    skipped = next(r for r in runs if r["properties"]["message"].startswith("Skipped:"))["properties"]
+    assert skipped["runState"] == "Canceled"
+    assert f"inputs unchanged since run {runs[0]['name']}" in skipped["message"]
+    assert skipped["details"]["trigger"]["kind"] == "Schedule"
+    status = env.get_trigger("scheduled", "nightly")["properties"]["status"]
+    assert status["code"] == "Healthy", status
+    env.api.request("DELETE", env.api.template_path("scheduled") + "/triggers/nightly")
+
+
+def test_source_image_trigger_builds_when_latest_changes(env: Env) -> None:
+    gallery_image = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/triggerGallery/images/base"
+    base = template(
+        distribute=[
+            {
+                "type": "SharedImage",
+                "runOutputName": "base",
+                "galleryImageId": gallery_image,
+                "targetRegions": [{"name": "westeurope"}],
+            }
+        ]
+    )
+    env.api.put_template("base", base)
+    env.api.run("base")
+    assert env.api.watch("base", timeout=120, interval=0.5)["runState"] == "Succeeded"
+    v1 = env.api.run_outputs("base")[0]["properties"]["artifactId"].rsplit("/", 1)[-1]
+
+    app = template()
+    app["properties"]["source"] = {
+        "type": "SharedImageVersion",
+        "imageVersionId": f"{gallery_image}/versions/latest",
+    }
+    env.api.put_template("app", app)
+    env.trigger("app", "onNewBase", {"properties": {"kind": "SourceImage"}})
+    runs = env.wait_runs("app", lambda rs: len(rs) >= 1, "a first build (nothing built yet)")
+    first = env.wait_done("app", runs[0]["name"])
+    assert first["properties"]["details"]["trigger"]["sourceVersion"] == v1
+
+    env.api.run("base")
+    assert env.api.watch("base", timeout=120, interval=0.5)["runState"] == "Succeeded"
+    v2 = env.api.run_outputs("base")[0]["properties"]["artifactId"].rsplit("/", 1)[-1]
+    assert v2 != v1
+    runs = env.wait_runs("app", lambda rs: len(rs) >= 2, "a build for the new base version")
+    assert len(runs) == 2, "no build may start while the source version stays the same"
+    second = env.wait_done("app", runs[1]["name"])
+    trigger = second["properties"]["details"]["trigger"]
+    assert (trigger["kind"], trigger["sourceVersion"], trigger["previousVersion"]) == ("SourceImage", v2, v1)
+    assert second["properties"]["details"]["source"]["exact_version"] == v2
+    time.sleep(4)  # two more evaluations: the image is current, nothing starts
+    assert len(env.runs("app")) == 2
+    status = env.get_trigger("app", "onNewBase")["properties"]["status"]
+    assert status["code"] == "Healthy" and v2 in status["message"], status
+
+
+def test_trigger_disabled_after_repeated_failures(env: Env) -> None:
+    broken = template()
+    broken["properties"]["source"] = {
+        "type": "SharedImageVersion",
+        "imageVersionId": f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/"
+        "nowhere/images/missing/versions/latest",
+    }
+    env.api.put_template("broken", broken)
+    env.trigger("broken", "onNewBase", {"properties": {"kind": "SourceImage"}})
+    deadline = time.monotonic() + 30
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = env.get_trigger("broken", "onNewBase")["properties"]["status"]
+        if status["code"] == "Disabled":
+            break
+        time.sleep(0.5)
+    assert status["code"] == "Disabled", status
+    assert "3 consecutive failures" in status["message"] and "missing" in status["message"]
+    assert env.runs("broken") == []
+
+
+def test_sweeper_removes_a_planted_orphan_and_nothing_else(env: Env) -> None:
+    runs_dir = env.provider_state / "local" / "runs"
+    orphan = runs_dir / "gone-template-20260101000000-deadbeef-0123456789"
+    (orphan / "build" / "root" / "etc").mkdir(parents=True)
+    (orphan / "build" / "root" / "etc" / "motd").write_text("left behind\n")
+    young = runs_dir / "just-now-0123456789"  # no owner yet, but too young to judge
+    young.mkdir(parents=True)
+    # a run still in progress (recorded, its folder present): never touched
+    env.api.put_template("busy", template())
+    ref = RunRef(
+        subscription_id=SUB, resource_group=RG, template_name="busy", run_id="20260101000000-busy0001"
+    )
+    env.store.runs.create(ref, template_snapshot=env.api.get_template("busy"))
+    active = RunLayout.for_run(env.provider_state, ref).run_dir
+    (active / "staging").mkdir(parents=True)
+    old = time.time() - 3600
+    for folder in (orphan, active):
+        os.utime(folder, (old, old))
+    try:
+        deadline = time.monotonic() + 30
+        while orphan.exists() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not orphan.exists(), env.runtime.tail(30)
+        assert active.is_dir() and (active / "staging").is_dir()
+        assert young.is_dir()
+        time.sleep(1)
+        sweeps = [e for e in env.drain_events() if e["type"] == ev.SWEEP_REMOVED]
+        removed = [line for e in sweeps for line in e["data"]["removed"]]
+        assert any(orphan.name in line for line in removed), removed
+        assert not any(active.name in line or young.name in line for line in removed)
+    finally:
+        env.store.runs.set_status(ref, run_state="Canceled", message="test over")
+        young.rmdir()
