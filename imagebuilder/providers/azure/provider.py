@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -1814,8 +1814,10 @@ class AzureProvider(ComputeProvider):
         return CleanupReport(removed=removed, errors=errors)
 
 
+@cache
 def _throwaway_ssh_key() -> str:
-    """An OpenSSH RSA public key whose private key is dropped at once (Azure requires some credential)."""
+    """An OpenSSH RSA public key whose private key is dropped at once (Azure requires some credential).
+    One per worker process: with no private half anywhere, sharing it between build VMs grants nothing."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
