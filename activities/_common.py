@@ -26,8 +26,8 @@ from imagebuilder.providers.base import (
     LogSink,
     ProviderError,
     TransientProviderError,
-    get_provider,
 )
+from imagebuilder.providers.registry import get_provider
 from imagebuilder.settings import Settings
 from imagebuilder.store import Store, open_store
 

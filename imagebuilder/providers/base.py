@@ -137,18 +137,3 @@ class ComputeProvider(ABC):
     def poll(self, pending: Pending, log: LogSink) -> Any:
         """Continue a long-running operation; returns the original method's result or a new `Pending`."""
         raise NotImplementedError(f"provider {self.name!r} returns no Pending operations")
-
-
-def get_provider(name: str, **options: Any) -> ComputeProvider:
-    """The provider named by the app setting `IMAGEBUILDER_PROVIDER` (`local` or `azure`)."""
-    if name == "local":
-        from imagebuilder.providers.local.provider import LocalProvider
-
-        return LocalProvider(**options)
-    if name == "azure":
-        from imagebuilder.providers.azure.provider import AzureProvider
-
-        return AzureProvider(**options)
-    raise ProviderConfigError(
-        f"unknown provider {name!r}", hint="set IMAGEBUILDER_PROVIDER to local or azure"
-    )

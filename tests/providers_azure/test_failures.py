@@ -311,7 +311,7 @@ def test_validation_failure_names_the_validator(provider, arm):
 
 
 def test_no_validations_is_skipped_and_get_provider_builds_without_network(provider, arm):
-    from imagebuilder.providers.base import get_provider
+    from imagebuilder.providers.registry import get_provider
 
     log = ListLog()
     template = linux_template()
