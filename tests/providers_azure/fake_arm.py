@@ -947,6 +947,18 @@ class FakeArm(HttpTransport):
             if source.lower() not in self.resources:
                 return self.error(400, "InvalidParameter", f"source {source} not found")
             regions = (props.get("publishingProfile") or {}).get("targetRegions") or []
+            home = str(body.get("location", "")).replace(" ", "").lower()
+            if home not in [str(r.get("name", "")).replace(" ", "").lower() for r in regions]:
+                return self.error(
+                    400, "InvalidParameter", "targetRegions must include the image version's region"
+                )
+            for r in regions:
+                if int(r.get("regionalReplicaCount", 1)) < 1 or r.get(
+                    "storageAccountType", "Standard_LRS"
+                ) not in ("Standard_LRS", "Standard_ZRS", "Premium_LRS"):
+                    self.problem(f"PUT {path}: bad target region {r}")
+            if "hyperVGeneration" in props:
+                self.problem(f"PUT {path}: hyperVGeneration belongs to the image definition, not the version")
             status, headers, res = self._put_lro(
                 path, "Microsoft.Compute/galleries/images/versions", body, "Microsoft.Compute"
             )
