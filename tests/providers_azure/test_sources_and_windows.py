@@ -335,3 +335,18 @@ def test_private_blob_scripts_are_read_with_identities_not_sent_elsewhere(provid
     script = arm.scripts["ib-customize-1"]
     assert f"IB_MSI={IDENTITY}" in script and "169.254.169.254/metadata/identity/oauth2/token" in script
     assert arm.problems == []  # includes: no credential sent to example.com
+
+
+def test_credential_choice_from_app_settings():
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    from imagebuilder.providers.azure.provider import AzureProvider
+
+    build = build_input(linux_template())
+    template_mode = AzureProvider(environ={"IMAGEBUILDER_AZURE_CREDENTIAL": "template"})
+    assert isinstance(template_mode._credential_for(build), ManagedIdentityCredential)
+    app_identity = AzureProvider(
+        environ={"IMAGEBUILDER_AZURE_CLIENT_ID": "11111111-1111-1111-1111-111111111111"}
+    )
+    assert isinstance(app_identity._credential_for(build), ManagedIdentityCredential)
+    assert isinstance(AzureProvider(environ={})._credential_for(build), DefaultAzureCredential)
