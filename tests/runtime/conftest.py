@@ -39,7 +39,7 @@ class RuntimeProcess:
         self.app_dir = APPS / app if isinstance(app, str) else app
         self.state_dir = state_dir
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env["PYTHONPATH"] = str(ROOT)
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in ((env or {}).get("PYTHONPATH"), str(ROOT)) if p)
         argv = [sys.executable, "-m", "local_runtime", "start", str(self.app_dir), "--port", "0"]
         argv += ["--state-dir", str(state_dir), *args]
         self.proc = subprocess.Popen(

@@ -14,8 +14,34 @@ from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 from local_runtime.azurite import Azurite
 from tests.runtime.conftest import RuntimeProcess, wait_until
 
-pytest.importorskip("local_runtime.durable")
 pytestmark = pytest.mark.slow
+
+BLOCK_DURABLE = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "local_runtime.durable":
+            raise ImportError("local_runtime.durable hidden by the test")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_without_the_durable_engine_the_host_still_starts(
+    runtime: Callable[..., RuntimeProcess], azurite: Azurite, tmp_path: Path
+) -> None:
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(BLOCK_DURABLE)
+    env = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "RUNTIME_TEST_EVENTS": str(tmp_path / "ev.jsonl"),
+        "PYTHONPATH": str(shim),
+    }
+    rp = runtime("durable_app", tmp_path / "state", env)
+    rp.wait_for_line(r"the app has Durable Functions but local_runtime.durable is not available")
+    r = requests.post(f"{rp.url}/api/start/Ann", timeout=10)
+    assert r.status_code == 500  # the durable client binding cannot be served
+    rp.wait_for_line(r"durableClient binding but the durable engine .* is not available")
 
 
 def test_durable_client_in_http_queue_and_timer_functions(
