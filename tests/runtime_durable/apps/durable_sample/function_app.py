@@ -309,6 +309,8 @@ def _plan_task(context: df.DurableOrchestrationContext, step: dict, tag: str):
         return context.call_activity_with_retry("flaky", RETRY, f"{tag}{key}:{fails + 1}")
     if kind == "t":
         return context.create_timer(context.current_utc_datetime + timedelta(milliseconds=arg))
+    if kind == "f":
+        return context.call_activity("always_fails", str(arg))
     if kind == "all":
         return context.task_all([_plan_task(context, s, tag) for s in arg])
     if kind == "any":
@@ -332,7 +334,11 @@ def interpreter(context: df.DurableOrchestrationContext):
         if task is None:
             out.append("signalled")
             continue
-        result = yield task
+        try:
+            result = yield task
+        except Exception:
+            out.append("error")
+            continue
         out.append(_plain(step, result))
     return out
 
