@@ -11,7 +11,6 @@ import functools
 import inspect
 import json
 import logging
-import os
 import re
 import uuid
 from collections.abc import Callable
@@ -45,7 +44,6 @@ PROVIDER = "Microsoft.VirtualMachineImages"
 TEMPLATE_TYPE = RESOURCE_TYPE
 TRIGGER_TYPE = f"{RESOURCE_TYPE}/triggers"
 RUN_TYPE = f"{RESOURCE_TYPE}/runs"
-DEFAULT_PAGE_SIZE = 100
 
 SUBSCRIPTION = "subscriptions/{subscriptionId}"
 TEMPLATES = SUBSCRIPTION + "/resourceGroups/{resourceGroupName}/providers/" + PROVIDER + "/imageTemplates"
@@ -308,8 +306,7 @@ def next_link(req: func.HttpRequest, token: str | None, version: str) -> str | N
 
 def page_size() -> int:
     """Templates per list page: the app setting IMAGEBUILDER_LIST_PAGE_SIZE (default 100), read per call."""
-    raw = os.environ.get("IMAGEBUILDER_LIST_PAGE_SIZE", "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_PAGE_SIZE
+    return Settings.from_env().list_page_size
 
 
 def store() -> Store:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,10 @@ class Settings:
     state_dir: Path
     task_hub: str
 
+    list_page_size: int = 100
+
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         provider = env.get("IMAGEBUILDER_PROVIDER", "local").strip().lower()
         if provider not in ("local", "azure"):
@@ -28,7 +31,43 @@ class Settings:
             )
         return cls(
             provider=provider,
-            storage_connection=env.get("AzureWebJobsStorage", DEV_STORAGE),
+            storage_connection=_storage_connection(env),
             state_dir=Path(env.get("IMAGEBUILDER_STATE_DIR", ".state")).resolve(),
             task_hub=env.get("IMAGEBUILDER_TASK_HUB", "ImageBuilderHub"),
+            list_page_size=_positive_int(env, "IMAGEBUILDER_LIST_PAGE_SIZE", 100),
         )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} is not a positive whole number; set it to e.g. {default}")
+    return value
+
+
+def _storage_connection(env: Mapping[str, str]) -> str:
+    """AzureWebJobsStorage as a connection string, or the identity-based form the Functions host uses on
+    Azure (`AzureWebJobsStorage__accountName`, `__credential`, `__clientId`, `__<service>ServiceUri`),
+    turned into the secret-free string the store understands."""
+    conn = env.get("AzureWebJobsStorage")
+    if conn:
+        return conn
+    prefix = "AzureWebJobsStorage__"
+    account = env.get(prefix + "accountName")
+    if not account:
+        return DEV_STORAGE
+    parts = [f"AccountName={account}", "Credential=managedidentity"]
+    client_id = env.get(prefix + "clientId")
+    if client_id:
+        parts.append(f"ClientId={client_id}")
+    for service, key in (("blob", "BlobEndpoint"), ("queue", "QueueEndpoint"), ("table", "TableEndpoint")):
+        uri = env.get(f"{prefix}{service}ServiceUri")
+        if uri:
+            parts.append(f"{key}={uri}")
+    return ";".join(parts)

@@ -1,0 +1,49 @@
+"""App settings: read from a mapping, identity-based storage, clear errors for bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagebuilder.settings import DEV_STORAGE, Settings
+
+
+def test_defaults_are_local_and_development_storage() -> None:
+    s = Settings.from_env({})
+    assert s.provider == "local"
+    assert s.storage_connection == DEV_STORAGE
+    assert s.list_page_size == 100
+
+
+def test_identity_based_storage_becomes_a_secret_free_connection_string() -> None:
+    s = Settings.from_env(
+        {
+            "AzureWebJobsStorage__accountName": "stimages",
+            "AzureWebJobsStorage__credential": "managedidentity",
+            "AzureWebJobsStorage__clientId": "0000-1111",
+            "AzureWebJobsStorage__blobServiceUri": "https://stimages.blob.core.windows.net",
+        }
+    )
+    assert s.storage_connection == (
+        "AccountName=stimages;Credential=managedidentity;ClientId=0000-1111;"
+        "BlobEndpoint=https://stimages.blob.core.windows.net"
+    )
+
+
+def test_a_connection_string_wins_over_identity_settings() -> None:
+    s = Settings.from_env(
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "AzureWebJobsStorage__accountName": "x"}
+    )
+    assert s.storage_connection == "UseDevelopmentStorage=true"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"IMAGEBUILDER_PROVIDER": "gcp"}, "IMAGEBUILDER_PROVIDER"),
+        ({"IMAGEBUILDER_LIST_PAGE_SIZE": "0"}, "IMAGEBUILDER_LIST_PAGE_SIZE"),
+        ({"IMAGEBUILDER_LIST_PAGE_SIZE": "many"}, "IMAGEBUILDER_LIST_PAGE_SIZE"),
+    ],
+)
+def test_bad_settings_name_the_setting(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ValueError, match=names):
+        Settings.from_env(env)
