@@ -265,11 +265,39 @@ async def _schedule(
     return Verdict(f"due; started run {record.run.run_id}")
 
 
+async def _artifact_rule(
+    client: df.DurableOrchestrationClient,
+    st: Store,
+    stored: StoredTemplate,
+    reason: dict[str, Any],
+    *,
+    record_skip: bool,
+) -> str:
+    """Build if the template's inputs changed since its last successful run; else record a skipped run
+    (with `record_skip`). Raises `Busy` when a build is in progress."""
+    last = await in_thread(st.runs.latest, stored.subscription_id, stored.resource_group, stored.name)
+    if last is not None and last.active:
+        raise Busy(f"run {last.run.run_id} is {last.run_state}")
+    _, inputs = await in_thread(probe, stored.resource, with_artifacts=True)
+    last_ok, before = await in_thread(baseline, st, stored)
+    reason = {**reason, "fingerprint": inputs.fingerprint}
+    if last_ok is not None and before is not None and before.fingerprint == inputs.fingerprint:
+        why = f"{reason['uri']} was replaced, but the inputs are unchanged since run {last_ok.run.run_id}"
+        if not record_skip:
+            return "unchanged"
+        skipped = await in_thread(record_skipped, st, stored, why, reason, inputs)
+        return f"skipped ({skipped.run.run_id if skipped else 'a build is in progress'})"
+    record = await start_run(client, st, stored, reason)
+    return f"started run {record.run.run_id}"
+
+
 async def artifact_replaced(client: df.DurableOrchestrationClient, blob_url: str) -> list[str]:
     """A blob in our storage was replaced: each template that fetches it builds if its input fingerprint
-    changed since its last successful run, and records a skipped run if not. Returns what it did."""
+    changed since its last successful run, and records a skipped run if not. A template that is building
+    is checked again once its build is over (`recheck_deferred`). Returns what it did."""
     st, auto = store(), automation()
     done: list[str] = []
+    uri = blob_url.split("?", 1)[0]
     for sub, rg, name in await in_thread(auto.template_keys):
         stored = await in_thread(st.templates.get, sub, rg, name)
         if stored is None or stored.provisioning_state == "Deleting":
@@ -277,27 +305,35 @@ async def artifact_replaced(client: df.DurableOrchestrationClient, blob_url: str
         paths = uses_blob(stored.resource, blob_url)
         if not paths:
             continue
-        reason: dict[str, Any] = {
-            "kind": "ArtifactChanged",
-            "uri": blob_url.split("?", 1)[0],
-            "fields": paths,
-        }
+        reason: dict[str, Any] = {"kind": "ArtifactChanged", "uri": uri, "fields": paths}
         try:
-            _, inputs = await in_thread(probe, stored.resource, with_artifacts=True)
-            last_ok, before = await in_thread(baseline, st, stored)
-            reason["fingerprint"] = inputs.fingerprint
-            if last_ok is not None and before is not None and before.fingerprint == inputs.fingerprint:
-                why = f"{paths[0]} was replaced, but the inputs are unchanged since run {last_ok.run.run_id}"
-                skipped = await in_thread(record_skipped, st, stored, why, reason, inputs)
-                done.append(
-                    f"{name}: skipped ({skipped.run.run_id if skipped else 'a build is in progress'})"
-                )
-                continue
-            record = await start_run(client, st, stored, reason)
-            done.append(f"{name}: started run {record.run.run_id}")
+            done.append(f"{name}: " + await _artifact_rule(client, st, stored, reason, record_skip=True))
         except Busy as exc:
-            done.append(f"{name}: a build is in progress ({exc})")
+            await in_thread(auto.mark_pending, sub, rg, stored.name, reason)
+            done.append(f"{name}: a build is in progress ({exc}); checked again when it ends")
         except (ProviderError, ArmError) as exc:
-            log.warning("artifact %s replaced: template %s not evaluated: %s", reason["uri"], name, exc)
+            log.warning("artifact %s replaced: template %s not evaluated: %s", uri, name, exc)
             done.append(f"{name}: failed: {exc}")
+    return done
+
+
+async def recheck_deferred(client: df.DurableOrchestrationClient) -> list[str]:
+    """Templates whose artifact changed while they were building: apply the fingerprint rule now that
+    the build is over (no skipped run when unchanged: the change was already built)."""
+    st, auto = store(), automation()
+    done: list[str] = []
+    for sub, rg, name, reason, etag in await in_thread(auto.pending):
+        stored = await in_thread(st.templates.get, sub, rg, name)
+        try:
+            if stored is not None and stored.provisioning_state != "Deleting":
+                done.append(f"{name}: " + await _artifact_rule(client, st, stored, reason, record_skip=False))
+        except Busy:
+            continue  # still building: next time
+        except (ProviderError, ArmError) as exc:
+            log.warning("deferred check of %s (%s) failed: %s", name, reason.get("uri"), exc)
+            done.append(f"{name}: failed: {exc}")
+        try:
+            await in_thread(auto.clear_pending, sub, rg, name, etag)
+        except ConcurrencyError:
+            pass  # marked again meanwhile: checked again next time
     return done

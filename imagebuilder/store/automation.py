@@ -30,6 +30,7 @@ from imagebuilder.store._storage import (
 from imagebuilder.store.errors import AlreadyExistsError, ConcurrencyError
 from imagebuilder.store.records import TERMINAL_RUN_STATES, StoredTrigger
 
+_PENDING = "~artifact"  # row of a deferred artifact check (trigger names cannot contain '~')
 _LOCK = threading.Lock()
 _OPEN: dict[tuple[str, str], Automation] = {}
 
@@ -129,6 +130,38 @@ class Automation:
         else:
             etag = self._state.replace(entity, state.etag, what)
         return TriggerState(state.data, etag)
+
+    # -- deferred artifact checks --------------------------------------------------------------------
+
+    def mark_pending(self, sub: str, rg: str, template: str, reason: dict[str, Any]) -> None:
+        """Remember to re-check a template whose artifact changed while it was building."""
+        entity = {
+            "PartitionKey": join_keys(sub, rg, template),
+            "RowKey": _PENDING,
+            "SubscriptionId": sub,
+            "ResourceGroup": rg,
+            "TemplateName": template,
+            **pack("Reason", reason),
+        }
+        self._state.upsert(entity)
+
+    def pending(self) -> list[tuple[str, str, str, dict[str, Any], str]]:
+        """(subscription, resource group, template, reason, etag) of every deferred check."""
+        rows = self._state.query("RowKey eq @rk", {"rk": _PENDING})
+        return [
+            (
+                str(e["SubscriptionId"]),
+                str(e["ResourceGroup"]),
+                str(e["TemplateName"]),
+                unpack(e, "Reason", {}),
+                etag_of(e),
+            )
+            for e in rows
+        ]
+
+    def clear_pending(self, sub: str, rg: str, template: str, etag: str) -> None:
+        """Drop a deferred check, unless it was marked again since it was read."""
+        self._state.delete(join_keys(sub, rg, template), _PENDING, etag=etag, what="deferred artifact check")
 
     def delete_trigger_states(self, sub: str, rg: str, template: str) -> None:
         pk = join_keys(sub, rg, template)
