@@ -137,6 +137,22 @@ def copy_verified(src: Path, dest: Path, sha256: str, *, log: LogSink | None = N
             part.unlink()
 
 
+def link_or_copy(src: Path, dest: Path, *, log: LogSink | None = None) -> None:
+    """The root tree tarball is an internal layering aid that never changes once written: stores share
+    it by hard link (a verified copy when the stores are on another filesystem)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        copy_verified(src, dest, sha256_cached(src), log=log)
+
+
 # ---------------------------------------------------------------------------------------------- images
 
 
@@ -269,7 +285,7 @@ class Stores:
             try:
                 copy_verified(disk, staging / DISK, str(meta["sha256"]), log=log)
                 if rootfs.is_file():
-                    copy_verified(rootfs, staging / ROOTFS, sha256_cached(rootfs), log=log)
+                    link_or_copy(rootfs, staging / ROOTFS, log=log)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -490,7 +506,7 @@ class Stores:
             try:
                 copy_verified(disk, target, sha256, log=log)
                 if rootfs.is_file():
-                    copy_verified(rootfs, region_dir / ROOTFS, sha256_cached(rootfs), log=log)
+                    link_or_copy(rootfs, region_dir / ROOTFS, log=log)
             except BaseException as exc:
                 self._set_region(
                     ref, version, region, {**settings, "state": "Failed", "error": str(exc)[:500]}
