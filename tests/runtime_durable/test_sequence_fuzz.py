@@ -98,11 +98,12 @@ def _expected_plan(steps: list[dict], tag: str) -> list:
 
 
 def test_nested_task_all_failure_is_an_sdk_quirk(server, run):
-    """task_all([task_all([failing, ok])]): when `ok` completes after the inner task_all failed, SDK 1.7.0
+    """task_all([task_all([failing, slow])]): when the slow activity completes after the inner task_all failed, SDK 1.7.0
     completes the inner task twice and fails the orchestration. The same history on Azure does the same
     (reproduced with a hand-built history against the SDK alone); this host does not paper over it."""
     c = server.client()
-    steps = [{"all": [{"all": [{"f": 0}, {"a": 0}]}]}, {"a": 1}]
+    # the first slow activity ends after the failure, while the second one (started later) still runs
+    steps = [{"all": [{"all": [{"f": 0}, {"s": 0}]}]}, {"s": 1}]
     iid = run(c.start_new("interpreter", None, {"tag": f"n{uuid.uuid4().hex[:6]}", "steps": steps}))
     st_ = wait_for(run, c, iid)
     assert st_.runtime_status.value == "Failed"

@@ -311,6 +311,8 @@ def _plan_task(context: df.DurableOrchestrationContext, step: dict, tag: str):
         return context.create_timer(context.current_utc_datetime + timedelta(milliseconds=arg))
     if kind == "f":
         return context.call_activity("always_fails", str(arg))
+    if kind == "s":
+        return context.call_activity("slow_inc", f"{tag}:{arg}")
     if kind == "all":
         return context.task_all([_plan_task(context, s, tag) for s in arg])
     if kind == "any":
