@@ -707,7 +707,7 @@ class LocalProvider(ComputeProvider):
                     "vhd": str(vhd),
                     "generation": generation,
                     "bootable": bootable,
-                    "disk": _plain(info),
+                    "disk": {**_plain(info), "path": str(vhd), "raw_removed": True},
                 }
                 if self.qcow2 or _true(self._tags(build).get(TAG_QCOW2.lower(), "")):
                     t0 = time.monotonic()
