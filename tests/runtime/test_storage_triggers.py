@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +41,29 @@ def drain(q: QueueClient) -> list[str]:
 
 
 class StorageHost:
-    def __init__(self, az: Azurite, tmp: Path, runtime: Callable[..., RuntimeProcess]) -> None:
+    """storage_app hosts over one private Azurite; `current` is the last started host."""
+
+    def __init__(self, az: Azurite, tmp: Path) -> None:
         self.az = az
         self.events_file = tmp / "events.jsonl"
         self.env = {"RUNTIME_TEST_EVENTS": str(self.events_file), "AzureWebJobsStorage": az.connection_string}
         self.state = tmp / "state"
-        self.runtime = runtime
         self.blobs = BlobServiceClient.from_connection_string(az.connection_string)
         self.started: list[RuntimeProcess] = []
 
     def start(self, **extra_env: str) -> RuntimeProcess:
-        rp = self.runtime("storage_app", self.state, {**self.env, **extra_env})
+        rp = RuntimeProcess("storage_app", self.state, {**self.env, **extra_env})
         self.started.append(rp)
+        rp.wait_ready()
         return rp
+
+    @property
+    def current(self) -> RuntimeProcess:
+        return self.started[-1]
+
+    def stop_all(self) -> None:
+        for rp in self.started:  # hosts stop before their Azurite does
+            rp.stop()
 
     def events(self, fn: str) -> list[dict[str, Any]]:
         return [e for e in read_events(self.events_file) if e["fn"] == fn]
@@ -66,12 +76,29 @@ class StorageHost:
 
 
 @pytest.fixture
-def storage_host(tmp_path: Path, runtime: Callable[..., RuntimeProcess]) -> Iterator[StorageHost]:
-    with start_azurite(tmp_path / "azurite") as az:  # private: receipts and queues start empty
-        h = StorageHost(az, tmp_path, runtime)
-        yield h
-        for rp in h.started:  # hosts stop before their Azurite does
-            rp.stop()
+def storage_host(tmp_path: Path) -> Iterator[StorageHost]:
+    """A fresh Azurite and state dir (for restart tests)."""
+    with start_azurite(tmp_path / "azurite") as az:
+        h = StorageHost(az, tmp_path)
+        try:
+            yield h
+        finally:
+            h.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageHost]:
+    """One host and Azurite for the tests that use distinct queues and containers (saves startups).
+
+    The running-message lease is 2 s so that a 3 s function needs its lease renewed."""
+    tmp = tmp_path_factory.mktemp("shared-storage")
+    with start_azurite(tmp / "azurite") as az:
+        h = StorageHost(az, tmp)
+        try:
+            h.start(LOCAL_RUNTIME_QUEUE_LEASE_SECONDS="2")
+            yield h
+        finally:
+            h.stop_all()
 
 
 def test_blob_trigger_once_per_version_across_restarts(storage_host: StorageHost) -> None:
@@ -102,9 +129,8 @@ def test_blob_trigger_once_per_version_across_restarts(storage_host: StorageHost
     assert receipts["a.json"]["status"] == "done"
 
 
-def test_blob_trigger_retries_then_poison(storage_host: StorageHost) -> None:
-    h = storage_host
-    h.start()
+def test_blob_trigger_retries_then_poison(shared_host: StorageHost) -> None:
+    h = shared_host
     h.upload("failing", "x.bin", b"12345")
     poison = queue(h.az, "webjobs-blobtrigger-poison")
     msgs = wait_until(lambda: drain(poison), what="blob poison message")
@@ -116,9 +142,9 @@ def test_blob_trigger_retries_then_poison(storage_host: StorageHost) -> None:
     assert len(h.events("on_failing")) == 2  # poisoned blobs are not retried
 
 
-def test_queue_trigger_outputs_and_poison(storage_host: StorageHost) -> None:
-    h = storage_host
-    host = h.start()
+def test_queue_trigger_outputs_and_poison(shared_host: StorageHost) -> None:
+    h = shared_host
+    host = h.current
     queue(h.az, "orders").send_message(json.dumps({"id": "o1", "qty": 3}))
     queue(h.az, "bad").send_message("payload")
     ev = wait_until(lambda: h.events("on_order"), what="queue trigger")
@@ -141,9 +167,9 @@ def test_queue_trigger_outputs_and_poison(storage_host: StorageHost) -> None:
     host.wait_for_line(r"Moving message to queue 'bad-poison'")
 
 
-def test_queue_trigger_str_annotation_and_encoding_errors(storage_host: StorageHost) -> None:
-    h = storage_host
-    host = h.start()
+def test_queue_trigger_str_annotation_and_encoding_errors(shared_host: StorageHost) -> None:
+    h = shared_host
+    host = h.current
     queue(h.az, "plain").send_message("héllo")
     assert wait_until(lambda: h.events("on_plain"), what="plain message")[0]["text"] == "héllo"
     raw = QueueClient.from_connection_string(h.az.connection_string, "plain")
@@ -153,9 +179,8 @@ def test_queue_trigger_str_annotation_and_encoding_errors(storage_host: StorageH
     host.wait_for_line(r"is not valid base64")
 
 
-def test_queue_lease_is_renewed_and_messages_run_concurrently(storage_host: StorageHost) -> None:
-    h = storage_host
-    h.start(LOCAL_RUNTIME_QUEUE_LEASE_SECONDS="2")  # each run takes 3 s: longer than the lease
+def test_queue_lease_is_renewed_and_messages_run_concurrently(shared_host: StorageHost) -> None:
+    h = shared_host  # lease 2 s; each run takes 3 s
     q = queue(h.az, "slow")
     for i in range(3):
         q.send_message(f"m{i}")
