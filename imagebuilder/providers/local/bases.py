@@ -304,7 +304,7 @@ def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None)
         stem = tarball.name.removesuffix(".tar.zst")
         for stale in cache_dir.glob(f".{stem}.*"):
             # Left by a build that crashed; we hold the lock, so nobody else is using it.
-            shutil.rmtree(stale, ignore_errors=True)
+            _safe_rmtree(stale)
         work = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=cache_dir))
         work.chmod(0o755)  # apt's _apt user downloads into the tree inside it
         try:
@@ -357,8 +357,27 @@ def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None)
             if log is not None:
                 log.write(f"base {base.kind} {base.version} ready in {m.build_seconds} s ({m.size} bytes)\n")
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            _safe_rmtree(work)
     return tarball
+
+
+def _mounts_under(path: Path) -> list[str]:
+    base = os.path.realpath(path)
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == base or point.startswith(base + "/"):
+            points.append(point)
+    return points
+
+
+def _safe_rmtree(path: Path) -> None:
+    """rmtree that never descends into a mount (a bind-mounted /dev would lose the host's nodes)."""
+    for point in sorted(_mounts_under(path), key=len, reverse=True):
+        proc.run(["umount", "--lazy", point], check=False, timeout=60)
+    if _mounts_under(path):
+        raise BaseBuildError(f"{path} still has mounts; not deleting it", hint="unmount them and retry")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def extract_base(tarball: Path, dest: Path) -> None:
@@ -423,7 +442,7 @@ def _parse_packages(text: str) -> dict[str, str]:
 def _build_debian(
     recipe: Recipe, root: Path, work: Path, log: LogSink | None
 ) -> tuple[str, dict[str, str], dict[str, Any]]:
-    proc.require_tools("mmdebstrap", "tar", "zstd", "dpkg-query")
+    proc.require_tools("mmdebstrap", "tar", "zstd", "dpkg-query", "setpriv", "unshare")
     mirror, security = debian_mirrors()
     essential = work / "essential-hook.sh"
     essential.write_text(_ESSENTIAL_HOOK.replace("@MODULES@", " ".join(recipe.initramfs_modules)))
@@ -433,6 +452,15 @@ def _build_debian(
         hook.chmod(0o755)
     suite = recipe.suite
     argv: list[str | Path] = [
+        # mmdebstrap (root mode) bind-mounts /dev nodes and /sys into the tree: keep those mounts in a
+        # private namespace that dies with it, and kill it if we die, so nothing outlives a crash.
+        "setpriv",
+        "--pdeathsig",
+        "KILL",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
         "mmdebstrap",
         f"--variant={recipe.variant}",
         "--mode=root",
@@ -460,7 +488,7 @@ def _build_debian(
     except proc.CommandError as exc:
         raise BaseBuildError(
             f"building the Debian base with mmdebstrap failed (exit code {exc.returncode})\n{exc}",
-            hint=f"check that the Debian mirror {mirror} is reachable from this machine",
+            hint=f"see the mmdebstrap output in the log; check that the Debian mirror {mirror} is reachable",
         ) from exc
     listing = proc.run(
         ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W", "-f=${Package}\t${Version}\n"],

@@ -180,6 +180,8 @@ def _qemu_argv(
     copy: Path, fmt: str, generation: str, serial: Path, vars_fd: Path | None, nonce: str
 ) -> list[str]:
     argv = [
+        # If this process dies, qemu dies with it (the timeout covers everything else).
+        "setpriv", "--pdeathsig", "KILL",
         "qemu-system-x86_64",
         "-name", f"imagebuilder-validate-{nonce}",
         "-accel", "tcg,thread=multi",
@@ -263,7 +265,7 @@ def boot_validate(
         raise BootError(f"generation {generation!r} is not V1 or V2", hint="hyperVGeneration is V1 or V2")
     if not checks:
         raise BootError("boot validation needs at least one check")
-    proc.require_tools("qemu-system-x86_64", "qemu-img", "debugfs", "sfdisk", "cp")
+    proc.require_tools("qemu-system-x86_64", "qemu-img", "debugfs", "sfdisk", "cp", "setpriv")
     if generation == "V2" and not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
         raise BootError(
             f"Gen2 boot validation needs UEFI firmware ({OVMF_CODE})",
