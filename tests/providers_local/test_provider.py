@@ -286,7 +286,11 @@ def test_symlinks_in_the_image_cannot_lead_a_file_out_of_the_root(
             "customize": [
                 {
                     "type": "Shell",
-                    "inline": [f"ln -s {outside} /opt-abs", "ln -s ../../../../../.. /opt-rel"],
+                    "inline": [
+                        f"ln -s {outside} /opt-abs",
+                        "ln -s ../../../../../.. /opt-rel",
+                        "mkfifo /fifo",
+                    ],
                 },
                 {"type": "File", "sourceUri": (file_root / "f").as_uri(), "destination": "/opt-abs/escaped"},
                 {
@@ -300,6 +304,11 @@ def test_symlinks_in_the_image_cannot_lead_a_file_out_of_the_root(
     log = RecLog()
     _prepared, env, steps = _run_to_capture(provider, build, log)
     assert [s.status for s in steps] == ["succeeded"] * 3
+    fifo = {"type": "File", "sourceUri": (file_root / "f").as_uri(), "destination": "/fifo"}
+    props = build.template["properties"]
+    with_fifo = build.template | {"properties": props | {"customize": [*props["customize"], fifo]}}
+    blocked = provider.customize(build.model_copy(update={"template": with_fifo}), env, 3, log)
+    assert blocked.status == "failed" and blocked.error is not None and "not a file" in blocked.error.message
     root = Path(env.handle["root"])
     assert not (outside / "escaped").exists()
     assert not Path("/tmp/escaped2").exists()

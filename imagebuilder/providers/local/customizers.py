@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import stat
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -272,7 +273,13 @@ def run_file(
             target = resolve_in_root(root, f"{dest}/{base}", follow_final=True)
         if not is_within(target.parent, root) or not is_within(parent, root):
             raise PathEscapeError(f"{where}.destination {raw_dest!r} resolves outside the image root")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        if target.exists() and not target.is_file():
+            raise PathEscapeError(f"{where}.destination {raw_dest!r} exists in the image and is not a file")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PathEscapeError(f"{where}.destination {raw_dest!r} is not a regular file in the image")
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "wb") as dst, staged.open("rb") as src:
             shutil.copyfileobj(src, dst, 1024 * 1024)
         os.chmod(target, 0o644)
