@@ -184,8 +184,10 @@ class LocalProvider(ComputeProvider):
         if record.is_file():
             with contextlib.suppress(ValueError, OSError):
                 data = json.loads(record.read_text())
-                if data.get("template_sha256") == digest:
-                    return PrepareResult.model_validate(data["result"])
+                cached = PrepareResult.model_validate(data["result"])
+                staged = all(Path(a.location).is_file() for a in cached.artifacts)
+                if data.get("template_sha256") == digest and staged:
+                    return cached
         layout.logs.mkdir(parents=True, exist_ok=True)
         log = self._log(layout, log, "prepare")
         try:
