@@ -90,3 +90,10 @@ def test_timeout_kills_whole_process_group(tmp_path) -> None:
         time.sleep(0.1)
     else:
         pytest.fail(f"grandchild {child} survived the timeout")
+
+
+def test_timeout_holds_when_the_command_never_reads_its_input() -> None:
+    start = time.monotonic()
+    with pytest.raises(proc.CommandTimeoutError):
+        proc.run(["sleep", "30"], input=b"x" * (4 << 20), timeout=1)
+    assert time.monotonic() - start < 15

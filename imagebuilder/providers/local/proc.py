@@ -126,6 +126,15 @@ def _pump(
     stream.close()
 
 
+def _feed(stream: IO[bytes] | None, data: bytes) -> None:
+    if stream is None:
+        return
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        stream.write(data)
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        stream.close()
+
+
 def _redact(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         if secret:
@@ -209,11 +218,9 @@ def run(
     timed_out = False
     try:
         if data is not None:
-            assert proc.stdin is not None
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write(data)
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
+            # A thread, so that a command that never reads its stdin cannot outlast the timeout.
+            feeder = threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True)
+            feeder.start()
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
