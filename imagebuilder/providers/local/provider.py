@@ -185,8 +185,8 @@ class LocalProvider(ComputeProvider):
             with contextlib.suppress(ValueError, OSError):
                 data = json.loads(record.read_text())
                 cached = PrepareResult.model_validate(data["result"])
-                staged = all(Path(a.location).is_file() for a in cached.artifacts)
-                if data.get("template_sha256") == digest and staged:
+                still_staged = all(Path(a.location).is_file() for a in cached.artifacts)
+                if data.get("template_sha256") == digest and still_staged:
                     return cached
         layout.logs.mkdir(parents=True, exist_ok=True)
         log = self._log(layout, log, "prepare")
