@@ -217,3 +217,38 @@ def test_repeated_kills_at_random_moments(tmp_path):
         )
     print("committed at each kill:", [len(c) for _, c in checkpoints], "runs:", sum(runs.values()))
     assert sum(len(c) for _, c in checkpoints) > 0
+
+
+@pytest.mark.slow
+def test_graceful_stop_lets_in_flight_activities_finish(tmp_path):
+    """SIGINT (graceful stop): activities already running finish and their completions are committed,
+    so nothing that started runs twice after a restart."""
+    log = tmp_path / "activities.log"
+    env = {
+        **os.environ,
+        "DURABLE_SAMPLE_LOG": str(log),
+        "DURABLE_SAMPLE_SLOW": "0.3",
+        "SAMPLE_HUB": "StopHub",
+    }
+    cmd = [sys.executable, str(HERE / "durable_runner.py"), str(APP), str(tmp_path / "state")]
+    proc, out = _start(cmd, env, "READY ", tmp_path / "run.out")
+    try:
+        rpc = out.split("READY ")[1].split()[0] + "/durabletask/"
+        r = requests.post(
+            f"{rpc}orchestrators/slow_fan_out", json=json.dumps({"tag": "g", "m": 12}), timeout=10
+        )
+        assert r.status_code == 202
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    started = {line.split()[1] for line in log.read_text().splitlines()}
+    assert 0 < len(started) < 12
+    assert started <= _committed_items(tmp_path / "state" / "durable.sqlite"), (
+        "an in-flight activity was abandoned"
+    )
