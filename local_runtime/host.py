@@ -1,8 +1,9 @@
 """The local Functions host: settings, storage, indexing, keys, the HTTP server, trigger listeners and the
 durable engine, started in that order and stopped in reverse on SIGINT/SIGTERM.
 
-Startup prints (stdout, one per line): `Listening on http://HOST:PORT`, `Functions:` and one line per
-function, then `Ready` once every listener runs; `Stopped` after a clean shutdown.
+Startup prints (stdout, one per line): `Azurite ports: blob=B queue=Q table=T` (when AzureWebJobsStorage is
+the development storage), `Listening on http://HOST:PORT`, `Functions:` and one line per function, then
+`Ready` once every listener runs; `Stopping` and `Stopped` on a clean shutdown.
 
 Exceptions:
     HostError       the app cannot be hosted (bad config, indexing failure, unsupported binding)
@@ -27,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from local_runtime import blobs, queues, timers
-from local_runtime.azurite import Azurite, AzuriteError, is_dev_storage, resolve_storage
+from local_runtime.azurite import DEFAULT_PORTS, Azurite, AzuriteError, is_dev_storage, resolve_storage
 from local_runtime.config import (
     ConfigError,
     HostConfig,
@@ -150,6 +151,11 @@ class Host:
                 for k, v in list(os.environ.items()):
                     if is_dev_storage(v):
                         os.environ[k] = explicit
+            if self.azurite is not None:
+                ports = (self.azurite.blob_port, self.azurite.queue_port, self.azurite.table_port)
+            else:
+                ports = DEFAULT_PORTS
+            say("Azurite ports: blob={} queue={} table={}".format(*ports))
         self.storage = Storage(explicit)
         try:
             app = load_app(self.app_dir, os.environ.get("PYTHON_SCRIPT_FILE_NAME", "function_app.py"))

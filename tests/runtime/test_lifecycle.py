@@ -39,6 +39,8 @@ def start_private(tmp_path: Path) -> tuple[RuntimeProcess, int, int]:
     rp = RuntimeProcess("storage_app", tmp_path / "state", env, "--private-storage")
     rp.wait_ready()
     m = rp.wait_for_line(r"Azurite started \(pid (\d+)\): blob (\d+)")
+    ports = rp.wait_for_line(r"^Azurite ports: blob=(\d+) queue=(\d+) table=(\d+)$")
+    assert int(ports.group(1)) == int(m.group(2))
     return rp, int(m.group(1)), int(m.group(2))
 
 
