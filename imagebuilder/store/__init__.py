@@ -18,10 +18,13 @@ The only place with storage clients (azure-data-tables, azure-storage-blob). Pub
     Store.triggers: TriggerRepo   get / put / delete / list / list_all
     Store.operations: OperationRepo   create / get / complete   (ARM async operations)
     Store.purge_template(sub, rg, name, *, etag=None)
+    open_events(connection_string) -> EventQueue     # lifecycle CloudEvents queue: publish / receive
+    open_automation(connection_string) -> Automation # cross-template listings, trigger evaluation state
 
 Errors: see `imagebuilder.store.errors` (StoreError and its tree).
 """
 
+from imagebuilder.store.automation import Automation, open_automation
 from imagebuilder.store.errors import (
     AlreadyExistsError,
     ConcurrencyError,
@@ -33,6 +36,7 @@ from imagebuilder.store.errors import (
     StoreError,
     TooLargeError,
 )
+from imagebuilder.store.events import EVENTS_QUEUE, EventQueue, open_events
 from imagebuilder.store.logs import BlobLog
 from imagebuilder.store.operations import OperationRepo
 from imagebuilder.store.records import (
@@ -52,14 +56,17 @@ from imagebuilder.store.templates import TemplateRepo
 from imagebuilder.store.triggers import TriggerRepo
 
 __all__ = [
+    "EVENTS_QUEUE",
     "RUN_STATES",
     "RUN_SUB_STATES",
     "TERMINAL_OPERATION_STATES",
     "TERMINAL_RUN_STATES",
     "AlreadyExistsError",
+    "Automation",
     "BlobLog",
     "ConcurrencyError",
     "ConflictError",
+    "EventQueue",
     "InvalidContinuationError",
     "InvalidKeyError",
     "NotFoundError",
@@ -76,5 +83,7 @@ __all__ = [
     "TemplateRepo",
     "TooLargeError",
     "TriggerRepo",
+    "open_automation",
+    "open_events",
     "open_store",
 ]
