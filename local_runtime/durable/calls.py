@@ -137,6 +137,8 @@ def run_activity_sync(fn: FunctionInfo, input_text: str | None, app_dir: str) ->
         return encode_activity_result(result)
     except Exception as exc:
         raise activity_failure(fn.name, exc) from exc
+    except SystemExit as exc:  # sys.exit() in an activity fails the activity, not the host
+        raise activity_failure(fn.name, exc) from exc
 
 
 async def run_activity_async(fn: FunctionInfo, input_text: str | None, app_dir: str) -> str:
@@ -165,6 +167,8 @@ def run_orchestrator(fn: FunctionInfo, context_json: str) -> tuple[dict[str, Any
                 state = {}
             return state, str(state.get("error") or head)
         return {}, f"{type(exc).__name__}: {exc}"
+    except SystemExit as exc:  # sys.exit() in orchestrator code fails the orchestration, not the host
+        return {}, f"SystemExit: {exc}"
     state = json.loads(out) if isinstance(out, str | bytes) else out
     if not isinstance(state, dict):
         return {}, f"orchestrator returned {type(state).__name__}, not an OrchestratorState JSON object"

@@ -37,8 +37,10 @@ class DaemonPool:
                 continue
             try:
                 fut.set_result(fn(*args))
-            except BaseException as exc:
+            except Exception as exc:
                 fut.set_exception(exc)
+            except BaseException as exc:  # sys.exit() in user code must not stop the host's event loop
+                fut.set_exception(RuntimeError(f"function code raised {type(exc).__name__}: {exc}"))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         fut: Future[Any] = Future()

@@ -57,6 +57,17 @@ def test_a_blocking_orchestrator_does_not_stall_the_host(server, run):
     assert wait_for(run, c, iid).output == "released"
 
 
+def test_sys_exit_in_function_code_fails_the_function_not_the_host(server, run):
+    c = server.client()
+    iid = run(c.start_new("exit_in_activity", None, None))
+    assert wait_for(run, c, iid).output == "Activity function 'exits' failed: SystemExit: 3"
+    iid = run(c.start_new("exit_in_orchestrator", None, None))
+    st = wait_for(run, c, iid)
+    assert st.runtime_status.value == "Failed" and "SystemExit: 4" in st.output
+    iid = run(c.start_new("chain", None, 1))
+    assert wait_for(run, c, iid).output == 2  # the host still runs
+
+
 def test_unhandled_activity_failure_fails_the_orchestration(server, run):
     c = server.client()
     iid = run(c.start_new("unhandled_failure", None, None))

@@ -184,6 +184,30 @@ def unhandled_failure(context: df.DurableOrchestrationContext):
     return "unreachable"
 
 
+@app.activity_trigger(input_name="code")
+def exits(code: int) -> None:
+    import sys
+
+    sys.exit(code)
+
+
+@app.orchestration_trigger(context_name="context")
+def exit_in_activity(context: df.DurableOrchestrationContext):
+    try:
+        yield context.call_activity("exits", 3)
+    except Exception as e:
+        return str(e).split(" \n ")[0]
+    return "no error"
+
+
+@app.orchestration_trigger(context_name="context")
+def exit_in_orchestrator(context: df.DurableOrchestrationContext):
+    import sys
+
+    sys.exit(4)
+    yield  # a generator, like every orchestrator
+
+
 @app.orchestration_trigger(context_name="context")
 def code_failure(context: df.DurableOrchestrationContext):
     yield context.call_activity("say_hello", "x")
