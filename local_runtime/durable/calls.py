@@ -145,7 +145,7 @@ async def run_activity_async(fn: FunctionInfo, input_text: str | None, app_dir: 
     try:
         result = await fn.user_function(**activity_kwargs(fn, input_text, app_dir))
         return encode_activity_result(result)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise activity_failure(fn.name, exc) from exc
 
 
