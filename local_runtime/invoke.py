@@ -9,6 +9,7 @@ Exceptions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import azure.functions as func
 from azure.functions import _abc as func_abc
 
+from local_runtime.config import ConfigError, parse_timespan
 from local_runtime.indexing import DURABLE_TRIGGERS, FunctionInfo
 
 log = logging.getLogger("local_runtime.host")
@@ -98,13 +100,18 @@ class InvocationContext(func.Context):  # type: ignore[misc]
     """The `context` argument the worker injects when a function asks for it."""
 
     def __init__(
-        self, invocation_id: str, function_name: str, function_directory: str, retry: int = 0
+        self,
+        invocation_id: str,
+        function_name: str,
+        function_directory: str,
+        retry: int = 0,
+        max_retry: int = 0,
     ) -> None:
         self._id = invocation_id
         self._name = function_name
         self._dir = function_directory
         self._trace = _TraceContext(f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01")
-        self._retry = _RetryContext(retry, 0)
+        self._retry = _RetryContext(retry, max_retry)
         self._tls = threading.local()
 
     @property
@@ -216,6 +223,7 @@ class Invoker:
 
     def check(self, fn: FunctionInfo) -> None:
         """Fail at startup, naming the function, if it uses a binding this host cannot serve."""
+        retry_policy(fn)
         if fn.trigger_type not in HOST_TRIGGERS and fn.trigger_type not in DURABLE_TRIGGERS:
             raise UnsupportedBinding(
                 f"function {fn.name!r}: trigger type {fn.trigger_type!r} is not supported by local_runtime "
@@ -242,6 +250,7 @@ class Invoker:
         metadata: Mapping[str, Any],
         reason: str,
         retry_count: int = 0,
+        max_retry_count: int = 0,
     ) -> InvocationResult:
         """Invoke `fn`; `trigger_value(annotation)` builds the trigger argument for the parameter's type."""
         invocation_id = str(uuid.uuid4())
@@ -250,7 +259,9 @@ class Invoker:
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", fn.name, reason, invocation_id)
         result = InvocationResult(invocation_id=invocation_id, ok=False)
         try:
-            kwargs, outs = await self._arguments(fn, trigger_value, metadata, invocation_id, retry_count)
+            kwargs, outs = await self._arguments(
+                fn, trigger_value, metadata, invocation_id, retry_count, max_retry_count
+            )
             value = await self._call(fn, kwargs)
             result.outputs = {name: out.get() for name, out in outs.items()}
             if any(b.get("name") == "$return" for b in fn.bindings):
@@ -285,6 +296,7 @@ class Invoker:
         metadata: Mapping[str, Any],
         invocation_id: str,
         retry_count: int,
+        max_retry_count: int,
     ) -> tuple[dict[str, Any], dict[str, OutValue]]:
         sig = signature_of(fn)
         kwargs: dict[str, Any] = {fn.trigger_name: trigger_value(annotation_of(fn, fn.trigger_name))}
@@ -307,7 +319,9 @@ class Invoker:
             else:
                 kwargs[name] = await self.inputs[kind](b, metadata, annotation_of(fn, name))
         if "context" in sig.parameters and "context" not in kwargs:
-            kwargs["context"] = InvocationContext(invocation_id, fn.name, str(self.app_dir), retry_count)
+            kwargs["context"] = InvocationContext(
+                invocation_id, fn.name, str(self.app_dir), retry_count, max_retry_count
+            )
         return kwargs, outs
 
     async def _call(self, fn: FunctionInfo, kwargs: dict[str, Any]) -> Any:
@@ -334,8 +348,80 @@ class Invoker:
                 continue
             await self.outputs[kind](b, value, metadata)
 
+    async def invoke_with_retry(
+        self,
+        fn: FunctionInfo,
+        trigger_value: Callable[[Any], Any],
+        metadata: Mapping[str, Any],
+        reason: str,
+        stopping: asyncio.Event | None = None,
+    ) -> InvocationResult:
+        """Invoke, then apply the function's `@app.retry` policy (the host does so for timer triggers)."""
+        policy = retry_policy(fn)
+        attempt = 0
+        while True:
+            max_retry = policy.max_retry_count if policy else 0
+            result = await self.invoke(fn, trigger_value, metadata, reason, attempt, max_retry)
+            if result.ok or policy is None or (0 <= policy.max_retry_count <= attempt):
+                return result
+            delay = policy.delay(attempt)
+            log.info("Function '%s' failed; retry %d in %.1fs (retry policy)", fn.name, attempt + 1, delay)
+            if stopping is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                if stopping.is_set():
+                    return result
+            else:
+                await asyncio.sleep(delay)
+            attempt += 1
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`@app.retry(...)`: fixed_delay or exponential_backoff; max_retry_count -1 retries forever."""
+
+    strategy: str
+    max_retry_count: int
+    delay_interval: float = 0.0
+    minimum_interval: float = 0.0
+    maximum_interval: float = 0.0
+
+    def delay(self, attempt: int) -> float:
+        if self.strategy == "fixed_delay":
+            return self.delay_interval
+        return float(min(self.minimum_interval * (2**attempt), self.maximum_interval or float("inf")))
+
+
+def retry_policy(fn: FunctionInfo) -> RetryPolicy | None:
+    """The function's retry policy from its decorators, if any (errors name the function)."""
+    getter = getattr(fn.raw, "get_settings_dict", None)
+    settings = getter("retry_policy") if getter else None
+    if not settings:
+        return None
+    where = f"function {fn.name!r} retry policy"
+
+    def span(key: str) -> float:
+        value = settings.get(key)
+        try:
+            return parse_timespan(str(value), f"{where} {key}").total_seconds() if value else 0.0
+        except ConfigError as exc:
+            raise UnsupportedBinding(str(exc)) from exc
+
+    strategy = str(settings.get("strategy", "")).lower()
+    if strategy not in ("fixed_delay", "exponential_backoff"):
+        raise UnsupportedBinding(
+            f"{where}: strategy must be fixed_delay or exponential_backoff, not {strategy!r}"
+        )
+    try:
+        count = int(settings.get("max_retry_count", 0))
+    except ValueError as exc:
+        raise UnsupportedBinding(f"{where}: max_retry_count must be an integer") from exc
+    return RetryPolicy(
+        strategy, count, span("delay_interval"), span("minimum_interval"), span("maximum_interval")
+    )
 
 
 def convert_text(data: bytes, annotation: Any, binding: Mapping[str, Any]) -> Any:

@@ -81,7 +81,7 @@ class TimerListener:
     async def fire(self, past_due: bool, status: dict[str, Any] | None) -> None:
         request = TimerRequest(past_due=past_due, schedule_status=status, schedule={"AdjustForDST": True})
         reason = f"Timer fired at {_iso(datetime.now(UTC))}"
-        await self.invoker.invoke(self.fn, lambda _ann: request, {}, reason)
+        await self.invoker.invoke_with_retry(self.fn, lambda _ann: request, {}, reason, self._stopping)
 
     async def run(self) -> None:
         now = datetime.now(UTC)

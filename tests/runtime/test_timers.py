@@ -59,6 +59,8 @@ def test_timers_fire_and_past_due_after_restart(
     status = json.loads((state / "timers" / "every_second.json").read_text())
     assert status["Next"] and status["Last"]
     assert not (state / "timers" / "every_span.json").exists()  # under a minute: not monitored by default
+    flaky = wait_until(lambda: len(by("flaky")) >= 3 and by("flaky"), 20, "retries of the flaky timer")
+    assert [(e["retry_count"], e["max_retry_count"]) for e in flaky] == [(0, 2), (1, 2), (2, 2)]  # @app.retry
     assert rp.stop() == 0
 
     before = len(by("every_second"))
