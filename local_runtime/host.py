@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,10 +307,12 @@ class Host:
     async def _invoke_http(self, fn: FunctionInfo, req: Any, route_params: dict[str, str]) -> HttpResult:
         assert self.invoker is not None
         metadata: dict[str, Any] = {**dict(req.params), **route_params, "Query": dict(req.params)}
-        with contextlib.suppress(ValueError):
-            body = json.loads(req.get_body() or b"null")
-            if isinstance(body, dict):
-                metadata = {**body, **metadata}
+        raw = req.get_body()
+        if raw[:1] == b"{":  # JSON body properties are binding-expression values too
+            with contextlib.suppress(ValueError):
+                body = json.loads(raw)
+                if isinstance(body, dict):
+                    metadata = {**body, **metadata}
         result = await self.invoker.invoke(
             fn, lambda _ann: req, metadata, "This function was programmatically called via the host APIs."
         )
@@ -331,14 +333,15 @@ class Host:
             except ValueError:
                 return web.json_response({"error": 'body must be JSON like {"input": "..."}'}, status=400)
             text = str((payload or {}).get("input") or "")
-            assert self.invoker is not None
-            manual: dict[str, Callable[[], Awaitable[Any]]] = {
-                "timerTrigger": lambda: timers.invoke_manually(fn, self.invoker),  # type: ignore[arg-type]
-                "queueTrigger": lambda: queues.invoke_manually(fn, self.invoker, text),  # type: ignore[arg-type]
-            }
-            if fn.trigger_type not in manual:
+            invoker = self.invoker
+            assert invoker is not None
+            if fn.trigger_type == "timerTrigger":
+                job: Awaitable[None] = timers.invoke_manually(fn, invoker)
+            elif fn.trigger_type == "queueTrigger":
+                job = queues.invoke_manually(fn, invoker, text)
+            else:
                 return web.Response(status=404)
-            self.tasks.append(asyncio.create_task(manual[fn.trigger_type]()))  # type: ignore[arg-type]
+            self.tasks.append(asyncio.ensure_future(job))
             return web.Response(status=202)
         return web.Response(status=404)
 
