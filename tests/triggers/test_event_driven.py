@@ -262,3 +262,35 @@ def test_sweeper_removes_a_planted_orphan_and_nothing_else(env: Env) -> None:
     finally:
         env.store.runs.set_status(ref, run_state="Canceled", message="test over")
         young.rmdir()
+
+
+def test_failed_and_canceled_runs_publish_their_end(env: Env) -> None:
+    failing = template(
+        customize=[{"type": "Shell", "name": "breaks", "inline": ["echo about to fail", "exit 3"]}]
+    )
+    slow = template(customize=[{"type": "Shell", "name": "waits", "inline": ["sleep 60"]}])
+    env.api.put_template("failing", failing)
+    env.api.put_template("slow", slow)
+    env.api.run("failing")
+    env.api.run("slow")
+    env.wait_runs(
+        "slow",
+        lambda rs: bool(rs) and rs[-1]["properties"].get("runSubState") == "Customizing",
+        "the slow build to customize",
+    )
+    env.api.cancel("slow")
+    assert env.api.watch("failing", timeout=120, interval=0.5)["runState"] == "Failed"
+    assert env.api.watch("slow", timeout=120, interval=0.5)["runState"] == "Canceled"
+    failed_id = env.runs("failing")[-1]["name"]
+    canceled_id = env.runs("slow")[-1]["name"]
+    failed = _run_types(env, failed_id)
+    assert failed[0] == "RunStarted" and failed[-1] == "RunFailed", failed
+    assert "ReplicationFinished" not in failed
+    end = next(e for e in env.events if e["type"] == ev.RUN_FAILED and e["data"]["runId"] == failed_id)
+    assert (
+        end["data"]["error"]["step"]
+        and "exit" in (end["data"]["message"] + str(end["data"]["error"])).lower()
+    )
+    canceled = _run_types(env, canceled_id)
+    assert canceled[-1] == "RunCanceled", canceled
+    assert canceled.index("RunPhaseChanged:Customizing") < canceled.index("RunCanceled")

@@ -67,6 +67,15 @@ def _loops_under(folder: Path) -> list[str]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a killed child its parent has not reaped yet)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return bool(fields) and fields[0] != "Z"
+
+
 def _release(folder: Path, report: SweepReport) -> bool:
     """Kill the folder's processes, unmount its mounts, detach its loop devices. True when nothing is
     left holding it."""
@@ -74,7 +83,7 @@ def _release(folder: Path, report: SweepReport) -> bool:
     for pid in pids:
         report.removed.append(f"process {pid} of {folder.name}")
     deadline = time.monotonic() + 5
-    while pids and any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+    while pids and any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for loop in _loops_under(folder):
         try:
