@@ -144,6 +144,7 @@ def test_keys_auth_levels(tmp_path: Path) -> None:
     assert keys.authorized("anonymous", None)
     assert keys.authorized("function", keys.default) and keys.authorized("function", keys.master)
     assert not keys.authorized("function", None) and not keys.authorized("function", "x")
+    assert not keys.authorized("function", "clé")  # non-ASCII keys are just wrong, not an error
     assert keys.authorized("admin", keys.master) and not keys.authorized("admin", keys.default)
 
 
