@@ -313,6 +313,9 @@ def run_demo(template_path: Path, state_dir: Path, name: str) -> int:
         _say(f"   listening on {runtime.base_url}")
         with serve_examples() as examples_url:
             template = load_template(template_path, examples_url)
+            if api.request("GET", api.template_path(name)).status == 200:
+                _say(f"== DELETE the previous {name} (AIB does not update image templates in place)")
+                api.delete_template(name)
             _say(f"== PUT {api.template_path(name)}  ({template_path.relative_to(ROOT)})")
             api.put_template(name, template)
             _say(f"== POST .../{name}/run")

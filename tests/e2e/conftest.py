@@ -86,8 +86,8 @@ def e2e_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 def e2e_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("e2e")
     # Base images are cached by recipe version, built under a lock and renamed into place, so the cache
-    # is safe to share between sessions: a second `make test` (or one after `make demo`) starts warm.
-    cache = Path(os.environ.get("IMAGEBUILDER_TEST_CACHE_DIR", ROOT / ".state" / "cache"))
+    # is safe to share: the same one as tests/providers_local (one cold Debian base per machine).
+    cache = Path(os.environ.get("IMAGEBUILDER_TEST_CACHE", "/var/tmp/imagebuilder-test-cache"))
     return {"runtime": base / "runtime", "provider": base / "provider", "cache": cache}
 
 
