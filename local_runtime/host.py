@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import azure.functions as func
 from aiohttp import web
 
 from local_runtime import blobs, queues, timers
@@ -318,7 +319,16 @@ class Host:
         )
         if not result.ok:
             return HttpResult(failed=True)
-        return HttpResult(response=result.http_response(fn))
+        response = result.http_response(fn)
+        if response is not None and not isinstance(response, str | func.HttpResponse):
+            # the worker cannot encode it either: the invocation fails with a 500
+            log.error(
+                "Function '%s' returned %s for its http output; return func.HttpResponse or str",
+                fn.name,
+                type(response).__name__,
+            )
+            return HttpResult(failed=True)
+        return HttpResult(response=response)
 
     async def _admin(self, request: web.Request, path: str) -> web.StreamResponse:
         parts = [p for p in path.strip("/").split("/")]

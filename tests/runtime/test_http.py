@@ -112,6 +112,8 @@ def test_exception_is_500_without_trace(host: RuntimeProcess) -> None:
     assert "secret detail" not in r.text and "Traceback" not in r.text
     host.wait_for_line(r"RuntimeError: secret detail that must not leak")
     host.wait_for_line(r"Executed 'Functions.boom' \(Failed")
+    assert requests.get(f"{host.url}/api/wrong-type", timeout=10).status_code == 500
+    host.wait_for_line(r"Function 'wrong_type' returned dict for its http output")
 
 
 def test_named_output_context_and_no_content(host: RuntimeProcess) -> None:

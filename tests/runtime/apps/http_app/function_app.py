@@ -77,3 +77,8 @@ def named_output(req: func.HttpRequest, resp: func.Out[func.HttpResponse], conte
 @app.route(route="nothing", auth_level=func.AuthLevel.ANONYMOUS)
 def nothing(req: func.HttpRequest) -> None:
     return None
+
+
+@app.route(route="wrong-type", auth_level=func.AuthLevel.ANONYMOUS)
+def wrong_type(req: func.HttpRequest) -> dict:
+    return {"not": "encodable"}
