@@ -227,6 +227,20 @@ def test_trigger_disabled_after_repeated_failures(env: Env) -> None:
     assert status["code"] == "Disabled", status
     assert "3 consecutive failures" in status["message"] and "missing" in status["message"]
     assert env.runs("broken") == []
+    # PUT again re-enables it: counting starts over
+    assert (
+        env.trigger("broken", "onNewBase", {"properties": {"kind": "SourceImage"}})["properties"]["status"][
+            "code"
+        ]
+        == "Healthy"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = env.get_trigger("broken", "onNewBase")["properties"]["status"]
+        if status["code"] != "Healthy":
+            break
+        time.sleep(0.5)
+    assert status["code"] == "Unhealthy" and "evaluation failed" in status["message"], status
 
 
 def test_sweeper_removes_a_planted_orphan_and_nothing_else(env: Env) -> None:
