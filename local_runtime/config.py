@@ -61,6 +61,7 @@ class HostConfig:
     function_timeout: timedelta | None = None
     log_level: str = "Information"
     functions: tuple[str, ...] | None = None
+    log_levels: dict[str, str] = field(default_factory=dict)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -125,7 +126,10 @@ def load_host_json(app_dir: Path) -> HostConfig:
     blobs = _ci(ext, "blobs") or {}
     par = _ci(blobs, "maxDegreeOfParallelism")
     timeout = _ci(raw, "functionTimeout")
-    level = _ci(_ci(_ci(raw, "logging") or {}, "logLevel") or {}, "default")
+    levels = _ci(_ci(raw, "logging") or {}, "logLevel") or {}
+    if not isinstance(levels, dict):
+        raise ConfigError(f"{path}: $.logging.logLevel must be an object of category: level")
+    level = _ci(levels, "default")
     only = _ci(raw, "functions")
     if only is not None and (not isinstance(only, list) or not all(isinstance(n, str) for n in only)):
         raise ConfigError(f"{path}: $.functions must be a list of function names")
@@ -137,6 +141,7 @@ def load_host_json(app_dir: Path) -> HostConfig:
         function_timeout=parse_timespan(timeout, f"{path}: $.functionTimeout") if timeout else None,
         log_level=str(level or "Information"),
         functions=tuple(only) if only is not None else None,
+        log_levels={str(k): str(v) for k, v in levels.items()},
     )
 
 

@@ -56,16 +56,6 @@ from local_runtime.storage import BindingError, Storage
 
 log = logging.getLogger("local_runtime.host")
 
-_LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "information": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-    "none": logging.CRITICAL + 10,
-}
-
 
 SHUTDOWN_GRACE = 10.0
 
@@ -85,14 +75,16 @@ class HostOptions:
     private_storage: bool = False
 
 
-def setup_logging(level: str = "Information") -> None:
-    """Console logging like `func start`: timestamp, the function (or `host`), the message."""
+def setup_logging(levels: dict[str, str] | None = None) -> None:
+    """Console logging like `func start`: timestamp, the function (or `host`), the message; host.json
+    `logging.logLevel` categories decide what is shown."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.addFilter(FunctionLogFilter())
+    categories = FunctionLogFilter(levels)
+    handler.addFilter(categories)
     handler.setFormatter(logging.Formatter("[%(asctime)s] [%(function)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
+    root.setLevel(categories.lowest)  # the handler's filter decides per category
     # The storage SDK logs every request at INFO; the host's own console does not.
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -133,7 +125,7 @@ class Host:
             self.local_host = load_local_host_settings(self.app_dir)
         except ConfigError as exc:
             raise HostError(str(exc)) from exc
-        setup_logging(self.config.log_level)
+        setup_logging(self.config.log_levels)
         apply_settings(settings)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("AZURE_FUNCTIONS_ENVIRONMENT", "Development")

@@ -54,12 +54,46 @@ InputReader = Callable[[dict[str, Any], Mapping[str, Any], Any], Awaitable[Any]]
 OutputWriter = Callable[[dict[str, Any], Any, Mapping[str, Any]], Awaitable[None]]
 
 
+LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "information": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "none": logging.CRITICAL + 10,
+}
+
+
 class FunctionLogFilter(logging.Filter):
-    """Adds `record.function`: the function whose invocation is logging, or `host`."""
+    """Adds `record.function` (the function whose invocation is logging, or `host`) and applies
+    host.json `logging.logLevel` by category, longest prefix first, like the host: a function's own logs
+    are `Function.<name>.User`, the host's lines about it `Function.<name>`, everything else `Host.*`."""
+
+    def __init__(self, levels: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        table = {k.lower(): LEVELS.get(str(v).lower(), logging.INFO) for k, v in (levels or {}).items()}
+        self.default = table.pop("default", logging.INFO)
+        self.levels = sorted(table.items(), key=lambda kv: -len(kv[0]))
+        self.lowest = min([self.default, *table.values()])
+
+    def level_for(self, category: str) -> int:
+        cat = category.lower()
+        for prefix, level in self.levels:
+            if cat == prefix or cat.startswith(prefix + "."):
+                return level
+        return self.default
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.function = current_function.get() or "host"
-        return True
+        fn = current_function.get()
+        record.function = fn or "host"
+        if fn and record.name.startswith("local_runtime"):
+            category = f"Function.{fn}"
+        elif fn:
+            category = f"Function.{fn}.User"
+        else:
+            category = f"Host.{record.name}"
+        return record.levelno >= self.level_for(category)
 
 
 class _TraceContext(func_abc.TraceContext):  # type: ignore[misc]

@@ -188,3 +188,24 @@ def test_cors_middleware() -> None:
             assert r.status == 204 and r.headers["Access-Control-Allow-Methods"] == "PUT"
 
     asyncio.run(run())
+
+
+def test_log_level_categories() -> None:
+    import logging
+
+    from local_runtime.invoke import FunctionLogFilter, current_function
+
+    f = FunctionLogFilter({"default": "Warning", "Function": "Information", "Function.noisy.User": "Error"})
+
+    def shown(logger: str, level: int, fn: str) -> bool:
+        token = current_function.set(fn)
+        try:
+            return f.filter(logging.LogRecord(logger, level, __file__, 1, "m", None, None))
+        finally:
+            current_function.reset(token)
+
+    assert shown("local_runtime.host", logging.INFO, "hello")  # Function.hello: Executing/Executed
+    assert shown("root", logging.INFO, "hello")  # Function.hello.User inherits Function
+    assert not shown("root", logging.WARNING, "noisy") and shown("root", logging.ERROR, "noisy")
+    assert not shown("local_runtime.timers", logging.INFO, "") and shown("x", logging.WARNING, "")
+    assert f.lowest == logging.INFO
