@@ -22,7 +22,8 @@ from api._arm import ArmError, in_thread
 from api._builds import new_run_id, run_ref, start_build
 from imagebuilder.pipeline import events as ev
 from imagebuilder.pipeline.fingerprint import RunInputs, fingerprint_of, recorded_inputs, source_version
-from imagebuilder.providers.base import ProviderConfigError
+from imagebuilder.providers.probe import probe_prepare, probe_run
+from imagebuilder.providers.registry import get_provider
 from imagebuilder.settings import Settings
 from imagebuilder.store import RunInProgressError, RunRecord, Store, StoredTemplate, open_store
 from imagebuilder.store.automation import Automation, open_automation
@@ -95,18 +96,18 @@ def publish(items: list[dict[str, Any]]) -> None:
 # -- inputs ---------------------------------------------------------------------------------------------
 
 
-def probe(resource: dict[str, Any], *, with_artifacts: bool) -> tuple[str | None, RunInputs]:
-    """(source version, inputs) of the template now: `latest` resolved, artifacts hashed if asked.
-    Raises the provider's `ProviderError`s (they name the field)."""
+def probe(stored: StoredTemplate, *, with_artifacts: bool) -> tuple[str | None, RunInputs]:
+    """(source version, inputs) of the template now: `latest` resolved, artifacts hashed (always with
+    providers other than local). Raises the provider's `ProviderError`s (they name the field)."""
     cfg = settings()
-    if cfg.provider != "local":
-        raise ProviderConfigError(
-            f"input probes are not implemented for the {cfg.provider!r} provider",
-            hint="use a Schedule trigger without onlyWhenInputsChanged, or the local provider",
-        )
-    from imagebuilder.providers.local.probe import probe_inputs
+    resource = stored.resource
+    if cfg.provider == "local":
+        from imagebuilder.providers.local.probe import probe_inputs
 
-    probed = probe_inputs(resource, with_artifacts=with_artifacts, state_dir=cfg.state_dir)
+        probed = probe_inputs(resource, with_artifacts=with_artifacts, state_dir=cfg.state_dir)
+    else:
+        build = probe_run(resource, stored.subscription_id, stored.resource_group, stored.name)
+        probed = probe_prepare(get_provider(cfg.provider), build)
     version = probed.source.exact_version or probed.source.id
     inputs = fingerprint_of(resource, probed.source.exact_version, probed.artifacts)
     return version, inputs

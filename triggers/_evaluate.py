@@ -213,7 +213,7 @@ async def _source_image(
     trigger: StoredTrigger,
     state: TriggerState,
 ) -> Verdict:
-    version, _ = await in_thread(probe, stored.resource, with_artifacts=False)
+    version, _ = await in_thread(probe, stored, with_artifacts=False)
     last_ok, _ = await in_thread(baseline, st, stored)
     built = source_version(last_ok.details) if last_ok else None
     if built == version:
@@ -248,7 +248,7 @@ async def _schedule(
     occurrence = state.data.get("lastOccurrence")
     reason: dict[str, Any] = {"kind": "Schedule", "trigger": trigger.name, "occurrence": occurrence}
     if props.get("onlyWhenInputsChanged"):
-        _, inputs = await in_thread(probe, stored.resource, with_artifacts=True)
+        _, inputs = await in_thread(probe, stored, with_artifacts=True)
         last_ok, before = await in_thread(baseline, st, stored)
         reason["fingerprint"] = inputs.fingerprint
         if last_ok is not None and before is not None and before.fingerprint == inputs.fingerprint:
@@ -278,7 +278,7 @@ async def _artifact_rule(
     last = await in_thread(st.runs.latest, stored.subscription_id, stored.resource_group, stored.name)
     if last is not None and last.active:
         raise Busy(f"run {last.run.run_id} is {last.run_state}")
-    _, inputs = await in_thread(probe, stored.resource, with_artifacts=True)
+    _, inputs = await in_thread(probe, stored, with_artifacts=True)
     last_ok, before = await in_thread(baseline, st, stored)
     reason = {**reason, "fingerprint": inputs.fingerprint}
     if last_ok is not None and before is not None and before.fingerprint == inputs.fingerprint:

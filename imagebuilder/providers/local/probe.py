@@ -9,24 +9,13 @@ Exceptions: those of `LocalProvider.prepare`'s parts (`CatalogError`, `GalleryEr
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.pipeline.messages import BuildInput, RunRef, SourceInfo
 from imagebuilder.providers.base import NullLog
 from imagebuilder.providers.local import artifacts
 from imagebuilder.providers.local.provider import LocalProvider
-
-_PROBE_RUN = "probe"
-
-
-@dataclass(frozen=True)
-class ProbedInputs:
-    """The resolved source and, if asked, every artifact's SHA-256 keyed like a run records it."""
-
-    source: SourceInfo
-    artifacts: dict[str, str] = field(default_factory=dict)
+from imagebuilder.providers.probe import ProbedInputs, probe_run
 
 
 def probe_inputs(
@@ -34,10 +23,7 @@ def probe_inputs(
 ) -> ProbedInputs:
     """Resolve the source of `template` (an ARM resource) and, with `with_artifacts`, hash its files."""
     provider = LocalProvider(state_dir=state_dir)
-    build = BuildInput(
-        run=RunRef(subscription_id="probe", resource_group="probe", template_name="probe", run_id=_PROBE_RUN),
-        template=template,
-    )
+    build = probe_run(template, "probe", "probe", "probe")
     source = provider._resolve_source(build)
     shas: dict[str, str] = {}
     if with_artifacts:
