@@ -2,7 +2,7 @@
 path (SeaBIOS for Gen1, OVMF for Gen2), its own bootloader, kernel and systemd, then checks inside it.
 
 `boot_validate(disk, *, generation, checks, timeout=240, log=None, workdir) -> BootResult` copies the disk
-(sparse) into `workdir`, injects a oneshot unit + runner + the `BootCheck` scripts into the copy with
+(sparse) into `workdir`, injects a unit + runner + the `BootCheck` scripts into the copy with
 ``debugfs -w`` (the artifact is never modified), boots the copy with ``-nodefaults -display none
 -serial file:… -no-reboot -nic none`` and ``snapshot=on`` under an outer timeout (the whole qemu process
 group is killed when it expires), and decides pass/fail per check from nonce-tagged markers on the serial
