@@ -55,6 +55,8 @@ DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 DEFAULT_RESOURCE_GROUP = "image-templates"
 _EXPRESSION = re.compile(r"^\[\s*(parameters|variables)\(\s*'([^']+)'\s*\)\s*\]$", re.IGNORECASE)
 _RETRIES = 10
+# members a deployment template gives a resource that are not part of its body
+_DEPLOYMENT_MEMBERS = ("name", "type", "apiVersion", "dependsOn", "comments", "condition")
 
 
 class UploadError(Exception):
@@ -165,7 +167,8 @@ def extract(body: Any) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any], 
         child = _resolve(item, where, params, variables)
         trigger_name = str(child.get("name", "")).split("/")[-1]
         version = str(child.get("apiVersion") or resource.get("apiVersion") or LATEST_API_VERSION)
-        triggers.append((trigger_name, {k: v for k, v in child.items() if k != "name"}, version))
+        body = {k: v for k, v in child.items() if k not in _DEPLOYMENT_MEMBERS}
+        triggers.append((trigger_name, body, version))
     return resource, triggers
 
 

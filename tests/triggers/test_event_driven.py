@@ -308,3 +308,48 @@ def test_failed_and_canceled_runs_publish_their_end(env: Env) -> None:
     canceled = _run_types(env, canceled_id)
     assert canceled[-1] == "RunCanceled", canceled
     assert canceled.index("RunPhaseChanged:Customizing") < canceled.index("RunCanceled")
+
+
+def test_upload_of_a_changed_template_updates_it_in_place_with_its_triggers(env: Env) -> None:
+    env.upload(UPLOADS, "updatable.json", json.dumps(template()))
+    first = _result(env, "updatable.result.json")
+    assert (first["status"], first["template"]) == ("Accepted", "created"), first
+    sub_rg = first["templateId"].split("/providers/")[0]
+    assert sub_rg == f"/subscriptions/{SUB}/resourceGroups/image-templates"
+    api = type(env.api)(env.api.base_url, env.api.key, resource_group="image-templates")
+    assert api.watch("updatable", timeout=120, interval=0.5)["runState"] == "Succeeded"
+
+    changed = template(customize=[{"type": "Shell", "name": "motd2", "inline": ["echo changed > /etc/motd"]}])
+    deployment = {
+        "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+        "contentVersion": "1.0.0.0",
+        "variables": {"when": "0 0 0 1 1 *"},
+        "resources": [
+            {
+                "type": "Microsoft.VirtualMachineImages/imageTemplates",
+                "apiVersion": "2024-02-01",
+                "name": "updatable",
+                **changed,
+                "resources": [
+                    {
+                        "type": "triggers",
+                        "apiVersion": "2024-02-01",
+                        "name": "yearly",
+                        "properties": {"kind": "Schedule", "schedule": "[variables('when')]"},
+                    }
+                ],
+            }
+        ],
+    }
+    env.blobs.get_blob_client(UPLOADS, "updatable.result.json").delete_blob()
+    env.upload(UPLOADS, "updatable.json", json.dumps(deployment))
+    second = _result(env, "updatable.result.json")
+    assert second["status"] == "Accepted", second
+    assert (second["template"], second["triggers"]) == ("updated", ["yearly"])
+    assert second["runId"] != first["runId"]
+    body = api.get_template("updatable")
+    assert body["properties"]["customize"][0]["name"] == "motd2"
+    trigger = api.request("GET", api.template_path("updatable") + "/triggers/yearly").body
+    assert trigger["properties"]["schedule"] == "0 0 0 1 1 *"
+    assert api.watch("updatable", timeout=120, interval=0.5)["runState"] == "Succeeded"
+    assert [r["name"] for r in api.runs("updatable")] == [first["runId"], second["runId"]]
