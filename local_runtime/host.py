@@ -57,7 +57,12 @@ from local_runtime.storage import BindingError, Storage
 log = logging.getLogger("local_runtime.host")
 
 
-SHUTDOWN_GRACE = 10.0
+def _shutdown_grace() -> float:
+    """Seconds running invocations get to finish on shutdown (LOCAL_RUNTIME_SHUTDOWN_GRACE, default 10)."""
+    try:
+        return max(0.0, float(os.environ.get("LOCAL_RUNTIME_SHUTDOWN_GRACE") or 10.0))
+    except ValueError:
+        return 10.0
 
 
 class HostError(Exception):
@@ -250,7 +255,7 @@ class Host:
             "*", "/{tail:.*}", make_handler(router, self.keys, self._invoke_http, self._admin)
         )
         self.runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+            app, access_log=None, handle_signals=False, shutdown_timeout=_shutdown_grace()
         )
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
@@ -356,10 +361,13 @@ class Host:
         for listener in self.listeners:
             listener.stop()
         if self.tasks:
-            # running invocations may finish (up to SHUTDOWN_GRACE seconds), as the host drains on shutdown
-            _, pending = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE)
+            # running invocations may finish (up to the grace period), as the host drains on shutdown
+            grace = _shutdown_grace()
+            pending: set[asyncio.Task[None]] = set(self.tasks)
+            if grace > 0:
+                _, pending = await asyncio.wait(self.tasks, timeout=grace)
             for task in pending:
-                log.warning("%s did not finish within %ss; cancelling it", task.get_name(), SHUTDOWN_GRACE)
+                log.warning("%s did not finish within %ss; cancelling it", task.get_name(), grace)
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.durable is not None:
@@ -400,4 +408,12 @@ def run_host(options: HostOptions) -> int:
         if host.azurite is not None:
             host.azurite.stop()
         return 1
+    if host.invoker is not None and host.invoker.running_sync:
+        # A sync function's thread cannot be stopped and the interpreter would wait for it at exit;
+        # the host would recycle the worker process, so exit now.
+        print(
+            f"{host.invoker.running_sync} sync invocation(s) still running; exiting without them", flush=True
+        )
+        sys.stderr.flush()
+        os._exit(0)
     return 0

@@ -254,6 +254,8 @@ class Invoker:
         workers = max_workers or int(os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or 0) or None
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="function")
         self.function_timeout = function_timeout
+        self.running_sync = 0  # sync functions still running in the pool (they cannot be cancelled)
+        self._lock = threading.Lock()
 
     def check(self, fn: FunctionInfo) -> None:
         """Fail at startup, naming the function, if it uses a binding this host cannot serve."""
@@ -365,7 +367,7 @@ class Invoker:
         else:
             ctx = contextvars.copy_context()
             loop = asyncio.get_running_loop()
-            coro = loop.run_in_executor(self.pool, lambda: ctx.run(target, **kwargs))
+            coro = loop.run_in_executor(self.pool, lambda: ctx.run(self._run_sync, target, kwargs))
         if self.function_timeout:
             return await asyncio.wait_for(coro, self.function_timeout)
         return await coro
@@ -408,6 +410,15 @@ class Invoker:
             else:
                 await asyncio.sleep(delay)
             attempt += 1
+
+    def _run_sync(self, target: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        with self._lock:
+            self.running_sync += 1
+        try:
+            return target(**kwargs)
+        finally:
+            with self._lock:
+                self.running_sync -= 1
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

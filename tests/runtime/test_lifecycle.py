@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,3 +105,25 @@ def test_startup_errors_name_the_problem(tmp_path: Path) -> None:
     )
     r = run_start(app, "--state-dir", str(tmp_path / "s"))
     assert r.returncode == 1 and "unknown route constraint 'nosuch'" in r.stderr and "'f'" in r.stderr
+
+
+def test_shutdown_does_not_wait_for_a_stuck_sync_function(tmp_path: Path) -> None:
+    rp = RuntimeProcess("http_app", tmp_path, {"LOCAL_RUNTIME_SHUTDOWN_GRACE": "1"})
+    rp.wait_ready()
+    caller = threading.Thread(
+        target=lambda: _swallow(lambda: requests.get(f"{rp.url}/api/sleepy", timeout=60))
+    )
+    caller.start()
+    rp.wait_for_line(r"Executing 'Functions.sleepy'")
+    rp.proc.send_signal(signal.SIGTERM)
+    assert rp.proc.wait(timeout=30) == 0  # the function sleeps 120 s
+    rp.stop()
+    assert "1 sync invocation(s) still running; exiting without them" in rp.output
+    caller.join(30)
+
+
+def _swallow(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except requests.RequestException:
+        pass

@@ -82,3 +82,11 @@ def nothing(req: func.HttpRequest) -> None:
 @app.route(route="wrong-type", auth_level=func.AuthLevel.ANONYMOUS)
 def wrong_type(req: func.HttpRequest) -> dict:
     return {"not": "encodable"}
+
+
+@app.route(route="sleepy", auth_level=func.AuthLevel.ANONYMOUS)
+def sleepy(req: func.HttpRequest) -> str:
+    import time
+
+    time.sleep(120)  # longer than any test: shutdown must not wait for it
+    return "woke up"
