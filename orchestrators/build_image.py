@@ -100,24 +100,31 @@ class Steps:
             return task.result
         raise Interrupted(self.race_names.get(id(winner), "interrupted"), self.step, task)
 
+    def attempt(self, activity: str, payload: dict[str, Any], *, race: bool) -> Gen:
+        """One activity call with the host's retries; what still raises after them is a StepFailed."""
+        try:
+            raw = yield from self.wait(self.ctx.call_activity_with_retry(activity, RETRY, payload), race=race)
+        except (Interrupted, StepFailed):
+            raise
+        except Exception as exc:
+            attempts = RETRY.max_number_of_attempts
+            raise StepFailed(p.error_from_exception(str(exc), step=self.step, attempts=attempts)) from None
+        outcome = p.Outcome.model_validate(raw)
+        self.work_seconds += outcome.seconds
+        return outcome
+
     def call(self, activity: str, args: dict[str, Any], *, step: str, race: bool = True) -> Gen:
         """Run one phase activity to its final value (polling `Pending` with durable timers).
         A permanent failure raises `StepFailed`; an exhausted retry raises the SDK's exception."""
         self.step = step
         payload = {"build": self.build_json, "step": step, **args}
-        raw = yield from self.wait(self.ctx.call_activity_with_retry(activity, RETRY, payload), race=race)
-        outcome = p.Outcome.model_validate(raw)
-        self.work_seconds += outcome.seconds
+        outcome = yield from self.attempt(activity, payload, race=race)
         while outcome.kind == "pending":
             pending = Pending.model_validate(outcome.value)
             fire_at = self.ctx.current_utc_datetime + timedelta(seconds=max(1, pending.retry_after_seconds))
             yield from self.wait(self.ctx.create_timer(fire_at), race=race)
             poll = {"build": self.build_json, "step": step, "pending": outcome.value}
-            raw = yield from self.wait(
-                self.ctx.call_activity_with_retry(naming.ACTIVITY_POLL, RETRY, poll), race=race
-            )
-            outcome = p.Outcome.model_validate(raw)
-            self.work_seconds += outcome.seconds
+            outcome = yield from self.attempt(naming.ACTIVITY_POLL, poll, race=race)
         if outcome.kind == "failed":
             raise StepFailed(outcome.error or ErrorInfo(code="StepFailed", message="failed", step=step))
         return outcome.value

@@ -63,7 +63,7 @@ def distribute_image(context: df.DurableOrchestrationContext) -> Gen:
             continue
         if isinstance(task.result, Exception):  # still raising after its retries
             step = naming.distribute_step(index, target.run_output_name, region)
-            error = p.error_from_exception(str(task.result), step=step)
+            error = p.error_from_exception(str(task.result), step=step, attempts=RETRY.max_number_of_attempts)
             results[region] = _region_failure(target, region, error)
             continue
         outcome = p.Outcome.model_validate(task.result)

@@ -163,10 +163,15 @@ def failure_message(error: ErrorInfo, *, step: str | None = None, kept: list[str
     return "\n".join(parts)
 
 
-def error_from_exception(text: str, *, step: str, log_uri: str | None = None) -> ErrorInfo:
+def error_from_exception(
+    text: str, *, step: str, attempts: int | None = None, log_uri: str | None = None
+) -> ErrorInfo:
     """An activity that still raised after its retries: the SDK hands over text only."""
     first = text.strip().splitlines()[0] if text.strip() else "activity failed"
-    return ErrorInfo(code="ActivityFailed", message=first[:2000], step=step, log_uri=log_uri)
+    if attempts:
+        first += f" (still failing after {attempts} attempts)"
+    code = "RetriesExhausted" if attempts else "ActivityFailed"
+    return ErrorInfo(code=code, message=first[:2000], step=step, log_uri=log_uri)
 
 
 def output_status(regions: list[dict[str, Any]]) -> Literal["succeeded", "partial", "failed"]:

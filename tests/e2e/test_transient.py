@@ -69,6 +69,7 @@ def test_a_server_that_keeps_failing_fails_the_run_after_the_retries(e2e: E2E, f
     final = e2e.build("bb-transient-fails", _with_page(e2e, f"{flaky}/always/index.html"))
     assert final["runState"] == "Failed"
     assert "prepare (source and artifacts)" in final["message"] and "HTTP 503" in final["message"]
+    assert "still failing after 3 attempts" in final["message"]
     log = e2e.log_text("bb-transient-fails")
     assert log.count("==> prepare (source and artifacts): started") == 3  # RetryOptions: 3 attempts
     assert "==> create build environment" not in log

@@ -210,6 +210,7 @@ def test_transient_failures_past_the_retry_budget_fail_the_run_naming_the_step()
     assert host.names("run-1").count("customize") == 3
     assert "customize[0] (File 'page')" in inst.output["message"]
     assert "sandbox busy" in inst.output["message"]
+    assert "still failing after 3 attempts" in inst.output["message"]
     assert fake.cleanups == [False]
 
 
