@@ -97,8 +97,9 @@ def test_explicit_size_and_preserved_fstab_lines(busybox_rootfs: Path, scratch: 
     (busybox_rootfs / "etc/fstab").write_text(
         "# old\nUUID=dead / ext4 defaults 0 1\n/dev/sdb1 /data ext4 defaults,nofail 0 2\n"
     )
-    info = disk.build_disk(busybox_rootfs, scratch / "d.raw", generation="V2", bootable=False, size_mib=100)
-    assert info.size_bytes == 100 * MiB and (scratch / "d.raw").stat().st_size == 100 * MiB
+    out = scratch / "a dir with spaces" / "d.raw"  # paths reach debugfs quoted
+    info = disk.build_disk(busybox_rootfs, out, generation="V2", bootable=False, size_mib=100)
+    assert info.size_bytes == 100 * MiB and out.stat().st_size == 100 * MiB
     fstab = disk.read_file_from_disk(info.path, "/etc/fstab").decode()
     assert "UUID=dead" not in fstab and "/dev/sdb1 /data ext4 defaults,nofail 0 2" in fstab
     assert fstab.count(" / ext4 ") == 1

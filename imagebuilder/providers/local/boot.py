@@ -147,7 +147,7 @@ def _inject(copy: Path, offset: int, files: dict[str, tuple[Path, int]], work: P
     for dest, (src, mode) in files.items():
         cmds += [
             f"rm {dest}",
-            f"write {src} {dest}",
+            f"write {disks.debugfs_host_path(src)} {dest}",
             f"sif {dest} mode 0{0o100000 | mode:o}",
             f"sif {dest} uid 0",
             f"sif {dest} gid 0",

@@ -185,6 +185,14 @@ def _fstab(rootfs: Path, fs_uuid: str, esp_volid: str | None) -> str:
     return "\n".join([*lines, *kept]) + "\n"
 
 
+def debugfs_host_path(path: Path) -> str:
+    """A host file path quoted for a debugfs command (``write SRC …``)."""
+    text = str(path)
+    if any(c in text for c in '"\n\r'):
+        raise DiskError(f"path {text!r} cannot be passed to debugfs", hint="use a path without quotes")
+    return f'"{text}"'
+
+
 def _debugfs_path(path: str) -> str:
     if not path.startswith("/") or any(c in path for c in '"\n\r\t '):
         raise DiskError(
@@ -310,7 +318,7 @@ def _write_fstab(
 ) -> None:
     fstab = work / "fstab"
     fstab.write_text(_fstab(rootfs, fs_uuid, esp_volid))
-    cmds = ["rm /etc/fstab", f"write {fstab} /etc/fstab", "sif /etc/fstab mode 0100644",
+    cmds = ["rm /etc/fstab", f"write {debugfs_host_path(fstab)} /etc/fstab", "sif /etc/fstab mode 0100644",
             "sif /etc/fstab uid 0", "sif /etc/fstab gid 0"]  # fmt: skip
     if esp_volid and not (rootfs / "boot/efi").exists():
         cmds.insert(0, "mkdir /boot/efi")
