@@ -55,6 +55,8 @@ DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 DEFAULT_RESOURCE_GROUP = "image-templates"
 _EXPRESSION = re.compile(r"^\[\s*(parameters|variables)\(\s*'([^']+)'\s*\)\s*\]$", re.IGNORECASE)
 _RETRIES = 10
+_SUBSCRIPTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+_RESOURCE_GROUP = re.compile(r"^[-\w._()]{1,90}$")
 # members a deployment template gives a resource that are not part of its body
 _DEPLOYMENT_MEMBERS = ("name", "type", "apiVersion", "dependsOn", "comments", "condition")
 
@@ -92,6 +94,19 @@ def coordinates(path: str) -> tuple[str, str, str]:
             "InvalidParameter",
             f"The blob name '{path}' has too many folders: use "
             "{subscriptionId}/{resourceGroup}/{name}.json, {resourceGroup}/{name}.json or {name}.json.",
+            "blobName",
+        )
+    if not _SUBSCRIPTION.match(sub):
+        raise UploadError(
+            "InvalidSubscriptionId",
+            f"The subscription '{sub}' in the blob name '{path}' is malformed: use letters, digits and '-'.",
+            "blobName",
+        )
+    if not _RESOURCE_GROUP.match(rg) or rg.endswith("."):
+        raise UploadError(
+            "InvalidResourceGroupName",
+            f"The resource group '{rg}' in the blob name '{path}' is invalid: use 1-90 letters, digits, "
+            "'_', '-', '.', '(' or ')', not ending in '.'.",
             "blobName",
         )
     return sub, rg, name

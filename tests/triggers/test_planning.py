@@ -116,6 +116,10 @@ def test_upload_names_and_deployment_templates() -> None:
     assert coordinates("t1.json")[2] == "t1"
     with pytest.raises(UploadError, match="too many folders"):
         coordinates("a/b/c/d.json")
+    with pytest.raises(UploadError, match=r"subscription '\.\.'"):
+        coordinates("../rg/t.json")
+    with pytest.raises(UploadError, match="resource group 'a b'"):
+        coordinates("a b/t.json")
     resource = {
         "type": "Microsoft.VirtualMachineImages/imageTemplates",
         "name": "[parameters('n')]",
