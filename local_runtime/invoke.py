@@ -302,6 +302,10 @@ class Invoker:
             result.outputs = {name: out.get() for name, out in outs.items()}
             if any(b.get("name") == "$return" for b in fn.bindings):
                 result.outputs["$return"] = value
+            elif value is not None:  # the worker's rule
+                raise RuntimeError(
+                    f"function {fn.name!r} without a $return binding returned a non-None value"
+                )
             await self._write_outputs(fn, result.outputs, metadata)
             result.ok = True
         except Exception as exc:  # the host reports any failure of user code or bindings the same way

@@ -166,6 +166,10 @@ def test_queue_trigger_outputs_and_poison(shared_host: StorageHost) -> None:
     assert drain(queue(h.az, "bad")) == []
     host.wait_for_line(r"Moving message to queue 'bad-poison'")
 
+    queue(h.az, "returns").send_message("x")  # a return value with no $return binding fails, as in the worker
+    wait_until(lambda: drain(queue(h.az, "returns-poison")), what="returns-poison")
+    host.wait_for_line(r"without a \$return binding returned a non-None value")
+
 
 def test_queue_trigger_str_annotation_and_encoding_errors(shared_host: StorageHost) -> None:
     h = shared_host

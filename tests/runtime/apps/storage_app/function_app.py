@@ -70,3 +70,9 @@ async def on_slow(msg: func.QueueMessage) -> None:
     record(fn="on_slow", phase="start", body=msg.get_body().decode(), dequeue_count=msg.dequeue_count)
     await asyncio.sleep(3)
     record(fn="on_slow", phase="end", body=msg.get_body().decode())
+
+
+@app.queue_trigger(arg_name="msg", queue_name="returns", connection="AzureWebJobsStorage")
+def returns_without_binding(msg: func.QueueMessage) -> str:
+    record(fn="returns_without_binding", dequeue_count=msg.dequeue_count)
+    return "nowhere to go"
