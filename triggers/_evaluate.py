@@ -194,7 +194,8 @@ async def evaluate(client: df.DurableOrchestrationClient, trigger: StoredTrigger
 def _due(trigger: StoredTrigger, state: TriggerState) -> datetime | Verdict | None:
     props = _props(trigger)
     last = state.data.get("lastOccurrence")
-    since = datetime.fromisoformat(last) if isinstance(last, str) else trigger.created_at
+    # first evaluation (or re-enabled by a PUT): occurrences count from the trigger's last PUT
+    since = datetime.fromisoformat(last) if isinstance(last, str) else trigger.last_modified_at
     moment = now()
     try:
         occurrence = due(str(props.get("schedule") or ""), props.get("timeZone"), since, moment)
