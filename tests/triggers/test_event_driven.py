@@ -217,7 +217,7 @@ def test_trigger_disabled_after_repeated_failures(env: Env) -> None:
     }
     env.api.put_template("broken", broken)
     env.trigger("broken", "onNewBase", {"properties": {"kind": "SourceImage"}})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = env.get_trigger("broken", "onNewBase")["properties"]["status"]
@@ -234,7 +234,7 @@ def test_trigger_disabled_after_repeated_failures(env: Env) -> None:
         ]
         == "Healthy"
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         status = env.get_trigger("broken", "onNewBase")["properties"]["status"]
         if status["code"] != "Healthy":
@@ -262,7 +262,7 @@ def test_sweeper_removes_a_planted_orphan_and_nothing_else(env: Env) -> None:
     for folder in (orphan, active):
         os.utime(folder, (old, old))
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while orphan.exists() and time.monotonic() < deadline:
             time.sleep(0.3)
         assert not orphan.exists(), env.runtime.tail(30)
