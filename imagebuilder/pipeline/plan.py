@@ -149,10 +149,13 @@ def _target(index: int, distributor: dict[str, Any], location: str) -> Distribut
 def failure_message(error: ErrorInfo, *, step: str | None = None, kept: list[str] | None = None) -> str:
     """AIB-style message of a failed run: which step, its exit code, the last lines, where the log is."""
     where = error.step or step or "unknown step"
-    parts = [f"step {where} failed"]
+    head = f"step {where} failed"
     if error.exit_code is not None:
-        parts[0] += f" with exit code {error.exit_code}"
-    parts[0] += f": [{error.code}] {error.message}"
+        head += f" with exit code {error.exit_code}"
+    head += f" [{error.code}]"
+    if not error.message.startswith(where):  # providers often restate the step; say it once
+        head += f": {error.message}"
+    parts = [head]
     tail = error.log_tail[-LOG_TAIL_LINES:]
     if tail:
         parts.append("last lines of output:\n" + "\n".join(f"  {line}" for line in tail))

@@ -51,9 +51,10 @@ def test_failure_message_names_step_exit_code_tail_and_log() -> None:
         log_uri="http://logs/customization.log",
     )
     text = p.failure_message(error, kept=["build root /r"])
-    assert text.startswith(
-        "step customize[1] (Shell 'x') failed with exit code 2: [CustomizerFailed] script failed"
-    )
+    head = "step customize[1] (Shell 'x') failed with exit code 2 [CustomizerFailed]"
+    assert text.startswith(head + ": script failed")
+    restated = error.model_copy(update={"message": "customize[1] (Shell 'x') failed: exited with code 2"})
+    assert p.failure_message(restated).splitlines()[0] == head
     assert "line 29" in text and "line 9\n" not in text  # only the last 20 lines
     assert "full log: http://logs/customization.log" in text
     assert "kept for inspection (errorHandling abort): build root /r" in text
