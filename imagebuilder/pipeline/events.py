@@ -3,7 +3,8 @@ and ids derived from (template, run, event) so that a retried publisher sends th
 
 Types (prefix `Microsoft.VirtualMachineImages.ImageTemplates.`): RunStarted, RunPhaseChanged,
 RunSucceeded, RunPartiallySucceeded, RunFailed, RunCanceled, RunSkipped, ReplicationFinished; and
-`Microsoft.VirtualMachineImages.Sweeper.ResourcesRemoved`. Pure: the time is an argument.
+`Microsoft.VirtualMachineImages.Sweeper.ResourcesRemoved`. Run events carry the CloudEvents `sequence`
+extension (a string that sorts them in the order of the run). Pure: the time is an argument.
 """
 
 from __future__ import annotations
@@ -60,10 +61,26 @@ def cloud_event(
     }
 
 
+# A run moves forward through these, so the rank orders its events even where the queue does not
+# (Azure Storage queues do not promise FIFO): the CloudEvents `sequence` extension, compared as strings.
+_PHASES = ("Queued", "Building", "Customizing", "Optimizing", "Validating", "Distributing")
+
+
+def _rank(type_: str, data: dict[str, Any]) -> int:
+    if type_ == RUN_STARTED:
+        return 1
+    if type_ == RUN_PHASE_CHANGED:
+        sub = data.get("runSubState")
+        return 2 + (_PHASES.index(sub) if sub in _PHASES else 0)
+    if type_ == REPLICATION_FINISHED:
+        return 10
+    return 11  # the end: succeeded, failed, canceled, skipped
+
+
 def _run_event(
     run: RunRef, type_: str, key: str, data: dict[str, Any], time: datetime, subject: str = ""
 ) -> dict[str, Any]:
-    return cloud_event(
+    event = cloud_event(
         type_,
         run.template_id,
         subject or f"runs/{run.run_id}",
@@ -71,6 +88,8 @@ def _run_event(
         key=f"{run.run_id}/{key}",
         time=time,
     )
+    event["sequence"] = f"{_rank(type_, data):02d}"
+    return event
 
 
 def status_events(

@@ -134,6 +134,8 @@ def test_upload_builds_a_replaced_script_rebuilds_and_events_arrive_in_order(env
     ]
     assert types.index("ReplicationFinished") > types.index("RunPhaseChanged:Distributing")
     assert types[-1] == "RunSucceeded"
+    mine = [e for e in env.events if e.get("data", {}).get("runId") == second["name"]]
+    assert [e["sequence"] for e in mine] == sorted(e["sequence"] for e in mine)
     one = next(e for e in env.events if e["type"] == ev.RUN_STARTED and e["data"]["runId"] == second["name"])
     assert one["specversion"] == "1.0" and one["source"].endswith("/imageTemplates/scripted")
     assert one["subject"] == f"runs/{second['name']}" and one["time"].endswith("Z")

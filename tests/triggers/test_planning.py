@@ -86,6 +86,9 @@ def test_status_events_in_order_with_stable_ids() -> None:
         ("eastus", "failed"),
     ]
     assert len({e["id"] for e in reps}) == 2
+    ordered = [*started, *ev.status_events(RUN, ("Running", "Building"), ("Running", "Distributing"),
+                                           message="", error=None, time=NOW), *reps, *failed]  # fmt: skip
+    assert [e["sequence"] for e in ordered] == sorted(e["sequence"] for e in ordered)
 
 
 def _details(version: str, shas: dict[str, str]) -> dict[str, Any]:
