@@ -1,7 +1,9 @@
 """ARM plumbing shared by the HTTP adapters: api-version, error bodies, long-running-operation headers,
 paging links, resource shapes and the store. Every handler is wrapped by `arm`: known errors become ARM
 error bodies (`{"error": {"code", "message", "target", "details"}}`), storage outages a 503, anything else
-a 500 with a correlation id and no stack trace (the trace goes to the log).
+a 500 with a correlation id and no stack trace (the trace goes to the log). Every answer carries ARM's
+tracing headers: `x-ms-request-id` (new per request), `x-ms-correlation-request-id` (the caller's, else new)
+and `x-ms-client-request-id` (echoed when sent).
 """
 
 from __future__ import annotations
@@ -133,17 +135,38 @@ def _error_response(exc: BaseException) -> func.HttpResponse:
     )
 
 
+def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> func.HttpRequest | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, func.HttpRequest):
+            return value
+    return None
+
+
+def _trace(req: func.HttpRequest | None, resp: func.HttpResponse) -> func.HttpResponse:
+    """ARM's tracing headers: a request id, the caller's correlation id (or a new one), the client's id."""
+    incoming = req.headers if req is not None else {}
+    resp.headers["x-ms-request-id"] = str(uuid.uuid4())
+    resp.headers["x-ms-correlation-request-id"] = str(
+        incoming.get("x-ms-correlation-request-id") or uuid.uuid4()
+    )
+    client_id = incoming.get("x-ms-client-request-id")
+    if client_id:
+        resp.headers["x-ms-client-request-id"] = str(client_id)
+    return resp
+
+
 def arm(fn: F) -> F:
-    """Turn every exception of a handler into an ARM error response (sync or async handlers)."""
+    """Turn every exception of a handler into an ARM error response (sync or async handlers), and add
+    ARM's tracing headers to every response."""
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
             try:
                 result: func.HttpResponse = await fn(*args, **kwargs)
-                return result
             except Exception as exc:
-                return _error_response(exc)
+                result = _error_response(exc)
+            return _trace(_request_of(args, kwargs), result)
 
         return async_wrapper  # type: ignore[return-value]
 
@@ -151,11 +174,21 @@ def arm(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
         try:
             result: func.HttpResponse = fn(*args, **kwargs)
-            return result
         except Exception as exc:
-            return _error_response(exc)
+            result = _error_response(exc)
+        return _trace(_request_of(args, kwargs), result)
 
     return wrapper  # type: ignore[return-value]
+
+
+def method_not_allowed(req: func.HttpRequest, allowed: str) -> func.HttpResponse:
+    """405 as ARM answers a method the resource does not support, with `Allow`."""
+    body = ArmError(
+        405,
+        "MethodNotAllowed",
+        f"The requested resource does not support http method '{req.method}'; it supports {allowed}.",
+    ).body()
+    return json_response(body, 405, {"Allow": allowed})
 
 
 # -- request parts -------------------------------------------------------------------------------------

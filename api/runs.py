@@ -17,6 +17,7 @@ from api._arm import (
     json_response,
     location_slug,
     lro_headers,
+    method_not_allowed,
     resource_name,
     route,
     run_body,
@@ -167,3 +168,17 @@ def image_template_run_log(req: func.HttpRequest) -> func.HttpResponse:
     except InvalidKeyError as exc:
         raise ArmError(400, "InvalidParameter", exc.message, "logName") from None
     return func.HttpResponse(text, status_code=200, mimetype="text/plain", charset="utf-8")
+
+
+@bp.route(route=TEMPLATE + "/run", methods=["GET", "PUT", "PATCH", "DELETE"])
+@arm
+def image_templates_run_method_not_allowed(req: func.HttpRequest) -> func.HttpResponse:
+    """405 for run called with anything but POST."""
+    return method_not_allowed(req, "POST")
+
+
+@bp.route(route=TEMPLATE + "/cancel", methods=["GET", "PUT", "PATCH", "DELETE"])
+@arm
+def image_templates_cancel_method_not_allowed(req: func.HttpRequest) -> func.HttpResponse:
+    """405 for cancel called with anything but POST."""
+    return method_not_allowed(req, "POST")

@@ -27,6 +27,7 @@ from api._arm import (
     json_response,
     location_slug,
     lro_headers,
+    method_not_allowed,
     next_link,
     page_size,
     read_json,
@@ -321,3 +322,17 @@ def image_templates_delete(req: func.HttpRequest) -> func.HttpResponse:
         status="Succeeded",
     )
     return empty_response(202, lro_headers(req, op, location=True, version=version))
+
+
+@bp.route(route=TEMPLATE, methods=["POST"])
+@arm
+def image_templates_method_not_allowed(req: func.HttpRequest) -> func.HttpResponse:
+    """405 for a method an image template does not support (ARM clients rely on it, not on a bare 404)."""
+    return method_not_allowed(req, "GET, PUT, PATCH, DELETE")
+
+
+@bp.route(route=TEMPLATES, methods=["POST", "PUT", "PATCH", "DELETE"])
+@arm
+def image_templates_collection_method_not_allowed(req: func.HttpRequest) -> func.HttpResponse:
+    """405 for a write to the resource group's template collection (it is listed with GET only)."""
+    return method_not_allowed(req, "GET")
