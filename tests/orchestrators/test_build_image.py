@@ -292,3 +292,17 @@ def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
     assert inst.output["runState"] == "Failed" and "timed out" in inst.output["message"]
     assert "validate" not in host.names(), "no step starts once the deadline has passed"
     assert fake.cleanups == [False]
+
+
+def test_cancel_raised_before_the_first_step_still_cancels_and_cleans_up() -> None:
+    fake = FakeBuild()
+    host = ReplayHost(handles(), fake.activities())
+
+    def cancel_at_once(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
+        if item.name == "run_status" and len(fake.statuses) == 1:  # the first status write (Building)
+            h.raise_event(inst.instance_id, "cancel", "user asked")  # arrives before anything waits for it
+
+    host.on_schedule.append(cancel_at_once)
+    _, inst = run(fake, host=host)
+    assert inst.output["runState"] == "Canceled"
+    assert "customize" not in host.names() and fake.cleanups
