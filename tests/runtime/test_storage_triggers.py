@@ -152,6 +152,8 @@ def test_queue_trigger_outputs_and_poison(shared_host: StorageHost) -> None:
     done = wait_until(lambda: drain(queue(h.az, "orders-done")), what="$return queue output")
     assert json.loads(done[0]) == {"done": "o1"}
     receipt = h.blobs.get_blob_client("receipts", "o1.txt")  # {id} from the JSON message body
+    # Outputs of one invocation are written one after another: the queue message may be visible first.
+    wait_until(receipt.exists, what="blob output")
     assert receipt.download_blob().readall() == b"order o1 for 3"
 
     h.upload("inputs", "doc1.txt", b"document one")
