@@ -25,6 +25,12 @@ log = logging.getLogger("triggers.sweeper")
 def sweep_once() -> list[str]:
     """One sweep; returns what was removed."""
     cfg = settings()
+    auto = automation()
+    # trigger states of deleted templates (listed first: a template created meanwhile keeps its rows)
+    live = set(auto.template_keys())
+    pruned = auto.prune(live)
+    if pruned:
+        log.info("sweeper removed %d trigger state row(s) of deleted templates", pruned)
     if cfg.provider != "local":
         log.info("sweeper: the %s provider cleans up its own resources; nothing to sweep here", cfg.provider)
         return []
@@ -35,7 +41,7 @@ def sweep_once() -> list[str]:
         return []
     st = store()
     facts: dict[RunRef, RunFacts] = {}
-    for entry in automation().runs():
+    for entry in auto.runs():
         kept = False
         if entry.terminal:
             record = st.runs.get(entry.run)

@@ -163,6 +163,17 @@ class Automation:
         """Drop a deferred check, unless it was marked again since it was read."""
         self._state.delete(join_keys(sub, rg, template), _PENDING, etag=etag, what="deferred artifact check")
 
+    def prune(self, live: set[tuple[str, str, str]]) -> int:
+        """Delete the trigger states and deferred checks of templates not in `live` (sub, rg, name);
+        returns how many rows went."""
+        keep = {join_keys(*t) for t in live}
+        gone = 0
+        for e in self._state.query("PartitionKey ne ''", {}, select=["PartitionKey", "RowKey"]):
+            if str(e["PartitionKey"]) not in keep:
+                self._state.delete(str(e["PartitionKey"]), str(e["RowKey"]))
+                gone += 1
+        return gone
+
     def delete_trigger_states(self, sub: str, rg: str, template: str) -> None:
         pk = join_keys(sub, rg, template)
         for e in self._state.query("PartitionKey eq @pk", {"pk": pk}, select=["PartitionKey", "RowKey"]):

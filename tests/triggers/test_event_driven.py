@@ -355,3 +355,20 @@ def test_upload_of_a_changed_template_updates_it_in_place_with_its_triggers(env:
     assert trigger["properties"]["schedule"] == "0 0 0 1 1 *"
     assert api.watch("updatable", timeout=120, interval=0.5)["runState"] == "Succeeded"
     assert [r["name"] for r in api.runs("updatable")] == [first["runId"], second["runId"]]
+
+
+def test_automation_state_of_deleted_templates_is_pruned(env: Env) -> None:
+    from imagebuilder.store.automation import TriggerState, open_automation
+
+    auto = open_automation(env.connection)
+    env.api.put_template("prunable", template())
+    env.trigger("prunable", "yearly", {"properties": {"kind": "Schedule", "schedule": "0 0 0 1 1 *"}})
+    trigger = env.store.triggers.get(SUB, RG, "prunable", "yearly")
+    assert trigger is not None
+    auto.save_trigger_state(trigger, TriggerState({**auto.trigger_state(trigger).data, "failures": 1}))
+    auto.mark_pending(SUB, RG, "long-gone", {"kind": "ArtifactChanged", "uri": "http://x/y"})
+    live = set(auto.template_keys())
+    assert (SUB, RG, "prunable") in live and (SUB, RG, "long-gone") not in live
+    auto.prune(live)  # the sweeper timer may have pruned it already: only the outcome counts
+    assert "long-gone" not in [p[2] for p in auto.pending()]
+    assert auto.trigger_state(trigger).data.get("failures") == 1
