@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.providers.local.layout import RunLayout
 from imagebuilder.providers.local.sandbox import RUN_MARKER_ENV
@@ -66,3 +68,20 @@ def test_sweep_removes_finished_and_ownerless_folders_only(tmp_path: Path) -> No
     assert any(f"process {leftover.pid}" in line for line in report.removed), report
     assert sum("run folder" in line for line in report.removed) == 2
     assert len(report.kept) == 1 and not report.errors
+
+
+def test_sweep_unmounts_what_a_vanished_run_left_mounted(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    orphan = _folder(tmp_path, None, "vanished-4321")
+    root = orphan / "build" / "root"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "ib-sweep-test", str(root)], check=True)
+    try:
+        (root / "etc").mkdir()
+        report = sweep(tmp_path, {}, grace_seconds=600)
+        mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        assert str(root) not in mounted
+        assert not orphan.exists()
+        assert f"mount {root}" in report.removed and not report.errors
+    finally:
+        subprocess.run(["umount", str(root)], check=False, capture_output=True)
