@@ -89,6 +89,16 @@ def user_part(resource: dict[str, Any], *, with_tags: bool = False) -> dict[str,
     return out
 
 
+def same_template(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two template resources are the same template: ARM locations compare normalized
+    ("West US 2" is "westus2"), so a re-run deployment that spells the region differently is idempotent."""
+    left, right = user_part(a), user_part(b)
+    for side in (left, right):
+        if isinstance(side.get("location"), str):
+            side["location"] = location_slug(side["location"])
+    return left == right
+
+
 def with_service_defaults(user: dict[str, Any]) -> dict[str, Any]:
     """What AIB fills in and returns although the request left it out (PowerShell steps'
     runElevated/runAsSystem default to false)."""
@@ -182,6 +192,16 @@ def image_templates_get(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(body_of(st, load(st, sub, rg, name)))
 
 
+@bp.route(route=TEMPLATE, methods=["HEAD"])
+@arm
+def image_templates_check_existence(req: func.HttpRequest) -> func.HttpResponse:
+    """HEAD: ARM's existence check (`az resource`, `check_existence_by_id`): 204 if the template exists,
+    404 if not, no body either way."""
+    api_version(req)
+    sub, rg, name = template_coordinates(req)
+    return empty_response(204 if store().templates.get(sub, rg, name) is not None else 404)
+
+
 def _put(st: Store, sub: str, rg: str, name: str, template: ImageTemplate) -> tuple[StoredTemplate, bool]:
     """Create the template, or accept an identical PUT (tags may change); 409 for any other change."""
     user = with_service_defaults(template.to_arm())
@@ -194,7 +214,7 @@ def _put(st: Store, sub: str, rg: str, name: str, template: ImageTemplate) -> tu
                 continue
         if stored.provisioning_state == "Deleting":
             raise deleting(stored.name)
-        if user_part(stored.resource) != user_part(user):
+        if not same_template(stored.resource, user):
             raise ArmError(
                 409,
                 "Conflict",

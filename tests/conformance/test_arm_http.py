@@ -213,3 +213,54 @@ def test_real_world_trigger_through_the_sdk(
         c.triggers.begin_delete(RG, NAME, "source").result()
         with pytest.raises(ResourceNotFoundError):
             c.triggers.get(RG, NAME, "source")
+
+
+def test_redeploy_with_the_region_spelled_differently_is_idempotent(
+    http: requests.Session, base: str
+) -> None:
+    """ARM locations are compared normalized: a deployment saying "West US 2" and a CLI saying "westus2"
+    name the same region, so the second PUT is the same template (200), not a change (409)."""
+    name = "armRegion"
+    first = http.put(f"{base}{path(name)}?api-version={API}", json={**TEMPLATE, "location": "West US 2"})
+    assert first.status_code == 201, first.text
+    again = http.put(f"{base}{path(name)}?api-version={API}", json={**TEMPLATE, "location": "westus2"})
+    assert again.status_code == 200, again.text
+    other = http.put(f"{base}{path(name)}?api-version={API}", json={**TEMPLATE, "location": "eastus"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "Conflict"
+    assert http.delete(f"{base}{path(name)}?api-version={API}").status_code == 202
+
+
+def test_generic_arm_client_az_resource_style(
+    app_runtime: AppRuntime, http: requests.Session, base: str
+) -> None:
+    """What `az resource create/show/delete` does, with azure-mgmt-resource's own client: read the
+    provider's registration for an api-version, then PUT/GET/DELETE the template by id."""
+    from azure.mgmt.resource.resources import ResourceManagementClient
+    from azure.mgmt.resource.resources.models import GenericResource
+
+    from examples.sdk_client import FunctionKeyPolicy, LocalCredential
+
+    with ResourceManagementClient(
+        LocalCredential(),
+        SUB,
+        base_url=app_runtime.url,
+        authentication_policy=FunctionKeyPolicy(app_runtime.key),
+        polling_interval=0.1,
+    ) as rm:
+        provider = rm.providers.get("Microsoft.VirtualMachineImages")
+        assert provider.registration_state == "Registered"
+        types = {t.resource_type: t for t in provider.resource_types}
+        version = next(v for v in types["imageTemplates"].api_versions if "preview" not in v)
+        assert version == "2025-10-01" and "West US 2" in types["imageTemplates"].locations
+
+        rid = path("azResource")
+        created = rm.resources.begin_create_or_update_by_id(
+            rid, GenericResource(TEMPLATE), api_version=version
+        ).result()
+        assert created.id == rid and created.properties["provisioningState"] == "Succeeded"
+        shown = rm.resources.get_by_id(rid, api_version=version)
+        assert shown.properties["source"] == TEMPLATE["properties"]["source"]
+        assert shown.identity.type == "UserAssigned"
+        assert rm.resources.check_existence_by_id(rid, api_version=version) is True
+        rm.resources.begin_delete_by_id(rid, api_version=version).result()
+        assert rm.resources.check_existence_by_id(rid, api_version=version) is False
