@@ -161,6 +161,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         // The provider's ARM credential: this user-assigned identity (ManagedIdentityCredential).
         { name: 'IMAGEBUILDER_AZURE_CLIENT_ID', value: identity.properties.clientId }
         { name: 'AZURE_CLIENT_ID', value: identity.properties.clientId }
+        // Timer schedules and the artifacts container of the event-driven builds (triggers/README.md):
+        // the host resolves these %SETTING% binding expressions and refuses to start a function without them.
+        { name: 'IMAGEBUILDER_SOURCE_TRIGGER_SCHEDULE', value: '0 * * * * *' }
+        { name: 'IMAGEBUILDER_SCHEDULE_TRIGGER_SCHEDULE', value: '0 * * * * *' }
+        { name: 'IMAGEBUILDER_SWEEP_SCHEDULE', value: '30 */5 * * * *' }
+        { name: 'IMAGEBUILDER_ARTIFACTS_CONTAINER', value: 'image-artifacts' }
       ]
     }
   }
