@@ -895,9 +895,8 @@ class Engine:
         row = self._require(iid)
         target = uuid.uuid4().hex if new_id else iid
         if not new_id and row.status not in TERMINAL:
-            raise DurableError(
-                400, f"Instance '{iid}' is {row.status}; only finished instances restart in place."
-            )
+            # OrchestrationAlreadyExistsException on the real host
+            raise DurableError(409, "A non-terminal instance with this instance ID already exists.")
         fx = _Effects()
         with self.db.transaction() as c:
             self._create(
@@ -916,12 +915,12 @@ class Engine:
     def rewind(self, iid: str, reason: str | None) -> None:
         """Re-run the failed activities and sub-orchestrations of a Failed instance (DTFx rewind)."""
         row = self._require(iid)
-        if row.status in (COMPLETED, TERMINATED):
-            raise DurableError(
-                410, f"Instance '{iid}' is {row.status}; only failed instances can be rewound."
-            )
         if row.status != FAILED:
-            return
+            raise DurableError(
+                412,
+                f"This orchestration has status {row.status}, but only orchestrations in the "
+                '"Failed" state can be rewound.',
+            )
         fx = _Effects()
         with self.db.transaction() as c:
             self._rewind(c, iid, reason, fx)
@@ -1035,9 +1034,10 @@ class Engine:
     def entity_state(self, name: str, key: str) -> str | None:
         return self.db.get_entity(entity_scheduler_id(name, key))
 
-    def list_entities(self, name: str) -> list[tuple[str, str, str]]:
+    def list_entities(self, name: str | None) -> list[tuple[str, str, str, float]]:
+        """(lower-cased name, key, state JSON, last operation time) of the entities named `name` (or all)."""
         out = []
-        for eid, state in self.db.list_entities(f"@{name.lower()}@"):
+        for eid, state, updated in self.db.list_entities(f"@{name.lower()}@" if name else "@"):
             n, k = _parse_entity_id(eid)
-            out.append((n, k, state))
+            out.append((n, k, state, updated))
         return out

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from local_runtime.durable import history as h
-from local_runtime.durable.engine import COMPLETED, FAILED, TERMINAL, TERMINATED, DurableError, Engine
+from local_runtime.durable.engine import COMPLETED, FAILED, TERMINAL, DurableError, Engine
 from local_runtime.durable.store import InstanceRow
 
 if TYPE_CHECKING:
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 RPC_PREFIX = "/durabletask"
 WEBHOOK_PREFIX = "/runtime/webhooks/durabletask"
 _RUNNING_CODES = ("Pending", "Running", "Suspended", "ContinuedAsNew")
+# OrchestrationRuntimeStatus names (Enum.TryParse is case-sensitive)
+_STATUSES = frozenset(
+    ("Running", "Completed", "ContinuedAsNew", "Failed", "Canceled", "Terminated", "Pending", "Suspended")
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,6 +122,29 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"Message": message, "ExceptionMessage": message}, status=status)
 
 
+def _seconds(q: str | None) -> float | None:
+    """`TryGetTimeSpanQueryParameterValue`: a number of seconds, or None when absent or unparsable."""
+    try:
+        return float(q) if q else None
+    except ValueError:
+        return None
+
+
+# The body of the check-status 202 the host itself builds (webhook start, restart, start-and-wait
+# timing out): `HttpApiHandler.CreateCheckStatusResponseMessage` leaves out rewindPostUri, which only
+# the binding's managementUrls (and so the SDK's create_check_status_response) carry.
+_HOST_CHECK_STATUS_KEYS = (
+    "id",
+    "statusQueryGetUri",
+    "sendEventPostUri",
+    "terminatePostUri",
+    "purgeHistoryDeleteUri",
+    "restartPostUri",
+    "suspendPostUri",
+    "resumePostUri",
+)
+
+
 class DurableHttpApi:
     """aiohttp handlers bound to one engine and one host (for URLs and the system key)."""
 
@@ -138,10 +165,17 @@ class DurableHttpApi:
             r.add_delete(prefix + "/instances/{instanceId}", g(self.purge))
             r.add_post(prefix + "/instances/{instanceId}/raiseEvent/{eventName}", g(self.raise_event))
             r.add_post(prefix + "/instances/{instanceId}/{operation}", g(self.operation))
+            r.add_get(prefix + "/entities", g(self.list_entities))
+            r.add_get(prefix + "/entities/", g(self.list_entities))
             r.add_get(prefix + "/entities/{name}", g(self.list_entities))
             r.add_get(prefix + "/entities/{name}/{key}", g(self.get_entity))
             r.add_post(prefix + "/entities/{name}/{key}", g(self.signal_entity))
             r.add_delete(prefix + "/entities/{name}/{key}", g(self.signal_entity))
+            # anything else under the base (a wrong method included) is a 404, as in HandleRequestAsync
+            r.add_route("*", prefix + "/{tail:.*}", g(self.not_found))
+
+    async def not_found(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=404)
 
     def _ready(self, handler: Handler) -> Handler:
         async def ready(request: web.Request) -> web.StreamResponse:
@@ -173,31 +207,41 @@ class DurableHttpApi:
             input_value = json.loads(body) if body.strip() else None
         except ValueError:
             return _error(400, "Invalid JSON content in the request body.")
-        try:
-            timeout = float(request.query.get("timeout") or 0)
-            interval = float(request.query.get("pollingInterval") or 1)
-        except ValueError:
-            return _error(400, "timeout and pollingInterval must be numbers of seconds.")
+        timeout = _seconds(request.query.get("timeout"))
+        interval = _seconds(request.query.get("pollingInterval"))
+        if timeout is not None and interval is not None and interval > timeout:
+            return _error(400, f"Total timeout {timeout} should be bigger than retry timeout {interval}")
         try:
             iid = self.engine.start_new(name, instance_id, input_value, request.query.get("version"))
         except DurableError as exc:
             return _error(exc.status, exc.message)
-        if timeout > 0:
+        return await self._respond_started(request, iid, timeout, interval)
+
+    async def _respond_started(
+        self, request: web.Request, iid: str, timeout: float | None, interval: float | None
+    ) -> web.StreamResponse:
+        """The check-status 202, or with `timeout` and `pollingInterval` both given, the host's
+        WaitForCompletionOrCreateCheckStatusResponseAsync: 200 + output when Completed, the status
+        (200, even for Failed) when Failed/Terminated, the 202 when the time runs out."""
+        if timeout is not None and interval is not None:
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            while True:
                 row = self.engine.status_row(iid)
                 if row is not None and row.status in TERMINAL:
-                    return self._completed_response(row)
-                await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+                    if row.status == COMPLETED:
+                        return web.json_response(_loads_or_none(row.output), status=200)
+                    return web.json_response(status_payload(row), status=200)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.sleep(max(0.01, min(interval, left)))
         return self._check_status_response(request, iid)
 
-    def _completed_response(self, row: InstanceRow) -> web.Response:
-        if row.status == COMPLETED:
-            return web.json_response(_loads_or_none(row.output), status=200)
-        return web.json_response(status_payload(row), status=500 if row.status == FAILED else 200)
-
     def _check_status_response(self, request: web.Request, iid: str) -> web.Response:
-        payload = self.host.management_urls(iid)
+        """GetClientResponseLinks: the webhook URLs on the origin the request came to."""
+        origin = f"{request.scheme}://{request.host}"
+        urls = self.host.management_urls(iid)
+        payload = {k: urls[k].replace(self.host.base_url, origin, 1) for k in _HOST_CHECK_STATUS_KEYS}
         return web.json_response(
             payload,
             status=202,
@@ -224,23 +268,21 @@ class DurableHttpApi:
         return web.json_response(payload, status=200)
 
     async def list_instances(self, request: web.Request) -> web.StreamResponse:
+        # like the host's TryGet*QueryParameterValue: an unparsable filter is ignored, not an error
         q = request.query
-        try:
-            created_from = (
-                h.parse_time(q["createdTimeFrom"]).timestamp() if q.get("createdTimeFrom") else None
-            )
-            created_to = h.parse_time(q["createdTimeTo"]).timestamp() if q.get("createdTimeTo") else None
-            top = int(q["top"]) if q.get("top") else None
-        except ValueError as exc:
-            return _error(400, f"Bad query parameter: {exc}")
-        statuses = [s.strip() for s in q.get("runtimeStatus", "").split(",") if s.strip()] or None
+        top = _int_or_none(q.get("top"))
+        statuses = [
+            s
+            for s in (v.strip() for v in ",".join(q.getall("runtimeStatus", [])).split(","))
+            if s in _STATUSES
+        ]
         try:
             rows, token = self.engine.query(
-                created_from=created_from,
-                created_to=created_to,
-                statuses=statuses,
+                created_from=_time_or_none(q.get("createdTimeFrom")),
+                created_to=_time_or_none(q.get("createdTimeTo")),
+                statuses=statuses or None,
                 prefix=q.get("instanceIdPrefix") or None,
-                top=top,
+                top=top if top and top > 0 else None,
                 token=request.headers.get("x-ms-continuation-token"),
             )
         except DurableError as exc:
@@ -250,21 +292,32 @@ class DurableHttpApi:
         return web.json_response([status_payload(r, show_input=show_input) for r in rows], headers=headers)
 
     async def purge(self, request: web.Request) -> web.StreamResponse:
-        n = self.engine.purge(request.match_info["instanceId"])
+        iid = request.match_info["instanceId"]
+        row = self.engine.status_row(iid)
+        if row is None:
+            return web.Response(status=404)
+        if row.status not in TERMINAL:
+            return web.json_response(
+                "Only orchestrations in a terminal state can be purged, but the orchestration with "
+                f"instance ID {iid} has status {row.status}",
+                status=412,
+            )
+        n = self.engine.purge(iid)
         if n == 0:
             return web.Response(status=404)
         return web.json_response({"instancesDeleted": n})
 
     async def purge_by(self, request: web.Request) -> web.StreamResponse:
         q = request.query
-        if not q.get("createdTimeFrom"):
-            return _error(400, "Purging by filter needs createdTimeFrom.")
-        try:
-            created_from = h.parse_time(q["createdTimeFrom"]).timestamp()
-            created_to = h.parse_time(q["createdTimeTo"]).timestamp() if q.get("createdTimeTo") else None
-        except ValueError as exc:
-            return _error(400, f"Bad query parameter: {exc}")
-        statuses = [s.strip() for s in q.get("runtimeStatus", "").split(",") if s.strip()] or None
+        created_from = _time_or_none(q.get("createdTimeFrom"))
+        if created_from is None:
+            return web.json_response("Please provide value for 'createdTimeFrom' parameter.", status=400)
+        created_to = _time_or_none(q.get("createdTimeTo"))  # default: now
+        statuses = [
+            s
+            for s in (v.strip() for v in ",".join(q.getall("runtimeStatus", [])).split(","))
+            if s in _STATUSES
+        ] or None
         n = self.engine.purge_by(created_from, created_to, statuses)
         if n == 0:
             return web.Response(status=404)
@@ -278,8 +331,8 @@ class DurableHttpApi:
             return web.Response(status=404)
         if row.status in TERMINAL:
             return web.Response(status=410)
-        if not (request.content_type or "").startswith("application/json"):
-            return _error(400, "raiseEvent needs Content-Type: application/json.")
+        if (request.content_type or "").lower() != "application/json":
+            return _error(400, "Only application/json request content is supported")
         body = await request.read()
         try:
             value = json.loads(body) if body.strip() else None
@@ -295,6 +348,10 @@ class DurableHttpApi:
         reason = request.query.get("reason")
         row = self.engine.status_row(iid)
         if row is None:
+            if op == "restart":  # RestartAsync throws ArgumentException: a 400, not a 404
+                return _error(400, "InstanceId does not match a valid orchestration instance.")
+            if op == "rewind":
+                return web.json_response(f'No orchestration with instance ID "${iid}" found.', status=404)
             return web.Response(status=404)
         try:
             if op in ("terminate", "suspend", "resume"):
@@ -303,15 +360,18 @@ class DurableHttpApi:
                 self.engine.control(iid, op, reason)
                 return web.Response(status=202)
             if op == "rewind":
-                if row.status in (COMPLETED, TERMINATED):
-                    return web.Response(status=410)
                 self.engine.rewind(iid, reason)
                 return web.Response(status=202)
             if op == "restart":
                 new_id = _bool(request.query.get("restartWithNewInstanceId"), True)
                 target = self.engine.restart(iid, new_id)
-                return self._check_status_response(request, target)
+                q = request.query
+                return await self._respond_started(
+                    request, target, _seconds(q.get("timeout")), _seconds(q.get("pollingInterval"))
+                )
         except DurableError as exc:
+            if exc.status == 412:
+                return web.json_response(exc.message, status=412)
             if exc.status in (404, 410):
                 return web.Response(status=exc.status)
             return _error(exc.status, exc.message)
@@ -325,15 +385,18 @@ class DurableHttpApi:
 
     async def signal_entity(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if request.method == "DELETE":
-            op, value = "delete", None
-        else:
-            op = request.query.get("op") or ""
-            body = await request.read()
-            try:
-                value = json.loads(body) if body.strip() else None
-            except ValueError:
-                return _error(400, "Invalid JSON content in the request body.")
+        op = "delete" if request.method == "DELETE" else request.query.get("op") or ""
+        body = await request.read()
+        value: Any = None
+        if body:
+            text = body.decode("utf-8", errors="replace")
+            if (request.content_type or "").lower() == "application/json":
+                try:
+                    value = json.loads(text)
+                except ValueError as exc:
+                    return _error(400, f"Could not parse JSON content: {exc}")
+            else:  # any other content type: the operation input is the body as a string
+                value = text
         self.engine.signal_entity(name, self._key(request), op, value)
         return web.Response(status=202)
 
@@ -344,10 +407,54 @@ class DurableHttpApi:
         return web.Response(text=state, content_type="application/json")
 
     async def list_entities(self, request: web.Request) -> web.StreamResponse:
-        rows = self.engine.list_entities(request.match_info["name"])
+        """ListEntitiesAsync: `DurableEntityStatus` items (name lower-cased as in EntityId, state only
+        with fetchState=true), filtered by lastOperationTimeFrom/To, paged by top + continuation token."""
+        q = request.query
+        fetch_state = _bool(q.get("fetchState"), False)
+        t_from = _time_or_none(q.get("lastOperationTimeFrom"))
+        t_to = _time_or_none(q.get("lastOperationTimeTo"))
+        rows = [
+            r
+            for r in self.engine.list_entities(request.match_info.get("name") or None)
+            if (t_from is None or r[3] >= t_from) and (t_to is None or r[3] <= t_to)
+        ]
+        offset = _offset_token(request.headers.get("x-ms-continuation-token"))
+        top = _int_or_none(q.get("top"))
+        page = rows[offset : offset + top] if top and top > 0 else rows[offset:]
+        end = offset + len(page)
+        headers = {"x-ms-continuation-token": str(end)} if end < len(rows) else {}
         return web.json_response(
-            [{"entityId": {"name": n, "key": k}, "state": _loads_or_none(s)} for n, k, s in rows]
+            [
+                {
+                    "entityId": {"name": n, "key": k},
+                    "lastOperationTime": h.fmt_event_time(datetime.fromtimestamp(t, UTC)),
+                    "state": _loads_or_none(s) if fetch_state else None,
+                }
+                for n, k, s, t in page
+            ],
+            headers=headers,
         )
+
+
+def _time_or_none(text: str | None) -> float | None:
+    try:
+        return h.parse_time(text).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def _offset_token(token: str | None) -> int:
+    try:
+        return max(0, int(token)) if token else 0
+    except ValueError:
+        return 0
 
 
 def quote_id(instance_id: str) -> str:

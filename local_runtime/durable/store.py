@@ -264,9 +264,11 @@ class Store:
         else:
             c.execute("INSERT OR REPLACE INTO entities VALUES (?,?,?)", (entity_id, state, now))
 
-    def list_entities(self, prefix: str) -> list[tuple[str, str]]:
+    def list_entities(self, prefix: str) -> list[tuple[str, str, float]]:
+        """(entity id, state JSON, time of the last operation) of the entities whose id starts with prefix."""
         rows = self.db.execute(
-            "SELECT entity_id, state FROM entities WHERE substr(entity_id, 1, ?) = ? ORDER BY entity_id",
+            "SELECT entity_id, state, updated FROM entities WHERE substr(entity_id, 1, ?) = ? "
+            "ORDER BY entity_id",
             (len(prefix), prefix),
         )
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], r[1], r[2]) for r in rows]

@@ -129,8 +129,9 @@ def test_entity_delete_and_dollar_key(server, run):
     while run(req("GET", f"entities/counter/{key}"))[0] != 200 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert run(req("GET", f"entities/counter/{key}")) == (200, "3")
-    code, listing = run(req("GET", "entities/Counter"))
-    assert code == 200 and {"entityId": {"name": "counter", "key": key}, "state": 3} in json.loads(listing)
+    code, listing = run(req("GET", "entities/Counter?fetchState=true"))
+    entry = next(e for e in json.loads(listing) if e["entityId"] == {"name": "counter", "key": key})
+    assert code == 200 and entry["state"] == 3 and entry["lastOperationTime"].endswith("Z")
     assert run(req("DELETE", f"entities/Counter/{key}"))[0] == 202
     while run(req("GET", f"entities/counter/{key}"))[0] != 404 and time.monotonic() < deadline:
         time.sleep(0.02)
