@@ -52,6 +52,7 @@ TEMPLATES = SUBSCRIPTION + "/resourceGroups/{resourceGroupName}/providers/" + PR
 TEMPLATE = TEMPLATES + "/{imageTemplateName}"
 
 _RG = re.compile(r"^[-\w._()]{1,90}$")
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-(preview|beta|alpha|privatepreview))?$", re.IGNORECASE)
 _SUB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -204,15 +205,40 @@ def api_version(req: func.HttpRequest) -> str:
             "The api-version query parameter (?api-version=) is required for all requests.",
             "api-version",
         )
-    if value not in SUPPORTED_API_VERSIONS:
+    if value in SUPPORTED_API_VERSIONS:
+        return value
+    supported = ", ".join(SUPPORTED_API_VERSIONS)
+    if not _API_VERSION.match(value):
         raise ArmError(
             400,
             "InvalidApiVersionParameter",
-            f"The api-version '{value}' is invalid. The supported versions are "
-            f"'{','.join(reversed(SUPPORTED_API_VERSIONS))}'.",
+            f"The api-version '{value}' is invalid. The supported versions are '{supported}'.",
             "api-version",
         )
-    return value
+    # A well-formed version this provider does not serve: ARM's answer from the provider's manifest.
+    raise ArmError(
+        400,
+        "NoRegisteredProviderFound",
+        f"No registered resource provider found for API version '{value}' and type "
+        f"'{_resource_type_of(req)}'. The supported api-versions are '{supported}'.",
+        "api-version",
+    )
+
+
+def _resource_type_of(req: func.HttpRequest) -> str:
+    """The resource type a request addresses, as ARM names it in NoRegisteredProviderFound."""
+    parts = [p.lower() for p in urlsplit(req.url).path.strip("/").split("/")]
+    try:
+        tail = parts[parts.index(PROVIDER.lower()) + 1 :]
+    except ValueError:
+        return "imageTemplates"
+    if tail[:1] == ["operations"]:
+        return "operations"
+    if tail[:1] == ["locations"]:
+        return "locations/operations"
+    if len(tail) >= 3 and tail[2] in ("triggers", "runoutputs"):
+        return "imageTemplates/" + ("triggers" if tail[2] == "triggers" else "runOutputs")
+    return "imageTemplates"
 
 
 def route(req: func.HttpRequest, name: str) -> str:

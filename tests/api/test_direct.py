@@ -13,10 +13,13 @@ def test_api_version_is_required_and_checked(direct: Direct, sub: str) -> None:
     assert missing.status == 400 and missing.json["error"]["code"] == "MissingApiVersionParameter"
     bad = direct.get(template_url(sub, api="2099-01-01"))
     assert bad.status == 400
-    assert bad.json["error"]["code"] == "InvalidApiVersionParameter"
+    assert bad.json["error"]["code"] == "NoRegisteredProviderFound"
     assert "2025-10-01" in bad.json["error"]["message"]
     ops = direct.get("/providers/Microsoft.VirtualMachineImages/operations?api-version=1999-01-01")
-    assert ops.status == 400 and ops.json["error"]["code"] == "InvalidApiVersionParameter"
+    assert ops.status == 400 and ops.json["error"]["code"] == "NoRegisteredProviderFound"
+    assert "type 'operations'" in ops.json["error"]["message"]
+    garbled = direct.get(template_url(sub, api="latest"))
+    assert garbled.status == 400 and garbled.json["error"]["code"] == "InvalidApiVersionParameter"
     old = direct.put(template_url(sub, api="2020-02-14"), minimal_template())
     assert old.status == 201, old.text
 

@@ -312,7 +312,7 @@ def test_an_older_api_version_client(runtime: Runtime, sub: str) -> None:
     with make_client(runtime.url, runtime.key, sub, api_version="2099-01-01") as future:
         with pytest.raises(HttpResponseError) as info:
             future.virtual_machine_image_templates.get(RG, "legacy")
-        assert info.value.status_code == 400 and info.value.error.code == "InvalidApiVersionParameter"
+        assert info.value.status_code == 400 and info.value.error.code == "NoRegisteredProviderFound"
 
 
 def test_an_orchestration_that_ends_without_recording_is_settled(client: ImageBuilderClient) -> None:

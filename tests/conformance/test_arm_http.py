@@ -142,10 +142,19 @@ def test_api_version_errors(created: requests.Response, http: requests.Session, 
     missing = http.get(f"{base}{path()}")
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "MissingApiVersionParameter"
-    wrong = http.get(f"{base}{path()}?api-version=2017-01-01")
-    assert wrong.status_code == 400
-    error = wrong.json()["error"]
-    assert error["code"] == "InvalidApiVersionParameter" and "2025-10-01" in error["message"]
+    # a well-formed version the provider does not serve: ARM answers from the provider's manifest
+    for retired, kind in (
+        ("2019-02-01-preview", "imageTemplates"),
+        ("2017-01-01", "imageTemplates/triggers"),
+    ):
+        target = path(suffix="/triggers/t1" if kind.endswith("triggers") else "")
+        wrong = http.get(f"{base}{target}?api-version={retired}")
+        assert wrong.status_code == 400
+        error = wrong.json()["error"]
+        assert error["code"] == "NoRegisteredProviderFound", error
+        assert f"type '{kind}'" in error["message"] and "2025-10-01" in error["message"]
+    garbled = http.get(f"{base}{path()}?api-version=2025-10-1")
+    assert garbled.status_code == 400 and garbled.json()["error"]["code"] == "InvalidApiVersionParameter"
 
 
 def test_tracing_headers(created: requests.Response, http: requests.Session, base: str) -> None:
