@@ -40,76 +40,102 @@ def _loads_or_none(text: str | None) -> Any:
     return json.loads(text) if text is not None else None
 
 
+def _jtoken(text: Any) -> Any:
+    """`DurableClient.ParseToJToken`: JSON text parsed, "" for blank, the raw string when it is not JSON."""
+    if text is None or not isinstance(text, str):
+        return text
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def status_payload(row: InstanceRow, *, show_input: bool = True) -> dict[str, Any]:
     return {
         "name": row.name,
         "instanceId": row.instance_id,
         "runtimeStatus": row.status,
-        "input": _loads_or_none(row.input) if show_input else None,
-        "customStatus": _loads_or_none(row.custom_status),
-        "output": _loads_or_none(row.output),
+        "input": _jtoken(row.input) if show_input else None,
+        "customStatus": _jtoken(row.custom_status),
+        "output": _jtoken(row.output),
         "createdTime": h.fmt_status_time(datetime.fromtimestamp(row.created, UTC)),
         "lastUpdatedTime": h.fmt_status_time(datetime.fromtimestamp(row.updated, UTC)),
     }
 
 
-def history_payload(events: list[h.Event], show_output: bool) -> list[dict[str, Any]]:
-    """The `historyEvents` shape of the real host: scheduling and episode markers folded away."""
-    scheduled: dict[int, h.Event] = {}
-    out: list[dict[str, Any]] = []
-    for e in events:
+# DTFx OrchestrationStatus, as ExecutionCompleted.OrchestrationStatus is rendered in historyEvents
+_ORCHESTRATION_STATUS = {
+    0: "Running",
+    1: "Completed",
+    2: "ContinuedAsNew",
+    3: "Failed",
+    4: "Canceled",
+    5: "Terminated",
+    6: "Pending",
+    7: "Suspended",
+}
+_COMPLETIONS = {
+    h.TASK_COMPLETED: h.TASK_SCHEDULED,
+    h.TASK_FAILED: h.TASK_SCHEDULED,
+    h.SUB_ORCHESTRATION_COMPLETED: h.SUB_ORCHESTRATION_CREATED,
+    h.SUB_ORCHESTRATION_FAILED: h.SUB_ORCHESTRATION_CREATED,
+}
+
+
+def history_payload(
+    events: list[h.Event], show_output: bool, show_input: bool = True
+) -> list[dict[str, Any]]:
+    """`historyEvents` as DurableClient.GetStatusAsync renders them: every DTFx event with its EventType
+    as a name and without EventId/IsPlayed; a TaskScheduled/SubOrchestrationInstanceCreated that has its
+    completion is folded into it (FunctionName, ScheduledTime, and Input when showInput); episode markers
+    are dropped; Results only with showHistoryOutput; Inputs only with showInput (default true)."""
+    items: list[dict[str, Any]] = []
+    scheduled: dict[tuple[int, Any], tuple[int, Any, Any, Any]] = {}
+    drop: set[int] = set()
+    for i, e in enumerate(events):
         t = e["EventType"]
-        if t in (h.TASK_SCHEDULED, h.SUB_ORCHESTRATION_CREATED, h.TIMER_CREATED):
-            scheduled[e["EventId"]] = e
-            if t == h.TIMER_CREATED:
-                out.append(
-                    {"EventType": "TimerCreated", "FireAt": e.get("FireAt"), "Timestamp": e["Timestamp"]}
-                )
-            continue
-        if t in (h.ORCHESTRATOR_STARTED, h.ORCHESTRATOR_COMPLETED):
-            continue
-        item: dict[str, Any] = {"EventType": h.EVENT_NAMES.get(t, str(t)), "Timestamp": e["Timestamp"]}
-        if t == h.EXECUTION_STARTED:
-            item["FunctionName"] = e.get("Name")
-            if show_output:
-                item["Input"] = e.get("Input")
-        elif t in (
-            h.TASK_COMPLETED,
-            h.TASK_FAILED,
-            h.SUB_ORCHESTRATION_COMPLETED,
-            h.SUB_ORCHESTRATION_FAILED,
-        ):
-            s = scheduled.get(e.get("TaskScheduledId", -1))
+        item = {k: v for k, v in e.items() if k not in ("EventId", "IsPlayed")}
+        item["EventType"] = h.EVENT_NAMES.get(t, str(t))
+        if t in (h.TASK_SCHEDULED, h.SUB_ORCHESTRATION_CREATED):
+            scheduled[(t, e.get("EventId"))] = (i, e.get("Name"), e.get("Timestamp"), e.get("Input"))
+            item.pop("Version", None)
+        elif t in _COMPLETIONS:
+            s = scheduled.get((_COMPLETIONS[t], e.get("TaskScheduledId")))
             if s is not None:
-                item["FunctionName"] = s.get("Name")
-                item["ScheduledTime"] = s["Timestamp"]
-                if "InstanceId" in s:
-                    item["InstanceId"] = s["InstanceId"]
-            if show_output and "Result" in e:
-                item["Result"] = _loads_or_none(e.get("Result"))
-            if "Reason" in e:
-                item["Reason"] = e.get("Reason")
-                item["Details"] = e.get("Details")
-        elif t == h.TIMER_FIRED:
-            item["TimerId"] = e.get("TimerId")
-            item["FireAt"] = e.get("FireAt")
-        elif t == h.EVENT_RAISED:
-            item["Name"] = e.get("Name")
-            if show_output:
-                item["Input"] = e.get("Input")
-        elif t == h.EVENT_SENT:
-            item["Name"] = e.get("Name")
-            item["InstanceId"] = e.get("InstanceId")
+                item["ScheduledTime"] = s[2]
+                item["FunctionName"] = s[1]
+                if show_input:
+                    item["Input"] = s[3]
+                drop.add(s[0])
+            item.pop("TaskScheduledId", None)
+            if t in (h.TASK_COMPLETED, h.SUB_ORCHESTRATION_COMPLETED):
+                if show_output:
+                    item["Result"] = _jtoken(item.get("Result"))
+                else:
+                    item.pop("Result", None)
+        elif t == h.EXECUTION_STARTED:
+            item["FunctionName"] = item.pop("Name", None)
+            for k in ("OrchestrationInstance", "ParentInstance", "Version", "Tags"):
+                item.pop(k, None)
         elif t == h.EXECUTION_COMPLETED:
-            item["OrchestrationStatus"] = {1: "Completed", 3: "Failed", 5: "Terminated"}.get(
-                e.get("OrchestrationStatus", 0), "Completed"
-            )
+            status = item.get("OrchestrationStatus")
+            if isinstance(status, int):
+                item["OrchestrationStatus"] = _ORCHESTRATION_STATUS.get(status, str(status))
             if show_output:
-                item["Result"] = _loads_or_none(e.get("Result"))
-        elif t in (h.EXECUTION_TERMINATED, h.EXECUTION_SUSPENDED, h.EXECUTION_RESUMED):
-            item["Reason"] = e.get("Input", e.get("Reason"))
-        out.append(item)
-    return out
+                item["Result"] = _jtoken(item.get("Result"))
+            else:
+                item.pop("Result", None)
+        elif t == h.TIMER_FIRED:
+            item.pop("TimerId", None)
+        elif t in (h.ORCHESTRATOR_STARTED, h.ORCHESTRATOR_COMPLETED):
+            drop.add(i)
+        if not show_input:
+            item.pop("Input", None)
+        items.append(item)
+    return [item for i, item in enumerate(items) if i not in drop]
 
 
 def _bool(q: str | None, default: bool) -> bool:
@@ -257,7 +283,9 @@ class DurableHttpApi:
         payload = status_payload(row, show_input=_bool(q.get("showInput"), True))
         if _bool(q.get("showHistory"), False):
             payload["historyEvents"] = history_payload(
-                self.engine.history_of(iid), _bool(q.get("showHistoryOutput"), False)
+                self.engine.history_of(iid),
+                _bool(q.get("showHistoryOutput"), False),
+                _bool(q.get("showInput"), True),
             )
         if row.status in _RUNNING_CODES:
             return web.json_response(

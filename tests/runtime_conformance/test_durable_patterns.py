@@ -110,6 +110,10 @@ def test_function_chaining_check_status_and_status_shape(durable_app: RuntimePro
     assert [e["FunctionName"] for e in events[1:4]] == ["say_hello"] * 3
     assert [e["Result"] for e in events[1:4]] == ["Hello Tokyo!", "Hello Seattle!", "Hello London!"]
     assert all("ScheduledTime" in e and "Timestamp" in e for e in events[1:4])
+    assert [e["Input"] for e in events[1:4]] == ['"Tokyo"', '"Seattle"', '"London"']  # showInput defaults on
+    assert all("EventId" not in e and "IsPlayed" not in e and "TaskScheduledId" not in e for e in events)
+    hidden = http("GET", payload["statusQueryGetUri"] + "&showHistory=true&showInput=false").json()
+    assert hidden["input"] is None and all("Input" not in e for e in hidden["historyEvents"])
     assert events[-1]["OrchestrationStatus"] == "Completed"
     assert events[-1]["Result"] == status["output"]
     no_output = http("GET", payload["statusQueryGetUri"] + "&showHistory=true").json()["historyEvents"]
