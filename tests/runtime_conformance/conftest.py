@@ -67,3 +67,21 @@ def start_app(name: str, state_dir: Path, env: dict[str, str] | None = None) -> 
 @pytest.fixture(scope="module")
 def durable_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
     yield from start_app("durable_patterns", tmp_path_factory.mktemp("durable_patterns_state"))
+
+
+@pytest.fixture(scope="module")
+def func_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    """The plain-Functions sample app on a private Azurite; CONFORMANCE_OUT is where its timer writes."""
+    out = tmp_path_factory.mktemp("func_basics_out")
+    rp = RuntimeProcess(
+        APPS / "func_basics",
+        tmp_path_factory.mktemp("func_basics_state"),
+        {"CONFORMANCE_OUT": str(out)},
+        "--private-storage",
+    )
+    rp.out_dir = out  # type: ignore[attr-defined]
+    try:
+        rp.wait_ready()
+        yield rp
+    finally:
+        rp.stop()

@@ -1,0 +1,133 @@
+"""Plain Functions patterns from the azure-functions-python-library docs and Azure-Samples apps, run
+unchanged on `python -m local_runtime start`: HTTP (query, JSON body, route constraints, keys, `$return`
+str, default route, errors), async functions with `func.Context`, func.Out queue/blob outputs, a queue
+trigger with message metadata in a blob path, a blob trigger with `func.InputStream`, and a timer."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+from local_runtime.azurite import connection_string
+from tests.runtime.conftest import RuntimeProcess
+from tests.runtime_conformance.conftest import http, poll
+
+
+def storage(app: RuntimeProcess) -> str:
+    m = app.wait_for_line(r"^Azurite ports: blob=(\d+) queue=(\d+) table=(\d+)$")
+    return connection_string("127.0.0.1", int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def test_http_trigger_template(func_app: RuntimeProcess) -> None:
+    url = func_app.url
+    r = http("GET", f"{url}/api/hello?name=Ada")
+    assert r.status == 200 and r.body == b"Hello, Ada. This HTTP triggered function executed successfully."
+    assert r.headers["content-type"].startswith("text/plain")
+    assert http("POST", f"{url}/api/hello", {"name": "Grace"}).body.startswith(b"Hello, Grace.")
+    bare = http("POST", f"{url}/api/hello", raw=b"not json", headers={"Content-Type": "text/plain"})
+    assert bare.status == 200 and bare.body.startswith(b"This HTTP triggered function executed successfully.")
+    # route matching ignores case, as on the host
+    assert http("GET", f"{url}/API/Hello?name=x").status == 200
+
+
+def test_route_params_constraints_and_keys(func_app: RuntimeProcess) -> None:
+    url = func_app.url
+    code = func_app.keys["functionKeys"]["default"]
+    assert http("GET", f"{url}/api/products/books/7").status == 401  # function level: a key is needed
+    assert http("GET", f"{url}/api/products/books/7?code=wrong").status == 401
+    master = func_app.keys["masterKey"]
+    assert http("GET", f"{url}/api/products/books/7?code={master}").status == 200
+    r = http("GET", f"{url}/api/products/books/7?code={code}&sort=asc")
+    body = r.json()
+    assert r.headers["content-type"].startswith("application/json")
+    assert body["category"] == "books" and body["id"] == "7" and body["method"] == "GET"
+    assert body["params"] == {"code": code, "sort": "asc"}
+    assert body["url"].startswith(f"{url}/api/products/books/7?")
+    assert http("GET", f"{url}/api/products/books?code={code}").json()["id"] is None
+    assert http("GET", f"{url}/api/products/books/seven?code={code}").status == 404  # int constraint
+    assert http("GET", f"{url}/api/products/b00ks/1?code={code}").status == 404  # alpha constraint
+    assert http("POST", f"{url}/api/products/books/7?code={code}").status == 404  # method not allowed
+    assert http("GET", f"{url}/api/products/books/7", headers={"x-functions-key": code}).status == 200
+
+
+def test_async_function_with_context(func_app: RuntimeProcess) -> None:
+    r = http("GET", f"{func_app.url}/api/whoami", headers={"User-Agent": "conformance/1"})
+    body = r.json()
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", body["invocation_id"]
+    )
+    assert body["function_name"] == "whoami"
+    assert body["function_directory"].rstrip("/").endswith("func_basics")
+    assert body["user_agent"] == "conformance/1"
+    assert http("GET", f"{func_app.url}/api/whoami").json()["invocation_id"] != body["invocation_id"]
+
+
+def test_return_values_default_route_and_errors(func_app: RuntimeProcess) -> None:
+    url = func_app.url
+    r = http("POST", f"{url}/api/echo", raw=b"plain words", headers={"Content-Type": "text/plain"})
+    assert r.status == 200 and r.body == b"plain words"
+    assert r.headers["content-type"].startswith("text/plain")
+    assert http("GET", f"{url}/api/default_route").status == 204
+    boom = http("GET", f"{url}/api/boom")
+    assert boom.status == 500 and b"secret" not in boom.body
+    poll(lambda: "secret detail that must not leak" in func_app.output, 5, "the trace in the log")
+
+
+def test_queue_output_then_queue_trigger_then_blob_output(func_app: RuntimeProcess) -> None:
+    conn = storage(func_app)
+    url = func_app.url
+    code = func_app.keys["functionKeys"]["default"]
+    r = http("POST", f"{url}/api/enqueue?code={code}", {"id": "order-17", "qty": 3})
+    assert r.status == 201 and r.json() == {"queued": "order-17"}
+    blobs = BlobServiceClient.from_connection_string(conn).get_container_client("conf-processed")
+
+    def processed() -> list[str]:
+        try:
+            return [b.name for b in blobs.list_blobs()]
+        except Exception:
+            return []
+
+    names = poll(processed, 20, "the queue trigger's blob output")
+    # {id} names the JSON message's own property: on the host, payload properties override the
+    # built-in binding data (Id, DequeueCount, ...) with the same name (QueueTriggerBinding)
+    assert names == ["order-17.json"], names
+    doc = json.loads(blobs.download_blob(names[0]).readall())
+    assert doc["order"] == {"id": "order-17", "qty": 3}
+    assert re.fullmatch(r"[0-9a-f-]{36}", doc["message_id"])
+    assert doc["dequeue_count"] == 1 and doc["has_insertion_time"] is True
+
+
+def test_blob_trigger_input_stream(func_app: RuntimeProcess) -> None:
+    conn = storage(func_app)
+    svc = BlobServiceClient.from_connection_string(conn)
+    container = svc.get_container_client("conf-uploads")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob("docs/readme.txt", b"hello blob", overwrite=True)
+    queue = QueueClient.from_connection_string(
+        conn, "conf-blob-results", message_decode_policy=TextBase64DecodePolicy()
+    )
+
+    def result() -> dict[str, Any] | None:
+        try:
+            msgs = list(queue.receive_messages())
+        except Exception:
+            return None
+        return json.loads(msgs[0].content) if msgs else None
+
+    got = poll(result, 20, "the blob trigger's queue output")
+    assert got["name"] == "conf-uploads/docs/readme.txt"
+    assert got["length"] == len(b"hello blob") and got["content"] == "hello blob"
+    assert got["uri"].endswith("/conf-uploads/docs/readme.txt")
+
+
+def test_timer_runs_on_startup_and_on_schedule(func_app: RuntimeProcess) -> None:
+    path = func_app.out_dir / "timer.jsonl"  # type: ignore[attr-defined]
+    runs = poll(
+        lambda: path.exists() and len(path.read_text().splitlines()) >= 2 and path.read_text(), 10, "2 runs"
+    )
+    assert all(json.loads(line)["past_due"] is False for line in runs.splitlines())
