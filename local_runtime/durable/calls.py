@@ -20,6 +20,7 @@ from azure.functions import meta
 from azure.functions.durable_functions import ActivityTriggerConverter
 
 from local_runtime.indexing import FunctionInfo
+from local_runtime.invoke import current_function
 
 OUT_OF_PROC_MARKER = "\n\n$OutOfProcData$:"
 log = logging.getLogger("local_runtime.durable")
@@ -131,7 +132,9 @@ def activity_failure(name: str, exc: BaseException) -> ActivityFailure:
 
 
 def run_activity_sync(fn: FunctionInfo, input_text: str | None, app_dir: str) -> str:
-    """Decode, call, encode; raises ActivityFailure with the host's Reason/Details."""
+    """Decode, call, encode; raises ActivityFailure with the host's Reason/Details. The function's own
+    logs carry its name (category `Function.<name>.User`), as for every other trigger."""
+    token = current_function.set(fn.name)
     try:
         result = fn.user_function(**activity_kwargs(fn, input_text, app_dir))
         return encode_activity_result(result)
@@ -139,14 +142,19 @@ def run_activity_sync(fn: FunctionInfo, input_text: str | None, app_dir: str) ->
         raise activity_failure(fn.name, exc) from exc
     except SystemExit as exc:  # sys.exit() in an activity fails the activity, not the host
         raise activity_failure(fn.name, exc) from exc
+    finally:
+        current_function.reset(token)
 
 
 async def run_activity_async(fn: FunctionInfo, input_text: str | None, app_dir: str) -> str:
+    token = current_function.set(fn.name)
     try:
         result = await fn.user_function(**activity_kwargs(fn, input_text, app_dir))
         return encode_activity_result(result)
     except (Exception, SystemExit) as exc:
         raise activity_failure(fn.name, exc) from exc
+    finally:
+        current_function.reset(token)
 
 
 def is_async(fn: FunctionInfo) -> bool:
@@ -155,6 +163,7 @@ def is_async(fn: FunctionInfo) -> bool:
 
 def run_orchestrator(fn: FunctionInfo, context_json: str) -> tuple[dict[str, Any], str | None]:
     """Call the orchestrator handle; return (OrchestratorState, error text or None)."""
+    token = current_function.set(fn.name)
     try:
         out = fn.user_function(**{fn.trigger_name: func.OrchestrationContext(context_json)})
     except Exception as exc:
@@ -169,6 +178,8 @@ def run_orchestrator(fn: FunctionInfo, context_json: str) -> tuple[dict[str, Any
         return {}, f"{type(exc).__name__}: {exc}"
     except SystemExit as exc:  # sys.exit() in orchestrator code fails the orchestration, not the host
         return {}, f"SystemExit: {exc}"
+    finally:
+        current_function.reset(token)
     state = json.loads(out) if isinstance(out, str | bytes) else out
     if not isinstance(state, dict):
         return {}, f"orchestrator returned {type(state).__name__}, not an OrchestratorState JSON object"
@@ -176,7 +187,11 @@ def run_orchestrator(fn: FunctionInfo, context_json: str) -> tuple[dict[str, Any
 
 
 def run_entity(fn: FunctionInfo, batch_json: str) -> dict[str, Any]:
-    out = fn.user_function(**{fn.trigger_name: func.EntityContext(batch_json)})
+    token = current_function.set(fn.name)
+    try:
+        out = fn.user_function(**{fn.trigger_name: func.EntityContext(batch_json)})
+    finally:
+        current_function.reset(token)
     result = json.loads(out) if isinstance(out, str | bytes) else out
     if not isinstance(result, dict):
         raise TypeError(f"entity {fn.name} returned {type(result).__name__}, not an EntityState JSON object")

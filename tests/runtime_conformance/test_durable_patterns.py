@@ -189,6 +189,8 @@ def test_human_interaction_event_races_timer(durable_app: RuntimeProcess) -> Non
     assert http("POST", event_url(payload, "SmsChallengeResponse"), 4242).status == 202
     status = wait_done(payload["statusQueryGetUri"])
     assert status["output"] is True
+    # an activity's own logging is attributed to it (category Function.send_challenge.User)
+    assert "[send_challenge] Sending challenge to +15550100" in durable_app.output
 
     expired = check_status(
         http("POST", f"{url}/api/start/phone_verification", {"phone": "+15550101", "timeoutSeconds": 1}), url
