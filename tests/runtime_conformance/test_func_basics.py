@@ -131,3 +131,23 @@ def test_timer_runs_on_startup_and_on_schedule(func_app: RuntimeProcess) -> None
         lambda: path.exists() and len(path.read_text().splitlines()) >= 2 and path.read_text(), 10, "2 runs"
     )
     assert all(json.loads(line)["past_due"] is False for line in runs.splitlines())
+
+
+def test_blueprint_blob_input_catch_all_and_bytes(func_app: RuntimeProcess) -> None:
+    url = func_app.url
+    r = http("GET", f"{url}/api/bp/Lin")
+    assert r.status == 200 and r.body == b"blueprint says hi to Lin" and r.headers["x-sample"] == "blueprint"
+
+    conn = storage(func_app)
+    container = BlobServiceClient.from_connection_string(conn).get_container_client("conf-uploads")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob("note.txt", b"from a blob input", overwrite=True)
+    got = http("GET", f"{url}/api/file/note.txt")
+    assert got.status == 200 and got.body == b"from a blob input"
+    assert http("GET", f"{url}/api/file/missing.txt").status == 404  # a missing blob binds None
+
+    deep = http("GET", f"{url}/api/files/a/b/c.txt?tag=x&tag=y").json()
+    assert deep == {"path": "a/b/c.txt", "tags": "x,y"}
+    png = http("GET", f"{url}/api/pixel")
+    assert png.body == bytes([0x89, 0x50, 0x4E, 0x47]) and png.headers["content-type"] == "image/png"

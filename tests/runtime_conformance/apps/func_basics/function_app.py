@@ -8,8 +8,10 @@ import logging
 import os
 
 import azure.functions as func
+from http_blueprint import bp
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(bp)
 
 
 @app.function_name(name="HttpTrigger1")
@@ -130,3 +132,26 @@ def timer_trigger(myTimer: func.TimerRequest) -> None:
         with open(os.path.join(out, "timer.jsonl"), "a") as f:
             f.write(json.dumps({"past_due": myTimer.past_due}) + "\n")
     logging.info("Python timer trigger function executed.")
+
+
+@app.function_name(name="BlobInput1")
+@app.route(route="file/{name}", auth_level=func.AuthLevel.ANONYMOUS)
+@app.blob_input(arg_name="inputblob", path="conf-uploads/{name}", connection="AzureWebJobsStorage")
+def read_file(req: func.HttpRequest, inputblob: str) -> func.HttpResponse:
+    if inputblob is None:
+        return func.HttpResponse("no such file", status_code=404)
+    logging.info(f"Python HTTP trigger read {len(inputblob)} characters")
+    return func.HttpResponse(inputblob, mimetype="text/plain")
+
+
+@app.route(route="files/{*path}", auth_level=func.AuthLevel.ANONYMOUS)
+def catch_all(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps({"path": req.route_params.get("path"), "tags": req.params.get("tag")}),
+        mimetype="application/json",
+    )
+
+
+@app.route(route="pixel", auth_level=func.AuthLevel.ANONYMOUS)
+def pixel(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(body=bytes([0x89, 0x50, 0x4E, 0x47]), mimetype="image/png")
