@@ -406,3 +406,12 @@ def test_client_queries_and_purge(durable_app: RuntimeProcess) -> None:
     assert http("DELETE", f"{url}/api/instances/{ids[0]}").json() == {"deleted": 1}
     assert http("GET", f"{url}/api/instances/{ids[0]}").status == 404
     assert http("DELETE", f"{url}/api/instances/{ids[0]}").json() == {"deleted": 0}
+
+
+def test_async_activities_and_named_loggers(durable_app: RuntimeProcess) -> None:
+    url = durable_app.url
+    payload = check_status(http("GET", f"{url}/api/FetchOrchestration_HttpStart"), url)
+    status = wait_done(payload["statusQueryGetUri"])
+    assert status["output"] == "Title of a; Title of b; Title of c"
+    assert "[fetch_title] Fetching from url https://example.invalid/a." in durable_app.output
+    assert "[FetchOrchestration] Fetching data." in durable_app.output

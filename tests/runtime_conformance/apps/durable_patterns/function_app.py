@@ -2,6 +2,7 @@
 human interaction (events racing a timer), monitor, eternal orchestration (continue_as_new), the counter
 entity, HTTP starters (check-status and wait-for-completion) and management through the client."""
 
+import asyncio
 import json
 import logging
 import time
@@ -271,3 +272,29 @@ async def purge(req: func.HttpRequest, client) -> func.HttpResponse:
 @myApp.durable_client_input(client_name="client")
 def sync_client(req: func.HttpRequest, client) -> func.HttpResponse:
     return func.HttpResponse("never served")
+
+
+# ---------------------------------------------------------------- async activities, named loggers
+@myApp.route(route="FetchOrchestration_HttpStart")
+@myApp.durable_client_input(client_name="client")
+async def fetch_start(req: func.HttpRequest, client):
+    instance_id = await client.start_new("FetchOrchestration")
+    return client.create_check_status_response(req, instance_id)
+
+
+@myApp.orchestration_trigger(context_name="context")
+def FetchOrchestration(context: df.DurableOrchestrationContext):
+    logger = logging.getLogger("FetchOrchestration")
+    logger.info("Fetching data.")
+    urls = ["https://example.invalid/a", "https://example.invalid/b", "https://example.invalid/c"]
+    tasks = [context.call_activity("fetch_title", url) for url in urls]
+    results = yield context.task_all(tasks)
+    return "; ".join(results)
+
+
+@myApp.activity_trigger(input_name="url")
+async def fetch_title(url: str):
+    logger = logging.getLogger("FetchTitle")
+    logger.info(f"Fetching from url {url}.")
+    await asyncio.sleep(0.01)
+    return f"Title of {url.rsplit('/', 1)[-1]}"

@@ -123,7 +123,7 @@ def on_upload(myblob: func.InputStream, result: func.Out[str]) -> None:
     )
 
 
-@app.timer_trigger(schedule="*/2 * * * * *", arg_name="myTimer", run_on_startup=True, use_monitor=False)
+@app.timer_trigger(schedule="%TIMER_SCHEDULE%", arg_name="myTimer", run_on_startup=True, use_monitor=False)
 def timer_trigger(myTimer: func.TimerRequest) -> None:
     if myTimer.past_due:
         logging.info("The timer is past due!")
