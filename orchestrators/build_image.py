@@ -115,7 +115,7 @@ class Steps:
 
     def call(self, activity: str, args: dict[str, Any], *, step: str, race: bool = True) -> Gen:
         """Run one phase activity to its final value (polling `Pending` with durable timers).
-        A permanent failure raises `StepFailed`; an exhausted retry raises the SDK's exception."""
+        A permanent failure, or a transient one that outlasted the retries, raises `StepFailed`."""
         self.step = step
         payload = {"build": self.build_json, "step": step, **args}
         outcome = yield from self.attempt(activity, payload, race=race)

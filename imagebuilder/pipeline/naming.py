@@ -42,15 +42,16 @@ def distribute_instance_id(parent_instance_id: str, target_index: int) -> str:
 
 
 def customizer_step(index: int, customizer: dict[str, Any]) -> str:
-    """`customize[2] (Shell 'install nginx')`: the JSON path plus what the user called the step."""
+    """`customize[2] (Shell: install nginx)`: the JSON path plus what the user called the step (the
+    local provider names its steps the same way)."""
     kind = str(customizer.get("type") or "?")
     name = customizer.get("name")
-    return f"customize[{index}] ({kind} {name!r})" if name else f"customize[{index}] ({kind})"
+    return f"customize[{index}] ({kind}: {name})" if name else f"customize[{index}] ({kind})"
 
 
 def distribute_step(index: int, run_output_name: str, region: str) -> str:
-    """`distribute[1] 'galleryOut' in westeurope`."""
-    return f"distribute[{index}] {run_output_name!r} in {region}"
+    """`distribute[1] (galleryOut) in westeurope`."""
+    return f"distribute[{index}] ({run_output_name}) in {region}"
 
 
 STEP_PREPARE = "prepare (source and artifacts)"

@@ -59,9 +59,9 @@ def test_kill_9_mid_build_then_restart_completes_without_redoing_finished_steps(
     log = e2e.log_text(name)
     # finished before the crash: ran once; in flight at the crash: ran again; after: once
     assert log.count("==> prepare (source and artifacts): started") == 1
-    assert log.count("==> customize[0] (Shell 'one'): started") == 1
-    assert log.count("==> customize[1] (Shell 'two'): started") == 2
-    assert log.count("==> customize[2] (Shell 'three'): started") == 1
+    assert log.count("==> customize[0] (Shell: one): started") == 1
+    assert log.count("==> customize[1] (Shell: two): started") == 2
+    assert log.count("==> customize[2] (Shell: three): started") == 1
     # and the image has each step's work exactly once
     out = {o["name"]: o["properties"] for o in e2e.api.run_outputs(name)}
     vhd = check_vhd(file_path(out["crash-vhd"]["artifactUri"]))

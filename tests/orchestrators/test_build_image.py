@@ -134,7 +134,7 @@ def test_customizer_failure_skips_the_rest_and_still_cleans_up() -> None:
     assert "customize[1]" not in names and "generalize" not in names and "distribute" not in host.names()
     assert fake.cleanups == [False]
     msg = inst.output["message"]
-    assert "customize[0] (File 'page')" in msg
+    assert "customize[0] (File: page)" in msg
     assert "exit code 3" in msg
     assert "E: Unable to locate package nope" in msg
     assert "customization.log" in msg
@@ -208,7 +208,7 @@ def test_transient_failures_past_the_retry_budget_fail_the_run_naming_the_step()
     host, inst = run(fake)
     assert inst.output["runState"] == "Failed"
     assert host.names("run-1").count("customize") == 3
-    assert "customize[0] (File 'page')" in inst.output["message"]
+    assert "customize[0] (File: page)" in inst.output["message"]
     assert "sandbox busy" in inst.output["message"]
     assert "still failing after 3 attempts" in inst.output["message"]
     assert fake.cleanups == [False]

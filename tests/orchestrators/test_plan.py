@@ -12,8 +12,8 @@ def test_plan_reads_the_template_with_aib_defaults() -> None:
     assert plan.timeout_minutes == 240
     assert plan.on_customizer_error == "cleanup" and plan.on_validation_error == "cleanup"
     assert [c.step for c in plan.customizers] == [
-        "customize[0] (File 'page')",
-        "customize[1] (Shell 'setup')",
+        "customize[0] (File: page)",
+        "customize[1] (Shell: setup)",
     ]
     assert [(t.run_output_name, t.regions) for t in plan.targets] == [
         ("managed", ("westeurope",)),
@@ -45,15 +45,15 @@ def test_failure_message_names_step_exit_code_tail_and_log() -> None:
     error = ErrorInfo(
         code="CustomizerFailed",
         message="script failed",
-        step="customize[1] (Shell 'x')",
+        step="customize[1] (Shell: x)",
         exit_code=2,
         log_tail=[f"line {i}" for i in range(30)],
         log_uri="http://logs/customization.log",
     )
     text = p.failure_message(error, kept=["build root /r"])
-    head = "step customize[1] (Shell 'x') failed with exit code 2 [CustomizerFailed]"
+    head = "step customize[1] (Shell: x) failed with exit code 2 [CustomizerFailed]"
     assert text.startswith(head + ": script failed")
-    restated = error.model_copy(update={"message": "customize[1] (Shell 'x') failed: exited with code 2"})
+    restated = error.model_copy(update={"message": "customize[1] (Shell: x) failed: exited with code 2"})
     assert p.failure_message(restated).splitlines()[0] == head
     assert "line 29" in text and "line 9\n" not in text  # only the last 20 lines
     assert "full log: http://logs/customization.log" in text
