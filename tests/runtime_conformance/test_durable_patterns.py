@@ -415,3 +415,11 @@ def test_async_activities_and_named_loggers(durable_app: RuntimeProcess) -> None
     assert status["output"] == "Title of a; Title of b; Title of c"
     assert "[fetch_title] Fetching from url https://example.invalid/a." in durable_app.output
     assert "[FetchOrchestration] Fetching data." in durable_app.output
+
+
+def test_timer_triggered_starter(durable_app: RuntimeProcess) -> None:
+    code = (durable_app.state_dir / "durabletask_extension.key").read_text().strip()
+    status_url = f"{durable_app.url}/runtime/webhooks/durabletask/instances/timer-started?code={code}"
+    poll(lambda: http("GET", status_url).status != 404, 10, "the timer's orchestration")
+    status = wait_done(status_url)
+    assert status["name"] == "my_orchestrator" and status["runtimeStatus"] == "Completed"

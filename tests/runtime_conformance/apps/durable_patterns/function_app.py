@@ -298,3 +298,13 @@ async def fetch_title(url: str):
     logger.info(f"Fetching from url {url}.")
     await asyncio.sleep(0.01)
     return f"Title of {url.rsplit('/', 1)[-1]}"
+
+
+# a timer-triggered starter (run_on_startup), as apps that kick off orchestrations on a schedule do
+@myApp.timer_trigger(schedule="0 0 0 1 1 *", arg_name="mytimer", run_on_startup=True, use_monitor=False)
+@myApp.durable_client_input(client_name="client")
+async def timer_start(mytimer: func.TimerRequest, client) -> None:
+    if mytimer.past_due:
+        logging.info("The timer is past due!")
+    instance_id = await client.start_new("my_orchestrator", "timer-started")
+    logging.info(f"Started orchestration with ID = '{instance_id}'.")
