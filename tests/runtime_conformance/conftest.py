@@ -85,3 +85,8 @@ def func_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProces
         yield rp
     finally:
         rp.stop()
+
+
+@pytest.fixture(scope="module")
+def asgi_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    yield from start_app("asgi_app", tmp_path_factory.mktemp("asgi_state"))
