@@ -27,6 +27,7 @@ def test_debian_webserver_demo_builds_boots_and_distributes(e2e: E2E) -> None:
     assert record.details["source"]["id"].startswith("Debian:debian-12:12")
     log = e2e.log_text(name)
     assert "==> validate.inVMValidations: succeeded" in log
+    assert "[validate] boot validation passed" in log, "the validations ran in the booted image"
 
     vhd = check_vhd(file_path(outputs["debian12-web-vhd"]["artifactUri"]))
     page = vhd.read("/var/www/html/index.html")
