@@ -39,7 +39,7 @@ def test_kill_9_mid_build_then_restart_completes_without_redoing_finished_steps(
             {
                 "type": "Shell",
                 "name": "two",
-                "inline": ["echo two-start", "sleep 6", "echo two >> /etc/steps"],
+                "inline": ["echo two-start", "sleep 10", "echo two >> /etc/steps"],
             },
             {"type": "Shell", "name": "three", "inline": ["echo three >> /etc/steps"]},
         ],
