@@ -61,10 +61,20 @@ def resolve_hub_name(host_json: Mapping[str, Any], app_settings: Mapping[str, st
         return app_settings[key]
 
     name = re.sub(r"%([^%]+)%", sub, str(raw))
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,49}", name):
+    provider = _durable_section(host_json).get("storageProvider")
+    kind = str(provider.get("type", "")).lower() if isinstance(provider, dict) else ""
+    if kind in ("", "azurestorage"):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,49}", name):
+            raise DurableConfigError(
+                f"task hub name {name!r} (host.json extensions.durableTask.hubName) must be 3-50 letters and "
+                "digits starting with a letter, as Azure Storage requires"
+            )
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        # MSSQL, Netherite and the Durable Task Scheduler (azureManaged) take names like "my-hub"; this
+        # host stores every provider's state in the same SQLite file
         raise DurableConfigError(
-            f"task hub name {name!r} (host.json extensions.durableTask.hubName) must be 3-50 letters and "
-            "digits starting with a letter, as Azure Storage requires"
+            f"task hub name {name!r} (host.json extensions.durableTask.hubName) must be 1-100 letters, "
+            "digits, '-', '_' or '.'"
         )
     return name
 

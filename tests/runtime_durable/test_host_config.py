@@ -25,6 +25,9 @@ def test_hub_name_resolution():
         resolve_hub_name(hj, {})
     with pytest.raises(DurableConfigError, match="3-50 letters and digits"):
         resolve_hub_name(hj, {"HUB": "my-hub"})
+    # other storage providers (the Durable Task Scheduler's "default", MSSQL) allow dashes
+    dts = {"extensions": {"durableTask": {"hubName": "%HUB%", "storageProvider": {"type": "azureManaged"}}}}
+    assert resolve_hub_name(dts, {"HUB": "my-hub"}) == "my-hub"
 
 
 def test_client_binding_json_shape(tmp_path):
