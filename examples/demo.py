@@ -366,8 +366,9 @@ def run_demo(template_path: Path, state_dir: Path, name: str) -> int:
                     _say(f"      the VHD is at {path} ({path.stat().st_size / 2**20:.0f} MiB)")
         return 0 if final.get("runState") in ("Succeeded", "PartiallySucceeded") else 1
     finally:
-        _say(f"== stopping the local runtime (ran {time.monotonic() - started:.0f}s)")
-        runtime.stop()
+        runtime.stop()  # first: printing can fail (a closed pipe) and must not leave the runtime behind
+        with contextlib.suppress(OSError):
+            _say(f"== stopped the local runtime (ran {time.monotonic() - started:.0f}s)")
 
 
 def main(argv: list[str] | None = None) -> int:
