@@ -306,3 +306,17 @@ def test_cancel_raised_before_the_first_step_still_cancels_and_cleans_up() -> No
     _, inst = run(fake, host=host)
     assert inst.output["runState"] == "Canceled"
     assert "customize" not in host.names() and fake.cleanups
+
+
+def test_optimizing_is_reported_between_customizing_and_validating_when_asked() -> None:
+    fake = FakeBuild()
+    host, inst = run(fake, build_input(optimize={"vmBoot": {"state": "Enabled"}}))
+    subs = [s for s in phase_names(host) if s.startswith("status:Running/")]
+    assert subs == [
+        "status:Running/Building",
+        "status:Running/Customizing",
+        "status:Running/Optimizing",
+        "status:Running/Validating",
+        "status:Running/Distributing",
+    ]
+    assert inst.output["runState"] == "Succeeded"
