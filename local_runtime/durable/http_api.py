@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -151,9 +152,10 @@ def _error(status: int, message: str) -> web.Response:
 def _seconds(q: str | None) -> float | None:
     """`TryGetTimeSpanQueryParameterValue`: a number of seconds, or None when absent or unparsable."""
     try:
-        return float(q) if q else None
+        value = float(q) if q else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
 # The body of the check-status 202 the host itself builds (webhook start, restart, start-and-wait
@@ -217,8 +219,8 @@ class DurableHttpApi:
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            given = request.query.get("code") or request.headers.get("x-functions-key") or ""
-            if not any(hmac.compare_digest(given, k) for k in self.host.accepted_keys()):
+            given = (request.query.get("code") or request.headers.get("x-functions-key") or "").encode()
+            if not any(hmac.compare_digest(given, k.encode()) for k in self.host.accepted_keys()):
                 return web.Response(status=401)
             return await handler(request)
 

@@ -123,6 +123,7 @@ def test_function_chaining_check_status_and_status_shape(durable_app: RuntimePro
     # the key in the URL is what makes it work: without it the webhook is closed
     bare = payload["statusQueryGetUri"].split("&code=")[0]
     assert http("GET", bare).status == 401
+    assert http("GET", bare + "&code=%C3%A9t%C3%A9").status == 401  # a non-ASCII key is just wrong
 
     purged = http("DELETE", payload["purgeHistoryDeleteUri"])
     assert purged.status == 200 and purged.json() == {"instancesDeleted": 1}
