@@ -424,3 +424,15 @@ def test_timer_triggered_starter(durable_app: RuntimeProcess) -> None:
     poll(lambda: http("GET", status_url).status != 404, 10, "the timer's orchestration")
     status = wait_done(status_url)
     assert status["name"] == "my_orchestrator" and status["runtimeStatus"] == "Completed"
+
+
+def test_entity_operation_errors_reach_the_orchestrator(durable_app: RuntimeProcess) -> None:
+    url = durable_app.url
+    payload = check_status(http("POST", f"{url}/api/start/bank_orchestrator", "acct-1"), url)
+    status = wait_done(payload["statusQueryGetUri"])
+    assert status["runtimeStatus"] == "Completed", status
+    assert status["output"]["balance"] == 30
+    assert (
+        status["output"]["outcome"].startswith("refused:")
+        and "insufficient funds: 50 < 80" in status["output"]["outcome"]
+    )

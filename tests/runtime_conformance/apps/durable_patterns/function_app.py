@@ -308,3 +308,31 @@ async def timer_start(mytimer: func.TimerRequest, client) -> None:
         logging.info("The timer is past due!")
     instance_id = await client.start_new("my_orchestrator", "timer-started")
     logging.info(f"Started orchestration with ID = '{instance_id}'.")
+
+
+# an entity operation that raises: the calling orchestrator sees the error, the entity state is kept
+@myApp.entity_trigger(context_name="context", entity_name="Account")
+def account_entity(context: df.DurableEntityContext):
+    balance = context.get_state(lambda: 0)
+    if context.operation_name == "deposit":
+        balance += context.get_input()
+    elif context.operation_name == "withdraw":
+        amount = context.get_input()
+        if amount > balance:
+            raise ValueError(f"insufficient funds: {balance} < {amount}")
+        balance -= amount
+    context.set_state(balance)
+    context.set_result(balance)
+
+
+@myApp.orchestration_trigger(context_name="context")
+def bank_orchestrator(context: df.DurableOrchestrationContext):
+    account = df.EntityId("Account", context.get_input())
+    yield context.call_entity(account, "deposit", 50)
+    try:
+        yield context.call_entity(account, "withdraw", 80)
+        outcome = "withdrew"
+    except Exception as exc:
+        outcome = f"refused: {exc}"
+    balance = yield context.call_entity(account, "withdraw", 20)
+    return {"outcome": outcome, "balance": balance}
