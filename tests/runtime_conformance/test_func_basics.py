@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from local_runtime.azurite import connection_string
 from tests.runtime.conftest import RuntimeProcess
@@ -151,3 +151,23 @@ def test_blueprint_blob_input_catch_all_and_bytes(func_app: RuntimeProcess) -> N
     assert deep == {"path": "a/b/c.txt", "tags": "x,y"}
     png = http("GET", f"{url}/api/pixel")
     assert png.body == bytes([0x89, 0x50, 0x4E, 0x47]) and png.headers["content-type"] == "image/png"
+
+
+def test_queue_triggered_durable_starter_on_a_function_app(func_app: RuntimeProcess) -> None:
+    queue = QueueClient.from_connection_string(
+        storage(func_app), "conf-start", message_encode_policy=TextBase64EncodePolicy()
+    )
+    poll(lambda: _queue_exists(queue), 10, "the trigger's queue")
+    queue.send_message(json.dumps({"id": "order-88", "qty": 4}))
+    code = (func_app.state_dir / "durabletask_extension.key").read_text().strip()
+    status_url = f"{func_app.url}/runtime/webhooks/durabletask/instances/order-88?code={code}"
+    status = poll(lambda: (r := http("GET", status_url)).status == 200 and r.json(), 20, "the orchestration")
+    assert status["name"] == "order_orchestrator" and status["output"] == {"id": "order-88", "total": 10.0}
+
+
+def _queue_exists(queue: QueueClient) -> bool:
+    try:
+        queue.get_queue_properties()
+        return True
+    except Exception:
+        return False

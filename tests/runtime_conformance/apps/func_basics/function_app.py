@@ -155,3 +155,25 @@ def catch_all(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="pixel", auth_level=func.AuthLevel.ANONYMOUS)
 def pixel(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(body=bytes([0x89, 0x50, 0x4E, 0x47]), mimetype="image/png")
+
+
+# Durable Functions through func.FunctionApp (its durable decorators delegate to azure-functions-durable),
+# started from a queue message
+@app.queue_trigger(arg_name="msg", queue_name="conf-start", connection="AzureWebJobsStorage")
+@app.durable_client_input(client_name="client")
+async def queue_start(msg: func.QueueMessage, client) -> None:
+    order = msg.get_json()
+    instance_id = await client.start_new("order_orchestrator", order["id"], order)
+    logging.info(f"Started orchestration with ID = '{instance_id}'.")
+
+
+@app.orchestration_trigger(context_name="context")
+def order_orchestrator(context):
+    order = context.get_input()
+    total = yield context.call_activity("price_order", order)
+    return {"id": order["id"], "total": total}
+
+
+@app.activity_trigger(input_name="order")
+def price_order(order: dict) -> float:
+    return order["qty"] * 2.5
