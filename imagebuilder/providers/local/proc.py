@@ -4,6 +4,8 @@
 exact argv (``$ cmd args``) to the `LogSink`, streams the command's output to it line by line while it
 runs, kills the whole process group on timeout (or on any exception), and on failure raises an error that
 carries the command, its exit code and the tail of its output. Argv is data, never a shell string.
+`spawn(argv, *, log=None, pass_fds=()) -> Background` starts a helper that runs beside other commands
+(e.g. slirp4netns for a sandbox's network); `Background.stop()` kills its process group.
 
 Exceptions::
 
@@ -35,6 +37,7 @@ TAIL_LINES = 25
 KILL_GRACE_SECONDS = 3.0
 
 __all__ = [
+    "Background",
     "CommandError",
     "CommandTimeoutError",
     "Completed",
@@ -42,6 +45,7 @@ __all__ = [
     "format_argv",
     "require_tools",
     "run",
+    "spawn",
 ]
 
 
@@ -255,3 +259,62 @@ def run(
             log.write(f"! exit code {proc.returncode}: {args[0]}\n")
         raise CommandError(shown, proc.returncode, tail, duration=duration)
     return done
+
+
+class Background:
+    """A helper process started by `spawn`; its output goes to the log; `stop()` ends its process group."""
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], pumps: list[threading.Thread], sink: list[bytes]
+    ) -> None:
+        self.popen = popen
+        self._pumps = pumps
+        self._sink = sink
+
+    def output(self) -> str:
+        """What the helper printed so far (stdout and stderr)."""
+        return b"".join(self._sink).decode("utf-8", "replace")
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> int | None:
+        """Kill the process group (SIGTERM, then SIGKILL) and return the exit code."""
+        if self.popen.poll() is None:
+            _kill_group(self.popen)
+        for t in self._pumps:
+            t.join(timeout=5.0)
+        return self.popen.returncode
+
+
+def spawn(
+    argv: Sequence[str | Path], *, log: LogSink | None = None, pass_fds: Sequence[int] = ()
+) -> Background:
+    """Start `argv` in the background in its own process group (stdin /dev/null, output to `log`);
+    the caller must `stop()` it. Raises `ToolMissingError` when the program is not installed."""
+    args = [str(a) for a in argv]
+    if log is not None:
+        log.write(f"$ {format_argv(args)} &\n")
+    try:
+        popen = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissingError(
+            f"cannot run {format_argv(args)}: {args[0]} is not installed",
+            hint="run scripts/setup.sh as root to install the Debian packages it lists",
+        ) from exc
+    assert popen.stdout is not None
+    sink: list[bytes] = []
+    pump = threading.Thread(target=_pump, args=(popen.stdout, sink, log, f"[{args[0]}] ", ()), daemon=True)
+    pump.start()
+    return Background(popen, [pump], sink)

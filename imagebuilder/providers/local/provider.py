@@ -9,8 +9,8 @@ Per-template options are template tags, so templates move to Azure unchanged (ta
     imagebuilder.local.stepTimeoutMinutes   per-step timeout (default: buildTimeoutInMinutes, else 240)
 VHD targets: no `uri` -> state_dir/vhds/...; `file://` -> only below state_dir/vhds or
 IMAGEBUILDER_LOCAL_VHD_ROOT; `http(s)://` blob URL -> the `blob_uploader` the provider was given.
-Network on shares the host's network namespace (so the host's loopback services are reachable from a
-step, unlike from a build VM): turn it off for templates you do not trust. Gallery image definitions
+Network on gives each step its own namespace NATed to the outside by slirp4netns (see `sandbox`): the
+host's loopback services are not reachable from a step, as from a build VM. Gallery image definitions
 are created on first use; versioning defaults to Latest (1.0.0 first); replicaCount and
 storageAccountType are recorded per region (one verified copy per region); vmProfile is not applied
 (the disk is sized to the tree plus headroom, in whole MiB).

@@ -2,23 +2,32 @@
 mount/pid/ipc/uts namespaces, optional new network namespace), a clean environment, a reduced capability
 set (no CAP_SYS_ADMIN, CAP_MKNOD, CAP_SETFCAP, CAP_NET_ADMIN, CAP_SYS_MODULE, CAP_DAC_READ_SEARCH...),
 fresh /proc, /dev, tmpfs /run, and the run's inbox bound read-only at /run/imagebuilder. Network is on
-by default (like a build VM); with it off only `lo` exists.
+by default (like a build VM) but never the host's: each step gets its own network namespace wired to
+the outside by slirp4netns with --disable-host-loopback (user-mode NAT), so the host's loopback services
+(the runtime's HTTP, Azurite) are out of reach; with network off only `lo` exists.
 
 Exceptions: those of `proc.run` (CommandTimeoutError when the step's timeout expires; the whole
-sandbox dies with it, since bwrap runs with --die-with-parent and its own pid namespace).
+sandbox dies with it, since bwrap runs with --die-with-parent and its own pid namespace), and
+`SandboxNetworkError` (a ProviderError) when the step's network cannot be set up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from imagebuilder.providers.base import LogSink
+from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import proc
 
 INBOX = "/run/imagebuilder"
+NETNS_DIR = Path("/run/netns")  # where `ip netns add` pins named namespaces
+NETNS_PREFIX = "imagebuilder-"
+NETWORK_READY_SECONDS = 20.0
 HOSTNAME = "localhost"  # resolvable from every image's /etc/hosts (sudo looks it up)
 RUN_MARKER_ENV = "IMAGEBUILDER_SANDBOX_RUN"
 PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{INBOX}/bin"
@@ -141,6 +150,67 @@ def sandbox_argv(
     return argv
 
 
+class SandboxNetworkError(ProviderError):
+    """The isolated network of a sandbox step could not be set up."""
+
+
+def sweep_networks() -> list[str]:
+    """Delete the step namespaces left by processes that died without cleaning up (kill -9); their
+    names carry the pid that made them. Returns the names removed."""
+    removed: list[str] = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(NETNS_DIR):
+            pid = name[len(NETNS_PREFIX) :].split("-", 1)[0]
+            if not name.startswith(NETNS_PREFIX) or not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                continue
+            if proc.run(["ip", "netns", "delete", name], timeout=30, check=False).returncode == 0:
+                removed.append(name)
+    return removed
+
+
+@contextlib.contextmanager
+def isolated_network() -> Iterator[Path]:
+    """A fresh network namespace (yielded as its /run/netns path) with `lo` and a `tap0` that slirp4netns
+    NATs to the outside world; connections to the host's loopback (10.0.2.2 / 127.0.0.1) are refused.
+    The namespace and slirp4netns are removed on exit; slirp4netns also exits if this process dies."""
+    proc.require_tools("ip", "slirp4netns")
+    sweep_networks()
+    name = f"{NETNS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    path = NETNS_DIR / name
+    proc.run(["ip", "netns", "add", name], timeout=30)
+    helper: proc.Background | None = None
+    ready_r, ready_w = os.pipe()
+    exit_r, exit_w = os.pipe()  # slirp4netns exits when exit_w closes (also when we are killed)
+    try:
+        helper = proc.spawn(
+            [
+                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+                "--netns-type=path", str(path), "tap0",
+            ],
+            pass_fds=(ready_w, exit_r),
+        )  # fmt: skip
+        os.close(ready_w)
+        ready_w = -1
+        os.close(exit_r)
+        exit_r = -1
+        readable, _, _ = select.select([ready_r], [], [], NETWORK_READY_SECONDS)
+        if not readable or os.read(ready_r, 1) != b"1":
+            raise SandboxNetworkError(
+                f"slirp4netns did not bring up the step's network: {helper.output().strip()[-500:]}",
+                hint="check that slirp4netns works here, or set the tag imagebuilder.local.network=off",
+            )
+        yield path
+    finally:
+        for fd in (ready_r, ready_w, exit_r, exit_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if helper is not None:
+            helper.stop()
+        proc.run(["ip", "netns", "delete", name], timeout=30, check=False)
+
+
 def run(
     root: Path,
     command: Sequence[str],
@@ -156,7 +226,10 @@ def run(
     `proc.CommandTimeoutError`."""
     proc.require_tools("bwrap")
     argv = sandbox_argv(root, command, network=network, inbox=inbox, run_marker=run_marker, env=env)
-    return proc.run(argv, log=log, timeout=timeout, check=False)
+    if not network:
+        return proc.run(argv, log=log, timeout=timeout, check=False)
+    with isolated_network() as netns:
+        return proc.run(["nsenter", f"--net={netns}", *argv], log=log, timeout=timeout, check=False)
 
 
 def _read(path: str) -> bytes:

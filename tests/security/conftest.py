@@ -1,0 +1,39 @@
+"""Fixtures of the security tests: a BusyBox build root (the base is built once per session in a
+private cache, well under a second), a log sink that keeps what was written, host-side canaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.providers.local import bases, catalog
+
+
+class RecLog:
+    """A LogSink that keeps what was written."""
+
+    uri = "http://127.0.0.1:1/devstoreaccount1/logs/customization.log"
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.chunks.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+@pytest.fixture(scope="session")
+def busybox_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = catalog.resolve("ImageBuilderLocal", "busybox", "stable", "latest")
+    return bases.ensure_base(base, tmp_path_factory.mktemp("sec-base-cache"))
+
+
+@pytest.fixture
+def root(tmp_path: Path, busybox_tarball: Path) -> Path:
+    tree = tmp_path / "root"
+    bases.extract_base(busybox_tarball, tree)
+    return tree
