@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 RPC_PREFIX = "/durabletask"
 WEBHOOK_PREFIX = "/runtime/webhooks/durabletask"
+# OrchestrationStatusQueryCondition.PageSize / EntityQuery.PageSize: a listing without `top` is one page of
+# 100 with a continuation token (the Python client's get_status_all reads only that first page)
+DEFAULT_PAGE_SIZE = 100
 _RUNNING_CODES = ("Pending", "Running", "Suspended", "ContinuedAsNew")
 # OrchestrationRuntimeStatus names (Enum.TryParse is case-sensitive)
 _STATUSES = frozenset(
@@ -312,7 +315,7 @@ class DurableHttpApi:
                 created_to=_time_or_none(q.get("createdTimeTo")),
                 statuses=statuses or None,
                 prefix=q.get("instanceIdPrefix") or None,
-                top=top if top and top > 0 else None,
+                top=top if top and top > 0 else DEFAULT_PAGE_SIZE,
                 token=request.headers.get("x-ms-continuation-token"),
             )
         except DurableError as exc:
@@ -450,7 +453,8 @@ class DurableHttpApi:
         ]
         offset = _offset_token(request.headers.get("x-ms-continuation-token"))
         top = _int_or_none(q.get("top"))
-        page = rows[offset : offset + top] if top and top > 0 else rows[offset:]
+        size = top if top and top > 0 else DEFAULT_PAGE_SIZE
+        page = rows[offset : offset + size]
         end = offset + len(page)
         headers = {"x-ms-continuation-token": str(end)} if end < len(rows) else {}
         return web.json_response(

@@ -436,3 +436,14 @@ def test_entity_operation_errors_reach_the_orchestrator(durable_app: RuntimeProc
         status["output"]["outcome"].startswith("refused:")
         and "insufficient funds: 50 < 80" in status["output"]["outcome"]
     )
+
+
+def test_listings_are_paged_by_100_by_default(durable_app: RuntimeProcess) -> None:
+    code = (durable_app.state_dir / "durabletask_extension.key").read_text().strip()
+    base = f"{durable_app.url}/runtime/webhooks/durabletask"
+    first = http("GET", f"{base}/instances?top=2&code={code}")
+    assert first.status == 200 and len(first.json()) == 2 and first.headers["x-ms-continuation-token"]
+    token = first.headers["x-ms-continuation-token"]
+    second = http("GET", f"{base}/instances?top=2&code={code}", headers={"x-ms-continuation-token": token})
+    assert {i["instanceId"] for i in second.json()}.isdisjoint({i["instanceId"] for i in first.json()})
+    assert len(http("GET", f"{base}/instances?code={code}").json()) <= 100
