@@ -446,4 +446,3 @@ def test_listings_are_paged_by_100_by_default(durable_app: RuntimeProcess) -> No
     token = first.headers["x-ms-continuation-token"]
     second = http("GET", f"{base}/instances?top=2&code={code}", headers={"x-ms-continuation-token": token})
     assert {i["instanceId"] for i in second.json()}.isdisjoint({i["instanceId"] for i in first.json()})
-    assert len(http("GET", f"{base}/instances?code={code}").json()) <= 100
