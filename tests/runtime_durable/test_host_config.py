@@ -169,3 +169,22 @@ def test_503_until_started(tmp_path, client_loop):
         return before, after
 
     assert client_loop.run_until_complete(go()) == (503, 200)
+
+
+def test_listing_without_top_is_a_page_of_100(server, run):
+    c = server.client()
+    prefix = f"p{uuid.uuid4().hex[:6]}-"
+    ids = [run(c.start_new("waiter", f"{prefix}{i:03d}", None)) for i in range(101)]
+
+    async def page(token=None):
+        headers = {"x-ms-continuation-token": token} if token else {}
+        url = f"{server.host.rpc_base_url}instances/?instanceIdPrefix={prefix}"
+        async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
+            return [x["instanceId"] for x in await r.json()], r.headers.get("x-ms-continuation-token")
+
+    first, token = run(page())
+    assert len(first) == 100 and token
+    rest, token = run(page(token))
+    assert len(rest) == 1 and not token and set(first + rest) == set(ids)
+    for iid in ids:
+        run(c.terminate(iid, "listing test done"))
