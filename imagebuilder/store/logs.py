@@ -2,6 +2,8 @@
 
 `BlobLog` satisfies `imagebuilder.providers.base.LogSink`: every `write` is appended at once (nothing
 is buffered, so a crash loses nothing written), `uri` is the blob's plain URL (no SAS, no key).
+Every write goes through `scrub_secrets`: SAS signatures (`sig=`), function keys in query strings
+(`code=`) and storage account keys (`AccountKey=`) never reach a log, whatever printed them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from azure.storage.blob import ContainerClient, ContentSettings
 MAX_BLOCKS_PER_SEGMENT = 49_000
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
 _TEXT = ContentSettings(content_type="text/plain; charset=utf-8")
+_SECRETS = (
+    re.compile(r"([?&](?:sig|signature|code)=)[^&\s#\"'<>]+", re.IGNORECASE),
+    re.compile(r"((?:AccountKey|SharedAccessKey)=)[^;\s\"'<>]+", re.IGNORECASE),
+)
+REDACTED = "<redacted>"
+
+
+def scrub_secrets(text: str) -> str:
+    """`text` with the values of SAS signatures, `code=` keys and account keys replaced by <redacted>."""
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
 
 
 class BlobLog:
@@ -66,8 +80,8 @@ class BlobLog:
         return self._segment
 
     def write(self, text: str) -> None:
-        """Append `text` (one or more whole lines) to the log."""
-        data = text.encode("utf-8", errors="replace")
+        """Append `text` (one or more whole lines) to the log, secrets scrubbed (see `scrub_secrets`)."""
+        data = scrub_secrets(text).encode("utf-8", errors="replace")
         for start in range(0, len(data), MAX_BLOCK_BYTES):
             self._append(data[start : start + MAX_BLOCK_BYTES])
 

@@ -3,7 +3,9 @@
 Schemes: `https://` and `http://` (plain GET; blob URLs of our storage go through the `blob_fetcher` the
 provider was given, so private containers work), and `file://`, allowed only below an allow-listed root:
 the folders in `IMAGEBUILDER_LOCAL_FILE_ROOT` (os.pathsep-separated) and the repository's `examples/`.
-A `sha256Checksum` mismatch names the field, the URI and both sums. SAS query strings never reach logs.
+A `sha256Checksum` mismatch names the field, the URI and both sums. SAS query strings never reach logs
+or error messages (`display_uri`, `scrub`). Redirects may lead only to http(s) (never file://, ftp://);
+a download larger than `MAX_BYTES` stops there (Content-Length is checked first).
 
 Exceptions::
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,13 +39,25 @@ HTTP_TIMEOUT = 60.0
 CHUNK = 1024 * 1024
 
 BlobFetcher = Callable[[str], bytes]
+_SECRETS = (
+    re.compile(r"([?&](?:sig|signature|code)=)[^&\s#\"'<>]+", re.IGNORECASE),
+    re.compile(r"((?:AccountKey|SharedAccessKey)=)[^;\s\"'<>]+", re.IGNORECASE),
+)
+
+
+def scrub(text: str) -> str:
+    """`text` with SAS signatures, `code=` keys and account keys replaced by <redacted> (for logs and
+    error messages that may quote a URL or an exception's text)."""
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: m.group(1) + "<redacted>", text)
+    return text
 
 
 class ArtifactError(ProviderError):
     """A scriptUri/sourceUri that cannot be used; `field` is its JSON path in the template."""
 
     def __init__(self, code: str, field: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(scrub(message), hint=hint)
         self.code = code
         self.field = field
 
@@ -195,8 +210,15 @@ def _fetch_one(
                     raise
                 except Exception as exc:
                     raise TransientProviderError(
-                        f"{ref.field} {display_uri(ref.uri)}: blob storage error: {exc}"
+                        scrub(f"{ref.field} {display_uri(ref.uri)}: blob storage error: {exc}")
                     ) from exc
+                if len(data) > MAX_BYTES:
+                    raise ArtifactError(
+                        "ArtifactTooLarge",
+                        ref.field,
+                        f"{ref.field} {display_uri(ref.uri)} is larger than {MAX_BYTES} bytes",
+                        hint="use a smaller file",
+                    )
                 tmp.write_bytes(data)
             else:
                 log.write(f"fetching {ref.field} {display_uri(ref.uri)}\n")
@@ -219,7 +241,7 @@ def _copy_file(ref: ArtifactRef, parts: urllib.parse.SplitResult, tmp: Path, roo
         raise ArtifactError(
             "UnsupportedUriScheme",
             ref.field,
-            f"{ref.field} {ref.uri}: file:// URIs must name a local path (file:///abs/path)",
+            f"{ref.field} {display_uri(ref.uri)}: file:// URIs must name a local path (file:///abs/path)",
             hint="write file:///absolute/path",
         )
     source = Path(os.path.realpath(urllib.parse.unquote(parts.path)))
@@ -227,7 +249,7 @@ def _copy_file(ref: ArtifactRef, parts: urllib.parse.SplitResult, tmp: Path, roo
         raise ArtifactError(
             "ArtifactNotAllowed",
             ref.field,
-            f"{ref.field} {ref.uri} is outside the folders file:// URIs may read "
+            f"{ref.field} {display_uri(ref.uri)} is outside the folders file:// URIs may read "
             f"({', '.join(str(r) for r in roots)})",
             hint=f"put the file under one of them or add its folder to {FILE_ROOT_ENV}",
         )
@@ -235,19 +257,69 @@ def _copy_file(ref: ArtifactRef, parts: urllib.parse.SplitResult, tmp: Path, roo
         raise ArtifactError(
             "ArtifactFetchFailed",
             ref.field,
-            f"{ref.field} {ref.uri}: no such file",
+            f"{ref.field} {display_uri(ref.uri)}: no such file (or not a regular file)",
             hint="fix the path or create the file",
+        )
+    if source.stat().st_size > MAX_BYTES:
+        raise ArtifactError(
+            "ArtifactTooLarge",
+            ref.field,
+            f"{ref.field} {display_uri(ref.uri)} is larger than {MAX_BYTES} bytes",
+            hint="use a smaller file",
         )
     with source.open("rb") as src, tmp.open("wb") as dst:
         for chunk in iter(lambda: src.read(CHUNK), b""):
             dst.write(chunk)
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects only to http:// and https:// (urllib would also follow ftp://)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to a {scheme or 'relative'}:// URI refused", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """An opener with only the HTTP(S) handlers (no file://, ftp://, data:) and safe redirects."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _HttpOnlyRedirects(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
 def _download(ref: ArtifactRef, tmp: Path) -> None:
     request = urllib.request.Request(ref.uri, headers={"User-Agent": "imagebuilder-local/1"})  # noqa: S310
     shown = display_uri(ref.uri)
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as resp, tmp.open("wb") as dst:  # noqa: S310
+        with _opener().open(request, timeout=HTTP_TIMEOUT) as resp, tmp.open("wb") as dst:
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > MAX_BYTES:
+                raise ArtifactError(
+                    "ArtifactTooLarge",
+                    ref.field,
+                    f"{ref.field} {shown} is {length} bytes, more than the {MAX_BYTES} allowed",
+                    hint="use a smaller file",
+                )
             total = 0
             for chunk in iter(lambda: resp.read(CHUNK), b""):
                 total += len(chunk)
@@ -261,7 +333,7 @@ def _download(ref: ArtifactRef, tmp: Path) -> None:
                 dst.write(chunk)
     except urllib.error.HTTPError as exc:
         if exc.code in (408, 429) or exc.code >= 500:
-            raise TransientProviderError(f"{ref.field} {shown}: HTTP {exc.code} {exc.reason}") from exc
+            raise TransientProviderError(scrub(f"{ref.field} {shown}: HTTP {exc.code} {exc.reason}")) from exc
         raise ArtifactError(
             "ArtifactFetchFailed",
             ref.field,
@@ -269,4 +341,4 @@ def _download(ref: ArtifactRef, tmp: Path) -> None:
             hint="check that the URI is right and readable without credentials (or add a SAS token)",
         ) from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise TransientProviderError(f"{ref.field} {shown}: cannot download: {exc}") from exc
+        raise TransientProviderError(scrub(f"{ref.field} {shown}: cannot download: {exc}")) from exc

@@ -24,7 +24,7 @@ from typing import Any
 
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import proc, sandbox
-from imagebuilder.providers.local.artifacts import staged_name
+from imagebuilder.providers.local.artifacts import display_uri, staged_name
 from imagebuilder.providers.local.layout import (
     PathEscapeError,
     check_template_path,
@@ -187,7 +187,7 @@ def run_shell(
             return Outcome(
                 ok=False,
                 code="ArtifactNotStaged",
-                message=f"the script {uri} was not staged (prepare did not run for this run)",
+                message=f"the script {display_uri(uri)} was not staged (prepare did not run for this run)",
             )
         script = steps / f"{step_key}-{safe_name(Path(urllib.parse.urlsplit(uri).path).name or 'script')}"
         shutil.copyfile(staged, script)
@@ -262,7 +262,9 @@ def run_file(
     staged = artifacts / staged_name(uri)
     if not staged.is_file():
         return Outcome(
-            ok=False, code="ArtifactNotStaged", message=f"the file {uri} was not staged (prepare did not run)"
+            ok=False,
+            code="ArtifactNotStaged",
+            message=f"the file {display_uri(uri)} was not staged (prepare did not run)",
         )
     try:
         parent_inside, name = dest.rsplit("/", 1)
@@ -292,5 +294,5 @@ def run_file(
         )
     inside = "/" + str(target.relative_to(os.path.realpath(root)))
     size = target.stat().st_size
-    log.write(f"copied {uri.split('?', 1)[0]} to {inside} ({size} bytes)\n")
+    log.write(f"copied {display_uri(uri)} to {inside} ({size} bytes)\n")
     return Outcome(ok=True, details={"destination": inside, "size": size}, duration=time.monotonic() - start)

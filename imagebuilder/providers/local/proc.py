@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -139,10 +140,19 @@ def _feed(stream: IO[bytes] | None, data: bytes) -> None:
         stream.close()
 
 
+_SECRET_PATTERNS = (
+    re.compile(r"([?&](?:sig|signature|code)=)[^&\s#\"'<>]+", re.IGNORECASE),
+    re.compile(r"((?:AccountKey|SharedAccessKey)=)[^;\s\"'<>]+", re.IGNORECASE),
+)
+
+
 def _redact(text: str, secrets: Sequence[str]) -> str:
+    """Mask the given secrets, and always SAS signatures, `code=` keys and account keys."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "<redacted>", text)
     return text
 
 
