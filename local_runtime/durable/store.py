@@ -160,7 +160,8 @@ class Store:
         offset: int,
     ) -> list[InstanceRow]:
         where, args = self._filter(created_from, created_to, statuses, prefix)
-        sql = f"SELECT * FROM instances {where} ORDER BY created, instance_id"
+        # instance id order, as the Azure Storage provider's Instances table (PartitionKey = instance id)
+        sql = f"SELECT * FROM instances {where} ORDER BY instance_id"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
