@@ -281,8 +281,18 @@ def template_coordinates(req: func.HttpRequest) -> tuple[str, str, str]:
     return subscription(req), resource_group(req), resource_name(req, "imageTemplateName")
 
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # ARM's limit on a request body
+
+
 def read_json(req: func.HttpRequest) -> Any:
     raw = req.get_body()
+    if len(raw or b"") > MAX_REQUEST_BYTES:
+        raise ArmError(
+            413,
+            "RequestEntityTooLarge",
+            f"The request content is {len(raw)} bytes; the limit is {MAX_REQUEST_BYTES} bytes (4 MiB). "
+            "Send a smaller template: move large inline scripts to scriptUri.",
+        )
     if not raw or not raw.strip():
         raise ArmError(400, "InvalidRequestContent", "The request content was empty; send a JSON object.")
     try:
