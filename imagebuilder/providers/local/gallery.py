@@ -32,7 +32,7 @@ from typing import Any
 
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import proc
-from imagebuilder.providers.local.layout import safe_name
+from imagebuilder.providers.local.layout import PathEscapeError, check_name, safe_name
 
 DISK = "disk.vhd"
 ROOTFS = "rootfs.tar.zst"
@@ -156,6 +156,16 @@ def link_or_copy(src: Path, dest: Path, *, log: LogSink | None = None) -> None:
 # ---------------------------------------------------------------------------------------------- images
 
 
+def _check_parts(field: str, code: str, **parts: str) -> None:
+    """Each segment of a resource id names a folder of a store: refuse `..`, NUL, separators (see
+    `layout.check_name`) with the store's own error code."""
+    for what, value in parts.items():
+        try:
+            check_name(value, f"{field} ({what})")
+        except PathEscapeError as exc:
+            raise GalleryError(code, str(exc)) from exc
+
+
 @dataclass(frozen=True)
 class ImageId:
     sub: str
@@ -172,6 +182,7 @@ class ImageId:
                 f"{field} {text!r} is not a managed image id",
                 hint="write /subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.Compute/images/<name>",
             )
+        _check_parts(field, "BadManagedImageId", sub=m["sub"], rg=m["rg"], name=m["name"])
         return cls(m["sub"], m["rg"], m["name"], text.strip())
 
 
@@ -194,6 +205,15 @@ class GalleryImageId:
                 hint="write /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Compute/galleries/"
                 "<gallery>/images/<image>[/versions/<x.y.z>|latest]",
             )
+        _check_parts(
+            field,
+            "BadSharedImageDistribute",
+            sub=m["sub"],
+            rg=m["rg"],
+            gallery=m["gallery"],
+            image=m["image"],
+            version=m["version"] or "latest",
+        )
         return cls(m["sub"], m["rg"], m["gallery"], m["image"], m["version"], text.strip())
 
     @property

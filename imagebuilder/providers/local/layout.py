@@ -12,7 +12,8 @@ from templates inside their root (symlinks are resolved as if the root were `/`)
 Exceptions::
 
     ProviderError (providers.base)
-    └── PathEscapeError     a template path is not absolute, contains `..`, or cannot be resolved
+    └── PathEscapeError     a template path is not absolute, contains `..`, or cannot be resolved;
+                            or a name used as a folder (`check_name`) could leave its parent
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.providers.base import ProviderError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_SYMLINKS = 40
+MAX_NAME = 260
 
 
 class PathEscapeError(ProviderError):
@@ -38,6 +41,29 @@ def safe_name(text: str, *, limit: int = 64) -> str:
     """`text` as one folder name: only [A-Za-z0-9._-], never empty, `.` or `..`."""
     name = _UNSAFE.sub("_", text).strip(".")[:limit]
     return name or "_"
+
+
+def check_name(value: str, field: str) -> str:
+    """Refuse a name from a template that is used as (part of) a folder name: empty, `.`, `..`, with `/`,
+    `\\`, NUL or control characters, or longer than MAX_NAME. The API validates names first; this is
+    the provider's own check (defense in depth), since `safe_name` alone would map them silently."""
+    problem = ""
+    if not isinstance(value, str) or not value.strip():
+        problem = "is empty"
+    elif value.strip() in (".", ".."):
+        problem = f"is {value.strip()!r}"
+    elif "/" in value or "\\" in value:
+        problem = "contains a path separator"
+    elif _CONTROL.search(value):
+        problem = "contains a NUL or control character"
+    elif len(value) > MAX_NAME:
+        problem = f"is {len(value)} characters long (at most {MAX_NAME})"
+    if problem:
+        raise PathEscapeError(
+            f"{field} {value[:80]!r} {problem}; it cannot name a folder",
+            hint="use letters, digits, '.', '_' and '-' (Azure's resource name rules)",
+        )
+    return value
 
 
 def short_hash(*parts: str, length: int = 10) -> str:
@@ -53,6 +79,10 @@ class RunLayout:
 
     @classmethod
     def for_run(cls, state_dir: Path, run: RunRef) -> RunLayout:
+        check_name(run.subscription_id, "subscription id")
+        check_name(run.resource_group, "resource group")
+        check_name(run.template_name, "template name")
+        check_name(run.run_id, "run id")
         key = f"{safe_name(run.slug, limit=80)}-{short_hash(run.template_id.lower(), run.run_id)}"
         return cls(run=run, run_dir=state_dir / "local" / "runs" / key)
 
