@@ -230,3 +230,22 @@ def test_host_side_steps_do_not_follow_symlinks_out_of_the_root(root: Path, tmp_
     assert (victim / "machine-id").read_text() == "host-machine-id"
     assert sorted(p.name for p in victim.iterdir()) == ["log", "machine-id", "ssh"]
     assert not (victim / "x").exists() and not (victim / "evil.conf").exists()
+
+
+def test_loopback_resolvers_are_replaced_by_slirp_dns(root: Path, tmp_path: Path) -> None:
+    host = tmp_path / "resolv.conf"
+    host.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    with sandbox.step_resolv_conf(host) as resolv:
+        assert resolv is not None and resolv.read_text() == f"nameserver {sandbox.SLIRP_DNS}\n"
+        argv = sandbox.sandbox_argv(
+            root,
+            ["/bin/cat", "/etc/resolv.conf"],
+            network=True,
+            inbox=None,
+            run_marker="m",
+            resolv_conf=resolv,
+        )
+        assert argv[argv.index(str(resolv)) - 1] == "--ro-bind-try"
+    host.write_text("nameserver 10.1.2.3\n")
+    with sandbox.step_resolv_conf(host) as resolv:
+        assert resolv is None  # the host's own resolver is reachable through slirp4netns' NAT

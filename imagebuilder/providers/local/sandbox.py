@@ -17,6 +17,7 @@ import contextlib
 import os
 import select
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ INBOX = "/run/imagebuilder"
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` pins named namespaces
 NETNS_PREFIX = "imagebuilder-"
 NETWORK_READY_SECONDS = 20.0
+SLIRP_DNS = "10.0.2.3"
 HOSTNAME = "localhost"  # resolvable from every image's /etc/hosts (sudo looks it up)
 RUN_MARKER_ENV = "IMAGEBUILDER_SANDBOX_RUN"
 PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{INBOX}/bin"
@@ -109,8 +111,10 @@ def sandbox_argv(
     run_marker: str,
     env: Mapping[str, str] | None = None,
     workdir: str = "/root",
+    resolv_conf: Path | None = None,
 ) -> list[str]:
-    """The bwrap argv that runs `command` (an argv inside the image) with `root` as `/`."""
+    """The bwrap argv that runs `command` (an argv inside the image) with `root` as `/`; with network,
+    `resolv_conf` (default: the host's /etc/resolv.conf) is bound at /etc/resolv.conf."""
     argv = [
         "bwrap",
         "--bind", str(root), "/",
@@ -126,7 +130,7 @@ def sandbox_argv(
     for cap in CAPABILITIES:
         argv += ["--cap-add", cap]
     if network:
-        argv += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+        argv += ["--ro-bind-try", str(resolv_conf or "/etc/resolv.conf"), "/etc/resolv.conf"]
     else:
         argv += ["--unshare-net"]
     if inbox is not None:
@@ -228,8 +232,40 @@ def run(
     argv = sandbox_argv(root, command, network=network, inbox=inbox, run_marker=run_marker, env=env)
     if not network:
         return proc.run(argv, log=log, timeout=timeout, check=False)
-    with isolated_network() as netns:
+    with isolated_network() as netns, step_resolv_conf() as resolv:
+        if resolv is not None:
+            argv = sandbox_argv(
+                root,
+                command,
+                network=network,
+                inbox=inbox,
+                run_marker=run_marker,
+                env=env,
+                resolv_conf=resolv,
+            )
         return proc.run(["nsenter", f"--net={netns}", *argv], log=log, timeout=timeout, check=False)
+
+
+@contextlib.contextmanager
+def step_resolv_conf(host_file: Path = Path("/etc/resolv.conf")) -> Iterator[Path | None]:
+    """None when the host's resolv.conf works from the step's namespace; when it names only loopback
+    resolvers (systemd-resolved's 127.0.0.53, a local dnsmasq), a temporary one naming slirp4netns'
+    forwarder 10.0.2.3 instead (the host's loopback is out of the step's reach)."""
+    try:
+        text = host_file.read_text()
+    except OSError:
+        text = ""
+    servers = [
+        ln.split()[1] for ln in text.splitlines() if ln.startswith("nameserver") and len(ln.split()) > 1
+    ]
+    if servers and not all(sv.startswith("127.") or sv == "::1" for sv in servers):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="imagebuilder-resolv-") as tmp:
+        path = Path(tmp) / "resolv.conf"
+        path.write_text(f"nameserver {SLIRP_DNS}\n")
+        path.chmod(0o644)
+        yield path
 
 
 def _read(path: str) -> bytes:
