@@ -11,7 +11,6 @@ Everything else a provider raises becomes `Outcome(kind="failed")` with an `Erro
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from functools import cache
@@ -53,19 +52,9 @@ def store() -> Store:
     return open_store(settings().storage_connection)
 
 
-TIMEOUT_SCALE_SETTING = "IMAGEBUILDER_TIMEOUT_SCALE"
-
-
 def timeout_scale() -> float:
-    """Test knob: the app setting IMAGEBUILDER_TIMEOUT_SCALE multiplies buildTimeoutInMinutes (AIB's
-    minimum is 6 minutes; end-to-end tests set 0.05 to time out in 18 s). Unset or invalid: 1."""
-    raw = os.environ.get(TIMEOUT_SCALE_SETTING, "").strip()
-    try:
-        value = float(raw) if raw else 1.0
-    except ValueError:
-        logger.warning("%s=%r is not a number; using 1", TIMEOUT_SCALE_SETTING, raw)
-        return 1.0
-    return value if value > 0 else 1.0
+    """The app setting IMAGEBUILDER_TIMEOUT_SCALE (tests only): multiplies buildTimeoutInMinutes."""
+    return settings().timeout_scale
 
 
 def build_of(payload: dict[str, Any]) -> BuildInput:

@@ -20,6 +20,7 @@ class Settings:
     task_hub: str
 
     list_page_size: int = 100
+    timeout_scale: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -35,7 +36,23 @@ class Settings:
             state_dir=Path(env.get("IMAGEBUILDER_STATE_DIR", ".state")).resolve(),
             task_hub=env.get("IMAGEBUILDER_TASK_HUB", "ImageBuilderHub"),
             list_page_size=_positive_int(env, "IMAGEBUILDER_LIST_PAGE_SIZE", 100),
+            timeout_scale=_positive_float(env, "IMAGEBUILDER_TIMEOUT_SCALE", 1.0),
         )
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    """A test knob such as IMAGEBUILDER_TIMEOUT_SCALE (it multiplies buildTimeoutInMinutes, whose AIB
+    minimum is 6, so end-to-end tests can time out in seconds)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{name}={raw!r} is not a positive number; leave it unset (1) or set e.g. 0.05")
+    return value
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

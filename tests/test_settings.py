@@ -47,3 +47,10 @@ def test_a_connection_string_wins_over_identity_settings() -> None:
 def test_bad_settings_name_the_setting(env: dict[str, str], names: str) -> None:
     with pytest.raises(ValueError, match=names):
         Settings.from_env(env)
+
+
+def test_timeout_scale_is_a_positive_number() -> None:
+    assert Settings.from_env({}).timeout_scale == 1.0
+    assert Settings.from_env({"IMAGEBUILDER_TIMEOUT_SCALE": "0.05"}).timeout_scale == 0.05
+    with pytest.raises(ValueError, match="IMAGEBUILDER_TIMEOUT_SCALE"):
+        Settings.from_env({"IMAGEBUILDER_TIMEOUT_SCALE": "-1"})
