@@ -3,11 +3,13 @@ private cache, well under a second), a log sink that keeps what was written, hos
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from imagebuilder.providers.local import bases, catalog
+from local_runtime.azurite import Azurite, start_azurite
 
 
 class RecLog:
@@ -37,3 +39,10 @@ def root(tmp_path: Path, busybox_tarball: Path) -> Path:
     tree = tmp_path / "root"
     bases.extract_base(busybox_tarball, tree)
     return tree
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A private Azurite on free ports, its data in a tmp dir."""
+    with start_azurite(tmp_path_factory.mktemp("sec-azurite")) as az:
+        yield az

@@ -14,19 +14,13 @@ import pytest
 import requests
 
 from api import _arm
-from local_runtime.azurite import Azurite, start_azurite
+from local_runtime.azurite import Azurite
 from local_runtime.indexing import index_functions, load_app
 from tests.api.conftest import Runtime, minimal_template
 
 ROOT = Path(__file__).resolve().parents[2]
 API = "api-version=2025-10-01"
 PROVIDER = "providers/Microsoft.VirtualMachineImages"
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    with start_azurite(tmp_path_factory.mktemp("sec-azurite")) as az:
-        yield az
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +84,24 @@ def test_every_route_needs_the_function_key(runtime: Runtime) -> None:
         assert ok.status_code != 401, (method, path)
 
 
+def test_host_endpoints_need_their_keys(runtime: Runtime) -> None:
+    for method, path in [
+        ("GET", "/runtime/webhooks/durabletask/instances"),
+        ("POST", "/runtime/webhooks/durabletask/orchestrators/build_image"),
+        ("GET", "/admin/host/status"),
+        ("GET", "/admin/functions"),
+    ]:
+        assert requests.request(method, runtime.url + path, timeout=30).status_code == 401, path
+        wrong = requests.request(method, runtime.url + path, params={"code": "nope"}, timeout=30)
+        assert wrong.status_code == 401, path
+        # The function key is not the master key: it opens no admin endpoint.
+        if path.startswith("/admin"):
+            fk = requests.request(
+                method, runtime.url + path, headers={"x-functions-key": runtime.key}, timeout=30
+            )
+            assert fk.status_code == 401, path
+
+
 def test_keys_stay_out_of_headers_bodies_and_logs(runtime: Runtime) -> None:
     sub = str(uuid.uuid4())
     base = f"{runtime.url}/subscriptions/{sub}/resourceGroups/rg1/{PROVIDER}/imageTemplates/keyed"
@@ -113,6 +125,7 @@ def test_keys_stay_out_of_headers_bodies_and_logs(runtime: Runtime) -> None:
         seen.append(requests.get(url, params=params, timeout=30).text)
     for text in seen:
         assert runtime.key not in text
+        assert "code=" not in text  # no key of any kind (durable system keys included)
     log_text = "\n".join(runtime.lines[first_line:])
     assert runtime.key not in log_text, "the function key is in the host's log of these requests"
     keys_file = runtime.state_dir / "keys.json"
