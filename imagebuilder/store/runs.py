@@ -36,7 +36,7 @@ from imagebuilder.store.errors import (
     NotFoundError,
     RunInProgressError,
 )
-from imagebuilder.store.logs import BlobLog
+from imagebuilder.store.logs import BlobLog, scrub_secrets
 from imagebuilder.store.records import RUN_STATES, RUN_SUB_STATES, TERMINAL_RUN_STATES, RunRecord
 from imagebuilder.store.templates import TemplateRepo
 
@@ -55,6 +55,18 @@ def _ref_of(entity: TableEntity) -> RunRef:
         template_name=str(entity["TemplateName"]),
         run_id=str(entity["RunId"]),
     )
+
+
+def scrub_deep(value: Any) -> Any:
+    """`value` (JSON) with every string scrubbed of SAS signatures and keys (see `logs.scrub_secrets`):
+    run messages, errors and step tails quote URLs and command output."""
+    if isinstance(value, str):
+        return scrub_secrets(value)
+    if isinstance(value, list):
+        return [scrub_deep(v) for v in value]
+    if isinstance(value, dict):
+        return {k: scrub_deep(v) for k, v in value.items()}
+    return value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +224,9 @@ class RunRepo:
         merge); Canceling does not go back to Running. `details` is merged key by key into the stored
         details (top-level keys replace).
         """
+        message = None if message is None else scrub_secrets(message)
+        error = None if error is None else scrub_deep(error)
+        details = None if details is None else scrub_deep(details)
         if run_state is not None and run_state not in RUN_STATES:
             raise ValueError(f"runState {run_state!r} is not one of {', '.join(RUN_STATES)}")
         if run_sub_state is not None and run_sub_state not in RUN_SUB_STATES:
@@ -254,7 +269,9 @@ class RunRepo:
         return retry_on_conflict(f"update run {run.run_id!r}", attempt)
 
     def add_step(self, run: RunRef, step: dict[str, Any]) -> RunRecord:
-        """Append one step report to `details.steps` (replacing an earlier report with the same `name`)."""
+        """Append one step report to `details.steps` (replacing an earlier report with the same `name`);
+        secrets in it (a SAS in a tail line) are scrubbed."""
+        step = scrub_deep(step)
 
         def attempt() -> RunRecord:
             entity = self._entity(run)

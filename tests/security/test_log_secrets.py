@@ -8,7 +8,9 @@ import uuid
 
 from azure.storage.blob import BlobServiceClient
 
+from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.providers.local import proc
+from imagebuilder.store import open_store
 from imagebuilder.store.logs import BlobLog, scrub_secrets
 from local_runtime.azurite import Azurite
 from tests.security.conftest import RecLog
@@ -52,3 +54,22 @@ def test_command_lines_and_output_in_logs_are_scrubbed() -> None:
     else:
         raise AssertionError("the command should have failed")
     assert "AbC%2Fsecret" not in failed.text
+
+
+def test_run_records_scrub_messages_errors_and_step_tails(azurite: Azurite) -> None:
+    store = open_store(azurite.connection_string, prefix=f"sec{uuid.uuid4().hex[:8]}")
+    run = RunRef(subscription_id=str(uuid.uuid4()), resource_group="rg", template_name="t", run_id="r1")
+    store.templates.create(run.subscription_id, "rg", "t", {"location": "westus", "properties": {}})
+    store.runs.create(run, template_snapshot={"properties": {}})
+    store.runs.add_step(run, {"name": "customize[0] (Shell)", "tail": [f"curl {SAS}"]})
+    store.runs.set_status(
+        run,
+        run_state="Failed",
+        message=f"fetching {SAS} failed",
+        error={"code": "X", "message": f"cannot read {SAS}", "details": [{"message": CONN}]},
+    )
+    record = store.runs.get(run)
+    assert record is not None
+    dumped = repr(record)
+    assert "AbC%2Fsecret" not in dumped and "Eby8vdM02xNOcqF" not in dumped
+    assert "sig=<redacted>" in record.message
