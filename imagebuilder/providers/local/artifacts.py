@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -253,23 +254,41 @@ def _copy_file(ref: ArtifactRef, parts: urllib.parse.SplitResult, tmp: Path, roo
             f"({', '.join(str(r) for r in roots)})",
             hint=f"put the file under one of them or add its folder to {FILE_ROOT_ENV}",
         )
-    if not source.is_file():
-        raise ArtifactError(
-            "ArtifactFetchFailed",
-            ref.field,
-            f"{ref.field} {display_uri(ref.uri)}: no such file (or not a regular file)",
-            hint="fix the path or create the file",
-        )
-    if source.stat().st_size > MAX_BYTES:
-        raise ArtifactError(
-            "ArtifactTooLarge",
-            ref.field,
-            f"{ref.field} {display_uri(ref.uri)} is larger than {MAX_BYTES} bytes",
-            hint="use a smaller file",
-        )
-    with source.open("rb") as src, tmp.open("wb") as dst:
-        for chunk in iter(lambda: src.read(CHUNK), b""):
-            dst.write(chunk)
+    not_file = ArtifactError(
+        "ArtifactFetchFailed",
+        ref.field,
+        f"{ref.field} {display_uri(ref.uri)}: no such file (or not a regular file)",
+        hint="fix the path or create the file",
+    )
+    # Open without following a last-moment symlink or blocking on a FIFO, then check what was opened
+    # (a component swapped for a symlink after the realpath check is caught by the fd's own path).
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise not_file from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise not_file
+    with os.fdopen(fd, "rb") as src:
+        opened = Path(os.path.realpath(f"/proc/self/fd/{fd}"))
+        if not any(opened == r or r in opened.parents for r in roots):
+            raise ArtifactError(
+                "ArtifactNotAllowed",
+                ref.field,
+                f"{ref.field} {display_uri(ref.uri)} changed while being read",
+            )
+        if st.st_size > MAX_BYTES:
+            raise ArtifactError(
+                "ArtifactTooLarge",
+                ref.field,
+                f"{ref.field} {display_uri(ref.uri)} is larger than {MAX_BYTES} bytes",
+                hint="use a smaller file",
+            )
+        os.set_blocking(fd, True)
+        with tmp.open("wb") as dst:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                dst.write(chunk)
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
