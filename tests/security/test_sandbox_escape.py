@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.providers.local import customizers, deprovision, sandbox
+from local_runtime.azurite import Azurite
 from tests.security.conftest import RecLog
 
 
@@ -249,3 +250,19 @@ def test_loopback_resolvers_are_replaced_by_slirp_dns(root: Path, tmp_path: Path
     host.write_text("nameserver 10.1.2.3\n")
     with sandbox.step_resolv_conf(host) as resolv:
         assert resolv is None  # the host's own resolver is reachable through slirp4netns' NAT
+
+
+def test_a_step_cannot_reach_azurite_with_the_well_known_key_nor_read_its_data(
+    root: Path, azurite: Azurite
+) -> None:
+    """Azurite's account key is public knowledge; only its reachability protects the app's storage."""
+    with socket.create_connection(("127.0.0.1", azurite.blob_port), timeout=5):
+        pass  # up and reachable from the host
+    script = (
+        f"for p in {azurite.blob_port} {azurite.table_port} {azurite.queue_port}; do "
+        "for h in 127.0.0.1 10.0.2.2; do echo | nc -w 2 $h $p && echo REACHED_$h:$p; done; done; "
+        f"ls -R {azurite.location} 2>/dev/null | head -3; ls /proc/1/root{azurite.location} 2>/dev/null | head -3; true"
+    )
+    done = _sh(root, script)
+    assert "REACHED_" not in done.stdout, done.stdout
+    assert done.stdout.strip() == ""
