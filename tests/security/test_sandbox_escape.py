@@ -266,3 +266,15 @@ def test_a_step_cannot_reach_azurite_with_the_well_known_key_nor_read_its_data(
     done = _sh(root, script)
     assert "REACHED_" not in done.stdout, done.stdout
     assert done.stdout.strip() == ""
+
+
+def test_step_namespaces_of_dead_processes_are_swept() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    name = f"{sandbox.NETNS_PREFIX}{gone.pid}-test{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert name in sandbox.sweep_networks()
+        assert not (sandbox.NETNS_DIR / name).exists()
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)

@@ -123,7 +123,14 @@ def sweep(
     """Remove what finished or vanished runs left under `state_dir` (see the module docstring)."""
     report = SweepReport()
     present = run_folders(state_dir) if folders is None else folders
-    owners = {RunLayout.for_run(state_dir, ref).run_dir.name: (ref, facts) for ref, facts in runs.items()}
+    owners: dict[str, tuple[RunRef, RunFacts]] = {}
+    for ref, facts in runs.items():
+        try:
+            owners[RunLayout.for_run(state_dir, ref).run_dir.name] = (ref, facts)
+        except ProviderError as exc:  # a name no run folder can have (see layout.check_name)
+            report.errors.append(f"run {ref.run_id!r} of {ref.template_name!r}: {exc}")
+    with contextlib.suppress(ProviderError):
+        sandbox.sweep_networks()  # step namespaces of processes killed mid-step (not run folders)
     for folder in present:
         owner = owners.get(folder.name)
         if owner is not None and not owner[1].terminal:
