@@ -416,37 +416,50 @@ class _Step(ArmModel):
     name: str | None = None
 
 
-class ShellCustomizer(_Step):
-    """Runs a shell script (Linux): exactly one of scriptUri / inline."""
+class _ScriptStep(_Step):
+    """A step that runs a script: exactly one of scriptUri / inline (code and wording per subclass)."""
 
-    type: Literal["Shell"]
+    missing_script_code: ClassVar[str]
+    kind: ClassVar[str]
+
     script_uri: str | None = None
     sha256_checksum: Sha256 | None = None
     inline: list[str] | None = None
 
+    def _issues(self) -> list[Issue]:
+        return _check_script(self.script_uri, self.inline, self.missing_script_code, self.kind)
+
     @model_validator(mode="after")
-    def _rules(self) -> ShellCustomizer:
-        _raise(_check_script(self.script_uri, self.inline, E.NO_CUSTOMIZER_SCRIPT, "Shell customizer"))
+    def _rules(self) -> _ScriptStep:
+        _raise(self._issues())
         return self
 
 
-class PowerShellCustomizer(_Step):
-    """Runs PowerShell (Windows): exactly one of scriptUri / inline; runAsSystem needs runElevated."""
+class _PowerShellStep(_ScriptStep):
+    """A PowerShell script step: runAsSystem needs runElevated."""
 
-    type: Literal["PowerShell"]
-    script_uri: str | None = None
-    sha256_checksum: Sha256 | None = None
-    inline: list[str] | None = None
     run_elevated: bool | None = None
     run_as_system: bool | None = None
     valid_exit_codes: list[Int32] | None = None
 
-    @model_validator(mode="after")
-    def _rules(self) -> PowerShellCustomizer:
-        issues = _check_script(self.script_uri, self.inline, E.NO_CUSTOMIZER_SCRIPT, "PowerShell customizer")
-        issues += _check_elevation(self.run_elevated, self.run_as_system)
-        _raise(issues)
-        return self
+    def _issues(self) -> list[Issue]:
+        return super()._issues() + _check_elevation(self.run_elevated, self.run_as_system)
+
+
+class ShellCustomizer(_ScriptStep):
+    """Runs a shell script (Linux): exactly one of scriptUri / inline."""
+
+    missing_script_code = E.NO_CUSTOMIZER_SCRIPT
+    kind = "Shell customizer"
+    type: Literal["Shell"]
+
+
+class PowerShellCustomizer(_PowerShellStep):
+    """Runs PowerShell (Windows): exactly one of scriptUri / inline; runAsSystem needs runElevated."""
+
+    missing_script_code = E.NO_CUSTOMIZER_SCRIPT
+    kind = "PowerShell customizer"
+    type: Literal["PowerShell"]
 
 
 def _check_elevation(run_elevated: bool | None, run_as_system: bool | None) -> list[Issue]:
@@ -551,37 +564,20 @@ CUSTOMIZER_TYPES = ("Shell", "PowerShell", "WindowsRestart", "WindowsUpdate", "F
 # ------------------------------------------------------------------------------------------- validators
 
 
-class ShellValidator(_Step):
+class ShellValidator(_ScriptStep):
     """Runs a shell script on the image during validation (Linux)."""
 
+    missing_script_code = E.NO_VALIDATOR_SCRIPT
+    kind = "Shell validator"
     type: Literal["Shell"]
-    script_uri: str | None = None
-    sha256_checksum: Sha256 | None = None
-    inline: list[str] | None = None
-
-    @model_validator(mode="after")
-    def _rules(self) -> ShellValidator:
-        _raise(_check_script(self.script_uri, self.inline, E.NO_VALIDATOR_SCRIPT, "Shell validator"))
-        return self
 
 
-class PowerShellValidator(_Step):
+class PowerShellValidator(_PowerShellStep):
     """Runs PowerShell on the image during validation (Windows)."""
 
+    missing_script_code = E.NO_VALIDATOR_SCRIPT
+    kind = "PowerShell validator"
     type: Literal["PowerShell"]
-    script_uri: str | None = None
-    sha256_checksum: Sha256 | None = None
-    inline: list[str] | None = None
-    run_elevated: bool | None = None
-    run_as_system: bool | None = None
-    valid_exit_codes: list[Int32] | None = None
-
-    @model_validator(mode="after")
-    def _rules(self) -> PowerShellValidator:
-        issues = _check_script(self.script_uri, self.inline, E.NO_VALIDATOR_SCRIPT, "PowerShell validator")
-        issues += _check_elevation(self.run_elevated, self.run_as_system)
-        _raise(issues)
-        return self
 
 
 class FileValidator(_Step):
