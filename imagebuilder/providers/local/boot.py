@@ -35,6 +35,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 GUEST_DIR = "/usr/local/libexec/imagebuilder-validate"
 UNIT_NAME = "imagebuilder-validate.service"
+SERIAL_GETTY_MASK = "/etc/systemd/system/serial-getty@ttyS0.service"
 TAIL_LINES = 30
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
@@ -154,6 +155,10 @@ def _inject(copy: Path, offset: int, files: dict[str, tuple[Path, int]], work: P
         ]
     wants = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
     cmds += [f"rm {wants}", f"symlink {wants} /etc/systemd/system/{UNIT_NAME}"]
+    # A getty on the serial console calls vhangup() when it starts, which silently cuts the runner's
+    # already-open /dev/ttyS0: markers were lost at random and the boot "never ran" its checks. Mask it
+    # in this throwaway copy (the artifact keeps its getty).
+    cmds += [f"rm {SERIAL_GETTY_MASK}", f"symlink {SERIAL_GETTY_MASK} /dev/null"]
     script = work / "inject.debugfs"
     script.write_text("\n".join(cmds) + "\n")
     proc.run(["debugfs", "-w", "-f", script, f"{copy}?offset={offset}"], echo_output=False, timeout=120)
