@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from local_runtime.config import (
     load_local_host_settings,
     load_local_settings,
 )
+from local_runtime.eventgrid import EVENTGRID_PATH, EventGridWebhook, load_system_key
 from local_runtime.http import (
     MAX_BODY,
     HttpResult,
@@ -110,6 +111,8 @@ class Host:
         self.config: HostConfig = HostConfig()
         self.local_host = LocalHostSettings()
         self.functions: list[FunctionInfo] = []
+        self.eventgrid: EventGridWebhook | None = None
+        self.in_error: dict[str, str] = {}  # function name -> why it cannot run (reported, then skipped)
         self.azurite: Azurite | None = None
         self.storage: Storage | None = None
         self.durable: Any = None
@@ -241,8 +244,17 @@ class Host:
             else None,
         )
         try:
+            usable: list[FunctionInfo] = []
             for fn in self.functions:
-                self.invoker.check(fn)
+                try:
+                    self.invoker.check(fn)
+                except UnsupportedBinding as exc:
+                    # Like the host: a function that fails indexing is "in error" and the others still run.
+                    log.error("The '%s' function is in error: %s", fn.name, exc)
+                    self.in_error[fn.name] = f"{fn.trigger_type}: {exc}"
+                    continue
+                usable.append(fn)
+            self.functions = usable
             router = Router(self.functions, self.config.route_prefix)
         except (UnsupportedBinding, RouteError) as exc:
             sock.close()
@@ -251,6 +263,10 @@ class Host:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[cors_middleware(self.local_host)])
         if self.durable is not None:
             self.durable.add_routes(app)
+        self.eventgrid = EventGridWebhook(
+            self.functions, self._invoke_eventgrid, [load_system_key(self.state_dir), self.keys.master]
+        )
+        app.router.add_route("*", EVENTGRID_PATH, self.eventgrid.handle)
         app.router.add_route(
             "*", "/{tail:.*}", make_handler(router, self.keys, self._invoke_http, self._admin)
         )
@@ -288,6 +304,9 @@ class Host:
         by_fn = {r.function.name: r for r in router.routes}
         for fn in self.functions:
             route = by_fn.get(fn.name)
+            if route is None and fn.trigger_type == "eventGridTrigger" and self.eventgrid is not None:
+                say(f"  {fn.name}: eventGridTrigger {self.eventgrid.url(self.base_url, fn)}")
+                continue
             if route is None:
                 say(f"  {fn.name}: {fn.trigger_type}")
                 continue
@@ -300,8 +319,17 @@ class Host:
             elif route.auth_level == "admin":
                 url += f" (admin: master key in {self.state_dir / 'keys.json'})"
             say(f"  {fn.name}: [{methods}] {url}")
+        for name, why in self.in_error.items():
+            say(f"  {name}: in error ({why})")
 
     # ------------------------------------------------------------------ HTTP and admin
+    async def _invoke_eventgrid(
+        self, fn: FunctionInfo, value: Callable[[Any], Any], metadata: dict[str, Any]
+    ) -> bool:
+        assert self.invoker is not None
+        result = await self.invoker.invoke(fn, value, metadata, "EventGrid trigger fired")
+        return result.ok
+
     async def _invoke_http(self, fn: FunctionInfo, req: Any, route_params: dict[str, str]) -> HttpResult:
         assert self.invoker is not None
         metadata: dict[str, Any] = {**dict(req.params), **route_params, "Query": dict(req.params)}

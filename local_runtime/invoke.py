@@ -35,7 +35,7 @@ from local_runtime.indexing import DURABLE_TRIGGERS, FunctionInfo
 log = logging.getLogger("local_runtime.host")
 current_function: contextvars.ContextVar[str] = contextvars.ContextVar("local_runtime_function", default="")
 
-HOST_TRIGGERS = {"httpTrigger", "timerTrigger", "blobTrigger", "queueTrigger"}
+HOST_TRIGGERS = {"httpTrigger", "timerTrigger", "blobTrigger", "queueTrigger", "eventGridTrigger"}
 
 
 class UnsupportedBinding(Exception):

@@ -171,3 +171,59 @@ def _queue_exists(queue: QueueClient) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_event_grid_webhook(func_app: RuntimeProcess) -> None:
+    url = func_app.url
+    key = (func_app.state_dir / "eventgrid_extension.key").read_text().strip()
+    hook = f"{url}/runtime/webhooks/eventgrid?functionName=on_event&code={key}"
+    assert f"on_event: eventGridTrigger {hook}" in func_app.output
+    event = {
+        "id": "e-1",
+        "topic": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Storage/storageAccounts/a",
+        "subject": "/blobServices/default/containers/c/blobs/a.txt",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "eventTime": "2024-01-01T00:00:00.1234567Z",
+        "data": {"url": "https://a.blob.core.windows.net/c/a.txt"},
+        "dataVersion": "1",
+    }
+    validation = {
+        **event,
+        "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "data": {"validationCode": "CODE-42"},
+    }
+    r = http("POST", hook, [validation], headers={"aeg-event-type": "SubscriptionValidation"})
+    assert r.status == 200 and r.json() == {"validationResponse": "CODE-42"}
+    assert http("POST", hook, [event], headers={"aeg-event-type": "Notification"}).status == 202
+    failing = {**event, "id": "e-2", "subject": "fail"}
+    assert http("POST", hook, [failing], headers={"aeg-event-type": "Notification"}).status == 500
+    assert (
+        http("POST", hook.split("&code=")[0], [event], headers={"aeg-event-type": "Notification"}).status
+        == 401
+    )
+    assert (
+        http(
+            "POST", hook.replace("on_event", "nope"), [event], headers={"aeg-event-type": "Notification"}
+        ).status
+        == 404
+    )
+    queue = QueueClient.from_connection_string(
+        storage(func_app), "conf-events-seen", message_decode_policy=TextBase64DecodePolicy()
+    )
+    got = poll(
+        lambda: [json.loads(m.content) for m in queue.receive_messages()], 10, "the event's queue output"
+    )
+    assert got == [
+        {
+            "id": "e-1",
+            "data": event["data"],
+            "topic": event["topic"],
+            "subject": event["subject"],
+            "event_type": "Microsoft.Storage.BlobCreated",
+        }
+    ]
+
+
+def test_function_in_error_does_not_stop_the_others(func_app: RuntimeProcess) -> None:
+    assert "The 'on_service_bus' function is in error" in func_app.output
+    assert http("GET", f"{func_app.url}/api/hello?name=x").status == 200

@@ -177,3 +177,27 @@ def order_orchestrator(context):
 @app.activity_trigger(input_name="order")
 def price_order(order: dict) -> float:
     return order["qty"] * 2.5
+
+
+@app.event_grid_trigger(arg_name="event")
+@app.queue_output(arg_name="seen", queue_name="conf-events-seen", connection="AzureWebJobsStorage")
+def on_event(event: func.EventGridEvent, seen: func.Out[str]) -> None:
+    result = json.dumps(
+        {
+            "id": event.id,
+            "data": event.get_json(),
+            "topic": event.topic,
+            "subject": event.subject,
+            "event_type": event.event_type,
+        }
+    )
+    logging.info("Python EventGrid trigger processed an event: %s", result)
+    if event.subject == "fail":
+        raise RuntimeError("asked to fail")
+    seen.set(result)
+
+
+# Its trigger has no local implementation (and no connection): the host reports it in error and runs the rest.
+@app.service_bus_queue_trigger(arg_name="msg", queue_name="orders", connection="ServiceBusConnection")
+def on_service_bus(msg: func.ServiceBusMessage) -> None:
+    logging.info("Python ServiceBus queue trigger processed message: %s", msg.get_body().decode("utf-8"))
