@@ -6,7 +6,8 @@ the development storage), `Listening on http://HOST:PORT`, `Functions:` and one 
 `Ready` once every listener runs; `Stopping` and `Stopped` on a clean shutdown.
 
 Exceptions:
-    HostError       the app cannot be hosted (bad config, indexing failure, unsupported binding)
+    HostError       the app cannot be hosted (bad config, indexing failure, a bad route); a function whose
+                    trigger or binding is not implemented is only logged "in error" and skipped
 """
 
 from __future__ import annotations
