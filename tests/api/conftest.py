@@ -119,8 +119,9 @@ def api_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield az
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def direct(api_azurite: Azurite) -> Iterator[Direct]:
+    # Package scope: these settings must not leak into later packages' runtimes (they inherit os.environ).
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AzureWebJobsStorage", api_azurite.connection_string)
         mp.setenv("IMAGEBUILDER_LIST_PAGE_SIZE", "3")
