@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from azure.functions import meta
 from azure.functions.eventgrid import EventGridEventInConverter
 
 from local_runtime.indexing import FunctionInfo
+from local_runtime.keys import load_or_create_system_key
 
 log = logging.getLogger("local_runtime.host")
 
@@ -35,17 +35,7 @@ Invoke = Callable[[FunctionInfo, Callable[[Any], Any], dict[str, Any]], Awaitabl
 
 def load_system_key(state_dir: Path) -> str:
     """The `eventgrid_extension` system key, created (mode 0600) on first use."""
-    path = state_dir / KEY_FILE
-    if path.is_file():
-        key = path.read_text().strip()
-        if key:
-            return key
-    key = secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(key + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return key
+    return load_or_create_system_key(state_dir / KEY_FILE)
 
 
 def decode_event(raw: dict[str, Any], annotation: Any) -> Any:

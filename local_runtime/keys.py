@@ -72,3 +72,21 @@ def load_keys(state_dir: Path) -> Keys:
     os.chmod(tmp, 0o600)
     tmp.replace(path)
     return keys
+
+
+def load_or_create_system_key(path: Path) -> str:
+    """An extension's system key (durabletask, eventgrid) kept in `path`, created with mode 0600 on first
+    use (written through a temporary file, so a crash never leaves a half-written key)."""
+    if path.is_file():
+        key = path.read_text().strip()
+        if key:
+            return key
+    key = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return key

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from aiohttp import web
 from local_runtime.durable.engine import DurableError, Engine
 from local_runtime.durable.http_api import RPC_PREFIX, WEBHOOK_PREFIX, DurableHttpApi, quote_id
 from local_runtime.indexing import FunctionInfo
+from local_runtime.keys import load_or_create_system_key
 
 __all__ = ["DurableConfigError", "DurableError", "DurableHost"]
 
@@ -110,7 +110,7 @@ class DurableHost:
             app_dir=self._app_dir(functions),
         )
         self.api = DurableHttpApi(self, self.engine)
-        self.system_key = self._load_system_key()
+        self.system_key = load_or_create_system_key(self.state_dir / SYSTEM_KEY_FILE)
         self._extra_keys: list[str] = []
 
     @staticmethod
@@ -121,19 +121,6 @@ class DurableHost:
             except (TypeError, OSError):
                 continue
         return str(Path.cwd())
-
-    def _load_system_key(self) -> str:
-        path = self.state_dir / SYSTEM_KEY_FILE
-        if path.is_file():
-            key = path.read_text().strip()
-            if key:
-                return key
-        key = secrets.token_urlsafe(32)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(key + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(path)
-        return key
 
     def accept_key(self, key: str) -> None:
         """Also accept `key` (e.g. the host's master key) on the public webhook endpoints."""
