@@ -9,7 +9,7 @@ import azure.functions as func
 
 from api.operations import operations_list
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples" / "OperationsList.json"
+SPEC = Path(__file__).resolve().parents[1] / "spec" / "examples" / "OperationsList.json"
 
 
 def test_operations_list_matches_spec_example() -> None:

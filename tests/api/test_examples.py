@@ -1,4 +1,4 @@
-"""Every example of the spec (shared/spec/examples/) through the API: documented status codes, headers
+"""Every example of the spec (spec/examples/) through the API: documented status codes, headers
 and body shapes. Values the service cannot know locally are named in IGNORED (and nothing else)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from api._arm import store as api_store
 from imagebuilder.pipeline.messages import RunRef
 from tests.api.conftest import Direct
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "spec" / "examples"
 READ_ONLY = ("id", "name", "type", "systemData")
 # Set by the clock: compared by presence only.
 IGNORED = {"time"}

@@ -25,7 +25,7 @@ from imagebuilder.pipeline.messages import RunRef
 from tests.api.conftest import Direct, Runtime, minimal_template
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "spec" / "examples"
 RG = "sdk-rg"
 
 

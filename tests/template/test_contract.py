@@ -19,9 +19,7 @@ from pydantic import BaseModel
 from imagebuilder import template as T
 from imagebuilder.template import models as M
 
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec" / "imagebuilder-2025-10-01.openapi.json"
-if not SPEC.is_file():
-    SPEC = Path("/work/shared/spec/imagebuilder-2025-10-01.openapi.json")
+SPEC = Path(__file__).resolve().parents[2] / "spec" / "imagebuilder-2025-10-01.openapi.json"
 DEFS: dict[str, Any] = json.loads(SPEC.read_text())["definitions"]
 
 MODELS: dict[str, type[BaseModel]] = {
