@@ -47,6 +47,32 @@ class BuildInput(Message):
     template: dict[str, Any] = Field(description="The whole template resource as stored (ARM JSON)")
 
 
+class TemplateRef(Message):
+    """Identity of one image template: its per-template staging resources derive from it."""
+
+    subscription_id: str
+    resource_group: str
+    template_name: str
+
+    @property
+    def template_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/{RESOURCE_TYPE}/{self.template_name}"
+        )
+
+
+class TemplateInput(Message):
+    """Input of the template-lifecycle calls (`create_template`, `delete_template`)."""
+
+    ref: TemplateRef
+    template: dict[str, Any] = Field(description="The whole template resource as stored (ARM JSON)")
+    staging: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What `create_template` returned in `TemplateStaging.staging` (empty before that)",
+    )
+
+
 class ErrorInfo(Message):
     """A permanent failure, returned (never raised) across the durable boundary."""
 
@@ -128,3 +154,18 @@ class CleanupReport(Message):
     removed: list[str] = Field(default_factory=list)
     kept: list[str] = Field(default_factory=list, description="Kept on purpose (errorHandling abort)")
     errors: list[str] = Field(default_factory=list)
+
+
+class TemplateStaging(Message):
+    """Result of `create_template`: the template's staging resources, or why the template cannot exist.
+
+    `exact_staging_resource_group` is what the API returns as `properties.exactStagingResourceGroup`;
+    `staging` is provider-private state handed back to `delete_template` (and found by runs in the stored
+    template's `properties.exactStagingResourceGroup`). `warnings` are lines for the create's operation.
+    """
+
+    status: Literal["succeeded", "failed"]
+    exact_staging_resource_group: str | None = None
+    staging: dict[str, Any] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    error: ErrorInfo | None = None

@@ -41,6 +41,8 @@ from imagebuilder.pipeline.messages import (
     PrepareResult,
     ReplicationResult,
     StepResult,
+    TemplateInput,
+    TemplateStaging,
 )
 
 
@@ -82,6 +84,11 @@ class NullLog:
 
 class ComputeProvider(ABC):
     """Builds one run of one template through the phases of ARCHITECTURE.md.
+
+    Template lifecycle (once per template, not per run): `create_template` when the template is created
+    (the API's create is a long-running operation that ends with its result), `delete_template` when it is
+    deleted. Both have a default here (no staging resources, nothing checked), so a provider implements
+    them only if it has per-template resources or can check the template's references early.
 
     Call order for a run: `prepare` → `create_build_env` → `customize` (once per customizer, in
     order) → `validate` → `generalize` → `capture` → `distribute` (once per target and region) →
@@ -133,6 +140,42 @@ class ComputeProvider(ABC):
     def cleanup(self, build: BuildInput, *, keep: bool, log: LogSink) -> CleanupReport:
         """Remove every transient resource of the run (found by its identity, not by a handle).
         With `keep=True` (errorHandling `abort`) keep the build environment and say where it is."""
+
+    def create_template(self, template: TemplateInput, log: LogSink) -> TemplateStaging | Pending:
+        """Check what AIB checks when a template is created and create its staging resources.
+
+        AIB's create is a long-running operation (provisioningState Creating → Succeeded/Failed) that
+        fails, leaving the template in provisioningState Failed with a provisioningError, when:
+        the source does not resolve (code `BadPIRSource`, `BadManagedImageSource`,
+        `BadSharedImageVersionSource`: "image not found", naming the image and what to do), the identity
+        does not exist or cannot be used (`Other`, the message naming the identity), a gallery or image
+        definition a distribute target names does not exist (`BadSharedImageDistribute`), or the staging
+        resource group cannot be used (`BadStagingResourceGroup`). Check only what this provider can
+        check; say nothing about the rest. The codes are the spec's `ProvisioningErrorCode`. Return
+        `TemplateStaging(status="failed", error=...)` for those (permanent); raise
+        `TransientProviderError` for what is worth retrying. A `Pending` is continued with `poll`.
+
+        Staging resources belong to the template, not to a run: AIB names the group
+        `IT_<resourceGroup>_<templateName>_<guid>` unless `properties.stagingResourceGroup` names one (then
+        it must be empty or already tagged for this template). Return its id in
+        `exact_staging_resource_group` and anything `delete_template` needs in `staging`. Idempotent: a
+        second call for the same template (a retried activity) finds what the first made. The API stores
+        the result with the template; runs find the group in the stored template's
+        `properties.exactStagingResourceGroup` (`BuildInput.template`).
+
+        Default: nothing to check, no staging resources.
+        """
+        return TemplateStaging(status="succeeded")
+
+    def delete_template(self, template: TemplateInput, log: LogSink) -> CleanupReport | Pending:
+        """Remove the template's staging resources (what `create_template` made; `template.staging`).
+
+        AIB deletes a staging group it created, and empties (but keeps) a user-given
+        `stagingResourceGroup`. Idempotent: what is already gone is not an error. Called after the
+        template's runs have ended (a template with a build in progress cannot be deleted), and also for a
+        template whose create failed. Default: nothing to remove.
+        """
+        return CleanupReport()
 
     def poll(self, pending: Pending, log: LogSink) -> Any:
         """Continue a long-running operation; returns the original method's result or a new `Pending`."""
