@@ -95,6 +95,7 @@ class FakeArm(HttpTransport):
         self.problems: list[str] = []
         self.slept: list[float] = []
         self.scripts: dict[str, str] = {}
+        self.poll_urls: set[str] = set()  # every operation URL handed out (the role must allow reading each)
 
     # -- HttpTransport ----------------------------------------------------------------------------
 
@@ -189,17 +190,32 @@ class FakeArm(HttpTransport):
                 break
         self.ops[op.id] = op
         op.namespace = namespace  # type: ignore[attr-defined]
+        op.path = path.lower()  # type: ignore[attr-defined]
         return op
 
     def _async_headers(self, op: Op, namespace: str, location_too: bool = False) -> dict[str, str]:
+        """Where each resource provider answers its long-running operations. The disk RP (disks,
+        snapshots, grant/revoke access) polls under `.../locations/{loc}/DiskOperations/`, the gallery RP
+        under `.../capsOperations/`, VMs and run commands under `.../operations/`: each needs its own
+        `<namespace>/locations/<segment>/read` action in the role."""
         base = f"https://{ARM}/subscriptions/{SUB}/providers/{namespace}/locations/{self.location}"
-        api = API["network"] if namespace == "Microsoft.Network" else API["compute"]
+        path = str(getattr(op, "path", ""))
+        if namespace == "Microsoft.Network":
+            api, segment, results = API["network"], "operations", "operationResults"
+        elif re.search(r"/microsoft\.compute/(disks|snapshots)/", path):
+            api, segment, results = API["disks"], "DiskOperations", "DiskOperations"
+        elif "/microsoft.compute/galleries/" in path:
+            api, segment, results = API["gallery"], "capsOperations", "capsOperations"
+        else:
+            api, segment, results = API["compute"], "operations", "operations"
         headers = {
-            "Azure-AsyncOperation": f"{base}/operations/{op.id}?api-version={api}",
+            "Azure-AsyncOperation": f"{base}/{segment}/{op.id}?api-version={api}",
             "Retry-After": "10",
         }
         if location_too:
-            headers["Location"] = f"{base}/operationResults/{op.id}?api-version={api}"
+            suffix = "&monitor=true" if results == segment else ""
+            headers["Location"] = f"{base}/{results}/{op.id}?api-version={api}{suffix}"
+        self.poll_urls.update(urlsplit(u).path for k, u in headers.items() if k != "Retry-After")
         return headers
 
     def finish_all(self) -> None:
@@ -268,11 +284,13 @@ class FakeArm(HttpTransport):
             return self.error(404, "SubscriptionNotFound", path)
         rest = p[len(prefix) :]
         m = re.fullmatch(
-            r"/providers/microsoft\.(compute|network)/locations/[^/]+/(operations|operationresults)/([^/]+)",
+            r"/providers/microsoft\.(compute|network)/locations/[^/]+/"
+            r"(operations|operationresults|diskoperations|capsoperations)/([^/]+)",
             rest,
         )
         if m:
-            return self._op_status(m.group(2), m.group(3))
+            kind = "operationresults" if query.get("monitor") == "true" else m.group(2)
+            return self._op_status(kind, m.group(3))
         m = re.fullmatch(r"/operationresults/([^/]+)", rest)
         if m:
             return self._op_status("operationresults", m.group(1))
@@ -498,14 +516,9 @@ class FakeArm(HttpTransport):
             op = self._op("Microsoft.Resources", done, path)
             op.target = path.lower()  # type: ignore[attr-defined]
             # ARM answers a resource group delete with Location only
-            return (
-                202,
-                {
-                    "Location": f"https://{ARM}/subscriptions/{SUB}/operationresults/{op.id}?api-version={API['resources']}",
-                    "Retry-After": "15",
-                },
-                None,
-            )
+            location = f"https://{ARM}/subscriptions/{SUB}/operationresults/{op.id}?api-version={API['resources']}"
+            self.poll_urls.add(urlsplit(location).path)
+            return 202, {"Location": location, "Retry-After": "15"}, None
         self.problem(f"{method} {path}: unexpected")
         return self.error(405, "MethodNotAllowed", method)
 

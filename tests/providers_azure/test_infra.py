@@ -78,6 +78,11 @@ def test_custom_role_covers_every_request_of_a_linux_and_a_windows_build(provide
                 needed.add(arm_action(method, path))
     missing = sorted(a for a in needed if a.lower() not in _granted())
     assert missing == [], f"infra/imagebuilder-role.json lacks {missing}"
+    # every operation URL ARM handed out may be polled (by us or by an SDK poller): each must be readable
+    polled = {arm_action("GET", url) for fake in (arm, win_arm) for url in fake.poll_urls}
+    assert "Microsoft.Compute/locations/DiskOperations/read" in polled  # the disk RP's own segment
+    unreadable = sorted(a for a in polled if a.lower() not in _granted())
+    assert unreadable == [], f"infra/imagebuilder-role.json cannot read the operations {unreadable}"
     # references made in request bodies need join/assign rights too
     for action in (
         "Microsoft.Network/networkInterfaces/join/action",
