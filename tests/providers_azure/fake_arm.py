@@ -10,6 +10,7 @@ deleted, ...) apply. Problems are collected in `problems`; a test asserts the li
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -73,7 +74,43 @@ Guest = Callable[[str, str, str], tuple[int, str, str]]
 
 
 def default_guest(vm: str, name: str, script: str) -> tuple[int, str, str]:
-    return 0, f"ran {name} on {vm}\n", ""
+    """A guest that succeeds and prints what the script echoes as literal marker lines."""
+    echoed = re.findall(r"^(?:echo|Write-Output) '(IMAGEBUILDER-[^']*)'$", script, re.MULTILINE)
+    return 0, f"ran {name} on {vm}\n" + "".join(f"{line}\n" for line in echoed), ""
+
+
+# Scripts that stop the guest agent executing and reporting Run Command (WALinuxAgent#3547, #2006, #1792;
+# Sysprep stops the Windows guest agent): a run command that runs them itself never reaches a terminal
+# state. Only a launcher that hands them to the init system without waiting reports back.
+_AGENT_KILLERS = re.compile(r"waagent\S*\s+(-force\s+)?-deprovision|sysprep\.exe[^\n]*/generalize", re.I)
+_POWER_OFF = re.compile(r"systemctl poweroff|shutdown -h|poweroff -f|Stop-Computer", re.I)
+_B64 = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
+
+
+def _decoded_payloads(script: str) -> list[str]:
+    out = []
+    for token in _B64.findall(script):
+        try:
+            out.append(base64.b64decode(token, validate=True).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def guest_effect(script: str) -> str | None:
+    """What a run command's script does to the VM beyond its output: "hang" (it stops the agent in the
+    foreground, so the run command never finishes), "poweroff" (a detached payload deprovisions and powers
+    the VM off after the run command reported) or None."""
+    payloads = _decoded_payloads(script)
+    killers = [t for t in [script, *payloads] if _AGENT_KILLERS.search(t)]
+    if not killers:
+        return None
+    detached = ("systemd-run" in script and "--no-block" in script) or (
+        "Start-ScheduledTask" in script and "Get-ScheduledTask " not in script
+    )
+    if not detached or _AGENT_KILLERS.search(script):
+        return "hang"
+    return "poweroff" if any(_POWER_OFF.search(t) for t in killers) else None
 
 
 class FakeArm(HttpTransport):
@@ -95,6 +132,7 @@ class FakeArm(HttpTransport):
         self.problems: list[str] = []
         self.slept: list[float] = []
         self.scripts: dict[str, str] = {}
+        self.effects: dict[str, str | None] = {}  # run command name -> guest_effect of its script
         self.poll_urls: set[str] = set()  # every operation URL handed out (the role must allow reading each)
 
     # -- HttpTransport ----------------------------------------------------------------------------
@@ -516,7 +554,9 @@ class FakeArm(HttpTransport):
             op = self._op("Microsoft.Resources", done, path)
             op.target = path.lower()  # type: ignore[attr-defined]
             # ARM answers a resource group delete with Location only
-            location = f"https://{ARM}/subscriptions/{SUB}/operationresults/{op.id}?api-version={API['resources']}"
+            location = (
+                f"https://{ARM}/subscriptions/{SUB}/operationresults/{op.id}?api-version={API['resources']}"
+            )
             self.poll_urls.add(urlsplit(location).path)
             return 202, {"Location": location, "Retry-After": "15"}, None
         self.problem(f"{method} {path}: unexpected")
@@ -678,6 +718,14 @@ class FakeArm(HttpTransport):
             return self.error(404, "ResourceNotFound", f"VM {vm} not found")
         view = res.setdefault("_view", {})
         if action == "/instanceview" and method == "GET":
+            if "power_off_in" in view:  # a detached deprovisioning powers the VM off after a while
+                view["power_off_in"] -= 1
+                if view["power_off_in"] <= 0:
+                    del view["power_off_in"]
+                    view["statuses"] = [
+                        s for s in view.get("statuses", []) if not s.startswith("PowerState/")
+                    ] + ["PowerState/stopped"]
+                    view["agent_down_reads"] = 10**9
             return (
                 200,
                 {},
@@ -783,8 +831,11 @@ class FakeArm(HttpTransport):
                 self.problem(f"PUT {path}: no inline script")
             script = source.get("script", "")
             self.scripts[name] = script
-            if "PowerState/deallocated" in vm_res.get("_view", {}).get("statuses", []):
-                return self.error(409, "OperationNotAllowed", "VM is deallocated")
+            power = [p for p in vm_res.get("_view", {}).get("statuses", []) if p.startswith("PowerState/")]
+            if power and power[0] != "PowerState/running":
+                return self.error(409, "OperationNotAllowed", f"VM is not running ({power[0]})")
+            effect = guest_effect(script)
+            self.effects[name] = effect
             code, out, err = self.guest(vm, name, script)
             state = "Succeeded" if code == 0 else "Failed"
             status, headers, res = self._put_lro(
@@ -815,6 +866,11 @@ class FakeArm(HttpTransport):
                 }
 
             op.on_done = done
+            if effect == "hang":  # the agent is gone: nothing reports this command again
+                op.remaining = 10**9
+                vm_res.setdefault("_view", {})["agent_down_reads"] = 10**9
+            elif effect == "poweroff":
+                vm_res.setdefault("_view", {})["power_off_in"] = 2
             return status, headers, res
         if method == "GET":
             status, headers, res = self._get(path)

@@ -17,6 +17,7 @@ from tests.providers_azure.conftest import (
     own_resources,
     settle,
 )
+from tests.providers_azure.fake_arm import _decoded_payloads
 
 
 def test_linux_build_end_to_end(provider, arm, clock):
@@ -65,9 +66,16 @@ def test_linux_build_end_to_end(provider, arm, clock):
     validated, _ = settle(provider, provider.validate(build, env, log), log)
     assert validated.status == "succeeded"
 
-    generalized, _ = settle(provider, provider.generalize(build, env, log), log)
+    generalized, polls = settle(provider, provider.generalize(build, env, log), log)
     assert generalized.status == "succeeded", generalized
-    assert "waagent -force -deprovision+user" in arm.scripts["ib-generalize"].replace("$WAAGENT", "waagent")
+    # waagent -deprovision stops the agent: it ran detached, the run command reported, the VM powered off
+    assert arm.effects["ib-generalize"] == "poweroff"
+    payload = "\n".join(_decoded_payloads(arm.scripts["ib-generalize"]))
+    assert "/usr/sbin/waagent -force -deprovision+user && export HISTSIZE=0 && sync" in payload  # AIB's
+    assert "/tmp/DeprovisioningScript.sh" in payload  # AIB's user override
+    vm = next(r for r in arm.resources.values() if r["type"] == "Microsoft.Compute/virtualMachines")
+    assert {"PowerState/deallocated", "OSState/generalized"} <= set(vm["_view"]["statuses"])
+    assert polls < 12
 
     captured, _ = settle(provider, provider.capture(build, env, log), log)
     assert isinstance(captured, CaptureResult) and captured.status == "succeeded", captured

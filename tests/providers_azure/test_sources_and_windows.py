@@ -13,7 +13,7 @@ from tests.providers_azure.conftest import (
     own_resources,
     settle,
 )
-from tests.providers_azure.fake_arm import SUB
+from tests.providers_azure.fake_arm import SUB, _decoded_payloads, default_guest
 
 WIN_IMAGE = f"{PREFIX}/rg1/providers/Microsoft.Compute/images/win2022"
 SUBNET = f"{PREFIX}/netRG/providers/Microsoft.Network/virtualNetworks/corp/subnets/build"
@@ -174,7 +174,7 @@ def test_windows_powershell_restart_and_update_through_run_command(provider, arm
             )
         if name == "ib-wu-3-1":
             return 0, "installed (2): KB5032198\nIMAGEBUILDER-WU installed=1 remaining=0 reboot=0\n", ""
-        return 0, "ok\n", ""
+        return default_guest(vm, name, script)
 
     arm.guest = guest
     prepared = provider.prepare(build, log)
@@ -213,7 +213,11 @@ def test_windows_powershell_restart_and_update_through_run_command(provider, arm
 
     generalized, _ = settle(provider, provider.generalize(build, env, log), log)
     assert generalized.status == "succeeded"
-    assert "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE" in arm.scripts["ib-generalize"]
+    assert arm.effects["ib-generalize"] == "poweroff"  # Sysprep ran as a detached SYSTEM task
+    payload = "\n".join(_decoded_payloads(arm.scripts["ib-generalize"]))
+    assert "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE" in payload and "/mode:vm" in payload
+    assert "Remove-Item $Env:SystemRoot\\Panther\\unattend.xml" in payload  # AIB's defaults
+    assert "C:\\DeprovisioningScript.ps1" in payload  # AIB's user override
     assert provider.cleanup(build, keep=False, log=log).errors == []
     assert own_resources(arm) == [] and arm.problems == []
 

@@ -60,6 +60,9 @@ DEFAULT_VM_SIZE = {"V1": "Standard_D1_v2", "V2": "Standard_D2ds_v4"}
 ADMIN_USER = "packer"
 TERMINAL_RUN_STATES = frozenset({"Succeeded", "Failed", "TimedOut", "Canceled"})
 MAX_WINDOWS_UPDATE_PASSES = 20
+RUN_COMMAND_MARGIN = 300  # seconds past a run command's timeoutInSeconds before it counts as lost
+GENERALIZE_LAUNCH_SECONDS = 600  # the run command that starts deprovisioning only writes and starts it
+DEFAULT_GENERALIZE_SECONDS = 3600  # from the start of deprovisioning to the VM's stopped power state
 
 _ID = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/(?P<ns>[^/]+)/(?P<rest>.+)$",
@@ -244,6 +247,9 @@ class AzureProvider(ComputeProvider):
         )
         self.pacer = WritePacer(write_interval, clock, sleep)
         self._clients: dict[str, AzureClients] = {}
+        self._generalize_seconds = int(
+            env.get("IMAGEBUILDER_AZURE_GENERALIZE_SECONDS") or DEFAULT_GENERALIZE_SECONDS
+        )
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -969,11 +975,16 @@ class AzureProvider(ComputeProvider):
 
     # -- run command -------------------------------------------------------------------------------
 
-    def _run_command(self, ctx: _Ctx, env: dict[str, Any], key: str, script: str) -> tuple[int, str, str]:
+    def _run_command(
+        self, ctx: _Ctx, env: dict[str, Any], key: str, script: str, timeout: int | None = None
+    ) -> tuple[int, str, str]:
         """Run `script` in the build VM through a managed run command named after `key`.
 
         Raises `_Wait` until it finished; streams new output into the log as it appears. Returns
-        (exit code, stdout, stderr)."""
+        (exit code, stdout, stderr). Every run command has a deadline of its own (its timeoutInSeconds plus
+        a margin): a guest agent that stopped reporting (a script stopped it, the VM hung) never moves the
+        run command to a terminal state, and the build fails with RunCommandNoResponse instead of waiting
+        out buildTimeoutInMinutes."""
         rg, vm = env["resource_group"], env["vm"]
         name = f"ib-{key}"
         commands = ctx.arm.compute.virtual_machine_run_commands
@@ -981,15 +992,17 @@ class AzureProvider(ComputeProvider):
             f"read run command {name}",
             lambda: commands.get_by_virtual_machine(rg, vm, name, expand="instanceView"),
         )
+        deadlines = ctx.state.setdefault("deadlines", {})
         if current is None:
-            timeout = int(ctx.props.get("buildTimeoutInMinutes") or 0) * 60 or 5400
+            build_timeout = int(ctx.props.get("buildTimeoutInMinutes") or 0) * 60 or 5400
+            seconds = min(timeout or build_timeout, 5400)
             body = {
                 "location": env["location"],
                 "tags": self._tags(ctx),
                 "properties": {
                     "source": {"script": script},
                     "asyncExecution": False,
-                    "timeoutInSeconds": min(timeout, 5400),
+                    "timeoutInSeconds": seconds,
                     "treatFailureAsDeploymentFailure": False,
                 },
             }
@@ -998,6 +1011,7 @@ class AzureProvider(ComputeProvider):
                 f"run command {name}",
                 lambda p: commands.begin_create_or_update(rg, vm, name, body, polling=p),
             )
+            deadlines[name] = self._clock() + seconds + RUN_COMMAND_MARGIN
             # Not waiting on the operation: each poll re-reads the instance view and streams new output.
             raise _Wait(None, self.poll_interval)
         props = current.get("properties") or {}
@@ -1011,6 +1025,7 @@ class AzureProvider(ComputeProvider):
             logged[name] = len(output)
         execution = str(view.get("executionState") or "")
         if execution in TERMINAL_RUN_STATES:
+            deadlines.pop(name, None)
             if error.strip() and not ctx.state.get(f"err:{name}"):
                 ctx.log.write(error if error.endswith("\n") else error + "\n")
                 ctx.state[f"err:{name}"] = True
@@ -1027,6 +1042,15 @@ class AzureProvider(ComputeProvider):
                 "RunCommandFailed",
                 f"run command {name} could not run: "
                 f"{view.get('executionMessage') or props.get('provisioningState')}",
+            )
+        deadline = deadlines.setdefault(name, self._clock() + 5400 + RUN_COMMAND_MARGIN)
+        if self._clock() > float(deadline):
+            raise ArmFailure(
+                "RunCommandNoResponse",
+                f"run command {name} reported no result past its timeout plus {RUN_COMMAND_MARGIN}s "
+                f"(state {execution or 'unknown'}): the VM guest agent stopped reporting. A script that "
+                "stops or restarts the agent (waagent -deprovision, sysprep, a reboot) never reports back; "
+                "leave generalization to the build, or restart with a WindowsRestart customizer",
             )
         raise _Wait(None, self.poll_interval)
 
@@ -1244,20 +1268,25 @@ class AzureProvider(ComputeProvider):
         return StepResult(status="succeeded", step="validate", details={"validations": len(validations)})
 
     def _do_generalize(self, ctx: _Ctx) -> StepResult:
+        """Deprovision (Linux) or Sysprep (Windows) detached in the guest, wait for the VM to power itself
+        off (the guest agent is gone by then, so only the power state tells), deallocate, generalize."""
         env = BuildEnv.model_validate(ctx.args["env"]).handle
         rg, vm = env["resource_group"], env["vm"]
         compute = ctx.arm.compute
-        if not ctx.state.get("deprovisioned"):
-            script = scripts.deprovision_linux() if env["os_type"] == "Linux" else scripts.sysprep()
-            code, output, error = self._run_command(ctx, env, "generalize", script)
-            if code != 0:
+        linux = env["os_type"] == "Linux"
+        if not ctx.state.get("launched"):
+            script = scripts.deprovision_linux() if linux else scripts.sysprep()
+            code, output, error = self._run_command(
+                ctx, env, "generalize", script, timeout=GENERALIZE_LAUNCH_SECONDS
+            )
+            if code != 0 or scripts.GENERALIZE_STARTED not in output:
                 return StepResult(
                     status="failed",
                     step="generalize",
                     exit_code=code,
                     error=ErrorInfo(
                         code="DeprovisionFailed",
-                        message=f"{'waagent -deprovision+user' if env['os_type'] == 'Linux' else 'sysprep'} "
+                        message=f"starting {'waagent -deprovision+user' if linux else 'Sysprep'} "
                         f"exited with {code}",
                         step="generalize",
                         exit_code=code,
@@ -1265,17 +1294,30 @@ class AzureProvider(ComputeProvider):
                         log_uri=ctx.log.uri or None,
                     ),
                 )
-            ctx.state["deprovisioned"] = True
+            ctx.state["launched"] = self._clock()
+            ctx.log.write(f"{'deprovisioning' if linux else 'Sysprep'} started; waiting for {vm} to stop\n")
         view = (
             ctx.arm.get("read VM instance view", lambda: compute.virtual_machines.instance_view(rg, vm)) or {}
         )
         codes = {str(s.get("code")) for s in view.get("statuses") or []}
         if "OSState/generalized" in codes:
             return StepResult(status="succeeded", step="generalize")
+        stopped = codes & {"PowerState/stopped", "PowerState/deallocated", "PowerState/deallocating"}
+        if not stopped and not ctx.state.get("deallocating"):
+            limit = self._generalize_seconds
+            if self._clock() - float(ctx.state["launched"]) > limit:
+                raise ArmFailure(
+                    "DeprovisionTimedOut",
+                    f"{vm} did not power off within {limit}s after "
+                    f"{'waagent -deprovision+user' if linux else 'Sysprep'} started: it failed or hung in "
+                    "the guest (see the VM's boot diagnostics; errorHandling onCustomizerError abort keeps "
+                    "the VM)",
+                )
+            raise _Wait(None, self.poll_interval)
         if "PowerState/deallocated" not in codes:
             if not ctx.state.get("deallocating"):
                 ctx.state["deallocating"] = True
-                ctx.log.write(f"deallocating {vm}\n")
+                ctx.log.write(f"{vm} stopped; deallocating\n")
                 started = ctx.arm.start(
                     f"deallocate {vm}", lambda p: compute.virtual_machines.begin_deallocate(rg, vm, polling=p)
                 )

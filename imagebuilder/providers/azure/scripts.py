@@ -105,13 +105,48 @@ def file_linux(step: dict[str, Any], sha256: str, identity: str | None = None) -
     )
 
 
+# AIB's documented default Linux deprovisioning command, and the file a customizer may leave to replace it.
+AIB_LINUX_DEPROVISION = "/usr/sbin/waagent -force -deprovision+user && export HISTSIZE=0 && sync"
+LINUX_OVERRIDE = "/tmp/DeprovisioningScript.sh"  # noqa: S108 (a path in the build VM, AIB's name)
+GENERALIZE_STARTED = "IMAGEBUILDER-GENERALIZE started=1"
+
+
 def deprovision_linux() -> str:
-    """Linux generalization: the Azure guest agent removes the build user, host keys, DHCP leases, history."""
+    """Linux generalization, started detached: `waagent -deprovision+user` stops the guest agent that runs
+    and reports Run Command, so a run command that waited for it would never finish (WALinuxAgent#3547).
+
+    The run command only writes the payload and hands it to systemd (`systemd-run`, outside the Run
+    Command handler's cgroup; `setsid nohup` where systemd is absent) and reports at once. The payload waits
+    a few seconds (the report goes out), runs `/tmp/DeprovisioningScript.sh` when a customizer left one
+    (AIB's override) or AIB's default command, then powers the VM off: the provider waits for the stopped
+    power state, deallocates and generalizes."""
+    payload = (
+        "#!/bin/bash\n"
+        "sleep 10\n"
+        f"if [ -f {LINUX_OVERRIDE} ]; then\n"
+        f"  /bin/bash {LINUX_OVERRIDE}\n"
+        "else\n"
+        f"  {AIB_LINUX_DEPROVISION}\n"
+        "fi\n"
+        "rc=$?\n"
+        'rm -f "$0"\n'
+        # A failed deprovision leaves the VM running: the provider's power-state wait then fails the
+        # build instead of capturing an image that still holds the build user and host keys.
+        'if [ "$rc" -ne 0 ]; then echo "deprovisioning exited with $rc" >&2; exit "$rc"; fi\n'
+        "systemctl poweroff || shutdown -h now || poweroff -f\n"
+    )
+    encoded = base64.b64encode(payload.encode("utf-8")).decode("ascii")
     return (
         "#!/bin/bash\nset -eu\n"
-        "if command -v waagent >/dev/null 2>&1; then WAAGENT=waagent; else WAAGENT=/usr/sbin/waagent; fi\n"
-        "$WAAGENT -force -deprovision+user\n"
-        "export HISTSIZE=0\nsync\necho deprovisioned\n"
+        "payload=/var/tmp/imagebuilder-deprovision.sh\n"
+        f'echo {encoded} | base64 -d > "$payload"\n'
+        'chmod 700 "$payload"\n'
+        "if command -v systemd-run >/dev/null 2>&1; then\n"
+        '  systemd-run --unit=imagebuilder-deprovision --no-block --collect /bin/bash "$payload"\n'
+        "else\n"
+        '  setsid nohup /bin/bash "$payload" >/dev/null 2>&1 < /dev/null &\n'
+        "fi\n"
+        f"echo '{GENERALIZE_STARTED}'\n"
     )
 
 
@@ -283,22 +318,58 @@ def windows_update(step: dict[str, Any]) -> str:
     )
 
 
+WINDOWS_OVERRIDE = r"C:\DeprovisioningScript.ps1"
+
+# AIB's documented default Windows generalization (Sysprep with /mode:vm after the guest agent services
+# run, the unattend.xml files removed first, then waiting for the reseal state).
+AIB_SYSPREP = r"""
+Write-Output '>>> Waiting for GA Service (RdAgent) to start ...'
+while ((Get-Service RdAgent).Status -ne 'Running') { Start-Sleep -s 5 }
+Write-Output '>>> Waiting for GA Service (WindowsAzureTelemetryService) to start ...'
+$telemetry = Get-Service WindowsAzureTelemetryService -ErrorAction SilentlyContinue
+while ($telemetry -and ((Get-Service WindowsAzureTelemetryService).Status -ne 'Running')) { Start-Sleep -s 5 }
+Write-Output '>>> Waiting for GA Service (WindowsAzureGuestAgent) to start ...'
+while ((Get-Service WindowsAzureGuestAgent).Status -ne 'Running') { Start-Sleep -s 5 }
+if (Test-Path $Env:SystemRoot\system32\Sysprep\unattend.xml) {
+  Write-Output '>>> Removing Sysprep\unattend.xml ...'
+  Remove-Item $Env:SystemRoot\system32\Sysprep\unattend.xml -Force
+}
+if (Test-Path $Env:SystemRoot\Panther\unattend.xml) {
+  Write-Output '>>> Removing Panther\unattend.xml ...'
+  Remove-Item $Env:SystemRoot\Panther\unattend.xml -Force
+}
+Write-Output '>>> Sysprepping VM ...'
+& $Env:SystemRoot\System32\Sysprep\Sysprep.exe /oobe /generalize /quiet /quit /mode:vm
+while ($true) {
+  $imageState = (Get-ItemProperty HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Setup\State).ImageState
+  Write-Output $imageState
+  if ($imageState -eq 'IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE') { break }
+  Start-Sleep -s 5
+}
+Write-Output '>>> Sysprep complete ...'
+"""
+
+
 def sysprep() -> str:
-    """Windows generalization: sysprep /generalize /oobe /mode:vm, then wait for the reseal image state."""
+    """Windows generalization, started detached as a SYSTEM scheduled task (Sysprep stops the guest agent
+    that reports Run Command): `C:\\DeprovisioningScript.ps1` when a customizer left one (AIB's override),
+    else AIB's default Sysprep; then the VM shuts down and the provider waits for the stopped power state."""
+    payload = (
+        "$ErrorActionPreference = 'Continue'\n"
+        "Start-Sleep -Seconds 10\n"
+        f"if (Test-Path '{WINDOWS_OVERRIDE}') {{ & '{WINDOWS_OVERRIDE}'; if (-not $?) {{ exit 1 }} }}"
+        " else {\n" + AIB_SYSPREP + "}\nStop-Computer -Force\n"
+    )
     return (
         "$ErrorActionPreference = 'Stop'\n"
-        "while ((Get-Service RdAgent -ErrorAction SilentlyContinue).Status -ne 'Running') { Start-Sleep 5 }\n"
-        "while ((Get-Service WindowsAzureGuestAgent -ErrorAction SilentlyContinue).Status -ne 'Running') "
-        "{ Start-Sleep 5 }\n"
-        "& $env:SystemRoot\\System32\\Sysprep\\Sysprep.exe /oobe /generalize /quiet /quit /mode:vm\n"
-        "$key = 'HKLM:\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Setup\\State'\n"
-        "while ($true) {\n"
-        "  $state = (Get-ItemProperty $key).ImageState\n"
-        "  Write-Output $state\n"
-        "  if ($state -eq 'IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE') { break }\n"
-        "  Start-Sleep -Seconds 10\n"
-        "}\n"
-        "Write-Output 'sysprep done'\n"
+        "$payload = Join-Path $env:SystemRoot 'Temp\\imagebuilder-generalize.ps1'\n"
+        f"Set-Content -Encoding UTF8 -Path $payload -Value ({_ps_b64(payload)})\n"
+        '$arg = "-NoProfile -ExecutionPolicy Bypass -File `"$payload`""\n'
+        "$action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument $arg\n"
+        "Register-ScheduledTask -TaskName 'imagebuilder-generalize' -Action $action -User 'SYSTEM' "
+        "-RunLevel Highest -Force | Out-Null\n"
+        "Start-ScheduledTask -TaskName 'imagebuilder-generalize'\n"
+        f"Write-Output '{GENERALIZE_STARTED}'\n"
     )
 
 

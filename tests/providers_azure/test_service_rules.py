@@ -1,0 +1,111 @@
+"""Service behaviours the strict fake models, each with the request the provider sent before its fix.
+
+Agent-killing scripts never finish (WALinuxAgent#3547, #2006, #1792): `waagent -deprovision+user` and
+Sysprep stop the agent that runs and reports Run Command, so such a run command never reaches a terminal
+state. The provider launches them detached, waits for the VM's own power-off, and gives every run command
+a deadline of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from imagebuilder.pipeline.messages import Pending
+from tests.providers_azure.conftest import ListLog, build_input, linux_template
+from tests.providers_azure.fake_arm import guest_effect
+
+# What the provider sent as its generalize run command before the fix (kept as the regression case).
+PRE_FIX_DEPROVISION = (
+    "#!/bin/bash\nset -eu\n"
+    "if command -v waagent >/dev/null 2>&1; then WAAGENT=waagent; else WAAGENT=/usr/sbin/waagent; fi\n"
+    "$WAAGENT -force -deprovision+user\n"
+    "export HISTSIZE=0\nsync\necho deprovisioned\n"
+)
+PRE_FIX_SYSPREP = (
+    "& $env:SystemRoot\\System32\\Sysprep\\Sysprep.exe /oobe /generalize /quiet /quit /mode:vm\n"
+    "Write-Output 'sysprep done'\n"
+)
+
+
+def settle_in_time(provider, result: Any, log: ListLog, clock, limit: int = 400) -> tuple[Any, int]:
+    """Like conftest.settle, but each Pending's wait passes on the clock (as the durable timer would)."""
+    polls = 0
+    while isinstance(result, Pending):
+        clock.now += result.retry_after_seconds
+        result = provider.poll(Pending.model_validate(json.loads(result.model_dump_json())), log)
+        polls += 1
+        assert polls < limit, "never finished"
+    return result, polls
+
+
+def _ready_env(provider, arm, template: dict[str, Any] | None = None):
+    log = ListLog()
+    build = build_input(template or linux_template())
+    prepared = provider.prepare(build, log)
+    env, _ = settle_in_time(provider, provider.create_build_env(build, prepared, log), log, provider._clock)
+    return build, env, log
+
+
+def test_the_fake_never_finishes_a_run_command_that_stops_the_agent():
+    assert guest_effect(PRE_FIX_DEPROVISION) == "hang"
+    assert guest_effect(PRE_FIX_SYSPREP) == "hang"
+    assert guest_effect("echo hello\n") is None
+    # waiting on a scheduled task is still waiting (the Windows runElevated path)
+    waited = "Register-ScheduledTask x\nStart-ScheduledTask x\ndo { $t = Get-ScheduledTask x } while (1)\n"
+    assert guest_effect(waited + "Write-Output hi\n") is None
+    assert guest_effect(waited + PRE_FIX_SYSPREP) == "hang"
+
+
+def test_a_run_command_whose_agent_stops_reporting_fails_at_its_own_deadline(provider, arm, clock):
+    template = linux_template(
+        customize=[{"type": "Shell", "name": "oops", "inline": ["sudo waagent -force -deprovision+user"]}],
+        buildTimeoutInMinutes=60,
+    )
+    build, env, log = _ready_env(provider, arm, template)
+    start = clock.now
+    result, _ = settle_in_time(provider, provider.customize(build, env, 0, log), log, clock)
+    assert arm.effects["ib-customize-0"] == "hang"
+    assert result.status == "failed" and result.error.code == "RunCommandNoResponse", result
+    assert "guest agent stopped reporting" in result.error.message
+    # timeoutInSeconds (the build timeout, 3600 s) plus the 300 s margin, not a wait without end
+    assert 3600 + 300 <= clock.now - start <= 3600 + 300 + 2 * provider.poll_interval
+    assert arm.problems == []
+
+
+def test_linux_generalize_against_an_agent_that_stops_reporting_ends_deallocated_and_generalized(
+    provider, arm, clock
+):
+    build, env, log = _ready_env(provider, arm)
+    start = clock.now
+    result, polls = settle_in_time(provider, provider.generalize(build, env, log), log, clock)
+    assert result.status == "succeeded", result
+    vm = next(r for r in arm.resources.values() if r["type"] == "Microsoft.Compute/virtualMachines")
+    statuses = set(vm["_view"]["statuses"])
+    assert {"PowerState/deallocated", "OSState/generalized"} <= statuses
+    assert vm["_view"]["agent_down_reads"] > 0  # the agent never came back, and nothing waited for it
+    assert clock.now - start < 10 * provider.poll_interval and polls < 10
+    assert "waiting for" in log.text and "deallocating" in log.text
+
+
+def test_a_deprovisioning_that_never_powers_off_fails_with_its_own_deadline(arm, clock):
+    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.fake_arm import FakeCredential
+
+    provider = AzureProvider(
+        credential=FakeCredential(),
+        transport=arm,
+        sleep=clock.sleep,
+        clock=clock,
+        environ={"IMAGEBUILDER_AZURE_GENERALIZE_SECONDS": "900"},
+    )
+    build, env, log = _ready_env(provider, arm)
+    first = provider.generalize(build, env, log)
+    assert isinstance(first, Pending)
+    second = provider.poll(first, log)  # the launch reported: deprovisioning runs detached
+    vm = next(r for r in arm.resources.values() if r["type"] == "Microsoft.Compute/virtualMachines")
+    vm["_view"]["power_off_in"] = 10**9  # ...and hangs in the guest
+    start = clock.now
+    result, _ = settle_in_time(provider, second, log, clock)
+    assert result.status == "failed" and result.error.code == "DeprovisionTimedOut", result
+    assert 900 <= clock.now - start <= 900 + 2 * provider.poll_interval
