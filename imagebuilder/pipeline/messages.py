@@ -40,11 +40,24 @@ class RunRef(Message):
         return f"{self.template_name}-{self.run_id}"[:80]
 
 
+class RunOptions(Message):
+    """What a caller asked of one run beyond the template (the optional body of POST .../run).
+
+    `cache`: "use" (default) reuses the provider's step cache; "off" rebuilds every step (the cache is
+    still refreshed with the new results). `resume_from_run_id`: a failed run of the same template whose
+    succeeded steps this run reuses (refused when the template or an artifact changed before the step
+    that failed)."""
+
+    cache: Literal["use", "off"] = "use"
+    resume_from_run_id: str | None = None
+
+
 class BuildInput(Message):
     """Input of the `build_image` orchestration and of every build activity."""
 
     run: RunRef
     template: dict[str, Any] = Field(description="The whole template resource as stored (ARM JSON)")
+    options: RunOptions = Field(default_factory=RunOptions)
 
 
 class TemplateRef(Message):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.providers.local import bases, catalog, proc
+from imagebuilder.providers.local import bases, catalog, fsutil, proc
 
 
 class ListLog:
@@ -136,7 +136,7 @@ def test_busybox_base_is_built_once_locked_and_atomic(tmp_path: Path) -> None:
     )
     m = catalog.base_manifest(tarball)
     assert m.version == base.version and m.size == tarball.stat().st_size
-    assert m.sha256 == bases._sha256(tarball)
+    assert m.sha256 == fsutil.sha256_file(tarball)
     assert m.details["applets"] > 200
     # Warm: no rebuild.
     mtime = tarball.stat().st_mtime_ns
@@ -149,7 +149,7 @@ def test_busybox_base_is_built_once_locked_and_atomic(tmp_path: Path) -> None:
         f.write(b"garbage")
     assert bases.ensure_base(base, cache, log=log) == tarball
     assert any("building base" in line for line in log.lines)
-    assert catalog.base_manifest(tarball).sha256 == bases._sha256(tarball)
+    assert catalog.base_manifest(tarball).sha256 == fsutil.sha256_file(tarball)
 
 
 def test_ensure_base_refuses_a_version_the_recipe_does_not_make(tmp_path: Path) -> None:

@@ -580,7 +580,7 @@ def test_cleanup_during_a_running_customizer_stops_it(provider: LocalProvider) -
 
 def test_boot_results_become_step_results(tmp_path: Path) -> None:
     from imagebuilder.providers.local import boot
-    from imagebuilder.providers.local.provider import _boot_step_result
+    from imagebuilder.providers.local.validate import _boot_step_result
 
     checks = [
         boot.CheckResult("validate[0] (Shell: a)", 0, ["fine"]),

@@ -10,15 +10,12 @@ MODULES=list initramfs, systemd, cloud-init, ssh, sudo) and ``busybox`` (the hos
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,8 @@ from typing import Any
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import proc
 from imagebuilder.providers.local.catalog import BaseImage, CatalogError, Kind
+from imagebuilder.providers.local.fsutil import locked_file, sha256_file
+from imagebuilder.providers.local.mounts import mounts_under
 
 #: Bump the date when a recipe changes in a way its content hash does not capture.
 RECIPE_DATE = "20261127"
@@ -241,14 +240,6 @@ def _paths(base_kind: str, version: str, cache_dir: Path) -> tuple[Path, Path, P
     return cache_dir / f"{stem}.tar.zst", cache_dir / f"{stem}.manifest.json", cache_dir / f"{stem}.lock"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(tarball: Path) -> BaseManifest:
     """The manifest next to `tarball` (``x.tar.zst`` -> ``x.manifest.json``)."""
     path = tarball.with_name(tarball.name.removesuffix(".tar.zst") + ".manifest.json")
@@ -266,18 +257,8 @@ def _valid(tarball: Path, manifest: Path, recipe: Recipe) -> bool:
     return (
         m.recipe_hash == recipe.content_hash
         and m.size == tarball.stat().st_size
-        and m.sha256 == _sha256(tarball)
+        and m.sha256 == sha256_file(tarball)
     )
-
-
-@contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    with lock.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None) -> Path:
@@ -298,7 +279,7 @@ def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None)
     tarball, manifest, lock = _paths(base.kind, base.version, cache_dir)
     if _valid(tarball, manifest, recipe):
         return tarball
-    with _locked(lock):
+    with locked_file(lock):
         if _valid(tarball, manifest, recipe):
             return tarball
         stem = tarball.name.removesuffix(".tar.zst")
@@ -342,7 +323,7 @@ def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None)
                 version=base.version,
                 recipe_hash=recipe.content_hash,
                 tarball=tarball.name,
-                sha256=_sha256(tmp_tar),
+                sha256=sha256_file(tmp_tar),
                 size=tmp_tar.stat().st_size,
                 built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 build_seconds=round(time.monotonic() - start, 2),
@@ -361,21 +342,11 @@ def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None)
     return tarball
 
 
-def _mounts_under(path: Path) -> list[str]:
-    base = os.path.realpath(path)
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == base or point.startswith(base + "/"):
-            points.append(point)
-    return points
-
-
 def _safe_rmtree(path: Path) -> None:
     """rmtree that never descends into a mount (a bind-mounted /dev would lose the host's nodes)."""
-    for point in sorted(_mounts_under(path), key=len, reverse=True):
+    for point in sorted(mounts_under(path, resolve=True), key=len, reverse=True):
         proc.run(["umount", "--lazy", point], check=False, timeout=60)
-    if _mounts_under(path):
+    if mounts_under(path, resolve=True):
         raise BaseBuildError(f"{path} still has mounts; not deleting it", hint="unmount them and retry")
     shutil.rmtree(path, ignore_errors=True)
 
@@ -549,7 +520,7 @@ def _build_busybox(root: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
     version = proc.run([root / "bin/busybox"], check=False, timeout=30).stdout.splitlines()[0]
     details = {
         "busybox": version,
-        "busybox_sha256": _sha256(root / "bin/busybox"),
+        "busybox_sha256": sha256_file(root / "bin/busybox"),
         "applets": len(applets),
         "entries": sum(1 for _ in root.rglob("*")),
     }

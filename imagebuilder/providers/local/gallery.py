@@ -19,8 +19,6 @@ Exceptions::
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -32,6 +30,7 @@ from typing import Any
 
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import proc
+from imagebuilder.providers.local.fsutil import locked_file, sha256_cached, sha256_file
 from imagebuilder.providers.local.layout import PathEscapeError, check_name, safe_name
 
 DISK = "disk.vhd"
@@ -63,27 +62,6 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3)))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(4 * 1024 * 1024), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_cached(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) for this process (big files get copied to
-    several stores in a row)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(path)
-    return _SHA_MEMO[key]
-
-
 def _key(text: str) -> str:
     return safe_name(text.lower(), limit=90)
 
@@ -97,18 +75,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _read_json(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-@contextlib.contextmanager
-def locked_file(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` (created): serializes threads and processes alike."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 @contextlib.contextmanager

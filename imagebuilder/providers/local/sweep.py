@@ -20,6 +20,7 @@ from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.providers.base import NullLog, ProviderError
 from imagebuilder.providers.local import proc, sandbox
 from imagebuilder.providers.local.layout import RunLayout, StateLayout
+from imagebuilder.providers.local.mounts import loops_under, mounts_under
 
 
 @dataclass(frozen=True)
@@ -44,29 +45,6 @@ def run_folders(state_dir: Path) -> list[Path]:
     return sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
 
 
-def _mount_points() -> list[str]:
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        parts = line.split()
-        if len(parts) > 4:
-            out.append(parts[4].encode().decode("unicode_escape"))
-    return out
-
-
-def _loops_under(folder: Path) -> list[str]:
-    out = []
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        with contextlib.suppress(OSError):
-            path = backing.read_text().strip()
-            if path == str(folder) or path.startswith(str(folder) + "/"):
-                out.append("/dev/" + backing.parent.parent.name)
-    return out
-
-
 def _alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie (a killed child its parent has not reaped yet)."""
     try:
@@ -85,14 +63,13 @@ def _release(folder: Path, report: SweepReport) -> bool:
     deadline = time.monotonic() + 5
     while pids and any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for loop in _loops_under(folder):
+    for loop in loops_under(folder):
         try:
             proc.run(["losetup", "-d", loop], log=NullLog(), timeout=60)
             report.removed.append(f"loop device {loop}")
         except ProviderError as exc:
             report.errors.append(f"cannot detach {loop}: {exc}")
-    base = str(folder)
-    mounts = [m for m in _mount_points() if m == base or m.startswith(base + "/")]
+    mounts = mounts_under(folder)
     for mount in sorted(mounts, key=len, reverse=True):
         try:
             proc.run(["umount", mount], log=NullLog(), timeout=120)
@@ -103,7 +80,7 @@ def _release(folder: Path, report: SweepReport) -> bool:
                 report.errors.append(f"cannot unmount {mount}: {exc}")
                 continue
         report.removed.append(f"mount {mount}")
-    return not [m for m in _mount_points() if m == base or m.startswith(base + "/")]
+    return not mounts_under(folder)
 
 
 def _age(folder: Path) -> float:

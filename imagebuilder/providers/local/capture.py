@@ -1,0 +1,145 @@
+"""Phase capture: the generalized root tree as a GPT disk, a fixed VHD (and a qcow2 on request), its
+sha256, and a root tree tarball for images built on top of this one."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from imagebuilder.pipeline.messages import (
+    BuildEnv,
+    CaptureResult,
+    ErrorInfo,
+)
+from imagebuilder.providers.base import LogSink, ProviderError, TransientProviderError
+from imagebuilder.providers.local import (
+    buildroot,
+    proc,
+)
+from imagebuilder.providers.local.context import (
+    LOG_TAIL,
+    RunContext,
+)
+from imagebuilder.providers.local.fsutil import sha256_cached, sha256_file
+
+
+def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
+    from imagebuilder.providers.local import disk
+
+    layout = ctx.layout
+    record = layout.capture / "capture.json"
+    if record.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            done = CaptureResult.model_validate_json(record.read_text())
+            if Path(str(done.image.get("vhd"))).is_file():
+                return done
+    root = Path(str(env.handle.get("root", "")))
+    with contextlib.suppress(ProviderError, KeyError, OSError):
+        buildroot.root_ready(env.handle)
+    if not (root.is_dir() and (root / "bin").exists()):
+        return CaptureResult(
+            status="failed",
+            error=ErrorInfo(
+                code="BuildEnvMissing", message=f"the build root {root} does not exist", step="capture"
+            ),
+        )
+    clog = ctx.log(log, "capture")
+    start = time.monotonic()
+    shutil.rmtree(layout.capture, ignore_errors=True)
+    layout.capture.mkdir(parents=True, exist_ok=True)
+    generation = str(env.handle.get("generation", "V1"))
+    bootable = bool(env.handle.get("bootable", False))
+    raw = layout.capture / "disk.raw"
+    vhd = layout.capture / "disk.vhd"
+    rootfs = layout.capture / "rootfs.tar.zst"
+    timings: dict[str, float] = {}
+    # The root tree tarball (for layering) is written while the disk is built: two cores, two jobs.
+    tar_argv = ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*",
+                "-I", "zstd -T0 -1", "-cf", str(rootfs), "."]  # fmt: skip
+    clog.write(f"$ {proc.format_argv(tar_argv)}\n")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        tar_job = pool.submit(_timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)))
+        try:
+            t0 = time.monotonic()
+            info = disk.build_disk(root, raw, generation=generation, bootable=bootable, log=clog)
+            timings["build_disk"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            disk.to_vhd(raw, vhd, log=clog)
+            timings["to_vhd"] = time.monotonic() - t0
+            image: dict[str, Any] = {
+                "format": "vhd",
+                "vhd": str(vhd),
+                "generation": generation,
+                "bootable": bootable,
+                "disk": {**_plain(info), "path": str(vhd), "raw_removed": True},
+            }
+            if ctx.qcow2:
+                t0 = time.monotonic()
+                qcow2 = layout.capture / "disk.qcow2"
+                disk.to_qcow2(raw, qcow2, log=clog)
+                image["qcow2"] = str(qcow2)
+                timings["to_qcow2"] = time.monotonic() - t0
+            raw.unlink()
+            t0 = time.monotonic()
+            image["sha256"] = sha256_file(vhd)
+            timings["sha256"] = time.monotonic() - t0
+            timings["rootfs_tar"] = tar_job.result()
+        except ProviderError as exc:
+            tar_job.cancel()
+            with contextlib.suppress(Exception):
+                tar_job.result()
+            if isinstance(exc, TransientProviderError):
+                raise
+            tail = list(getattr(exc, "tail", []) or [])[-LOG_TAIL:]
+            clog.write(f"! capture failed: {exc}\n")
+            return CaptureResult(
+                status="failed",
+                error=ErrorInfo(
+                    code="CaptureFailed",
+                    message=f"capture failed: {exc}",
+                    step="capture",
+                    exit_code=getattr(exc, "returncode", None),
+                    log_tail=tail,
+                    log_uri=log.uri or None,
+                ),
+            )
+    image["rootfs"] = str(rootfs)
+    image["size"] = vhd.stat().st_size
+    image["source"] = env.handle.get("source")
+    image["seconds"] = round(time.monotonic() - start, 3)
+    image["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    clog.write(
+        f"[capture] {vhd} ({image['size']} bytes, sha256 {image['sha256']}) in {image['seconds']} s "
+        f"{image['timings']}\n"
+    )
+    result = CaptureResult(status="succeeded", image=image)
+    record.write_text(result.model_dump_json())
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass (or anything) as JSON-able data."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0

@@ -1,0 +1,141 @@
+"""The typed view of one provider call: `Settings` (what the provider was configured with, read once from
+the environment) and `RunContext` (one run of one template: its folders, its per-template options, its
+log files). Every phase module takes a `RunContext`, so the template's options are read in one place.
+
+Per-template options are template tags, so templates move to Azure unchanged (tags are ignored there):
+    imagebuilder.local.network = off        customizers and validators run with no network (only lo)
+    imagebuilder.local.qcow2 = true         capture also writes a qcow2 (or IMAGEBUILDER_LOCAL_QCOW2=1)
+    imagebuilder.local.stepTimeoutMinutes   per-step timeout (default: buildTimeoutInMinutes, else 240)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from imagebuilder.pipeline.messages import BuildInput
+from imagebuilder.providers.base import LogSink
+from imagebuilder.providers.local import catalog
+from imagebuilder.providers.local.gallery import Stores
+from imagebuilder.providers.local.layout import RunLayout
+
+TAG_NETWORK = "imagebuilder.local.network"
+TAG_QCOW2 = "imagebuilder.local.qcow2"
+TAG_STEP_TIMEOUT = "imagebuilder.local.stepTimeoutMinutes"
+VHD_ROOT_ENV = "IMAGEBUILDER_LOCAL_VHD_ROOT"
+QCOW2_ENV = "IMAGEBUILDER_LOCAL_QCOW2"
+DEFAULT_BUILD_MINUTES = 240
+LOG_TAIL = 20
+
+BlobFetcher = Callable[[str], bytes]
+BlobUploader = Callable[[str, Path], str]
+
+
+def is_false(value: Any) -> bool:
+    return str(value).strip().lower() in ("off", "false", "0", "no", "disabled")
+
+
+def is_true(value: Any) -> bool:
+    return str(value).strip().lower() in ("on", "true", "1", "yes", "enabled")
+
+
+def file_uri(path: Path) -> str:
+    return Path(path).resolve().as_uri()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The provider's configuration (see `LocalProvider`)."""
+
+    state_dir: Path
+    cache_dir: Path
+    stores: Stores
+    blob_fetcher: BlobFetcher | None = None
+    blob_uploader: BlobUploader | None = None
+    file_roots: list[Path] = field(default_factory=list)
+    vhd_roots: list[Path] = field(default_factory=list)
+    qcow2: bool = False
+    catalog_file: str | None = None
+
+    def catalog_extra(self) -> dict[str, str] | None:
+        return catalog.load_catalog_file(self.catalog_file) if self.catalog_file else None
+
+
+class Tee:
+    """Writes to the run's LogSink and to a local file (kept with the build root on `abort`)."""
+
+    def __init__(self, inner: LogSink, path: Path) -> None:
+        self._inner = inner
+        self._path = path
+
+    @property
+    def uri(self) -> str:
+        return self._inner.uri
+
+    def write(self, text: str) -> None:
+        self._inner.write(text)
+        # Never creates the folder: a step still writing after cleanup must not bring the run back.
+        with contextlib.suppress(OSError):
+            if self._path.parent.is_dir():
+                with self._path.open("a") as fh:
+                    fh.write(text)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One call of the provider for one run: settings, the build input, the run's folders."""
+
+    settings: Settings
+    build: BuildInput
+
+    @cached_property
+    def layout(self) -> RunLayout:
+        return RunLayout.for_run(self.settings.state_dir, self.build.run)
+
+    @property
+    def marker(self) -> str:
+        """The name every process of this run carries (its run folder's name)."""
+        return self.layout.run_dir.name
+
+    @cached_property
+    def props(self) -> dict[str, Any]:
+        props = self.build.template.get("properties") or {}
+        return props if isinstance(props, dict) else {}
+
+    @cached_property
+    def tags(self) -> dict[str, str]:
+        tags = self.build.template.get("tags") or {}
+        return {str(k).lower(): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+
+    @property
+    def network(self) -> bool:
+        return not is_false(self.tags.get(TAG_NETWORK.lower(), "on"))
+
+    @property
+    def qcow2(self) -> bool:
+        return self.settings.qcow2 or is_true(self.tags.get(TAG_QCOW2.lower(), ""))
+
+    @property
+    def step_timeout(self) -> float:
+        """Seconds a step may run."""
+        raw = self.tags.get(TAG_STEP_TIMEOUT.lower()) or self.props.get("buildTimeoutInMinutes") or 0
+        try:
+            minutes = float(raw)
+        except (TypeError, ValueError):
+            minutes = 0.0
+        return (minutes if minutes > 0 else DEFAULT_BUILD_MINUTES) * 60.0
+
+    @property
+    def template_hash(self) -> str:
+        text = json.dumps(self.build.template, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def log(self, sink: LogSink, phase: str) -> LogSink:
+        """`sink` teed into the run's own `logs/<phase>.log`."""
+        return Tee(sink, self.layout.logs / f"{phase}.log")

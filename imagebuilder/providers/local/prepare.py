@@ -1,0 +1,149 @@
+"""Phase prepare: resolve the source (`latest` becomes an exact version) and stage every `scriptUri` /
+`sourceUri` into the run's staging folder, checksums checked, before any build resource exists. A
+record keyed by the template's hash makes a retried call return the first result."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from imagebuilder.pipeline.messages import (
+    ErrorInfo,
+    PrepareResult,
+    SourceInfo,
+)
+from imagebuilder.providers.base import LogSink
+from imagebuilder.providers.local import (
+    artifacts,
+    catalog,
+    customizers,
+)
+from imagebuilder.providers.local.context import (
+    RunContext,
+)
+from imagebuilder.providers.local.gallery import GalleryError
+
+
+def prepare(ctx: RunContext, log: LogSink) -> PrepareResult:
+    layout = ctx.layout
+    record = layout.prepare_record
+    digest = ctx.template_hash
+    if record.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            data = json.loads(record.read_text())
+            cached = PrepareResult.model_validate(data["result"])
+            still_staged = all(Path(a.location).is_file() for a in cached.artifacts)
+            if data.get("template_sha256") == digest and still_staged:
+                return cached
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    log = ctx.log(log, "prepare")
+    try:
+        customizers.check_supported(ctx.build.template)
+        source = resolve_source(ctx)
+    except customizers.CustomizerError as exc:
+        return _failed(exc.code, str(exc), log)
+    except catalog.CatalogError as exc:
+        return _failed("BadPIRSource", str(exc), log)
+    except GalleryError as exc:
+        return _failed(exc.code, str(exc), log)
+    log.write(f"source {source.type} {source.id} -> {source.exact_version or source.id}\n")
+    try:
+        staged = artifacts.fetch_all(
+            artifacts.collect(ctx.build.template),
+            layout.artifacts,
+            blob_fetcher=ctx.settings.blob_fetcher,
+            log=log,
+            roots=ctx.settings.file_roots,
+        )
+    except artifacts.ArtifactError as exc:
+        return _failed(exc.code, str(exc), log, source=source)
+    result = PrepareResult(status="succeeded", source=source, artifacts=staged)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"template_sha256": digest, "result": result.model_dump(mode="json")}))
+    os.replace(tmp, record)
+    return result
+
+
+def _failed(code: str, message: str, log: LogSink, source: SourceInfo | None = None) -> PrepareResult:
+    log.write(f"! prepare failed: {message}\n")
+    return PrepareResult(
+        status="failed",
+        source=source,
+        error=ErrorInfo(code=code, message=message, step="prepare", log_uri=log.uri or None),
+    )
+
+
+def resolve_source(
+    ctx: RunContext,
+) -> SourceInfo:
+    src = ctx.props.get("source") or {}
+    typ = str(src.get("type") or "")
+    if typ == "PlatformImage":
+        missing = [k for k in ("publisher", "offer", "sku") if not src.get(k)]
+        if missing:
+            raise catalog.CatalogError(
+                f"properties.source.{missing[0]} is missing",
+                hint="a PlatformImage source needs publisher, offer, sku and version",
+            )
+        requested = str(src.get("version") or "latest")
+        base = catalog.resolve(
+            str(src["publisher"]),
+            str(src["offer"]),
+            str(src["sku"]),
+            requested,
+            extra=ctx.settings.catalog_extra(),
+        )
+        return SourceInfo(
+            type=typ,
+            id=f"{src['publisher']}:{src['offer']}:{src['sku']}:{requested}",
+            exact_version=base.version,
+            hyper_v_generation=base.generation,
+            details={
+                "urn": base.urn,
+                "kind": base.kind,
+                "bootable": base.bootable,
+                "publisher": base.publisher,
+                "offer": base.offer,
+                "sku": base.sku,
+            },
+        )
+    if typ == "ManagedImage":
+        image_id = str(src.get("imageId") or "")
+        image = ctx.settings.stores.find_image(image_id, "properties.source.imageId")
+        return SourceInfo(
+            type=typ,
+            id=image_id,
+            exact_version=None,
+            hyper_v_generation="V2" if image.generation == "V2" else "V1",
+            details={
+                "bootable": image.bootable,
+                "rootfs": str(image.rootfs),
+                "sha256": image.meta.get("sha256"),
+                "version": image.meta.get("sourceVersion"),
+            },
+        )
+    if typ == "SharedImageVersion":
+        version_id = str(src.get("imageVersionId") or "")
+        image = ctx.settings.stores.find_version(
+            version_id, "properties.source.imageVersionId", prefer_region=ctx.build.template.get("location")
+        )
+        return SourceInfo(
+            type=typ,
+            id=version_id,
+            exact_version=str(image.meta.get("name")),
+            hyper_v_generation="V2" if image.generation == "V2" else "V1",
+            details={
+                "exactVersionId": image.id,
+                "bootable": image.bootable,
+                "rootfs": str(image.rootfs),
+                "sha256": image.meta.get("sha256"),
+            },
+        )
+    raise GalleryError(
+        "BadSourceType",
+        f"properties.source.type {typ!r} is not a source the local provider can build from",
+        hint="use PlatformImage, ManagedImage or SharedImageVersion",
+    )
