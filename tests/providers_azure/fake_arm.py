@@ -1021,6 +1021,9 @@ class FakeArm(HttpTransport):
                 return self.error(
                     400, "InvalidParameter", "targetRegions must include the image version's region"
                 )
+            names = [str(r.get("name", "")).replace(" ", "").lower() for r in regions]
+            if len(set(names)) != len(names):
+                return self.error(400, "InvalidParameter", "Duplicate regions are not allowed.")
             for r in regions:
                 if int(r.get("regionalReplicaCount", 1)) < 1 or r.get(
                     "storageAccountType", "Standard_LRS"

@@ -111,8 +111,17 @@ def test_bicep_promises():
     assert "tier: 'FlexConsumption'" in app and "runtime: { name: 'python', version: '3.11' }" in app
     assert "AccountKey" not in app and "listKeys" not in app
     assert "Microsoft.Compute/galleries" in app and "if (createGallery)" in app
-    yaml = (INFRA / "azure.yaml").read_text()
-    assert re.search(r"module: main", yaml) and "host: function" in yaml
+    root = INFRA.parent
+    assert not (INFRA / "azure.yaml").exists(), "azd wants azure.yaml at the project root"
+    yaml = (root / "azure.yaml").read_text()
+    assert re.search(r"^\s+path: infra$", yaml, re.M) and re.search(r"^\s+module: main$", yaml, re.M)
+    assert re.search(r"^\s+project: \.$", yaml, re.M) and "host: function" in yaml
+    assert "project: .." not in yaml  # a service above azure.yaml is not supported
+    ignored = (root / ".funcignore").read_text().split()
+    for entry in (".venv", "node_modules", ".state", "tests", "infra", "local_runtime", "spec"):
+        assert entry in ignored, entry
+    for needed in ("function_app.py", "host.json", "requirements.txt", "imagebuilder", "api"):
+        assert needed not in ignored, needed
     params = json.loads((INFRA / "main.parameters.json").read_text())
     assert set(params["parameters"]) <= set(re.findall(r"^param (\w+)", main, re.MULTILINE))
 

@@ -109,3 +109,77 @@ def test_a_deprovisioning_that_never_powers_off_fails_with_its_own_deadline(arm,
     result, _ = settle_in_time(provider, second, log, clock)
     assert result.status == "failed" and result.error.code == "DeprovisionTimedOut", result
     assert 900 <= clock.now - start <= 900 + 2 * provider.poll_interval
+
+
+def _captured(provider, arm, template):
+    build, env, log = _ready_env(provider, arm, template)
+    clock = provider._clock
+    settle_in_time(provider, provider.generalize(build, env, log), log, clock)
+    captured, _ = settle_in_time(provider, provider.capture(build, env, log), log, clock)
+    return build, captured, log
+
+
+def test_duplicate_target_regions_are_sent_once(provider, arm, clock):
+    template = linux_template()
+    target = template["properties"]["distribute"][0]
+    target["targetRegions"] = [
+        {"name": "West US", "replicaCount": 2},
+        {"name": "westus"},  # the same region spelled differently: ARM refuses the pair
+        {"name": "East US"},
+    ]
+    target["replicationRegions"] = ["eastus"]
+    build, captured, log = _captured(provider, arm, template)
+    result, _ = settle_in_time(provider, provider.distribute(build, captured, 0, "westus", log), log, clock)
+    assert result.status == "succeeded", result
+    put = next(b for m, p, _, b in arm.requests if m == "PUT" and "/versions/" in p)
+    regions = put["properties"]["publishingProfile"]["targetRegions"]
+    assert [r["name"] for r in regions] == ["West US", "East US"] and regions[0]["regionalReplicaCount"] == 2
+
+
+def test_the_fake_refuses_duplicate_regions(provider, arm, clock):
+    from imagebuilder.providers.azure import provider as module
+
+    build, captured, log = _captured(provider, arm, linux_template())
+    before = module.AzureProvider._target_regions
+    try:  # what the provider sent before the fix: every region as given
+        module.AzureProvider._target_regions = lambda self, target, home: [
+            {"name": "West US", "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"},
+            {"name": "westus", "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"},
+        ]
+        result, _ = settle_in_time(
+            provider, provider.distribute(build, captured, 0, "westus", log), log, clock
+        )
+    finally:
+        module.AzureProvider._target_regions = before
+    assert result.status == "failed" and "Duplicate regions" in result.error.message
+
+
+def test_script_uris_on_the_apps_own_storage_are_refused_except_the_artifacts_container(arm, clock):
+    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.fake_arm import FakeCredential
+
+    provider = AzureProvider(
+        credential=FakeCredential(),
+        transport=arm,
+        sleep=clock.sleep,
+        clock=clock,
+        environ={
+            "AzureWebJobsStorage__accountName": "stibapp",
+            "IMAGEBUILDER_ARTIFACTS_CONTAINER": "image-artifacts",
+        },
+    )
+    secrets = "https://stibapp.blob.core.windows.net/azure-webjobs-secrets/host.json"
+    arm.files[secrets] = b'{"masterKey": "not for build VMs"}'
+    template = linux_template(customize=[{"type": "Shell", "name": "leak", "scriptUri": secrets}])
+    log = ListLog()
+    prepared = provider.prepare(build_input(template), log)
+    assert prepared.status == "failed" and prepared.error.code == "ScriptUriNotAllowed", prepared
+    assert "properties.customize[0].scriptUri" in prepared.error.message
+    assert "image-artifacts" in prepared.error.message
+    assert not [r for r in arm.requests if "stibapp" in r[1] or "azure-webjobs-secrets" in r[1]]
+
+    allowed = "https://stibapp.blob.core.windows.net/image-artifacts/setup.sh"
+    arm.files[allowed] = b"echo ok\n"
+    template = linux_template(customize=[{"type": "Shell", "name": "ok", "scriptUri": allowed}])
+    prepared = provider.prepare(build_input(template), log)
+    assert prepared.status == "succeeded", prepared

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import HttpTransport
@@ -247,6 +248,8 @@ class AzureProvider(ComputeProvider):
         )
         self.pacer = WritePacer(write_interval, clock, sleep)
         self._clients: dict[str, AzureClients] = {}
+        self._app_account = _app_storage_account(env)
+        self._artifacts_container = env.get("IMAGEBUILDER_ARTIFACTS_CONTAINER") or "image-artifacts"
         self._generalize_seconds = int(
             env.get("IMAGEBUILDER_AZURE_GENERALIZE_SECONDS") or DEFAULT_GENERALIZE_SECONDS
         )
@@ -559,6 +562,7 @@ class AzureProvider(ComputeProvider):
             uri = str(step.get(field) or "")
             if not uri:
                 continue
+            self._refuse_app_storage(uri, f"{where}.{field}")
             if uri not in artifacts:
                 data = ctx.arm.fetch(uri)
                 digest = hashlib.sha256(data).hexdigest()
@@ -581,6 +585,25 @@ class AzureProvider(ComputeProvider):
                     ),
                 )
         return PrepareResult(status="succeeded", source=source, artifacts=list(artifacts.values()))
+
+    def _refuse_app_storage(self, uri: str, where: str) -> None:
+        """Private blobs are read with the app's identity, which owns the app's own storage account (its
+        function keys in azure-webjobs-secrets, the durable state, the run records): a template may only
+        name the artifacts container there, or anything it can reach with a SAS of its own."""
+        if not self._app_account:
+            return
+        parts = urlsplit(uri)
+        host = parts.netloc.lower()
+        if host != f"{self._app_account}.blob.core.windows.net" or "sig=" in parts.query:
+            return
+        container = parts.path.lstrip("/").split("/", 1)[0]
+        if container.lower() != self._artifacts_container.lower():
+            raise ArmFailure(
+                "ScriptUriNotAllowed",
+                f"{where} ({redact(uri)}) names the image builder's own storage account "
+                f"{self._app_account!r}, container {container!r}: only its {self._artifacts_container!r} "
+                "container may hold build files; upload the file there, or use another account",
+            )
 
     def _resolve_source(self, ctx: _Ctx) -> SourceInfo:
         source = ctx.props.get("source") or {}
@@ -1386,23 +1409,35 @@ class AzureProvider(ComputeProvider):
         )
 
     def _target_regions(self, target: dict[str, Any], home: str) -> list[dict[str, Any]]:
+        """The publishing regions of a SharedImage target, each once (ARM refuses a version whose
+        targetRegions name a region twice: "Duplicate regions are not allowed"); the first mention wins,
+        and the version's own region is always one of them."""
         regions: list[dict[str, Any]] = []
+        seen: set[str] = set()
+
+        def add(entry: dict[str, Any]) -> None:
+            key = _region(entry["name"])
+            if key not in seen:
+                seen.add(key)
+                regions.append(entry)
+
         for r in target.get("targetRegions") or []:
-            entry: dict[str, Any] = {
-                "name": r["name"],
-                "regionalReplicaCount": int(r.get("replicaCount") or 1),
-            }
-            entry["storageAccountType"] = r.get("storageAccountType") or "Standard_LRS"
-            regions.append(entry)
+            add(
+                {
+                    "name": r["name"],
+                    "regionalReplicaCount": int(r.get("replicaCount") or 1),
+                    "storageAccountType": r.get("storageAccountType") or "Standard_LRS",
+                }
+            )
         for name in target.get("replicationRegions") or []:
-            regions.append(
+            add(
                 {
                     "name": name,
                     "regionalReplicaCount": 1,
                     "storageAccountType": target.get("storageAccountType") or "Standard_LRS",
                 }
             )
-        if not any(_region(r["name"]) == _region(home) for r in regions):
+        if _region(home) not in seen:
             regions.insert(0, {"name": home, "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"})
         return regions
 
@@ -1854,6 +1889,18 @@ class AzureProvider(ComputeProvider):
                 lambda p: arm.resources.resource_groups.begin_delete(rg, polling=p),
             )
         return CleanupReport(removed=removed, errors=errors)
+
+
+def _app_storage_account(env: Any) -> str:
+    """The app's own storage account name (AzureWebJobsStorage in any of its forms), lower-case, or ''."""
+    name = str(env.get("AzureWebJobsStorage__accountName") or "")
+    if not name:
+        uri = str(env.get("AzureWebJobsStorage__blobServiceUri") or "")
+        name = urlsplit(uri).netloc.split(".", 1)[0] if uri else ""
+    if not name:
+        match = re.search(r"AccountName=([^;]+)", str(env.get("AzureWebJobsStorage") or ""), re.IGNORECASE)
+        name = match.group(1) if match else ""
+    return name.lower()
 
 
 @cache
