@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEV_STORAGE = "UseDevelopmentStorage=true"
@@ -21,6 +21,10 @@ class Settings:
 
     list_page_size: int = 100
     timeout_scale: float = 1.0
+    # Ed25519 private key (PEM) that signs provenance; on Azure a Key Vault reference. Locally, when
+    # empty, a key is created in the state directory (see imagebuilder.provenance.keys).
+    provenance_key: str = field(default="", repr=False)
+    builder_id: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -37,6 +41,8 @@ class Settings:
             task_hub=env.get("IMAGEBUILDER_TASK_HUB", "ImageBuilderHub"),
             list_page_size=_positive_int(env, "IMAGEBUILDER_LIST_PAGE_SIZE", 100),
             timeout_scale=_positive_float(env, "IMAGEBUILDER_TIMEOUT_SCALE", 1.0),
+            provenance_key=env.get("IMAGEBUILDER_PROVENANCE_SIGNING_KEY", ""),
+            builder_id=env.get("IMAGEBUILDER_BUILDER_ID", "").strip(),
         )
 
 
