@@ -87,6 +87,10 @@ _POWER_OFF = re.compile(r"systemctl poweroff|shutdown -h|poweroff -f|Stop-Comput
 _B64 = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 
 
+def _loc(name: Any) -> str:
+    return str(name or "").replace(" ", "").lower()
+
+
 def _decoded_payloads(script: str) -> list[str]:
     out = []
     for token in _B64.findall(script):
@@ -758,6 +762,20 @@ class FakeArm(HttpTransport):
         self.problem(f"unexpected VM request {method} {path}")
         return self.error(400, "UnexpectedRequest", path)
 
+    def _security_of(self, res: dict[str, Any]) -> str:
+        """The security type a source carries: a VM's securityProfile, a snapshot's or disk's, else Standard."""
+        props = res.get("properties") or {}
+        if res.get("type") == "Microsoft.Compute/virtualMachines":
+            return str((props.get("securityProfile") or {}).get("securityType") or "Standard")
+        if res.get("type") == "Microsoft.Compute/snapshots":
+            origin = self.resources.get(
+                str((props.get("creationData") or {}).get("sourceResourceId", "")).lower()
+            )
+            return self._security_of(origin) if origin else "Standard"
+        if res.get("type") == "Microsoft.Compute/disks":
+            return str((props.get("securityProfile") or {}).get("securityType") or "Standard")
+        return "Standard"
+
     @staticmethod
     def _agent_status(view: dict[str, Any]) -> dict[str, Any]:
         down = int(view.get("agent_down_reads", 0))
@@ -818,6 +836,9 @@ class FakeArm(HttpTransport):
                     "provisioningState": "Succeeded",
                     "diskState": "Attached",
                     "diskSizeGB": os_disk.get("diskSizeGB", 30),
+                    "securityProfile": {
+                        "securityType": (props.get("securityProfile") or {}).get("securityType") or "Standard"
+                    },
                 },
             }
 
@@ -911,6 +932,12 @@ class FakeArm(HttpTransport):
                 )
             if vm["location"] != body.get("location"):
                 return self.error(400, "InvalidParameter", "The source VM must be in the image's region.")
+            if self._security_of(vm) != "Standard":
+                return self.error(
+                    400,
+                    "InvalidParameter",
+                    "Creating an image from a VM with security type TrustedLaunch is not supported.",
+                )
             return self._put_lro(path, "Microsoft.Compute/images", body, "Microsoft.Compute")
         if method == "DELETE":
             return self._delete_lro(path, "Microsoft.Compute")
@@ -1011,10 +1038,38 @@ class FakeArm(HttpTransport):
         if method == "PUT":
             self._check_tags(path, body)
             props = body.get("properties") or {}
-            src = (props.get("storageProfile") or {}).get("source") or {}
+            storage = props.get("storageProfile") or {}
+            src = storage.get("source") or ((storage.get("osDiskImage") or {}).get("source")) or {}
             source = src.get("id") or src.get("virtualMachineId") or ""
             if source.lower() not in self.resources:
                 return self.error(400, "InvalidParameter", f"source {source} not found")
+            source_res = self.resources[source.lower()]
+            definition = self.resources.get(path.lower().rsplit("/versions/", 1)[0], {})
+            if _loc(body.get("location")) != _loc(definition.get("location")):
+                return self.error(
+                    400, "InvalidParameter", "The image version must be in the gallery image's region."
+                )
+            if _loc(source_res.get("location")) != _loc(body.get("location")):
+                return self.error(
+                    400,
+                    "InvalidParameter",
+                    f"The source {source} is in {source_res.get('location')}; it must be in the image "
+                    f"version's region {body.get('location')}.",
+                )
+            wanted = {
+                str(f.get("name")): str(f.get("value"))
+                for f in (definition.get("properties") or {}).get("features") or []
+            }.get("SecurityType", "Standard")
+            got = self._security_of(source_res)
+            if (wanted == "TrustedLaunch") != (got == "TrustedLaunch") or (
+                wanted == "TrustedLaunchSupported" and "virtualMachineId" in src and got != "Standard"
+            ):
+                return self.error(
+                    400,
+                    "InvalidParameter",
+                    f"A source of security type {got} cannot be used for a gallery image of security type "
+                    f"{wanted}.",
+                )
             regions = (props.get("publishingProfile") or {}).get("targetRegions") or []
             home = str(body.get("location", "")).replace(" ", "").lower()
             if home not in [str(r.get("name", "")).replace(" ", "").lower() for r in regions]:

@@ -183,3 +183,39 @@ def test_script_uris_on_the_apps_own_storage_are_refused_except_the_artifacts_co
     template = linux_template(customize=[{"type": "Shell", "name": "ok", "scriptUri": allowed}])
     prepared = provider.prepare(build_input(template), log)
     assert prepared.status == "succeeded", prepared
+
+
+def test_a_gallery_in_another_region_gets_a_version_from_a_snapshot_copied_there(provider, arm, clock):
+    """The version lives in its definition's region (eastus here) while the build ran in westus; before
+    the fix its source was the westus managed image, which ARM refuses."""
+    from tests.providers_azure.conftest import GALLERY_IMAGE
+
+    arm.resources[GALLERY_IMAGE.lower()]["location"] = "eastus"
+    template = linux_template()
+    template["properties"]["distribute"] = [template["properties"]["distribute"][0]]
+    build, captured, log = _captured(provider, arm, template)
+    result, _ = settle_in_time(provider, provider.distribute(build, captured, 0, "East US", log), log, clock)
+    assert result.status == "succeeded", result
+    version = arm.resources[result.artifact_id.lower()]
+    assert version["location"] == "eastus"
+    snapshot_id = version["properties"]["storageProfile"]["osDiskImage"]["source"]["id"]
+    assert arm.resources[snapshot_id.lower()]["location"] == "eastus"
+    regions = [r["name"] for r in version["properties"]["publishingProfile"]["targetRegions"]]
+    assert "West US" in regions and "East US" in regions
+    assert provider.cleanup(build, keep=False, log=log).errors == []
+    assert not [k for k in arm.resources if "/snapshots/" in k]
+    assert arm.problems == []
+
+
+def test_the_fake_refuses_a_version_source_from_another_region(provider, arm, clock):
+    from tests.providers_azure.conftest import GALLERY_IMAGE
+
+    template = linux_template()
+    build, captured, log = _captured(provider, arm, template)
+    arm.resources[GALLERY_IMAGE.lower()]["location"] = "eastus"
+    image = dict(
+        captured.image, location="eastus"
+    )  # the pre-fix provider: a westus source, an eastus version
+    bad = captured.model_copy(update={"image": image})
+    result, _ = settle_in_time(provider, provider.distribute(build, bad, 0, "East US", log), log, clock)
+    assert result.status == "failed" and "must be in the image version's region" in result.error.message

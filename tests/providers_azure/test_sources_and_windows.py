@@ -281,17 +281,20 @@ def test_find_orphans_lists_what_a_run_left(provider, arm):
     assert find_orphans(SUB, provider=provider, active_runs={RUN}) == []
 
 
+def _trusted_gallery(arm, kind="TrustedLaunch"):
+    arm.resources[GALLERY_IMAGE.lower()]["properties"]["features"] = [{"name": "SecurityType", "value": kind}]
+    arm.resources[GALLERY_IMAGE.lower()]["properties"]["hyperVGeneration"] = "V2"
+
+
 def test_trusted_launch_gallery_source_builds_a_trusted_launch_vm_and_publishes_from_the_vm(provider, arm):
     log = ListLog()
-    arm.resources[GALLERY_IMAGE.lower()]["properties"]["features"] = [
-        {"name": "SecurityType", "value": "TrustedLaunch"}
-    ]
-    arm.resources[GALLERY_IMAGE.lower()]["properties"]["hyperVGeneration"] = "V2"
+    _trusted_gallery(arm)
     template = linux_template()
     template["properties"]["source"] = {
         "type": "SharedImageVersion",
         "imageVersionId": f"{GALLERY_IMAGE}/versions/1.0.0",
     }
+    del template["properties"]["distribute"][1]  # no managed image: a Trusted Launch VM cannot be one
     build = build_input(template)
     prepared = provider.prepare(build, log)
     env, _ = settle(provider, provider.create_build_env(build, prepared, log), log)
@@ -307,13 +310,61 @@ def test_trusted_launch_gallery_source_builds_a_trusted_launch_vm_and_publishes_
     captured, _ = settle(provider, provider.capture(build, env, log), log)
     assert captured.image["managed_image_id"] is None and captured.image["trusted_launch"] is True
     sig, _ = settle(provider, provider.distribute(build, captured, 0, "westus", log), log)
-    assert sig.status == "succeeded"
+    assert sig.status == "succeeded", sig
     version = arm.resources[sig.artifact_id.lower()]
     assert version["properties"]["storageProfile"]["source"] == {"virtualMachineId": env.handle["vm_id"]}
-    managed, _ = settle(provider, provider.distribute(build, captured, 1, "westus", log), log)
-    assert managed.status == "failed" and managed.error.code == "TrustedLaunchNotSupported"
     assert provider.cleanup(build, keep=False, log=log).errors == []
     assert arm.problems == []
+
+
+def test_a_trusted_launch_target_definition_makes_the_build_vm_trusted_launch(provider, arm):
+    """Before the fix the VM followed the (Standard, Gen2) platform source: its managed image went to a
+    TrustedLaunch definition, which ARM refuses."""
+    log = ListLog()
+    _trusted_gallery(arm)
+    template = linux_template()
+    template["properties"]["source"]["sku"] = "server-gen2"
+    template["properties"]["distribute"] = [template["properties"]["distribute"][0]]
+    build = build_input(template)
+    env, _ = settle(provider, provider.create_build_env(build, provider.prepare(build, log), log), log)
+    assert arm.vm_bodies[0]["properties"]["securityProfile"]["securityType"] == "TrustedLaunch"
+    settle(provider, provider.generalize(build, env, log), log)
+    captured, _ = settle(provider, provider.capture(build, env, log), log)
+    sig, _ = settle(provider, provider.distribute(build, captured, 0, "westus", log), log)
+    assert sig.status == "succeeded", sig
+    assert arm.problems == []
+
+
+def test_the_fake_refuses_sources_of_the_wrong_security_type(provider, arm):
+    log = ListLog()
+    template = linux_template()
+    template["properties"]["source"]["sku"] = "server-gen2"
+    build = build_input(template)
+    env, _ = settle(provider, provider.create_build_env(build, provider.prepare(build, log), log), log)
+    settle(provider, provider.generalize(build, env, log), log)
+    captured, _ = settle(provider, provider.capture(build, env, log), log)
+    _trusted_gallery(arm)  # what the pre-fix provider did: a Standard build into a TrustedLaunch definition
+    sig, _ = settle(provider, provider.distribute(build, captured, 0, "westus", log), log)
+    assert sig.status == "failed" and "security type Standard" in sig.error.message, sig
+    _trusted_gallery(arm, "TrustedLaunchSupported")  # a Standard managed image is fine there
+    sig, _ = settle(provider, provider.distribute(build, captured, 0, "westus", log), log)
+    assert sig.status == "succeeded", sig
+
+
+def test_conflicting_security_types_fail_before_any_resource_exists(provider, arm):
+    log = ListLog()
+    _trusted_gallery(arm)
+    template = linux_template()
+    template["properties"]["source"]["sku"] = "server-gen2"  # TrustedLaunch gallery + a managed image
+    build = build_input(template)
+    env = provider.create_build_env(build, provider.prepare(build, log), log)
+    assert env.handle["status"] == "failed" and env.handle["error"]["code"] == "SecurityTypeConflict"
+    assert "properties.distribute[1] (a managed image)" in env.handle["error"]["message"]
+    assert not [r for r in arm.requests if r[0] != "GET"]
+    template["properties"]["source"]["sku"] = "server"  # Gen1 cannot be Trusted Launch at all
+    template["properties"]["distribute"] = [template["properties"]["distribute"][0]]
+    env = provider.create_build_env(build_input(template), provider.prepare(build_input(template), log), log)
+    assert env.handle["error"]["code"] == "TrustedLaunchNeedsGen2"
 
 
 def test_standard_security_is_explicit_for_gen1_and_gen2(provider, arm):

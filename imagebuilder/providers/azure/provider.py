@@ -741,7 +741,7 @@ class AzureProvider(ComputeProvider):
             details={
                 "os_type": props.get("osType", "Linux"),
                 "image_reference": {"id": exact},
-                "security_type": "TrustedLaunch" if security == "TrustedLaunch" else "Standard",
+                "security_type": security if security.startswith("TrustedLaunch") else "Standard",
                 "plan": (
                     {
                         "name": plan.get("name"),
@@ -817,6 +817,8 @@ class AzureProvider(ComputeProvider):
         names = ctx.names
         rg = names.resource_group
         sub = ctx.build.run.subscription_id
+        if "security" not in ctx.state:  # decided before anything exists: a conflict costs nothing
+            ctx.state["security"] = self._security_type(ctx, source)
         self._ensure_staging(ctx)
         profile = ctx.props.get("vmProfile") or {}
         subnet_id = str((profile.get("vnetConfig") or {}).get("subnetId") or "")
@@ -911,11 +913,56 @@ class AzureProvider(ComputeProvider):
                 "hyper_v_generation": source.hyper_v_generation,
                 "source": source.model_dump(mode="json"),
                 "artifacts": {a.uri: a.sha256 for a in prepared.artifacts},
+                "security_type": ctx.state["security"],
                 "identities": [
                     str(i) for i in (ctx.props.get("vmProfile") or {}).get("userAssignedIdentities") or []
                 ],
             },
         )
+
+    def _security_type(self, ctx: _Ctx, source: SourceInfo) -> str:
+        """The build VM's security type, from the source and every target (ARM's rules, not the source's
+        alone): a TrustedLaunch gallery definition takes only a Trusted Launch source; a Standard one, a
+        TrustedLaunchSupported one (which refuses a Trusted Launch VM as source) and a managed image take
+        only a Standard one; a TrustedLaunch gallery source boots only as Trusted Launch."""
+        trusted: list[str] = []
+        standard: list[str] = []
+        if source.details.get("security_type") == "TrustedLaunch":
+            trusted.append("properties.source (a TrustedLaunch gallery image)")
+        for index, target in enumerate(ctx.props.get("distribute") or []):
+            where = f"properties.distribute[{index}]"
+            if target.get("type") == "ManagedImage":
+                standard.append(f"{where} (a managed image)")
+            elif target.get("type") == "SharedImage":
+                parsed = ArmId.parse(str(target.get("galleryImageId") or ""), f"{where}.galleryImageId")
+                arm = self.clients(parsed.subscription, ctx.build)
+                definition = arm.get(
+                    f"read gallery image of {where}",
+                    lambda p=parsed, a=arm: a.compute.gallery_images.get(
+                        p.resource_group, p.name("galleries"), p.name("images")
+                    ),
+                )
+                features = {
+                    str(f.get("name")): str(f.get("value"))
+                    for f in ((definition or {}).get("properties") or {}).get("features") or []
+                }
+                kind = features.get("SecurityType", "Standard")
+                if kind == "TrustedLaunch":
+                    trusted.append(f"{where} (a TrustedLaunch image definition)")
+                elif definition is not None:
+                    standard.append(f"{where} (a {kind} image definition)")
+        if trusted and standard:
+            raise ArmFailure(
+                "SecurityTypeConflict",
+                f"{', '.join(trusted)} needs a Trusted Launch build VM but {', '.join(standard)} needs a "
+                "Standard one; build them from two templates, or make the image definitions agree",
+            )
+        if trusted and source.hyper_v_generation != "V2":
+            raise ArmFailure(
+                "TrustedLaunchNeedsGen2",
+                f"{trusted[0]} needs Trusted Launch, which needs a Gen2 (hyperVGeneration V2) source",
+            )
+        return "TrustedLaunch" if trusted else "Standard"
 
     def _vm_body(self, ctx: _Ctx, source: SourceInfo, nic_id: str, tags: dict[str, str]) -> dict[str, Any]:
         import secrets
@@ -979,7 +1026,7 @@ class AzureProvider(ComputeProvider):
                 "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
             },
         }
-        if source.details.get("security_type") == "TrustedLaunch":
+        if ctx.state.get("security") == "TrustedLaunch":
             body["properties"]["securityProfile"] = {
                 "securityType": "TrustedLaunch",
                 "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True},
@@ -1354,7 +1401,7 @@ class AzureProvider(ComputeProvider):
         env = BuildEnv.model_validate(ctx.args["env"]).handle
         rg, vm_id = env["resource_group"], env["vm_id"]
         compute = ctx.arm.compute
-        trusted = (env.get("source") or {}).get("details", {}).get("security_type") == "TrustedLaunch"
+        trusted = env.get("security_type") == "TrustedLaunch"
         image: dict[str, Any] = {}
         if not trusted:  # a Trusted Launch VM cannot become a managed image: galleries take the VM itself
             image = self._ensure(
@@ -1514,21 +1561,23 @@ class AzureProvider(ComputeProvider):
             }
             if target.get("replicationMode"):
                 publishing["replicationMode"] = target["replicationMode"]
+            home = str(definition.get("location"))
+            storage: dict[str, Any]
+            if _region(home) != _region(image["location"]):
+                # ARM takes a version's source only from the version's own region (the definition's):
+                # the generalized OS disk goes there as a copied snapshot first.
+                snapshot_id = self._snapshot_in(ctx, image, home)
+                storage = {"osDiskImage": {"source": {"id": snapshot_id}}}
+            elif image.get("managed_image_id"):
+                storage = {"source": {"id": image["managed_image_id"]}}
+            else:
+                storage = {"source": {"virtualMachineId": image["vm_id"]}}
             body = {
-                "location": definition.get("location"),
+                "location": home,
                 "tags": self._tags(
                     ctx, {**(target.get("artifactTags") or {}), "imagebuilder-output": output}
                 ),
-                "properties": {
-                    "publishingProfile": publishing,
-                    "storageProfile": {
-                        "source": (
-                            {"id": image["managed_image_id"]}
-                            if image.get("managed_image_id")
-                            else {"virtualMachineId": image["vm_id"]}
-                        )
-                    },
-                },
+                "properties": {"publishingProfile": publishing, "storageProfile": storage},
             }
             ctx.log.write(f"creating gallery image version {version} in {len(regions)} regions\n")
             arm.start(
