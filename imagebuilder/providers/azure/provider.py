@@ -920,6 +920,14 @@ class AzureProvider(ComputeProvider):
             },
         )
 
+    def _gallery_image(self, ctx: _Ctx, parsed: ArmId, where: str) -> dict[str, Any] | None:
+        arm = self.clients(parsed.subscription, ctx.build)
+        images = arm.compute.gallery_images
+        return arm.get(
+            f"read gallery image of {where}",
+            lambda: images.get(parsed.resource_group, parsed.name("galleries"), parsed.name("images")),
+        )
+
     def _security_type(self, ctx: _Ctx, source: SourceInfo) -> str:
         """The build VM's security type, from the source and every target (ARM's rules, not the source's
         alone): a TrustedLaunch gallery definition takes only a Trusted Launch source; a Standard one, a
@@ -935,13 +943,7 @@ class AzureProvider(ComputeProvider):
                 standard.append(f"{where} (a managed image)")
             elif target.get("type") == "SharedImage":
                 parsed = ArmId.parse(str(target.get("galleryImageId") or ""), f"{where}.galleryImageId")
-                arm = self.clients(parsed.subscription, ctx.build)
-                definition = arm.get(
-                    f"read gallery image of {where}",
-                    lambda p=parsed, a=arm: a.compute.gallery_images.get(
-                        p.resource_group, p.name("galleries"), p.name("images")
-                    ),
-                )
+                definition = self._gallery_image(ctx, parsed, where)
                 features = {
                     str(f.get("name")): str(f.get("value"))
                     for f in ((definition or {}).get("properties") or {}).get("features") or []
