@@ -68,3 +68,18 @@ def test_powershell_inline_travels_base64_so_quotes_survive():
 
     encoded = re.search(r"FromBase64String\('([^']+)'\)", script).group(1)
     assert base64.b64decode(encoded).decode() == text
+
+
+def test_non_elevated_powershell_runs_as_the_vms_admin_user_as_on_aib():
+    """AIB runs runElevated: false (its default) as the build VM's admin user; before the fix a brand-new
+    non-admin account ran it (New-LocalUser, RunLevel Limited) and installers got access denied."""
+    for step in (
+        {"type": "PowerShell", "inline": ["msiexec /i app.msi /qn"]},
+        {"type": "PowerShell", "inline": ["x"], "runElevated": True},
+    ):
+        script = scripts.powershell(step, None, None, "packer")
+        assert "$rc = Invoke-IbAsUser $script 'packer'" in script
+        assert "-LogonType S4U -RunLevel Highest" in script
+        assert "New-LocalUser" not in script and "Limited" not in script and "-Password" not in script
+    system = scripts.powershell({"inline": ["x"], "runElevated": True, "runAsSystem": True}, None)
+    assert "$rc = Invoke-IbAsUser" not in system

@@ -203,7 +203,8 @@ def test_windows_powershell_restart_and_update_through_run_command(provider, arm
         "-File $script" in system and "$rc = Invoke-IbAsUser" not in system
     )  # runAsSystem: Run Command's SYSTEM
     elevated = arm.scripts["ib-customize-1"]
-    assert "Invoke-IbAsUser $script 'Highest'" in elevated and "Get-FileHash" in elevated
+    admin = arm.vm_bodies[0]["properties"]["osProfile"]["adminUsername"]
+    assert f"Invoke-IbAsUser $script '{admin}'" in elevated and "Get-FileHash" in elevated
     wu = arm.scripts["ib-wu-3-0"]
     assert "Microsoft.Update.Session" in wu and "$selected.Count -lt 40" in wu
     assert "restart scheduled" in log.text and "Windows Update pass 2" in log.text

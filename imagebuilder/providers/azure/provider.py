@@ -1169,7 +1169,7 @@ class AzureProvider(ComputeProvider):
                 valid = [int(c) for c in step.get("validExitCodes") or [0]]
             except (TypeError, ValueError) as exc:
                 raise ArmFailure("InvalidCustomizer", f"{label}.validExitCodes must be integers") from exc
-            script = scripts.powershell(step, sha, identity)
+            script = scripts.powershell(step, sha, identity, ADMIN_USER)
         elif kind == "File":
             if not step.get("destination") or not sha:
                 raise ArmFailure("InvalidCustomizer", f"{label}: File needs sourceUri and destination")

@@ -174,26 +174,19 @@ function Invoke-IbDownload([string]$Url, [string]$Dest, [string]$Sha256) {
 }
 """
 
-# Not elevated / elevated-but-not-SYSTEM: Run Command itself runs as SYSTEM, so the user script runs
-# through a one-shot scheduled task as a transient local account (password made and kept inside the VM).
+# runElevated false (AIB's default) and runElevated without runAsSystem: AIB runs these as the build VM's
+# admin user (Packer's WinRM session, an administrator's full token; the elevated one through a scheduled
+# task). Run Command itself runs as SYSTEM, so the script runs through a one-shot scheduled task as that
+# admin user, with an S4U logon (no password needed or stored) and the highest run level, so installers
+# that work on AIB get no access denied here.
 _PS_AS_USER = r"""
-function Invoke-IbAsUser([string]$ScriptPath, [string]$RunLevel) {
-  $name = 'imagebuilder'
-  Add-Type -AssemblyName System.Web
-  $pw = [System.Web.Security.Membership]::GeneratePassword(32, 6) + 'aA1!'
-  $secure = ConvertTo-SecureString $pw -AsPlainText -Force
-  if (-not (Get-LocalUser -Name $name -ErrorAction SilentlyContinue)) {
-    New-LocalUser -Name $name -Password $secure -AccountNeverExpires | Out-Null
-  } else { Set-LocalUser -Name $name -Password $secure }
-  if ($RunLevel -eq 'Highest') {
-    Add-LocalGroupMember -Group Administrators -Member $name -ErrorAction SilentlyContinue
-  }
-  $out = "$env:TEMP\imagebuilder-task.log"
+function Invoke-IbAsUser([string]$ScriptPath, [string]$User) {
+  $out = "$env:SystemRoot\Temp\imagebuilder-task.log"
   $arg = "-NoProfile -ExecutionPolicy Bypass -Command `"& '$ScriptPath' *> '$out'; exit `$LASTEXITCODE`""
   $action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument $arg
+  $principal = New-ScheduledTaskPrincipal -UserId $User -LogonType S4U -RunLevel Highest
   $task = 'imagebuilder-step'
-  Register-ScheduledTask -TaskName $task -Action $action -RunLevel $RunLevel -Force `
-    -User $name -Password $pw | Out-Null
+  Register-ScheduledTask -TaskName $task -Action $action -Principal $principal -Force | Out-Null
   Start-ScheduledTask -TaskName $task
   do {
     Start-Sleep -Seconds 2; $t = Get-ScheduledTask -TaskName $task
@@ -206,8 +199,11 @@ function Invoke-IbAsUser([string]$ScriptPath, [string]$RunLevel) {
 """
 
 
-def powershell(step: dict[str, Any], sha256: str | None, identity: str | None = None) -> str:
-    """A PowerShell customizer/validator honouring runElevated / runAsSystem; the exit code comes back."""
+def powershell(
+    step: dict[str, Any], sha256: str | None, identity: str | None = None, admin_user: str = "packer"
+) -> str:
+    """A PowerShell customizer/validator: runElevated + runAsSystem runs as SYSTEM (Run Command's own
+    account); otherwise as the build VM's admin user `admin_user`, as AIB does. The exit code comes back."""
     lines = [
         "$ErrorActionPreference = 'Stop'",
         f"$IbMsi = {_ps_quote(identity or '')}",
@@ -226,8 +222,7 @@ def powershell(step: dict[str, Any], sha256: str | None, identity: str | None = 
     if step.get("runElevated") and step.get("runAsSystem"):
         lines.append("& powershell.exe -NoProfile -ExecutionPolicy Bypass -File $script\n$rc = $LASTEXITCODE")
     else:
-        level = "Highest" if step.get("runElevated") else "Limited"
-        lines.append(f"$rc = Invoke-IbAsUser $script '{level}'")
+        lines.append(f"$rc = Invoke-IbAsUser $script {_ps_quote(admin_user)}")
     lines.append("Remove-Item -Force $script -ErrorAction SilentlyContinue\nexit $rc")
     return "\n".join(lines) + "\n"
 
