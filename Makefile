@@ -1,5 +1,5 @@
 # The two commands a newcomer runs (see README.md). Both install what they need first.
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench serve
 
 setup:
 	bash scripts/setup.sh
@@ -15,3 +15,8 @@ lint:
 
 bench: setup
 	.venv/bin/python benchmarks/durable_fanout.py
+
+# Serve the app on this machine (the analogue of `func start`); `aib` finds it through .state/runtime.json.
+serve: setup
+	@test -f local.settings.json || { cp local.settings.example.json local.settings.json; echo "created local.settings.json from local.settings.example.json"; }
+	.venv/bin/python -m local_runtime start . --state-dir .state

@@ -16,7 +16,6 @@ from activities import (
     validate,
 )
 from api import async_operations, operations, runs, templates, triggers
-from dashboard import pages as dashboard_pages
 from orchestrators import build_image, distribute_image
 from triggers import evaluation, sweeper, uploads
 
@@ -43,6 +42,5 @@ for blueprint in (
     evaluation.bp,
     uploads.bp,
     sweeper.bp,
-    dashboard_pages.bp,
 ):
     app.register_functions(blueprint)

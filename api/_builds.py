@@ -15,7 +15,7 @@ from typing import Any
 import azure.durable_functions as df
 
 from api._arm import ArmError, in_thread
-from imagebuilder.pipeline.messages import BuildInput, RunRef
+from imagebuilder.pipeline.messages import BuildInput, RunOptions, RunRef
 from imagebuilder.pipeline.naming import BUILD_ORCHESTRATION, CANCEL_EVENT
 from imagebuilder.store import TERMINAL_RUN_STATES, RunInProgressError, RunRecord, Store, StoredTemplate
 
@@ -49,16 +49,24 @@ def run_ref(stored: StoredTemplate, run_id: str) -> RunRef:
 
 
 async def start_build(
-    client: df.DurableOrchestrationClient, store: Store, stored: StoredTemplate, *, retry: bool = True
+    client: df.DurableOrchestrationClient,
+    store: Store,
+    stored: StoredTemplate,
+    *,
+    retry: bool = True,
+    details: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
 ) -> RunRecord:
     """Record a new run (Queued) and start `build_image` for it; 409 if a run is already active (a run
-    whose orchestration is over or was never started is settled first, see `reconcile`)."""
+        whose orchestration is over or was never started is settled first, see `reconcile`). `details` are
+        recorded on the run before the build starts (e.g. `resumeFrom`); `options` go to the build (cache,
+    resume)."""
     ref = run_ref(stored, new_run_id())
     try:
         record: RunRecord = await in_thread(store.runs.create, ref, template_snapshot=stored.resource)
     except RunInProgressError as exc:
         if retry and exc.active_run_id and await _cleared(client, store, stored, exc.active_run_id):
-            return await start_build(client, store, stored, retry=False)
+            return await start_build(client, store, stored, retry=False, details=details, options=options)
         raise ArmError(
             409,
             "Conflict",
@@ -66,7 +74,10 @@ async def start_build(
             + (f" (run {exc.active_run_id})" if exc.active_run_id else "")
             + ": wait for it to finish or cancel it, then run the template again.",
         ) from None
-    payload: dict[str, Any] = BuildInput(run=ref, template=stored.resource).model_dump(mode="json")
+    if details:
+        record = await in_thread(store.runs.set_status, ref, details=details)
+    build = BuildInput(run=ref, template=stored.resource, options=options or RunOptions())
+    payload: dict[str, Any] = build.model_dump(mode="json")
     try:
         await client.start_new(ORCHESTRATION, instance_id(ref), payload)
     except Exception as exc:

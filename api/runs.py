@@ -1,8 +1,16 @@
 """Runs of a template: run, cancel, runOutputs (the last run's), and our extension listing every run
-with its outputs and logs (`.../imageTemplates/{name}/runs[/{runId}[/logs/{logName}]]`)."""
+with its outputs and logs (`.../imageTemplates/{name}/runs[/{runId}[/logs/{logName}]]`).
+
+POST .../run takes no body in AIB (an empty body still works). Extension, both members optional:
+`{"resumeFromRunId": "<runId>"}` starts a run that resumes a failed one at its failed customizer, reusing
+the steps before it from the step cache (`imagebuilder.pipeline.resume`; 400 `ResumeNotPossible` naming
+what changed); `{"cache": "off"}` rebuilds every step. Every 202 carries the new run's id in the header
+`x-ms-imagebuilder-run-id`.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import azure.durable_functions as df
@@ -27,7 +35,8 @@ from api._arm import (
 )
 from api._builds import cancel_build, start_build
 from api.templates import deleting, last_run, load
-from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.pipeline.messages import RunOptions, RunRef
+from imagebuilder.pipeline.resume import ResumeRefused, plan_resume
 from imagebuilder.store import InvalidKeyError, RunRecord, Store, StoredTemplate
 
 bp = df.Blueprint()
@@ -56,11 +65,86 @@ async def image_templates_run(
     stored = await in_thread(load, st, sub, rg, name)
     if stored.provisioning_state == "Deleting":
         raise deleting(stored.name)
-    run = await start_build(client, st, stored)
+    options = _run_options(req)
+    details = None
+    if options.resume_from_run_id:
+        plan = await in_thread(_resume_plan, st, stored, options.resume_from_run_id)
+        details = {"resumeFrom": plan.as_details()}
+    run = await start_build(client, st, stored, details=details, options=options)
     op = await in_thread(_op, st, stored, "run", run)
-    return func.HttpResponse(
-        b"", status_code=202, headers=lro_headers(req, op, location=True, version=version)
+    headers = lro_headers(req, op, location=True, version=version)
+    headers["x-ms-imagebuilder-run-id"] = run.run.run_id
+    return func.HttpResponse(b"", status_code=202, headers=headers)
+
+
+RUN_BODY = '{"resumeFromRunId": "<runId>", "cache": "use"|"off"} (both optional) or nothing'
+
+
+def _run_options(req: func.HttpRequest) -> RunOptions:
+    """The optional body of POST .../run (AIB's takes none): `resumeFromRunId`, `cache`."""
+    raw = req.get_body() or b""
+    if not raw.strip():
+        return RunOptions()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ArmError(400, "InvalidRequestContent", f"The run body must be JSON: {RUN_BODY}.") from None
+    if body is None:
+        return RunOptions()
+    if not isinstance(body, dict):
+        raise ArmError(400, "InvalidRequestContent", f"The run body must be a JSON object: {RUN_BODY}.")
+    known = {"resumefromrunid": "resumeFromRunId", "cache": "cache"}
+    for member in body:
+        if str(member).lower() not in known:
+            raise ArmError(
+                400,
+                "InvalidRequestContent",
+                f"Could not find member {member!r} on the run body; it takes {RUN_BODY}.",
+                str(member),
+            )
+    values = {known[str(k).lower()]: v for k, v in body.items()}
+    resume = values.get("resumeFromRunId")
+    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
+        raise ArmError(
+            400, "InvalidParameter", "resumeFromRunId must be the id of a failed run.", "resumeFromRunId"
+        )
+    cache = values.get("cache", "use")
+    if cache not in ("use", "off"):
+        raise ArmError(400, "InvalidParameter", f"cache must be 'use' or 'off', got {cache!r}.", "cache")
+    return RunOptions(cache=cache, resume_from_run_id=resume.strip() if resume else None)
+
+
+def _resume_plan(st: Store, stored: StoredTemplate, run_id: str) -> Any:
+    ref = RunRef(
+        subscription_id=stored.subscription_id,
+        resource_group=stored.resource_group,
+        template_name=stored.name,
+        run_id=run_id,
     )
+    try:
+        run = st.runs.get(ref)
+    except InvalidKeyError:
+        run = None
+    if run is None:
+        raise ArmError(
+            404,
+            "ResourceNotFound",
+            f"Run '{run_id}' of image template '{stored.name}' was not found.",
+            "resumeFromRunId",
+        )
+    try:
+        return plan_resume(
+            run_id=run_id,
+            run_state=run.run_state,
+            error=run.error,
+            details=run.details,
+            snapshot=run.template_snapshot,
+            current=stored.resource,
+        )
+    except ResumeRefused as exc:
+        raise ArmError(
+            400, "ResumeNotPossible", f"Cannot resume from run '{run_id}': {exc.message}", exc.target
+        ) from None
 
 
 @bp.route(route=TEMPLATE + "/cancel", methods=["POST"])

@@ -3,7 +3,9 @@ durable engine, started in that order and stopped in reverse on SIGINT/SIGTERM.
 
 Startup prints (stdout, one per line): `Azurite ports: blob=B queue=Q table=T` (when AzureWebJobsStorage is
 the development storage), `Listening on http://HOST:PORT`, `Functions:` and one line per function, then
-`Ready` once every listener runs; `Stopping` and `Stopped` on a clean shutdown.
+`Ready` once every listener runs; `Stopping` and `Stopped` on a clean shutdown. While serving, the state
+directory holds `runtime.json` ({"pid", "url", "appDir"}: where clients such as `aib` find the host;
+removed on a clean shutdown, stale once its pid is gone).
 
 Exceptions:
     HostError       the app cannot be hosted (bad config, indexing failure, a bad route); a function whose
@@ -277,6 +279,7 @@ class Host:
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
         say(f"Listening on {self.base_url}")
+        write_runtime_file(self.state_dir, self.base_url, self.app_dir)
         self._print_functions(router)
         if self.durable is not None:
             await self.durable.start()
@@ -412,6 +415,7 @@ class Host:
             self.invoker.close()
         if self.azurite is not None:
             self.azurite.stop()
+        remove_runtime_file(self.state_dir)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -424,6 +428,25 @@ class Host:
         finally:
             await self.shutdown()
         say("Stopped")
+
+
+RUNTIME_FILE = "runtime.json"
+
+
+def write_runtime_file(state_dir: Path, url: str, app_dir: Path) -> None:
+    """Record where this host listens (no secret: the keys stay in keys.json, mode 0600)."""
+    path = state_dir / RUNTIME_FILE
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "url": url, "appDir": str(app_dir)}) + "\n")
+    tmp.replace(path)
+
+
+def remove_runtime_file(state_dir: Path) -> None:
+    """Remove runtime.json if it is this process's (a second host on the same state dir wrote its own)."""
+    path = state_dir / RUNTIME_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
 
 
 def run_host(options: HostOptions) -> int:

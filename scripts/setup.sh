@@ -9,7 +9,7 @@ ROOT=$PWD
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils e2fsprogs fdisk busybox-static mmdebstrap debootstrap
   dosfstools mtools bubblewrap grub-pc-bin grub-efi-amd64-bin ovmf zstd util-linux
-  ca-certificates nodejs npm slirp4netns iproute2 chromium
+  ca-certificates nodejs npm slirp4netns iproute2 tmux
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -42,10 +42,18 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp_p
   echo "$stamp_py" > .venv/.stamp
 fi
 
+# The `aib` command (pyproject's [project.scripts]), installed editable: it runs this checkout's code.
+stamp_aib=$( (cat pyproject.toml; echo "$ROOT") | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/aib ] || [ "$(cat .venv/.stamp-aib 2>/dev/null)" != "$stamp_aib" ]; then
+  log "installing the aib command (pip install -e .)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "$stamp_aib" > .venv/.stamp-aib
+fi
+
 stamp_npm=$(cat package.json package-lock.json | sha256sum | cut -c1-16)
 if [ ! -x node_modules/.bin/azurite ] || [ "$(cat node_modules/.stamp 2>/dev/null)" != "$stamp_npm" ]; then
   log "installing Azurite (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
   echo "$stamp_npm" > node_modules/.stamp
 fi
-log "ready: $ROOT/.venv, $ROOT/node_modules/.bin/azurite"
+log "ready: $ROOT/.venv (aib: .venv/bin/aib), $ROOT/node_modules/.bin/azurite"

@@ -13,6 +13,7 @@ from imagebuilder.pipeline.messages import (
 )
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import (
+    debug,
     mounts,
     proc,
     sandbox,
@@ -73,6 +74,7 @@ def cleanup(ctx: RunContext, *, keep: bool, log: LogSink) -> CleanupReport:
             kept.append(f"logs {layout.logs}")
         if layout.staging.exists():
             kept.append(f"staging {layout.staging}")
+        debug.mark_kept(run_dir)  # the sweeper leaves it until `aib cleanup`
         log.write(f"[cleanup] kept for inspection: {'; '.join(kept) or 'nothing (no build root)'}\n")
         return CleanupReport(removed=removed, kept=kept, errors=errors)
     left = mounts.mounts_under(run_dir)

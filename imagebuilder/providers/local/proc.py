@@ -4,7 +4,9 @@
 exact argv (``$ cmd args``) to the `LogSink`, streams the command's output to it line by line while it
 runs, kills the whole process group on timeout (or on any exception), and on failure raises an error that
 carries the command, its exit code and the tail of its output. Argv is data, never a shell string.
-`spawn(argv, *, log=None, pass_fds=()) -> Background` starts a helper that runs beside other commands
+`interactive(argv) -> int` runs a command on the caller's terminal (stdin/stdout/stderr inherited: a
+debugging shell, never a build step). `spawn(argv, *, log=None, pass_fds=()) -> Background` starts a
+helper that runs beside other commands
 (e.g. slirp4netns for a sandbox's network); `Background.stop()` kills its process group.
 
 Exceptions::
@@ -269,6 +271,19 @@ def run(
             log.write(f"! exit code {proc.returncode}: {args[0]}\n")
         raise CommandError(shown, proc.returncode, tail, duration=duration)
     return done
+
+
+def interactive(argv: Sequence[str | Path]) -> int:
+    """Run `argv` on the caller's terminal and return its exit code (for `aib shell`: the user drives it;
+    nothing is captured or logged)."""
+    args = [str(a) for a in argv]
+    try:
+        return subprocess.call(args)
+    except FileNotFoundError as exc:
+        raise ToolMissingError(
+            f"cannot run {format_argv(args)}: {args[0]} is not installed",
+            hint="run scripts/setup.sh as root to install the Debian packages it lists",
+        ) from exc
 
 
 class Background:

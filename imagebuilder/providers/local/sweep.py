@@ -2,9 +2,11 @@
 `<state>/local/runs` whose run is over or gone, with the processes, mounts and loop devices in them.
 
 `sweep(state_dir, runs, *, grace_seconds)`: `runs` maps every run the store knows to (terminal, kept)
-where `kept` means its cleanup kept the build root on purpose (errorHandling `abort`: kept until the
-template is deleted, with no mount or process left). A run still active is never touched; a folder
-no known run owns is removed only once it is older than `grace_seconds`. Errors are reported, not raised.
+where `kept` means its cleanup kept the build root on purpose (errorHandling `abort`). A kept folder is
+marked (`debug.mark_kept`) and never removed by the sweeper, even once its run or template is gone: only
+`aib cleanup` (`debug.cleanup`) removes it; the sweeper only makes sure no mount or process holds it.
+A run still active is never touched; a folder no known run owns is removed only once it is older than
+`grace_seconds`. Errors are reported, not raised.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.providers.base import NullLog, ProviderError
-from imagebuilder.providers.local import proc, sandbox
+from imagebuilder.providers.local import debug, proc, sandbox
 from imagebuilder.providers.local.layout import RunLayout, StateLayout
 from imagebuilder.providers.local.mounts import loops_under, mounts_under
 
@@ -54,7 +56,7 @@ def _alive(pid: int) -> bool:
     return bool(fields) and fields[0] != "Z"
 
 
-def _release(folder: Path, report: SweepReport) -> bool:
+def release(folder: Path, report: SweepReport) -> bool:
     """Kill the folder's processes, unmount its mounts, detach its loop devices. True when nothing is
     left holding it."""
     pids = sandbox.kill_processes(sandbox.find_processes(folder.name, [folder]))
@@ -119,11 +121,12 @@ def sweep(
             if owner is not None
             else f"run folder {folder} (no run or template owns it)"
         )
-        if not _release(folder, report):
+        if not release(folder, report):
             report.errors.append(f"mounts remain under {folder}; not deleting it")
             continue
-        if owner is not None and owner[1].kept:
-            report.kept.append(f"{what}: kept on purpose (errorHandling abort)")
+        if (owner is not None and owner[1].kept) or debug.is_kept(folder):
+            debug.mark_kept(folder)
+            report.kept.append(f"{what}: kept on purpose (errorHandling abort) until `aib cleanup`")
             continue
         shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():
