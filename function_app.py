@@ -16,6 +16,7 @@ from activities import (
     validate,
 )
 from api import async_operations, operations, runs, templates, triggers
+from dashboard import pages as dashboard_pages
 from orchestrators import build_image, distribute_image
 from triggers import evaluation, sweeper, uploads
 
@@ -42,5 +43,6 @@ for blueprint in (
     evaluation.bp,
     uploads.bp,
     sweeper.bp,
+    dashboard_pages.bp,
 ):
     app.register_functions(blueprint)

@@ -25,6 +25,8 @@ class Settings:
     # empty, a key is created in the state directory (see imagebuilder.provenance.keys).
     provenance_key: str = field(default="", repr=False)
     builder_id: str = ""
+    # The host's own name (`WEBSITE_HOSTNAME`: set by Azure, and by Core Tools and local_runtime locally).
+    website_hostname: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -43,6 +45,7 @@ class Settings:
             timeout_scale=_positive_float(env, "IMAGEBUILDER_TIMEOUT_SCALE", 1.0),
             provenance_key=env.get("IMAGEBUILDER_PROVENANCE_SIGNING_KEY", ""),
             builder_id=env.get("IMAGEBUILDER_BUILDER_ID", "").strip(),
+            website_hostname=(env.get("WEBSITE_HOSTNAME") or "").strip() or None,
         )
 
 

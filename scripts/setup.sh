@@ -9,7 +9,7 @@ ROOT=$PWD
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils e2fsprogs fdisk busybox-static mmdebstrap debootstrap
   dosfstools mtools bubblewrap grub-pc-bin grub-efi-amd64-bin ovmf zstd util-linux
-  ca-certificates nodejs npm slirp4netns iproute2 tmux
+  ca-certificates nodejs npm slirp4netns iproute2 chromium tmux
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -34,8 +34,12 @@ from imagebuilder.pipeline.messages import (
     SourceInfo,
     StagedArtifact,
     StepResult,
+    TemplateInput,
+    TemplateRef,
+    TemplateStaging,
 )
 from imagebuilder.providers.azure import scripts
+from imagebuilder.providers.azure import staging as staging_group
 from imagebuilder.providers.azure.clients import (
     TRANSIENT_CODES,
     ArmFailure,
@@ -113,6 +117,7 @@ class Names:
     resource_group: str
     resource_group_given: bool
     vm: str
+    template_owned: bool  # the template's staging group (made at template create, kept across runs)
     computer: str
     nic: str
     nsg: str
@@ -126,7 +131,10 @@ class Names:
         key = hashlib.sha256(f"{run.template_id.lower()}|{run.run_id}".encode()).hexdigest()[:10]
         staging = str(_props(build).get("stagingResourceGroup") or "")
         given = bool(staging)
-        if given:
+        template_group = staging_group.of_build(build)
+        if template_group is not None:
+            rg = template_group.name
+        elif given:
             parsed = re.fullmatch(r"/subscriptions/([^/]+)/resourceGroups/([^/]+)/?", staging, re.IGNORECASE)
             if not parsed:
                 raise ArmFailure(
@@ -148,6 +156,7 @@ class Names:
             resource_group=rg,
             resource_group_given=given,
             vm=f"{base}-vm",
+            template_owned=template_group is not None,
             computer=f"ib{key[:10]}",
             nic=f"{base}-nic",
             nsg=f"{base}-nsg",
@@ -548,6 +557,146 @@ class AzureProvider(ComputeProvider):
         )
         return result
 
+    # -- template lifecycle --------------------------------------------------------------------------
+
+    def create_template(self, template: TemplateInput, log: LogSink) -> TemplateStaging:
+        """Check the source and the gallery targets as AIB does at create, then make (or adopt) the
+        template's staging resource group (staging.py)."""
+        ref = template.ref
+        props = template.template.get("properties") or {}
+        location = str(template.template.get("location") or "")
+        build = BuildInput(
+            run=RunRef(
+                subscription_id=ref.subscription_id,
+                resource_group=ref.resource_group,
+                template_name=ref.template_name,
+                run_id="template-create",
+            ),
+            template=template.template,
+        )
+        arm = self.clients(ref.subscription_id, build)
+        codes = {
+            "PlatformImage": "BadPIRSource",
+            "ManagedImage": "BadManagedImageSource",
+            "SharedImageVersion": "BadSharedImageVersionSource",
+        }
+        step = "create_template"
+        try:
+            group = staging_group.of_template(ref, template.template)
+            ctx = _Ctx(build, log, {}, {}, arm, Names.of(build))
+            try:
+                self._resolve_source(ctx)
+            except ArmFailure as exc:
+                if exc.status not in (None, 404) and exc.code not in ("SourceImageNotFound",):
+                    raise
+                kind = str((props.get("source") or {}).get("type") or "")
+                raise ArmFailure(codes.get(kind, "BadSourceType"), exc.arm_message) from exc
+            for index, target in enumerate(props.get("distribute") or []):
+                if target.get("type") != "SharedImage":
+                    continue
+                where = f"properties.distribute[{index}]"
+                parsed = ArmId.parse(str(target.get("galleryImageId") or ""), f"{where}.galleryImageId")
+                if self._gallery_image(ctx, parsed, where) is None:
+                    raise ArmFailure(
+                        "BadSharedImageDistribute",
+                        f"{where}.galleryImageId {target.get('galleryImageId')} does not exist; create the "
+                        "gallery image definition first",
+                    )
+            tags = {str(k): str(v) for k, v in (props.get("managedResourceTags") or {}).items()}
+            made = staging_group.ensure(arm, ref, group, location, tags, log.write)
+        except ArmFailure as exc:
+            log.write(f"{step} failed: {exc.code}: {exc.arm_message}\n")
+            return TemplateStaging(
+                status="failed",
+                error=ErrorInfo(code=exc.code, message=exc.arm_message, step=step, log_uri=log.uri or None),
+            )
+        created = (made.get("tags") or {}).get(staging_group.TAG_STAGING) == "created"
+        return TemplateStaging(
+            status="succeeded",
+            exact_staging_resource_group=group.id,
+            staging={"resource_group": group.name, "created": created},
+        )
+
+    def delete_template(self, template: TemplateInput, log: LogSink) -> CleanupReport:
+        """Delete the staging group this provider created; empty and untag a user's group. What runs left
+        there (kept on abort) goes first, found by the runs' tags. Waits within the cleanup budget."""
+        ref = template.ref
+        props = template.template.get("properties") or {}
+        name = str(template.staging.get("resource_group") or "")
+        try:
+            if not name:
+                exact = str(props.get("exactStagingResourceGroup") or "")
+                if not exact:
+                    return CleanupReport()  # the create never made one
+                name = staging_group.parse_group_id(
+                    exact,
+                    "properties.exactStagingResourceGroup",
+                    ref.subscription_id,
+                    "BadStagingResourceGroup",
+                )
+            group = staging_group.StagingGroup(
+                ref.subscription_id, name, bool(props.get("stagingResourceGroup"))
+            )
+            arm = self.clients(ref.subscription_id)
+            groups = arm.resources.resource_groups
+            existing = arm.get(f"read staging resource group {name}", lambda: groups.get(name))
+            if existing is None:
+                return CleanupReport()
+            tags = existing.get("tags") or {}
+            if str(tags.get(staging_group.TAG_TEMPLATE, "")).lower() != ref.template_id.lower():
+                log.write(f"delete: {name} is not tagged for this template; left alone\n")
+                return CleanupReport(kept=[group.id])
+            report = CleanupReport()
+            for run_id in staging_group.runs_left(arm, group, ref):
+                run = RunRef(
+                    subscription_id=ref.subscription_id,
+                    resource_group=ref.resource_group,
+                    template_name=ref.template_name,
+                    run_id=run_id,
+                )
+                left = self._cleanup(BuildInput(run=run, template=template.template), keep=False, log=log)
+                report.removed.extend(left.removed)
+                report.errors.extend(left.errors)
+            if report.errors:
+                return report
+            if tags.get(staging_group.TAG_STAGING) == "created":
+                self._delete_and_wait(
+                    arm,
+                    f"staging resource group {name}",
+                    lambda p: groups.begin_delete(name, polling=p),
+                    self._clock() + self._cleanup_budget,
+                )
+                log.write(f"deleted staging resource group {name}\n")
+                report.removed.append(group.id)
+            else:
+                staging_group.untag(arm, group, existing)
+                log.write(f"emptied the staging resource group {name} (yours: kept)\n")
+                report.kept.append(group.id)
+            return report
+        except ArmFailure as exc:
+            log.write(f"delete_template failed: {exc.code}: {exc.arm_message}\n")
+            return CleanupReport(errors=[f"{exc.code}: {exc.arm_message}"])
+
+    def _delete_and_wait(
+        self, arm: AzureClients, what: str, begin: Callable[[Any], Any], deadline: float
+    ) -> None:
+        started = arm.start(f"delete {what}", begin)
+        op = started.operation(f"delete {what}")
+        while op is not None:
+            try:
+                status = arm.operation_status(op)
+            except Throttled as exc:
+                pause = exc.retry_after
+            else:
+                if status.done:
+                    if status.state != "Succeeded":
+                        raise ArmFailure(status.error_code or "DeleteFailed", status.error_message or what)
+                    return
+                pause = status.retry_after
+            if self._clock() + pause > deadline:
+                raise TransientProviderError(f"{what} is still being deleted", hint="the activity is retried")
+            self._sleep(pause)
+
     # -- prepare -----------------------------------------------------------------------------------
 
     def _do_prepare(self, ctx: _Ctx) -> PrepareResult:
@@ -758,6 +907,16 @@ class AzureProvider(ComputeProvider):
 
     def _ensure_staging(self, ctx: _Ctx) -> dict[str, Any]:
         names = ctx.names
+        template_group = staging_group.of_build(ctx.build)
+        if template_group is not None:  # the template's own group: made at create, shared by its runs
+            run = ctx.build.run
+            ref = TemplateRef(
+                subscription_id=run.subscription_id,
+                resource_group=run.resource_group,
+                template_name=run.template_name,
+            )
+            tags = {str(k): str(v) for k, v in (ctx.props.get("managedResourceTags") or {}).items()}
+            return staging_group.ensure(ctx.arm, ref, template_group, ctx.location, tags, ctx.log.write)
         groups = ctx.arm.resources.resource_groups
         group = ctx.arm.get("read staging resource group", lambda: groups.get(names.resource_group))
         if group is None:
