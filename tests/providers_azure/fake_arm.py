@@ -87,6 +87,18 @@ _POWER_OFF = re.compile(r"systemctl poweroff|shutdown -h|poweroff -f|Stop-Comput
 _B64 = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 
 
+TAIL = 4096  # Run Command's instance view keeps the last 4 KB of each stream
+CHUNK = 3000  # how much output a fake script produces between two reads
+
+
+def redact_sas(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def key_of(host: str, path: str) -> str:
+    return f"https://{host}{path}"
+
+
 def _loc(name: Any) -> str:
     return str(name or "").replace(" ", "").lower()
 
@@ -136,6 +148,10 @@ class FakeArm(HttpTransport):
         self.problems: list[str] = []
         self.slept: list[float] = []
         self.scripts: dict[str, str] = {}
+        self.chunk = CHUNK
+        self.appendblobs: dict[str, bytearray] = {}  # the app's run-command logs (append blobs)
+        self.containers: set[str] = set()
+        self.sas_issued: list[str] = []  # user delegation SAS URLs handed to run commands
         self.effects: dict[str, str | None] = {}  # run command name -> guest_effect of its script
         self.poll_urls: set[str] = set()  # every operation URL handed out (the role must allow reading each)
 
@@ -170,7 +186,9 @@ class FakeArm(HttpTransport):
             except (TypeError, ValueError):
                 body = raw
         self.requests.append((method, url.path, query.get("api-version"), body))
-        status, headers, payload = self._dispatch(method, url.netloc, url.path, query, body, request.headers)
+        status, headers, payload = self._dispatch(
+            method, url.netloc, url.path, query, body, request.headers, url.query
+        )
         return self._response(request, status, headers, payload, kwargs.get("stream", False))
 
     def _response(
@@ -186,7 +204,8 @@ class FakeArm(HttpTransport):
         all_headers = {"x-ms-request-id": str(uuid.uuid4()), **headers}
         if payload is not None and not isinstance(payload, bytes):
             all_headers.setdefault("Content-Type", "application/json; charset=utf-8")
-        all_headers["Content-Length"] = str(len(data))
+        if data or "Content-Length" not in all_headers:  # a HEAD keeps the size it reports
+            all_headers["Content-Length"] = str(len(data))
         resp.headers = requests.structures.CaseInsensitiveDict(all_headers)
         resp._content = data
         resp._content_consumed = True
@@ -301,12 +320,22 @@ class FakeArm(HttpTransport):
 
     # -- routing ----------------------------------------------------------------------------------
 
-    def _dispatch(self, method: str, host: str, path: str, query: dict[str, str], body: Any, headers: Any):
+    def _dispatch(
+        self, method: str, host: str, path: str, query: dict[str, str], body: Any, headers: Any, raw_query=""
+    ):
         for fault in self.faults:
             if fault.times > 0 and fault.method == method and re.search(fault.path, path.lower()):
                 fault.times -= 1
                 return self.error(fault.status, fault.code, fault.message, fault.headers)
         if host.endswith(".blob.core.windows.net"):
+            if (
+                path in ("", "/")
+                or "restype=container" in raw_query
+                or key_of(host, path) in self.appendblobs
+            ):
+                return self._storage(method, host, path, raw_query, headers, body)
+            if method == "PUT" and headers.get("x-ms-blob-type") == "AppendBlob":
+                return self._storage(method, host, path, raw_query, headers, body)
             return self._blob(method, host, path, headers)
         if host != ARM:
             key = f"https://{host}{path}"
@@ -845,9 +874,13 @@ class FakeArm(HttpTransport):
         return self._put_lro(path, "Microsoft.Compute/virtualMachines", record, "Microsoft.Compute", done)
 
     def _run_command(self, method: str, path: str, vm_res: dict[str, Any], vm: str, name: str, body: Any):
+        """Managed Run Command as the service runs it: output appears a chunk per read; the instance view
+        keeps only its last 4 KB (run-command-handler-linux maxTailLen 4096), while outputBlobUri /
+        errorBlobUri, when given, receive the whole streams; a script that stops the agent never ends."""
         if method == "PUT":
             self._check_tags(path, body)
-            source = (body.get("properties") or {}).get("source") or {}
+            props = body.get("properties") or {}
+            source = props.get("source") or {}
             if not source.get("script"):
                 self.problem(f"PUT {path}: no inline script")
             script = source.get("script", "")
@@ -855,32 +888,42 @@ class FakeArm(HttpTransport):
             power = [p for p in vm_res.get("_view", {}).get("statuses", []) if p.startswith("PowerState/")]
             if power and power[0] != "PowerState/running":
                 return self.error(409, "OperationNotAllowed", f"VM is not running ({power[0]})")
+            uris = (props.get("outputBlobUri"), props.get("errorBlobUri"))
+            for uri in uris:
+                if uri is None:
+                    continue
+                query = parse_qs(urlsplit(uri).query)
+                perms = (query.get("sp") or [""])[0]
+                if "sig" not in query or not {"a", "c", "w"} <= set(perms) or "skoid" not in query:
+                    self.problem(
+                        f"PUT {path}: log blob {redact_sas(uri)} needs a user delegation SAS with acw"
+                    )
+                self.sas_issued.append(uri)
             effect = guest_effect(script)
             self.effects[name] = effect
             code, out, err = self.guest(vm, name, script)
-            state = "Succeeded" if code == 0 else "Failed"
             status, headers, res = self._put_lro(
                 path, "Microsoft.Compute/virtualMachines/runCommands", body, "Microsoft.Compute"
             )
             stored = self.resources[path.lower()]
-            first = out.splitlines(keepends=True)[:1]
-            stored["properties"]["instanceView"] = {
-                "executionState": "Running",
-                "output": "".join(first),
-                "error": "",
-                "startTime": "2026-11-27T04:01:00+00:00",
-            }
+            stored["_run"] = {"out": out, "err": err, "shown": 0, "code": code, "uris": uris}
+            stored["properties"].pop("outputBlobUri", None)  # ARM does not echo SAS URLs back here
+            stored["properties"].pop("errorBlobUri", None)
+            self._reveal(stored)
             op = self.ops[headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]]
             previous = op.on_done
 
             def done() -> None:
                 previous()
+                run = stored["_run"]
+                if run["uris"][1] and err:
+                    self._handler_appends(run["uris"][1], err)
                 stored["properties"]["instanceView"] = {
-                    "executionState": state,
+                    "executionState": "Succeeded" if code == 0 else "Failed",
                     "executionMessage": "",
                     "exitCode": code,
-                    "output": out,
-                    "error": err,
+                    "output": out[-TAIL:],
+                    "error": err[-TAIL:],
                     "startTime": "2026-11-27T04:01:00+00:00",
                     "endTime": "2026-11-27T04:02:00+00:00",
                     "statuses": [],
@@ -894,17 +937,37 @@ class FakeArm(HttpTransport):
                 vm_res.setdefault("_view", {})["power_off_in"] = 2
             return status, headers, res
         if method == "GET":
-            status, headers, res = self._get(path)
+            res = self.resources.get(path.lower())
+            if res is not None and "_run" in res and res["_run"]["shown"] < len(res["_run"]["out"]):
+                if self.effects.get(name) != "hang":
+                    self._reveal(res)
+                return 200, {}, self._public({k: v for k, v in res.items() if not k.startswith("_")})
+            status, headers, out = self._get(path)
             if status == 200:
                 # a run command's operation finishes when the script ends: GETs advance it
                 for op in self.ops.values():
                     if getattr(op, "target", None) == path.lower():
                         self._advance(op)
-                res = self._public(self.resources[path.lower()])
-            return status, headers, res
+                res = self.resources[path.lower()]
+                out = self._public({k: v for k, v in res.items() if not k.startswith("_")})
+            return status, headers, out
         if method == "DELETE":
             return self._delete_lro(path, "Microsoft.Compute")
         return self.error(405, "MethodNotAllowed", method)
+
+    def _reveal(self, stored: dict[str, Any]) -> None:
+        """The script produces its next chunk of output (one chunk per read of the run command)."""
+        run = stored["_run"]
+        before = run["shown"]
+        run["shown"] = min(len(run["out"]), before + self.chunk)
+        if run["uris"][0]:
+            self._handler_appends(run["uris"][0], run["out"][before : run["shown"]])
+        stored["properties"]["instanceView"] = {
+            "executionState": "Running",
+            "output": run["out"][: run["shown"]][-TAIL:],
+            "error": "",
+            "startTime": "2026-11-27T04:01:00+00:00",
+        }
 
     def _image(self, method: str, path: str, body: Any):
         if method == "GET":
@@ -1125,6 +1188,71 @@ class FakeArm(HttpTransport):
         return self.error(405, "MethodNotAllowed", method)
 
     # -- storage ----------------------------------------------------------------------------------
+
+    def _storage(self, method: str, host: str, path: str, query: str, headers: Any, body: Any):
+        """The app's own account: user delegation keys, containers, append blobs (Blob service REST)."""
+        key = key_of(host, path)
+        common = {
+            "x-ms-version": "2025-01-05",
+            "ETag": '"0x3"',
+            "Last-Modified": "Fri, 27 Nov 2026 04:00:00 GMT",
+        }
+        if not str(headers.get("Authorization", "")).startswith("Bearer "):
+            self.problem(f"{method} {key}: no bearer token for storage")
+        if method == "POST" and "comp=userdelegationkey" in query:
+            value = base64.b64encode(b"k" * 32).decode()
+            xml = (
+                '<?xml version="1.0" encoding="utf-8"?><UserDelegationKey>'
+                "<SignedOid>11111111-1111-1111-1111-111111111111</SignedOid>"
+                "<SignedTid>22222222-2222-2222-2222-222222222222</SignedTid>"
+                "<SignedStart>2026-11-27T04:00:00Z</SignedStart><SignedExpiry>2026-11-27T08:00:00Z</SignedExpiry>"
+                "<SignedService>b</SignedService><SignedVersion>2025-01-05</SignedVersion>"
+                f"<Value>{value}</Value></UserDelegationKey>"
+            )
+            return 200, {**common, "Content-Type": "application/xml"}, xml.encode()
+        if method == "PUT" and "restype=container" in query:
+            if key in self.containers:
+                return 409, {**common, "x-ms-error-code": "ContainerAlreadyExists"}, None
+            self.containers.add(key)
+            return 201, common, None
+        container = key.rsplit("/", 1)[0].split("/", 4)
+        container_key = "/".join(container[:4])
+        if method == "PUT" and headers.get("x-ms-blob-type") == "AppendBlob":
+            if container_key not in self.containers:
+                return 404, {**common, "x-ms-error-code": "ContainerNotFound"}, None
+            self.appendblobs[key] = bytearray()
+            return 201, common, None
+        blob = self.appendblobs.get(key)
+        if blob is None:
+            return 404, {**common, "x-ms-error-code": "BlobNotFound"}, None
+        props = {**common, "x-ms-blob-type": "AppendBlob", "x-ms-blob-committed-block-count": "1"}
+        if method == "HEAD":
+            return 200, {**props, "Content-Length": str(len(blob))}, None
+        if method == "GET":
+            m = re.fullmatch(
+                r"bytes=(\d+)-(\d*)", str(headers.get("x-ms-range") or headers.get("Range") or "")
+            )
+            start = int(m.group(1)) if m else 0
+            end = min(int(m.group(2)) if m and m.group(2) else len(blob) - 1, len(blob) - 1)
+            if start >= len(blob):
+                return 416, {**common, "x-ms-error-code": "InvalidRange"}, None
+            data = bytes(blob[start : end + 1])
+            return (
+                206,
+                {**props, "Content-Range": f"bytes {start}-{end}/{len(blob)}", "Content-Type": "text/plain"},
+                data,
+            )
+        self.problem(f"unexpected storage request {method} {key}")
+        return 400, common, None
+
+    def _handler_appends(self, uri: str, data: str) -> None:
+        """What the Run Command handler does with outputBlobUri/errorBlobUri: append to the blob."""
+        parts = urlsplit(uri)
+        blob = self.appendblobs.get(key_of(parts.netloc, parts.path))
+        if blob is None:
+            self.problem(f"run command log blob {parts.path} does not exist")
+            return
+        blob.extend(data.encode())
 
     def _blob(self, method: str, host: str, path: str, headers: Any):
         key = f"https://{host}{path}"

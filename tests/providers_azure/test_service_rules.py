@@ -13,7 +13,7 @@ from typing import Any
 
 from imagebuilder.pipeline.messages import Pending
 from tests.providers_azure.conftest import ListLog, build_input, linux_template
-from tests.providers_azure.fake_arm import guest_effect
+from tests.providers_azure.fake_arm import default_guest, guest_effect
 
 # What the provider sent as its generalize run command before the fix (kept as the regression case).
 PRE_FIX_DEPROVISION = (
@@ -219,3 +219,72 @@ def test_the_fake_refuses_a_version_source_from_another_region(provider, arm, cl
     bad = captured.model_copy(update={"image": image})
     result, _ = settle_in_time(provider, provider.distribute(build, bad, 0, "East US", log), log, clock)
     assert result.status == "failed" and "must be in the image version's region" in result.error.message
+
+
+def _noisy_guest(lines: int):
+    def guest(vm, name, script):
+        if name == "ib-customize-0":
+            body = "".join(
+                f"line {i:05d} of the build output, padded to be a little longer\n" for i in range(lines)
+            )
+            return 0, body, "warning: the last line of stderr\n"
+        return default_guest(vm, name, script)
+
+    return guest
+
+
+def _app_provider(arm, clock):
+    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.fake_arm import FakeCredential
+
+    return AzureProvider(
+        credential=FakeCredential(),
+        transport=arm,
+        sleep=clock.sleep,
+        clock=clock,
+        environ={"AzureWebJobsStorage__accountName": "stibapp"},
+    )
+
+
+def test_twenty_kilobytes_of_output_reach_the_log_whole_through_append_blobs(arm, clock):
+    provider = _app_provider(arm, clock)
+    arm.guest = _noisy_guest(340)  # >20 KB: five times Run Command's 4 KB instance-view tail
+    template = linux_template(customize=[{"type": "Shell", "name": "noisy", "inline": ["make"]}])
+    build, env, log = _ready_env(provider, arm, template)
+    polls_text = []
+    result = provider.customize(build, env, 0, log)
+    while isinstance(result, Pending):
+        polls_text.append(result.model_dump_json())
+        clock.now += result.retry_after_seconds
+        result = provider.poll(Pending.model_validate_json(polls_text[-1]), log)
+    assert result.status == "succeeded", result
+    out = arm.resources[next(k for k in arm.resources if k.endswith("/runcommands/ib-customize-0"))]
+    assert len(out["_run"]["out"]) > 20_000
+    for i in range(340):
+        assert f"line {i:05d} of the build output" in log.text, i
+    assert log.text.count("line 00100 of") == 1  # each line once
+    assert "warning: the last line of stderr" in log.text
+    assert arm.sas_issued and all("sig=" in uri for uri in arm.sas_issued)
+    for uri in arm.sas_issued:  # the SAS is a secret: never logged, never in durable history
+        sig = uri.split("sig=", 1)[1].split("&", 1)[0]
+        assert sig not in log.text and not any(sig in text for text in polls_text)
+    assert arm.problems == []
+
+
+def test_without_blobs_the_sliding_tail_is_followed_and_a_gap_is_said(provider, arm, clock):
+    """Before the fix the provider logged output[len(seen):], assuming the output only grows: past 4 KB
+    the instance view's length stays 4096 and nothing more was logged, the final lines included."""
+    arm.guest = _noisy_guest(320)
+    arm.chunk = 1000  # less than the window between two polls: the tail can be followed
+    template = linux_template(customize=[{"type": "Shell", "name": "noisy", "inline": ["make"]}])
+    build, env, log = _ready_env(provider, arm, template)
+    result, _ = settle_in_time(provider, provider.customize(build, env, 0, log), log, clock)
+    assert result.status == "succeeded"
+    assert all(log.text.count(f"line {i:05d} of") == 1 for i in range(320))
+    assert "output lost here" not in log.text
+    arm.chunk = 9000  # more than the window between two polls
+    template = linux_template(customize=[{"type": "Shell", "name": "noisy", "inline": ["make"]}])
+    build, env, log = _ready_env(provider, arm, template)
+    arm.guest = _noisy_guest(320)
+    result, _ = settle_in_time(provider, provider.customize(build, env, 0, log), log, clock)
+    assert "output lost here" in log.text and "line 00319 of" in log.text

@@ -356,6 +356,15 @@ class AzureClients:
             kwargs["transport"] = self.transport
         return BlobClient.from_blob_url(url, credential=self.credential, **kwargs)
 
+    def blob_service(self, account_url: str) -> Any:
+        """A BlobServiceClient (containers, user delegation keys) with the app's identity."""
+        from azure.storage.blob import BlobServiceClient
+
+        kwargs: dict[str, Any] = {"retry_total": 3}
+        if self.transport is not None:
+            kwargs["transport"] = self.transport
+        return BlobServiceClient(account_url, credential=self.credential, **kwargs)
+
     # -- calls -------------------------------------------------------------------------------------
 
     def call(self, what: str, fn: Callable[[], T]) -> T:

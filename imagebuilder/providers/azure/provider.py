@@ -52,6 +52,7 @@ from imagebuilder.providers.azure.clients import (
     make_credential,
     redact,
 )
+from imagebuilder.providers.azure.runlog import RunLogStore
 from imagebuilder.providers.base import (
     ComputeProvider,
     LogSink,
@@ -65,6 +66,12 @@ DEFAULT_VM_SIZE = {"V1": "Standard_D1_v2", "V2": "Standard_D2ds_v4"}
 ADMIN_USER = "packer"
 TERMINAL_RUN_STATES = frozenset({"Succeeded", "Failed", "TimedOut", "Canceled"})
 MAX_WINDOWS_UPDATE_PASSES = 20
+RUN_COMMAND_TAIL = 4096  # Run Command's instance view keeps this much of each stream (the last part)
+_LOST = (
+    "[output lost here: Run Command keeps only the last 4 KB; give the app a storage account "
+    "(AzureWebJobsStorage__accountName) so output streams to append blobs]\n"
+)
+ANCHOR_CHARS = 256  # how much of the last logged output finds the new part of a sliding tail
 RUN_COMMAND_MARGIN = 300  # seconds past a run command's timeoutInSeconds before it counts as lost
 GENERALIZE_LAUNCH_SECONDS = 600  # the run command that starts deprovisioning only writes and starts it
 DEFAULT_GENERALIZE_SECONDS = 3600  # from the start of deprovisioning to the VM's stopped power state
@@ -1237,6 +1244,12 @@ class AzureProvider(ComputeProvider):
                     "treatFailureAsDeploymentFailure": False,
                 },
             }
+            store = self._run_logs(ctx)
+            if store is not None:  # the whole output, not the instance view's 4 KB tail
+                body["properties"].update(
+                    store.create(store.streams(ctx.names.key, name), seconds + RUN_COMMAND_MARGIN)
+                )
+                ctx.state.setdefault("blobs", []).append(name)
             ctx.log.write(f"run command {name} started\n")
             ctx.arm.start(
                 f"run command {name}",
@@ -1248,16 +1261,16 @@ class AzureProvider(ComputeProvider):
         props = current.get("properties") or {}
         view = props.get("instanceView") or {}
         output, error = str(view.get("output") or ""), str(view.get("error") or "")
-        logged = ctx.state.setdefault("logged", {})
-        seen = int(logged.get(name, 0))
-        if len(output) > seen:
-            chunk = output[seen:]
-            ctx.log.write(chunk if chunk.endswith("\n") else chunk + "\n")
-            logged[name] = len(output)
         execution = str(view.get("executionState") or "")
-        if execution in TERMINAL_RUN_STATES:
+        terminal = execution in TERMINAL_RUN_STATES
+        store = self._run_logs(ctx) if name in ctx.state.get("blobs", []) else None
+        if store is not None:
+            output, error = self._stream_blobs(ctx, store, name, terminal)
+        else:
+            self._stream_tail(ctx, name, output, terminal)
+        if terminal:
             deadlines.pop(name, None)
-            if error.strip() and not ctx.state.get(f"err:{name}"):
+            if store is None and error.strip() and not ctx.state.get(f"err:{name}"):
                 ctx.log.write(error if error.endswith("\n") else error + "\n")
                 ctx.state[f"err:{name}"] = True
             code = view.get("exitCode")
@@ -1284,6 +1297,48 @@ class AzureProvider(ComputeProvider):
                 "leave generalization to the build, or restart with a WindowsRestart customizer",
             )
         raise _Wait(None, self.poll_interval)
+
+    def _run_logs(self, ctx: _Ctx) -> RunLogStore | None:
+        """Where run commands append their whole output (the app's storage account), if configured."""
+        return RunLogStore(ctx.arm, self._app_account) if self._app_account else None
+
+    def _stream_blobs(self, ctx: _Ctx, store: RunLogStore, name: str, terminal: bool) -> tuple[str, str]:
+        """Log the whole lines the command appended to its blobs since the last poll (all of it once it
+        ended); at the end, return the tails of both streams (markers and failure tails come from them)."""
+        streams = store.streams(ctx.names.key, name)
+        offsets = ctx.state.setdefault("offsets", {})
+        for blob, key in ((streams.output, name), (streams.error, f"{name}:err")):
+            start = int(offsets.get(key, 0))
+            text, end = store.read(blob, start)
+            if not terminal and "\n" in text:  # a partial last line waits for the next poll
+                whole = text[: text.rindex("\n") + 1]
+                end = start + len(whole.encode("utf-8"))
+                text = whole
+            elif not terminal:
+                text, end = "", start
+            if text:
+                ctx.log.write(text if text.endswith("\n") else text + "\n")
+            offsets[key] = end
+        if not terminal:
+            return "", ""
+        return store.tail(streams.output), store.tail(streams.error)
+
+    def _stream_tail(self, ctx: _Ctx, name: str, output: str, terminal: bool) -> None:
+        """Without blobs, the instance view's output is a sliding 4 KB tail: log the whole lines that
+        follow what was logged before, and say so when more than the window went by between two polls."""
+        anchors = ctx.state.setdefault("anchors", {})
+        anchor = anchors.get(name)
+        if anchor is None:
+            fresh = output if len(output) < RUN_COMMAND_TAIL else _LOST + output
+        else:
+            at = output.rfind(anchor)
+            fresh = output[at + len(anchor) :] if at >= 0 else _LOST + output
+        if not terminal:
+            fresh = fresh[: fresh.rindex("\n") + 1] if "\n" in fresh else ""
+        if fresh:
+            ctx.log.write(fresh if fresh.endswith("\n") else fresh + "\n")
+            logged_upto = output if terminal else output[: output.rindex("\n") + 1]
+            anchors[name] = logged_upto[-ANCHOR_CHARS:]
 
     def _forget(self, ctx: _Ctx, env: dict[str, Any], key: str) -> None:
         """Delete a run command whose result is already in the step state (best effort, not awaited),
