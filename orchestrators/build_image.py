@@ -148,6 +148,7 @@ class BuildRun:
         self.phases: dict[str, dict[str, Any]] = {}
         self._phase_work_start = 0.0
         self.outputs: list[dict[str, Any]] = []
+        self.step_reports: list[dict[str, Any]] = []
 
     # ---- status -----------------------------------------------------------------------------------
     def custom_status(self, **extra: Any) -> dict[str, Any]:
@@ -247,6 +248,7 @@ class BuildRun:
                     )
                 )
             )
+            self.step_reports.append(step_report(c.step, result))
             if result.status == "failed":
                 raise StepFailed(self.step_error(result, c.step), keep=plan.on_customizer_error == "abort")
 
@@ -364,6 +366,7 @@ class BuildRun:
             "workSeconds": round(self.steps.work_seconds, 3),
             "cleanup": report.model_dump(mode="json"),
             "outputs": self.outputs,
+            "steps": self.step_reports,
             "endTime": iso(self.ctx.current_utc_datetime),
         }
         if self.deadline is not None and not self.deadline.is_completed:
@@ -434,6 +437,20 @@ class BuildRun:
                 )
             lines.append(line)
         return state, "; ".join(lines)
+
+
+def step_report(name: str, result: StepResult) -> dict[str, Any]:
+    """One customize step as the run record lists it (`details.steps`): its outcome, its seconds and,
+    from providers with a step cache, `cache` = {"id", "hit", "seconds"} (hit: reused, not run)."""
+    report: dict[str, Any] = {
+        "name": name,
+        "status": result.status,
+        "seconds": round(result.duration_seconds, 3),
+    }
+    cache = result.details.get("cache")
+    if isinstance(cache, dict):
+        report["cache"] = cache
+    return report
 
 
 def _dump(error: ErrorInfo | None) -> dict[str, Any] | None:

@@ -88,7 +88,12 @@ def e2e_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # Base images are cached by recipe version, built under a lock and renamed into place, so the cache
     # is safe to share: the same one as tests/providers_local (one cold Debian base per machine).
     cache = Path(os.environ.get("IMAGEBUILDER_TEST_CACHE", "/var/tmp/imagebuilder-test-cache"))
-    return {"runtime": base / "runtime", "provider": base / "provider", "cache": cache}
+    return {
+        "runtime": base / "runtime",
+        "provider": base / "provider",
+        "cache": cache,
+        "steps": base / "steps",
+    }
 
 
 def runtime_env(az: Azurite, dirs: dict[str, Path]) -> dict[str, str]:
@@ -97,6 +102,7 @@ def runtime_env(az: Azurite, dirs: dict[str, Path]) -> dict[str, str]:
         "AzureWebJobsStorage": az.connection_string,
         "IMAGEBUILDER_STATE_DIR": str(dirs["provider"]),
         "IMAGEBUILDER_CACHE_DIR": str(dirs["cache"]),
+        "IMAGEBUILDER_STEP_CACHE_DIR": str(dirs["steps"]),  # per session: the base cache is shared
         "IMAGEBUILDER_TIMEOUT_SCALE": TIMEOUT_SCALE,
     }
 

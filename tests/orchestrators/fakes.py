@@ -155,7 +155,9 @@ class FakeBuild:
                 log_uri="http://127.0.0.1:10000/devstoreaccount1/logs/tpl/r1/customization.log",
             )
             return done(StepResult(status="failed", step=p["step"], exit_code=3, error=err))
-        return done(StepResult(status="succeeded", step=p["step"], exit_code=0), seconds=2.0)
+        cache = {"id": f"{i:064x}", "hit": i == 0, "seconds": 0.1 if i == 0 else 2.0}
+        result = StepResult(status="succeeded", step=p["step"], exit_code=0, details={"cache": cache})
+        return done(result, seconds=2.0)
 
     def validate(self, p: dict[str, Any]) -> Any:
         if self.fail_validation:

@@ -87,6 +87,19 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
     assert final["run_state"] == "Succeeded" and final["details"]["outputs"]
 
 
+def test_the_run_record_lists_each_customize_step_with_its_cache_outcome() -> None:
+    fake = FakeBuild()
+    _, inst = run(fake)
+    steps = fake.statuses[-1]["details"]["steps"]
+    assert [s["status"] for s in steps] == ["succeeded", "succeeded"]
+    assert [s["cache"]["hit"] for s in steps] == [True, False]
+    assert steps[0]["cache"] == {"id": f"{0:064x}", "hit": True, "seconds": 0.1}
+    assert inst.output["steps"] == steps
+    failing = FakeBuild(fail_customizer=1)
+    run(failing)
+    assert [s["status"] for s in failing.statuses[-1]["details"]["steps"]] == ["succeeded", "failed"]
+
+
 def test_deadline_timer_is_build_timeout_and_cancel_event_is_raced() -> None:
     fake = FakeBuild()
     host = ReplayHost(handles(), fake.activities())

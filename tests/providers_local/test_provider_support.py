@@ -77,6 +77,7 @@ def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def provider(tmp_path: Path, base_cache: Path, file_root: Path) -> Iterator[LocalProvider]:
     """A provider on a fresh state dir; whatever a failed test left mounted is unmounted afterwards."""
     p = LocalProvider(state_dir=tmp_path / "state", cache_dir=base_cache)
+    p.step_cache_dir = tmp_path / "steps"  # the base cache is shared by the session; step results are not
     yield p
     for point in sorted(mounts_under(p.state_dir), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False)

@@ -157,6 +157,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "AzureWebJobsStorage": az.connection_string,
             "IMAGEBUILDER_STATE_DIR": str(base / "provider"),
             "IMAGEBUILDER_CACHE_DIR": str(cache),
+            "IMAGEBUILDER_STEP_CACHE_DIR": str(base / "steps"),  # per package: the base cache is shared
             "IMAGEBUILDER_SOURCE_TRIGGER_SCHEDULE": "*/2 * * * * *",
             "IMAGEBUILDER_SCHEDULE_TRIGGER_SCHEDULE": "*/2 * * * * *",
             "IMAGEBUILDER_SWEEP_SCHEDULE": "*/3 * * * * *",

@@ -1,6 +1,13 @@
 """The build root: the source's root tree extracted once into the cache (the read-only lower layer) and a
 copy-on-write root per run (overlayfs; a plain extract where overlayfs is unavailable), remounted when the
-host lost the mount; `env_ok` is the check every later phase makes first."""
+host lost the mount; `env_ok` is the check every later phase makes first.
+
+The overlay is a stack of layers under `build/layers/`: `base` (a link to the extracted source), then one
+upper layer per customize step, `0`, `1`, ... Steps whose results are cached (the longest prefix of the
+chain of step ids, see `stepcache`) are linked in from the cache as lower layers when the root is made;
+each step that runs writes into a fresh upper layer, which is stored in the cache and stacked under the
+next one (`advance`). `build/layers.json` names the current upper layer, so a remount after a host
+restart rebuilds the same stack."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +31,12 @@ from imagebuilder.pipeline.messages import (
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import (
     catalog,
+    customizers,
     deprovision,
     mounts,
     proc,
     sandbox,
+    stepcache,
 )
 from imagebuilder.providers.local.context import (
     RunContext,
@@ -95,7 +105,10 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
     start = time.monotonic()
     tarball = source_tarball(ctx, source, log)
     lower = extracted(ctx, tarball) / "tree"
-    mode = make_root(layout, lower, tarball, log)
+    ids = step_ids(ctx, prepared, tarball)
+    cache = ctx.step_cache
+    hits = find_hits(ctx, cache, ids, log)
+    mode, hits = make_root(layout, lower, tarball, log, hits=hits)
     policy = deprovision.install_policy_rc_d(layout.root)
     sandbox.prepare_inbox(layout.inbox)
     handle: dict[str, Any] = {
@@ -105,6 +118,7 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
         "lower": str(lower),
         "upper": str(layout.upper),
         "work": str(layout.overlay_work),
+        "layered": mode == "overlay",
         "tarball": str(tarball),
         "inbox": str(layout.inbox),
         "artifacts": str(layout.artifacts),
@@ -113,16 +127,123 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
         "generation": source.hyper_v_generation,
         "source": source.model_dump(mode="json"),
         "policy_rc_d": policy,
+        "step_ids": ids,
+        "cache": {
+            "enabled": cache is not None and mode == "overlay",
+            "reuse": ctx.cache_reuse,
+            "hits": [{"id": h.id, "seconds": round(h.seconds, 3)} for h in hits],
+        },
     }
     layout.env_record.write_text(json.dumps(handle, indent=2))
-    log.write(f"build root ready ({mode}) at {layout.root} in {time.monotonic() - start:.2f} s\n")
+    reused = f", {len(hits)} cached step(s) reused" if hits else ""
+    log.write(f"build root ready ({mode}{reused}) at {layout.root} in {time.monotonic() - start:.2f} s\n")
     return BuildEnv(provider="local", handle=handle)
+
+
+def step_ids(ctx: RunContext, prepared: PrepareResult, tarball: Path) -> list[str]:
+    """The chain of step ids of `properties.customize` (see `stepcache`)."""
+    assert prepared.source is not None
+    st = tarball.stat()
+    recipe = {
+        "base": tarball.name,
+        "baseSize": st.st_size,
+        "baseMtimeNs": st.st_mtime_ns,
+        "network": ctx.network,
+    }
+    base = stepcache.base_id(prepared.source.model_dump(mode="json"), recipe)
+    sha256_of = {a.uri: a.sha256 for a in prepared.artifacts}
+    return stepcache.chain(base, customizers.items(ctx.build.template, "customize"), sha256_of)
+
+
+@dataclass(frozen=True)
+class LayerHit:
+    """A cached step layer used by this run: its id, its layer in the cache, the time it took."""
+
+    id: str
+    layer: Path
+    seconds: float
+
+
+def find_hits(
+    ctx: RunContext, cache: stepcache.StepCache | None, ids: list[str], log: LogSink
+) -> list[LayerHit]:
+    """The longest prefix of `ids` with a verified cache entry (none when the run asked for a full
+    rebuild or the cache is off)."""
+    if cache is None:
+        return []
+    if not ctx.cache_reuse:
+        log.write("[cache] full rebuild requested (cache: off): no cached step is reused\n")
+        return []
+    hits: list[LayerHit] = []
+    for sid in ids:
+        t0 = time.monotonic()
+        hit = cache.lookup(sid, log)
+        if hit is None:
+            break
+        hits.append(LayerHit(id=sid, layer=hit.layer, seconds=time.monotonic() - t0))
+    return hits
+
+
+def layers_dir(build: Path) -> Path:
+    return build / "layers"
+
+
+def current_upper(build: Path) -> int:
+    """The index of the layer the overlay writes into now."""
+    return int(json.loads((build / "layers.json").read_text())["upper"])
+
+
+def mount_layers(build: Path, upper: int, log: LogSink | None) -> None:
+    """Mount build/root as the stack base, 0, ..., upper-1 (read-only) under `upper` (written). Paths
+    are relative to build/layers, so the mount options stay short however many steps there are."""
+    layers = layers_dir(build)
+    work = build / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    for d in (work, layers / str(upper), build / "root"):
+        d.mkdir(parents=True, exist_ok=True)
+    lowers = ":".join([*(str(i) for i in reversed(range(upper))), "base"])
+    opts = f"lowerdir={lowers},upperdir={upper},workdir=../work"
+    proc.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(build / "root")],
+             log=log, timeout=60, cwd=layers)  # fmt: skip
+    tmp = build / "layers.json.tmp"
+    tmp.write_text(json.dumps({"upper": upper}))
+    os.replace(tmp, build / "layers.json")
+
+
+def advance(env: BuildEnv, index: int, log: LogSink) -> Path | None:
+    """After customize step `index` wrote into upper layer `index`: unmount, and mount again with that
+    layer stacked under a fresh one. Returns the finished layer (to be stored), or None when the stack
+    cannot advance (no layers, out of order, the root is busy): the run goes on uncached."""
+    if not env.handle.get("layered"):
+        return None
+    build = Path(env.handle["run_dir"]) / "build"
+    root = build / "root"
+    try:
+        if current_upper(build) != index:
+            log.write(f"[cache] layer {index} is not the current upper layer; not cached\n")
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        proc.run(["umount", str(root)], log=log, timeout=120)
+    except ProviderError as exc:
+        log.write(f"[cache] warning: the build root is busy ({str(exc).splitlines()[0]}); not cached\n")
+        return None
+    # The finished layer is read-only from here on: a new upper layer receives every later change.
+    mount_layers(build, index + 1, log)
+    return layers_dir(build) / str(index)
 
 
 def root_ready(handle: dict[str, Any]) -> bool:
     root = Path(handle["root"])
     if handle.get("mode") == "overlay":
         if not mounts.mounted(root):
+            if handle.get("layered"):
+                build = Path(handle["run_dir"]) / "build"
+                if not (layers_dir(build) / "base").is_dir() or not (build / "layers.json").is_file():
+                    return False
+                mount_layers(build, current_upper(build), None)
+                return True
             if not (Path(handle["lower"]).is_dir() and Path(handle["upper"]).is_dir()):
                 return False
             mount_overlay(Path(handle["lower"]), Path(handle["upper"]), Path(handle["work"]), root, None)
@@ -137,24 +258,41 @@ def mount_overlay(lower: Path, upper: Path, work: Path, root: Path, log: LogSink
     proc.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)], log=log, timeout=60)
 
 
-def make_root(layout: RunLayout, lower: Path, tarball: Path, log: LogSink) -> str:
-    """Overlay (lower = the extracted base, upper = the run) or, where that fails, a plain extract."""
+def make_root(
+    layout: RunLayout, lower: Path, tarball: Path, log: LogSink, *, hits: list[LayerHit]
+) -> tuple[str, list[LayerHit]]:
+    """A layered overlay (base = the extracted source, then the cached `hits`, then a fresh upper
+    layer) or, where overlayfs fails, a plain extract (no layers: nothing cached is used)."""
     for point in sorted(mounts.mounts_under(layout.build), key=len, reverse=True):
         proc.run(["umount", point], log=log, timeout=60)
     if mounts.mounts_under(layout.build):
         raise ProviderError(f"cannot unmount what is mounted under {layout.build}")
     shutil.rmtree(layout.build, ignore_errors=True)
     layout.build.mkdir(parents=True, exist_ok=True)
-    if not any(c in str(p) for p in (lower, layout.build) for c in ",:"):
+    if "," not in str(layout.build):
+        layers = layers_dir(layout.build)
         try:
-            mount_overlay(lower, layout.upper, layout.overlay_work, layout.root, log)
-            return "overlay"
+            layers.mkdir(parents=True)
+            (layers / "base").symlink_to(lower, target_is_directory=True)
+            linked: list[LayerHit] = []
+            for i, hit in enumerate(hits):
+                t0 = time.monotonic()
+                try:
+                    stepcache.clone_tree(hit.layer, layers / str(i))
+                except OSError as exc:
+                    log.write(f"[cache] warning: cached step {hit.id} could not be linked in ({exc}); "
+                              "it runs again\n")  # fmt: skip
+                    shutil.rmtree(layers / str(i), ignore_errors=True)
+                    break
+                linked.append(LayerHit(hit.id, hit.layer, hit.seconds + time.monotonic() - t0))
+            mount_layers(layout.build, len(linked), log)
+            return "overlay", linked
         except ProviderError as exc:
             log.write(f"overlayfs unavailable ({str(exc).splitlines()[0]}); extracting a full copy\n")
             shutil.rmtree(layout.build, ignore_errors=True)
             layout.build.mkdir(parents=True, exist_ok=True)
     catalog.extract_base(tarball, layout.root)
-    return "copy"
+    return "copy", []
 
 
 def env_ok(env: BuildEnv, step: str, log: LogSink) -> StepResult | None:

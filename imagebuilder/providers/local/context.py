@@ -21,7 +21,7 @@ from typing import Any
 
 from imagebuilder.pipeline.messages import BuildInput
 from imagebuilder.providers.base import LogSink
-from imagebuilder.providers.local import catalog
+from imagebuilder.providers.local import catalog, stepcache
 from imagebuilder.providers.local.gallery import Stores
 from imagebuilder.providers.local.layout import RunLayout
 
@@ -62,6 +62,9 @@ class Settings:
     vhd_roots: list[Path] = field(default_factory=list)
     qcow2: bool = False
     catalog_file: str | None = None
+    step_cache: bool = True
+    step_cache_dir: Path | None = None
+    step_cache_cap: int = 10 * 1024**3
 
     def catalog_extra(self) -> dict[str, str] | None:
         return catalog.load_catalog_file(self.catalog_file) if self.catalog_file else None
@@ -135,6 +138,20 @@ class RunContext:
     def template_hash(self) -> str:
         text = json.dumps(self.build.template, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def step_cache(self) -> stepcache.StepCache | None:
+        """The step cache, unless the app setting turned it off."""
+        if not self.settings.step_cache:
+            return None
+        where = self.settings.step_cache_dir or self.settings.cache_dir / "steps"
+        return stepcache.StepCache(where, self.settings.step_cache_cap)
+
+    @property
+    def cache_reuse(self) -> bool:
+        """False when the run asked for a full rebuild (POST .../run {"cache": "off"}): nothing is
+        reused, results are still stored."""
+        return self.build.options.cache != "off"
 
     def log(self, sink: LogSink, phase: str) -> LogSink:
         """`sink` teed into the run's own `logs/<phase>.log`."""

@@ -1,9 +1,15 @@
 """Phase customize: one customizer of `properties.customize` run against the build root (Shell in the
 sandbox, File copied in), its outcome shaped as a `StepResult`; a succeeded step is recorded so that a
-retried activity returns it instead of running it twice."""
+retried activity returns it instead of running it twice.
+
+Step cache: a step in the cached prefix linked in by `buildroot` is not run (a hit); a step that runs
+is stored in the cache when it succeeded. Either way `StepResult.details["cache"]` is
+{"id": <step id>, "hit": bool, "seconds": <time the step took: linking, or running>} and
+customization.log says "cache hit <id>" or "ran in <s> s"."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ from imagebuilder.providers.local.context import (
 from imagebuilder.providers.local.layout import (
     RunLayout,
 )
+from imagebuilder.providers.local.stepcache import StepCache
 
 
 def customize(ctx: RunContext, env: BuildEnv, index: int, log: LogSink) -> StepResult:
@@ -41,13 +48,48 @@ def customize(ctx: RunContext, env: BuildEnv, index: int, log: LogSink) -> StepR
     if missing:
         return missing
     plog = sandbox.PrefixedLog(ctx.log(log, "customization"), step)
-    plog.write(f"starting {step}")
-    outcome = run_item(ctx, env, layout, "customize", index, item, Path(env.handle["root"]), plog)
-    result = step_result(step, outcome, plog, log)
+    ids = [str(x) for x in env.handle.get("step_ids") or []]
+    sid = ids[index] if index < len(ids) else None
+    cache_info = env.handle.get("cache") or {}
+    hits = list(cache_info.get("hits") or [])
+    if sid is not None and index < len(hits) and hits[index].get("id") == sid:
+        seconds = float(hits[index].get("seconds") or 0.0)
+        plog.write(f"cache hit {sid} (the cached result of this step is used; not run)")
+        result = StepResult(
+            status="succeeded",
+            step=step,
+            duration_seconds=seconds,
+            details={"cache": {"id": sid, "hit": True, "seconds": seconds}},
+        )
+    else:
+        plog.write(f"starting {step}")
+        started = time.monotonic()
+        outcome = run_item(ctx, env, layout, "customize", index, item, Path(env.handle["root"]), plog)
+        seconds = round(time.monotonic() - started, 3)
+        result = step_result(step, outcome, plog, log)
+        if result.status == "succeeded" and sid is not None:
+            stored = store_step(ctx.step_cache if cache_info.get("enabled") else None, env, index, sid,
+                                step, plog)  # fmt: skip
+            plog.write(f"ran in {seconds:.2f} s" + (f", cached as {sid}" if stored else ", not cached"))
+            cache = {"id": sid, "hit": False, "seconds": seconds, "stored": stored}
+            result = result.model_copy(update={"details": {**result.details, "cache": cache}})
     if result.status == "succeeded":
         done_file.parent.mkdir(parents=True, exist_ok=True)
         done_file.write_text(result.model_dump_json())
     return result
+
+
+def store_step(
+    cache: StepCache | None, env: BuildEnv, index: int, sid: str, step: str, plog: LogSink
+) -> bool:
+    """Stack the step's finished layer under a fresh one and keep it in the cache (a failure to store
+    is a warning in the log; the build goes on)."""
+    if cache is None:
+        return False
+    layer = buildroot.advance(env, index, plog)
+    if layer is None:
+        return False
+    return cache.store(sid, layer, step=step, log=plog)
 
 
 def run_item(

@@ -8,7 +8,9 @@ settings (read from the environment once) and hands each seam method to its phas
 
 Per-template options (tags) and the typed view of one call: `context`. Folders: `layout`. The build root
 is an overlay over a cached, extracted base; customizers run in a bubblewrap sandbox (`sandbox`); the
-stores (images, gallery, VHDs) are in `gallery`.
+stores (images, gallery, VHDs) are in `gallery`. Each customizer's result is kept in the step cache
+(`stepcache`; IMAGEBUILDER_STEP_CACHE=off turns it off, IMAGEBUILDER_STEP_CACHE_MAX_GB caps it), so a
+rebuild runs only the steps after the longest unchanged prefix.
 
 VHD targets: no `uri` -> state_dir/vhds/...; `file://` -> only below state_dir/vhds or
 IMAGEBUILDER_LOCAL_VHD_ROOT; `http(s)://` blob URL -> the `blob_uploader` the provider was given.
@@ -49,6 +51,7 @@ from imagebuilder.providers.local import (
     distribute,
     generalize,
     prepare,
+    stepcache,
     validate,
 )
 from imagebuilder.providers.local.context import (
@@ -57,6 +60,7 @@ from imagebuilder.providers.local.context import (
     BlobUploader,
     RunContext,
     Settings,
+    is_false,
     is_true,
 )
 from imagebuilder.providers.local.gallery import Stores
@@ -96,6 +100,9 @@ class LocalProvider(ComputeProvider):
         ]
         self.qcow2 = is_true(env.get(QCOW2_ENV, ""))
         self.catalog_file = env.get(catalog.CATALOG_SETTING) or None
+        self.step_cache = not is_false(env.get(stepcache.CACHE_SETTING, "on") or "on")
+        self.step_cache_dir = Path(env.get(stepcache.DIR_SETTING) or self.cache_dir / "steps").resolve()
+        self.step_cache_cap = stepcache.cap_bytes(env.get(stepcache.CAP_SETTING))
         self.stores = Stores(self.state_dir)
 
     @property
@@ -111,6 +118,9 @@ class LocalProvider(ComputeProvider):
             vhd_roots=list(self.vhd_roots),
             qcow2=self.qcow2,
             catalog_file=self.catalog_file,
+            step_cache=self.step_cache,
+            step_cache_dir=self.step_cache_dir,
+            step_cache_cap=self.step_cache_cap,
         )
 
     def context(self, build: BuildInput) -> RunContext:

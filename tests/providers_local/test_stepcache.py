@@ -1,0 +1,267 @@
+"""The step cache on real builds (BusyBox base, real overlays, real disks): a rebuild after a change to the
+last customizer runs only that step and ships the same disk but for that change; damaged or partial
+entries (truncated, altered, a writer killed with SIGKILL) are never used; eviction keeps the cache
+under its cap; a cache on a full disk makes the build go on uncached with a warning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagebuilder.pipeline.messages import BuildInput, RunOptions
+from imagebuilder.providers.local import disk, stepcache
+from imagebuilder.providers.local.provider import LocalProvider
+from tests.providers_local.test_provider_support import (
+    RecLog,
+    assert_no_leaks,
+    base_cache,
+    build_input,
+    file_root,
+    provider,
+)
+
+_FIXTURES = (base_cache, file_root, provider)  # pytest fixtures used by name in this module
+
+REMOVED = "/bin/vi"  # a BusyBox applet link the second step deletes (a whiteout in its layer)
+
+
+def _steps(file_root: Path, marker: str) -> list[dict[str, Any]]:
+    (file_root / "app.conf").write_text("key=value\n")
+    return [
+        {
+            "type": "File",
+            "name": "conf",
+            "sourceUri": (file_root / "app.conf").as_uri(),
+            "destination": "/etc/app/app.conf",
+        },
+        {
+            "type": "Shell",
+            "name": "expensive",
+            "inline": [
+                "mkdir -p /opt/app && seq 1 20000 > /opt/app/data",
+                f"rm -f {REMOVED}",
+                "rm -rf /etc/app && mkdir /etc/app && echo only > /etc/app/only",  # an opaque dir
+            ],
+        },
+        {"type": "Shell", "name": "marker", "inline": [f"echo {marker} > /marker"]},
+    ]
+
+
+def _build(p: LocalProvider, build: BuildInput, tmp: Path) -> tuple[list[Any], Path, str]:
+    """prepare .. capture; returns the step results, the dumped root tree of the VHD, the log."""
+    log = RecLog()
+    prepared = p.prepare(build, log)
+    assert prepared.status == "succeeded", prepared.error
+    env = p.create_build_env(build, prepared, log)
+    results = [p.customize(build, env, i, log) for i in range(len(build.template["properties"]["customize"]))]
+    assert all(r.status == "succeeded" for r in results), [r.error for r in results]
+    assert p.generalize(build, env, log).status == "succeeded"
+    cap = p.capture(build, env, log)
+    assert cap.status == "succeeded", cap.error
+    vhd = Path(cap.image["vhd"])
+    dump = tmp / f"dump-{build.run.run_id}"
+    dump.mkdir()
+    offset = disk.root_offset(vhd)
+    subprocess.run(
+        ["debugfs", "-R", f"rdump / {dump}", f"{vhd}?offset={offset}"], check=True, capture_output=True
+    )
+    p.cleanup(build, keep=False, log=log)
+    assert_no_leaks(p, build)
+    return results, dump, log.text
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every path of a dumped disk tree with its content (/etc/fstab names the disk's own UUIDs)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = "/" + str(path.relative_to(root))
+        if rel == "/etc/fstab":
+            continue
+        if path.is_symlink():
+            out[rel] = b"->" + os.fsencode(os.readlink(path))
+        elif path.is_file():
+            out[rel] = path.read_bytes()
+        else:
+            out[rel] = b"<dir>"
+    return out
+
+
+def _cache(details: dict[str, Any]) -> dict[str, Any]:
+    cache = details["cache"]
+    assert set(cache) >= {"id", "hit", "seconds"} and len(cache["id"]) == 64
+    return dict(cache)
+
+
+def test_changing_only_the_third_customizer_reruns_only_that_step(
+    provider: LocalProvider, file_root: Path, tmp_path: Path
+) -> None:
+    first, tree1, _ = _build(
+        provider, build_input({"customize": _steps(file_root, "one")}, run_id="r1"), tmp_path
+    )
+    assert [_cache(r.details)["hit"] for r in first] == [False, False, False]
+    assert all(_cache(r.details)["stored"] for r in first)
+
+    second, tree2, log2 = _build(
+        provider, build_input({"customize": _steps(file_root, "two")}, run_id="r2"), tmp_path
+    )
+    c2 = [_cache(r.details) for r in second]
+    assert [c["hit"] for c in c2] == [True, True, False]
+    assert [c["id"] for c in c2[:2]] == [_cache(r.details)["id"] for r in first[:2]]
+    assert c2[2]["id"] != _cache(first[2].details)["id"]
+    assert f"cache hit {c2[0]['id']}" in log2 and f"cache hit {c2[1]['id']}" in log2 and "ran in" in log2
+
+    # The shipped disks differ by that step's change only; the whiteout and the opaque dir came back.
+    a, b = _tree(tree1), _tree(tree2)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"/marker"}
+    assert (a["/marker"], b["/marker"]) == (b"one\n", b"two\n")
+    assert REMOVED not in b and "/bin/sh" in b
+    assert [k for k in b if k.startswith("/etc/app/")] == ["/etc/app/only"]
+    assert b["/opt/app/data"].count(b"\n") == 20000
+
+    # Nothing changed: every step is a hit. A full rebuild (cache: off) runs them all again.
+    third, _, _ = _build(
+        provider, build_input({"customize": _steps(file_root, "two")}, run_id="r3"), tmp_path
+    )
+    assert [_cache(r.details)["hit"] for r in third] == [True, True, True]
+    full = build_input({"customize": _steps(file_root, "two")}, run_id="r4")
+    full = full.model_copy(update={"options": RunOptions(cache="off")})
+    fourth, tree4, log4 = _build(provider, full, tmp_path)
+    assert [_cache(r.details)["hit"] for r in fourth] == [False, False, False]
+    assert "full rebuild requested" in log4
+    assert _tree(tree4) == b
+
+
+def test_the_cache_setting_off_runs_everything_and_stores_nothing(
+    base_cache: Path, file_root: Path, tmp_path: Path
+) -> None:
+    p = LocalProvider(
+        state_dir=tmp_path / "state",
+        cache_dir=base_cache,
+        environ={**os.environ, "IMAGEBUILDER_STEP_CACHE": "off"},
+    )
+    p.step_cache_dir = tmp_path / "steps"
+    for run in ("r1", "r2"):
+        results, _, _ = _build(p, build_input({"customize": _steps(file_root, "x")}, run_id=run), tmp_path)
+        assert [_cache(r.details)["hit"] for r in results] == [False, False, False]
+        assert not any(_cache(r.details)["stored"] for r in results)
+    assert not (tmp_path / "steps").exists()
+
+
+def test_damaged_entries_are_never_used_and_are_rebuilt(
+    provider: LocalProvider, file_root: Path, tmp_path: Path
+) -> None:
+    steps = _steps(file_root, "m")
+    first, tree1, _ = _build(provider, build_input({"customize": steps}, run_id="r1"), tmp_path)
+    ids = [_cache(r.details)["id"] for r in first]
+    cache_root = provider.step_cache_dir
+    # truncate a file of step 2's entry; take the manifest of step 3's away (as a writer killed between
+    # the rename and ... cannot, but a disk error can)
+    data = cache_root / ids[1] / "layer" / "opt" / "app" / "data"
+    with data.open("r+b") as fh:
+        fh.truncate(100)
+    (cache_root / ids[2] / "manifest.json").unlink()
+    second, tree2, log = _build(provider, build_input({"customize": steps}, run_id="r2"), tmp_path)
+    assert [_cache(r.details)["hit"] for r in second] == [True, False, False]
+    assert f"entry {ids[1]} is damaged: checksum mismatch" in log
+    assert _tree(tree2) == _tree(tree1)  # the truncated file was not used
+    # rebuilt: the next run hits all three again
+    third, _, _ = _build(provider, build_input({"customize": steps}, run_id="r3"), tmp_path)
+    assert [_cache(r.details)["hit"] for r in third] == [True, True, True]
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_usable(tmp_path: Path) -> None:
+    layer = tmp_path / "layer"
+    for i in range(40):
+        d = layer / f"d{i}"
+        d.mkdir(parents=True)
+        for j in range(500):
+            (d / f"f{j}").write_text(f"{i}-{j}\n" * 50)
+    cache = stepcache.StepCache(tmp_path / "steps", 10 * 1024**3)
+    cache.root.mkdir()
+    sid = "ab" * 32
+    code = (
+        "import sys; from pathlib import Path; from imagebuilder.providers.local import stepcache; "
+        f"stepcache.StepCache(Path({str(cache.root)!r})).store({sid!r}, Path({str(layer)!r}), step='s')"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".tmp-") and (p / "layer").exists() for p in cache.root.iterdir()):
+        assert time.monotonic() < deadline and writer.poll() is None, "the writer never started writing"
+        time.sleep(0.005)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert not (cache.root / sid).exists()
+    assert cache.lookup(sid) is None
+    assert [p.name for p in cache.root.iterdir() if p.name.startswith(".tmp-")]
+    cache.sweep_partial()  # the writer is dead: its temporary folder goes
+    assert list(cache.root.iterdir()) == []
+    assert cache.store(sid, layer, step="s") and cache.lookup(sid) is not None
+
+
+def test_eviction_keeps_the_cache_under_its_cap(tmp_path: Path) -> None:
+    mib = 1024 * 1024
+    cache = stepcache.StepCache(tmp_path / "steps", int(2.5 * mib))
+    ids = [f"{i:064x}" for i in range(1, 5)]
+    log = RecLog()
+    for n, sid in enumerate(ids):
+        layer = tmp_path / f"layer{n}"
+        layer.mkdir()
+        (layer / "blob").write_bytes(os.urandom(mib))
+        assert cache.store(sid, layer, step=f"s{n}", log=log)
+        time.sleep(0.01)
+        if n == 1:
+            assert cache.lookup(ids[0]) is not None  # used again: ids[1] is now the least recent
+        assert cache.size() <= cache.cap
+        if n == 2:  # ids[1] was the least recently used
+            assert {sid for _, _, sid in cache.entries()} == {ids[0], ids[2]}
+    assert {sid for _, _, sid in cache.entries()} == {ids[2], ids[3]}
+    assert "evicted" in log.text
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Any:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={mnt}/fill", "bs=64k"], capture_output=True, check=False)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_cache_on_a_full_disk_builds_uncached_with_a_warning(
+    provider: LocalProvider, file_root: Path, tmp_path: Path, full_disk: Path
+) -> None:
+    provider.step_cache_dir = full_disk / "steps"
+    results, tree, log = _build(
+        provider, build_input({"customize": _steps(file_root, "f")}, run_id="r1"), tmp_path
+    )
+    assert all(r.status == "succeeded" for r in results)
+    assert not any(_cache(r.details)["stored"] for r in results)
+    assert "could not be cached" in log and "the build continues uncached" in log
+    assert _tree(tree)["/marker"] == b"f\n"
+    steps = full_disk / "steps"
+    assert not steps.exists() or not [p for p in steps.iterdir() if not p.name.startswith(".")]
+
+
+def test_step_ids_chain_over_parent_step_and_artifacts() -> None:
+    base = stepcache.base_id({"id": "a:b:c:1"}, {"network": True})
+    steps = [{"type": "Shell", "inline": ["x"]}, {"type": "Shell", "scriptUri": "https://h/s.sh"}]
+    ids = stepcache.chain(base, steps, {"https://h/s.sh": "1" * 64})
+    assert ids == stepcache.chain(
+        base, [dict(reversed(list(s.items()))) for s in steps], {"https://h/s.sh": "1" * 64}
+    )
+    assert ids[1] != stepcache.chain(base, steps, {"https://h/s.sh": "2" * 64})[1]  # artifact changed
+    assert ids[0] == stepcache.chain(base, steps, {"https://h/s.sh": "2" * 64})[0]
+    other = stepcache.base_id({"id": "a:b:c:2"}, {"network": True})
+    assert not set(ids) & set(stepcache.chain(other, steps, {}))  # the parent chain reaches the source
+    assert json.loads(stepcache.canonical_json({"b": 1, "a": [2]})) == {"a": [2], "b": 1}
