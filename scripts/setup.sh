@@ -46,7 +46,7 @@ fi
 stamp_aib=$( (cat pyproject.toml; echo "$ROOT") | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/aib ] || [ "$(cat .venv/.stamp-aib 2>/dev/null)" != "$stamp_aib" ]; then
   log "installing the aib command (pip install -e .)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$stamp_aib" > .venv/.stamp-aib
 fi
 
