@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -141,8 +142,8 @@ def _emit(args: argparse.Namespace, data: Any, columns: Sequence[tuple[str, str]
         return
     rows = data if isinstance(data, list) else [data]
     table = Table(show_edge=False, pad_edge=False)
-    for title, _ in columns:
-        table.add_column(title)
+    for i, (title, _) in enumerate(columns):
+        table.add_column(title, no_wrap=i == 0, overflow="fold")  # names and run ids are never cut
     for row in rows:
         table.add_row(*[_cell(_dig(row, path)) for _, path in columns])
     Console().print(table)
@@ -154,9 +155,16 @@ def _dig(data: Any, path: str) -> Any:
     return data
 
 
+_ISO = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]00:00)?$")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, str) and _ISO.match(value):
+        m = _ISO.match(value)
+        assert m is not None
+        return f"{m.group(1)} {m.group(2)}Z"
     if isinstance(value, dict | list):
         return json.dumps(value)
     return str(value)
