@@ -288,3 +288,17 @@ def test_lint_flags_a_missing_checksum_and_the_api_errors(tmp_path: Path) -> Non
     )
     assert bad.returncode == 2
     assert "error:" in bad.stdout and "buildTimeoutInMinutes" in bad.stdout
+
+
+def test_run_body_is_optional_and_checked(e2e: E2E, tmp_path: Path) -> None:
+    name = "cli-body"
+    create(e2e, tmp_path, name, busybox([shell("noop", "true")]))
+    path = e2e.api.template_path(name) + "/run"
+    unknown = e2e.api.request("POST", path, {"resumeFrom": "x"})
+    assert unknown.status == 400 and unknown.body["error"]["target"] == "resumeFrom"
+    assert "resumeFromRunId" in unknown.body["error"]["message"]
+    bad_cache = e2e.api.request("POST", path, {"cache": "sometimes"})
+    assert bad_cache.status == 400 and bad_cache.body["error"]["target"] == "cache"
+    started = e2e.api.request("POST", path, {})  # an empty object, as no body at all (AIB's run)
+    assert started.status == 202 and RUN_ID.match(started.headers["x-ms-imagebuilder-run-id"])
+    e2e.api.watch(name, timeout=300, interval=0.5)
