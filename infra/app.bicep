@@ -51,6 +51,33 @@ resource packageContainer 'Microsoft.Storage/storageAccounts/blobServices/contai
   name: deploymentContainer
 }
 
+// Run Command streams each step's whole stdout/stderr here (append blobs, one user-delegation SAS per
+// blob); the run's customization.log keeps the text, so these blobs go after a week.
+resource runCommandContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: 'imagebuilder-runcommand'
+}
+
+resource storageLifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'runcommand-logs'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: { blobTypes: ['appendBlob'], prefixMatch: ['imagebuilder-runcommand/'] }
+            actions: { baseBlob: { delete: { daysAfterModificationGreaterThan: 7 } } }
+          }
+        }
+      ]
+    }
+  }
+}
+
 var storageRoles = [storageBlobDataOwner, storageQueueDataContributor, storageTableDataContributor]
 
 resource appStorageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
