@@ -293,14 +293,49 @@ def read_json(req: func.HttpRequest) -> Any:
             f"The request content is {len(raw)} bytes; the limit is {MAX_REQUEST_BYTES} bytes (4 MiB). "
             "Send a smaller template: move large inline scripts to scriptUri.",
         )
+    media = str(req.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        # ARM's answer to a body it cannot read as JSON (no Content-Type at all is read as JSON).
+        raise ArmError(
+            415,
+            "UnsupportedMediaType",
+            f"The content media type '{media}' is not supported. Only 'application/json' is supported.",
+        )
     if not raw or not raw.strip():
         raise ArmError(400, "InvalidRequestContent", "The request content was empty; send a JSON object.")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ArmError(
-            400, "InvalidRequestContent", f"The request content is not valid JSON: {exc}. Send a JSON object."
+            400,
+            "InvalidRequestContent",
+            f"The request content is not valid JSON: {reason}. Send a JSON object.",
         ) from None
+    if _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise ArmError(
+            400,
+            "InvalidRequestContent",
+            f"The request content is nested more than {MAX_JSON_DEPTH} levels deep; a template needs far "
+            "fewer. Send the template's JSON object without the extra nesting.",
+        )
+    return body
+
+
+MAX_JSON_DEPTH = 64  # a template nests about 8 levels; deeper input only exhausts the stack later
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 # -- ids, links and headers ----------------------------------------------------------------------------

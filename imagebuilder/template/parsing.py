@@ -102,6 +102,13 @@ def check_api_version(api_version: str) -> None:
 
 def validate_resource_name(name: str, target: str = "imageTemplateName") -> str:
     """Check an image template, trigger or run output name against ^[A-Za-z0-9-_.]{1,64}$."""
+    if isinstance(name, str) and NAME_PATTERN.match(name) and not name.strip("."):
+        raise TemplateError(
+            E.INVALID_RESOURCE_NAME,
+            f"The name {_short(name)} is invalid: a name of only dots addresses a path, not a resource; "
+            "use 1 to 64 letters, digits, '-', '_' or '.' with at least one letter or digit.",
+            target,
+        )
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise TemplateError(
             E.INVALID_RESOURCE_NAME,

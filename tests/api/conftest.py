@@ -72,7 +72,15 @@ class Direct:
                         (str(method.value), _compile(trigger.route), fn.get_user_function(), uses_client)
                     )
 
-    def request(self, method: str, url: str, body: Any = None, *, raw: bytes | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Response:
         parts = urlsplit(url if "://" in url else f"http://testserver{url}")
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
@@ -83,7 +91,7 @@ class Direct:
                     method,
                     f"{parts.scheme}://{parts.netloc}{parts.path}"
                     + (f"?{parts.query}" if parts.query else ""),
-                    headers={"content-type": "application/json"},
+                    headers={"content-type": content_type},
                     params=params,
                     route_params={k: unquote(v) for k, v in match.groupdict().items()},
                     body=data,
@@ -247,14 +255,22 @@ class Http:
         self.session = requests.Session()
         self.session.headers["x-functions-key"] = runtime.key
 
-    def request(self, method: str, url: str, body: Any = None, *, raw: bytes | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Response:
         full = url if "://" in url else f"{self.base}{url}"
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         resp = self.session.request(
             method,
             full,
             data=data,
-            headers={"content-type": "application/json"},
+            headers={"content-type": content_type},
             timeout=60,
             allow_redirects=False,
         )
