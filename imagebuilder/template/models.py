@@ -180,6 +180,12 @@ Sha256 = Annotated[str, AfterValidator(_check_sha)]
 
 
 MAX_TAGS = 50
+# Steps per template. Every step is one durable activity whose input carries the template, so a run's
+# history grows as steps x template size and each replay re-reads it: 1000 trivial Shell steps took
+# ~0.6 s/step and grew the runtime from ~130 MB to ~640 MB. These bound both (see README, API notes).
+MAX_CUSTOMIZERS = 100
+MAX_VALIDATORS = 100
+MAX_HISTORY_BYTES = 64 * 1024 * 1024  # steps x template JSON size, i.e. the inputs a run's history keeps
 _TAG_NAME_FORBIDDEN = set("<>%&\\?/")
 
 
@@ -1008,6 +1014,7 @@ class ImageTemplateProperties(ArmModel):
                 )
             else:
                 seen[key] = i
+        issues += self._step_limits()
         timeout = self.build_timeout_in_minutes
         if timeout is not None and 0 < timeout < MIN_BUILD_TIMEOUT_MINUTES:
             issues.append(
@@ -1029,6 +1036,41 @@ class ImageTemplateProperties(ArmModel):
             )
         _raise(issues)
         return self
+
+    def _step_limits(self) -> list[Issue]:
+        """The supported maximum of steps, and of steps x template size (what a run's history holds)."""
+        customize = len(self.customize or [])
+        validators = len(self.validate_.in_vm_validations or []) if self.validate_ else 0
+        issues: list[Issue] = []
+        for count, limit, target in (
+            (customize, MAX_CUSTOMIZERS, "customize"),
+            (validators, MAX_VALIDATORS, "validate.inVMValidations"),
+        ):
+            if count > limit:
+                issues.append(
+                    Issue(
+                        E.INVALID_PARAMETER,
+                        f"'{target}' lists {count} steps; at most {limit} are supported. Merge small "
+                        "steps into one script (a Shell step takes many inline lines).",
+                        target,
+                    )
+                )
+        if issues:
+            return issues
+        size = len(self.model_dump_json(by_alias=True, exclude_none=True))
+        calls = customize + validators + len(self.distribute) + 8  # + prepare, env, capture, cleanup...
+        if size * calls > MAX_HISTORY_BYTES:
+            issues.append(
+                Issue(
+                    E.INVALID_PARAMETER,
+                    f"The template is {size} bytes and runs {calls} steps; each step carries the template, "
+                    f"so a run would keep {size * calls // (1024 * 1024)} MiB of step inputs (limit "
+                    f"{MAX_HISTORY_BYTES // (1024 * 1024)} MiB). Move large inline scripts to scriptUri "
+                    "or use fewer steps.",
+                    "customize",
+                )
+            )
+        return issues
 
     @property
     def effective_build_timeout_minutes(self) -> int:

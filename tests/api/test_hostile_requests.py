@@ -73,3 +73,29 @@ def test_json_media_types_are_read(api: Direct | Http, sub: str, media: str) -> 
     url = template_url(sub, name="typed-ok")
     resp = api.request("PUT", url, raw=json.dumps(minimal_template()).encode(), content_type=media)
     assert resp.status in (200, 201), resp.text
+
+
+def _steps(count: int, line: str = "true") -> list[dict[str, object]]:
+    return [{"type": "Shell", "name": f"s{i}", "inline": [line]} for i in range(count)]
+
+
+def test_step_count_limit_is_stated_and_enforced_at_put(direct: Direct, sub: str) -> None:
+    ok = direct.put(template_url(sub, name="hundred"), minimal_template(customize=_steps(100)))
+    assert ok.status in (200, 201), ok.text
+    url = template_url(sub, name="thousand")
+    resp = direct.put(url, minimal_template(customize=_steps(1000)))
+    assert resp.status == 400, resp.text
+    error = _error(resp.text)
+    detail = (error.get("details") or [error])[0]  # type: ignore[index]
+    assert detail["target"] == "properties.customize" and "at most 100" in detail["message"]
+    assert direct.get(url).status == 404
+
+
+def test_steps_times_template_size_is_bounded(direct: Direct, sub: str) -> None:
+    """60 steps each carrying a 1.5 MB template would keep ~90 MiB of step inputs in the run's history."""
+    steps = [*_steps(59), {"type": "Shell", "name": "big", "inline": ["#" * 1_500_000]}]
+    url = template_url(sub, name="heavy")
+    resp = direct.put(url, minimal_template(customize=steps))
+    assert resp.status == 400, resp.text
+    assert "scriptUri" in resp.text and "MiB" in resp.text
+    assert direct.get(url).status == 404
