@@ -121,6 +121,8 @@ def test_full_busybox_build_every_customizer_and_distributor(
     assert "[customize[1] (Shell: file script)] script-ran\n" in log.text
     root = Path(env.handle["root"])
     assert (root / "opt/sudo-uid").read_text() == "0\n"
+    # Steps ran as an unprivileged uid outside, yet what they made is root's on disk (idmapped root).
+    assert (root / "opt/inline.txt").stat().st_uid == 0 and (root / "opt").stat().st_gid == 0
     assert (root / "etc/app/app.conf").read_bytes() == payload
     assert provider.validate(build, env, log).status == "skipped"
 

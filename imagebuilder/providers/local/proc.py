@@ -184,6 +184,7 @@ def run(
     check: bool = True,
     echo_output: bool = True,
     redact: Sequence[str] = (),
+    pass_fds: Sequence[int] = (),
 ) -> Completed:
     """Run `argv` (a list, never a shell string) and wait for it.
 
@@ -194,6 +195,7 @@ def run(
     - `input`: bytes or text fed to stdin (stdin is /dev/null otherwise).
     - `env`: entries added to (overriding) the current environment; use ``env -i`` in argv for a clean one.
     - `check`: raise `CommandError` on a non-zero exit; with `check=False` the caller reads `returncode`.
+    - `pass_fds`: descriptors the command inherits (as in `subprocess.Popen`).
     """
     args = [str(a) for a in argv]
     if not args:
@@ -215,6 +217,7 @@ def run(
             env=full_env,
             cwd=cwd,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as exc:
         raise ToolMissingError(

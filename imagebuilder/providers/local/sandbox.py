@@ -6,9 +6,17 @@ by default (like a build VM) but never the host's: each step gets its own networ
 the outside by slirp4netns with --disable-host-loopback (user-mode NAT), so the host's loopback services
 (the runtime's HTTP, Azurite) are out of reach; with network off only `lo` exists.
 
+Confinement (`confine.py`, `seccomp.py`, `limits.py`; on unless IMAGEBUILDER_SANDBOX_CONFINE=off): root
+inside is a fresh unprivileged uid outside (user namespace, build root idmapped so files keep their real
+owners on disk), a seccomp filter refuses mount/kexec/modules/ptrace/new namespaces (and raw sockets when
+offline), and the step runs under rlimits (address space, processes of its uid, file size) and, where the
+host allows, a cgroup (memory, pids, cpu). The step's argv:
+    [nsenter --net=NS] [sh -c JOIN cgroup.procs..] prlimit .. setpriv --reuid=B .. bwrap --userns FD ..
+
 Exceptions: those of `proc.run` (CommandTimeoutError when the step's timeout expires; the whole
-sandbox dies with it, since bwrap runs with --die-with-parent and its own pid namespace), and
-`SandboxNetworkError` (a ProviderError) when the step's network cannot be set up.
+sandbox dies with it, since bwrap runs with --die-with-parent and its own pid namespace),
+`SandboxNetworkError` (a ProviderError) when the step's network cannot be set up, and
+`confine.ConfinementError` when the kernel cannot confine the step.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from imagebuilder.providers.base import LogSink, ProviderError
-from imagebuilder.providers.local import proc
+from imagebuilder.providers.local import confine, limits, proc, seccomp
 
 INBOX = "/run/imagebuilder"
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` pins named namespaces
@@ -112,11 +120,22 @@ def sandbox_argv(
     env: Mapping[str, str] | None = None,
     workdir: str = "/root",
     resolv_conf: Path | None = None,
+    userns_fd: int | None = None,
+    seccomp_fd: int | None = None,
+    view: confine.Confined | None = None,
 ) -> list[str]:
     """The bwrap argv that runs `command` (an argv inside the image) with `root` as `/`; with network,
-    `resolv_conf` (default: the host's /etc/resolv.conf) is bound at /etc/resolv.conf."""
-    argv = [
-        "bwrap",
+    `resolv_conf` (default: the host's /etc/resolv.conf) is bound at /etc/resolv.conf. Confined:
+    `userns_fd` (the step's user namespace), `seccomp_fd` (the filter) and `view` (the staged paths bwrap
+    binds from instead of `root`, `inbox` and `resolv_conf`)."""
+    if view is not None:
+        root, inbox, resolv_conf = view.root, view.inbox, view.resolv_conf
+    argv = ["bwrap"]
+    if userns_fd is not None:
+        argv += ["--userns", str(userns_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += [
         "--bind", str(root), "/",
         "--proc", "/proc",
         "--dev", "/dev",
@@ -129,10 +148,10 @@ def sandbox_argv(
     ]  # fmt: skip
     for cap in CAPABILITIES:
         argv += ["--cap-add", cap]
-    if network:
-        argv += ["--ro-bind-try", str(resolv_conf or "/etc/resolv.conf"), "/etc/resolv.conf"]
-    else:
+    if not network:
         argv += ["--unshare-net"]
+    elif view is None or view.resolv_conf is not None:
+        argv += ["--ro-bind-try", str(resolv_conf or "/etc/resolv.conf"), "/etc/resolv.conf"]
     if inbox is not None:
         argv += ["--ro-bind", str(inbox), INBOX]
     variables = {
@@ -149,7 +168,7 @@ def sandbox_argv(
     argv.append("--clearenv")
     for key, value in variables.items():
         argv += ["--setenv", key, value]
-    argv += ["--chdir", workdir if (root / workdir.lstrip("/")).is_dir() else "/"]
+    argv += ["--chdir", workdir if (Path(root) / workdir.lstrip("/")).is_dir() else "/"]
     argv += ["--", *command]
     return argv
 
@@ -170,6 +189,12 @@ def sweep_networks() -> list[str]:
             if proc.run(["ip", "netns", "delete", name], timeout=30, check=False).returncode == 0:
                 removed.append(name)
     return removed
+
+
+def sweep_steps() -> list[str]:
+    """Everything steps killed mid-way (kill -9 of the runtime) leave outside run folders: network
+    namespaces, staged idmapped roots (a swapped-out overlay is put back) and step cgroups."""
+    return [*sweep_networks(), *confine.sweep(), *limits.sweep_cgroups()]
 
 
 @contextlib.contextmanager
@@ -225,25 +250,52 @@ def run(
     log: LogSink,
     timeout: float | None,
     env: Mapping[str, str] | None = None,
+    step_limits: limits.StepLimits | None = None,
 ) -> proc.Completed:
     """Run `command` in the sandbox; returns the completed command (check the returncode) or raises
-    `proc.CommandTimeoutError`."""
-    proc.require_tools("bwrap")
-    argv = sandbox_argv(root, command, network=network, inbox=inbox, run_marker=run_marker, env=env)
-    if not network:
-        return proc.run(argv, log=log, timeout=timeout, check=False)
-    with isolated_network() as netns, step_resolv_conf() as resolv:
-        if resolv is not None:
-            argv = sandbox_argv(
-                root,
-                command,
-                network=network,
-                inbox=inbox,
-                run_marker=run_marker,
-                env=env,
-                resolv_conf=resolv,
+    `proc.CommandTimeoutError`. `step_limits` default to the app settings (`limits.StepLimits.from_env`)."""
+    proc.require_tools("bwrap", "prlimit", "setpriv")
+    lim = step_limits or limits.StepLimits.from_env()
+    with contextlib.ExitStack() as stack:
+        netns = stack.enter_context(isolated_network()) if network else None
+        resolv = stack.enter_context(step_resolv_conf()) if network else None
+        group = stack.enter_context(limits.step_cgroup(lim))
+        fds: list[int] = []
+        stack.callback(_close_all, fds)
+        extra: dict[str, object] = {}
+        prefix = [*limits.join_argv(group), *lim.prlimit_argv()]
+        if lim.confine:
+            confined = stack.enter_context(
+                confine.confined_root(root, inbox, (resolv or Path("/etc/resolv.conf")) if network else None)
             )
-        return proc.run(["nsenter", f"--net={netns}", *argv], log=log, timeout=timeout, check=False)
+            filter_fd = seccomp.program_fd(network=network)
+            fds.append(filter_fd)
+            base = str(confined.base)
+            prefix += ["setpriv", f"--reuid={base}", f"--regid={base}", "--clear-groups", "--"]
+            extra = {"userns_fd": confined.userns_fd, "seccomp_fd": filter_fd, "view": confined}
+        argv = sandbox_argv(
+            root,
+            command,
+            network=network,
+            inbox=inbox,
+            run_marker=run_marker,
+            env=env,
+            resolv_conf=resolv,
+            **extra,  # type: ignore[arg-type]
+        )
+        argv = [*prefix, *argv]
+        if netns is not None:
+            argv = ["nsenter", f"--net={netns}", "--", *argv]
+        userns = extra.get("userns_fd")
+        pass_fds = [*fds, *([userns] if isinstance(userns, int) else [])]
+        return proc.run(argv, log=log, timeout=timeout, check=False, pass_fds=pass_fds)
+    raise AssertionError("unreachable")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 @contextlib.contextmanager

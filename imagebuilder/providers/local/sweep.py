@@ -109,7 +109,7 @@ def sweep(
         except ProviderError as exc:  # a name no run folder can have (see layout.check_name)
             report.errors.append(f"run {ref.run_id!r} of {ref.template_name!r}: {exc}")
     with contextlib.suppress(ProviderError):
-        sandbox.sweep_networks()  # step namespaces of processes killed mid-step (not run folders)
+        sandbox.sweep_steps()  # step namespaces, staged roots, cgroups of steps killed mid-way
     for folder in present:
         owner = owners.get(folder.name)
         if owner is not None and not owner[1].terminal:
