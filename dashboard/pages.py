@@ -33,9 +33,10 @@ import jinja2
 
 from api._arm import ArmError, in_thread, store, template_coordinates
 from api._builds import cancel_build, start_build
+from api.runs import _resume_plan
 from dashboard import session as sess
 from dashboard import views
-from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.pipeline.messages import RunOptions, RunRef
 from imagebuilder.settings import Settings
 from imagebuilder.store import InvalidKeyError, RunRecord, Store, StoredTemplate, open_automation
 
@@ -434,6 +435,7 @@ def _run_view(st: Store, req: func.HttpRequest) -> dict[str, Any]:
         "documents": views.documents_of(run),
         "duration": views.duration(run),
         "is_latest": stored.last_run_id == run.run.run_id,
+        "resume": views.resume_of(run, stored),
     }
 
 
@@ -613,4 +615,29 @@ async def dashboard_cancel(
         )
     run = await cancel_build(client, st, run)
     log.info("dashboard: run %s of %s canceling", run.run.run_id, stored.name)
+    return _redirect(_run_url(run))
+
+
+@bp.route(route=BASE + "/runs/{runId}/resume", methods=["POST"], auth_level=ANON)
+@bp.durable_client_input(client_name="client")
+@guarded(post=True)
+async def dashboard_resume(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient, *, session: sess.Session, csrf: str
+) -> func.HttpResponse:
+    """Start a run that resumes this failed run at its failed customizer (as POST .../run with
+    {"resumeFromRunId"} does; refused when the template changed before that step)."""
+    st = store()
+    stored, failed = await in_thread(_run_of, st, req)
+    try:
+        plan = await in_thread(_resume_plan, st, stored, failed.run.run_id)
+        run = await start_build(
+            client,
+            st,
+            stored,
+            details={"resumeFrom": plan.as_details()},
+            options=RunOptions(resume_from_run_id=failed.run.run_id),
+        )
+    except ArmError as exc:
+        return await _action_error(req, csrf, exc)
+    log.info("dashboard: run %s of %s resumes run %s", run.run.run_id, stored.name, failed.run.run_id)
     return _redirect(_run_url(run))

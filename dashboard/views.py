@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from imagebuilder.pipeline.resume import ResumeRefused, plan_resume
 from imagebuilder.pipeline.schedule import CronSchedule, ScheduleError, time_zone
 from imagebuilder.store import RunRecord, StoredTemplate, StoredTrigger
 
@@ -164,6 +165,33 @@ def failure_of(run: RunRecord) -> Failure | None:
         exit_code=code if isinstance(code, int) else None,
         tail=[str(x) for x in tail] if isinstance(tail, list) else [],
     )
+
+
+@dataclass
+class Resume:
+    """Whether a failed run can be resumed with the template as it is now, and from which step."""
+
+    possible: bool
+    step: str | None = None
+    reason: str | None = None
+
+
+def resume_of(run: RunRecord, template: StoredTemplate) -> Resume | None:
+    """None for runs that did not fail; else what POST .../run with resumeFromRunId would say."""
+    if run.run_state != "Failed":
+        return None
+    try:
+        plan = plan_resume(
+            run_id=run.run.run_id,
+            run_state=run.run_state,
+            error=run.error,
+            details=run.details,
+            snapshot=run.template_snapshot,
+            current=template.resource,
+        )
+    except ResumeRefused as exc:
+        return Resume(False, reason=exc.message)
+    return Resume(True, step=plan.failed_step)
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> str:

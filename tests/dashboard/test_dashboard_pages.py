@@ -12,6 +12,7 @@ import pytest
 from imagebuilder.pipeline.schedule import CronSchedule, time_zone
 from tests.dashboard.test_dashboard_browser import shell, sign_in, template_url, wait_terminal
 from tests.e2e.conftest import E2E
+from tests.e2e.test_cli import busybox, serve
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +72,46 @@ def test_cancel_from_the_run_page(browser: Any, dash: E2E, shots: Path) -> None:
     assert seen[-1] == "Canceled", seen
     assert dash.api.last_run_status(name)["runState"] == "Canceled"
     context.close()
+    dash.assert_no_leaks()
+
+
+def test_resume_a_failed_run_from_the_page_after_fixing_the_script(
+    browser: Any, dash: E2E, tmp_path: Path, shots: Path
+) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "first.sh").write_text("echo first > /etc/first\n")
+    (www / "second.sh").write_text("echo broken-on-purpose; exit 7\n")
+    name = "dash-resume"
+    with serve(www) as url:
+        steps = [
+            {"type": "Shell", "name": "first", "scriptUri": f"{url}/first.sh"},
+            {"type": "Shell", "name": "second", "scriptUri": f"{url}/second.sh"},
+        ]
+        assert dash.build(name, busybox(steps))["runState"] == "Failed"
+        failed_id = dash.latest_run(name).run.run_id
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        sign_in(page, dash, template_url(dash, name) + f"/runs/{failed_id}")
+        assert page.locator("#exit-code").inner_text() == "7"
+
+        (www / "second.sh").write_text("echo second-fixed > /etc/second; echo the-fix-ran\n")
+        page.get_by_role("button", name="Resume from customize[1] (Shell: second)").click()
+        page.wait_for_url(lambda u: "/runs/" in u and not u.endswith(failed_id))
+        seen = wait_terminal(page)
+        assert seen[-1] == "Succeeded", seen
+        assert (
+            f"Resumed from run {failed_id} at customize[1] (Shell: second)"
+            in page.locator("#live").inner_text()
+        )
+        assert "succeeded" in page.locator("tr.step", has_text="customize[1] (Shell: second)").inner_text()
+        assert "the-fix-ran" in page.locator("#log").inner_text()
+        record = dash.latest_run(name)
+        assert record.details["resumeFrom"]["runId"] == failed_id
+
+        # a run that did not fail offers no resume
+        assert page.get_by_role("button", name="Resume from").count() == 0
+        context.close()
     dash.assert_no_leaks()
 
 
