@@ -27,7 +27,7 @@ def test_a_change_to_the_third_customizer_reruns_only_that_step(e2e: E2E) -> Non
     first = e2e.build(name, _template(e2e, "one"))
     assert first["runState"] == "Succeeded", first
     steps1 = e2e.latest_run(name).details["steps"]
-    assert [s["cache"]["hit"] for s in steps1] == [False, False, False]
+    assert steps1[2]["cache"]["hit"] is False  # (steps 1-2 may be hits: other tests build the same ones)
 
     name = "bb-stepcache-2"  # templates cannot be updated (AIB); the cache is keyed by content, not name
     second = e2e.build(name, _template(e2e, "two"))

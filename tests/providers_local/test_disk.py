@@ -82,6 +82,21 @@ def test_busybox_tree_to_disk_vhd_and_qcow2(busybox_rootfs: Path, scratch: Path)
     )
     assert disk.read_file_from_disk(vhd, "/etc/hostname") == b"localhost\n"
 
+    # The same VHD without a second copy: the footer appended to the raw file in place, then renamed.
+    twin = scratch / "twin.raw"
+    subprocess.run(["cp", "--sparse=always", raw, twin], check=True)
+    inode = twin.stat().st_ino
+    inplace = disk.raw_to_vhd_in_place(twin, scratch / "twin.vhd")
+    assert not twin.exists() and inplace.stat().st_ino == inode
+    ours, theirs = disk.read_vhd_footer(inplace), disk.read_vhd_footer(vhd)
+    assert ours is not None and theirs is not None and ours["checksum_ok"]
+    same = ("cookie", "features", "format_version", "data_offset", "creator_application", "original_size",
+            "current_size", "geometry", "disk_type")  # fmt: skip
+    assert {k: ours[k] for k in same} == {k: theirs[k] for k in same}
+    subprocess.run(
+        ["qemu-img", "compare", "-f", "vpc", "-F", "vpc", inplace, vhd], check=True, capture_output=True
+    )
+
     qcow = disk.to_qcow2(raw, scratch / "bb.qcow2")
     meta = disk.inspect_disk(qcow)
     assert meta["format"] == "qcow2" and meta["virtual_size"] == info.size_bytes
@@ -123,7 +138,9 @@ def test_disk_errors_say_what_to_do(busybox_rootfs: Path, scratch: Path) -> None
     odd.write_bytes(b"\0" * (MiB + 512))
     with pytest.raises(disk.DiskError, match="whole number of MiB"):
         disk.to_vhd(odd, scratch / "odd.vhd")
-    assert not (scratch / "odd.vhd").exists()
+    with pytest.raises(disk.DiskError, match="whole number of MiB"):
+        disk.raw_to_vhd_in_place(odd, scratch / "odd.vhd")
+    assert not (scratch / "odd.vhd").exists() and odd.stat().st_size == MiB + 512
 
 
 def test_debugfs_paths_are_checked(busybox_rootfs: Path, scratch: Path) -> None:

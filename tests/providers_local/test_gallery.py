@@ -11,6 +11,7 @@ from imagebuilder.providers.local.gallery import (
     GalleryError,
     GalleryImageId,
     Stores,
+    copy_verified,
     parse_version,
     sha256_file,
 )
@@ -86,17 +87,31 @@ def test_source_and_explicit_versions(stores: Stores, image_file: tuple[Path, Pa
         _publish(stores, image_file, "r5", versioning={"scheme": "Weekly"})
 
 
-def test_regions_are_separate_verified_copies(stores: Stores, image_file: tuple[Path, Path, str]) -> None:
+def test_regions_are_verified_replicas_at_the_cost_of_a_hard_link(
+    stores: Stores, image_file: tuple[Path, Path, str]
+) -> None:
     version = _publish(stores, image_file, "r1", regions=("westus", "EastUS2"))
     ref = GalleryImageId.parse(IMAGE, "t")
     folder = stores.image_definition_dir(ref) / version
     copies = [folder / "westus" / "disk.vhd", folder / "eastus2" / "disk.vhd"]
     assert all(sha256_file(c) == image_file[2] for c in copies)
-    assert copies[0].stat().st_ino != copies[1].stat().st_ino
+    # one disk per run: the regions share its blocks, and deleting one replica leaves the other intact
+    assert copies[0].stat().st_ino == copies[1].stat().st_ino == image_file[0].stat().st_ino
     meta = stores.versions(ref)[version]
     assert meta["provisioningState"] == "Succeeded"
     assert set(meta["regions"]) == {"westus", "eastus2"}
     assert stores.find_version(f"{IMAGE}/versions/{version}", "s", prefer_region="EastUS2").disk == copies[1]
+    copies[0].unlink()
+    assert sha256_file(copies[1]) == image_file[2]
+
+
+def test_a_replica_whose_source_does_not_have_the_hash_is_refused(
+    tmp_path: Path, image_file: tuple[Path, Path, str]
+) -> None:
+    with pytest.raises(GalleryError) as bad:
+        copy_verified(image_file[0], tmp_path / "r" / "disk.vhd", "0" * 64, share=True)
+    assert bad.value.code == "ReplicationChecksumMismatch"
+    assert not (tmp_path / "r" / "disk.vhd").exists()
 
 
 def test_unknown_sources_and_bad_ids(stores: Stores) -> None:

@@ -1,5 +1,7 @@
 """Phase capture: the generalized root tree as a GPT disk, a fixed VHD (and a qcow2 on request), its
-sha256, and a root tree tarball for images built on top of this one."""
+sha256, and a root tree tarball for images built on top of this one. One disk per run: the raw disk is
+written once and becomes the VHD by appending the footer in place (no second full copy); it is hashed
+once, and distribute's replicas are verified against that hash."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from imagebuilder.providers.local.context import (
     LOG_TAIL,
     RunContext,
 )
-from imagebuilder.providers.local.fsutil import sha256_cached, sha256_file
+from imagebuilder.providers.local.fsutil import remember_sha256, sha256_cached, sha256_file
 
 
 def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
@@ -68,8 +70,14 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
             t0 = time.monotonic()
             info = disk.build_disk(root, raw, generation=generation, bootable=bootable, log=clog)
             timings["build_disk"] = time.monotonic() - t0
+            if ctx.qcow2:
+                t0 = time.monotonic()
+                qcow2 = layout.capture / "disk.qcow2"
+                disk.to_qcow2(raw, qcow2, log=clog)
+                timings["to_qcow2"] = time.monotonic() - t0
+            # One disk: the raw file becomes the fixed VHD (footer appended in place), hashed once.
             t0 = time.monotonic()
-            disk.to_vhd(raw, vhd, log=clog)
+            disk.raw_to_vhd_in_place(raw, vhd)
             timings["to_vhd"] = time.monotonic() - t0
             image: dict[str, Any] = {
                 "format": "vhd",
@@ -79,14 +87,10 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
                 "disk": {**_plain(info), "path": str(vhd), "raw_removed": True},
             }
             if ctx.qcow2:
-                t0 = time.monotonic()
-                qcow2 = layout.capture / "disk.qcow2"
-                disk.to_qcow2(raw, qcow2, log=clog)
-                image["qcow2"] = str(qcow2)
-                timings["to_qcow2"] = time.monotonic() - t0
-            raw.unlink()
+                image["qcow2"] = str(layout.capture / "disk.qcow2")
             t0 = time.monotonic()
             image["sha256"] = sha256_file(vhd)
+            remember_sha256(vhd, image["sha256"])
             timings["sha256"] = time.monotonic() - t0
             timings["rootfs_tar"] = tar_job.result()
         except ProviderError as exc:

@@ -23,6 +23,7 @@ import re
 import shutil
 import struct
 import tempfile
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ GRUB_X86_64_EFI = Path("/usr/lib/grub/x86_64-efi")
 KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200n8 panic=-1"
 VHD_COOKIE = b"conectix"
 VHD_FIXED = 2
+VHD_EPOCH = 946684800  # 2000-01-01T00:00:00Z, the VHD timestamp origin
 _TIMEOUT = 900
 
 
@@ -424,6 +426,42 @@ def to_vhd(raw: Path, out: Path, *, log: LogSink | None = None) -> Path:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    return out
+
+
+def vhd_footer(size: int, *, disk_id: uuid.UUID | None = None, when: float | None = None) -> bytes:
+    """The 512-byte footer of a fixed VHD whose data is `size` bytes (a whole number of MiB): the one
+    `qemu-img convert -O vpc -o subformat=fixed,force_size` writes (creator "qem2", the maximum CHS
+    geometry, so that readers take `current_size`, as Azure and Hyper-V do)."""
+    cyl, heads, spt = 65535, 16, 255
+    stamp = int((when if when is not None else time.time()) - VHD_EPOCH) & 0xFFFFFFFF
+    head = struct.pack(
+        ">8sIIQI4sI4sQQHBBI",
+        VHD_COOKIE, 2, 0x00010000, 0xFFFFFFFFFFFFFFFF, stamp, b"qem2", 0x00050003, b"Wi2k",
+        size, size, cyl, heads, spt, VHD_FIXED,
+    )  # fmt: skip
+    tail = (disk_id or uuid.uuid4()).bytes + b"\0" * 428
+    checksum = (~sum(head + b"\0\0\0\0" + tail)) & 0xFFFFFFFF
+    return head + struct.pack(">I", checksum) + tail
+
+
+def raw_to_vhd_in_place(raw: Path, out: Path) -> Path:
+    """Make the raw disk `raw` a fixed VHD at `out` without a second copy: the footer is appended to the
+    file itself, which is then renamed (`raw` is gone afterwards). Same rules as `to_vhd`."""
+    raw, out = Path(raw), Path(out)
+    size = raw.stat().st_size
+    if size % MiB:
+        raise DiskError(
+            f"{raw} is {size} bytes, not a whole number of MiB; Azure rejects such a VHD",
+            hint="build the disk with a size in whole MiB (build_disk does)",
+        )
+    footer = vhd_footer(size)
+    with raw.open("r+b") as fh:
+        fh.seek(size)
+        fh.write(footer)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(raw, out)
     return out
 
 

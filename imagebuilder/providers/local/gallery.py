@@ -4,11 +4,13 @@ and published VHDs, all under the state directory, keyed by their ARM ids (case-
     images/<sub>/<rg>/<name>/                     image.json, disk.vhd, rootfs.tar.zst
     gallery/<sub>/<rg>/<gallery>/<image>/         definition.json, .lock
         <version>/version.json                    versions, per-region state, excludeFromLatest, owner run
-        <version>/<region>/                       disk.vhd, rootfs.tar.zst (a full copy per region)
+        <version>/<region>/                       disk.vhd (a hard link), rootfs.tar.zst
     vhds/<sub>/<rg>/<template>/<run>/<output>.vhd default home of VHD targets without a `uri`
 
 Every image carries its root tree as rootfs.tar.zst next to the disk, so a later template can layer on it
-(ManagedImage / SharedImageVersion sources). Copies are `cp --sparse=always` and verified by sha256.
+(ManagedImage / SharedImageVersion sources). Replicas are hard links of the one captured disk (verified
+by its hash and inode; deleting one leaves the others) or, across filesystems, reflinked or sparse
+copies verified by sha256 (`copy_verified`).
 
 Exceptions::
 
@@ -84,12 +86,32 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
 
 
-def copy_verified(src: Path, dest: Path, sha256: str, *, log: LogSink | None = None) -> None:
-    """Copy `src` to `dest` (sparse), check the copy's sha256, then move it into place atomically."""
+def copy_verified(
+    src: Path, dest: Path, sha256: str, *, log: LogSink | None = None, share: bool = False
+) -> None:
+    """Put `src` at `dest`, verified against `sha256`, moved into place atomically.
+
+    `share` (the provider's own stores, whose disks are never written after they are placed): a hard
+    link when both are on one filesystem; it is verified by `src` still having the hash (remembered
+    per path, size and mtime: computed at most once per process) and `dest` being the same inode.
+    Deleting one replica leaves the others. Otherwise (or across filesystems) a copy, cloned where the
+    filesystem can (reflink) and sparse, whose own sha256 is checked."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.part")
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
     try:
-        proc.run(["cp", "--sparse=always", str(src), str(part)], log=log)
+        if share and sha256_cached(src) == sha256:
+            try:
+                os.link(src, part)
+            except OSError:
+                pass
+            else:
+                if os.stat(part).st_ino == os.stat(src).st_ino and sha256_cached(src) == sha256:
+                    os.replace(part, dest)
+                    return
+                part.unlink()
+        proc.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(part)], log=log)
         actual = sha256_file(part)
         if actual != sha256:
             raise GalleryError(
@@ -269,7 +291,7 @@ class Stores:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             try:
-                copy_verified(disk, staging / DISK, str(meta["sha256"]), log=log)
+                copy_verified(disk, staging / DISK, str(meta["sha256"]), log=log, share=True)
                 if rootfs.is_file():
                     link_or_copy(rootfs, staging / ROOTFS, log=log)
             except BaseException:
@@ -490,7 +512,7 @@ class Stores:
         if not (state.get("state") == "Succeeded" and target.is_file() and state.get("sha256") == sha256):
             self._set_region(ref, version, region, {**settings, "state": "Replicating"})
             try:
-                copy_verified(disk, target, sha256, log=log)
+                copy_verified(disk, target, sha256, log=log, share=True)
                 if rootfs.is_file():
                     link_or_copy(rootfs, region_dir / ROOTFS, log=log)
             except BaseException as exc:
