@@ -25,6 +25,8 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
 
+from tests.providers_azure.specs.check import body_problems
+
 ARM = "management.azure.com"
 SUB = "00000000-0000-0000-0000-000000000000"
 TOKEN = "fake-token-for-tests"
@@ -311,6 +313,16 @@ class FakeArm(HttpTransport):
             return False
         return True
 
+    def _check_body(self, operation: str, method: str, path: str, body: Any):
+        """The request body against the REST spec's model of `operation` (specs/check.py): an answer
+        of 400 InvalidRequestContent for what ARM refuses, a problem for everything found."""
+        refusals, warnings = body_problems(operation, body)
+        for text in refusals + warnings:
+            self.problem(f"{method} {path}: {text}")
+        if refusals:
+            return self.error(400, "InvalidRequestContent", "; ".join(refusals))
+        return None
+
     def _check_tags(self, path: str, body: dict[str, Any]) -> None:
         tags = body.get("tags") or {}
         if "imagebuilder-template" not in tags or "imagebuilder-run" not in tags:
@@ -559,8 +571,9 @@ class FakeArm(HttpTransport):
         if method == "GET":
             return self._get(path)
         if method == "PUT":
-            if not isinstance(body, dict) or not body.get("location"):
-                self.problem(f"PUT {path}: no location")
+            refused = self._check_body("Microsoft.Resources/resourceGroups PUT", method, path, body)
+            if refused:
+                return refused
             # (groups need no tags: a user's staging group is given back without ours)
             res = {
                 "id": path,
@@ -644,6 +657,9 @@ class FakeArm(HttpTransport):
         if method == "GET":
             return self._get(path)
         if method == "PUT":
+            refused = self._check_body(f"{type_} PUT", method, path, body)
+            if refused:
+                return refused
             self._check_tags(path, body)
             props = body.get("properties") or {}
             if kind == "networksecuritygroups":
@@ -823,6 +839,9 @@ class FakeArm(HttpTransport):
         }
 
     def _put_vm(self, path: str, body: Any):
+        refused = self._check_body("Microsoft.Compute/virtualMachines PUT", "PUT", path, body)
+        if refused:
+            return refused
         self._check_tags(path, body)
         props = body.get("properties") or {}
         size = (props.get("hardwareProfile") or {}).get("vmSize")
@@ -878,6 +897,11 @@ class FakeArm(HttpTransport):
         keeps only its last 4 KB (run-command-handler-linux maxTailLen 4096), while outputBlobUri /
         errorBlobUri, when given, receive the whole streams; a script that stops the agent never ends."""
         if method == "PUT":
+            refused = self._check_body(
+                "Microsoft.Compute/virtualMachines/runCommands PUT", method, path, body
+            )
+            if refused:
+                return refused
             self._check_tags(path, body)
             props = body.get("properties") or {}
             source = props.get("source") or {}
@@ -973,6 +997,9 @@ class FakeArm(HttpTransport):
         if method == "GET":
             return self._get(path)
         if method == "PUT":
+            refused = self._check_body("Microsoft.Compute/images PUT", method, path, body)
+            if refused:
+                return refused
             self._check_tags(path, body)
             props = body.get("properties") or {}
             snapshot = (((props.get("storageProfile") or {}).get("osDisk") or {}).get("snapshot") or {}).get(
@@ -1034,6 +1061,9 @@ class FakeArm(HttpTransport):
         if res is None:
             return self.error(404, "ResourceNotFound", path)
         if action == "/begingetaccess":
+            refused = self._check_body("Microsoft.Compute/disks/beginGetAccess POST", method, path, body)
+            if refused:
+                return refused
             if body.get("access") != "Read":
                 self.problem(f"{path}: access {body.get('access')}")
 
@@ -1067,6 +1097,9 @@ class FakeArm(HttpTransport):
         if method == "DELETE":
             return self._delete_lro(path, "Microsoft.Compute")
         if method == "PUT":
+            refused = self._check_body("Microsoft.Compute/snapshots PUT", method, path, body)
+            if refused:
+                return refused
             self._check_tags(path, body)
             data = (body.get("properties") or {}).get("creationData") or {}
             source = str(data.get("sourceResourceId", ""))
@@ -1099,6 +1132,9 @@ class FakeArm(HttpTransport):
                 {"value": [self._public(r) for k, r in self.resources.items() if k.startswith(base)]},
             )
         if method == "PUT":
+            refused = self._check_body("Microsoft.Compute/galleries/images/versions PUT", method, path, body)
+            if refused:
+                return refused
             self._check_tags(path, body)
             props = body.get("properties") or {}
             storage = props.get("storageProfile") or {}
