@@ -76,9 +76,7 @@ def run_phase(payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
         raise
     except ProviderError as exc:
         error = ErrorInfo(code=type(exc).__name__, message=str(exc), step=step, log_uri=log.uri)
-        failed = _finish(log, step, started, Outcome(kind="failed", value={}, error=error))
-        _record_step(build, step, {"status": "failed"}, float(failed.get("seconds") or 0.0))
-        return failed
+        return _finish(log, step, started, Outcome(kind="failed", value={}, error=error))
     except Exception as exc:
         logger.exception("%s failed unexpectedly", step)
         error = ErrorInfo(
@@ -87,25 +85,7 @@ def run_phase(payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
         return _finish(log, step, started, Outcome(kind="failed", value={}, error=error))
     kind = "pending" if isinstance(result, Pending) else "done"
     value = result.model_dump(mode="json")
-    finished = _finish(log, step, started, Outcome(kind=kind, value=value))
-    if kind == "done" and value.get("status") in ("succeeded", "failed", "skipped") and "step" in value:
-        _record_step(build, step, value, float(finished.get("seconds") or 0.0))
-    return finished
-
-
-def _record_step(build: BuildInput, step: str, value: dict[str, Any], seconds: float) -> None:
-    """The step's report in the run record (`details.steps`): name, status, seconds, exit code and the
-    step cache's verdict; `aib run --follow` and resume read it. A store hiccup only loses the report."""
-    details = value.get("details") or {}
-    report: dict[str, Any] = {"name": step, "status": value["status"], "seconds": seconds}
-    if value.get("exit_code") is not None:
-        report["exitCode"] = value["exit_code"]
-    if isinstance(details, dict) and isinstance(details.get("cache"), dict):
-        report["cache"] = details["cache"]
-    try:
-        store().runs.add_step(build.run, report)
-    except Exception:
-        logger.warning("recording the report of %s failed", step, exc_info=True)
+    return _finish(log, step, started, Outcome(kind=kind, value=value))
 
 
 def _finish(log: LogSink, step: str, started: float, outcome: Outcome) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`aib run --follow`: a live view of one run (phases with durations, steps with their time and step
 cache verdict, an ETA from the template's last successful run), then the run outputs. Read by polling
-the run (`.../runs/{runId}`) and its customization.log, whose `==> step: started` / `==> step: STATUS in
-Ns` lines mark the steps. On a terminal it redraws in place (rich Live); otherwise it prints one line
-per change."""
+the run (`.../runs/{runId}`, whose `details.steps` the build writes at its end) and its customization.log,
+whose `==> step: started` / `==> step: STATUS in Ns` lines mark the steps and `[step] cache hit` /
+`[step] ran in` lines the step cache's verdict while the run goes on. On a terminal it redraws in place
+(rich Live); otherwise it prints one line per change."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from aibcli.client import TERMINAL, ApiError, Client
 PHASES = ("Queued", "Building", "Customizing", "Optimizing", "Validating", "Distributing")
 _STARTED = re.compile(r"^==> (.+): started$")
 _ENDED = re.compile(r"^==> (.+): (\w+) in ([\d.]+)s$")
+_CACHE_HIT = re.compile(r"^\[(.+?)\] cache hit (\S+)")  # the local provider's step cache
+_RAN = re.compile(r"^\[(.+?)\] ran in ")
 
 
 def _time(stamp: Any) -> datetime | None:
@@ -72,6 +75,10 @@ class View:
             m = _STARTED.match(line)
             if m:
                 self.steps.setdefault(m.group(1), {"status": "running"})
+                continue
+            m = _CACHE_HIT.match(line) or _RAN.match(line)
+            if m and m.group(1) in self.steps:
+                self.steps[m.group(1)]["cache"] = {"hit": m.re is _CACHE_HIT}
         details = props.get("details") or {}
         for rec in details.get("steps") or []:
             if isinstance(rec, dict) and rec.get("name") in self.steps and rec.get("cache"):

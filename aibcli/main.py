@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-wait", action="store_true", help="return at once with the run id")
     mode.add_argument("--follow", action="store_true", help="show phases and steps live, then the outputs")
     p.add_argument("--resume-from", metavar="RUN", help="resume the failed run RUN at its failed step")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every step (the step cache is not used)")
     p = verb("cancel", "cancel the running build")
     p.add_argument("--no-wait", action="store_true")
     p = verb("show-runs", "show the run outputs of the last run")
@@ -255,8 +256,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cl, _ = _client(args)
     rg, name = args.resource_group, args.name
-    body = {"resumeFromRunId": args.resume_from} if args.resume_from else None
-    resp = cl.start_run(rg, name, body)
+    body: dict[str, Any] = {"resumeFromRunId": args.resume_from} if args.resume_from else {}
+    if args.no_cache:
+        body["cache"] = "off"
+    resp = cl.start_run(rg, name, body or None)
     run_id = resp.headers.get(RUN_ID_HEADER)
     if args.no_wait:
         if args.output == "json":

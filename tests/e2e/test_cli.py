@@ -24,7 +24,7 @@ import pytest
 
 from examples.demo import RESOURCE_GROUP
 from imagebuilder.providers.local.sweep import sweep
-from tests.e2e.conftest import E2E
+from tests.e2e.conftest import E2E, check_vhd, file_path
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,6 +206,12 @@ def test_resume_from_a_failed_run_after_fixing_the_script(e2e: E2E, tmp_path: Pa
     (www / "first.sh").write_text("echo first > /etc/first\n")
     (www / "second.sh").write_text("echo broken; exit 7\n")
     name = "cli-resume"
+
+    def vhd_files(record: dict[str, Any]) -> dict[str, bytes | None]:
+        outputs = {o["name"]: o["properties"] for o in record["properties"]["outputs"]}
+        vhd = check_vhd(file_path(outputs["cli-vhd"]["artifactUri"]))
+        return {f: vhd.read(f) for f in ("/etc/first", "/etc/second", "/etc/passwd")}
+
     with serve(www) as url:
         steps = [
             {"type": "Shell", "name": "first", "scriptUri": f"{url}/first.sh"},
@@ -226,13 +232,33 @@ def test_resume_from_a_failed_run_after_fixing_the_script(e2e: E2E, tmp_path: Pa
         details = record["properties"]["details"]
         assert details["resumeFrom"]["runId"] == failed_id
         assert details["resumeFrom"]["failedStep"] == "customize[1] (Shell: second)"
-        steps_run = {s["name"]: s for s in details["steps"]}
-        assert steps_run["customize[1] (Shell: second)"]["status"] == "succeeded"
+        # from the run record: the step before the failed one was reused, the failed one ran again
+        ran = [(s["name"], s["status"], s["cache"]["hit"]) for s in details["steps"]]
+        assert ran == [
+            ("customize[0] (Shell: first)", "succeeded", True),
+            ("customize[1] (Shell: second)", "succeeded", False),
+        ]
+        resumed_files = vhd_files(record)
+        assert resumed_files["/etc/first"] == b"first\n" and resumed_files["/etc/second"] == b"second\n"
+
+        # a clean build of the fixed template (no step cache) gives the same image
+        clean = aib(e2e, "run", "-g", RG, "-n", name, "--no-cache", "-o", "json", timeout=600)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        clean_record = json.loads(clean.stdout)
+        assert [s["cache"]["hit"] for s in clean_record["properties"]["details"]["steps"]] == [False, False]
+        assert vhd_files(clean_record) == resumed_files
 
         # resuming a run that did not fail is refused, naming why
         again = aib(e2e, "run", "-g", RG, "-n", name, "--resume-from", record["name"])
         assert again.returncode == 2
         assert "ResumeNotPossible" in again.stderr and "only a failed run" in again.stderr
+
+        # an artifact used before the failed step changed: the resumed run stops at prepare, naming it
+        (www / "first.sh").write_text("echo FIRST > /etc/first\n")
+        changed = aib(e2e, "run", "-g", RG, "-n", name, "--resume-from", failed_id, "-o", "json", timeout=600)
+        assert changed.returncode == 1
+        error = json.loads(changed.stdout)["properties"]["error"]
+        assert error["code"] == "ResumeNotPossible" and f"{url}/first.sh" in error["message"]
 
 
 # ------------------------------------------------------------------------------------ try, lint
