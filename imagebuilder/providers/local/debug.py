@@ -83,33 +83,23 @@ def kept_run(run_dir: Path) -> Path:
     return root
 
 
-def shell_argv(
-    root: Path, run_dir: Path, command: Sequence[str], *, resolv: Path | None, network: bool
-) -> list[str]:
+def shell(run_dir: Path, *, command: str | None = None, network: bool = False) -> int:
+    """A shell in the kept build root, in the steps' own sandbox (`sandbox.step_argv`: the same
+    namespaces, confinement, filter and limits); returns its exit code."""
+    run_dir = Path(os.path.realpath(run_dir))
+    root = kept_run(run_dir)
+    argv_in = ["/bin/sh", "-c", command] if command is not None else ["/bin/sh", "-i"]
     env = {"TERM": os.environ.get("TERM", "dumb"), "PS1": f"[aib shell {run_dir.name[:40]}] # "}
     inbox = run_dir / "inbox"
-    return sandbox.sandbox_argv(
+    with sandbox.step_argv(
         root,
-        command,
+        argv_in,
         network=network,
         inbox=inbox if inbox.is_dir() else None,
         run_marker=run_dir.name,
         env=env,
-        resolv_conf=resolv,
-    )
-
-
-def shell(run_dir: Path, *, command: str | None = None, network: bool = False) -> int:
-    """A shell in the kept build root, in the steps' sandbox; returns its exit code."""
-    proc.require_tools("bwrap")
-    run_dir = Path(os.path.realpath(run_dir))
-    root = kept_run(run_dir)
-    argv_in = ["/bin/sh", "-c", command] if command is not None else ["/bin/sh", "-i"]
-    if not network:
-        return proc.interactive(shell_argv(root, run_dir, argv_in, resolv=None, network=False))
-    with sandbox.isolated_network() as netns, sandbox.step_resolv_conf() as resolv:
-        argv = shell_argv(root, run_dir, argv_in, resolv=resolv, network=True)
-        return proc.interactive(["nsenter", f"--net={netns}", *argv])
+    ) as (argv, pass_fds):
+        return proc.interactive(argv, pass_fds=pass_fds)
 
 
 def cleanup(run_dir: Path) -> list[str]:

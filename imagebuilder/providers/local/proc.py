@@ -276,12 +276,12 @@ def run(
     return done
 
 
-def interactive(argv: Sequence[str | Path]) -> int:
+def interactive(argv: Sequence[str | Path], *, pass_fds: Sequence[int] = ()) -> int:
     """Run `argv` on the caller's terminal and return its exit code (for `aib shell`: the user drives it;
     nothing is captured or logged)."""
     args = [str(a) for a in argv]
     try:
-        return subprocess.call(args)
+        return subprocess.call(args, pass_fds=tuple(pass_fds))
     except FileNotFoundError as exc:
         raise ToolMissingError(
             f"cannot run {format_argv(args)}: {args[0]} is not installed",

@@ -254,6 +254,26 @@ def run(
 ) -> proc.Completed:
     """Run `command` in the sandbox; returns the completed command (check the returncode) or raises
     `proc.CommandTimeoutError`. `step_limits` default to the app settings (`limits.StepLimits.from_env`)."""
+    with step_argv(
+        root, command, network=network, inbox=inbox, run_marker=run_marker, env=env, step_limits=step_limits
+    ) as (argv, pass_fds):
+        return proc.run(argv, log=log, timeout=timeout, check=False, pass_fds=pass_fds)
+
+
+@contextlib.contextmanager
+def step_argv(
+    root: Path,
+    command: Sequence[str],
+    *,
+    network: bool,
+    inbox: Path | None,
+    run_marker: str,
+    env: Mapping[str, str] | None = None,
+    step_limits: limits.StepLimits | None = None,
+) -> Iterator[tuple[list[str], list[int]]]:
+    """The whole argv of one sandboxed command and the fds it must inherit, valid inside the `with`
+    (network namespace, cgroup, confined view and filter live until it exits). `run` runs it; `debug`
+    runs it on the user's terminal (`aib shell`)."""
     proc.require_tools("bwrap", "prlimit", "setpriv")
     lim = step_limits or limits.StepLimits.from_env()
     with contextlib.ExitStack() as stack:
@@ -287,9 +307,7 @@ def run(
         if netns is not None:
             argv = ["nsenter", f"--net={netns}", "--", *argv]
         userns = extra.get("userns_fd")
-        pass_fds = [*fds, *([userns] if isinstance(userns, int) else [])]
-        return proc.run(argv, log=log, timeout=timeout, check=False, pass_fds=pass_fds)
-    raise AssertionError("unreachable")
+        yield argv, [*fds, *([userns] if isinstance(userns, int) else [])]
 
 
 def _close_all(fds: list[int]) -> None:
