@@ -41,6 +41,9 @@ def run_status(payload: dict[str, Any]) -> dict[str, Any]:
             message=update.message,
             error=update.error.model_dump(mode="json") if update.error else None,
             time=datetime.now(UTC),
+            freshness=before.details.get("freshness")
+            if isinstance(before.details.get("freshness"), dict)
+            else None,
         )
         publish_quietly(settings().storage_connection, changes)
     store().runs.set_status(

@@ -460,6 +460,10 @@ def run_body(run: RunRecord, outputs: list[dict[str, Any]], req: func.HttpReques
         "outputs": outputs,
         "details": run.details,
     }
+    if isinstance(run.details.get("sbom"), dict):
+        base = f"{origin(req)}{rid}"
+        props["sbom"] = {o["name"]: f"{base}/sbom/{o['name']}" for o in outputs if o.get("name")}
+        props["provenance"] = f"{base}/provenance"
     if run.error is not None:
         props["error"] = run.error
     return {"id": rid, "name": run.run.run_id, "type": RUN_TYPE, "properties": props}

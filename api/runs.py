@@ -1,5 +1,6 @@
 """Runs of a template: run, cancel, runOutputs (the last run's), and our extension listing every run
-with its outputs and logs (`.../imageTemplates/{name}/runs[/{runId}[/logs/{logName}]]`).
+with its outputs and logs (`.../imageTemplates/{name}/runs[/{runId}[/logs/{logName}]]`), the SBOM of each
+run output (`.../runs/{runId}/sbom/{runOutputName}`) and the run's signed provenance (`.../provenance`).
 
 POST .../run takes no body in AIB (an empty body still works). Extension, both members optional:
 `{"resumeFromRunId": "<runId>"}` starts a run that resumes a failed one at its failed customizer, reusing
@@ -37,6 +38,10 @@ from api._builds import cancel_build, start_build
 from api.templates import deleting, last_run, load
 from imagebuilder.pipeline.messages import RunOptions, RunRef
 from imagebuilder.pipeline.resume import ResumeRefused, plan_resume
+from imagebuilder.provenance.keys import SigningKeyError, signing_key
+from imagebuilder.provenance.runs import FORMATS, NotRecordedError, output_sbom, run_statement
+from imagebuilder.provenance.slsa import DEFAULT_BUILDER, sign
+from imagebuilder.settings import Settings
 from imagebuilder.store import InvalidKeyError, RunRecord, Store, StoredTemplate
 
 bp = df.Blueprint()
@@ -252,6 +257,73 @@ def image_template_run_log(req: func.HttpRequest) -> func.HttpResponse:
     except InvalidKeyError as exc:
         raise ArmError(400, "InvalidParameter", exc.message, "logName") from None
     return func.HttpResponse(text, status_code=200, mimetype="text/plain", charset="utf-8")
+
+
+@bp.route(route=TEMPLATE + "/runs/{runId}/sbom/{runOutputName}", methods=["GET"])
+@arm
+def image_template_run_sbom(req: func.HttpRequest) -> func.HttpResponse:
+    """Extension: the SBOM of one run output, read from the image (`format=spdx` (SPDX 2.3, default) or
+    `cyclonedx` (CycloneDX 1.5), JSON)."""
+    api_version(req)
+    fmt = (req.params.get("format") or "spdx").strip().lower()
+    if fmt not in FORMATS:
+        raise ArmError(
+            400, "InvalidParameter", f"format {fmt!r} is not one of {', '.join(FORMATS)}", "format"
+        )
+    st = store()
+    stored, run = _run(st, req)
+    output_name = resource_name(req, "runOutputName")
+    output = st.runs.output(run.run, output_name)
+    if output is None:
+        names = ", ".join(o["name"] for o in st.runs.outputs(run.run)) or "none"
+        raise ArmError(
+            404,
+            "ResourceNotFound",
+            f"Run '{run.run.run_id}' of image template '{stored.name}' has no run output '{output_name}' "
+            f"(its outputs: {names}).",
+        )
+    try:
+        doc = output_sbom(
+            st.runs.sbom_inventory(run.run),
+            template_name=stored.name,
+            run_id=run.run.run_id,
+            output=output,
+            details=run.details,
+            created=run.end_time or run.start_time or run.created_time,
+            fmt="cyclonedx" if fmt == "cyclonedx" else "spdx",
+        )
+    except NotRecordedError as exc:
+        raise ArmError(404, "ResourceNotFound", str(exc)) from None
+    return json_response(doc)
+
+
+@bp.route(route=TEMPLATE + "/runs/{runId}/provenance", methods=["GET"])
+@arm
+def image_template_run_provenance(req: func.HttpRequest) -> func.HttpResponse:
+    """Extension: the run's SLSA provenance (in-toto Statement v1) in a DSSE envelope signed with the
+    deployment's Ed25519 key; check an artifact with `python -m imagebuilder.provenance verify`."""
+    api_version(req)
+    st = store()
+    _, run = _run(st, req)
+    settings = Settings.from_env()
+    try:
+        stmt = run_statement(
+            template_id=run.run.template_id,
+            run_id=run.run.run_id,
+            snapshot=run.template_snapshot,
+            details=run.details,
+            outputs=st.runs.outputs(run.run),
+            builder_id=settings.builder_id or f"{DEFAULT_BUILDER.rsplit('/', 1)[0]}/{settings.provider}",
+            started=run.start_time,
+            finished=run.end_time,
+        )
+    except NotRecordedError as exc:
+        raise ArmError(404, "ResourceNotFound", str(exc)) from None
+    try:
+        key = signing_key(settings)
+    except SigningKeyError as exc:
+        raise ArmError(500, "ProvenanceKeyMissing", str(exc)) from None
+    return json_response(sign(stmt, key))
 
 
 @bp.route(route=TEMPLATE + "/run", methods=["GET", "PUT", "PATCH", "DELETE"])

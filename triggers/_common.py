@@ -22,6 +22,8 @@ from api._arm import ArmError, in_thread
 from api._builds import new_run_id, run_ref, start_build
 from imagebuilder.pipeline import events as ev
 from imagebuilder.pipeline.fingerprint import RunInputs, fingerprint_of, recorded_inputs, source_version
+from imagebuilder.provenance.mirror import DEFAULT_SECURITY_MIRROR, check_freshness
+from imagebuilder.provenance.sbom import Inventory
 from imagebuilder.providers.probe import probe_prepare, probe_run
 from imagebuilder.providers.registry import get_provider
 from imagebuilder.settings import Settings
@@ -43,6 +45,7 @@ SETTING_DEFAULTS = {
 }
 MAX_FAILURES = "IMAGEBUILDER_TRIGGER_MAX_FAILURES"  # consecutive failures before a trigger is disabled (3)
 SWEEP_GRACE = "IMAGEBUILDER_SWEEP_GRACE_SECONDS"  # age before an ownerless run folder is removed (600)
+RETENTION_DRY_RUN = "IMAGEBUILDER_RETENTION_DRY_RUN"  # true: retention only logs what it would remove
 
 
 def apply_setting_defaults() -> None:
@@ -62,6 +65,11 @@ def max_failures() -> int:
 
 def sweep_grace_seconds() -> int:
     return _int_setting(SWEEP_GRACE, 600)
+
+
+def retention_dry_run() -> bool:
+    """IMAGEBUILDER_RETENTION_DRY_RUN: the sweeper lists what retention would remove, removes nothing."""
+    return os.environ.get(RETENTION_DRY_RUN, "").strip().lower() in ("1", "true", "yes")
 
 
 def settings() -> Settings:
@@ -124,6 +132,19 @@ def last_succeeded(st: Store, stored: StoredTemplate) -> RunRecord | None:
 def baseline(st: Store, stored: StoredTemplate) -> tuple[RunRecord | None, RunInputs | None]:
     run = last_succeeded(st, stored)
     return run, (recorded_inputs(run.template_snapshot, run.details) if run else None)
+
+
+def security_now(st: Store, run: RunRecord) -> dict[str, Any] | None:
+    """Pending security updates for the image `run` built, checked against its mirror's security suite
+    now (the mirror its capture used). None when the run recorded no Debian package inventory."""
+    inventory = st.runs.sbom_inventory(run.run)
+    if not inventory:
+        return None
+    recorded = run.details.get("freshness")
+    mirror = recorded.get("mirror") if isinstance(recorded, dict) else None
+    return check_freshness(
+        Inventory.model_validate(inventory), security_mirror=str(mirror or DEFAULT_SECURITY_MIRROR)
+    )
 
 
 # -- outcomes -------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Evaluating the triggers of templates: `SourceImage` (AIB: build when the source's latest version
 differs from the one the last successful run built), `Schedule` (ours: NCRONTAB + time zone, optionally
-only when the input fingerprint changed) and a replaced artifact blob (same fingerprint rule).
+only when the input fingerprint changed and/or only when security updates are pending for the last
+image) and a replaced artifact blob (same fingerprint rule).
 
 Each trigger's `properties.status` ({code, message, time}) says what the last evaluation did: code
 `Healthy`, `Unhealthy` (it failed; failures are counted: evaluation errors, and runs it started that
@@ -34,6 +35,7 @@ from triggers._common import (
     now,
     probe,
     record_skipped,
+    security_now,
     start_run,
     store,
 )
@@ -248,15 +250,46 @@ async def _schedule(
     props = _props(trigger)
     occurrence = state.data.get("lastOccurrence")
     reason: dict[str, Any] = {"kind": "Schedule", "trigger": trigger.name, "occurrence": occurrence}
-    if props.get("onlyWhenInputsChanged"):
+    only_inputs = bool(props.get("onlyWhenInputsChanged"))
+    only_security = bool(props.get("onlyWhenSecurityUpdatesPending"))
+    if only_inputs or only_security:
         _, inputs = await in_thread(probe, stored, with_artifacts=True)
         last_ok, before = await in_thread(baseline, st, stored)
         reason["fingerprint"] = inputs.fingerprint
-        if last_ok is not None and before is not None and before.fingerprint == inputs.fingerprint:
-            why = (
-                f"inputs unchanged since run {last_ok.run.run_id} (fingerprint {inputs.fingerprint[:12]}; "
-                "onlyWhenInputsChanged)"
-            )
+        # Build when any asked-for condition holds (or nothing succeeded yet); skip when none does.
+        build = last_ok is None or before is None
+        why_not: list[str] = []
+        if not build and only_inputs and before is not None and last_ok is not None:
+            if before.fingerprint != inputs.fingerprint:
+                build = True
+            else:
+                why_not.append(
+                    f"inputs unchanged since run {last_ok.run.run_id} "
+                    f"(fingerprint {inputs.fingerprint[:12]}; onlyWhenInputsChanged)"
+                )
+        if not build and only_security and last_ok is not None:
+            fresh = await in_thread(security_now, st, last_ok)
+            pending = int((fresh or {}).get("securityUpdatesPending") or 0)
+            if pending:
+                build = True
+                reason["securityUpdatesPending"] = pending
+                reason["packages"] = [p["name"] for p in (fresh or {}).get("packages", [])][:50]
+            elif fresh is None:
+                why_not.append(
+                    f"run {last_ok.run.run_id} recorded no Debian package inventory to check "
+                    "(onlyWhenSecurityUpdatesPending)"
+                )
+            elif fresh.get("error"):
+                why_not.append(
+                    f"the security suite could not be read ({fresh['error']}; onlyWhenSecurityUpdatesPending)"
+                )
+            else:
+                why_not.append(
+                    f"no security updates pending for the image of run {last_ok.run.run_id} in "
+                    f"{fresh.get('suite')} (onlyWhenSecurityUpdatesPending)"
+                )
+        if not build:
+            why = "; ".join(why_not)
             skipped = await in_thread(record_skipped, st, stored, why, reason, inputs)
             if skipped is None:
                 return Verdict("due, but a build is in progress; nothing started")

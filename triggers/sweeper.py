@@ -4,6 +4,11 @@ local provider: run folders, their processes, mounts and loop devices; see
 the log and as a `Microsoft.VirtualMachineImages.Sweeper.ResourcesRemoved` event. Schedule: app setting
 IMAGEBUILDER_SWEEP_SCHEDULE (default every 5 minutes); IMAGEBUILDER_SWEEP_GRACE_SECONDS (600) is how old
 a folder no run owns must be before it goes.
+
+Retention (local gallery): each sweep applies the templates' `retention.keepLast` / `retention.maxAgeDays`
+tags (and image definitions' own `retention`) to the local gallery, see `imagebuilder.provenance.retention`;
+one `...Sweeper.ImageVersionRemoved` event per version removed. IMAGEBUILDER_RETENTION_DRY_RUN=true only
+logs what it would remove.
 """
 
 from __future__ import annotations
@@ -16,7 +21,17 @@ import azure.functions as func
 
 from imagebuilder.pipeline import events as ev
 from imagebuilder.pipeline.messages import RunRef
-from triggers._common import SWEEP_SCHEDULE, automation, now, publish, settings, store, sweep_grace_seconds
+from imagebuilder.provenance.retention import policies_from_templates
+from triggers._common import (
+    SWEEP_SCHEDULE,
+    automation,
+    now,
+    publish,
+    retention_dry_run,
+    settings,
+    store,
+    sweep_grace_seconds,
+)
 
 bp = df.Blueprint()
 log = logging.getLogger("triggers.sweeper")
@@ -34,11 +49,12 @@ def sweep_once() -> list[str]:
     if cfg.provider != "local":
         log.info("sweeper: the %s provider cleans up its own resources; nothing to sweep here", cfg.provider)
         return []
+    retained = apply_retention_once(dry_run=retention_dry_run())
     from imagebuilder.providers.local.sweep import RunFacts, run_folders, sweep
 
     folders = run_folders(cfg.state_dir)  # first: see run_folders
     if not folders:
-        return []
+        return retained
     st = store()
     facts: dict[RunRef, RunFacts] = {}
     for entry in auto.runs():
@@ -55,7 +71,42 @@ def sweep_once() -> list[str]:
         log.warning("sweeper: %s", line)
     if report.removed:
         publish([ev.sweep_event(report.removed, sweep_id=uuid.uuid4().hex, time=now())])
-    return report.removed
+    return [*retained, *report.removed]
+
+
+def apply_retention_once(*, dry_run: bool) -> list[str]:
+    """Apply retention to the local gallery; returns the version ids removed (or, in a dry run, that
+    would be: then nothing is removed and no event goes out)."""
+    from imagebuilder.providers.local.retention import apply_retention
+
+    st = store()
+    templates = []
+    for sub, rg, name in automation().template_keys():
+        stored = st.templates.get(sub, rg, name)
+        if stored is not None:
+            templates.append((name, stored.resource))
+    found = policies_from_templates(templates)
+    for error in found.errors:
+        log.warning("retention: %s", error)
+    report = apply_retention(
+        settings().state_dir, found.policies, found.protected, now=now(), dry_run=dry_run
+    )
+    for error in report.errors:
+        log.warning("retention: %s", error)
+    verb = "would remove" if dry_run else "removed"
+    for item in report.removed:
+        log.info("retention %s %s: %s (policy of %s)", verb, item.version_id, item.reason, item.policy_from)
+    if not dry_run and report.removed:
+        moment = now()
+        publish(
+            [
+                ev.version_removed_event(
+                    item.version_id, reason=item.reason, policy_from=item.policy_from, time=moment
+                )
+                for item in report.removed
+            ]
+        )
+    return [item.version_id for item in report.removed]
 
 
 @bp.timer_trigger(schedule=f"%{SWEEP_SCHEDULE}%", arg_name="timer", use_monitor=False)

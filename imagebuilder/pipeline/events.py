@@ -3,7 +3,8 @@ and ids derived from (template, run, event) so that a retried publisher sends th
 
 Types (prefix `Microsoft.VirtualMachineImages.ImageTemplates.`): RunStarted, RunPhaseChanged,
 RunSucceeded, RunPartiallySucceeded, RunFailed, RunCanceled, RunSkipped, ReplicationFinished; and
-`Microsoft.VirtualMachineImages.Sweeper.ResourcesRemoved`. Run events carry the CloudEvents `sequence`
+`Microsoft.VirtualMachineImages.Sweeper.ResourcesRemoved` and `...Sweeper.ImageVersionRemoved` (retention).
+Run events carry the CloudEvents `sequence`
 extension (a string that sorts them in the order of the run). Pure: the time is an argument.
 """
 
@@ -25,6 +26,7 @@ RUN_CANCELED = PREFIX + "RunCanceled"
 RUN_SKIPPED = PREFIX + "RunSkipped"
 REPLICATION_FINISHED = PREFIX + "ReplicationFinished"
 SWEEP_REMOVED = "Microsoft.VirtualMachineImages.Sweeper.ResourcesRemoved"
+VERSION_REMOVED = "Microsoft.VirtualMachineImages.Sweeper.ImageVersionRemoved"
 SWEEPER_SOURCE = "/providers/Microsoft.VirtualMachineImages/sweeper"
 
 _TERMINAL = {
@@ -100,9 +102,11 @@ def status_events(
     message: str | None,
     error: dict[str, Any] | None,
     time: datetime,
+    freshness: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The events a status change of a run means, in order. `before` is (runState, runSubState) as
-    stored; `after` the update (None keeps a field). A terminal run changes no more: no events."""
+    stored; `after` the update (None keeps a field). A terminal run changes no more: no events. The end
+    event carries `securityUpdatesPending` when the run recorded a freshness check (`freshness`)."""
     state, sub = before
     if state in _TERMINAL:
         return []
@@ -123,6 +127,8 @@ def status_events(
         )
     if new_state in _TERMINAL:
         data: dict[str, Any] = {"runState": new_state, "message": _cut(message)}
+        if freshness and isinstance(freshness.get("securityUpdatesPending"), int):
+            data["securityUpdatesPending"] = freshness["securityUpdatesPending"]
         if error:
             data["error"] = {k: _cut(str(v)) for k, v in error.items() if k in ("code", "message", "step")}
         events.append(_run_event(run, _TERMINAL[new_state], new_state.lower(), data, time))
@@ -175,5 +181,19 @@ def sweep_event(removed: list[str], *, sweep_id: str, time: datetime) -> dict[st
         f"sweeps/{sweep_id}",
         {"removed": [_cut(r) for r in removed[:200]], "count": len(removed)},
         key=sweep_id,
+        time=time,
+    )
+
+
+def version_removed_event(
+    version_id: str, *, reason: str, policy_from: str, time: datetime
+) -> dict[str, Any]:
+    """One gallery image version removed by retention (its id as the subject)."""
+    return cloud_event(
+        VERSION_REMOVED,
+        SWEEPER_SOURCE,
+        version_id,
+        {"imageVersionId": version_id, "reason": _cut(reason), "policyFrom": _cut(policy_from)},
+        key=f"retention|{version_id.lower()}|{_iso(time)}",
         time=time,
     )

@@ -222,6 +222,18 @@ def public_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+_SPDX_HOST = re.compile(r"^[a-z0-9]+([-.][a-z0-9]+)*\.[a-z]{2,5}$", re.IGNORECASE)
+
+
+def _spdx_location(uri: str) -> str:
+    """SPDX 2.3 download locations are URLs on a named host (`host.tld`); a loopback, IP or file URL
+    (a local build's artifacts) is NOASSERTION, with the URL kept in the comment."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https", "ftp", "sftp") and _SPDX_HOST.match(parts.hostname or ""):
+        return public_uri(uri)
+    return "NOASSERTION"
+
+
 def _spdx_id(*parts: str) -> str:
     return "SPDXRef-" + "-".join(_REF_CHARS.sub("-", p).strip("-") for p in parts if p)
 
@@ -322,14 +334,15 @@ def spdx_document(
             {
                 "SPDXID": art_id,
                 "name": _artifact_name(art.uri),
-                "downloadLocation": public_uri(art.uri),
+                "downloadLocation": _spdx_location(art.uri),
                 "filesAnalyzed": False,
                 "primaryPackagePurpose": "FILE",
                 "checksums": [{"algorithm": "SHA256", "checksumValue": art.sha256}],
                 "licenseConcluded": "NOASSERTION",
                 "licenseDeclared": "NOASSERTION",
                 "copyrightText": "NOASSERTION",
-                "comment": "customizer artifact, fetched and checksummed before the build",
+                "comment": f"customizer artifact fetched from {public_uri(art.uri)} and checksummed "
+                "before the build",
             }
         )
         relationships.append(

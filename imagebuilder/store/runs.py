@@ -7,8 +7,10 @@ ETag-conditional read-modify-write, retried when another writer got there first.
 from __future__ import annotations
 
 import builtins
+import json
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableEntity
 from azure.storage.blob import ContainerClient
 
@@ -358,6 +360,39 @@ class RunRepo:
             )
         )
         return BlobLog(self._logs, blob)
+
+    # -- SBOM inventory ------------------------------------------------------------------------------
+
+    def _sbom_blob(self, run: RunRef) -> str:
+        # Next to the run's logs: a log name is one path segment, so `logs/{logName}` never reaches it,
+        # and delete_all removes it with them.
+        return "/".join(
+            (
+                key(run.subscription_id),
+                key(run.resource_group),
+                key(run.template_name),
+                check_run_id(run.run_id),
+                "sbom",
+                "inventory.json",
+            )
+        )
+
+    def put_sbom_inventory(self, run: RunRef, inventory: dict[str, Any]) -> str:
+        """Store what the provider read from the run's image (`provenance.sbom.Inventory` as JSON); the
+        SBOM of every run output is built from it. Returns the blob's name."""
+        name = self._sbom_blob(run)
+        data = json.dumps(inventory, separators=(",", ":"), sort_keys=True).encode()
+        self._logs.upload_blob(name, data, overwrite=True)
+        return name
+
+    def sbom_inventory(self, run: RunRef) -> dict[str, Any] | None:
+        """The run's stored inventory, or None when its capture recorded none."""
+        try:
+            data = self._logs.download_blob(self._sbom_blob(run)).readall()
+        except ResourceNotFoundError:
+            return None
+        value = json.loads(data)
+        return value if isinstance(value, dict) else None
 
     # -- removal -----------------------------------------------------------------------------------
 

@@ -1306,7 +1306,8 @@ class SourceImageTriggerProperties(ArmModel):
 
 
 class ScheduleTriggerProperties(ArmModel):
-    """Our extension: build on an NCRONTAB schedule, optionally only when the inputs changed."""
+    """Our extension: build on an NCRONTAB schedule, optionally only when the inputs changed and/or only
+    when the last image has security updates pending (Debian: its packages against the security suite)."""
 
     read_only = ("status", "provisioningState")
 
@@ -1314,6 +1315,7 @@ class ScheduleTriggerProperties(ArmModel):
     schedule: str
     time_zone: str | None = None
     only_when_inputs_changed: bool | None = None
+    only_when_security_updates_pending: bool | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> ScheduleTriggerProperties:

@@ -75,3 +75,27 @@ def test_pending_updates() -> None:
     ]
     record = freshness_record(updates, suite="bookworm-security", mirror="http://m", checked_at="t")
     assert record["securityUpdatesPending"] == 2
+
+
+def test_the_end_event_carries_pending_security_updates() -> None:
+    from datetime import UTC, datetime
+
+    from imagebuilder.pipeline.events import RUN_SUCCEEDED, status_events, version_removed_event
+    from imagebuilder.pipeline.messages import RunRef
+
+    run = RunRef(subscription_id="s", resource_group="g", template_name="t", run_id="r1")
+    when = datetime(2026, 12, 6, tzinfo=UTC)
+    events = status_events(
+        run, ("Running", "Distributing"), ("Succeeded", None), message="done", error=None, time=when,
+        freshness={"securityUpdatesPending": 3, "suite": "bookworm-security"},
+    )  # fmt: skip
+    end = [e for e in events if e["type"] == RUN_SUCCEEDED]
+    assert end and end[0]["data"]["securityUpdatesPending"] == 3
+    plain = status_events(
+        run, ("Running", "Distributing"), ("Succeeded", None), message="", error=None, time=when
+    )
+    assert "securityUpdatesPending" not in plain[-1]["data"]
+    removed = version_removed_event(
+        "/x/versions/1.0.0", reason="old", policy_from="image template t", time=when
+    )
+    assert removed["subject"] == "/x/versions/1.0.0" and removed["data"]["reason"] == "old"

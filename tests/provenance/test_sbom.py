@@ -62,7 +62,9 @@ IMAGE = ImageRef(
 )
 SOURCE = SourceRef(type="PlatformImage", id="Debian:debian-12:12:latest", version="0.20241201.1")
 ARTIFACTS = [
-    ArtifactRef(uri="https://acct.blob.core.windows.net/c/setup.sh?sv=1&sig=SECRETSIG", sha256="d" * 64)
+    ArtifactRef(uri="https://acct.blob.core.windows.net/c/setup.sh?sv=1&sig=SECRETSIG", sha256="d" * 64),
+    ArtifactRef(uri="http://127.0.0.1:8080/www/index.html", sha256="e" * 64),
+    ArtifactRef(uri="file:///srv/files/motd", sha256="f" * 64),
 ]
 
 
@@ -88,6 +90,11 @@ def test_spdx_validates(inv: Inventory, tmp_path: Path) -> None:
     assert artifact["checksums"] == [{"algorithm": "SHA256", "checksumValue": "d" * 64}]
     assert artifact["downloadLocation"] == "https://acct.blob.core.windows.net/c/setup.sh"
     assert (artifact["SPDXID"], "BUILD_DEPENDENCY_OF", "SPDXRef-Image-webVhd") in rels
+    local = next(p for p in doc["packages"] if p["name"] == "index.html")
+    assert (
+        local["downloadLocation"] == "NOASSERTION"
+        and "http://127.0.0.1:8080/www/index.html" in local["comment"]
+    )
 
 
 def test_spdx_debian_packages(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from imagebuilder.providers.base import LogSink, ProviderError, TransientProvide
 from imagebuilder.providers.local import (
     buildroot,
     proc,
+    sbom,
 )
 from imagebuilder.providers.local.context import (
     LOG_TAIL,
@@ -115,6 +116,7 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     image["rootfs"] = str(rootfs)
     image["size"] = vhd.stat().st_size
     image["source"] = env.handle.get("source")
+    image.update(sbom.describe(root, clog))  # SBOM inventory + freshness: providers/local/sbom.py
     image["seconds"] = round(time.monotonic() - start, 3)
     image["timings"] = {k: round(v, 3) for k, v in timings.items()}
     clog.write(

@@ -27,6 +27,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -428,6 +429,7 @@ class Stores:
                 "owner": owner,
                 "regions": {},
                 "provisioningState": "Creating",
+                "publishedDate": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             }
             (folder / version).mkdir(parents=True, exist_ok=True)
             _write_json(folder / version / "version.json", meta)
