@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import E2E, check_vhd, file_path
+from tests.e2e.sbom_checks import spdx_of
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ def shell(name: str, *lines: str) -> dict[str, object]:
     return {"type": SHELL, "name": name, "inline": list(lines)}
 
 
-def test_busybox_template_builds_and_distributes_everywhere(e2e: E2E) -> None:
+def test_busybox_template_builds_and_distributes_everywhere(e2e: E2E, tmp_path: Path) -> None:
     name = "bb-happy"
     final = e2e.build(name, e2e.template("busybox-webpage.json"))
     assert final["runState"] == "Succeeded", final
@@ -49,6 +50,11 @@ def test_busybox_template_builds_and_distributes_everywhere(e2e: E2E) -> None:
     record = e2e.latest_run(name)
     assert record.details["source"]["exact_version"]
     assert set(record.details["phases"]) >= {"Building", "Customizing", "Validating", "Distributing"}
+
+    # an image with no package database: its SBOM lists the files (motd among them) and BusyBox
+    doc = spdx_of(e2e, name, record.run.run_id, "busybox-vhd", tmp_path)
+    assert "./etc/motd" in {f["fileName"] for f in doc["files"]}
+    assert any(p["name"] == "busybox" and p["versionInfo"] for p in doc["packages"])
     e2e.assert_no_leaks()
 
 
