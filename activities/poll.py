@@ -16,4 +16,4 @@ bp = df.Blueprint()
 def poll(payload: dict[str, Any]) -> dict[str, Any]:
     """Input: {build, step, pending: Pending}. Returns an Outcome of the original result or a new Pending."""
     pending = Pending.model_validate(payload["pending"])
-    return run_phase(payload, lambda provider, build, log: provider.poll(pending, log))
+    return run_phase(payload, lambda provider, build, log: provider.poll(pending, log, build=build))

@@ -177,6 +177,9 @@ class ComputeProvider(ABC):
         """
         return CleanupReport()
 
-    def poll(self, pending: Pending, log: LogSink) -> Any:
-        """Continue a long-running operation; returns the original method's result or a new `Pending`."""
+    def poll(self, pending: Pending, log: LogSink, build: BuildInput | None = None) -> Any:
+        """Continue a long-running operation; returns the original method's result or a new `Pending`.
+
+        `build` is the run's input, which the poll activity always has: a `Pending` need carry only ids
+        and step state, not the template again on every poll (durable history keeps each one)."""
         raise NotImplementedError(f"provider {self.name!r} returns no Pending operations")

@@ -185,9 +185,55 @@ def clock() -> Clock:
     return Clock()
 
 
+class RecordingProvider(AzureProvider):
+    """The provider as the activities drive it: the poll activity hands `poll` the run's BuildInput from
+    its payload; here the build given to the method that returned the Pending."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.builds: dict[tuple[str, str], BuildInput] = {}
+
+    def _remember(self, build: BuildInput) -> None:
+        self.builds[(build.run.template_id.lower(), build.run.run_id)] = build
+
+    def prepare(self, build, log):  # type: ignore[no-untyped-def]
+        self._remember(build)
+        return super().prepare(build, log)
+
+    def create_build_env(self, build, prepared, log):  # type: ignore[no-untyped-def]
+        self._remember(build)
+        return super().create_build_env(build, prepared, log)
+
+    def customize(self, build, env, index, log):  # type: ignore[no-untyped-def]
+        self._remember(build)
+        return super().customize(build, env, index, log)
+
+    def validate(self, build, env, log):  # type: ignore[no-untyped-def]
+        self._remember(build)
+        return super().validate(build, env, log)
+
+    def generalize(self, build, env, log):  # type: ignore[no-untyped-def]
+        self._remember(build)
+        return super().generalize(build, env, log)
+
+    def capture(self, build, env, log):  # type: ignore[no-untyped-def]
+        self._remember(build)
+        return super().capture(build, env, log)
+
+    def distribute(self, build, captured, target_index, region, log):  # type: ignore[no-untyped-def]
+        self._remember(build)
+        return super().distribute(build, captured, target_index, region, log)
+
+    def poll(self, pending, log, build=None):  # type: ignore[no-untyped-def]
+        if build is None:
+            run = RunRef.model_validate(pending.operation["run"])
+            build = self.builds[(run.template_id.lower(), run.run_id)]
+        return super().poll(pending, log, build)
+
+
 @pytest.fixture
 def provider(arm: FakeArm, clock: Clock) -> AzureProvider:
-    return AzureProvider(
+    return RecordingProvider(
         credential=FakeCredential(),
         transport=arm,
         poll_interval=15,
@@ -205,6 +251,7 @@ def settle(provider: AzureProvider, result: Any, log: ListLog, limit: int = 60) 
     while isinstance(result, Pending):
         text = json.dumps(result.model_dump(mode="json"))
         assert "sig=" not in text and "adminPassword" not in text, "a secret would enter durable history"
+        assert '"managedResourceTags"' not in text and '"inVMValidations"' not in text, "ids only"
         wire = json.loads(text)
         result = provider.poll(Pending.model_validate(wire), log)
         polls += 1

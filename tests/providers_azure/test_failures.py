@@ -203,10 +203,10 @@ def test_cleanup_is_idempotent_ordered_and_keeps_on_abort(provider, arm):
 
 
 def test_cleanup_past_its_budget_raises_transient_and_finishes_on_retry(arm, clock):
-    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.conftest import RecordingProvider
     from tests.providers_azure.fake_arm import FakeCredential
 
-    provider = AzureProvider(
+    provider = RecordingProvider(
         credential=FakeCredential(),
         transport=arm,
         sleep=clock.sleep,
@@ -349,7 +349,7 @@ def test_source_image_in_another_region_is_refused_before_building(provider, arm
 
 def test_a_pending_resumes_in_a_fresh_provider_instance(provider, arm, clock):
     """Each poll may run in another worker process: nothing may live only in the provider's memory."""
-    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.conftest import RecordingProvider
     from tests.providers_azure.fake_arm import FakeCredential
 
     log = ListLog()
@@ -357,10 +357,12 @@ def test_a_pending_resumes_in_a_fresh_provider_instance(provider, arm, clock):
     prepared = provider.prepare(build, log)
     result = provider.create_build_env(build, prepared, log)
     while isinstance(result, Pending):
-        fresh = AzureProvider(
+        fresh = RecordingProvider(
             credential=FakeCredential(), transport=arm, sleep=clock.sleep, clock=clock, environ={}
         )
-        result = fresh.poll(Pending.model_validate_json(result.model_dump_json()), log)
+        wire = result.model_dump_json()
+        assert "managedResourceTags" not in wire  # no template: the poll activity supplies the build
+        result = fresh.poll(Pending.model_validate_json(wire), log, build)
     assert isinstance(result, BuildEnv) and result.handle["status"] == "ready"
     _clean(provider, arm, build, log)
 

@@ -58,15 +58,14 @@ def _granted() -> set[str]:
 
 
 def test_custom_role_covers_every_request_of_a_linux_and_a_windows_build(provider, arm, clock):
-    from imagebuilder.providers.azure.provider import AzureProvider
-    from tests.providers_azure.conftest import Clock, seed
+    from tests.providers_azure.conftest import Clock, RecordingProvider, seed
     from tests.providers_azure.fake_arm import FakeArm, FakeCredential
 
     flow.test_linux_build_end_to_end(provider, arm, clock)
     find_orphans(SUB, provider=provider)
     win_arm, win_clock = FakeArm(), Clock()
     seed(win_arm)
-    win = AzureProvider(
+    win = RecordingProvider(
         credential=FakeCredential(), transport=win_arm, sleep=win_clock.sleep, clock=win_clock, environ={}
     )
     windows.test_windows_powershell_restart_and_update_through_run_command(win, win_arm, win_clock)

@@ -68,12 +68,12 @@ def test_live_build_vm_customize_and_cleanup():
         result = provider.create_build_env(build, prepared, log)
         while not hasattr(result, "handle"):
             time.sleep(result.retry_after_seconds)
-            result = provider.poll(result, log)
+            result = provider.poll(result, log, build)
         assert result.handle["status"] == "ready", result
         step = provider.customize(build, result, 0, log)
         while not hasattr(step, "status"):
             time.sleep(step.retry_after_seconds)
-            step = provider.poll(step, log)
+            step = provider.poll(step, log, build)
         assert step.status == "succeeded" and "hello from the build VM" in log.text
     finally:
         report = provider.cleanup(build, keep=False, log=log)

@@ -89,10 +89,10 @@ def test_linux_generalize_against_an_agent_that_stops_reporting_ends_deallocated
 
 
 def test_a_deprovisioning_that_never_powers_off_fails_with_its_own_deadline(arm, clock):
-    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.conftest import RecordingProvider
     from tests.providers_azure.fake_arm import FakeCredential
 
-    provider = AzureProvider(
+    provider = RecordingProvider(
         credential=FakeCredential(),
         transport=arm,
         sleep=clock.sleep,
@@ -155,10 +155,10 @@ def test_the_fake_refuses_duplicate_regions(provider, arm, clock):
 
 
 def test_script_uris_on_the_apps_own_storage_are_refused_except_the_artifacts_container(arm, clock):
-    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.conftest import RecordingProvider
     from tests.providers_azure.fake_arm import FakeCredential
 
-    provider = AzureProvider(
+    provider = RecordingProvider(
         credential=FakeCredential(),
         transport=arm,
         sleep=clock.sleep,
@@ -234,10 +234,10 @@ def _noisy_guest(lines: int):
 
 
 def _app_provider(arm, clock):
-    from imagebuilder.providers.azure.provider import AzureProvider
+    from tests.providers_azure.conftest import RecordingProvider
     from tests.providers_azure.fake_arm import FakeCredential
 
-    return AzureProvider(
+    return RecordingProvider(
         credential=FakeCredential(),
         transport=arm,
         sleep=clock.sleep,

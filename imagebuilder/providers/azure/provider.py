@@ -358,7 +358,7 @@ class AzureProvider(ComputeProvider):
             operation={
                 "provider": "azure",
                 "method": method,
-                "build": build.model_dump(mode="json"),
+                "run": build.run.model_dump(mode="json"),
                 "args": args,
                 "state": state,
                 "op": op,
@@ -433,13 +433,20 @@ class AzureProvider(ComputeProvider):
 
     # -- the seam ----------------------------------------------------------------------------------
 
-    def poll(self, pending: Pending, log: LogSink) -> Any:
-        """Continue a method from its `Pending`: check the ARM operation, then re-enter the method."""
+    def poll(self, pending: Pending, log: LogSink, build: BuildInput | None = None) -> Any:
+        """Continue a method from its `Pending`: check the ARM operation, then re-enter the method. The
+        `Pending` carries ids and step state only; `build` is the run's input (the poll activity's)."""
         operation = dict(pending.operation)
         if operation.get("provider") != "azure":
             raise ProviderConfigError("this Pending was not made by the azure provider")
         method = str(operation["method"])
-        build = BuildInput.model_validate(operation["build"])
+        if build is None:
+            if "build" not in operation:
+                raise ProviderConfigError("poll needs the run's BuildInput (build=...)")
+            build = BuildInput.model_validate(operation["build"])  # a Pending from before ids-only
+        run = operation.get("run")
+        if run is not None and RunRef.model_validate(run) != build.run:
+            raise ProviderConfigError(f"this Pending belongs to run {run}, not to {build.run}")
         args = dict(operation.get("args") or {})
         state = dict(operation.get("state") or {})
         op = operation.get("op")
