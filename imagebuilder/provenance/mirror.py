@@ -14,7 +14,7 @@ from imagebuilder.provenance.freshness import freshness_record, parse_packages, 
 from imagebuilder.provenance.sbom import Inventory
 
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-_TIMEOUT = 60.0
+_TIMEOUT = 20.0
 _MAX_BYTES = 64 << 20
 
 

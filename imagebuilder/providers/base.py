@@ -123,7 +123,14 @@ class ComputeProvider(ABC):
 
     @abstractmethod
     def capture(self, build: BuildInput, env: BuildEnv, log: LogSink) -> CaptureResult | Pending:
-        """Capture the generalized build environment as an image the distributors can copy."""
+        """Capture the generalized build environment as an image the distributors can copy.
+
+        Besides its private reference, `CaptureResult.image` may carry `sha256` (of the captured disk:
+        the subject digest of the run's provenance), `inventory` (what is installed in the final image,
+        `imagebuilder.provenance.sbom.Inventory` as JSON; the capture activity moves it to the run's
+        store, it never reaches the orchestration history) and `freshness` (pending security updates,
+        `imagebuilder.provenance.freshness.freshness_record`). Without them the run has no SBOM or
+        provenance (the API answers 404 saying so)."""
 
     @abstractmethod
     def distribute(

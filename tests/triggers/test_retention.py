@@ -21,12 +21,17 @@ DEFINITION = (
 )
 
 
-def _publish(state: Path, tmp: Path, versions: list[str]) -> Stores:
+DRY = DEFINITION.replace(
+    "/images/app", "/images/dry"
+)  # its own definition: the runtime's sweeper never has it
+
+
+def _publish(state: Path, tmp: Path, versions: list[str], definition: str = DEFINITION) -> Stores:
     stores = Stores(state)
     disk = tmp / "disk.vhd"
     disk.write_bytes(b"\0" * 4096 + b"retention")
     sha = sha256_file(disk)
-    ref = GalleryImageId.parse(DEFINITION, "t")
+    ref = GalleryImageId.parse(definition, "t")
     stores.ensure_definition(ref, generation="V1", field="t")
     for n, version in enumerate(versions):
         got, _ = stores.allocate_version(
@@ -59,8 +64,47 @@ def test_sweeper_applies_the_templates_retention_policy(env: Env, tmp_path: Path
         latest = stores.find_version(f"{DEFINITION}/versions/latest", "source")
         assert json.loads(json.dumps(latest.meta))["name"] == "1.0.4"
         time.sleep(1)
-        removed = sorted(e["subject"] for e in env.drain_events() if e["type"] == ev.VERSION_REMOVED)
+        removed = sorted(
+            e["subject"]
+            for e in env.drain_events()
+            if e["type"] == ev.VERSION_REMOVED and e["subject"].startswith(DEFINITION + "/")
+        )
         assert removed == [f"{DEFINITION}/versions/1.0.0", f"{DEFINITION}/versions/1.0.2"]
     finally:
         env.api.delete_template("keep-producer")
         env.api.delete_template("keep-consumer")
+
+
+def test_sweeper_dry_run_lists_the_set_it_then_removes(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper's retention pass in this process, on a gallery of its own (the runtime's sweeper works
+    on another state dir): the dry run removes nothing and sends nothing; the real pass removes the same
+    versions and sends one event each."""
+    from triggers.sweeper import apply_retention_once
+
+    state = tmp_path / "state"
+    stores = _publish(state, tmp_path, ["1.0.0", "1.0.1", "1.0.2", "1.0.3"], DRY)
+    ref = GalleryImageId.parse(DRY, "t")
+    monkeypatch.setenv("AzureWebJobsStorage", env.connection)
+    monkeypatch.setenv("IMAGEBUILDER_STATE_DIR", str(state))
+    monkeypatch.setenv("IMAGEBUILDER_PROVIDER", "local")
+    producer = template(distribute=[{"type": "SharedImage", "runOutputName": "g", "galleryImageId": DRY,
+                                     "targetRegions": [{"name": "westeurope"}]}])  # fmt: skip
+    producer["tags"] = {"retention.keepLast": "1"}
+    env.api.put_template("dry-producer", producer)
+    try:
+        env.drain_events()
+        listed = apply_retention_once(dry_run=True)
+        assert sorted(listed) == [f"{DRY}/versions/1.0.{n}" for n in (0, 1, 2)]
+        assert sorted(stores.versions(ref)) == ["1.0.0", "1.0.1", "1.0.2", "1.0.3"]
+        removed = apply_retention_once(dry_run=False)
+        assert sorted(removed) == sorted(listed)
+        assert sorted(stores.versions(ref)) == ["1.0.3"]
+        time.sleep(1)
+        events = [
+            e for e in env.drain_events() if e["type"] == ev.VERSION_REMOVED and e["subject"].startswith(DRY)
+        ]
+        assert sorted(e["subject"] for e in events) == sorted(listed)
+    finally:
+        env.api.delete_template("dry-producer")
