@@ -137,12 +137,12 @@ def test_duplicate_target_regions_are_sent_once(provider, arm, clock):
 
 
 def test_the_fake_refuses_duplicate_regions(provider, arm, clock):
-    from imagebuilder.providers.azure import provider as module
+    from imagebuilder.providers.azure import distribute as module
 
     build, captured, log = _captured(provider, arm, linux_template())
-    before = module.AzureProvider._target_regions
+    before = module.target_regions
     try:  # what the provider sent before the fix: every region as given
-        module.AzureProvider._target_regions = lambda self, target, home: [
+        module.target_regions = lambda target, home: [
             {"name": "West US", "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"},
             {"name": "westus", "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS"},
         ]
@@ -150,7 +150,7 @@ def test_the_fake_refuses_duplicate_regions(provider, arm, clock):
             provider, provider.distribute(build, captured, 0, "westus", log), log, clock
         )
     finally:
-        module.AzureProvider._target_regions = before
+        module.target_regions = before
     assert result.status == "failed" and "Duplicate regions" in result.error.message
 
 

@@ -1,0 +1,54 @@
+"""The capture phase of the Azure provider: the generalized VM as a managed image (Standard), or the VM
+itself for a Trusted Launch build (galleries take it directly).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imagebuilder.pipeline.messages import (
+    BuildEnv,
+    CaptureResult,
+)
+from imagebuilder.providers.azure.context import (
+    Ctx,
+    ensure,
+    run_tags,
+)
+
+
+def capture(ctx: Ctx) -> CaptureResult:
+    env = BuildEnv.model_validate(ctx.args["env"]).handle
+    rg, vm_id = env["resource_group"], env["vm_id"]
+    compute = ctx.arm.compute
+    trusted = env.get("security_type") == "TrustedLaunch"
+    image: dict[str, Any] = {}
+    if not trusted:  # a Trusted Launch VM cannot become a managed image: galleries take the VM itself
+        image = ensure(
+            ctx,
+            f"image {ctx.names.image}",
+            lambda: compute.images.get(rg, ctx.names.image),
+            lambda body, p: compute.images.begin_create_or_update(rg, ctx.names.image, body, polling=p),
+            lambda: {
+                "location": env["location"],
+                "tags": run_tags(ctx),
+                "properties": {
+                    "sourceVirtualMachine": {"id": vm_id},
+                    "hyperVGeneration": env["hyper_v_generation"],
+                },
+            },
+        )
+    return CaptureResult(
+        status="succeeded",
+        image={
+            "managed_image_id": image.get("id"),
+            "trusted_launch": trusted,
+            "vm_id": vm_id,
+            "resource_group": rg,
+            "os_disk": env["os_disk"],
+            "location": env["location"],
+            "os_type": env["os_type"],
+            "hyper_v_generation": env["hyper_v_generation"],
+            "source": env.get("source"),
+        },
+    )

@@ -1,0 +1,158 @@
+"""What every phase module of the Azure provider shares: the provider's settings (`Settings`), the view of
+one call (`Ctx`: the run, its log, its clients, the step state that travels in the `Pending`), and the
+small ARM helpers built on them (tags, "ensure this resource exists", "wait for this operation").
+
+A phase function is a re-entrant step function: it inspects what exists (names derive from the run), does
+the next thing, and either returns its result or raises `Wait` ("not yet": the provider turns it into a
+`Pending` carrying ids, step state and the ARM operation to poll; `poll` calls the function again).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagebuilder.pipeline.messages import BuildInput
+from imagebuilder.providers.azure.clients import ArmFailure, AzureClients, Started
+from imagebuilder.providers.azure.names import Names
+from imagebuilder.providers.base import LogSink
+
+TAG_TEMPLATE = "imagebuilder-template"
+TAG_RUN = "imagebuilder-run"
+ADMIN_USER = "packer"
+DEFAULT_GENERALIZE_SECONDS = 3600  # from the start of deprovisioning to the VM's stopped power state
+
+
+class Wait(Exception):
+    """The step cannot go on yet: poll `op` (an ARM operation) or just come back after `retry_after`."""
+
+    def __init__(self, op: dict[str, Any] | None, retry_after: int) -> None:
+        super().__init__("pending")
+        self.op = op
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The provider's settings, read once (AzureProvider.__init__), passed to every phase."""
+
+    clients: Callable[[str, BuildInput | None], AzureClients]
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    poll_interval: int = 15
+    cleanup_budget: float = 300.0
+    generalize_seconds: int = DEFAULT_GENERALIZE_SECONDS
+    app_account: str = ""  # the app's own storage account (run-command logs; refused as a script source)
+    artifacts_container: str = "image-artifacts"
+
+
+@dataclass
+class Ctx:
+    """One call of one phase: the run, its log, the subscription's clients, the step state."""
+
+    build: BuildInput
+    log: LogSink
+    args: dict[str, Any]
+    state: dict[str, Any]
+    arm: AzureClients
+    names: Names
+    settings: Settings
+    op_result: dict[str, Any] | None = field(default=None)
+
+    @property
+    def props(self) -> dict[str, Any]:
+        return props_of(self.build)
+
+    @property
+    def location(self) -> str:
+        return str(self.build.template.get("location") or "")
+
+
+def props_of(build: BuildInput) -> dict[str, Any]:
+    props = build.template.get("properties") or {}
+    return props if isinstance(props, dict) else {}
+
+
+def region(name: str | None) -> str:
+    return re.sub(r"\s+", "", (name or "").lower())
+
+
+def state_of(resource: dict[str, Any]) -> str:
+    return str((resource.get("properties") or {}).get("provisioningState") or "Succeeded")
+
+
+def tail(text: str, lines: int = 20) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return (-1,)
+
+
+def step_name(method: str, build: BuildInput, args: dict[str, Any]) -> str:
+    """How a failure names the step: customize[2] (name), distribute[0] (region), or the phase."""
+    if method == "customize":
+        index = int(args["index"])
+        steps = props_of(build).get("customize") or []
+        step = steps[index] if index < len(steps) else {}
+        return f"customize[{index}] ({step.get('name') or step.get('type')})"
+    if method == "distribute":
+        return f"distribute[{args['target_index']}] ({args['region']})"
+    return method
+
+
+def run_tags(ctx: Ctx, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """managedResourceTags, `extra`, and the template/run tags every transient resource carries."""
+    out = {str(k): str(v) for k, v in (ctx.props.get("managedResourceTags") or {}).items()}
+    out.update({str(k): str(v) for k, v in (extra or {}).items()})
+    out[TAG_TEMPLATE] = ctx.build.run.template_id
+    out[TAG_RUN] = ctx.build.run.run_id
+    return out
+
+
+def await_op(started: Started, what: str) -> dict[str, Any]:
+    """The finished body of an operation, or `Wait` to poll it later."""
+    op = started.operation(what)
+    if op is None:
+        return started.body
+    raise Wait(op, started.retry_after)
+
+
+def ensure(
+    ctx: Ctx,
+    what: str,
+    get: Callable[[], Any],
+    begin: Callable[[Any, Any], Any],
+    body: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """GET a resource; PUT it when absent (returns after ARM accepted); wait while it provisions."""
+    existing = ctx.arm.get(f"read {what}", get)
+    if existing is None:
+        ctx.log.write(f"creating {what}\n")
+        started = ctx.arm.start(f"create {what}", begin_with(begin, body()))
+        result = await_op(started, f"create {what}")
+        if state_of(result) == "Succeeded":
+            return result
+        raise Wait(None, started.retry_after)
+    state = state_of(existing)
+    if state == "Succeeded":
+        return existing
+    if state in ("Failed", "Canceled"):
+        raise ArmFailure("ProvisioningFailed", f"{what} is in provisioning state {state}")
+    raise Wait(None, ctx.settings.poll_interval)
+
+
+def polled(begin: Callable[..., Any], *args: Any) -> Any:
+    """Call an SDK `begin_*(*args[:-1], polling=args[-1])` (for functools.partial)."""
+    *positional, polling = args
+    return begin(*positional, polling=polling)
+
+
+def begin_with(begin: Callable[[Any, Any], Any], body: dict[str, Any]) -> Callable[[Any], Any]:
+    """Bind a request body to an SDK `begin_*` taking (body, polling)."""
+    return lambda polling: begin(body, polling)

@@ -1,0 +1,80 @@
+"""The generalize phase of the Azure provider: deprovisioning or Sysprep started detached, the power-state
+wait, deallocation and ARM's generalize.
+"""
+
+from __future__ import annotations
+
+from imagebuilder.pipeline.messages import (
+    BuildEnv,
+    ErrorInfo,
+    StepResult,
+)
+from imagebuilder.providers.azure import runcommand, scripts
+from imagebuilder.providers.azure.clients import ArmFailure
+from imagebuilder.providers.azure.context import (
+    Ctx,
+    Wait,
+    await_op,
+    tail,
+)
+
+GENERALIZE_LAUNCH_SECONDS = 600  # the run command that starts deprovisioning only writes and starts it
+
+
+def generalize(ctx: Ctx) -> StepResult:
+    """Deprovision (Linux) or Sysprep (Windows) detached in the guest, wait for the VM to power itself
+    off (the guest agent is gone by then, so only the power state tells), deallocate, generalize."""
+    env = BuildEnv.model_validate(ctx.args["env"]).handle
+    rg, vm = env["resource_group"], env["vm"]
+    compute = ctx.arm.compute
+    linux = env["os_type"] == "Linux"
+    if not ctx.state.get("launched"):
+        script = scripts.deprovision_linux() if linux else scripts.sysprep()
+        code, output, error = runcommand.run(
+            ctx, env, "generalize", script, timeout=GENERALIZE_LAUNCH_SECONDS
+        )
+        if code != 0 or scripts.GENERALIZE_STARTED not in output:
+            return StepResult(
+                status="failed",
+                step="generalize",
+                exit_code=code,
+                error=ErrorInfo(
+                    code="DeprovisionFailed",
+                    message=f"starting {'waagent -deprovision+user' if linux else 'Sysprep'} "
+                    f"exited with {code}",
+                    step="generalize",
+                    exit_code=code,
+                    log_tail=tail(output + "\n" + error),
+                    log_uri=ctx.log.uri or None,
+                ),
+            )
+        ctx.state["launched"] = ctx.settings.clock()
+        ctx.log.write(f"{'deprovisioning' if linux else 'Sysprep'} started; waiting for {vm} to stop\n")
+    view = ctx.arm.get("read VM instance view", lambda: compute.virtual_machines.instance_view(rg, vm)) or {}
+    codes = {str(s.get("code")) for s in view.get("statuses") or []}
+    if "OSState/generalized" in codes:
+        return StepResult(status="succeeded", step="generalize")
+    stopped = codes & {"PowerState/stopped", "PowerState/deallocated", "PowerState/deallocating"}
+    if not stopped and not ctx.state.get("deallocating"):
+        limit = ctx.settings.generalize_seconds
+        if ctx.settings.clock() - float(ctx.state["launched"]) > limit:
+            raise ArmFailure(
+                "DeprovisionTimedOut",
+                f"{vm} did not power off within {limit}s after "
+                f"{'waagent -deprovision+user' if linux else 'Sysprep'} started: it failed or hung in "
+                "the guest (see the VM's boot diagnostics; errorHandling onCustomizerError abort keeps "
+                "the VM)",
+            )
+        raise Wait(None, ctx.settings.poll_interval)
+    if "PowerState/deallocated" not in codes:
+        if not ctx.state.get("deallocating"):
+            ctx.state["deallocating"] = True
+            ctx.log.write(f"{vm} stopped; deallocating\n")
+            started = ctx.arm.start(
+                f"deallocate {vm}", lambda p: compute.virtual_machines.begin_deallocate(rg, vm, polling=p)
+            )
+            await_op(started, f"deallocate {vm}")
+        raise Wait(None, ctx.settings.poll_interval)
+    ctx.log.write(f"generalizing {vm}\n")
+    ctx.arm.call(f"generalize {vm}", lambda: compute.virtual_machines.generalize(rg, vm))
+    return StepResult(status="succeeded", step="generalize")

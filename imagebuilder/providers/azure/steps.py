@@ -1,0 +1,167 @@
+"""Customizers and in-VM validators of the Azure provider: Shell / PowerShell / File steps, WindowsRestart and
+WindowsUpdate, each through runcommand.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imagebuilder.pipeline.messages import (
+    BuildEnv,
+    ErrorInfo,
+    StepResult,
+)
+from imagebuilder.providers.azure import runcommand, scripts
+from imagebuilder.providers.azure.clients import ArmFailure, redact
+from imagebuilder.providers.azure.context import (
+    ADMIN_USER,
+    Ctx,
+    step_name,
+    tail,
+)
+
+MAX_WINDOWS_UPDATE_PASSES = 20
+
+
+def script_step(ctx: Ctx, env: dict[str, Any], key: str, step: dict[str, Any], label: str) -> StepResult:
+    """Shell / PowerShell / File, as a customizer or an in-VM validator."""
+    kind = step.get("type")
+    os_type = env["os_type"]
+    started = float(ctx.state.setdefault(f"started:{key}", ctx.settings.clock()))  # across polls
+    uri = step.get("scriptUri") or step.get("sourceUri")
+    sha = env.get("artifacts", {}).get(uri) if uri else None
+    if uri and not sha:
+        raise ArmFailure("ArtifactNotStaged", f"{label}: {redact(str(uri))} was not fetched by prepare")
+    valid = [0]
+    identity = (env.get("identities") or [None])[0]  # for private blobs, read from inside the VM
+    if kind == "Shell":
+        if os_type != "Linux":
+            raise ArmFailure("InvalidCustomizer", f"{label}: Shell runs on Linux; this source is {os_type}")
+        script = scripts.shell(step, sha, identity)
+    elif kind == "PowerShell":
+        if os_type != "Windows":
+            raise ArmFailure(
+                "InvalidCustomizer", f"{label}: PowerShell runs on Windows; this source is {os_type}"
+            )
+        if step.get("runAsSystem") and not step.get("runElevated"):
+            raise ArmFailure("InvalidCustomizer", f"{label}: runAsSystem needs runElevated: true")
+        try:
+            valid = [int(c) for c in step.get("validExitCodes") or [0]]
+        except (TypeError, ValueError) as exc:
+            raise ArmFailure("InvalidCustomizer", f"{label}.validExitCodes must be integers") from exc
+        script = scripts.powershell(step, sha, identity, ADMIN_USER)
+    elif kind == "File":
+        if not step.get("destination") or not sha:
+            raise ArmFailure("InvalidCustomizer", f"{label}: File needs sourceUri and destination")
+        script = (
+            scripts.file_linux(step, sha, identity)
+            if os_type == "Linux"
+            else scripts.file_windows(step, sha, identity)
+        )
+    else:
+        raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported here")
+    code, output, error = runcommand.run(ctx, env, key, script)
+    duration = max(0.0, ctx.settings.clock() - started)
+    if code not in valid:
+        return StepResult(
+            status="failed",
+            step=label,
+            exit_code=code,
+            duration_seconds=duration,
+            error=ErrorInfo(
+                code="CustomizerFailed" if key.startswith("customize") else "ValidationFailed",
+                message=f"{label} exited with {code} (valid: {valid})",
+                step=label,
+                exit_code=code,
+                log_tail=tail(output + "\n" + error),
+                log_uri=ctx.log.uri or None,
+            ),
+        )
+    return StepResult(status="succeeded", step=label, exit_code=code, duration_seconds=duration)
+
+
+def customize(ctx: Ctx) -> StepResult:
+    env = BuildEnv.model_validate(ctx.args["env"]).handle
+    index = int(ctx.args["index"])
+    steps = ctx.props.get("customize") or []
+    if index >= len(steps):
+        raise ArmFailure("InvalidCustomizer", f"properties.customize[{index}] does not exist")
+    step = steps[index]
+    label = step_name("customize", ctx.build, ctx.args)
+    kind = step.get("type")
+    if kind in ("Shell", "PowerShell", "File"):
+        return script_step(ctx, env, f"customize-{index}", step, label)
+    if env["os_type"] != "Windows":
+        raise ArmFailure("InvalidCustomizer", f"{label}: {kind} needs a Windows source")
+    if kind == "WindowsRestart":
+        timeout = scripts.parse_duration(step.get("restartTimeout"), 300)
+        command = str(step.get("restartCommand") or scripts.DEFAULT_RESTART_COMMAND)
+        runcommand.restart(ctx, env, str(index), command, step.get("restartCheckCommand") or None, timeout)
+        return StepResult(status="succeeded", step=label)
+    if kind == "WindowsUpdate":
+        return windows_update(ctx, env, index, step, label)
+    raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported")
+
+
+def windows_update(ctx: Ctx, env: dict[str, Any], index: int, step: dict[str, Any], label: str) -> StepResult:
+    try:
+        script = scripts.windows_update(step)
+    except ValueError as exc:
+        raise ArmFailure("InvalidCustomizer", f"{label}.filters: {exc}") from exc
+    st = ctx.state.setdefault("wu", {"pass": 0, "installed": 0, "stage": "update"})
+    while True:
+        n = int(st["pass"])
+        if n >= MAX_WINDOWS_UPDATE_PASSES:
+            raise ArmFailure("WindowsUpdateNotConverging", f"{label}: updates still pending after {n} passes")
+        if st["stage"] == "update":
+            code, output, error = runcommand.run(ctx, env, f"wu-{index}-{n}", script)
+            result = scripts.parse_marker(output, scripts.MARKER_WU)
+            if code != 0 or result is None:
+                return StepResult(
+                    status="failed",
+                    step=label,
+                    exit_code=code,
+                    error=ErrorInfo(
+                        code="CustomizerFailed",
+                        message=f"{label}: Windows Update pass {n + 1} exited with {code}",
+                        step=label,
+                        exit_code=code,
+                        log_tail=tail(output + "\n" + error),
+                        log_uri=ctx.log.uri or None,
+                    ),
+                )
+            runcommand.forget(ctx, env, f"wu-{index}-{n}")
+            installed, remaining = int(result.get("installed", 0)), int(result.get("remaining", 0))
+            st["installed"] = int(st["installed"]) + installed
+            ctx.log.write(f"Windows Update pass {n + 1}: {installed} installed, {remaining} pending\n")
+            if result.get("reboot") == "1":
+                st["stage"] = "restart"
+            elif remaining > 0 and installed > 0:
+                st["pass"] = n + 1
+                continue
+            else:
+                return StepResult(
+                    status="succeeded",
+                    step=label,
+                    details={"passes": n + 1, "installed": st["installed"]},
+                )
+        if st["stage"] == "restart":
+            runcommand.restart(ctx, env, f"wu-{index}-{n}", scripts.DEFAULT_RESTART_COMMAND, None, 3600)
+            st["pass"] = n + 1
+            st["stage"] = "update"
+
+
+def validate(ctx: Ctx) -> StepResult:
+    env = BuildEnv.model_validate(ctx.args["env"]).handle
+    validations = (ctx.props.get("validate") or {}).get("inVMValidations") or []
+    if not validations:
+        return StepResult(status="skipped", step="validate")
+    done = int(ctx.state.get("next", 0))
+    for j in range(done, len(validations)):
+        step = validations[j]
+        label = f"validate.inVMValidations[{j}] ({step.get('name') or step.get('type')})"
+        result = script_step(ctx, env, f"validate-{j}", step, label)
+        if result.status == "failed":
+            return result
+        ctx.state["next"] = j + 1
+    return StepResult(status="succeeded", step="validate", details={"validations": len(validations)})
