@@ -29,7 +29,7 @@ from api._arm import (
     template_body,
 )
 from api._builds import reconcile
-from api.templates import last_run
+from api.templates import last_run, settle_create
 from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.store import OperationRecord, RunRecord, Store
 
@@ -62,6 +62,8 @@ def _outcome(op: OperationRecord, run: RunRecord) -> tuple[str, dict[str, Any] |
 async def settle(client: df.DurableOrchestrationClient, st: Store, sub: str, op_id: str) -> OperationRecord:
     """The operation, completed first if what it follows has ended."""
     op = await in_thread(_get, st, sub, op_id)
+    if not op.done and op.kind == "create":
+        return await settle_create(client, st, op)
     if op.done or op.kind not in ("run", "cancel") or not op.run_id:
         return op
     t_sub, rg, name = parse_template_id(op.resource_id)
@@ -96,6 +98,9 @@ def status_body(op: OperationRecord) -> dict[str, Any]:
         body["endTime"] = op.end_time.isoformat().replace("+00:00", "Z")
     if op.error is not None:
         body["error"] = op.error
+    warnings = (op.result or {}).get("warnings") if op.kind == "create" else None
+    if warnings:  # members a create ignored (see api.templates); clients read only status and error
+        body["properties"] = {"warnings": list(warnings)}
     body["resourceId"] = op.resource_id
     return body
 

@@ -35,7 +35,7 @@ from api._arm import (
     template_id,
 )
 from api._builds import cancel_build, start_build
-from api.templates import deleting, last_run, load
+from api.templates import last_run, load, load_ready
 from imagebuilder.pipeline.messages import RunOptions, RunRef
 from imagebuilder.pipeline.resume import ResumeRefused, plan_resume
 from imagebuilder.provenance.keys import SigningKeyError, signing_key
@@ -67,9 +67,7 @@ async def image_templates_run(
     version = api_version(req)
     sub, rg, name = template_coordinates(req)
     st = store()
-    stored = await in_thread(load, st, sub, rg, name)
-    if stored.provisioning_state == "Deleting":
-        raise deleting(stored.name)
+    stored = await load_ready(client, st, sub, rg, name)
     options = _run_options(req)
     details = None
     if options.resume_from_run_id:

@@ -27,6 +27,9 @@ class Settings:
     builder_id: str = ""
     # The host's own name (`WEBSITE_HOSTNAME`: set by Azure, and by Core Tools and local_runtime locally).
     website_hostname: str | None = None
+    #: IMAGEBUILDER_STRICT_TEMPLATE_MEMBERS: refuse unknown template members instead of dropping them
+    #: with a warning (AIB drops them).
+    strict_template_members: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -46,7 +49,17 @@ class Settings:
             provenance_key=env.get("IMAGEBUILDER_PROVENANCE_SIGNING_KEY", ""),
             builder_id=env.get("IMAGEBUILDER_BUILDER_ID", "").strip(),
             website_hostname=(env.get("WEBSITE_HOSTNAME") or "").strip() or None,
+            strict_template_members=_flag(env, "IMAGEBUILDER_STRICT_TEMPLATE_MEMBERS"),
         )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={raw!r} is not a switch; set it to true or false")
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

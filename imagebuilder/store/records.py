@@ -41,6 +41,8 @@ class StoredTemplate:
     created_at: datetime
     last_modified_at: datetime
     last_run_id: str | None = None
+    service: dict[str, Any] = field(default_factory=dict)
+    """Service-side state never returned by GET: create warnings, the create operation, staging."""
 
     @property
     def provisioning_state(self) -> str | None:

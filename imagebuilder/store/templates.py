@@ -11,6 +11,7 @@ from typing import Any
 from azure.data.tables import TableEntity
 
 from imagebuilder.store._storage import (
+    SMALL_BYTES,
     Table,
     etag_of,
     iso,
@@ -44,6 +45,7 @@ def _record(entity: TableEntity) -> StoredTemplate:
         created_at=created,
         last_modified_at=modified,
         last_run_id=str(last) if last else None,
+        service=unpack(entity, "Service", {}),
     )
 
 
@@ -54,9 +56,17 @@ class TemplateRepo:
         self._t = table
 
     def _entity(
-        self, sub: str, rg: str, name: str, resource: dict[str, Any], created: str, last_run: str | None
+        self,
+        sub: str,
+        rg: str,
+        name: str,
+        resource: dict[str, Any],
+        created: str,
+        last_run: str | None,
+        service: dict[str, Any] | None,
     ) -> dict[str, Any]:
         pk, rk = template_keys(sub, rg, name)
+        extra = pack("Service", service, SMALL_BYTES) if service else {}
         return {
             "PartitionKey": pk,
             "RowKey": rk,
@@ -67,6 +77,7 @@ class TemplateRepo:
             "LastModifiedAt": iso(now()),
             "LastRunId": last_run or "",
             **pack("Body", resource),
+            **extra,
         }
 
     def entity(self, sub: str, rg: str, name: str) -> TableEntity | None:
@@ -77,19 +88,31 @@ class TemplateRepo:
         entity = self.entity(sub, rg, name)
         return None if entity is None else _record(entity)
 
-    def create(self, sub: str, rg: str, name: str, resource: dict[str, Any]) -> StoredTemplate:
-        """Store a new template; `AlreadyExistsError` if one with that name exists."""
-        entity = self._entity(sub, rg, name, resource, iso(now()) or "", None)
+    def create(
+        self, sub: str, rg: str, name: str, resource: dict[str, Any], *, service: dict[str, Any] | None = None
+    ) -> StoredTemplate:
+        """Store a new template; `AlreadyExistsError` if one with that name exists. `service` is
+        service-side state kept with it (`StoredTemplate.service`)."""
+        entity = self._entity(sub, rg, name, resource, iso(now()) or "", None, service)
         self._t.create(entity, f"image template {name!r} in resource group {rg!r}")
         stored = self.get(sub, rg, name)
         assert stored is not None
         return stored
 
-    def replace(self, sub: str, rg: str, name: str, resource: dict[str, Any], *, etag: str) -> StoredTemplate:
+    def replace(
+        self,
+        sub: str,
+        rg: str,
+        name: str,
+        resource: dict[str, Any],
+        *,
+        etag: str,
+        service: dict[str, Any] | None = None,
+    ) -> StoredTemplate:
         """Replace the template's resource JSON if nobody wrote it since `etag` was read.
 
         `ConcurrencyError` if somebody did, `NotFoundError` if it is gone. Bookkeeping (creation time,
-        last run) is kept.
+        last run) is kept, and the service-side state unless `service` is given.
         """
         current = self.entity(sub, rg, name)
         what = f"image template {name!r} in resource group {rg!r}"
@@ -102,6 +125,7 @@ class TemplateRepo:
             resource,
             str(current.get("CreatedAt")),
             str(current.get("LastRunId") or "") or None,
+            unpack(current, "Service", {}) if service is None else service,
         )
         self._t.replace(entity, etag, what)
         stored = self.get(sub, rg, name)

@@ -2,7 +2,8 @@
 
 Public interface (the API, store and pipeline code against these names):
 `parse_template`, `parse_template_update`, `apply_update`, `parse_trigger`, `input_fingerprint`,
-`validate_resource_name`, `check_api_version`, `SUPPORTED_API_VERSIONS`, `TemplateError` and the models.
+`validate_resource_name`, `check_api_version`, `IgnoredMember`, `SUPPORTED_API_VERSIONS`, `TemplateError`
+and the models.
 """
 
 from imagebuilder.template.errors import TemplateError
@@ -57,6 +58,7 @@ from imagebuilder.template.models import (
 from imagebuilder.template.parsing import (
     LATEST_API_VERSION,
     SUPPORTED_API_VERSIONS,
+    IgnoredMember,
     apply_update,
     check_api_version,
     input_fingerprint,
@@ -77,6 +79,7 @@ __all__ = [
     "Distributor",
     "FileCustomizer",
     "FileValidator",
+    "IgnoredMember",
     "ImageTemplate",
     "ImageTemplateAutoRun",
     "ImageTemplateErrorHandling",

@@ -87,6 +87,18 @@ def _raise(issues: list[Issue]) -> None:
         raise RuleViolation(issues)
 
 
+#: Validation-context key: a list to collect unknown members in, instead of refusing them.
+UNKNOWN_MEMBERS = "unknown_members"
+
+
+class UnknownMember(NamedTuple):
+    """A member no model knows, dropped during validation: `node` is id() of the JSON object holding it."""
+
+    node: int
+    name: str
+    known: tuple[str, ...]
+
+
 class ArmModel(BaseModel):
     """Base of every schema model: frozen, camelCase aliases, strict JSON types, unknown members rejected."""
 
@@ -110,8 +122,10 @@ class ArmModel(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _fold_key_case(cls, data: Any) -> Any:
-        """Match member names case-insensitively, as AIB does (docs spell `imageVersionID`)."""
+    def _fold_key_case(cls, data: Any, info: ValidationInfo) -> Any:
+        """Match member names case-insensitively, as AIB does (docs spell `imageVersionID`); with an
+        `unknown_members` list in the validation context, drop unknown members (as AIB does) and record
+        each one there as an `UnknownMember` instead of refusing it."""
         if not isinstance(data, dict):
             return data
         if cls.__dict__.get("_case_map") is None:
@@ -119,6 +133,19 @@ class ArmModel(BaseModel):
                 (f.alias or name).lower(): (f.alias or name) for name, f in cls.model_fields.items()
             }
         case_map = cls.__dict__["_case_map"]
+        ctx = info.context if isinstance(info.context, dict) else None
+        dropped = ctx.get(UNKNOWN_MEMBERS) if ctx is not None else None
+        if isinstance(dropped, list) and cls.model_config.get("extra") == "forbid":
+            ignored = {name.lower() for name in cls.read_only}
+            unknown = [
+                k
+                for k in data
+                if isinstance(k, str) and k.lower() not in case_map and k.lower() not in ignored
+            ]
+            for k in unknown:
+                dropped.append(UnknownMember(id(data), k, tuple(case_map.values())))
+            if unknown:
+                data = {k: v for k, v in data.items() if k not in unknown}
         if cls.read_only:
             ignored = {name.lower() for name in cls.read_only}
             data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.lower() in ignored)}

@@ -1,16 +1,20 @@
 """Request bodies in, models out: PUT/PATCH/trigger parsing, pydantic errors as AIB/ARM `TemplateError`s.
 
 Read-only members (id, name, type, provisioningState, lastRunStatus, exactVersion, ...) are dropped by
-the models themselves (`ArmModel.read_only`), as ARM ignores them. Every problem pydantic finds becomes
-one `TemplateError` naming its JSON path; several come back together in `.details`.
+the models themselves (`ArmModel.read_only`), as ARM ignores them. Members no model knows are dropped too,
+as AIB drops them (its own samples spell `aritfactTags`), and reported as `IgnoredMember`s naming their JSON
+path and the member meant; `strict_members=True` (the app setting IMAGEBUILDER_STRICT_TEMPLATE_MEMBERS)
+refuses them instead. Every problem pydantic finds becomes one `TemplateError` naming its JSON path;
+several come back together in `.details`.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,11 +26,13 @@ from imagebuilder.template.models import (
     NAME_PATTERN,
     SOURCE_TYPES,
     TRIGGER_KINDS,
+    UNKNOWN_MEMBERS,
     VALIDATOR_TYPES,
     ImageTemplate,
     ImageTemplateUpdate,
     RuleViolation,
     TriggerResource,
+    UnknownMember,
 )
 
 SUPPORTED_API_VERSIONS: tuple[str, ...] = (
@@ -118,19 +124,46 @@ def validate_resource_name(name: str, target: str = "imageTemplateName") -> str:
     return name
 
 
+class IgnoredMember(NamedTuple):
+    """A member that was ignored: its JSON path and, when one is close, the member probably meant."""
+
+    target: str
+    suggestion: str | None = None
+
+    @property
+    def message(self) -> str:
+        text = f"ignored unknown member {self.target}"
+        return text + (f"; did you mean {self.suggestion}?" if self.suggestion else "")
+
+
 def parse_template(
-    body: Any, *, api_version: str = LATEST_API_VERSION, name: str | None = None
+    body: Any,
+    *,
+    api_version: str = LATEST_API_VERSION,
+    name: str | None = None,
+    strict_members: bool = False,
+    warnings: list[IgnoredMember] | None = None,
 ) -> ImageTemplate:
-    """Validate a PUT body into an ImageTemplate; raise TemplateError listing every problem in `.details`."""
+    """Validate a PUT body into an ImageTemplate; raise TemplateError listing every problem in `.details`.
+
+    Unknown members are dropped and appended to `warnings` (when given), or refused with
+    `strict_members`."""
     check_api_version(api_version)
     if name is not None:
         validate_resource_name(name)
     obj = _require_object(body)
-    return _validate(ImageTemplate, obj, obj, {"api_version": api_version})
+    return _validate_lenient(ImageTemplate, obj, api_version, strict_members, warnings)
 
 
-def parse_template_update(body: Any, *, api_version: str = LATEST_API_VERSION) -> ImageTemplateUpdate:
-    """Validate a PATCH body: only tags, identity, properties.vmProfile and .distribute may change."""
+def parse_template_update(
+    body: Any,
+    *,
+    api_version: str = LATEST_API_VERSION,
+    strict_members: bool = False,
+    warnings: list[IgnoredMember] | None = None,
+) -> ImageTemplateUpdate:
+    """Validate a PATCH body: only tags, identity, properties.vmProfile and .distribute may change
+    (unknown members as in `parse_template`)."""
     check_api_version(api_version)
     obj = _require_object(body)
     problems: list[TemplateError] = []
@@ -146,7 +179,7 @@ def parse_template_update(body: Any, *, api_version: str = LATEST_API_VERSION) -
                 problems.append(_not_patchable(f"properties.{canonical}"))
     if problems:
         raise _combine(problems)
-    return _validate(ImageTemplateUpdate, obj, obj, {"api_version": api_version})
+    return _validate_lenient(ImageTemplateUpdate, obj, api_version, strict_members, warnings)
 
 
 def apply_update(template: ImageTemplate, update: ImageTemplateUpdate) -> ImageTemplate:
@@ -199,6 +232,65 @@ def input_fingerprint(
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _validate_lenient(
+    model: type[M], obj: dict[str, Any], api_version: str, strict: bool, warnings: list[IgnoredMember] | None
+) -> M:
+    context: dict[str, Any] = {"api_version": api_version}
+    dropped: list[UnknownMember] = []
+    if not strict:
+        context[UNKNOWN_MEMBERS] = dropped
+    result = _validate(model, obj, obj, context)
+    if warnings is not None and dropped:
+        paths = _paths(obj)
+        seen: set[str] = set()
+        for member in dropped:
+            where = paths.get(member.node)
+            if where is None:  # not an object of the body (cannot happen; never guess a path)
+                continue
+            target = f"{where}.{member.name}" if where else member.name
+            if target not in seen:
+                seen.add(target)
+                warnings.append(IgnoredMember(target, _did_you_mean(member.name, member.known)))
+    return result
+
+
+def _paths(body: Any) -> dict[int, str]:
+    """id() of every JSON object in the body -> its JSON path ("" for the body itself)."""
+    out: dict[int, str] = {}
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Mapping):
+            out[id(node)] = path
+            for k, v in node.items():
+                if isinstance(v, Mapping | list):
+                    name = str(k)
+                    if _plain(name):
+                        stack.append((v, f"{path}.{name}" if path else name))
+                    else:  # e.g. an identity resource id as a key
+                        stack.append((v, f"{path}[{json.dumps(name)}]"))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, Mapping | list):
+                    stack.append((v, f"{path}[{i}]"))
+    return out
+
+
+def _plain(name: str) -> bool:
+    return name.replace("_", "a").isalnum()
+
+
+def _did_you_mean(name: str, known: tuple[str, ...]) -> str | None:
+    """The known member a misspelt or misplaced one most likely meant (`aritfactTags` -> artifactTags,
+    `tags` on a distribute target -> artifactTags), or None."""
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
+    if close:
+        return lowered[close[0]]
+    tail = [k for k in known if len(name) >= 3 and k.lower().endswith(name.lower())]
+    return tail[0] if len(tail) == 1 else None
 
 
 def _require_object(body: Any) -> dict[str, Any]:

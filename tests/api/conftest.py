@@ -127,12 +127,19 @@ def api_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield az
 
 
+# The Marketplace URNs the API tests' templates name, mapped to local bases as a user would map them: the
+# local provider's create fails for a source with no local base (AIB's image-not-found).
+LOCAL_CATALOG = str(Path(__file__).resolve().parents[1] / "local-catalog.json")
+
+
 @pytest.fixture(scope="package")
-def direct(api_azurite: Azurite) -> Iterator[Direct]:
+def direct(api_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
     # Package scope: these settings must not leak into later packages' runtimes (they inherit os.environ).
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AzureWebJobsStorage", api_azurite.connection_string)
         mp.setenv("IMAGEBUILDER_LIST_PAGE_SIZE", "3")
+        mp.setenv("IMAGEBUILDER_STATE_DIR", str(tmp_path_factory.mktemp("direct-state")))
+        mp.setenv("IMAGEBUILDER_LOCAL_CATALOG", LOCAL_CATALOG)
         yield Direct()
 
 
@@ -237,9 +244,15 @@ class Runtime:
 
 @pytest.fixture(scope="session")
 def runtime(api_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    state = tmp_path_factory.mktemp("sdk-runtime")
     rt = Runtime(
-        tmp_path_factory.mktemp("sdk-runtime"),
-        {"AzureWebJobsStorage": api_azurite.connection_string, "IMAGEBUILDER_LIST_PAGE_SIZE": "3"},
+        state,
+        {
+            "AzureWebJobsStorage": api_azurite.connection_string,
+            "IMAGEBUILDER_STATE_DIR": str(state / "imagebuilder"),
+            "IMAGEBUILDER_LIST_PAGE_SIZE": "3",
+            "IMAGEBUILDER_LOCAL_CATALOG": LOCAL_CATALOG,
+        },
     )
     try:
         yield rt

@@ -30,11 +30,12 @@ def test_create_get_identical_put_and_immutability(direct: Direct, sub: str) -> 
     body = created.json
     assert body["id"].endswith("/imageTemplates/t1") and body["name"] == "t1"
     assert body["type"] == "Microsoft.VirtualMachineImages/imageTemplates"
-    assert body["properties"]["provisioningState"] == "Succeeded"
+    assert body["properties"]["provisioningState"] == "Creating"  # a long-running operation, as AIB's
     assert "/locations/westus/operations/" in created.headers["Azure-AsyncOperation"]
     assert created.headers["Retry-After"].isdigit()
     op = direct.get(created.headers["Azure-AsyncOperation"])
     assert op.status == 200 and op.json["status"] == "Succeeded" and op.json["endTime"]
+    assert direct.get(template_url(sub)).json["properties"]["provisioningState"] == "Succeeded"
 
     got = direct.get(template_url(sub, name="T1"))
     assert (

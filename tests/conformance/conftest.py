@@ -63,6 +63,8 @@ class AppRuntime:
             "IMAGEBUILDER_PROVIDER": "local",
             "IMAGEBUILDER_STATE_DIR": str(state_dir / "imagebuilder"),
             "IMAGEBUILDER_LIST_PAGE_SIZE": str(PAGE_SIZE),
+            # the data set's Marketplace sources mapped to local bases, as a user would map them
+            "IMAGEBUILDER_LOCAL_CATALOG": str(ROOT / "tests" / "local-catalog.json"),
         }
         argv = [sys.executable, "-m", "local_runtime", "start", str(ROOT), "--port", "0"]
         argv += ["--state-dir", str(state_dir / "host"), "--private-storage"]

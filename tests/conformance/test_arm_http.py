@@ -55,7 +55,7 @@ def test_create_is_an_arm_long_running_operation(
     created: requests.Response, http: requests.Session, base: str
 ) -> None:
     body = created.json()
-    assert body["properties"]["provisioningState"] == "Succeeded"
+    assert body["properties"]["provisioningState"] == "Creating"  # it ends when its operation does
     assert body["id"] == path()
     assert when(body["systemData"]["createdAt"]) <= when(body["systemData"]["lastModifiedAt"])
     status_url = created.headers["Azure-AsyncOperation"]
@@ -69,6 +69,8 @@ def test_create_is_an_arm_long_running_operation(
     assert op["status"] == "Succeeded" and op["name"] in status_url and op["id"] in status_url
     assert when(op["startTime"]) <= when(op["endTime"])
     assert op["resourceId"] == path()
+    done = http.get(f"{base}{path()}?api-version={API}").json()
+    assert done["properties"]["provisioningState"] == "Succeeded"
 
 
 @pytest.mark.parametrize("version", SUPPORTED_API_VERSIONS)

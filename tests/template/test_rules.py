@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from imagebuilder.template import TemplateError, parse_template
+from imagebuilder.template import IgnoredMember, TemplateError, parse_template
 from tests.template.conftest import (
     ACI_SUBNET,
     DELETE,
@@ -653,7 +653,8 @@ def test_bad_template(
     for path, value in changes:
         body = mutate(body, path, value)
     with pytest.raises(TemplateError) as info:
-        parse_template(body, api_version=api_version)
+        # unknown members are dropped with a warning by default (as AIB does); strict mode refuses them
+        parse_template(body, api_version=api_version, strict_members=case.startswith("unknown-"))
     err = info.value
     assert (err.code, err.target) == (code, target), err.to_arm()
     assert err.details == []  # one rule broken: one error, not a pile
@@ -789,8 +790,12 @@ def test_python_field_names_are_not_json_members() -> None:
     body = mutate(FULL_TEMPLATE, "properties.buildTimeoutInMinutes", DELETE)
     body = mutate(body, "properties.build_timeout_in_minutes", 77)
     with pytest.raises(TemplateError) as info:
-        parse_template(body)
+        parse_template(body, strict_members=True)
     assert (info.value.code, info.value.target) == (
         "InvalidRequestContent",
         "properties.build_timeout_in_minutes",
     )
+    warnings: list[IgnoredMember] = []
+    template = parse_template(body, warnings=warnings)  # dropped, as AIB drops what it does not know
+    assert template.properties.build_timeout_in_minutes is None
+    assert [w.target for w in warnings] == ["properties.build_timeout_in_minutes"]

@@ -273,7 +273,7 @@ def test_patch_validates_what_it_sets() -> None:
         )
     assert (info.value.code, info.value.target) == ("BadDistributeType", "properties.distribute[0].type")
     with pytest.raises(TemplateError) as info:
-        parse_template_update({"unknown": 1}, api_version="2025-10-01")
+        parse_template_update({"unknown": 1}, api_version="2025-10-01", strict_members=True)
     assert (info.value.code, info.value.target) == ("InvalidRequestContent", "unknown")
     # rules spanning the whole template are checked when the update is applied
     update = parse_template_update(

@@ -39,6 +39,8 @@ from imagebuilder.pipeline.messages import (
     ReplicationResult,
     SourceInfo,
     StepResult,
+    TemplateInput,
+    TemplateStaging,
 )
 from imagebuilder.providers.base import ComputeProvider, LogSink
 from imagebuilder.providers.local import (
@@ -51,6 +53,7 @@ from imagebuilder.providers.local import (
     distribute,
     generalize,
     prepare,
+    staging,
     stepcache,
     validate,
 )
@@ -159,3 +162,9 @@ class LocalProvider(ComputeProvider):
 
     def cleanup(self, build: BuildInput, *, keep: bool, log: LogSink) -> CleanupReport:
         return cleanup.cleanup(self.context(build), keep=keep, log=log)
+
+    def create_template(self, template: TemplateInput, log: LogSink) -> TemplateStaging:
+        return staging.create_template(self.settings, template, log)
+
+    def delete_template(self, template: TemplateInput, log: LogSink) -> CleanupReport:
+        return staging.delete_template(self.settings, template, log)
