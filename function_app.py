@@ -13,11 +13,12 @@ from activities import (
     poll,
     prepare,
     run_status,
+    template_lifecycle,
     validate,
 )
 from api import async_operations, operations, runs, templates, triggers
 from dashboard import pages as dashboard_pages
-from orchestrators import build_image, distribute_image
+from orchestrators import build_image, distribute_image, provision_template
 from triggers import evaluation, sweeper, uploads
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -30,6 +31,8 @@ for blueprint in (
     async_operations.bp,
     build_image.bp,
     distribute_image.bp,
+    provision_template.bp,
+    template_lifecycle.bp,
     prepare.bp,
     create_env.bp,
     customize.bp,

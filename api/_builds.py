@@ -6,7 +6,6 @@ orchestration (through the durable client binding).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ import azure.durable_functions as df
 
 from api._arm import ArmError, in_thread
 from imagebuilder.pipeline.messages import BuildInput, RunOptions, RunRef
-from imagebuilder.pipeline.naming import BUILD_ORCHESTRATION, CANCEL_EVENT
+from imagebuilder.pipeline.naming import BUILD_ORCHESTRATION, CANCEL_EVENT, build_instance_id
 from imagebuilder.store import TERMINAL_RUN_STATES, RunInProgressError, RunRecord, Store, StoredTemplate
 
 log = logging.getLogger("api.builds")
@@ -35,8 +34,7 @@ def new_run_id() -> str:
 
 def instance_id(run: RunRef) -> str:
     """The orchestration instance of a run: derived from (template, run id), so it is stable."""
-    digest = hashlib.sha256(run.template_id.lower().encode()).hexdigest()[:12]
-    return f"{run.template_name}-{digest}-{run.run_id}"
+    return build_instance_id(run)
 
 
 def run_ref(stored: StoredTemplate, run_id: str) -> RunRef:

@@ -62,7 +62,7 @@ def _outcome(op: OperationRecord, run: RunRecord) -> tuple[str, dict[str, Any] |
 async def settle(client: df.DurableOrchestrationClient, st: Store, sub: str, op_id: str) -> OperationRecord:
     """The operation, completed first if what it follows has ended."""
     op = await in_thread(_get, st, sub, op_id)
-    if not op.done and op.kind == "create":
+    if not op.done and op.kind in ("create", "delete"):
         return await settle_create(client, st, op)
     if op.done or op.kind not in ("run", "cancel") or not op.run_id:
         return op

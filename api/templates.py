@@ -15,9 +15,10 @@ every run's customization.log, or refused when IMAGEBUILDER_STRICT_TEMPLATE_MEMB
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from functools import cache
 from typing import Any
 
 import azure.durable_functions as df
@@ -49,18 +50,8 @@ from api._arm import (
     template_coordinates,
     template_id,
 )
-from api._builds import start_build
-from imagebuilder.pipeline.messages import (
-    CleanupReport,
-    ErrorInfo,
-    Pending,
-    RunRef,
-    TemplateInput,
-    TemplateRef,
-    TemplateStaging,
-)
-from imagebuilder.providers.base import ComputeProvider, ProviderError, TransientProviderError
-from imagebuilder.providers.registry import get_provider
+from imagebuilder.pipeline import naming
+from imagebuilder.pipeline.messages import RunRef, TemplateRef
 from imagebuilder.settings import Settings
 from imagebuilder.store import (
     AlreadyExistsError,
@@ -89,24 +80,6 @@ _READ_ONLY_PROPERTIES = (
     "exactStagingResourceGroup",
 )
 _RETRIES = 10
-# AIB's ProvisioningErrorCode values (the spec's enum); any other provider code is reported as Other.
-PROVISIONING_ERROR_CODES = (
-    "BadSourceType",
-    "BadPIRSource",
-    "BadManagedImageSource",
-    "BadSharedImageVersionSource",
-    "BadCustomizerType",
-    "UnsupportedCustomizerType",
-    "NoCustomizerScript",
-    "BadValidatorType",
-    "UnsupportedValidatorType",
-    "NoValidatorScript",
-    "BadDistributeType",
-    "BadSharedImageDistribute",
-    "BadStagingResourceGroup",
-    "ServerError",
-    "Other",
-)
 
 
 def not_found(rg: str, name: str) -> ArmError:
@@ -253,21 +226,13 @@ def image_templates_list_by_resource_group(req: func.HttpRequest) -> func.HttpRe
 
 
 @bp.route(route=TEMPLATE, methods=["GET"])
-@bp.durable_client_input(client_name="client")
 @arm
-async def image_templates_get(
-    req: func.HttpRequest, client: df.DurableOrchestrationClient
-) -> func.HttpResponse:
-    """VirtualMachineImageTemplates_Get, with lastRunStatus from the template's last run (a template still
-    Creating is taken one step further first)."""
+def image_templates_get(req: func.HttpRequest) -> func.HttpResponse:
+    """VirtualMachineImageTemplates_Get, with lastRunStatus from the template's last run."""
     api_version(req)
     sub, rg, name = template_coordinates(req)
     st = store()
-    stored = await provision(client, st, sub, rg, name)
-    if stored is None:
-        raise not_found(rg, name)
-    body = await in_thread(body_of, st, stored)
-    return json_response(body)
+    return json_response(body_of(st, load(st, sub, rg, name)))
 
 
 @bp.route(route=TEMPLATE, methods=["HEAD"])
@@ -360,9 +325,16 @@ async def image_templates_create_or_update(
     created = op is not None
     if op is None:
         op = await in_thread(_operation_for, st, stored)
+    else:
+        await start_create(client, st, stored, op)
+        op = await in_thread(_get_operation, st, op)
     fresh = await in_thread(load, st, sub, rg, name)
     body = await in_thread(body_of, st, fresh)
     return json_response(body, 201 if created else 200, lro_headers(req, op, location=False, version=version))
+
+
+def _get_operation(st: Store, op: OperationRecord) -> OperationRecord:
+    return st.operations.get(op.subscription_id, op.operation_id) or op
 
 
 def _operation_for(st: Store, stored: StoredTemplate) -> OperationRecord:
@@ -395,154 +367,116 @@ def _provisioning_error(stored: StoredTemplate) -> dict[str, Any] | None:
     }
 
 
-@cache
-def _provider(settings: Settings) -> ComputeProvider:
-    return get_provider(settings.provider)
-
-
-class _Lines:
-    """A LogSink that keeps what the provider says about a create (for the service log)."""
-
-    uri = ""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.lines.extend(text.splitlines())
-
-
-def _create_with_provider(stored: StoredTemplate) -> TemplateStaging | Pending:
-    """One step of the provider's `create_template` (continued with `poll` while it is Pending)."""
-    provider = _provider(Settings.from_env())
-    sink = _Lines()
-    pending = stored.service.get("pending")
-    try:
-        if isinstance(pending, dict):
-            result = provider.poll(Pending.model_validate(pending), sink)
-        else:
-            tpl = TemplateInput(
-                ref=TemplateRef(
-                    subscription_id=stored.subscription_id,
-                    resource_group=stored.resource_group,
-                    template_name=stored.name,
-                ),
-                template=stored.resource,
-            )
-            result = provider.create_template(tpl, sink)
-    except TransientProviderError:
-        raise
-    except ProviderError as exc:
-        result = TemplateStaging(status="failed", error=ErrorInfo(code="Other", message=str(exc)))
-    for line in sink.lines:
-        log.info("create %s: %s", stored.name, line)
-    if isinstance(result, TemplateStaging | Pending):
-        return result
-    return TemplateStaging.model_validate(result)
-
-
-def _provision(st: Store, sub: str, rg: str, name: str) -> StoredTemplate | None:
-    """Take a Creating template one step further: run the provider's checks and staging, then record
-    Succeeded (with exactStagingResourceGroup) or Failed (with provisioningError). Idempotent; a
-    transient provider failure leaves it Creating for the next read."""
+def _start_failed(st: Store, stored: StoredTemplate, op_id: str, exc: Exception) -> StoredTemplate:
+    """The create could not be started (the durable host is down): the template ends Failed, as AIB's
+    does when its service cannot take the create, and can be deleted and created again."""
+    message = (
+        f"The create could not be started ({type(exc).__name__}); delete the template and create it again."
+    )
     for _ in range(_RETRIES):
-        stored = st.templates.get(sub, rg, name)
-        if stored is None or stored.provisioning_state != "Creating":
-            return stored
-        try:
-            result = _create_with_provider(stored)
-        except TransientProviderError as exc:
-            log.warning("create of %s: transient provider failure, retried on the next poll: %s", name, exc)
-            return stored
         resource = json.loads(json.dumps(stored.resource))
-        props = resource["properties"]
-        service = dict(stored.service)
-        if isinstance(result, Pending):
-            service["pending"] = result.model_dump(mode="json")
-        elif result.status == "succeeded":
-            props["provisioningState"] = "Succeeded"
-            if result.exact_staging_resource_group:
-                props["exactStagingResourceGroup"] = result.exact_staging_resource_group
-            service.pop("pending", None)
-            service["staging"] = result.staging
-            service["warnings"] = list(service.get("warnings") or []) + result.warnings
-        else:
-            error = result.error or ErrorInfo(code="Other", message="The template could not be created.")
-            code = error.code if error.code in PROVISIONING_ERROR_CODES else "Other"
-            props["provisioningState"] = "Failed"
-            props["provisioningError"] = {"provisioningErrorCode": code, "message": error.message}
-            service.pop("pending", None)
+        resource["properties"]["provisioningState"] = "Failed"
+        resource["properties"]["provisioningError"] = {
+            "provisioningErrorCode": "ServerError",
+            "message": message,
+        }
         try:
-            return st.templates.replace(sub, rg, name, resource, etag=stored.etag, service=service)
+            stored = st.templates.replace(
+                stored.subscription_id, stored.resource_group, stored.name, resource, etag=stored.etag
+            )
+            break
         except ConcurrencyError:
-            continue
-    return st.templates.get(sub, rg, name)
-
-
-async def provision(
-    client: df.DurableOrchestrationClient, st: Store, sub: str, rg: str, name: str
-) -> StoredTemplate | None:
-    """Settle a Creating template (see `_provision`), complete its create operation once it has an
-    outcome, and start its `autoRun` build after a successful create."""
-    before = await in_thread(st.templates.get, sub, rg, name)
-    if before is None or before.provisioning_state != "Creating":
-        return before
-    stored = await in_thread(_provision, st, sub, rg, name)
-    if stored is None or stored.provisioning_state == "Creating":
-        return stored
-    op_id = stored.service.get("createOperation")
-    if isinstance(op_id, str):
-        error = _provisioning_error(stored)
-        await in_thread(
-            st.operations.complete,
-            stored.subscription_id,
-            op_id,
-            status="Failed" if error else "Succeeded",
-            error=error,
-        )
-    auto = (stored.resource.get("properties") or {}).get("autoRun") or {}
-    if stored.provisioning_state == "Succeeded" and auto.get("state") == "Enabled" and not stored.last_run_id:
-        try:
-            await start_build(client, st, stored)
-        except ArmError as exc:  # the template exists either way; the run records why it did not start
-            if exc.status not in (409, 503):
-                raise
-        stored = await in_thread(load, st, sub, rg, name)
+            fresh = st.templates.get(stored.subscription_id, stored.resource_group, stored.name)
+            if fresh is None or fresh.provisioning_state != "Creating":
+                return fresh or stored
+            stored = fresh
+    st.operations.complete(
+        stored.subscription_id, op_id, status="Failed", error={"code": "ServerError", "message": message}
+    )
     return stored
+
+
+async def start_create(
+    client: df.DurableOrchestrationClient, st: Store, stored: StoredTemplate, op: OperationRecord
+) -> StoredTemplate:
+    """Start `provision_template` for a template just stored as Creating."""
+    ref = template_ref(stored)
+    payload = {"ref": ref.model_dump(mode="json"), "operationId": op.operation_id}
+    instance = naming.template_instance_id("create", ref, op.operation_id)
+    try:
+        await client.start_new(naming.PROVISION_ORCHESTRATION, instance, payload)
+    except Exception as exc:
+        log.exception("starting %s for %s failed", naming.PROVISION_ORCHESTRATION, stored.name)
+        failed: StoredTemplate = await in_thread(_start_failed, st, stored, op.operation_id, exc)
+        return failed
+    return stored
+
+
+def template_ref(stored: StoredTemplate) -> TemplateRef:
+    return TemplateRef(
+        subscription_id=stored.subscription_id,
+        resource_group=stored.resource_group,
+        template_name=stored.name,
+    )
 
 
 async def settle_create(
     client: df.DurableOrchestrationClient, st: Store, op: OperationRecord
 ) -> OperationRecord:
-    """A create operation, taken one step further if its template is still Creating."""
-    if op.done or op.kind != "create":
+    """A create (or delete) operation as it stands: completed by its orchestration's activity; failed
+    here if the orchestration itself ended without completing it (crashed, terminated)."""
+    if op.done or op.kind not in ("create", "delete"):
         return op
     sub, rg, name = parse_template_id(op.resource_id)
-    stored = await provision(client, st, sub, rg, name)
-    if stored is None:
-        done: OperationRecord = await in_thread(
-            st.operations.complete,
-            op.subscription_id,
-            op.operation_id,
-            status="Failed",
-            error={
-                "code": "ResourceNotFound",
-                "message": "The template was deleted before its create ended.",
-            },
-        )
-        return done
-    fresh = await in_thread(st.operations.get, op.subscription_id, op.operation_id)
-    return fresh or op
+    ref = TemplateRef(subscription_id=sub, resource_group=rg, template_name=name)
+    instance = naming.template_instance_id(op.kind, ref, op.operation_id)
+    try:
+        status = await client.get_status(instance)
+    except Exception:  # the durable host cannot tell: the operation is still what it was
+        return op
+    runtime = getattr(status, "runtime_status", None)
+    state = getattr(runtime, "name", str(runtime or ""))
+    if state not in ("Failed", "Terminated", "Canceled"):
+        fresh = await in_thread(st.operations.get, op.subscription_id, op.operation_id)
+        return fresh or op
+    message = f"The {op.kind} ended without an outcome ({state}); delete the template and try again."
+    if op.kind == "create":
+        stored = await in_thread(st.templates.get, sub, rg, name)
+        if stored is not None and stored.provisioning_state == "Creating":
+            await in_thread(_start_failed, st, stored, op.operation_id, RuntimeError(message))
+    done: OperationRecord = await in_thread(
+        st.operations.complete,
+        op.subscription_id,
+        op.operation_id,
+        status="Failed",
+        error={"code": "ServerError", "message": message},
+    )
+    return done
+
+
+# How long a run or delete of a template still Creating waits for the create to end (a local create takes
+# well under a second, an Azure one a few seconds: the staging resource group).
+CREATE_WAIT_SECONDS = 30.0
+
+
+async def wait_created(st: Store, sub: str, rg: str, name: str) -> StoredTemplate:
+    """The template once it is no longer Creating, or as it is after CREATE_WAIT_SECONDS."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CREATE_WAIT_SECONDS
+    while True:
+        stored = await in_thread(load, st, sub, rg, name)
+        if stored.provisioning_state != "Creating" or loop.time() > deadline:
+            return stored
+        await asyncio.sleep(0.2)
 
 
 async def load_ready(
     client: df.DurableOrchestrationClient, st: Store, sub: str, rg: str, name: str
 ) -> StoredTemplate:
-    """The template for an action that needs it created (run, cancel): settled first if Creating; 409 if
-    its create failed or is still going on, or it is being deleted."""
-    stored = await provision(client, st, sub, rg, name)
-    if stored is None:
-        raise not_found(rg, name)
+    """The template for an action that needs it created (run): its create is waited for a little (a
+    script that PUTs and runs at once); 409 if the create failed or is still going on, or it is being
+    deleted."""
+    stored = await wait_created(st, sub, rg, name)
     if stored.provisioning_state == "Deleting":
         raise deleting(stored.name)
     if stored.provisioning_state == "Creating":
@@ -595,45 +529,6 @@ def image_templates_update(req: func.HttpRequest) -> func.HttpResponse:
     )
 
 
-def _delete_staging(stored: StoredTemplate) -> None:
-    """The provider's `delete_template`: the template's staging resources go with it (a failed create's
-    too). A failure leaves the template Deleting, so that the next DELETE tries again."""
-    tpl = TemplateInput(
-        ref=TemplateRef(
-            subscription_id=stored.subscription_id,
-            resource_group=stored.resource_group,
-            template_name=stored.name,
-        ),
-        template=stored.resource,
-        staging=stored.service.get("staging") or {},
-    )
-    provider = _provider(Settings.from_env())
-    sink = _Lines()
-    try:
-        report: Any = provider.delete_template(tpl, sink)
-        while isinstance(report, Pending):
-            report = provider.poll(report, sink)
-    except ProviderError as exc:
-        raise ArmError(
-            503 if isinstance(exc, TransientProviderError) else 500,
-            "StagingCleanupFailed",
-            f"The staging resources of image template '{stored.name}' could not be removed: {exc}. "
-            "Delete the template again to retry.",
-        ) from None
-    errors = (
-        CleanupReport.model_validate(report).errors
-        if not isinstance(report, CleanupReport)
-        else report.errors
-    )
-    if errors:
-        raise ArmError(
-            500,
-            "StagingCleanupFailed",
-            f"The staging resources of image template '{stored.name}' could not all be removed "
-            f"({'; '.join(errors)}). Delete the template again to retry.",
-        )
-
-
 def _delete(st: Store, sub: str, rg: str, name: str) -> StoredTemplate | None:
     for _ in range(_RETRIES):
         stored = st.templates.get(sub, rg, name)
@@ -647,6 +542,13 @@ def _delete(st: Store, sub: str, rg: str, name: str) -> StoredTemplate | None:
                 f"Image template '{stored.name}' has a build in progress (run {run.run.run_id}, "
                 f"{run.run_state}); cancel it and wait for it to end before deleting the template.",
             )
+        if stored.provisioning_state == "Creating":
+            raise ArmError(
+                409,
+                "Conflict",
+                f"Image template '{stored.name}' is still being created; wait for its create to end, then "
+                "delete it.",
+            )
         if stored.provisioning_state != "Deleting":
             resource = dict(stored.resource)
             resource["properties"] = {**(resource.get("properties") or {}), "provisioningState": "Deleting"}
@@ -654,8 +556,8 @@ def _delete(st: Store, sub: str, rg: str, name: str) -> StoredTemplate | None:
                 stored = st.templates.replace(sub, rg, name, resource, etag=stored.etag)
             except ConcurrencyError:
                 continue
-        _delete_staging(stored)
-        st.purge_template(sub, rg, name)
+        if not stored.service.get("staging"):  # no staging resources: nothing of the provider's to remove
+            st.purge_template(sub, rg, name)
         return stored
     raise ArmError(
         409, "Conflict", f"Image template '{name}' is being changed concurrently; retry the request."
@@ -663,22 +565,53 @@ def _delete(st: Store, sub: str, rg: str, name: str) -> StoredTemplate | None:
 
 
 @bp.route(route=TEMPLATE, methods=["DELETE"])
+@bp.durable_client_input(client_name="client")
 @arm
-def image_templates_delete(req: func.HttpRequest) -> func.HttpResponse:
-    """VirtualMachineImageTemplates_Delete: 202 with Location/Azure-AsyncOperation, 204 if absent."""
+async def image_templates_delete(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient
+) -> func.HttpResponse:
+    """VirtualMachineImageTemplates_Delete: 202 with Location/Azure-AsyncOperation, 204 if absent. A
+    template with staging resources is deleted by `delete_template` (staging first, as AIB does)."""
     version = api_version(req)
     sub, rg, name = template_coordinates(req)
     st = store()
-    stored = _delete(st, sub, rg, name)
+    with contextlib.suppress(ArmError):  # absent: _delete answers
+        await wait_created(st, sub, rg, name)
+    stored = await in_thread(_delete, st, sub, rg, name)
     if stored is None:
         return empty_response(204)
-    op = st.operations.create(
+    staged = bool(stored.service.get("staging"))
+    op = await in_thread(
+        st.operations.create,
         sub,
         location_slug(str(stored.resource.get("location", ""))),
         kind="delete",
         resource_id=template_id(sub, rg, stored.name),
-        status="Succeeded",
+        status="InProgress" if staged else "Succeeded",
     )
+    if staged:
+        ref = template_ref(stored)
+        payload = {"ref": ref.model_dump(mode="json"), "operationId": op.operation_id}
+        try:
+            await client.start_new(
+                naming.DELETE_TEMPLATE_ORCHESTRATION,
+                naming.template_instance_id("delete", ref, op.operation_id),
+                payload,
+            )
+        except Exception:
+            log.exception("starting %s for %s failed", naming.DELETE_TEMPLATE_ORCHESTRATION, stored.name)
+            await in_thread(
+                st.operations.complete,
+                sub,
+                op.operation_id,
+                status="Failed",
+                error={"code": "ServerError", "message": "The delete could not be started."},
+            )
+            raise ArmError(
+                503,
+                "ServiceUnavailable",
+                f"The delete of image template '{stored.name}' could not be started; delete it again.",
+            ) from None
     return empty_response(202, lro_headers(req, op, location=True, version=version))
 
 

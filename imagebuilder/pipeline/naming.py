@@ -6,12 +6,20 @@ again; nothing reads a clock or a random source.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+from imagebuilder.pipeline.messages import RunRef, TemplateRef
 
 # Durable function names (the orchestrators and activities register exactly these).
 BUILD_ORCHESTRATION = "build_image"
 DISTRIBUTE_ORCHESTRATION = "distribute_image"
 CANCEL_EVENT = "cancel"
+# Template lifecycle: create (checks, staging resources, then autoRun's build) and delete (staging removed).
+PROVISION_ORCHESTRATION = "provision_template"
+DELETE_TEMPLATE_ORCHESTRATION = "delete_template"
+ACTIVITY_CREATE_TEMPLATE = "create_template_step"
+ACTIVITY_DELETE_TEMPLATE = "delete_template_step"
 
 ACTIVITY_PREPARE = "prepare"
 ACTIVITY_CREATE_ENV = "create_env"
@@ -34,6 +42,18 @@ PHASE_ACTIVITIES = (
     ACTIVITY_DISTRIBUTE,
     ACTIVITY_CLEANUP,
 )
+
+
+def build_instance_id(run: RunRef) -> str:
+    """The `build_image` instance of a run: derived from (template, run id), so it is stable."""
+    digest = hashlib.sha256(run.template_id.lower().encode()).hexdigest()[:12]
+    return f"{run.template_name}-{digest}-{run.run_id}"
+
+
+def template_instance_id(kind: str, ref: TemplateRef, operation_id: str) -> str:
+    """The instance of a template's `provision_template` / `delete_template` for one ARM operation."""
+    digest = hashlib.sha256(ref.template_id.lower().encode()).hexdigest()[:12]
+    return f"{kind}-{ref.template_name}-{digest}-{operation_id}"
 
 
 def distribute_instance_id(parent_instance_id: str, target_index: int) -> str:

@@ -1,52 +1,62 @@
-"""Issue 16 at the handler level: create as a long-running operation (Creating -> Succeeded/Failed with
-provisioningError, GET shows it, DELETE removes it, the staging group goes with the template), unknown
-members dropped with warnings (op status, customization.log) or refused by the strict app setting, and ARM
-ids compared case-insensitively."""
+"""Issue 16 through the local runtime (the real `provision_template` / `delete_template` orchestrations and
+the local provider): create as a long-running operation (Creating -> Succeeded/Failed with
+provisioningError, GET shows it, DELETE removes it), unknown members dropped with warnings (op status,
+customization.log) or refused by the strict app setting, and ARM ids compared case-insensitively."""
 
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
+import time
 from typing import Any
 
 import pytest
 
-from tests.api.conftest import API, Direct, minimal_template, template_url
+from tests.api.conftest import API, Direct, Http, Runtime, minimal_template, template_url
+
+pytestmark = pytest.mark.slow
 
 
-def settle(direct: Direct, created: Any) -> dict[str, Any]:
-    """Poll the create's Azure-AsyncOperation until it ends; the final operation status body."""
-    for _ in range(20):
-        op = direct.get(created.headers["Azure-AsyncOperation"])
+@pytest.fixture
+def http(runtime: Runtime) -> Http:
+    return Http(runtime)
+
+
+def settle(http: Http, started: Any) -> dict[str, Any]:
+    """Poll an Azure-AsyncOperation until it ends; the final operation status body."""
+    deadline = time.monotonic() + 60
+    while True:
+        op = http.get(started.headers["Azure-AsyncOperation"])
         assert op.status == 200, op.text
         if op.json["status"] != "InProgress":
             return dict(op.json)
-    raise AssertionError(f"the create never ended: {op.json}")
+        assert time.monotonic() < deadline, f"the operation never ended: {op.json}"
+        time.sleep(0.2)
 
 
-def test_create_is_a_long_running_operation(direct: Direct, sub: str) -> None:
-    created = direct.put(template_url(sub), minimal_template())
+def test_create_is_a_long_running_operation(http: Http, runtime: Runtime, sub: str) -> None:
+    created = http.put(template_url(sub), minimal_template())
     assert created.status == 201, created.text
     assert created.json["properties"]["provisioningState"] == "Creating"
     assert "exactStagingResourceGroup" not in created.json["properties"]
-    op = settle(direct, created)
+    op = settle(http, created)
     assert op["status"] == "Succeeded" and op["endTime"] and "error" not in op
-    got = direct.get(template_url(sub)).json
+    got = http.get(template_url(sub)).json
     assert got["properties"]["provisioningState"] == "Succeeded"
     group = got["properties"]["exactStagingResourceGroup"]
     assert group.startswith(f"/subscriptions/{sub}/resourceGroups/IT_rg1_t1_"), group
-    folder = Path(os.environ["IMAGEBUILDER_STATE_DIR"], "staging", sub, group.rsplit("/", 1)[1].lower())
+    folder = runtime.state_dir / "imagebuilder" / "staging" / sub / group.rsplit("/", 1)[1].lower()
     assert (folder / "staging.json").is_file()
-    # an identical PUT while or after creating answers with the create's outcome
-    again = direct.put(template_url(sub), minimal_template())
-    assert again.status == 200 and settle(direct, again)["status"] == "Succeeded"
-    deleted = direct.delete(template_url(sub))
+    # an identical PUT after creating answers with the create's outcome
+    again = http.put(template_url(sub), minimal_template())
+    assert again.status == 200 and settle(http, again)["status"] == "Succeeded"
+    deleted = http.delete(template_url(sub))
     assert deleted.status == 202
+    assert settle(http, deleted)["status"] == "Succeeded"
+    assert http.get(template_url(sub)).status == 404
     assert not folder.exists(), "the staging group is deleted with its template"
 
 
-def test_unresolvable_source_fails_the_create(direct: Direct, sub: str) -> None:
+def test_unresolvable_source_fails_the_create(http: Http, sub: str) -> None:
     body = minimal_template()
     body["properties"]["source"] = {
         "type": "PlatformImage",
@@ -55,31 +65,31 @@ def test_unresolvable_source_fails_the_create(direct: Direct, sub: str) -> None:
         "sku": "server",
         "version": "latest",
     }
-    created = direct.put(template_url(sub), body)
+    created = http.put(template_url(sub), body)
     assert created.status == 201 and created.json["properties"]["provisioningState"] == "Creating"
-    op = settle(direct, created)
+    op = settle(http, created)
     assert op["status"] == "Failed" and op["error"]["code"] == "BadPIRSource"
     message = op["error"]["message"]
     assert "Canonical:ubuntu-24_04-lts:server:latest" in message and "IMAGEBUILDER_LOCAL_CATALOG" in message
-    got = direct.get(template_url(sub))
+    got = http.get(template_url(sub))
     assert got.status == 200
     props = got.json["properties"]
     assert props["provisioningState"] == "Failed"
     assert props["provisioningError"]["provisioningErrorCode"] == "BadPIRSource"
     assert "Canonical:ubuntu-24_04-lts:server" in props["provisioningError"]["message"]
-    run = direct.post(template_url(sub, suffix="/run"))
+    run = http.post(template_url(sub, suffix="/run"))
     assert run.status == 409 and "failed to be created" in run.json["error"]["message"]
-    assert direct.delete(template_url(sub)).status == 202
-    assert direct.get(template_url(sub)).status == 404
+    assert http.delete(template_url(sub)).status == 202
+    assert http.get(template_url(sub)).status == 404
 
 
-def test_missing_managed_image_source_fails_the_create(direct: Direct, sub: str) -> None:
+def test_missing_managed_image_source_fails_the_create(http: Http, sub: str) -> None:
     body = minimal_template()
     body["properties"]["source"] = {
         "type": "ManagedImage",
         "imageId": f"/subscriptions/{sub}/resourceGroups/rg1/providers/Microsoft.Compute/images/nope",
     }
-    op = settle(direct, direct.put(template_url(sub), body))
+    op = settle(http, http.put(template_url(sub), body))
     assert op["status"] == "Failed" and op["error"]["code"] == "BadManagedImageSource", op
     assert "nope" in op["error"]["message"]
 
@@ -119,13 +129,13 @@ FIELD_WARNINGS = [
 ]
 
 
-def test_unknown_members_are_dropped_with_warnings(direct: Direct, sub: str) -> None:
-    created = direct.put(template_url(sub, api="2020-02-14"), FIELD_TEMPLATE)
+def test_unknown_members_are_dropped_with_warnings(http: Http, sub: str) -> None:
+    created = http.put(template_url(sub, api="2020-02-14"), FIELD_TEMPLATE)
     assert created.status == 201, created.text
-    op = settle(direct, created)
+    op = settle(http, created)
     assert op["status"] == "Succeeded", op
     assert sorted(op["properties"]["warnings"]) == sorted(FIELD_WARNINGS)
-    got = direct.get(template_url(sub)).json["properties"]
+    got = http.get(template_url(sub)).json["properties"]
     assert "tags" not in got["vmProfile"] and "runAsUser" not in got["customize"][0]
     assert set(got["distribute"][0]) == {"type", "galleryImageId", "runOutputName", "replicationRegions"}
     assert set(got["distribute"][1]) == {"type", "runOutputName"}
@@ -137,12 +147,12 @@ def test_unknown_members_are_dropped_with_warnings(direct: Direct, sub: str) -> 
     target = respelt["properties"]["distribute"][0]
     target["galleryImageId"] = target["galleryImageId"].replace("resourcegroups", "resourceGroups")
     target["replicationRegions"] = ["westus", "East US"]
-    assert direct.put(template_url(sub, api="2022-02-14"), respelt).status == 200
-    # every run's customization.log says what was ignored (here the build cannot start: no durable host)
-    run = direct.post(template_url(sub, suffix="/run"))
-    assert run.status == 503
-    runs = direct.get(template_url(sub, suffix="/runs")).json["value"]
-    log = direct.get(template_url(sub, suffix=f"/runs/{runs[0]['name']}/logs/customization.log"))
+    assert http.put(template_url(sub, api="2022-02-14"), respelt).status == 200
+    # every run's customization.log says what was ignored
+    run = http.post(template_url(sub, suffix="/run"))
+    assert run.status == 202, run.text
+    runs = http.get(template_url(sub, suffix="/runs")).json["value"]
+    log = http.get(template_url(sub, suffix=f"/runs/{runs[0]['name']}/logs/customization.log"))
     assert log.status == 200
     for line in FIELD_WARNINGS:
         assert f"warning: {line}" in log.text
@@ -163,8 +173,8 @@ def test_strict_setting_refuses_unknown_members(
     assert direct.put(template_url(sub), minimal_template()).status == 201
 
 
-def test_api_versions_used_in_the_field(direct: Direct, sub: str) -> None:
+def test_api_versions_used_in_the_field(http: Http, sub: str) -> None:
     for i, version in enumerate(("2020-02-14", "2021-10-01", "2022-02-14", "2022-07-01", "2023-07-01", API)):
-        put = direct.put(template_url(sub, name=f"v{i}", api=version), FIELD_TEMPLATE)
+        put = http.put(template_url(sub, name=f"v{i}", api=version), FIELD_TEMPLATE)
         assert put.status == 201, (version, put.text)
-        assert settle(direct, put)["status"] == "Succeeded"
+        assert settle(http, put)["status"] == "Succeeded"

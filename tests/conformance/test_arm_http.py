@@ -6,6 +6,7 @@ operation status resource, provisioningState and systemData; and a real-world tr
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -63,9 +64,15 @@ def test_create_is_an_arm_long_running_operation(
     assert f"/subscriptions/{SUB}/providers/Microsoft.VirtualMachineImages/locations/westus2/operations/" in (
         status_url
     )
-    status = http.get(status_url)
-    assert status.status_code == 200
-    op = status.json()
+    deadline = time.monotonic() + 60
+    while True:
+        status = http.get(status_url)
+        assert status.status_code == 200
+        op = status.json()
+        if op["status"] != "InProgress":
+            break
+        assert int(status.headers["Retry-After"]) >= 1 and time.monotonic() < deadline
+        time.sleep(0.2)
     assert op["status"] == "Succeeded" and op["name"] in status_url and op["id"] in status_url
     assert when(op["startTime"]) <= when(op["endTime"])
     assert op["resourceId"] == path()
@@ -187,7 +194,12 @@ def test_patch_moves_last_modified_and_delete_is_a_202_operation(http: requests.
     deleted = http.delete(f"{base}{path(name)}?api-version=2022-02-14")
     assert deleted.status_code == 202
     assert int(deleted.headers["Retry-After"]) >= 1
+    deadline = time.monotonic() + 60
     result = http.get(deleted.headers["Location"])
+    while result.status_code == 202:  # the staging resources go first, then the template
+        assert time.monotonic() < deadline and int(result.headers["Retry-After"]) >= 1
+        time.sleep(0.2)
+        result = http.get(deleted.headers["Location"])
     assert result.status_code in (200, 204)
     status = http.get(deleted.headers["Azure-AsyncOperation"]).json()
     assert status["status"] == "Succeeded"

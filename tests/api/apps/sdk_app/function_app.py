@@ -1,5 +1,6 @@
-"""Test app: the project's ARM blueprints plus a tiny real `build_image` orchestration, so run, poll and
-cancel are tested through the durable host without building an image.
+"""Test app: the project's ARM blueprints and template lifecycle plus a tiny real `build_image`
+orchestration, so create, run, poll and cancel are tested through the durable host without building an
+image.
 
 The orchestration reads its script from the template's tags: `test.seconds` (how long the "build" takes,
 a durable timer), `test.outcome` (Succeeded, PartiallySucceeded or Failed). It races the timer with the
@@ -15,10 +16,12 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities import template_lifecycle
 from api import async_operations, operations, runs, templates, triggers
 from imagebuilder.pipeline.messages import BuildInput
 from imagebuilder.settings import Settings
 from imagebuilder.store import open_store
+from orchestrators import provision_template
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 bp = df.Blueprint()
@@ -69,5 +72,14 @@ def test_record(payload: dict[str, Any]) -> str:
     return state or "Running"
 
 
-for blueprint in (operations.bp, templates.bp, runs.bp, triggers.bp, async_operations.bp, bp):
+for blueprint in (
+    operations.bp,
+    templates.bp,
+    runs.bp,
+    triggers.bp,
+    async_operations.bp,
+    provision_template.bp,  # the template lifecycle is the real one (local provider)
+    template_lifecycle.bp,
+    bp,
+):
     app.register_functions(blueprint)
