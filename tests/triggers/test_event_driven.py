@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from examples.demo import DemoError
 from imagebuilder.pipeline import events as ev
 from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.providers.local.layout import RunLayout
@@ -217,7 +218,12 @@ def test_trigger_disabled_after_repeated_failures(env: Env) -> None:
         "imageVersionId": f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/galleries/"
         "nowhere/images/missing/versions/latest",
     }
-    env.api.put_template("broken", broken)
+    # its create fails as AIB's does (the source does not exist); the template stays, Failed
+    created = env.api.request("PUT", env.api.template_path("broken"), broken)
+    assert created.status == 201
+    with pytest.raises(DemoError, match="BadSharedImageVersionSource"):
+        env.api.wait_operation(created, "creating template broken")
+    assert env.api.get_template("broken")["properties"]["provisioningState"] == "Failed"
     env.trigger("broken", "onNewBase", {"properties": {"kind": "SourceImage"}})
     deadline = time.monotonic() + 60
     status: dict[str, Any] = {}
