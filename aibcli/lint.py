@@ -63,7 +63,7 @@ def lint(body: Any) -> list[Finding]:
     ignored: list[Any] = []
     try:
         try:
-            parse_template(body, warnings=ignored)  # type: ignore[call-arg]
+            parse_template(body, warnings=ignored)
         except TypeError:  # a template package that refuses unknown members instead of ignoring them
             parse_template(body)
     except TemplateError as exc:

@@ -76,8 +76,7 @@ async def start_build(
         record = await in_thread(store.runs.set_status, ref, details=details)
     warnings = [str(w) for w in stored.service.get("warnings") or []]
     if warnings:  # what the create ignored, where the build's reader will see it
-        await in_thread(store.runs.log(ref).write, "".join(f"warning: {w}
-" for w in warnings))
+        await in_thread(store.runs.log(ref).write, "".join(f"warning: {w}\n" for w in warnings))
     build = BuildInput(run=ref, template=stored.resource, options=options or RunOptions())
     payload: dict[str, Any] = build.model_dump(mode="json")
     try:
