@@ -14,26 +14,27 @@ import functools
 import http.server
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python examples/demo.py` from anywhere: the runtime helper is in the repo
+    sys.path.insert(0, str(ROOT))
+
+from local_runtime.process import LISTENING, HostProcess, HostProcessError  # noqa: E402
+
 EXAMPLES = ROOT / "examples"
 API_VERSION = "2025-10-01"
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 RESOURCE_GROUP = "imagebuilder-demo"
 TERMINAL = ("Succeeded", "PartiallySucceeded", "Failed", "Canceled")
-LISTENING = re.compile(r"Listening on (http://[\w.\-]+:\d+)")
 
 
 class DemoError(Exception):
@@ -41,99 +42,45 @@ class DemoError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- runtime
-@dataclass
-class LocalRuntime:
-    """`python -m local_runtime start APP_DIR --port 0 --state-dir DIR` as a child process group."""
+class LocalRuntime(HostProcess):
+    """This repository's app on the local runtime (`local_runtime.process.HostProcess`): its own process
+    group (stop() reaches Azurite and sandboxes too), output also in `state_dir/runtime.log`."""
 
-    state_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    app_dir: Path = ROOT
-    log_path: Path | None = None
-    extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[str] | None = None
-    base_url: str = ""
-    _reader: threading.Thread | None = None
-
-    def start(self, timeout: float = 120.0) -> LocalRuntime:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.log_path or self.state_dir / "runtime.log"
+    def __init__(
+        self,
+        state_dir: Path,
+        env: dict[str, str] | None = None,
+        app_dir: Path = ROOT,
+        log_path: Path | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         # host.json names the task hub through this app setting (as it is set on Azure)
-        env = {"IMAGEBUILDER_TASK_HUB": "ImageBuilderHub", **os.environ, **self.env}
-        argv = [sys.executable, "-m", "local_runtime", "start", str(self.app_dir), "--port", "0"]
-        argv += ["--state-dir", str(self.state_dir), *self.extra_args]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=self.app_dir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # one process group: stop() reaches Azurite and sandboxes too
+        hub = os.environ.get("IMAGEBUILDER_TASK_HUB", "ImageBuilderHub")
+        super().__init__(
+            app_dir,
+            state_dir,
+            env={"IMAGEBUILDER_TASK_HUB": hub, **(env or {})},
+            args=extra_args or [],
+            log_path=log_path or state_dir / "runtime.log",
+            new_session=True,
         )
-        found = threading.Event()
-        log_path = self.log_path
 
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            with log_path.open("a") as log:
-                for line in self.proc.stdout:
-                    log.write(line)
-                    log.flush()
-                    m = LISTENING.search(line)
-                    if m and not found.is_set():
-                        self.base_url = m.group(1)
-                        found.set()
-
-        self._reader = threading.Thread(target=pump, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + timeout
-        while not found.wait(0.2):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.tail()
-                self.stop()
-                raise DemoError(f"the local runtime did not start (see {self.log_path}):\n{tail}")
+    def start(self, *, wait: str | None = LISTENING, timeout: float = 120.0) -> LocalRuntime:
+        try:
+            super().start(wait=wait, timeout=timeout)
+        except HostProcessError:
+            raise DemoError(
+                f"the local runtime did not start (see {self.log_path}):\n{self.tail()}"
+            ) from None
         return self
 
-    def tail(self, lines: int = 30) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
     @property
-    def key(self) -> str:
-        """The host's default function key (the runtime keeps its keys in the state dir)."""
-        data = json.loads((self.state_dir / "keys.json").read_text())
-        return str(data["functionKeys"]["default"])
+    def base_url(self) -> str:
+        return self.url
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        """Stop the runtime's whole process group (SIGKILL when it does not stop in time)."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        # whatever the group left behind (a crash leaves orphans): make sure it is gone
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if self._reader is not None:
-            self._reader.join(5)
-        self.proc = None
-
-    def kill9(self) -> None:
-        """A crash: SIGKILL to the runtime's process group, no chance to clean up."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        if self._reader is not None:
-            self._reader.join(5)
-        self.proc = None
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        self.url = value
 
 
 # ------------------------------------------------------------------------------------------ REST client

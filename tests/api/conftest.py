@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +19,7 @@ import requests
 
 from api import async_operations, operations, runs, templates, triggers
 from local_runtime.azurite import Azurite, start_azurite
+from local_runtime.process import HostProcess
 
 API = "2025-10-01"
 # A durable client binding whose host is unreachable: handlers that never call it work, those that do
@@ -195,51 +190,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SDK_APP = Path(__file__).resolve().parent / "apps" / "sdk_app"
 
 
-class Runtime:
-    """`python -m local_runtime start tests/api/apps/sdk_app --port 0 --state-dir DIR` as a subprocess."""
+class Runtime(HostProcess):
+    """`python -m local_runtime start tests/api/apps/sdk_app --port 0 --state-dir DIR` as a subprocess
+    (`local_runtime.process.HostProcess`), listening once constructed; `key` is its function key."""
 
     def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
-        self.state_dir = state_dir
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env, "PYTHONPATH": str(ROOT)}
-        argv = [sys.executable, "-m", "local_runtime", "start", str(SDK_APP), "--port", "0"]
-        argv += ["--state-dir", str(state_dir)]
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = self._wait(r"^Listening on (http://\S+)$").group(1)
-        keys = json.loads((state_dir / "keys.json").read_text())
-        self.key: str = keys["functionKeys"]["default"]
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def _wait(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                m = rx.search(line)
-                if m:
-                    return m
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"the runtime did not print {pattern!r}; output:\n" + "\n".join(self.lines))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
+        super().__init__(SDK_APP, state_dir, env=env, cwd=ROOT, pythonpath=ROOT)
+        self.start(timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -64,11 +64,13 @@ def aib_env(e2e: E2E) -> dict[str, str]:
     return {**os.environ, "AIB_STATE_DIR": str(e2e.runtime.state_dir), "COLUMNS": "160"}
 
 
-def aib(e2e: E2E, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def aib(
+    e2e: E2E, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "aibcli", *args],
         cwd=ROOT,
-        env=aib_env(e2e),
+        env={**aib_env(e2e), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -278,24 +280,22 @@ def test_try_runs_one_step_and_prints_its_file_diff(e2e: E2E, tmp_path: Path) ->
     path = tmp_path / "try.json"
     path.write_text(json.dumps(template))
     state = tmp_path / "try-state"
-    done = aib(
-        e2e,
-        "try",
-        str(path),
-        "--step",
-        "1",
-        "--state-dir",
-        str(state),
-        "--cache-dir",
-        str(e2e.env["IMAGEBUILDER_CACHE_DIR"]),
-    )
+    argv = ["try", str(path), "--step", "1", "--state-dir", str(state)]
+    argv += ["--cache-dir", str(e2e.env["IMAGEBUILDER_CACHE_DIR"])]  # the shared base cache
+    steps = {"IMAGEBUILDER_STEP_CACHE_DIR": str(tmp_path / "steps")}  # a step cache of its own
+    done = aib(e2e, *argv, env=steps)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout.splitlines()
-    assert "customize[0]: succeeded" in done.stdout
+    assert "customize[0]: succeeded in" in done.stdout and "(from the step cache)" not in done.stdout
     assert "--- customize[1]: succeeded" in done.stdout
     for line in ("A /opt/tried", "A /opt/tried/new", "M /etc/a-file", "D /etc/zero"):
         assert line in out, done.stdout
     assert not [p for p in (state / "local" / "runs").iterdir()]  # nothing left behind
+    # again: the step before comes from the step cache, the tried step still runs and shows its diff
+    again = aib(e2e, *argv, env=steps)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "customize[0]: succeeded in 0.0s (from the step cache)" in again.stdout
+    assert "A /opt/tried/new" in again.stdout.splitlines() and "cache hit" not in again.stdout
 
 
 def test_lint_flags_a_missing_checksum_and_the_api_errors(tmp_path: Path) -> None:

@@ -4,12 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +13,7 @@ from typing import Any
 import pytest
 
 from local_runtime.azurite import Azurite, start_azurite
+from local_runtime.process import LISTENING, READY, HostProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
@@ -30,72 +26,33 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield az
 
 
-class RuntimeProcess:
-    """One running `python -m local_runtime start`; stdout is collected line by line in `lines`."""
+class RuntimeProcess(HostProcess):
+    """One running `python -m local_runtime start` (`local_runtime.process.HostProcess`, started at once);
+    stdout is collected line by line in `lines`."""
 
     def __init__(
         self, app: str | Path, state_dir: Path, env: dict[str, str] | None = None, *args: str
     ) -> None:
-        self.app_dir = APPS / app if isinstance(app, str) else app
-        self.state_dir = state_dir
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join(p for p in ((env or {}).get("PYTHONPATH"), str(ROOT)) if p)
-        argv = [sys.executable, "-m", "local_runtime", "start", str(self.app_dir), "--port", "0"]
-        argv += ["--state-dir", str(state_dir), *args]
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        super().__init__(
+            APPS / app if isinstance(app, str) else app,
+            state_dir,
+            env=env,
+            args=args,
+            cwd=ROOT,
+            pythonpath=ROOT,
         )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_line(self, pattern: str, timeout: float = 30.0, start: int = 0) -> re.Match[str]:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines[start:]:
-                m = rx.search(line)
-                if m:
-                    return m
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{self.output}")
+        self.start(wait=None)
 
     def wait_ready(self, timeout: float = 60.0) -> str:
-        self.url = self.wait_for_line(r"^Listening on (http://\S+)$", timeout).group(1)
-        self.wait_for_line(r"^Ready$", timeout)
+        self.url = self.wait_for_line(LISTENING, timeout).group(1)
+        self.wait_for_line(READY, timeout)
         return self.url
 
-    @property
-    def keys(self) -> dict[str, Any]:
-        return json.loads((self.state_dir / "keys.json").read_text())
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
+        code = super().stop(sig, timeout)
         # shown by pytest only when the test fails
-        print(
-            f"--- output of {self.app_dir.name} (exit {self.proc.returncode}) ---\n"
-            + "\n".join(self.lines[-200:])
-        )
-        return self.proc.returncode
+        print(f"--- output of {self.app_dir.name} (exit {code}) ---\n" + "\n".join(self.lines[-200:]))
+        return -1 if code is None else code
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@
   unless asked. Changes made there stay in the kept root; it is never captured.
 - `cleanup(run_dir)`: release and remove a kept run folder (the sweeper never removes one: see `sweep`).
 - `try_step(template, step)`: run customizer N of a template against the locally cached base through the
-  provider's own phases, no runtime or store, and report the files it added, changed or removed.
+  provider's own phases (the steps before it from the step cache when it has them; N itself always
+  runs), no runtime or store, and report the files it added, changed or removed.
 
 A kept run folder carries `kept.json` (`mark_kept`). Run as `python -m imagebuilder.providers.local.debug
 shell|cleanup|try ...` (what `aib` does: the CLI itself imports nothing of the provider). Errors:
@@ -207,7 +208,11 @@ def try_step(
         prepared = provider.prepare(build, _Out("[prepare] "))
         if prepared.status != "succeeded":
             raise DebugError(f"prepare failed: {prepared.error.message if prepared.error else '?'}")
-        env = provider.create_build_env(build, prepared, quiet)
+        # the build root is made for the steps before N only: the step cache may supply those (the
+        # longest cached prefix is mounted), never N itself, which always runs (and is not stored)
+        props = {**(template.get("properties") or {}), "customize": customize[:index]}
+        before_n = build.model_copy(update={"template": {**template, "properties": props}})
+        env = provider.create_build_env(before_n, prepared, quiet)
         for i in range(index):
             before_step = provider.customize(build, env, i, quiet)
             cache = before_step.details.get("cache") or {}
