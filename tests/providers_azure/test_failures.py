@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from imagebuilder.pipeline.messages import BuildEnv, Pending, StepResult
@@ -451,3 +453,21 @@ def test_cleanup_reports_a_refused_delete_and_removes_the_rest(provider, arm):
         "Microsoft.Resources/resourceGroups",
     }  # the rest is gone
     _clean(provider, arm, build, log)  # a later attempt finishes the job
+
+
+def test_handles_are_typed_models_on_a_plain_json_wire(provider, arm):
+    """BuildEnv.handle and CaptureResult.image cross the durable boundary as JSON; the provider reads them
+    through BuildHandle / CapturedImage, and a handle missing what a step needs fails validation loudly."""
+    import pydantic
+
+    from imagebuilder.providers.azure.handles import BuildHandle, CapturedImage
+
+    log = ListLog()
+    build = build_input(linux_template())
+    env, _ = settle(provider, provider.create_build_env(build, provider.prepare(build, log), log), log)
+    handle = BuildHandle.of(json.loads(env.model_dump_json()))
+    assert handle.vm.endswith("-vm") and handle.source is not None and handle.security_type == "Standard"
+    assert set(env.handle) <= set(BuildHandle.model_fields)
+    with pytest.raises(pydantic.ValidationError):
+        CapturedImage.of({"status": "succeeded", "image": {"vm_id": "x"}})
+    _clean(provider, arm, build, log)

@@ -25,6 +25,7 @@ from imagebuilder.providers.azure.context import (
 from imagebuilder.providers.azure.context import (
     region as _region,
 )
+from imagebuilder.providers.azure.handles import BuildHandle
 from imagebuilder.providers.azure.names import ArmId
 
 DEFAULT_VM_SIZE = {"V1": "Standard_D1_v2", "V2": "Standard_D2ds_v4"}
@@ -175,31 +176,20 @@ def create_build_env(ctx: Ctx) -> BuildEnv:
         lambda body, p: compute.virtual_machines.begin_create_or_update(rg, names.vm, body, polling=p),
         lambda: vm_body(ctx, source, nic["id"], tags),
     )
-    os_type = str(source.details.get("os_type", "Linux"))
-    return BuildEnv(
-        provider="azure",
-        handle={
-            "status": "ready",
-            "subscription": sub,
-            "resource_group": rg,
-            "resource_group_created": not names.resource_group_given,
-            "vm": names.vm,
-            "vm_id": vm.get("id"),
-            "nic": names.nic,
-            "vnet": None if (ctx.props.get("vmProfile") or {}).get("vnetConfig") else names.vnet,
-            "nsg": None if (ctx.props.get("vmProfile") or {}).get("vnetConfig") else names.nsg,
-            "os_disk": names.os_disk,
-            "os_type": os_type,
-            "location": ctx.location,
-            "hyper_v_generation": source.hyper_v_generation,
-            "source": source.model_dump(mode="json"),
-            "artifacts": {a.uri: a.sha256 for a in prepared.artifacts},
-            "security_type": ctx.state["security"],
-            "identities": [
-                str(i) for i in (ctx.props.get("vmProfile") or {}).get("userAssignedIdentities") or []
-            ],
-        },
-    )
+    return BuildHandle(
+        subscription=sub,
+        resource_group=rg,
+        vm=names.vm,
+        vm_id=str(vm.get("id") or ""),
+        os_disk=names.os_disk,
+        os_type=str(source.details.get("os_type", "Linux")),
+        location=ctx.location,
+        hyper_v_generation=source.hyper_v_generation,
+        security_type=ctx.state["security"],
+        source=source,
+        artifacts={a.uri: a.sha256 for a in prepared.artifacts},
+        identities=[str(i) for i in (ctx.props.get("vmProfile") or {}).get("userAssignedIdentities") or []],
+    ).as_env()
 
 
 def gallery_image(ctx: Ctx, parsed: ArmId, where: str) -> dict[str, Any] | None:

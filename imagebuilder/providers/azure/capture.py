@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from imagebuilder.pipeline.messages import (
-    BuildEnv,
     CaptureResult,
 )
 from imagebuilder.providers.azure.context import (
@@ -15,13 +14,14 @@ from imagebuilder.providers.azure.context import (
     ensure,
     run_tags,
 )
+from imagebuilder.providers.azure.handles import BuildHandle, CapturedImage
 
 
 def capture(ctx: Ctx) -> CaptureResult:
-    env = BuildEnv.model_validate(ctx.args["env"]).handle
-    rg, vm_id = env["resource_group"], env["vm_id"]
+    env = BuildHandle.of(ctx.args["env"])
+    rg, vm_id = env.resource_group, env.vm_id
     compute = ctx.arm.compute
-    trusted = env.get("security_type") == "TrustedLaunch"
+    trusted = env.security_type == "TrustedLaunch"
     image: dict[str, Any] = {}
     if not trusted:  # a Trusted Launch VM cannot become a managed image: galleries take the VM itself
         image = ensure(
@@ -30,25 +30,23 @@ def capture(ctx: Ctx) -> CaptureResult:
             lambda: compute.images.get(rg, ctx.names.image),
             lambda body, p: compute.images.begin_create_or_update(rg, ctx.names.image, body, polling=p),
             lambda: {
-                "location": env["location"],
+                "location": env.location,
                 "tags": run_tags(ctx),
                 "properties": {
                     "sourceVirtualMachine": {"id": vm_id},
-                    "hyperVGeneration": env["hyper_v_generation"],
+                    "hyperVGeneration": env.hyper_v_generation,
                 },
             },
         )
-    return CaptureResult(
-        status="succeeded",
-        image={
-            "managed_image_id": image.get("id"),
-            "trusted_launch": trusted,
-            "vm_id": vm_id,
-            "resource_group": rg,
-            "os_disk": env["os_disk"],
-            "location": env["location"],
-            "os_type": env["os_type"],
-            "hyper_v_generation": env["hyper_v_generation"],
-            "source": env.get("source"),
-        },
+    captured = CapturedImage(
+        managed_image_id=image.get("id"),
+        trusted_launch=trusted,
+        vm_id=vm_id,
+        resource_group=rg,
+        os_disk=env.os_disk,
+        location=env.location,
+        os_type=env.os_type,
+        hyper_v_generation=env.hyper_v_generation,
+        source=env.source,
     )
+    return CaptureResult(status="succeeded", image=captured.model_dump(mode="json"))

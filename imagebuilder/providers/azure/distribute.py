@@ -24,6 +24,7 @@ from imagebuilder.providers.azure.context import (
 from imagebuilder.providers.azure.context import (
     region as _region,
 )
+from imagebuilder.providers.azure.handles import CapturedImage
 from imagebuilder.providers.azure.names import ArmId
 
 
@@ -38,11 +39,11 @@ def distribute(ctx: Ctx) -> ReplicationResult:
         raise ArmFailure("CaptureFailed", "nothing to distribute: the capture failed")
     kind = target.get("type")
     if kind == "SharedImage":
-        return to_gallery(ctx, captured.image, target, index, region)
+        return to_gallery(ctx, CapturedImage.of(captured), target, index, region)
     if kind == "ManagedImage":
-        return to_managed_image(ctx, captured.image, target, index, region)
+        return to_managed_image(ctx, CapturedImage.of(captured), target, index, region)
     if kind == "VHD":
-        return to_vhd(ctx, captured.image, target, index, region)
+        return to_vhd(ctx, CapturedImage.of(captured), target, index, region)
     raise ArmFailure("InvalidDistributor", f"properties.distribute[{index}].type {kind!r} is not supported")
 
 
@@ -81,14 +82,14 @@ def target_regions(target: dict[str, Any], home: str) -> list[dict[str, Any]]:
 
 
 def next_version(
-    ctx: Ctx, target: dict[str, Any], existing: list[dict[str, Any]], image: dict[str, Any]
+    ctx: Ctx, target: dict[str, Any], existing: list[dict[str, Any]], image: CapturedImage
 ) -> str:
     versioning = target.get("versioning") or {"scheme": "Latest", "major": -1}
     scheme = versioning.get("scheme", "Latest")
     if scheme == "Source":
-        source = image.get("source") or {}
-        version = str(source.get("exact_version") or "")
-        if source.get("type") == "ManagedImage" or not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        source = image.source
+        version = str(source.exact_version or "") if source else ""
+        if source is None or source.type == "ManagedImage" or not re.fullmatch(r"\d+\.\d+\.\d+", version):
             raise ArmFailure(
                 "InvalidVersioning",
                 "versioning scheme Source needs a PlatformImage or SharedImageVersion source "
@@ -110,7 +111,7 @@ def next_version(
 
 
 def to_gallery(
-    ctx: Ctx, image: dict[str, Any], target: dict[str, Any], index: int, region: str
+    ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
 ) -> ReplicationResult:
     gallery_image_id = str(target.get("galleryImageId") or "")
     parsed = ArmId.parse(gallery_image_id, f"properties.distribute[{index}].galleryImageId")
@@ -156,15 +157,15 @@ def to_gallery(
             publishing["replicationMode"] = target["replicationMode"]
         home = str(definition.get("location"))
         storage: dict[str, Any]
-        if _region(home) != _region(image["location"]):
+        if _region(home) != _region(image.location):
             # ARM takes a version's source only from the version's own region (the definition's):
             # the generalized OS disk goes there as a copied snapshot first.
             snapshot_id = snapshot_in(ctx, image, home)
             storage = {"osDiskImage": {"source": {"id": snapshot_id}}}
-        elif image.get("managed_image_id"):
-            storage = {"source": {"id": image["managed_image_id"]}}
+        elif image.managed_image_id:
+            storage = {"source": {"id": image.managed_image_id}}
         else:
-            storage = {"source": {"virtualMachineId": image["vm_id"]}}
+            storage = {"source": {"virtualMachineId": image.vm_id}}
         body = {
             "location": home,
             "tags": run_tags(ctx, {**(target.get("artifactTags") or {}), "imagebuilder-output": output}),
@@ -207,30 +208,30 @@ def to_gallery(
 
 
 def to_managed_image(
-    ctx: Ctx, image: dict[str, Any], target: dict[str, Any], index: int, region: str
+    ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
 ) -> ReplicationResult:
     image_id = str(target.get("imageId") or "")
     parsed = ArmId.parse(image_id, f"properties.distribute[{index}].imageId")
-    if image.get("trusted_launch"):
+    if image.trusted_launch:
         raise ArmFailure(
             "TrustedLaunchNotSupported",
             f"properties.distribute[{index}]: a Trusted Launch build cannot be a managed image; "
             "use a SharedImage distributor with a Trusted Launch image definition",
         )
-    location = str(target.get("location") or image["location"])
+    location = str(target.get("location") or image.location)
     arm = ctx.settings.clients(parsed.subscription, ctx.build)
     rg, name = parsed.resource_group, parsed.name("images")
     properties: dict[str, Any] = {
-        "sourceVirtualMachine": {"id": image["vm_id"]},
-        "hyperVGeneration": image["hyper_v_generation"],
+        "sourceVirtualMachine": {"id": image.vm_id},
+        "hyperVGeneration": image.hyper_v_generation,
     }
-    if _region(location) != _region(image["location"]):
+    if _region(location) != _region(image.location):
         snapshot_id = snapshot_in(ctx, image, location)
         properties = {
-            "hyperVGeneration": image["hyper_v_generation"],
+            "hyperVGeneration": image.hyper_v_generation,
             "storageProfile": {
                 "osDisk": {
-                    "osType": image["os_type"],
+                    "osType": image.os_type,
                     "osState": "Generalized",
                     "snapshot": {"id": snapshot_id},
                 }
@@ -255,12 +256,12 @@ def to_managed_image(
     )
 
 
-def snapshot_in(ctx: Ctx, image: dict[str, Any], location: str) -> str:
+def snapshot_in(ctx: Ctx, image: CapturedImage, location: str) -> str:
     """The generalized OS disk as a snapshot in `location`: an incremental snapshot in the build
     region copied across with CopyStart (both transient, in the staging group). Returns its id."""
-    rg, snapshots = image["resource_group"], ctx.arm.compute.snapshots
+    rg, snapshots = image.resource_group, ctx.arm.compute.snapshots
     sub = ctx.build.run.subscription_id
-    disk_id = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{image['os_disk']}"
+    disk_id = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{image.os_disk}"
     here, there = f"ib-{ctx.names.key}-snap", f"ib-{ctx.names.key}-snap-{_region(location)}"
     tags = run_tags(ctx)
     source = ensure(
@@ -269,7 +270,7 @@ def snapshot_in(ctx: Ctx, image: dict[str, Any], location: str) -> str:
         lambda: snapshots.get(rg, here),
         lambda body, p: snapshots.begin_create_or_update(rg, here, body, polling=p),
         lambda: {
-            "location": image["location"],
+            "location": image.location,
             "tags": tags,
             "properties": {
                 "creationData": {"createOption": "Copy", "sourceResourceId": disk_id},
@@ -299,7 +300,7 @@ def snapshot_in(ctx: Ctx, image: dict[str, Any], location: str) -> str:
 
 
 def to_vhd(
-    ctx: Ctx, image: dict[str, Any], target: dict[str, Any], index: int, region: str
+    ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
 ) -> ReplicationResult:
     uri = str(target.get("uri") or "")
     output = str(target.get("runOutputName") or "")
@@ -310,7 +311,7 @@ def to_vhd(
             "(https://<account>.blob.core.windows.net/<container>/<name>.vhd): this provider deletes its "
             "staging group after each run, so it cannot keep a VHD there",
         )
-    rg, disk = image["resource_group"], image["os_disk"]
+    rg, disk = image.resource_group, image.os_disk
     disks = ctx.arm.compute.disks
     blob = ctx.arm.blob(uri)
     if not ctx.state.get("copy_started"):

@@ -5,7 +5,6 @@ wait, deallocation and ARM's generalize.
 from __future__ import annotations
 
 from imagebuilder.pipeline.messages import (
-    BuildEnv,
     ErrorInfo,
     StepResult,
 )
@@ -17,6 +16,7 @@ from imagebuilder.providers.azure.context import (
     await_op,
     tail,
 )
+from imagebuilder.providers.azure.handles import BuildHandle
 
 GENERALIZE_LAUNCH_SECONDS = 600  # the run command that starts deprovisioning only writes and starts it
 
@@ -24,10 +24,10 @@ GENERALIZE_LAUNCH_SECONDS = 600  # the run command that starts deprovisioning on
 def generalize(ctx: Ctx) -> StepResult:
     """Deprovision (Linux) or Sysprep (Windows) detached in the guest, wait for the VM to power itself
     off (the guest agent is gone by then, so only the power state tells), deallocate, generalize."""
-    env = BuildEnv.model_validate(ctx.args["env"]).handle
-    rg, vm = env["resource_group"], env["vm"]
+    env = BuildHandle.of(ctx.args["env"])
+    rg, vm = env.resource_group, env.vm
     compute = ctx.arm.compute
-    linux = env["os_type"] == "Linux"
+    linux = env.os_type == "Linux"
     if not ctx.state.get("launched"):
         script = scripts.deprovision_linux() if linux else scripts.sysprep()
         code, output, error = runcommand.run(

@@ -70,6 +70,7 @@ from imagebuilder.providers.azure.context import (
     props_of,
     step_name,
 )
+from imagebuilder.providers.azure.handles import BuildHandle
 from imagebuilder.providers.azure.names import Names
 from imagebuilder.providers.base import (
     ComputeProvider,
@@ -244,9 +245,7 @@ class AzureProvider(ComputeProvider):
         if method == "prepare":
             return PrepareResult(status="failed", error=error)
         if method == "create_build_env":
-            return BuildEnv(
-                provider=self.name, handle={"status": "failed", "error": error.model_dump(mode="json")}
-            )
+            return BuildHandle(status="failed", error=error).as_env()
         if method == "capture":
             return CaptureResult(status="failed", error=error)
         if method == "distribute":
@@ -259,9 +258,9 @@ class AzureProvider(ComputeProvider):
         return StepResult(status="failed", step=error.step or method, error=error)
 
     def _env_error(self, env: BuildEnv, step: str) -> StepResult | None:
-        if env.handle.get("status") == "failed":
-            error = ErrorInfo.model_validate(env.handle["error"])
-            return StepResult(status="failed", step=step, error=error)
+        handle = BuildHandle.of(env)
+        if handle.status == "failed" and handle.error is not None:
+            return StepResult(status="failed", step=step, error=handle.error)
         return None
 
     # -- the seam ----------------------------------------------------------------------------------

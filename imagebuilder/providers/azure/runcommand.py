@@ -13,6 +13,7 @@ from imagebuilder.providers.azure.context import (
     Wait,
     run_tags,
 )
+from imagebuilder.providers.azure.handles import BuildHandle
 from imagebuilder.providers.azure.runlog import RunLogStore
 from imagebuilder.providers.base import TransientProviderError
 
@@ -27,7 +28,7 @@ RUN_COMMAND_MARGIN = 300  # seconds past a run command's timeoutInSeconds before
 
 
 def run(
-    ctx: Ctx, env: dict[str, Any], key: str, script: str, timeout: int | None = None
+    ctx: Ctx, env: BuildHandle, key: str, script: str, timeout: int | None = None
 ) -> tuple[int, str, str]:
     """Run `script` in the build VM through a managed run command named after `key`.
 
@@ -36,7 +37,7 @@ def run(
     a margin): a guest agent that stopped reporting (a script stopped it, the VM hung) never moves the
     run command to a terminal state, and the build fails with RunCommandNoResponse instead of waiting
     out buildTimeoutInMinutes."""
-    rg, vm = env["resource_group"], env["vm"]
+    rg, vm = env.resource_group, env.vm
     name = f"ib-{key}"
     commands = ctx.arm.compute.virtual_machine_run_commands
     current = ctx.arm.get(
@@ -47,21 +48,16 @@ def run(
     if current is None:
         build_timeout = int(ctx.props.get("buildTimeoutInMinutes") or 0) * 60 or 5400
         seconds = min(timeout or build_timeout, 5400)
-        body = {
-            "location": env["location"],
-            "tags": run_tags(ctx),
-            "properties": {
-                "source": {"script": script},
-                "asyncExecution": False,
-                "timeoutInSeconds": seconds,
-                "treatFailureAsDeploymentFailure": False,
-            },
+        properties: dict[str, Any] = {
+            "source": {"script": script},
+            "asyncExecution": False,
+            "timeoutInSeconds": seconds,
+            "treatFailureAsDeploymentFailure": False,
         }
+        body = {"location": env.location, "tags": run_tags(ctx), "properties": properties}
         store = run_logs(ctx)
         if store is not None:  # the whole output, not the instance view's 4 KB tail
-            body["properties"].update(
-                store.create(store.streams(ctx.names.key, name), seconds + RUN_COMMAND_MARGIN)
-            )
+            properties.update(store.create(store.streams(ctx.names.key, name), seconds + RUN_COMMAND_MARGIN))
             ctx.state.setdefault("blobs", []).append(name)
         ctx.log.write(f"run command {name} started\n")
         ctx.arm.start(
@@ -157,7 +153,7 @@ def stream_tail(ctx: Ctx, name: str, output: str, terminal: bool) -> None:
         anchors[name] = logged_upto[-ANCHOR_CHARS:]
 
 
-def forget(ctx: Ctx, env: dict[str, Any], key: str) -> None:
+def forget(ctx: Ctx, env: BuildHandle, key: str) -> None:
     """Delete a run command whose result is already in the step state (best effort, not awaited),
     so that repeated passes (Windows Update, restart checks) do not pile up run commands on the VM."""
     name = f"ib-{key}"
@@ -165,13 +161,13 @@ def forget(ctx: Ctx, env: dict[str, Any], key: str) -> None:
     try:
         ctx.arm.start(
             f"delete run command {name}",
-            lambda p: commands.begin_delete(env["resource_group"], env["vm"], name, polling=p),
+            lambda p: commands.begin_delete(env.resource_group, env.vm, name, polling=p),
         )
     except (ArmFailure, TransientProviderError) as exc:
         ctx.log.write(f"note: run command {name} stays until the VM is deleted ({exc})\n")
 
 
-def restart(ctx: Ctx, env: dict[str, Any], key: str, command: str, check: str | None, timeout: int) -> None:
+def restart(ctx: Ctx, env: BuildHandle, key: str, command: str, check: str | None, timeout: int) -> None:
     """Restart the VM and return once the guest agent is back and the VM booted after the request."""
     st = ctx.state.setdefault(f"restart:{key}", {})
     if "requested_at" not in st:
@@ -190,7 +186,7 @@ def restart(ctx: Ctx, env: dict[str, Any], key: str, command: str, check: str | 
         view = (
             ctx.arm.get(
                 "read VM instance view",
-                lambda: ctx.arm.compute.virtual_machines.instance_view(env["resource_group"], env["vm"]),
+                lambda: ctx.arm.compute.virtual_machines.instance_view(env.resource_group, env.vm),
             )
             or {}
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from imagebuilder.pipeline.messages import (
-    BuildEnv,
     ErrorInfo,
     StepResult,
 )
@@ -19,21 +18,22 @@ from imagebuilder.providers.azure.context import (
     step_name,
     tail,
 )
+from imagebuilder.providers.azure.handles import BuildHandle
 
 MAX_WINDOWS_UPDATE_PASSES = 20
 
 
-def script_step(ctx: Ctx, env: dict[str, Any], key: str, step: dict[str, Any], label: str) -> StepResult:
+def script_step(ctx: Ctx, env: BuildHandle, key: str, step: dict[str, Any], label: str) -> StepResult:
     """Shell / PowerShell / File, as a customizer or an in-VM validator."""
     kind = step.get("type")
-    os_type = env["os_type"]
+    os_type = env.os_type
     started = float(ctx.state.setdefault(f"started:{key}", ctx.settings.clock()))  # across polls
     uri = step.get("scriptUri") or step.get("sourceUri")
-    sha = env.get("artifacts", {}).get(uri) if uri else None
+    sha = env.artifacts.get(uri) if uri else None
     if uri and not sha:
         raise ArmFailure("ArtifactNotStaged", f"{label}: {redact(str(uri))} was not fetched by prepare")
     valid = [0]
-    identity = (env.get("identities") or [None])[0]  # for private blobs, read from inside the VM
+    identity = env.identities[0] if env.identities else None  # for private blobs, read from inside the VM
     if kind == "Shell":
         if os_type != "Linux":
             raise ArmFailure("InvalidCustomizer", f"{label}: Shell runs on Linux; this source is {os_type}")
@@ -81,7 +81,7 @@ def script_step(ctx: Ctx, env: dict[str, Any], key: str, step: dict[str, Any], l
 
 
 def customize(ctx: Ctx) -> StepResult:
-    env = BuildEnv.model_validate(ctx.args["env"]).handle
+    env = BuildHandle.of(ctx.args["env"])
     index = int(ctx.args["index"])
     steps = ctx.props.get("customize") or []
     if index >= len(steps):
@@ -91,7 +91,7 @@ def customize(ctx: Ctx) -> StepResult:
     kind = step.get("type")
     if kind in ("Shell", "PowerShell", "File"):
         return script_step(ctx, env, f"customize-{index}", step, label)
-    if env["os_type"] != "Windows":
+    if env.os_type != "Windows":
         raise ArmFailure("InvalidCustomizer", f"{label}: {kind} needs a Windows source")
     if kind == "WindowsRestart":
         timeout = scripts.parse_duration(step.get("restartTimeout"), 300)
@@ -103,7 +103,7 @@ def customize(ctx: Ctx) -> StepResult:
     raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported")
 
 
-def windows_update(ctx: Ctx, env: dict[str, Any], index: int, step: dict[str, Any], label: str) -> StepResult:
+def windows_update(ctx: Ctx, env: BuildHandle, index: int, step: dict[str, Any], label: str) -> StepResult:
     try:
         script = scripts.windows_update(step)
     except ValueError as exc:
@@ -152,7 +152,7 @@ def windows_update(ctx: Ctx, env: dict[str, Any], index: int, step: dict[str, An
 
 
 def validate(ctx: Ctx) -> StepResult:
-    env = BuildEnv.model_validate(ctx.args["env"]).handle
+    env = BuildHandle.of(ctx.args["env"])
     validations = (ctx.props.get("validate") or {}).get("inVMValidations") or []
     if not validations:
         return StepResult(status="skipped", step="validate")
