@@ -49,8 +49,8 @@ from imagebuilder.providers.azure import (
     generalize,
     source,
     steps,
-    template,
 )
+from imagebuilder.providers.azure import template as lifecycle
 from imagebuilder.providers.azure.cleanup import cleanup as cleanup_run
 from imagebuilder.providers.azure.clients import (
     TRANSIENT_CODES,
@@ -403,14 +403,14 @@ class AzureProvider(ComputeProvider):
         )
         return result
 
-    def create_template(self, template_input: TemplateInput, log: LogSink) -> TemplateStaging:
+    def create_template(self, template: TemplateInput, log: LogSink) -> TemplateStaging:
         """Check the source and the gallery targets as AIB does at create, then make (or adopt) the
         template's staging resource group (template.py, staging.py)."""
-        return template.create_template(self.settings, template_input, log)
+        return lifecycle.create_template(self.settings, template, log)
 
-    def delete_template(self, template_input: TemplateInput, log: LogSink) -> CleanupReport:
+    def delete_template(self, template: TemplateInput, log: LogSink) -> CleanupReport:
         """Delete the staging group this provider created; empty and untag a user's group."""
-        return template.delete_template(self.settings, template_input, log)
+        return lifecycle.delete_template(self.settings, template, log)
 
     def cleanup(self, build: BuildInput, *, keep: bool, log: LogSink) -> CleanupReport:
         """Delete the run's transient resources in dependency order; waits, within a budget, for each.
