@@ -58,18 +58,19 @@ def _unverified(body: dict[str, Any]) -> list[Finding]:
 
 
 def lint(body: Any) -> list[Finding]:
-    """Every error the API would answer, then the warnings."""
+    """The unknown members the API ignores (with the member probably meant), every error the API
+    would answer, then the other warnings."""
     findings: list[Finding] = []
     ignored: list[Any] = []
+    errors: list[Finding] = []
     try:
-        try:
-            parse_template(body, warnings=ignored)
-        except TypeError:  # a template package that refuses unknown members instead of ignoring them
-            parse_template(body)
+        parse_template(body, warnings=ignored)
     except TemplateError as exc:
-        findings += _errors(exc)
+        errors = _errors(exc)
+    # an unknown member first: a misspelt one is often why a required member is missing
     for member in ignored:
         findings.append(Finding("warning", "UnknownMember", member.message, member.target))
+    findings += errors
     if isinstance(body, dict):
         findings += _unverified(body)
     return findings

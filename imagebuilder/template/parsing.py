@@ -241,19 +241,20 @@ def _validate_lenient(
     dropped: list[UnknownMember] = []
     if not strict:
         context[UNKNOWN_MEMBERS] = dropped
-    result = _validate(model, obj, obj, context)
-    if warnings is not None and dropped:
-        paths = _paths(obj)
-        seen: set[str] = set()
-        for member in dropped:
-            where = paths.get(member.node)
-            if where is None:  # not an object of the body (cannot happen; never guess a path)
-                continue
-            target = f"{where}.{member.name}" if where else member.name
-            if target not in seen:
-                seen.add(target)
-                warnings.append(IgnoredMember(target, _did_you_mean(member.name, member.known)))
-    return result
+    try:
+        return _validate(model, obj, obj, context)
+    finally:  # also when the body is refused: a misspelt member often explains the refusal (aib lint)
+        if warnings is not None and dropped:
+            paths = _paths(obj)
+            seen: set[str] = set()
+            for member in dropped:
+                where = paths.get(member.node)
+                if where is None:  # not an object of the body (cannot happen; never guess a path)
+                    continue
+                target = f"{where}.{member.name}" if where else member.name
+                if target not in seen:
+                    seen.add(target)
+                    warnings.append(IgnoredMember(target, _did_you_mean(member.name, member.known)))
 
 
 def _paths(body: Any) -> dict[int, str]:

@@ -163,10 +163,12 @@ def test_run_no_wait_returns_the_run_id_while_the_build_runs(e2e: E2E, tmp_path:
 
 def test_bad_input_exits_2_with_the_api_error(e2e: E2E, tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(busybox([{"type": "Shell", "name": "x", "inlinee": ["true"]}])))
+    path.write_text(json.dumps(busybox([shell("x", "true")], buildTimeoutInMinutes=100000)))
     done = aib(e2e, "create", "-g", RG, "-n", "cli-bad", "--image-template", str(path))
     assert done.returncode == 2
-    assert "error: InvalidRequestContent" in done.stderr and "inlinee" in done.stderr
+    assert (
+        "error: InvalidParameter" in done.stderr and "target: properties.buildTimeoutInMinutes" in done.stderr
+    )
     missing = aib(e2e, "show", "-g", RG, "-n", "cli-does-not-exist")
     assert missing.returncode == 2 and "ResourceNotFound" in missing.stderr
 
@@ -328,3 +330,19 @@ def test_run_body_is_optional_and_checked(e2e: E2E, tmp_path: Path) -> None:
     started = e2e.api.request("POST", path, {})  # an empty object, as no body at all (AIB's run)
     assert started.status == 202 and RUN_ID.match(started.headers["x-ms-imagebuilder-run-id"])
     e2e.api.watch(name, timeout=300, interval=0.5)
+
+
+def test_lint_flags_a_typod_member_with_its_suggestion(tmp_path: Path) -> None:
+    template = busybox([{"type": "Shell", "name": "x", "inlne": ["echo hi"]}])
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(template))
+    done = subprocess.run(
+        [sys.executable, "-m", "aibcli", "lint", str(path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2  # the API refuses it: with the typo, the step has no script
+    lines = done.stdout.splitlines()
+    assert lines[0] == (
+        "warning: UnknownMember [properties.customize[0].inlne]: ignored unknown member "
+        "properties.customize[0].inlne; did you mean inline?"
+    )
+    assert any(line.startswith("error: NoCustomizerScript") for line in lines)
