@@ -83,3 +83,54 @@ def test_non_elevated_powershell_runs_as_the_vms_admin_user_as_on_aib():
         assert "New-LocalUser" not in script and "Limited" not in script and "-Password" not in script
     system = scripts.powershell({"inline": ["x"], "runElevated": True, "runAsSystem": True}, None)
     assert "$rc = Invoke-IbAsUser" not in system
+
+
+def _fake_bin(bin_dir, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+
+
+def test_linux_deprovision_launches_detached_then_deprovisions_and_powers_off(tmp_path):
+    """Run for real with fake systemd-run, waagent, systemctl on PATH: the run command's script returns at
+    once (the agent reports), and the payload it hands to systemd runs AIB's command, then powers off;
+    with /tmp/DeprovisioningScript.sh present the user's script runs instead; a failed deprovisioning
+    does not power off (the provider's power-state wait then fails the build)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    _fake_bin(bin_dir, "systemd-run", f'echo "systemd-run $*" >> {calls}\n')
+    _fake_bin(bin_dir, "waagent", f'echo "waagent $*" >> {calls}\nexit "${{WAAGENT_RC:-0}}"\n')
+    _fake_bin(bin_dir, "systemctl", f'echo "systemctl $*" >> {calls}\n')
+    _fake_bin(bin_dir, "sleep", "true\n")
+    payload = tmp_path / "payload.sh"
+    override = tmp_path / "DeprovisioningScript.sh"
+    launcher = (
+        scripts.deprovision_linux()
+        .replace("/var/tmp/imagebuilder-deprovision.sh", str(payload))
+        .replace(scripts.LINUX_OVERRIDE, str(override))
+    )
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    launched = subprocess.run(["bash", "-c", launcher], capture_output=True, text=True, timeout=30, env=env)
+    assert launched.returncode == 0 and scripts.GENERALIZE_STARTED in launched.stdout
+    assert (
+        calls.read_text()
+        == f"systemd-run --unit=imagebuilder-deprovision --no-block --collect /bin/bash {payload}\n"
+    )
+    text = (
+        payload.read_text()
+        .replace("/usr/sbin/waagent", "waagent")
+        .replace(scripts.LINUX_OVERRIDE, str(override))
+    )
+
+    def run_payload(**extra: str) -> list[str]:
+        calls.write_text("")
+        payload.write_text(text)
+        subprocess.run(
+            ["bash", str(payload)], capture_output=True, text=True, timeout=30, env={**env, **extra}
+        )
+        return calls.read_text().splitlines()
+
+    assert run_payload() == ["waagent -force -deprovision+user", "systemctl poweroff"]
+    assert run_payload(WAAGENT_RC="3") == ["waagent -force -deprovision+user"]  # no power-off
+    override.write_text(f'echo "user override" >> {calls}\n')
+    assert run_payload() == ["user override", "systemctl poweroff"]
