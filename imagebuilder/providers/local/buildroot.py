@@ -2,12 +2,12 @@
 copy-on-write root per run (overlayfs; a plain extract where overlayfs is unavailable), remounted when the
 host lost the mount; `env_ok` is the check every later phase makes first.
 
-The overlay is a stack of layers under `build/layers/`: `base` (a link to the extracted source), then one
-upper layer per customize step, `0`, `1`, ... Steps whose results are cached (the longest prefix of the
+The overlay is a stack of layers: the extracted source, then one upper layer per customize step,
+`build/layers/0`, `1`, ... Steps whose results are cached (the longest prefix of the
 chain of step ids, see `stepcache`) are linked in from the cache as lower layers when the root is made;
 each step that runs writes into a fresh upper layer, which is stored in the cache and stacked under the
-next one (`advance`). `build/layers.json` names the current upper layer, so a remount after a host
-restart rebuilds the same stack."""
+next one (`advance`). `build/layers.json` names the base and the current upper layer, so a remount after
+a host restart rebuilds the same stack."""
 
 from __future__ import annotations
 
@@ -193,20 +193,22 @@ def current_upper(build: Path) -> int:
     return int(json.loads((build / "layers.json").read_text())["upper"])
 
 
-def mount_layers(build: Path, upper: int, log: LogSink | None) -> None:
-    """Mount build/root as the stack base, 0, ..., upper-1 (read-only) under `upper` (written). Paths
-    are relative to build/layers, so the mount options stay short however many steps there are."""
+def mount_layers(build: Path, upper: int, log: LogSink | None, *, base: Path | None = None) -> None:
+    """Mount build/root as the stack base, 0, ..., upper-1 (read-only) under `upper` (written), with
+    absolute paths (the sandbox reads them back from the mount table). `base` defaults to the one
+    recorded in build/layers.json."""
     layers = layers_dir(build)
+    if base is None:
+        base = Path(json.loads((build / "layers.json").read_text())["base"])
     work = build / "work"
     shutil.rmtree(work, ignore_errors=True)
     for d in (work, layers / str(upper), build / "root"):
         d.mkdir(parents=True, exist_ok=True)
-    lowers = ":".join([*(str(i) for i in reversed(range(upper))), "base"])
-    opts = f"lowerdir={lowers},upperdir={upper},workdir=../work"
-    proc.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(build / "root")],
-             log=log, timeout=60, cwd=layers)  # fmt: skip
+    lowers = ":".join([*(str(layers / str(i)) for i in reversed(range(upper))), str(base)])
+    opts = f"lowerdir={lowers},upperdir={layers / str(upper)},workdir={work}"
+    proc.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(build / "root")], log=log, timeout=60)
     tmp = build / "layers.json.tmp"
-    tmp.write_text(json.dumps({"upper": upper}))
+    tmp.write_text(json.dumps({"upper": upper, "base": str(base)}))
     os.replace(tmp, build / "layers.json")
 
 
@@ -240,7 +242,7 @@ def root_ready(handle: dict[str, Any]) -> bool:
         if not mounts.mounted(root):
             if handle.get("layered"):
                 build = Path(handle["run_dir"]) / "build"
-                if not (layers_dir(build) / "base").is_dir() or not (build / "layers.json").is_file():
+                if not (Path(handle["lower"]).is_dir() and (build / "layers.json").is_file()):
                     return False
                 mount_layers(build, current_upper(build), None)
                 return True
@@ -269,11 +271,10 @@ def make_root(
         raise ProviderError(f"cannot unmount what is mounted under {layout.build}")
     shutil.rmtree(layout.build, ignore_errors=True)
     layout.build.mkdir(parents=True, exist_ok=True)
-    if "," not in str(layout.build):
+    if not any(c in str(p) for p in (lower, layout.build) for c in ",:"):
         layers = layers_dir(layout.build)
         try:
             layers.mkdir(parents=True)
-            (layers / "base").symlink_to(lower, target_is_directory=True)
             linked: list[LayerHit] = []
             for i, hit in enumerate(hits):
                 t0 = time.monotonic()
@@ -285,7 +286,7 @@ def make_root(
                     shutil.rmtree(layers / str(i), ignore_errors=True)
                     break
                 linked.append(LayerHit(hit.id, hit.layer, hit.seconds + time.monotonic() - t0))
-            mount_layers(layout.build, len(linked), log)
+            mount_layers(layout.build, len(linked), log, base=Path(os.path.realpath(lower)))
             return "overlay", linked
         except ProviderError as exc:
             log.write(f"overlayfs unavailable ({str(exc).splitlines()[0]}); extracting a full copy\n")
