@@ -288,3 +288,18 @@ def test_without_blobs_the_sliding_tail_is_followed_and_a_gap_is_said(provider, 
     arm.guest = _noisy_guest(320)
     result, _ = settle_in_time(provider, provider.customize(build, env, 0, log), log, clock)
     assert "output lost here" in log.text and "line 00319 of" in log.text
+
+
+def test_output_blobs_the_vm_cannot_write_fall_back_to_the_instance_view(arm, clock):
+    provider = _app_provider(arm, clock)
+    template = linux_template(customize=[{"type": "Shell", "name": "quiet", "inline": ["make"]}])
+    build, env, log = _ready_env(provider, arm, template)
+    arm._handler_appends = lambda uri, data: None  # the VM reaches no storage account
+    arm.guest = lambda vm, name, script: (
+        0,
+        "IMAGEBUILDER-WU installed=1 remaining=0 reboot=0\nlast line\n",
+        "",
+    )
+    result, _ = settle_in_time(provider, provider.customize(build, env, 0, log), log, clock)
+    assert result.status == "succeeded"
+    assert "output blobs stayed empty" in log.text and "last line" in log.text

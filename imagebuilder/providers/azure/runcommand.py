@@ -74,7 +74,18 @@ def run(
     terminal = execution in TERMINAL_RUN_STATES
     store = run_logs(ctx) if name in ctx.state.get("blobs", []) else None
     if store is not None:
+        view_output, view_error = output, error
         output, error = stream_blobs(ctx, store, name, terminal)
+        if terminal and not (output or error) and (view_output or view_error):
+            # the VM could not write to the blobs (a firewall on the app's storage account, say): what the
+            # instance view kept is better than nothing
+            ctx.log.write(
+                "[the run command's output blobs stayed empty; the last 4 KB from Run Command follow]\n"
+                + view_output
+                + ("\n" if view_output and not view_output.endswith("\n") else "")
+                + view_error
+            )
+            output, error = view_output, view_error
     else:
         stream_tail(ctx, name, output, terminal)
     if terminal:
