@@ -77,3 +77,31 @@ def test_the_fake_refuses_a_body_the_spec_refuses_through_the_sdk_pipeline():
     else:
         raise AssertionError("the fake took a body its spec refuses")
     assert any("hyperVGeneration: not a property of GalleryImageVersionProperties" in p for p in arm.problems)
+
+
+def test_the_kept_models_agree_with_the_published_spec_excerpt():
+    """The SDK-derived models against the newest published runCommand.json in the reference (2025-04-01):
+    every property the spec defines is there with the same type and read-only-ness, and the execution
+    states the fake reports are the spec's."""
+    from pathlib import Path
+
+    from imagebuilder.providers.azure.runcommand import TERMINAL_RUN_STATES
+
+    excerpt = json.loads(
+        (Path(__file__).parent / "specs" / "published" / "runCommand-2025-04-01.excerpt.json").read_text()
+    )
+    kinds = {"string": "string", "integer": "integer", "boolean": "boolean", "array": "array"}
+    for name, definition in excerpt["definitions"].items():
+        kept = spec()["models"][name]["properties"]
+        for prop, schema in definition["properties"].items():
+            assert prop in kept, f"{name}.{prop} is in the published spec but not in request-models.json"
+            assert kept[prop]["readOnly"] == bool(schema.get("readOnly")), f"{name}.{prop} readOnly"
+            if "$ref" in schema:
+                assert kept[prop]["type"] in ("model", "any"), f"{name}.{prop}"
+            else:
+                assert kept[prop]["type"] in (kinds[schema["type"]], "any"), f"{name}.{prop}"
+    states = excerpt["definitions"]["VirtualMachineRunCommandInstanceView"]["properties"]["executionState"][
+        "enum"
+    ]
+    assert set(TERMINAL_RUN_STATES) <= set(states)
+    assert {"Running"} <= set(states)  # what the fake reports while a script runs
