@@ -352,8 +352,12 @@ def spdx_document(
                 "relatedSpdxElement": image_id,
             }
         )
+    used: set[str] = set()
     for pkg in [*inv.packages, *inv.components]:
         pkg_id = _spdx_id("Package", inv.kind, pkg.name, pkg.arch)
+        if pkg_id in used:  # `+` and `-` both become `-`: keep ids unique
+            pkg_id = f"{pkg_id}-{len(used)}"
+        used.add(pkg_id)
         expr = license_expression(pkg.licenses, refs)
         entry: dict[str, Any] = {
             "SPDXID": pkg_id,

@@ -153,3 +153,16 @@ def test_license_expressions() -> None:
 
 def test_purl_of_a_found_program() -> None:
     assert purl(BUSYBOX.components[0], BUSYBOX) == "pkg:generic/busybox@1.36.1"
+
+
+def test_spdx_ids_stay_unique(tmp_path: Path) -> None:
+    inv = Inventory(
+        kind="dpkg",
+        packages=[
+            InstalledPackage(name="foo+bar", version="1"),
+            InstalledPackage(name="foo-bar", version="1"),
+        ],
+    )
+    doc = _spdx(inv, tmp_path)
+    ids = [p["SPDXID"] for p in doc["packages"]]
+    assert len(ids) == len(set(ids))
