@@ -169,8 +169,24 @@ def _overlay_of(root: Path) -> dict[str, str] | None:
                     if key in ("lowerdir", "upperdir", "workdir"):
                         opts[key] = mounts.unescape(value)
                 if {"lowerdir", "upperdir", "workdir"} <= set(opts):
-                    found = opts
+                    found = _absolute(opts, root)
     return found
+
+
+def _absolute(opts: dict[str, str], root: Path) -> dict[str, str]:
+    """Overlay paths made absolute. The step-cached build root (buildroot.mount_layers) mounts with
+    paths relative to <build>/layers, the folder beside `root`, to keep the options short however many
+    layers there are; mountinfo shows them as given."""
+    base = root.parent / "layers"
+
+    def fix(path: str) -> str:
+        return path if path.startswith("/") else os.path.normpath(base / path)
+
+    return {
+        "lowerdir": ":".join(fix(p) for p in opts["lowerdir"].split(":")),
+        "upperdir": fix(opts["upperdir"]),
+        "workdir": fix(opts["workdir"]),
+    }
 
 
 def _split_options(text: str) -> list[str]:
