@@ -66,6 +66,11 @@ def test_no_http_function_of_the_app_is_anonymous() -> None:
     http = [f for f in functions if f.trigger_type == "httpTrigger"]
     assert http, "the app has HTTP functions"
     for f in http:
+        if f.name.startswith("dashboard_"):
+            # The dashboard's pages are anonymous at the host level on purpose: they authenticate with
+            # the session cookie its sign-in form issues for a valid function key (tests/dashboard shows
+            # every page and action refused without it). Everything else needs the key itself.
+            continue
         assert str(f.trigger.get("authLevel", "function")).lower() != "anonymous", f.name
 
 
