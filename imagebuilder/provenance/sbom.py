@@ -153,8 +153,35 @@ def license_ref(name: str) -> str:
     return "LicenseRef-" + (_REF_CHARS.sub("-", name).strip("-") or "unnamed")
 
 
+# DEP-5 `X with Y exception` -> SPDX exception ids (the Autoconf and GCC ones depend on the GPL version).
+_EXCEPTIONS = {
+    "bison": "Bison-exception-2.2",
+    "bison-2.2": "Bison-exception-2.2",
+    "libtool": "Libtool-exception",
+    "linux-syscall-note": "Linux-syscall-note",
+    "texinfo": "Texinfo-exception",
+    "font": "Font-exception-2.0",
+    "autoconf": "Autoconf-exception-{gpl}",
+    "gcc": "GCC-exception-{gcc}",
+}
+_WITH = re.compile(r"^(?P<license>.+?)\s+with\s+(?P<exception>.+?)\s+exception$", re.IGNORECASE)
+
+
+def _with_exception(name: str) -> str | None:
+    m = _WITH.match(name.strip())
+    if not m:
+        return None
+    base = _DEP5_TO_SPDX.get(m["license"].strip().lower())
+    exc = _EXCEPTIONS.get(m["exception"].strip().lower())
+    if not base or not exc:
+        return None
+    gpl3 = base.startswith("GPL-3")
+    exc = exc.format(gpl="3.0" if gpl3 else "2.0", gcc="3.1" if gpl3 else "2.0")
+    return f"{base} WITH {exc}"
+
+
 def _term(name: str, refs: dict[str, str]) -> str:
-    spdx = _DEP5_TO_SPDX.get(name.lower())
+    spdx = _DEP5_TO_SPDX.get(name.lower()) or _with_exception(name)
     if spdx:
         return spdx
     ref = license_ref(name)

@@ -41,7 +41,13 @@ DEBIAN = Inventory(
             source_name="nginx",
             maintainer="Debian Nginx Maintainers <pkg-nginx-maintainers@alioth-lists.debian.net>",
             homepage="https://nginx.org",
-            licenses=["BSD-2-clause", "GPL-2+ or Artistic", "public-domain", "Expat, or GPL-2+"],
+            licenses=[
+                "BSD-2-clause",
+                "GPL-2+ or Artistic",
+                "public-domain",
+                "Expat, or GPL-2+",
+                "GPL-3+ with Bison exception",
+            ],
         ),
         InstalledPackage(name="libc6", version="2.36-9+deb12u9", arch="amd64", licenses=["LGPL-2.1+"]),
         InstalledPackage(name="tzdata", version="1:2024a-0+deb12u1", arch="all"),
@@ -106,7 +112,7 @@ def test_spdx_debian_packages(tmp_path: Path) -> None:
     )
     assert nginx["licenseDeclared"] == (
         "BSD-2-Clause AND (GPL-2.0-or-later OR Artistic-1.0-Perl) AND LicenseRef-public-domain "
-        "AND (MIT OR GPL-2.0-or-later)"
+        "AND (MIT OR GPL-2.0-or-later) AND GPL-3.0-or-later WITH Bison-exception-2.2"
     )
     assert [x["licenseId"] for x in doc["hasExtractedLicensingInfos"]] == ["LicenseRef-public-domain"]
     tz = next(p for p in doc["packages"] if p["name"] == "tzdata")
@@ -149,6 +155,16 @@ def test_license_expressions() -> None:
     assert license_expression(["Some Odd/License"], refs) == "LicenseRef-Some-Odd-License"
     assert refs == {"LicenseRef-Some-Odd-License": "Some Odd/License"}
     assert license_expression([], refs) is None
+    assert (
+        license_expression(["GPL-3+ with Bison exception"], refs)
+        == "GPL-3.0-or-later WITH Bison-exception-2.2"
+    )
+    assert license_expression(["GPL-2+ with Autoconf exception"], refs) == (
+        "GPL-2.0-or-later WITH Autoconf-exception-2.0"
+    )
+    assert license_expression(["GPL-2 with Linux-syscall-note exception", "MIT"], refs) == (
+        "GPL-2.0-only WITH Linux-syscall-note AND MIT"
+    )
 
 
 def test_purl_of_a_found_program() -> None:
