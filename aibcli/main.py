@@ -118,8 +118,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", metavar="RUN", help="run id (default: the last run)")
     p.add_argument("--network", action="store_true", help="give the shell a network (off by default)")
     p.add_argument("--command", "-c", dest="shell_command", help="run this command instead of a shell")
-    p = verb("cleanup", "remove a kept build root (local provider, this machine only)")
+    p = verb("cleanup", "remove a kept build root (local provider, this machine only)", template=False)
+    _template_args(p, required=False)
     p.add_argument("run_id", nargs="?", metavar="RUN", help="run id (default: the last run)")
+    p.add_argument("--run-dir", type=Path, help="the kept run folder itself (e.g. its run record is gone)")
 
     p = sub.add_parser("try", help="run one customizer of a template file locally, no runtime")
     p.add_argument("file", type=Path)
@@ -437,6 +439,10 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    if args.run_dir:
+        return _debug(["cleanup", str(args.run_dir.resolve())])
+    if not (args.resource_group and args.name):
+        raise UsageError("give -g RG -n NAME [RUN], or --run-dir DIR")
     run, root = _local_root(args)
     if root is None:
         return EXIT_OK if _kept(run) else EXIT_BAD_INPUT

@@ -200,6 +200,15 @@ def test_shell_sees_what_the_failed_step_left_and_cleanup_removes_it(e2e: E2E, t
     assert not run_dir.exists()
     again = aib(e2e, "shell", "-g", RG, "-n", name, "-c", "true")
     assert again.returncode == 2 and "cleaned up" in again.stderr
+
+    # a kept root goes with its template, as AIB's kept build VM goes with the staging resource group
+    assert aib(e2e, "run", "-g", RG, "-n", name, timeout=600).returncode == 1
+    run = json.loads(aib(e2e, "runs", "-g", RG, "-n", name, "-o", "json").stdout)[-1]
+    kept = [k for k in run["properties"]["details"]["cleanup"]["kept"] if k.startswith("build root ")]
+    run_dir = Path(kept[0][len("build root ") :]).parent.parent
+    assert (run_dir / "kept.json").is_file()
+    assert aib(e2e, "delete", "-g", RG, "-n", name).returncode == 0
+    assert not run_dir.exists()
     e2e.assert_no_leaks()
 
 

@@ -74,7 +74,8 @@ def cleanup(ctx: RunContext, *, keep: bool, log: LogSink) -> CleanupReport:
             kept.append(f"logs {layout.logs}")
         if layout.staging.exists():
             kept.append(f"staging {layout.staging}")
-        debug.mark_kept(run_dir)  # the sweeper leaves it until `aib cleanup`
+        # the sweeper leaves it until `aib cleanup` or the template's deletion
+        debug.mark_kept(run_dir, owner=ctx.build.run.template_id)
         log.write(f"[cleanup] kept for inspection: {'; '.join(kept) or 'nothing (no build root)'}\n")
         return CleanupReport(removed=removed, kept=kept, errors=errors)
     left = mounts.mounts_under(run_dir)

@@ -40,11 +40,26 @@ class DebugError(ProviderError):
 
 
 # ------------------------------------------------------------------------------------------ kept roots
-def mark_kept(run_dir: Path, reason: str = "errorHandling abort") -> None:
-    """Record that this run folder is kept on purpose until `cleanup` (the sweeper leaves it alone)."""
+def mark_kept(run_dir: Path, reason: str = "errorHandling abort", *, owner: str | None = None) -> None:
+    """Record that this run folder is kept on purpose until `cleanup` or the deletion of its template
+    `owner` (the sweeper leaves it alone)."""
     marker = run_dir / KEPT_MARKER
     if run_dir.is_dir() and not marker.exists():
-        marker.write_text(json.dumps({"reason": reason, "since": time.time()}) + "\n")
+        record = {"reason": reason, "since": time.time(), "owner": owner}
+        marker.write_text(json.dumps(record) + "\n")
+
+
+def kept_of(runs_dir: Path, template_id: str) -> list[Path]:
+    """The kept run folders under `runs_dir` (<state>/local/runs) whose template is `template_id`."""
+    found = []
+    for marker in sorted(runs_dir.glob(f"*/{KEPT_MARKER}")) if runs_dir.is_dir() else []:
+        try:
+            owner = json.loads(marker.read_text()).get("owner")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(owner, str) and owner.lower() == template_id.lower():
+            found.append(marker.parent)
+    return found
 
 
 def is_kept(run_dir: Path) -> bool:

@@ -7,7 +7,9 @@ SharedImageVersion source must exist in the local stores), and creates
 `state_dir/staging/<sub>/<group>/` with `staging.json` naming the owning template. The group is
 `IT_<rg>_<template>_<guid>` unless `properties.stagingResourceGroup` names one; a user-given group used by
 another template, or not empty, is `BadStagingResourceGroup`. `delete_template` removes a generated group
-and empties (keeps) a user-given one, as AIB documents. Group ids compare case-insensitively, as ARM's.
+and empties (keeps) a user-given one, as AIB documents; build roots the template's failed runs kept
+(errorHandling abort) are removed with it, as AIB's kept build VMs go with the staging resource group.
+Group ids compare case-insensitively, as ARM's.
 
 Not checked here (nothing local to check against): the identity (no managed identities on one machine) and
 distribute galleries (local gallery image definitions are created on first use). Customizers this Linux
@@ -32,8 +34,8 @@ from imagebuilder.pipeline.messages import (
     TemplateInput,
     TemplateStaging,
 )
-from imagebuilder.providers.base import LogSink
-from imagebuilder.providers.local import catalog, prepare
+from imagebuilder.providers.base import LogSink, ProviderError
+from imagebuilder.providers.local import catalog, debug, prepare
 from imagebuilder.providers.local.context import RunContext, Settings
 from imagebuilder.providers.local.fsutil import locked_file
 from imagebuilder.providers.local.gallery import GalleryError
@@ -158,6 +160,14 @@ def delete_template(settings: Settings, template: TemplateInput, log: LogSink) -
     owner = _owner(template)
     removed: list[str] = []
     errors: list[str] = []
+    # build roots its failed runs kept (errorHandling abort) go with it, as AIB's build VMs go with the
+    # staging resource group
+    for kept in debug.kept_of(settings.state_dir / "local" / "runs", owner):
+        try:
+            removed += debug.cleanup(kept)
+            log.write(f"kept build root of {kept.name} removed with its template\n")
+        except ProviderError as exc:
+            errors.append(f"{kept}: {exc}")
     root = staging_root(settings)
     if not root.is_dir():
         return CleanupReport()

@@ -3,8 +3,9 @@
 
 `sweep(state_dir, runs, *, grace_seconds)`: `runs` maps every run the store knows to (terminal, kept)
 where `kept` means its cleanup kept the build root on purpose (errorHandling `abort`). A kept folder is
-marked (`debug.mark_kept`) and never removed by the sweeper, even once its run or template is gone: only
-`aib cleanup` (`debug.cleanup`) removes it; the sweeper only makes sure no mount or process holds it.
+marked (`debug.mark_kept`) and never removed by the sweeper: `aib cleanup` (`debug.cleanup`) or the
+deletion of its template (`staging.delete_template`) removes it; the sweeper only makes sure no mount or
+process holds it.
 A run still active is never touched; a folder no known run owns is removed only once it is older than
 `grace_seconds`. Errors are reported, not raised.
 """
