@@ -54,6 +54,18 @@ def wait_terminal(page: Any, timeout: float = 300) -> list[str]:
     raise AssertionError(f"the run never ended on the page; states seen: {seen}")
 
 
+def wait_log(page: Any, needle: str, timeout: float = 180) -> None:
+    """Until the page's log tail shows `needle`; on timeout, say what the page showed instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in page.locator("#log").inner_text():
+            return
+        page.wait_for_timeout(200)
+    state = page.locator("#run-state").inner_text()
+    tail = "\n".join(page.locator("#log").inner_text().splitlines()[-30:])
+    raise AssertionError(f"{needle!r} never appeared in the log tail; run state {state!r}; tail:\n{tail}")
+
+
 def test_sign_in_run_a_busybox_build_and_watch_it_live(browser: Any, dash: E2E, shots: Path) -> None:
     name = "dash-live"
     template = dash.template("busybox-webpage.json")
@@ -79,7 +91,7 @@ def test_sign_in_run_a_busybox_build_and_watch_it_live(browser: Any, dash: E2E, 
     page.evaluate("window.__sameDocument = true")  # a reload would lose it: the updates come from the script
 
     # the live tail shows the customizer's output while the run is still going
-    page.locator("#log").get_by_text("dashboard-live-marker-one", exact=False).first.wait_for(timeout=180_000)
+    wait_log(page, "dashboard-live-marker-one")
     running_state = page.locator("#run-state").inner_text()
     assert running_state.startswith("Running"), running_state
     assert "dashboard-live-marker-two" not in page.locator("#log").inner_text()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.pipeline.schedule import CronSchedule, time_zone
-from tests.dashboard.test_dashboard_browser import shell, sign_in, template_url, wait_terminal
+from tests.dashboard.test_dashboard_browser import shell, sign_in, template_url, wait_log, wait_terminal
 from tests.e2e.conftest import E2E
 from tests.e2e.test_cli import busybox, serve
 
@@ -65,7 +65,7 @@ def test_cancel_from_the_run_page(browser: Any, dash: E2E, shots: Path) -> None:
     sign_in(page, dash, template_url(dash, name))
     page.get_by_role("button", name="Run").click()
     page.wait_for_url(lambda url: "/runs/" in url)
-    page.locator("#log").get_by_text("dashboard-sleeping", exact=False).first.wait_for(timeout=180_000)
+    wait_log(page, "dashboard-sleeping")
     page.get_by_role("button", name="Cancel this run").click()
     page.wait_for_url(lambda url: "/runs/" in url)
     seen = wait_terminal(page, timeout=240)
