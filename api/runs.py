@@ -263,14 +263,25 @@ def image_template_run_sbom(req: func.HttpRequest) -> func.HttpResponse:
     """Extension: the SBOM of one run output, read from the image (`format=spdx` (SPDX 2.3, default) or
     `cyclonedx` (CycloneDX 1.5), JSON)."""
     api_version(req)
-    fmt = (req.params.get("format") or "spdx").strip().lower()
+    fmt = _sbom_format(req.params.get("format"))
+    st = store()
+    stored, run = _run(st, req)
+    return json_response(sbom_document(st, stored, run, resource_name(req, "runOutputName"), fmt))
+
+
+def _sbom_format(value: str | None) -> str:
+    fmt = (value or "spdx").strip().lower()
     if fmt not in FORMATS:
         raise ArmError(
             400, "InvalidParameter", f"format {fmt!r} is not one of {', '.join(FORMATS)}", "format"
         )
-    st = store()
-    stored, run = _run(st, req)
-    output_name = resource_name(req, "runOutputName")
+    return fmt
+
+
+def sbom_document(st: Store, stored: StoredTemplate, run: RunRecord, output_name: str, fmt: str) -> Any:
+    """The SBOM of run output `output_name` in `fmt` (spdx, cyclonedx); ArmError 400/404. Also what the
+    dashboard serves."""
+    fmt = _sbom_format(fmt)
     output = st.runs.output(run.run, output_name)
     if output is None:
         names = ", ".join(o["name"] for o in st.runs.outputs(run.run)) or "none"
@@ -292,7 +303,7 @@ def image_template_run_sbom(req: func.HttpRequest) -> func.HttpResponse:
         )
     except NotRecordedError as exc:
         raise ArmError(404, "ResourceNotFound", str(exc)) from None
-    return json_response(doc)
+    return doc
 
 
 @bp.route(route=TEMPLATE + "/runs/{runId}/provenance", methods=["GET"])
@@ -303,6 +314,12 @@ def image_template_run_provenance(req: func.HttpRequest) -> func.HttpResponse:
     api_version(req)
     st = store()
     _, run = _run(st, req)
+    return json_response(provenance_envelope(st, run))
+
+
+def provenance_envelope(st: Store, run: RunRecord) -> Any:
+    """The run's signed provenance (DSSE envelope); ArmError 404 when not recorded, 500 without a key.
+    Also what the dashboard serves."""
     settings = Settings.from_env()
     try:
         stmt = run_statement(
@@ -321,7 +338,7 @@ def image_template_run_provenance(req: func.HttpRequest) -> func.HttpResponse:
         key = signing_key(settings)
     except SigningKeyError as exc:
         raise ArmError(500, "ProvenanceKeyMissing", str(exc)) from None
-    return json_response(sign(stmt, key))
+    return sign(stmt, key)
 
 
 @bp.route(route=TEMPLATE + "/run", methods=["GET", "PUT", "PATCH", "DELETE"])

@@ -33,7 +33,7 @@ import jinja2
 
 from api._arm import ArmError, in_thread, store, template_coordinates
 from api._builds import cancel_build, start_build
-from api.runs import _resume_plan
+from api.runs import _resume_plan, provenance_envelope, sbom_document
 from dashboard import session as sess
 from dashboard import views
 from imagebuilder.pipeline.messages import RunOptions, RunRef
@@ -423,6 +423,7 @@ def _run_of(st: Store, req: func.HttpRequest) -> tuple[StoredTemplate, RunRecord
 def _run_view(st: Store, req: func.HttpRequest) -> dict[str, Any]:
     stored, run = _run_of(st, req)
     text = st.runs.log(run.run).read()
+    outputs = views.outputs_of(st.runs.outputs(run.run))
     return {
         "t": stored,
         "run": run,
@@ -431,8 +432,8 @@ def _run_view(st: Store, req: func.HttpRequest) -> dict[str, Any]:
         "phases": views.phases_of(run),
         "steps": views.steps_of(run, text),
         "failure": views.failure_of(run),
-        "outputs": views.outputs_of(st.runs.outputs(run.run)),
-        "documents": views.documents_of(run),
+        "outputs": outputs,
+        "documents": views.documents_of(run, outputs),
         "duration": views.duration(run),
         "is_latest": stored.last_run_id == run.run.run_id,
         "resume": views.resume_of(run, stored),
@@ -641,3 +642,47 @@ async def dashboard_resume(
         return await _action_error(req, csrf, exc)
     log.info("dashboard: run %s of %s resumes run %s", run.run.run_id, stored.name, failed.run.run_id)
     return _redirect(_run_url(run))
+
+
+def _document(st: Store, req: func.HttpRequest, kind: str) -> tuple[str, bytes]:
+    stored, run = _run_of(st, req)
+    stem = f"{run.run.template_name}-{run.run.run_id}"
+    if kind == "provenance":
+        return f"{stem}.provenance.json", json.dumps(provenance_envelope(st, run), indent=2).encode()
+    name = str(req.route_params.get("runOutputName") or "")
+    fmt = str(req.params.get("format") or "spdx")
+    doc = sbom_document(st, stored, run, name, fmt)
+    return f"{stem}-{name}.{fmt.lower()}.json", json.dumps(doc, indent=2).encode()
+
+
+def _json_download(filename: str, data: bytes) -> func.HttpResponse:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in filename)
+    return func.HttpResponse(
+        data,
+        status_code=200,
+        headers={
+            **_headers(),
+            "Content-Type": "application/json",
+            "Content-Disposition": f'inline; filename="{safe}"',
+        },
+    )
+
+
+@bp.route(route=BASE + "/runs/{runId}/sbom/{runOutputName}", methods=["GET"], auth_level=ANON)
+@bp.durable_client_input(client_name="client")
+@guarded()
+async def dashboard_sbom(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient, *, session: sess.Session, csrf: str
+) -> func.HttpResponse:
+    """A run output's SBOM (`format=spdx|cyclonedx`), the document GET .../runs/{runId}/sbom/{name} gives."""
+    return _json_download(*(await in_thread(_document, store(), req, "sbom")))
+
+
+@bp.route(route=BASE + "/runs/{runId}/provenance", methods=["GET"], auth_level=ANON)
+@bp.durable_client_input(client_name="client")
+@guarded()
+async def dashboard_provenance(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient, *, session: sess.Session, csrf: str
+) -> func.HttpResponse:
+    """The run's signed provenance, the envelope GET .../runs/{runId}/provenance gives."""
+    return _json_download(*(await in_thread(_document, store(), req, "provenance")))

@@ -268,15 +268,22 @@ def outputs_of(outputs: list[dict[str, Any]]) -> list[Output]:
     return out
 
 
-def documents_of(run: RunRecord) -> dict[str, Any]:
-    """The SBOMs (per run output name) and the provenance a run record names, where it has them."""
+def documents_of(run: RunRecord, outputs: list[Output]) -> dict[str, Any]:
+    """What the run record says exists beyond outputs: an SBOM per output (in `details.sbom.formats`) and
+    the signed provenance, both recorded when the image's inventory was captured."""
     sbom = run.details.get("sbom")
-    names: list[str] = []
-    if isinstance(sbom, dict):
-        names = [str(k) for k in sbom]
-    elif isinstance(sbom, list):
-        names = [str(s.get("runOutputName")) for s in sbom if isinstance(s, dict) and s.get("runOutputName")]
-    return {"sbom": sorted(names), "provenance": bool(run.details.get("provenance"))}
+    if not isinstance(sbom, dict):
+        return {"sbom": [], "formats": [], "provenance": False, "contents": None}
+    formats = [str(f) for f in sbom.get("formats") or ["spdx"]]
+    return {
+        "sbom": [o.name for o in outputs],
+        "formats": formats,
+        "provenance": True,
+        "contents": ", ".join(
+            f"{sbom[k]} {k}" for k in ("packages", "files") if isinstance(sbom.get(k), int) and sbom[k]
+        )
+        or None,
+    }
 
 
 @dataclass

@@ -122,6 +122,20 @@ def test_sign_in_run_a_busybox_build_and_watch_it_live(browser: Any, dash: E2E, 
     assert vhd.status == 200
     body = vhd.body()
     assert body[-512:][:8] == b"conectix" and len(body) % (1024 * 1024) == 512
+
+    # the SBOM of each output and the signed provenance the run record names, through the session
+    vhd_article = page.locator("article", has_text="busybox-vhd")
+    spdx = context.request.get(
+        dash.runtime.base_url + vhd_article.get_by_role("link", name="SPDX 2.3").get_attribute("href")
+    )
+    assert spdx.status == 200 and spdx.json()["spdxVersion"] == "SPDX-2.3"
+    cdx = vhd_article.get_by_role("link", name="CycloneDX 1.5").get_attribute("href")
+    assert context.request.get(dash.runtime.base_url + cdx).json()["specVersion"] == "1.5"
+    envelope = context.request.get(
+        dash.runtime.base_url
+        + page.get_by_role("link", name="Provenance (signed SLSA statement)").get_attribute("href")
+    ).json()
+    assert envelope["payloadType"] == "application/vnd.in-toto+json" and envelope["signatures"]
     page.screenshot(path=str(shots / "run-succeeded.png"), full_page=True)
 
     # the templates page lists it with its last run

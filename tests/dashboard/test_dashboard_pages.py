@@ -105,6 +105,9 @@ def test_resume_a_failed_run_from_the_page_after_fixing_the_script(
             in page.locator("#live").inner_text()
         )
         assert "succeeded" in page.locator("tr.step", has_text="customize[1] (Shell: second)").inner_text()
+        # the step before the failed one came from the step cache: the timeline says so, with its id
+        first = page.locator("tr.step", has_text="customize[0] (Shell: first)").inner_text()
+        assert "hit" in first, first
         assert "the-fix-ran" in page.locator("#log").inner_text()
         record = dash.latest_run(name)
         assert record.details["resumeFrom"]["runId"] == failed_id
