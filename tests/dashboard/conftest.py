@@ -26,7 +26,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open, its event loop runs in this thread, and
+# any later test in the session that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: run scripts/setup.sh (it installs the package chromium)")
