@@ -19,6 +19,7 @@ from imagebuilder.providers.azure.context import (
     ADMIN_USER,
     TAG_RUN,
     Ctx,
+    NotYet,
     ensure,
     run_tags,
 )
@@ -93,7 +94,7 @@ def ensure_staging(ctx: Ctx) -> dict[str, Any]:
     return group
 
 
-def create_build_env(ctx: Ctx) -> BuildEnv:
+def create_build_env(ctx: Ctx) -> BuildEnv | NotYet:
     prepared = PrepareResult.model_validate(ctx.args["prepared"])
     if prepared.status != "succeeded" or prepared.source is None:
         raise ArmFailure("PrepareFailed", "create_build_env needs a successful prepare result")
@@ -119,7 +120,9 @@ def create_build_env(ctx: Ctx) -> BuildEnv:
             # No inbound rules: Run Command needs no inbound port; Azure's defaults deny inbound.
             lambda: {"location": ctx.location, "tags": tags, "properties": {"securityRules": []}},
         )
-        ensure(
+        if isinstance(nsg, NotYet):
+            return nsg
+        vnet = ensure(
             ctx,
             f"virtual network {names.vnet}",
             lambda: network.virtual_networks.get(rg, names.vnet),
@@ -143,6 +146,8 @@ def create_build_env(ctx: Ctx) -> BuildEnv:
                 },
             },
         )
+        if isinstance(vnet, NotYet):
+            return vnet
         subnet_id = (
             f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network"
             f"/virtualNetworks/{names.vnet}/subnets/build"
@@ -168,6 +173,8 @@ def create_build_env(ctx: Ctx) -> BuildEnv:
             },
         },
     )
+    if isinstance(nic, NotYet):
+        return nic
     compute = ctx.arm.compute
     vm = ensure(
         ctx,
@@ -176,6 +183,8 @@ def create_build_env(ctx: Ctx) -> BuildEnv:
         lambda body, p: compute.virtual_machines.begin_create_or_update(rg, names.vm, body, polling=p),
         lambda: vm_body(ctx, source, nic["id"], tags),
     )
+    if isinstance(vm, NotYet):
+        return vm
     return BuildHandle(
         subscription=sub,
         resource_group=rg,

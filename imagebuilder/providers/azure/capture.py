@@ -11,18 +11,19 @@ from imagebuilder.pipeline.messages import (
 )
 from imagebuilder.providers.azure.context import (
     Ctx,
+    NotYet,
     ensure,
     run_tags,
 )
 from imagebuilder.providers.azure.handles import BuildHandle, CapturedImage
 
 
-def capture(ctx: Ctx) -> CaptureResult:
+def capture(ctx: Ctx) -> CaptureResult | NotYet:
     env = BuildHandle.of(ctx.args["env"])
     rg, vm_id = env.resource_group, env.vm_id
     compute = ctx.arm.compute
     trusted = env.security_type == "TrustedLaunch"
-    image: dict[str, Any] = {}
+    image: dict[str, Any] | NotYet = {}
     if not trusted:  # a Trusted Launch VM cannot become a managed image: galleries take the VM itself
         image = ensure(
             ctx,
@@ -38,6 +39,8 @@ def capture(ctx: Ctx) -> CaptureResult:
                 },
             },
         )
+    if isinstance(image, NotYet):
+        return image
     captured = CapturedImage(
         managed_image_id=image.get("id"),
         trusted_launch=trusted,

@@ -3,8 +3,9 @@ one call (`Ctx`: the run, its log, its clients, the step state that travels in t
 small ARM helpers built on them (tags, "ensure this resource exists", "wait for this operation").
 
 A phase function is a re-entrant step function: it inspects what exists (names derive from the run), does
-the next thing, and either returns its result or raises `Wait` ("not yet": the provider turns it into a
-`Pending` carrying ids, step state and the ARM operation to poll; `poll` calls the function again).
+the next thing, and returns either its result or `NotYet` (the provider turns that into a `Pending`
+carrying ids, step state and the ARM operation to poll; `poll` calls the function again). Helpers that
+may have to wait return `NotYet` too, and their callers hand it straight back.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ ADMIN_USER = "packer"
 DEFAULT_GENERALIZE_SECONDS = 3600  # from the start of deprovisioning to the VM's stopped power state
 
 
-class Wait(Exception):
+@dataclass(frozen=True)
+class NotYet:
     """The step cannot go on yet: poll `op` (an ARM operation) or just come back after `retry_after`."""
 
-    def __init__(self, op: dict[str, Any] | None, retry_after: int) -> None:
-        super().__init__("pending")
-        self.op = op
-        self.retry_after = retry_after
+    op: dict[str, Any] | None
+    retry_after: int
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,17 @@ def run_tags(ctx: Ctx, extra: dict[str, Any] | None = None) -> dict[str, str]:
     return out
 
 
-def await_op(started: Started, what: str) -> dict[str, Any]:
-    """The finished body of an operation, or `Wait` to poll it later."""
+def await_op(started: Started, what: str) -> dict[str, Any] | NotYet:
+    """The finished body of an operation, or `NotYet` to poll it later."""
     op = started.operation(what)
     if op is None:
         return started.body
-    raise Wait(op, started.retry_after)
+    return NotYet(op, started.retry_after)
+
+
+def later(ctx: Ctx) -> NotYet:
+    """Come back after the poll interval (nothing specific to poll)."""
+    return NotYet(None, ctx.settings.poll_interval)
 
 
 def ensure(
@@ -129,22 +134,24 @@ def ensure(
     get: Callable[[], Any],
     begin: Callable[[Any, Any], Any],
     body: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:
+) -> dict[str, Any] | NotYet:
     """GET a resource; PUT it when absent (returns after ARM accepted); wait while it provisions."""
     existing = ctx.arm.get(f"read {what}", get)
     if existing is None:
         ctx.log.write(f"creating {what}\n")
         started = ctx.arm.start(f"create {what}", begin_with(begin, body()))
         result = await_op(started, f"create {what}")
+        if isinstance(result, NotYet):
+            return result
         if state_of(result) == "Succeeded":
             return result
-        raise Wait(None, started.retry_after)
+        return NotYet(None, started.retry_after)
     state = state_of(existing)
     if state == "Succeeded":
         return existing
     if state in ("Failed", "Canceled"):
         raise ArmFailure("ProvisioningFailed", f"{what} is in provisioning state {state}")
-    raise Wait(None, ctx.settings.poll_interval)
+    return later(ctx)
 
 
 def polled(begin: Callable[..., Any], *args: Any) -> Any:

@@ -15,9 +15,10 @@ from imagebuilder.providers.azure.clients import ArmFailure, redact
 from imagebuilder.providers.azure.context import (
     TAG_RUN,
     Ctx,
-    Wait,
+    NotYet,
     await_op,
     ensure,
+    later,
     run_tags,
     version_key,
 )
@@ -28,7 +29,7 @@ from imagebuilder.providers.azure.handles import CapturedImage
 from imagebuilder.providers.azure.names import ArmId
 
 
-def distribute(ctx: Ctx) -> ReplicationResult:
+def distribute(ctx: Ctx) -> ReplicationResult | NotYet:
     captured = CaptureResult.model_validate(ctx.args["captured"])
     index, region = int(ctx.args["target_index"]), str(ctx.args["region"])
     targets = ctx.props.get("distribute") or []
@@ -112,7 +113,7 @@ def next_version(
 
 def to_gallery(
     ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
-) -> ReplicationResult:
+) -> ReplicationResult | NotYet:
     gallery_image_id = str(target.get("galleryImageId") or "")
     parsed = ArmId.parse(gallery_image_id, f"properties.distribute[{index}].galleryImageId")
     arm = ctx.settings.clients(parsed.subscription, ctx.build)
@@ -161,6 +162,8 @@ def to_gallery(
             # ARM takes a version's source only from the version's own region (the definition's):
             # the generalized OS disk goes there as a copied snapshot first.
             snapshot_id = snapshot_in(ctx, image, home)
+            if isinstance(snapshot_id, NotYet):
+                return snapshot_id
             storage = {"osDiskImage": {"source": {"id": snapshot_id}}}
         elif image.managed_image_id:
             storage = {"source": {"id": image.managed_image_id}}
@@ -176,7 +179,7 @@ def to_gallery(
             f"create image version {version}",
             lambda p: versions.begin_create_or_update(rg, gallery, name, version, body, polling=p),
         )
-        raise Wait(None, ctx.settings.poll_interval)
+        return later(ctx)
     if (current.get("tags") or {}).get(TAG_RUN) != ctx.build.run.run_id:
         raise ArmFailure(
             "GalleryImageVersionExists",
@@ -204,12 +207,12 @@ def to_gallery(
         ctx.log.write(f"replicating {version} to {region}: {mine_region.get('progress', 0)}%\n")
     if props.get("provisioningState") == "Failed":
         raise ArmFailure("ImageVersionFailed", f"gallery image version {version} failed to provision")
-    raise Wait(None, ctx.settings.poll_interval)
+    return later(ctx)
 
 
 def to_managed_image(
     ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
-) -> ReplicationResult:
+) -> ReplicationResult | NotYet:
     image_id = str(target.get("imageId") or "")
     parsed = ArmId.parse(image_id, f"properties.distribute[{index}].imageId")
     if image.trusted_launch:
@@ -227,6 +230,8 @@ def to_managed_image(
     }
     if _region(location) != _region(image.location):
         snapshot_id = snapshot_in(ctx, image, location)
+        if isinstance(snapshot_id, NotYet):
+            return snapshot_id
         properties = {
             "hyperVGeneration": image.hyper_v_generation,
             "storageProfile": {
@@ -248,6 +253,8 @@ def to_managed_image(
             "properties": properties,
         },
     )
+    if isinstance(result, NotYet):
+        return result
     return ReplicationResult(
         run_output_name=str(target.get("runOutputName") or ""),
         region=region,
@@ -256,7 +263,7 @@ def to_managed_image(
     )
 
 
-def snapshot_in(ctx: Ctx, image: CapturedImage, location: str) -> str:
+def snapshot_in(ctx: Ctx, image: CapturedImage, location: str) -> str | NotYet:
     """The generalized OS disk as a snapshot in `location`: an incremental snapshot in the build
     region copied across with CopyStart (both transient, in the staging group). Returns its id."""
     rg, snapshots = image.resource_group, ctx.arm.compute.snapshots
@@ -278,6 +285,8 @@ def snapshot_in(ctx: Ctx, image: CapturedImage, location: str) -> str:
             },
         },
     )
+    if isinstance(source, NotYet):
+        return source
     copy = ensure(
         ctx,
         f"snapshot {there}",
@@ -292,16 +301,18 @@ def snapshot_in(ctx: Ctx, image: CapturedImage, location: str) -> str:
             },
         },
     )
+    if isinstance(copy, NotYet):
+        return copy
     done = float((copy.get("properties") or {}).get("completionPercent", 100))
     if done < 100:
         ctx.log.write(f"copying the OS disk snapshot to {location}: {done:.0f}%\n")
-        raise Wait(None, ctx.settings.poll_interval)
+        return later(ctx)
     return str(copy["id"])
 
 
 def to_vhd(
     ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
-) -> ReplicationResult:
+) -> ReplicationResult | NotYet:
     uri = str(target.get("uri") or "")
     output = str(target.get("runOutputName") or "")
     if not re.match(r"^https://[^/]+/[^/]+/.+", uri):
@@ -327,19 +338,21 @@ def to_vhd(
                 ),
             )
             body = await_op(started, f"grant access to {disk}")
+            if isinstance(body, NotYet):
+                return body
             sas = body.get("accessSAS")
             if not sas:
-                raise Wait(None, ctx.settings.poll_interval)
+                return later(ctx)
         # The SAS is a secret: used right here, never logged and never put into the Pending state.
         ctx.arm.call(f"copy VHD to {redact(uri)}", lambda: blob.start_copy_from_url(sas))
         ctx.state["copy_started"] = True
         ctx.log.write(f"copying the OS disk to {redact(uri)}\n")
-        raise Wait(None, ctx.settings.poll_interval)
+        return later(ctx)
     props = ctx.arm.call(f"read {redact(uri)}", blob.get_blob_properties)
     copy = props.copy
     if copy.status == "pending":
         ctx.log.write(f"VHD copy: {copy.progress}\n")
-        raise Wait(None, ctx.settings.poll_interval)
+        return later(ctx)
     ctx.arm.start(f"revoke access to {disk}", lambda p: disks.begin_revoke_access(rg, disk, polling=p))
     if copy.status != "success":
         raise ArmFailure("VhdCopyFailed", f"copying the VHD ended {copy.status}: {copy.status_description}")

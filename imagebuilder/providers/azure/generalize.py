@@ -12,8 +12,9 @@ from imagebuilder.providers.azure import runcommand, scripts
 from imagebuilder.providers.azure.clients import ArmFailure
 from imagebuilder.providers.azure.context import (
     Ctx,
-    Wait,
+    NotYet,
     await_op,
+    later,
     tail,
 )
 from imagebuilder.providers.azure.handles import BuildHandle
@@ -21,7 +22,7 @@ from imagebuilder.providers.azure.handles import BuildHandle
 GENERALIZE_LAUNCH_SECONDS = 600  # the run command that starts deprovisioning only writes and starts it
 
 
-def generalize(ctx: Ctx) -> StepResult:
+def generalize(ctx: Ctx) -> StepResult | NotYet:
     """Deprovision (Linux) or Sysprep (Windows) detached in the guest, wait for the VM to power itself
     off (the guest agent is gone by then, so only the power state tells), deallocate, generalize."""
     env = BuildHandle.of(ctx.args["env"])
@@ -30,9 +31,10 @@ def generalize(ctx: Ctx) -> StepResult:
     linux = env.os_type == "Linux"
     if not ctx.state.get("launched"):
         script = scripts.deprovision_linux() if linux else scripts.sysprep()
-        code, output, error = runcommand.run(
-            ctx, env, "generalize", script, timeout=GENERALIZE_LAUNCH_SECONDS
-        )
+        ran = runcommand.run(ctx, env, "generalize", script, timeout=GENERALIZE_LAUNCH_SECONDS)
+        if isinstance(ran, NotYet):
+            return ran
+        code, output, error = ran
         if code != 0 or scripts.GENERALIZE_STARTED not in output:
             return StepResult(
                 status="failed",
@@ -65,7 +67,7 @@ def generalize(ctx: Ctx) -> StepResult:
                 "the guest (see the VM's boot diagnostics; errorHandling onCustomizerError abort keeps "
                 "the VM)",
             )
-        raise Wait(None, ctx.settings.poll_interval)
+        return later(ctx)
     if "PowerState/deallocated" not in codes:
         if not ctx.state.get("deallocating"):
             ctx.state["deallocating"] = True
@@ -73,8 +75,10 @@ def generalize(ctx: Ctx) -> StepResult:
             started = ctx.arm.start(
                 f"deallocate {vm}", lambda p: compute.virtual_machines.begin_deallocate(rg, vm, polling=p)
             )
-            await_op(started, f"deallocate {vm}")
-        raise Wait(None, ctx.settings.poll_interval)
+            waiting = await_op(started, f"deallocate {vm}")
+            if isinstance(waiting, NotYet):
+                return waiting
+        return later(ctx)
     ctx.log.write(f"generalizing {vm}\n")
     ctx.arm.call(f"generalize {vm}", lambda: compute.virtual_machines.generalize(rg, vm))
     return StepResult(status="succeeded", step="generalize")

@@ -8,10 +8,10 @@ The work is in one module per phase or resource kind:
     generalize.py  detached deprovision/Sysprep, power-state wait       capture.py   managed image or the VM
     distribute.py  gallery versions, managed images, VHD               cleanup.py   a run's resources
     template.py    create/delete template (staging.py: the group)      runlog.py    output to append blobs
-    context.py     Settings, Ctx, Wait and the ARM helpers             names.py     ArmId, Names
+    context.py     Settings, Ctx, NotYet and ARM helpers                names.py     ArmId, Names
     clients.py     SDK clients, operation status, error sorting         scripts.py   in-VM script text
 
-No call waits for an ARM operation: a phase raises `Wait` and the provider returns a `Pending` that carries
+No call waits for an ARM operation: a phase returns `NotYet` and the provider returns a `Pending` carrying
 ids and step state only (the template comes back from the poll activity's build); cleanup alone waits,
 within a budget.
 """
@@ -65,8 +65,8 @@ from imagebuilder.providers.azure.context import (
     TAG_RUN,
     TAG_TEMPLATE,
     Ctx,
+    NotYet,
     Settings,
-    Wait,
     props_of,
     step_name,
 )
@@ -78,7 +78,7 @@ from imagebuilder.providers.base import (
     ProviderConfigError,
 )
 
-# method name -> the phase function that does it (each takes a Ctx, returns a result or raises Wait)
+# method name -> the phase function that does it (each takes a Ctx, returns its result or NotYet)
 PHASES: dict[str, Callable[[Ctx], Any]] = {
     "prepare": source.prepare,
     "create_build_env": buildenv.create_build_env,
@@ -204,9 +204,10 @@ class AzureProvider(ComputeProvider):
         try:
             arm = self.clients(build.run.subscription_id, build)
             ctx = Ctx(build, log, args, dict(state or {}), arm, Names.of(build), self.settings, op_result)
-            return PHASES[method](ctx)
-        except Wait as wait:
-            return self._pending(method, build, args, ctx.state if ctx else {}, wait.op, wait.retry_after)
+            result = PHASES[method](ctx)
+            if isinstance(result, NotYet):
+                return self._pending(method, build, args, ctx.state, result.op, result.retry_after)
+            return result
         except Throttled as throttled:
             log.write(f"ARM throttled the request; resuming in {throttled.retry_after}s\n")
             return self._pending(method, build, args, ctx.state if ctx else {}, None, throttled.retry_after)

@@ -10,7 +10,8 @@ from imagebuilder.providers.azure import scripts
 from imagebuilder.providers.azure.clients import ArmFailure
 from imagebuilder.providers.azure.context import (
     Ctx,
-    Wait,
+    NotYet,
+    later,
     run_tags,
 )
 from imagebuilder.providers.azure.handles import BuildHandle
@@ -29,10 +30,10 @@ RUN_COMMAND_MARGIN = 300  # seconds past a run command's timeoutInSeconds before
 
 def run(
     ctx: Ctx, env: BuildHandle, key: str, script: str, timeout: int | None = None
-) -> tuple[int, str, str]:
+) -> tuple[int, str, str] | NotYet:
     """Run `script` in the build VM through a managed run command named after `key`.
 
-    Raises `Wait` until it finished; streams new output into the log as it appears. Returns
+    Returns `NotYet` until it finished; streams new output into the log as it appears. Returns
     (exit code, stdout, stderr). Every run command has a deadline of its own (its timeoutInSeconds plus
     a margin): a guest agent that stopped reporting (a script stopped it, the VM hung) never moves the
     run command to a terminal state, and the build fails with RunCommandNoResponse instead of waiting
@@ -66,7 +67,7 @@ def run(
         )
         deadlines[name] = ctx.settings.clock() + seconds + RUN_COMMAND_MARGIN
         # Not waiting on the operation: each poll re-reads the instance view and streams new output.
-        raise Wait(None, ctx.settings.poll_interval)
+        return later(ctx)
     props = current.get("properties") or {}
     view = props.get("instanceView") or {}
     output, error = str(view.get("output") or ""), str(view.get("error") or "")
@@ -116,7 +117,7 @@ def run(
             "stops or restarts the agent (waagent -deprovision, sysprep, a reboot) never reports back; "
             "leave generalization to the build, or restart with a WindowsRestart customizer",
         )
-    raise Wait(None, ctx.settings.poll_interval)
+    return later(ctx)
 
 
 def run_logs(ctx: Ctx) -> RunLogStore | None:
@@ -178,8 +179,10 @@ def forget(ctx: Ctx, env: BuildHandle, key: str) -> None:
         ctx.log.write(f"note: run command {name} stays until the VM is deleted ({exc})\n")
 
 
-def restart(ctx: Ctx, env: BuildHandle, key: str, command: str, check: str | None, timeout: int) -> None:
-    """Restart the VM and return once the guest agent is back and the VM booted after the request."""
+def restart(
+    ctx: Ctx, env: BuildHandle, key: str, command: str, check: str | None, timeout: int
+) -> NotYet | None:
+    """Restart the VM; None once the guest agent is back and the VM booted after the request."""
     st = ctx.state.setdefault(f"restart:{key}", {})
     if "requested_at" not in st:
         st["requested_at"] = ctx.settings.clock()
@@ -187,12 +190,14 @@ def restart(ctx: Ctx, env: BuildHandle, key: str, command: str, check: str | Non
         st["attempt"] = 0
     deadline = float(st["requested_at"]) + timeout
     if st["stage"] == "restart":
-        code, _, _ = run(ctx, env, f"restart-{key}", scripts.schedule_restart(command))
+        scheduled = run(ctx, env, f"restart-{key}", scripts.schedule_restart(command))
+        if isinstance(scheduled, NotYet):
+            return scheduled
         forget(ctx, env, f"restart-{key}")
-        if code != 0:
-            raise ArmFailure("RestartFailed", f"scheduling the restart exited with {code}")
+        if scheduled[0] != 0:
+            raise ArmFailure("RestartFailed", f"scheduling the restart exited with {scheduled[0]}")
         st["stage"] = "wait"
-        raise Wait(None, ctx.settings.poll_interval)
+        return later(ctx)
     if st["stage"] == "wait":
         view = (
             ctx.arm.get(
@@ -206,10 +211,13 @@ def restart(ctx: Ctx, env: BuildHandle, key: str, command: str, check: str | Non
         if not ready:
             if ctx.settings.clock() > deadline:
                 raise ArmFailure("RestartTimeout", f"the VM did not come back within {timeout}s")
-            raise Wait(None, ctx.settings.poll_interval)
+            return later(ctx)
         st["stage"] = "check"
     try:
-        code, output, _ = run(ctx, env, f"check-{key}-{st['attempt']}", scripts.restart_check(check))
+        checked = run(ctx, env, f"check-{key}-{st['attempt']}", scripts.restart_check(check))
+        if isinstance(checked, NotYet):
+            return checked
+        code, output, _ = checked
         forget(ctx, env, f"check-{key}-{st['attempt']}")
         boot = scripts.parse_marker(output, scripts.MARKER_BOOT) or {}
         booted_after = float(boot.get("epoch", 0)) > float(st["requested_at"])
@@ -217,9 +225,9 @@ def restart(ctx: Ctx, env: BuildHandle, key: str, command: str, check: str | Non
         code, booted_after = 1, False  # the agent was not ready for commands yet
     if code == 0 and booted_after:
         ctx.log.write("restart complete\n")
-        return
+        return None
     if ctx.settings.clock() > deadline:
         raise ArmFailure("RestartTimeout", f"restart check did not pass within {timeout}s")
     st["attempt"] = int(st["attempt"]) + 1
     st["stage"] = "wait"
-    raise Wait(None, ctx.settings.poll_interval)
+    return later(ctx)

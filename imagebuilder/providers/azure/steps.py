@@ -15,6 +15,7 @@ from imagebuilder.providers.azure.clients import ArmFailure, redact
 from imagebuilder.providers.azure.context import (
     ADMIN_USER,
     Ctx,
+    NotYet,
     step_name,
     tail,
 )
@@ -23,7 +24,9 @@ from imagebuilder.providers.azure.handles import BuildHandle
 MAX_WINDOWS_UPDATE_PASSES = 20
 
 
-def script_step(ctx: Ctx, env: BuildHandle, key: str, step: dict[str, Any], label: str) -> StepResult:
+def script_step(
+    ctx: Ctx, env: BuildHandle, key: str, step: dict[str, Any], label: str
+) -> StepResult | NotYet:
     """Shell / PowerShell / File, as a customizer or an in-VM validator."""
     kind = step.get("type")
     os_type = env.os_type
@@ -60,7 +63,10 @@ def script_step(ctx: Ctx, env: BuildHandle, key: str, step: dict[str, Any], labe
         )
     else:
         raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported here")
-    code, output, error = runcommand.run(ctx, env, key, script)
+    ran = runcommand.run(ctx, env, key, script)
+    if isinstance(ran, NotYet):
+        return ran
+    code, output, error = ran
     duration = max(0.0, ctx.settings.clock() - started)
     if code not in valid:
         return StepResult(
@@ -80,7 +86,7 @@ def script_step(ctx: Ctx, env: BuildHandle, key: str, step: dict[str, Any], labe
     return StepResult(status="succeeded", step=label, exit_code=code, duration_seconds=duration)
 
 
-def customize(ctx: Ctx) -> StepResult:
+def customize(ctx: Ctx) -> StepResult | NotYet:
     env = BuildHandle.of(ctx.args["env"])
     index = int(ctx.args["index"])
     steps = ctx.props.get("customize") or []
@@ -96,14 +102,18 @@ def customize(ctx: Ctx) -> StepResult:
     if kind == "WindowsRestart":
         timeout = scripts.parse_duration(step.get("restartTimeout"), 300)
         command = str(step.get("restartCommand") or scripts.DEFAULT_RESTART_COMMAND)
-        runcommand.restart(ctx, env, str(index), command, step.get("restartCheckCommand") or None, timeout)
-        return StepResult(status="succeeded", step=label)
+        waiting = runcommand.restart(
+            ctx, env, str(index), command, step.get("restartCheckCommand") or None, timeout
+        )
+        return waiting or StepResult(status="succeeded", step=label)
     if kind == "WindowsUpdate":
         return windows_update(ctx, env, index, step, label)
     raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported")
 
 
-def windows_update(ctx: Ctx, env: BuildHandle, index: int, step: dict[str, Any], label: str) -> StepResult:
+def windows_update(
+    ctx: Ctx, env: BuildHandle, index: int, step: dict[str, Any], label: str
+) -> StepResult | NotYet:
     try:
         script = scripts.windows_update(step)
     except ValueError as exc:
@@ -114,7 +124,10 @@ def windows_update(ctx: Ctx, env: BuildHandle, index: int, step: dict[str, Any],
         if n >= MAX_WINDOWS_UPDATE_PASSES:
             raise ArmFailure("WindowsUpdateNotConverging", f"{label}: updates still pending after {n} passes")
         if st["stage"] == "update":
-            code, output, error = runcommand.run(ctx, env, f"wu-{index}-{n}", script)
+            ran = runcommand.run(ctx, env, f"wu-{index}-{n}", script)
+            if isinstance(ran, NotYet):
+                return ran
+            code, output, error = ran
             result = scripts.parse_marker(output, scripts.MARKER_WU)
             if code != 0 or result is None:
                 return StepResult(
@@ -146,12 +159,16 @@ def windows_update(ctx: Ctx, env: BuildHandle, index: int, step: dict[str, Any],
                     details={"passes": n + 1, "installed": st["installed"]},
                 )
         if st["stage"] == "restart":
-            runcommand.restart(ctx, env, f"wu-{index}-{n}", scripts.DEFAULT_RESTART_COMMAND, None, 3600)
+            waiting = runcommand.restart(
+                ctx, env, f"wu-{index}-{n}", scripts.DEFAULT_RESTART_COMMAND, None, 3600
+            )
+            if waiting is not None:
+                return waiting
             st["pass"] = n + 1
             st["stage"] = "update"
 
 
-def validate(ctx: Ctx) -> StepResult:
+def validate(ctx: Ctx) -> StepResult | NotYet:
     env = BuildHandle.of(ctx.args["env"])
     validations = (ctx.props.get("validate") or {}).get("inVMValidations") or []
     if not validations:
@@ -161,7 +178,7 @@ def validate(ctx: Ctx) -> StepResult:
         step = validations[j]
         label = f"validate.inVMValidations[{j}] ({step.get('name') or step.get('type')})"
         result = script_step(ctx, env, f"validate-{j}", step, label)
-        if result.status == "failed":
+        if isinstance(result, NotYet) or result.status == "failed":
             return result
         ctx.state["next"] = j + 1
     return StepResult(status="succeeded", step="validate", details={"validations": len(validations)})
