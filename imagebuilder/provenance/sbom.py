@@ -143,9 +143,24 @@ _DEP5_TO_SPDX = {
     "epl-2.0": "EPL-2.0",
     "ofl-1.1": "OFL-1.1",
     "wtfpl": "WTFPL",
+    "gpl-2.0": "GPL-2.0-only",
+    "gpl-2.0+": "GPL-2.0-or-later",
+    "gpl-3.0": "GPL-3.0-only",
+    "gpl-3.0+": "GPL-3.0-or-later",
+    "lgpl-2.0+": "LGPL-2.0-or-later",
+    "lgpl-2.1-or-later": "LGPL-2.1-or-later",
+    "bsd-4-clause-uc": "BSD-4-Clause-UC",
+    "cc-by-3.0": "CC-BY-3.0",
+    "cc-by-sa-3.0": "CC-BY-SA-3.0",
+    "cc-by-4.0": "CC-BY-4.0",
+    "cc-by-sa-4.0": "CC-BY-SA-4.0",
+    "beerware": "Beerware",
+    "unicode-3.0": "Unicode-3.0",
+    "sgi-b-2.0": "SGI-B-2.0",
 }
 _SPLIT = re.compile(r"\s+(or|and)\s+|\s*,\s*(?:or\s+)?", re.IGNORECASE)
 _REF_CHARS = re.compile(r"[^A-Za-z0-9.-]+")
+_SHORT_NAME = re.compile(r"^(or|and|[A-Za-z0-9][A-Za-z0-9.+_~-]*)$", re.IGNORECASE)
 
 
 def license_ref(name: str) -> str:
@@ -198,6 +213,10 @@ def license_expression(licenses: Sequence[str], refs: dict[str, str]) -> str | N
         if not text:
             continue
         tokens = [t for t in _SPLIT.split(text) if t is not None and t.strip()]
+        if not all(_SHORT_NAME.match(t.strip()) or _WITH.match(t.strip()) for t in tokens):
+            # not a list of short names (some copyright files put prose on the License line):
+            # one LicenseRef for the line rather than one per fragment of a sentence
+            tokens = [text[:120]]
         terms: list[str] = []
         ops: list[str] = []
         for tok in tokens:

@@ -22,6 +22,7 @@ from imagebuilder.provenance.sbom import (
     SourceRef,
     cyclonedx_document,
     license_expression,
+    license_ref,
     purl,
     spdx_document,
 )
@@ -162,6 +163,8 @@ def test_license_expressions() -> None:
     assert license_expression(["GPL-2+ with Autoconf exception"], refs) == (
         "GPL-2.0-or-later WITH Autoconf-exception-2.0"
     )
+    prose = "Redistribution and use in source and binary forms, with or without"
+    assert license_expression([prose], refs) == license_ref(prose)
     assert license_expression(["GPL-2 with Linux-syscall-note exception", "MIT"], refs) == (
         "GPL-2.0-only WITH Linux-syscall-note AND MIT"
     )
