@@ -1,11 +1,26 @@
 """A checking ARM endpoint behind an azure-core HttpTransport, for driving the Azure SDK's real pipeline.
 
-Every request the SDK sends is checked (host, method, path, api-version, bearer token, body) and answered
-with responses shaped like the Azure REST API's documented examples (azure-rest-api-specs `examples/`):
-201 + Azure-AsyncOperation for PUTs, 202 + Location/Azure-AsyncOperation for POST actions and DELETEs,
-operation status bodies {"status": "InProgress" | "Succeeded" | "Failed", "error": {...}}, ARM error
-bodies {"error": {"code", "message"}}. State is kept, so ARM's dependency rules (a NIC in use cannot be
-deleted, ...) apply. Problems are collected in `problems`; a test asserts the list is empty.
+Every request the SDK sends is checked (host, method, path, api-version, bearer token) and every PUT/POST
+body against the request models of the api-versions the SDKs send (specs/: required and wrong types get
+400 InvalidRequestContent; unknown and read-only properties are problems). Answers follow the Azure REST
+API's documented shapes: 201 + Azure-AsyncOperation for PUTs, 202 + Location/Azure-AsyncOperation for
+POST actions and DELETEs, operation URLs per resource provider (`.../locations/{loc}/operations/` for VMs
+and run commands, `.../DiskOperations/` for disks and snapshots, `.../capsOperations/` for galleries, the
+network RP's own), ARM error bodies {"error": {"code", "message"}}. State is kept, so ARM's rules apply.
+
+Service behaviours modelled (each with a regression test of the request the provider once sent):
+- Run Command keeps a sliding 4 KB tail of output in its instance view (run-command-handler-linux
+  maxTailLen 4096); with outputBlobUri/errorBlobUri it appends the whole streams to those blobs.
+- A script that stops the guest agent in the foreground (waagent -deprovision, Sysprep /generalize) never
+  finishes its run command (WALinuxAgent#3547); one handed detached to systemd or a task reports, then the
+  VM powers off.
+- A gallery image version lives in its definition's region and takes a source only from that region;
+  targetRegions may not name a region twice ("Duplicate regions are not allowed").
+- Trusted Launch: a TrustedLaunch definition takes only a Trusted Launch source, a Standard one only a
+  Standard source, a TrustedLaunchSupported one no Trusted Launch VM; no managed image from a Trusted
+  Launch VM.
+- Dependencies on delete (a NIC in use, a subnet in use, a disk attached or with an active SAS).
+Problems are collected in `problems`; a test asserts the list is empty.
 """
 
 from __future__ import annotations
