@@ -69,3 +69,16 @@ def test_local_runtime_knows_nothing_of_image_building(path: Path) -> None:
         if m.split(".")[0] in {"imagebuilder", "api", "triggers", "orchestrators", "activities"}
     }
     assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _files("aibcli"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_command_line_talks_http_only(path: Path) -> None:
+    """`aib` works against any deployment: no Azure SDK, storage or Functions imports, and of the app only
+    the template models (for `lint`); the local debug commands run in a child process."""
+    app = {"api", "dashboard", "triggers", "orchestrators", "activities", "local_runtime", "imagebuilder"}
+    bad = {
+        m
+        for m in _imports(path)
+        if m.startswith("azure") or (m.split(".")[0] in app and not m.startswith("imagebuilder.template"))
+    }
+    assert not bad, f"{path} imports {bad}"
