@@ -153,7 +153,9 @@ class Confined:
 
 
 def _overlay_of(root: Path) -> dict[str, str] | None:
-    """lowerdir/upperdir/workdir of the overlay mounted at `root` (the topmost mount there), else None."""
+    """lowerdir/upperdir/workdir of the overlay mounted at `root` (the topmost mount there), else None.
+    Relative layer paths (the step cache mounts from `<build>/layers` to keep options short) are
+    resolved against that folder, recorded as `cwd`."""
     found: dict[str, str] | None = None
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -169,24 +171,14 @@ def _overlay_of(root: Path) -> dict[str, str] | None:
                     if key in ("lowerdir", "upperdir", "workdir"):
                         opts[key] = mounts.unescape(value)
                 if {"lowerdir", "upperdir", "workdir"} <= set(opts):
-                    found = _absolute(opts, root)
+                    relative = not all(v.startswith("/") for v in opts.values())
+                    opts["cwd"] = str(root.parent / "layers") if relative else "/"
+                    found = opts
     return found
 
 
-def _absolute(opts: dict[str, str], root: Path) -> dict[str, str]:
-    """Overlay paths made absolute. The step-cached build root (buildroot.mount_layers) mounts with
-    paths relative to <build>/layers, the folder beside `root`, to keep the options short however many
-    layers there are; mountinfo shows them as given."""
-    base = root.parent / "layers"
-
-    def fix(path: str) -> str:
-        return path if path.startswith("/") else os.path.normpath(base / path)
-
-    return {
-        "lowerdir": ":".join(fix(p) for p in opts["lowerdir"].split(":")),
-        "upperdir": fix(opts["upperdir"]),
-        "workdir": fix(opts["workdir"]),
-    }
+def _absolute(opts: dict[str, str], path: str) -> Path:
+    return Path(opts.get("cwd", "/"), path) if not path.startswith("/") else Path(path)
 
 
 def _split_options(text: str) -> list[str]:
@@ -208,10 +200,11 @@ def _split_options(text: str) -> list[str]:
 
 
 def _mount_overlay(opts: dict[str, str], target: Path, *, nodev: bool = False) -> None:
-    options = (
-        "nodev," if nodev else ""
-    ) + f"lowerdir={opts['lowerdir']},upperdir={opts['upperdir']},workdir={opts['workdir']}"
-    proc.run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)], timeout=60)
+    """Mount an overlay with `opts` (paths relative to `opts["cwd"]` when not absolute)."""
+    layers = f"lowerdir={opts['lowerdir']},upperdir={opts['upperdir']},workdir={opts['workdir']}"
+    options = ("nodev," if nodev else "") + layers
+    argv = ["mount", "-t", "overlay", "overlay", "-o", options, str(target)]
+    proc.run(argv, timeout=60, cwd=opts.get("cwd") or "/")
 
 
 def sweep() -> list[str]:
@@ -238,7 +231,8 @@ def _release(folder: Path) -> None:
         with contextlib.suppress(ProviderError, OSError, ValueError, KeyError):
             data = json.loads(record.read_text())
             root = Path(data["root"])
-            if root.is_dir() and Path(data["overlay"]["upperdir"]).is_dir() and not mounts.mounted(root):
+            upper = _absolute(data["overlay"], data["overlay"]["upperdir"])
+            if root.is_dir() and upper.is_dir() and not mounts.mounted(root):
                 _mount_overlay(data["overlay"], root)
     # Only empty folders and our own small files go: never a recursive delete (a mount could remain).
     left = set(mounts.mounts_under(folder))
@@ -304,19 +298,20 @@ def confined_root(
             layers.mkdir(mode=0o700)
             lowers = []
             for i, lower in enumerate(opts["lowerdir"].split(":")):
-                _attach_clone(Path(lower), layers / f"l{i}", layer_ns)
-                lowers.append(str(layers / f"l{i}"))
-            upper, work = Path(opts["upperdir"]), Path(opts["workdir"])
-            common = Path(os.path.commonpath([upper, work]))
+                _attach_clone(_absolute(opts, lower), layers / f"l{i}", layer_ns)
+                lowers.append(f"l{i}")
+            upper, work = _absolute(opts, opts["upperdir"]), _absolute(opts, opts["workdir"])
+            common = Path(os.path.commonpath([upper.resolve(), work.resolve()]))
             _attach_clone(common, layers / "rw", layer_ns)
             (folder / "swapped.json").write_text(json.dumps({"root": str(root), "overlay": opts}))
             detach(root)  # two overlays on one upper dir must never be live at once
             view.mkdir(mode=0o755)
             _mount_overlay(
                 {
-                    "lowerdir": ":".join(lowers),
-                    "upperdir": str(layers / "rw" / upper.relative_to(common)),
-                    "workdir": str(layers / "rw" / work.relative_to(common)),
+                    "lowerdir": ":".join(lowers),  # relative to `layers`: short options for many layers
+                    "upperdir": str(Path("rw") / upper.resolve().relative_to(common)),
+                    "workdir": str(Path("rw") / work.resolve().relative_to(common)),
+                    "cwd": str(layers),
                 },
                 view,
                 nodev=True,
