@@ -44,7 +44,8 @@
           live.setAttribute("data-terminal", "true");
           return;
         }
-        window.setTimeout(poll, 1500);
+        // a hidden tab asks less often
+        window.setTimeout(poll, document.hidden ? 10000 : 1500);
       })
       .catch(function () { window.setTimeout(poll, 5000); });
   }
