@@ -18,7 +18,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def crash_env(e2e_azurite: Azurite, tmp_path: Path) -> Iterator[E2E]:
-    dirs = {"runtime": tmp_path / "runtime", "provider": tmp_path / "provider", "cache": tmp_path / "cache"}
+    dirs = {
+        "runtime": tmp_path / "runtime",
+        "provider": tmp_path / "provider",
+        "cache": tmp_path / "cache",
+        "steps": tmp_path / "steps",
+    }
     env = runtime_env(e2e_azurite, dirs)
     runtime = LocalRuntime(state_dir=dirs["runtime"], env=env).start()
     try:
