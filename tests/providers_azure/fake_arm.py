@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -112,6 +113,28 @@ def redact_sas(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+def arm_action(method: str, path: str) -> str:
+    """The RBAC action an ARM request needs: the path's type segments plus read/write/delete/<action>."""
+    parts = [p for p in path.split("/") if p]
+    if "providers" in parts:
+        at = parts.index("providers")
+        namespace, rest = parts[at + 1], parts[at + 2 :]
+    else:
+        namespace, rest = "Microsoft.Resources", parts
+    if method == "POST":  # .../{type}/{name}/{action}
+        return f"{namespace}/{'/'.join(rest[0:-1:2])}/{rest[-1]}/action"
+    verb = {"GET": "read", "HEAD": "read", "PUT": "write", "PATCH": "write", "DELETE": "delete"}[method]
+    return f"{namespace}/{'/'.join(rest[0::2])}/{verb}"
+
+
+ROLE = Path(__file__).resolve().parents[2] / "infra" / "imagebuilder-role.json"
+
+
+def granted_actions(role: Path = ROLE) -> frozenset[str]:
+    """The actions of the app's custom role (lower-case): the fake answers 403 to anything else."""
+    return frozenset(a.lower() for a in json.loads(role.read_text())["actions"])
+
+
 def key_of(host: str, path: str) -> str:
     return f"https://{host}{path}"
 
@@ -170,7 +193,10 @@ class FakeArm(HttpTransport):
         self.containers: set[str] = set()
         self.sas_issued: list[str] = []  # user delegation SAS URLs handed to run commands
         self.effects: dict[str, str | None] = {}  # run command name -> guest_effect of its script
-        self.poll_urls: set[str] = set()  # every operation URL handed out (the role must allow reading each)
+        self.poll_urls: set[str] = set()
+        self.role: frozenset[str] | None = (
+            granted_actions()
+        )  # ARM authorizes every request, polls too  # every operation URL handed out (the role must allow reading each)
 
     # -- HttpTransport ----------------------------------------------------------------------------
 
@@ -375,6 +401,13 @@ class FakeArm(HttpTransport):
             return self.error(404, "NotFound", f"no file {key}")
         if headers.get("Authorization") != f"Bearer {TOKEN}":
             self.problem(f"{method} {path}: no bearer token")
+        action = arm_action(method, path)
+        if self.role is not None and action.lower() not in self.role:
+            return self.error(
+                403,
+                "AuthorizationFailed",
+                f"The client does not have authorization to perform action '{action}' over scope '{path}'.",
+            )
         p = path.lower()
         prefix = f"/subscriptions/{SUB}".lower()
         if not p.startswith(prefix):

@@ -17,23 +17,9 @@ import pytest
 from imagebuilder.providers.azure.provider import find_orphans
 from tests.providers_azure import test_build_flow as flow
 from tests.providers_azure import test_sources_and_windows as windows
-from tests.providers_azure.fake_arm import SUB
+from tests.providers_azure.fake_arm import SUB, arm_action
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
-
-
-def arm_action(method: str, path: str) -> str:
-    """The RBAC action an ARM request needs: the path's type segments plus read/write/delete/<action>."""
-    parts = [p for p in path.split("/") if p]
-    if "providers" in parts:
-        at = parts.index("providers")
-        namespace, rest = parts[at + 1], parts[at + 2 :]
-    else:
-        namespace, rest = "Microsoft.Resources", parts
-    if method == "POST":  # .../{type}/{name}/{action}
-        return f"{namespace}/{'/'.join(rest[0:-1:2])}/{rest[-1]}/action"
-    verb = {"GET": "read", "HEAD": "read", "PUT": "write", "PATCH": "write", "DELETE": "delete"}[method]
-    return f"{namespace}/{'/'.join(rest[0::2])}/{verb}"
 
 
 def test_arm_action_mapping():

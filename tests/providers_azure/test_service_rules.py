@@ -303,3 +303,17 @@ def test_output_blobs_the_vm_cannot_write_fall_back_to_the_instance_view(arm, cl
     result, _ = settle_in_time(provider, provider.customize(build, env, 0, log), log, clock)
     assert result.status == "succeeded"
     assert "output blobs stayed empty" in log.text and "last line" in log.text
+
+
+def test_the_fake_authorizes_every_request_with_the_role_polls_included(provider, arm, clock):
+    """Before the fix the role lacked Microsoft.Compute/locations/diskOperations/read: the disk RP's
+    grant-access poll got 403, which the client takes as a failure (VHD export, cross-region images and
+    cleanup broke). The fake answers as ARM does for any action the role does not grant."""
+    template = linux_template()
+    vhd = template["properties"]["distribute"][2]
+    build, captured, log = _captured(provider, arm, template)
+    arm.role = arm.role - {"microsoft.compute/locations/diskoperations/read"}  # the pre-fix role
+    failed, _ = settle_in_time(provider, provider.distribute(build, captured, 2, "westus", log), log, clock)
+    assert failed.status == "failed" and failed.error.code == "AuthorizationFailed", failed
+    assert "DiskOperations/read" in failed.error.message
+    assert vhd["type"] == "VHD"
