@@ -96,6 +96,11 @@ def kept_run(run_dir: Path) -> Path:
             f"the build root under {run_dir} is still mounted: its run is still active",
             hint="wait for the run to end (aib show), then try again",
         )
+    if not is_kept(run_dir):
+        raise DebugError(
+            f"{run_dir} was not kept on purpose (no {KEPT_MARKER}): it belongs to a run being cleaned up",
+            hint="the sweeper removes such folders; only kept build roots can be entered or cleaned",
+        )
     return root
 
 
