@@ -56,6 +56,7 @@ from local_runtime.indexing import FunctionInfo, IndexingError, index_functions,
 from local_runtime.invoke import FunctionLogFilter, Invoker, UnsupportedBinding, is_host_function
 from local_runtime.keys import Keys, KeysError, load_keys
 from local_runtime.ncrontab import ScheduleError
+from local_runtime.statelock import StateDirBusy, StateLock
 from local_runtime.storage import BindingError, Storage
 
 log = logging.getLogger("local_runtime.host")
@@ -126,6 +127,7 @@ class Host:
         self.listeners: list[Any] = []
         self._stop = asyncio.Event()
         self.base_url = ""
+        self.lock = StateLock(self.state_dir)
 
     # ------------------------------------------------------------------ startup
     def prepare(self) -> None:
@@ -139,6 +141,10 @@ class Host:
         setup_logging(self.config.log_levels)
         apply_settings(settings)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:  # one host per state directory, before anything in it is touched
+            self.lock.acquire()
+        except StateDirBusy as exc:
+            raise HostError(str(exc)) from exc
         os.environ.setdefault("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
         os.environ.setdefault("FUNCTIONS_WORKER_RUNTIME", "python")
         dev = os.environ.get("AzureWebJobsStorage")  # noqa: SIM112 (the host's own spelling)
@@ -416,6 +422,7 @@ class Host:
         if self.azurite is not None:
             self.azurite.stop()
         remove_runtime_file(self.state_dir)
+        self.lock.release()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -459,6 +466,7 @@ def run_host(options: HostOptions) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if host.azurite is not None:
             host.azurite.stop()
+        host.lock.release()
         return 1
     if host.invoker is not None and host.invoker.running_sync:
         # A sync function's thread cannot be stopped and the interpreter would wait for it at exit;

@@ -66,19 +66,18 @@ class _Retry(func_abc.RetryContext):  # type: ignore[misc]
 class InvocationContext(func.Context):  # type: ignore[misc]
     """The `context: func.Context` the worker injects when a function declares it."""
 
-    _tls = threading.local
-
     def __init__(self, function_name: str, function_directory: str) -> None:
         self._id = str(uuid.uuid4())
         self._name = function_name
         self._dir = function_directory
+        self._tls = threading.local()
 
     @property
     def invocation_id(self) -> str:
         return self._id
 
     @property
-    def thread_local_storage(self) -> type[threading.local]:
+    def thread_local_storage(self) -> threading.local:
         return self._tls
 
     @property

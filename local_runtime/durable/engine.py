@@ -26,7 +26,13 @@ import aiohttp
 
 from local_runtime.durable import calls
 from local_runtime.durable import history as h
-from local_runtime.durable.replay import Decision, ReplayError, replay_actions
+from local_runtime.durable.replay import (
+    NON_DETERMINISTIC,
+    Decision,
+    NonDeterminismError,
+    ReplayError,
+    replay_actions,
+)
 from local_runtime.durable.store import InboxItem, InstanceRow, Store, WorkItem
 from local_runtime.durable.threads import DaemonPool
 from local_runtime.indexing import FunctionInfo
@@ -44,6 +50,7 @@ PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, SUSPENDED = (
 )
 TERMINAL = (COMPLETED, FAILED, TERMINATED)
 HTTP_POLL_DEFAULT = 30.0  # seconds between call_http 202 polls without Retry-After (the extension's default)
+POISON_LIMIT = 5  # host-side processing failures of one instance before it is failed (maxDequeueCount)
 MAX_COALESCE = 0.5  # seconds; upper bound of the completion-batching wait (see Engine.__init__)
 # DTFx OrchestrationStatus numbers used in ExecutionCompleted.OrchestrationStatus
 _STATUS_NUM = {COMPLETED: 1, FAILED: 3, TERMINATED: 5}
@@ -71,6 +78,7 @@ class _Effects:
 
     inbox: list[InboxItem] = field(default_factory=list)
     work: list[WorkItem] = field(default_factory=list)
+    created: list[Instance] = field(default_factory=list)  # new instances (their old inbox is gone)
 
 
 def entity_scheduler_id(name: str, key: str) -> str:
@@ -132,6 +140,7 @@ class Engine:
         self.stats = {"episodes": 0, "activities": 0, "entity_batches": 0}
         self.outstanding: dict[str, int] = {}
         self.deferred: dict[str, asyncio.TimerHandle] = {}
+        self.failures: dict[str, int] = {}  # consecutive host-side processing failures per instance
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -214,6 +223,10 @@ class Engine:
         self.wake.set()
 
     def _apply(self, fx: _Effects, coalesce: bool = False) -> None:
+        for inst in fx.created:
+            iid = inst.row.instance_id
+            self.inbox.pop(iid, None)
+            self.instances[iid] = inst
         for item in fx.inbox:
             self._add_inbox_mem(item, coalesce)
         self._queue_work(fx.work)
@@ -235,13 +248,59 @@ class Engine:
                             self.replay_cost[iid] = time.perf_counter() - t0
                         else:
                             self.replay_cost.pop(iid, None)
-                except Exception:
-                    log.exception("durable: processing %s failed; it will be retried", iid)
-                    # the transaction rolled back: forget what memory may have changed, reload from SQLite
-                    self.instances.pop(iid, None)
-                    loop = asyncio.get_running_loop()
-                    loop.call_later(1.0, self._mark_ready, iid)
+                except Exception as exc:
+                    self._processing_failed(iid, exc)
+                else:
+                    self.failures.pop(iid, None)
                 await asyncio.sleep(0)
+
+    def _processing_failed(self, iid: str, exc: Exception) -> None:
+        """A host-side error (not user code) while processing `iid`: the transaction rolled back. Retry
+        with back-off; after POISON_LIMIT attempts the instance fails (an entity drops the batch), as a
+        poison message would on Azure, instead of being retried forever."""
+        self.instances.pop(iid, None)  # forget what memory may have changed, reload from SQLite
+        n = self.failures.get(iid, 0) + 1
+        self.failures[iid] = n
+        loop = asyncio.get_running_loop()
+        if n < POISON_LIMIT:
+            log.exception("durable: processing %s failed (attempt %d of %d); retrying", iid, n, POISON_LIMIT)
+            loop.call_later(min(30.0, 0.25 * 2**n), self._mark_ready, iid)
+            return
+        log.error("durable: processing %s failed %d times; giving up on it", iid, n, exc_info=exc)
+        try:
+            self._poison(iid, f"{type(exc).__name__}: {exc}")
+            self.failures.pop(iid, None)
+        except Exception:
+            log.exception("durable: could not record the failure of %s; retrying in 60 s", iid)
+            self.instances.pop(iid, None)
+            loop.call_later(60.0, self._mark_ready, iid)
+
+    def _poison(self, iid: str, error: str) -> None:
+        visible = self._visible(iid)
+        ids = [i.id for i in visible]
+        fx = _Effects()
+        inst = None if iid.startswith("@") else self._instance(iid)
+        with self.db.transaction() as c:
+            self.db.delete_inbox(c, ids)
+            if inst is not None and inst.row.status not in TERMINAL:
+                row = inst.row
+                message = f"The host could not process this instance after {POISON_LIMIT} attempts: {error}"
+                done = h.event(
+                    h.EXECUTION_COMPLETED,
+                    h.utcnow(),
+                    OrchestrationStatus=_STATUS_NUM[FAILED],
+                    Result=json.dumps(message),
+                    FailureDetails={"ErrorType": "PoisonMessage", "ErrorMessage": message},
+                )
+                # history may be what cannot be read: append without parsing it
+                self.db.append_history(c, iid, self.db.history_length(iid), [done])
+                self.db.delete_execution_work(c, iid, row.execution_id)
+                row.status, row.output, row.updated = FAILED, json.dumps(message), time.time()
+                self.db.put_instance(c, row)
+                self._notify_parent(c, row, failed=True, result=None, reason=message, fx=fx)
+        self._consume(iid, set(ids))
+        self.instances.pop(iid, None)
+        self._apply(fx)
 
     def _visible(self, iid: str) -> list[InboxItem]:
         items = self.inbox.get(iid)
@@ -302,8 +361,8 @@ class Engine:
             return
         row = inst.row
         consumed: list[int] = []
-        new_events: list[h.Event] = []
-        control_events: list[h.Event] = []
+        events: list[h.Event] = []  # in arrival order: a suspend lands after what came before it
+        replay = False
         terminate_reason: str | None = None
         status = row.status
         for item in visible:
@@ -323,40 +382,41 @@ class Engine:
                 consumed.append(item.id)
                 if status != SUSPENDED:
                     status = SUSPENDED
-                    control_events.append(h.event(h.EXECUTION_SUSPENDED, h.utcnow(), Reason=e.get("reason")))
+                    events.append(h.event(h.EXECUTION_SUSPENDED, h.utcnow(), Reason=e.get("reason")))
                 continue
             if control == h.CONTROL_RESUME:
                 consumed.append(item.id)
                 if status == SUSPENDED:
                     status = RUNNING
-                    control_events.append(h.event(h.EXECUTION_RESUMED, h.utcnow(), Reason=e.get("reason")))
+                    events.append(h.event(h.EXECUTION_RESUMED, h.utcnow(), Reason=e.get("reason")))
                 continue
             if status == SUSPENDED:
                 continue  # held until resume
             consumed.append(item.id)
-            new_events.append(e)
+            events.append(e)
+            replay = True
         if terminate_reason is not None or status in TERMINAL:
             if terminate_reason is not None and status not in TERMINAL:
-                self._terminate_now(inst, consumed, new_events + control_events, terminate_reason)
+                self._terminate_now(inst, consumed, events, terminate_reason)
             else:
                 with self.db.transaction() as c:
                     self.db.delete_inbox(c, consumed)
                 self._consume(iid, set(consumed))
             return
-        if not new_events:
+        if not replay:
             # only control events: record them, no replay
             hist = self._history(inst)
             with self.db.transaction() as c:
                 self.db.delete_inbox(c, consumed)
-                if control_events:
-                    self.db.append_history(c, iid, len(hist), control_events)
+                if events:
+                    self.db.append_history(c, iid, len(hist), events)
                 row.status = status if status != PENDING else row.status
                 row.updated = time.time()
                 self.db.put_instance(c, row)
-            hist.extend(control_events)
+            hist.extend(events)
             self._consume(iid, set(consumed))
             return
-        await self._replay(inst, consumed, control_events + new_events, suspended=status == SUSPENDED)
+        await self._replay(inst, consumed, events, suspended=status == SUSPENDED)
 
     def _terminate_now(
         self, inst: Instance, consumed: list[int], events: list[h.Event], reason: str | None
@@ -374,10 +434,7 @@ class Engine:
         with self.db.transaction() as c:
             self.db.delete_inbox(c, consumed)
             self.db.append_history(c, row.instance_id, len(hist), added)
-            c.execute(
-                "DELETE FROM activities WHERE instance_id=? AND execution_id=?",
-                (row.instance_id, row.execution_id),
-            )
+            self.db.delete_execution_work(c, row.instance_id, row.execution_id)
             row.status, row.output, row.updated = TERMINATED, out, time.time()
             self.db.put_instance(c, row)
             self._notify_parent(
@@ -422,6 +479,7 @@ class Engine:
         decisions: list[Decision] = []
         can_input: str | None = None
         did_can = False
+        error_type = "OrchestrationFailureException"
         try:
             result = replay_actions(actions, full, now)
             decisions, can_input, did_can = (
@@ -429,17 +487,24 @@ class Engine:
                 result.continue_as_new,
                 result.did_continue_as_new,
             )
+        except NonDeterminismError as exc:
+            # DTFx finds it while replaying, before the code could fail on the wrong result; a code error
+            # with a *missing* task only means the code stopped early
+            if error is None or not exc.missing:
+                error, error_type = str(exc), NON_DETERMINISTIC
         except ReplayError as exc:
             error = error or str(exc)
-        if error is None:
-            for d in decisions:
+        if error_type == NON_DETERMINISTIC:
+            decisions = [d for d in decisions if d.kind == "entity" and d.signal]
+        else:
+            # the shim processes the actions an episode yielded (fire-and-forget ones included) before it
+            # fails the instance; a call of an unknown function fails it at that call
+            for i, d in enumerate(decisions):
                 problem = self._check_decision(row, d)
                 if problem:
-                    error = problem
+                    error = error or problem
+                    decisions = decisions[:i]
                     break
-        if error is not None:
-            # a failing episode still delivers its fire-and-forget entity signals; nothing else is scheduled
-            decisions = [d for d in decisions if d.kind == "entity" and d.signal]
         fx = _Effects()
         added: list[h.Event] = list(episode)
         with self.db.transaction() as c:
@@ -453,17 +518,19 @@ class Engine:
             added.append(h.event(h.ORCHESTRATOR_COMPLETED, now))
             row.updated = time.time()
             if error is not None:
-                message = f"Orchestrator function '{row.name}' failed: {error}"
+                # NonDeterministicOrchestrationException reaches the status as its own message, as on Azure
+                message = (
+                    error
+                    if error_type == NON_DETERMINISTIC
+                    else f"Orchestrator function '{row.name}' failed: {error}"
+                )
                 added.append(
                     h.event(
                         h.EXECUTION_COMPLETED,
                         now,
                         OrchestrationStatus=_STATUS_NUM[FAILED],
                         Result=json.dumps(message),
-                        FailureDetails={
-                            "ErrorType": "OrchestrationFailureException",
-                            "ErrorMessage": message,
-                        },
+                        FailureDetails={"ErrorType": error_type, "ErrorMessage": message},
                     )
                 )
                 row.status, row.output = FAILED, json.dumps(message)
@@ -595,10 +662,7 @@ class Engine:
     def _continue_as_new(self, c: Any, inst: Instance, input_text: str | None, fx: _Effects) -> None:
         row = inst.row
         self.db.clear_history(c, row.instance_id)
-        c.execute(
-            "DELETE FROM activities WHERE instance_id=? AND execution_id=?",
-            (row.instance_id, row.execution_id),
-        )
+        self.db.delete_execution_work(c, row.instance_id, row.execution_id)
         row.execution_id = uuid.uuid4().hex
         row.input = json.dumps(input_text)
         row.status = RUNNING
@@ -647,7 +711,6 @@ class Engine:
             )
         if old is not None:
             self.db.delete_instance(c, instance_id)
-            self.inbox.pop(instance_id, None)
         now = time.time()
         row = InstanceRow(
             instance_id=instance_id,
@@ -663,7 +726,8 @@ class Engine:
             parent=json.dumps(parent) if parent else None,
         )
         self.db.put_instance(c, row)
-        self.instances[instance_id] = Instance(row, history=[], played=0)
+        # memory follows only after COMMIT (_apply): a rolled-back episode leaves no phantom child
+        fx.created.append(Instance(row, history=[], played=0))
         fx.inbox.append(self.db.add_inbox(c, instance_id, row.execution_id, now, self._started(row)))
         return row
 
@@ -846,14 +910,8 @@ class Engine:
         if iid.startswith("@"):
             raise DurableError(400, f"Orchestration instance ids must not start with @: '{iid}'.")
         fx = _Effects()
-        try:
-            with self.db.transaction() as c:
-                self._create(
-                    c, fn.durable_name or fn.name, iid, input_value, version, None, fx, replace=False
-                )
-        except BaseException:
-            self.instances.pop(iid, None)
-            raise
+        with self.db.transaction() as c:
+            self._create(c, fn.durable_name or fn.name, iid, input_value, version, None, fx, replace=False)
         self._apply(fx)
         return iid
 
@@ -972,6 +1030,18 @@ class Engine:
         self.instances.pop(iid, None)
         self.inbox.pop(iid, None)
         return 1
+
+    def purge_entity(self, entity_id: str) -> bool:
+        """Delete an entity (state and queued operations) by its `@name@key` id; False if unknown."""
+        name, key = _parse_entity_id(entity_id) if entity_id.count("@") >= 2 else ("", "")
+        eid = entity_scheduler_id(name, key) if name else entity_id
+        if self.db.get_entity(eid) is None and eid not in self.inbox:
+            return False
+        with self.db.transaction() as c:
+            self.db.put_entity(c, eid, None, time.time())
+            self.db.delete_instance(c, eid)
+        self.inbox.pop(eid, None)
+        return True
 
     def purge_by(self, created_from: float, created_to: float | None, statuses: list[str] | None) -> int:
         wanted = [s for s in (statuses or list(TERMINAL)) if s in TERMINAL]

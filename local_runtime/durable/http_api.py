@@ -1,7 +1,9 @@
 """The Durable extension's HTTP API: the RPC base the Python client calls and the public webhooks.
 
 Both bases serve the same handlers (like the real `HttpApiHandler`); the webhook base needs the
-durabletask system key (`code` query parameter or `x-functions-key` header), the RPC base needs none.
+durabletask system key (`code` query parameter or `x-functions-key` header). The RPC base needs no key and
+answers loopback clients only, whatever address the host binds (the real host serves it on a separate
+127.0.0.1 listener): a call from another address is a 403.
 Status codes follow DURABLE-PROTOCOL.md §4.2.
 """
 
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -184,9 +188,10 @@ class DurableHttpApi:
         self.engine = engine
 
     def add_routes(self, app: web.Application) -> None:
-        for prefix, webhook in ((RPC_PREFIX, False), (WEBHOOK_PREFIX, True)):
-            g = (lambda f: self._ready(self._guard(f))) if webhook else self._ready
-            r = app.router
+        for base, webhook in ((RPC_PREFIX, False), (WEBHOOK_PREFIX, True)):
+            g = self._webhook_route if webhook else self._rpc_route
+            r = _CaseInsensitiveRoutes(app.router)
+            prefix = base
             r.add_post(prefix + "/orchestrators/{functionName}", g(self.start))
             r.add_post(prefix + "/orchestrators/{functionName}/{instanceId}", g(self.start))
             for path in (prefix + "/instances", prefix + "/instances/"):
@@ -205,6 +210,12 @@ class DurableHttpApi:
             # anything else under the base (a wrong method included) is a 404, as in HandleRequestAsync
             r.add_route("*", prefix + "/{tail:.*}", g(self.not_found))
 
+    def _webhook_route(self, handler: Handler) -> Handler:
+        return self._ready(self._guard(handler))
+
+    def _rpc_route(self, handler: Handler) -> Handler:
+        return self._ready(self._local(handler))
+
     async def not_found(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=404)
 
@@ -219,6 +230,19 @@ class DurableHttpApi:
             return await handler(request)
 
         return ready
+
+    @staticmethod
+    def _local(handler: Handler) -> Handler:
+        async def local_only(request: web.Request) -> web.StreamResponse:
+            if not is_loopback(request.remote):
+                return web.Response(
+                    status=403,
+                    text="the durable RPC base answers loopback clients only; from another machine use "
+                    f"{WEBHOOK_PREFIX}/... with the durabletask system key",
+                )
+            return await handler(request)
+
+        return local_only
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -326,6 +350,10 @@ class DurableHttpApi:
 
     async def purge(self, request: web.Request) -> web.StreamResponse:
         iid = request.match_info["instanceId"]
+        if iid.startswith("@"):  # an entity's instance id: its state and pending operations go
+            if not self.engine.purge_entity(iid):
+                return web.Response(status=404)
+            return web.json_response({"instancesDeleted": 1})
         row = self.engine.status_row(iid)
         if row is None:
             return web.Response(status=404)
@@ -377,7 +405,7 @@ class DurableHttpApi:
 
     async def operation(self, request: web.Request) -> web.StreamResponse:
         iid = request.match_info["instanceId"]
-        op = request.match_info["operation"]
+        op = request.match_info["operation"].lower()  # operation names match in any case, as routes do
         reason = request.query.get("reason")
         row = self.engine.status_row(iid)
         if row is None:
@@ -468,6 +496,50 @@ class DurableHttpApi:
             ],
             headers=headers,
         )
+
+
+class _CaseInsensitiveRoutes:
+    """Adds aiohttp routes whose literal segments match in any case, as ASP.NET routing (and so the
+    real `HttpApiHandler`) does: `/durabletask/Instances/x/Terminate` is `.../instances/x/terminate`."""
+
+    def __init__(self, router: web.UrlDispatcher) -> None:
+        self.router = router
+        self.n = 0
+
+    def _path(self, path: str) -> str:
+        out = []
+        for seg in path.split("/"):
+            if seg and not seg.startswith("{"):
+                self.n += 1
+                seg = f"{{_lit{self.n}:(?i:{re.escape(seg)})}}"
+            out.append(seg)
+        return "/".join(out)
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        self.router.add_route(method, self._path(path), handler)
+
+    def add_get(self, path: str, handler: Handler) -> None:
+        # add_get would add a HEAD route too; the real handler has none (a HEAD is a 404)
+        self.add_route("GET", path, handler)
+
+    def add_post(self, path: str, handler: Handler) -> None:
+        self.add_route("POST", path, handler)
+
+    def add_delete(self, path: str, handler: Handler) -> None:
+        self.add_route("DELETE", path, handler)
+
+
+def is_loopback(remote: str | None) -> bool:
+    """The peer address is a loopback address (an IPv4-mapped IPv6 one included); unknown is not."""
+    if not remote:
+        return False
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _time_or_none(text: str | None) -> float | None:

@@ -5,6 +5,10 @@ re-creates what the Durable extension's `ProcessAsyncActionsV2` + DTFx `RetryInt
 action list in order, awaiting each action while draining history; `-WithRetry` actions allocate a timer
 id when an attempt fails and a re-attempt id when that timer fires. Ids with no scheduling event in
 history are the episode's new decisions.
+
+Non-determinism is detected as DTFx's TaskOrchestrationContext does it: every scheduling event in history
+(TaskScheduled, TimerCreated, SubOrchestrationInstanceCreated, EventSent) must meet an action of the same
+kind and name with the same id, and no scheduling event may be left without one (`NonDeterminismError`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,21 @@ HTTP_ACTIVITY = "BuiltIn::HttpActivity"
 
 class ReplayError(Exception):
     """The action list cannot be processed (unknown action type, malformed action)."""
+
+
+NON_DETERMINISTIC = "DurableTask.Core.Exceptions.NonDeterministicOrchestrationException"
+_CHANGED = "Was a change made to the orchestrator code after this instance had already started running?"
+
+
+class NonDeterminismError(ReplayError):
+    """History and the orchestrator's actions disagree (DTFx NonDeterministicOrchestrationException).
+
+    `missing` is True when history holds a task the replay never scheduled (rather than another task at
+    the same id): an episode whose code raised may have stopped before scheduling it."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(f"Non-Deterministic workflow detected: {message}")
+        self.missing = missing
 
 
 @dataclass
@@ -94,7 +113,7 @@ class _Walker:
         self.counter = 0
         self.now = start_time
         self.leaves: dict[int, tuple[Decision, _Fut]] = {}
-        self.scheduled: set[int] = set()
+        self.scheduled: dict[int, h.Event] = {}
         self.deferred: dict[int, tuple[bool, h.Event]] = {}
         self.waiters: dict[str, deque[_Fut]] = {}
         self.buffered: dict[str, deque[h.Event]] = {}
@@ -107,6 +126,8 @@ class _Walker:
         self.counter += 1
         fut = _Fut()
         self.leaves[seq] = (decision_factory(seq), fut)
+        if seq in self.scheduled:
+            self._verify(seq)
         pending = self.deferred.pop(seq, None)
         if pending is not None:
             self._complete(seq, pending[0], pending[1])
@@ -126,7 +147,9 @@ class _Walker:
             self.now = h.parse_time(e["Timestamp"])
         elif t in (h.TASK_SCHEDULED, h.TIMER_CREATED, h.SUB_ORCHESTRATION_CREATED, h.EVENT_SENT):
             seq = e["EventId"]
-            self.scheduled.add(seq)
+            self.scheduled[seq] = e
+            if seq in self.leaves:
+                self._verify(seq)
             if t == h.EVENT_SENT:
                 leaf = self.leaves.get(seq)
                 if leaf is not None and leaf[0].kind == "entity" and not leaf[0].signal:
@@ -156,6 +179,28 @@ class _Walker:
                 waiters.popleft().resolve()
             else:
                 self.buffered.setdefault(name, deque()).append(e)
+
+    def _verify(self, seq: int) -> None:
+        """The action allocated `seq` must be what history scheduled with it (kind and name)."""
+        d = self.leaves[seq][0]
+        e = self.scheduled[seq]
+        t = e["EventType"]
+        same = False
+        if t == h.TASK_SCHEDULED and d.kind in ("activity", "http"):
+            same = d.name.lower() == str(e.get("Name") or "").lower()
+        elif t == h.TIMER_CREATED:
+            same = d.kind == "timer"
+        elif t == h.SUB_ORCHESTRATION_CREATED and d.kind == "suborchestration":
+            same = d.name.lower() == str(e.get("Name") or "").lower()
+        elif t == h.EVENT_SENT and d.kind == "entity":
+            same = str(d.instance_id or "").lower() == str(e.get("InstanceId") or "").lower()
+        if not same:
+            raise NonDeterminismError(
+                f"A previous execution of this orchestration scheduled {_event_task(e, 'number')}, but the "
+                f"current orchestration replay instead scheduled {_decision_task(d)} with this sequence "
+                f"number. {_CHANGED}",
+                missing=False,
+            )
 
     def drain_until(self, fut: _Fut) -> None:
         while not fut.done and self.pos < len(self.events):
@@ -240,17 +285,18 @@ class _Walker:
             out.resolve()
             return out
         remaining = [len(children)]
+        failed = [False]
 
         def on_child(f: _Fut) -> None:
             if any_:
                 out.resolve()
                 return
-            if f.failed:
-                out.resolve(True)  # the SDK's WhenAll fails on the first error
-                return
+            # the shim awaits Task.WhenAll: it completes (faulted if any child failed) only when every
+            # child has, so an orchestrator that catches a task_all failure moves on after the slow siblings
+            failed[0] = failed[0] or f.failed
             remaining[0] -= 1
             if remaining[0] == 0:
-                out.resolve()
+                out.resolve(failed[0])
 
         for c in children:
             c.on_done(on_child)
@@ -294,8 +340,46 @@ def replay_actions(actions: list[Any], events: list[h.Event], start_time: dateti
     for a in actions:
         fut = w.invoke(a)
         w.drain_until(fut)
+        if not fut.done:
+            break  # the shim awaits each action in turn: later ones are not reached in this episode
     w.drain_all()
+    for seq in sorted(w.scheduled):
+        if seq not in w.leaves:
+            task = _event_task(w.scheduled[seq], "ID")
+            raise NonDeterminismError(
+                f"A previous execution of this orchestration scheduled {task}, but the current replay "
+                f"execution hasn't (yet?) scheduled this task. {_CHANGED}",
+                missing=True,
+            )
     for seq in sorted(w.leaves):
         if seq not in w.scheduled:
             w.result.decisions.append(w.leaves[seq][0])
     return w.result
+
+
+def _event_task(e: h.Event, word: str) -> str:
+    """A scheduling event as DTFx names it in NonDeterministicOrchestrationException messages."""
+    t, seq, name = e["EventType"], e.get("EventId"), e.get("Name")
+    if t == h.TASK_SCHEDULED:
+        version = e.get("Version") or ""
+        return f"an activity task with sequence {word} {seq} and name '{name}' (version '{version}')"
+    if t == h.TIMER_CREATED:
+        return f"a timer task with sequence {word} {seq} firing at {e.get('FireAt')}"
+    if t == h.SUB_ORCHESTRATION_CREATED:
+        return (
+            f"a sub-orchestration task with sequence {word} {seq} and name '{name}' "
+            f"(version '{e.get('Version') or ''}', instance ID '{e.get('InstanceId')}')"
+        )
+    return f"a send event task with sequence {word} {seq} to instance ID '{e.get('InstanceId')}'"
+
+
+def _decision_task(d: Decision) -> str:
+    if d.kind == "activity":
+        return f"an activity task named '{d.name}'"
+    if d.kind == "http":
+        return f"an HTTP task ('{d.name}')"
+    if d.kind == "timer":
+        return "a timer task"
+    if d.kind == "suborchestration":
+        return f"a sub-orchestration task named '{d.name}'"
+    return f"an entity {'signal' if d.signal else 'call'} to '{d.instance_id}' ('{d.operation}')"

@@ -209,6 +209,11 @@ class Store:
             [(instance_id, start_idx + i, json.dumps(e)) for i, e in enumerate(events)],
         )
 
+    def history_length(self, instance_id: str) -> int:
+        """How many events the instance's history holds (without parsing them)."""
+        row = self.db.execute("SELECT COUNT(*) FROM history WHERE instance_id=?", (instance_id,)).fetchone()
+        return int(row[0])
+
     def clear_history(self, c: sqlite3.Connection, instance_id: str) -> None:
         c.execute("DELETE FROM history WHERE instance_id=?", (instance_id,))
 
@@ -249,6 +254,12 @@ class Store:
             (w.instance_id, w.execution_id, w.seq),
         )
         return cur.rowcount > 0
+
+    def delete_execution_work(self, c: sqlite3.Connection, instance_id: str, execution_id: str) -> None:
+        """Forget the queued work of one execution (terminated, continued as new, failed)."""
+        c.execute(
+            "DELETE FROM activities WHERE instance_id=? AND execution_id=?", (instance_id, execution_id)
+        )
 
     def all_work(self) -> list[WorkItem]:
         rows = self.db.execute("SELECT instance_id, execution_id, seq, name, input, kind FROM activities")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from local_runtime.durable import history as h
-from local_runtime.durable.replay import replay_actions
+from local_runtime.durable.replay import NonDeterminismError, replay_actions
 
 T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)
 RETRY = {
@@ -77,7 +79,7 @@ def test_retry_allocates_timer_then_reattempt_then_extra_timer():
 def test_retry_success_lets_the_next_action_follow():
     hist = [
         *start(),
-        ev(h.TASK_SCHEDULED, 0),
+        ev(h.TASK_SCHEDULED, 0, Name="flaky"),
         ev(h.ORCHESTRATOR_COMPLETED),
         ev(h.ORCHESTRATOR_STARTED),
         ev(h.TASK_COMPLETED, TaskScheduledId=0, Result='"ok"'),
@@ -139,7 +141,7 @@ def test_entities_signal_then_call_and_subs():
     ]
     hist = [
         *start(),
-        ev(h.SUB_ORCHESTRATION_CREATED, 0, InstanceId="child-42"),
+        ev(h.SUB_ORCHESTRATION_CREATED, 0, Name="child", InstanceId="child-42"),
         ev(h.ORCHESTRATOR_COMPLETED),
         ev(h.ORCHESTRATOR_STARTED),
         ev(h.SUB_ORCHESTRATION_COMPLETED, TaskScheduledId=0, Result="1"),
@@ -152,10 +154,86 @@ def test_continue_as_new_is_reported():
     actions = [{"actionType": 0, "functionName": "work", "input": "3"}, {"actionType": 4, "input": "4"}]
     hist = [
         *start(),
-        ev(h.TASK_SCHEDULED, 0),
+        ev(h.TASK_SCHEDULED, 0, Name="work"),
         ev(h.ORCHESTRATOR_COMPLETED),
         ev(h.ORCHESTRATOR_STARTED),
         ev(h.TASK_COMPLETED, TaskScheduledId=0, Result="null"),
     ]
     r = replay_actions(actions, hist, T0)
     assert r.did_continue_as_new and r.continue_as_new == "4" and r.decisions == []
+
+
+def _one_activity_done(name: str = "A") -> list[h.Event]:
+    return [
+        *start(),
+        ev(h.TASK_SCHEDULED, 0, Name=name, Version=""),
+        ev(h.ORCHESTRATOR_COMPLETED),
+        ev(h.ORCHESTRATOR_STARTED),
+        ev(h.TASK_COMPLETED, TaskScheduledId=0, Result="1"),
+    ]
+
+
+def test_non_determinism_other_activity_at_the_same_id():
+    with pytest.raises(NonDeterminismError) as err:
+        replay_actions([{"actionType": 0, "functionName": "B", "input": "1"}], _one_activity_done(), T0)
+    msg = str(err.value)
+    assert msg.startswith("Non-Deterministic workflow detected: A previous execution of this orchestration")
+    assert "activity task with sequence number 0 and name 'A'" in msg
+    assert "instead scheduled an activity task named 'B'" in msg and not err.value.missing
+    # names match case-insensitively, as function names do
+    assert replay_actions([{"actionType": 0, "functionName": "a", "input": "1"}], _one_activity_done(), T0)
+
+
+def test_non_determinism_timer_instead_of_activity_and_task_missing():
+    timer = {"actionType": 5, "fireAt": "2024-01-01T13:00:00Z", "isCanceled": False}
+    with pytest.raises(NonDeterminismError, match="instead scheduled a timer task"):
+        replay_actions([timer], _one_activity_done(), T0)
+    with pytest.raises(NonDeterminismError) as err:
+        replay_actions([], _one_activity_done(), T0)  # the code now schedules nothing
+    assert "sequence ID 0 and name 'A' (version '')" in str(err.value)
+    assert "hasn't (yet?) scheduled this task" in str(err.value) and err.value.missing
+
+
+def test_non_determinism_sub_orchestration_and_entity():
+    hist = [
+        *start(),
+        ev(h.EVENT_SENT, 0, InstanceId="@counter@k", Name="op", Input='{"id": "x"}'),
+        ev(h.SUB_ORCHESTRATION_CREATED, 1, Name="child", InstanceId="c1"),
+    ]
+    sig = {"actionType": 9, "instanceId": "@gauge@k", "operation": "add", "input": "5"}
+    sub = {"actionType": 2, "functionName": "other", "input": "1", "instanceId": "c1", "version": None}
+    with pytest.raises(NonDeterminismError, match="entity signal to '@gauge@k'"):
+        replay_actions([sig, sub], hist, T0)
+    sig["instanceId"] = "@counter@k"
+    with pytest.raises(NonDeterminismError, match="sub-orchestration task named 'other'"):
+        replay_actions([sig, sub], hist, T0)
+    sub["functionName"] = "child"
+    assert replay_actions([sig, sub], hist, T0).decisions == []
+
+
+def test_a_caught_task_all_failure_waits_for_the_slow_sibling():
+    """Task.WhenAll in the shim completes only when every child has: the action after a caught task_all
+    failure is scheduled once the slow sibling is done, never before."""
+    fan = {
+        "actionType": 12,
+        "compoundActions": [
+            {"actionType": 0, "functionName": "fails", "input": "1"},
+            {"actionType": 0, "functionName": "slow", "input": "2"},
+        ],
+    }
+    after = {"actionType": 0, "functionName": "after", "input": "3"}
+    hist = [
+        *start(),
+        ev(h.TASK_SCHEDULED, 0, Name="fails"),
+        ev(h.TASK_SCHEDULED, 1, Name="slow"),
+        ev(h.ORCHESTRATOR_COMPLETED),
+        ev(h.ORCHESTRATOR_STARTED),
+        ev(h.TASK_FAILED, TaskScheduledId=0, Reason="boom", Details="d"),
+    ]
+    assert kinds(replay_actions([fan, after], hist, T0)) == []
+    hist += [
+        ev(h.ORCHESTRATOR_COMPLETED),
+        ev(h.ORCHESTRATOR_STARTED),
+        ev(h.TASK_COMPLETED, TaskScheduledId=1),
+    ]
+    assert kinds(replay_actions([fan, after], hist, T0)) == [("activity", 2)]

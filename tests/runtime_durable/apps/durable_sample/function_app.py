@@ -446,3 +446,14 @@ def Counter(context: df.DurableEntityContext):
         context.destruct_on_exit()
         return
     context.set_state(s)
+
+
+@app.activity_trigger(input_name="x")
+def uses_thread_local(x: int, context: func.Context) -> int:
+    context.thread_local_storage.value = x  # as the worker's per-invocation thread-local storage
+    return context.thread_local_storage.value * 2
+
+
+@app.orchestration_trigger(context_name="context")
+def thread_local_user(context: df.DurableOrchestrationContext):
+    return (yield context.call_activity("uses_thread_local", 21))
