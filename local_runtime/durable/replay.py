@@ -176,7 +176,9 @@ class _Walker:
                 return
             waiters = self.waiters.get(name)
             if waiters:
-                waiters.popleft().resolve()
+                # the extension keeps the waits of one name on a stack: the newest gets the event, so a
+                # task_any over the same event in a loop is answered, not a wait abandoned earlier
+                waiters.pop().resolve()
             else:
                 self.buffered.setdefault(name, deque()).append(e)
 
@@ -285,18 +287,17 @@ class _Walker:
             out.resolve()
             return out
         remaining = [len(children)]
-        failed = [False]
 
         def on_child(f: _Fut) -> None:
             if any_:
                 out.resolve()
                 return
-            # the shim awaits Task.WhenAll: it completes (faulted if any child failed) only when every
-            # child has, so an orchestrator that catches a task_all failure moves on after the slow siblings
-            failed[0] = failed[0] or f.failed
+            if f.failed:
+                out.resolve(True)  # the SDK's WhenAll fails on the first error (see QUIRKS.md)
+                return
             remaining[0] -= 1
             if remaining[0] == 0:
-                out.resolve(failed[0])
+                out.resolve()
 
         for c in children:
             c.on_done(on_child)
@@ -340,8 +341,6 @@ def replay_actions(actions: list[Any], events: list[h.Event], start_time: dateti
     for a in actions:
         fut = w.invoke(a)
         w.drain_until(fut)
-        if not fut.done:
-            break  # the shim awaits each action in turn: later ones are not reached in this episode
     w.drain_all()
     for seq in sorted(w.scheduled):
         if seq not in w.leaves:

@@ -3,6 +3,7 @@ shared/reference/durable/scenarios_demo.py (retries, timers, events, entities, s
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -211,29 +212,44 @@ def test_non_determinism_sub_orchestration_and_entity():
     assert replay_actions([sig, sub], hist, T0).decisions == []
 
 
-def test_a_caught_task_all_failure_waits_for_the_slow_sibling():
-    """Task.WhenAll in the shim completes only when every child has: the action after a caught task_all
-    failure is scheduled once the slow sibling is done, never before."""
-    fan = {
-        "actionType": 12,
+def test_an_event_answers_the_newest_wait_of_its_name():
+    """A task_any([step, cancel-wait]) in a loop: each loop adds a wait; the event goes to the newest one
+    (the extension's pendingExternalEvents stack), so the latest race is interrupted and the code goes on."""
+    race = {
+        "actionType": 11,
         "compoundActions": [
-            {"actionType": 0, "functionName": "fails", "input": "1"},
-            {"actionType": 0, "functionName": "slow", "input": "2"},
+            {"actionType": 0, "functionName": "step", "input": "1"},
+            {"actionType": 6, "externalEventName": "cancel", "reason": "ExternalEvent"},
         ],
     }
-    after = {"actionType": 0, "functionName": "after", "input": "3"}
+    race2 = json.loads(json.dumps(race).replace('"input": "1"', '"input": "2"'))
+    after = {"actionType": 0, "functionName": "cleanup", "input": "3"}
     hist = [
         *start(),
-        ev(h.TASK_SCHEDULED, 0, Name="fails"),
-        ev(h.TASK_SCHEDULED, 1, Name="slow"),
+        ev(h.TASK_SCHEDULED, 0, Name="step"),
         ev(h.ORCHESTRATOR_COMPLETED),
         ev(h.ORCHESTRATOR_STARTED),
-        ev(h.TASK_FAILED, TaskScheduledId=0, Reason="boom", Details="d"),
-    ]
-    assert kinds(replay_actions([fan, after], hist, T0)) == []
-    hist += [
+        ev(h.TASK_COMPLETED, TaskScheduledId=0, Result="1"),
+        ev(h.TASK_SCHEDULED, 1, Name="step"),
         ev(h.ORCHESTRATOR_COMPLETED),
         ev(h.ORCHESTRATOR_STARTED),
-        ev(h.TASK_COMPLETED, TaskScheduledId=1),
+        ev(h.EVENT_RAISED, Name="cancel", Input="null"),
     ]
-    assert kinds(replay_actions([fan, after], hist, T0)) == [("activity", 2)]
+    r = replay_actions([race, race2, after], hist, T0)
+    assert kinds(r) == [("activity", 2)]
+    # the walk got there through the second race being answered, not past a pending one: drop the
+    # action after it and the newest wait still resolves (the first race's wait stays pending)
+    w = _walker_after([race, race2], hist)
+    assert [f.done for f in w] == [True, True]
+
+
+def _walker_after(actions, hist):
+    from local_runtime.durable.replay import _Walker
+
+    walker = _Walker(hist, T0)
+    futs = []
+    for a in actions:
+        futs.append(walker.invoke(a))
+        walker.drain_until(futs[-1])
+    walker.drain_all()
+    return futs
