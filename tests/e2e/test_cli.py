@@ -355,3 +355,27 @@ def test_lint_flags_a_typod_member_with_its_suggestion(tmp_path: Path) -> None:
         "properties.customize[0].inlne; did you mean inline?"
     )
     assert any(line.startswith("error: NoCustomizerScript") for line in lines)
+
+
+def test_output_list_and_triggers(e2e: E2E, tmp_path: Path) -> None:
+    name = "cli-triggers"
+    create(e2e, tmp_path, name, busybox([shell("noop", "true")]))
+    outputs = json.loads(aib(e2e, "output", "list", "-g", RG, "-n", name, "-o", "json").stdout)
+    assert [o["runOutputName"] for o in outputs] == ["cli-vhd"]
+    created = aib(
+        e2e, "trigger", "create", "-g", RG, "-n", name, "--trigger-name", "nightly", "--kind", "Schedule",
+        "--schedule", "0 0 3 * * *", "--time-zone", "UTC",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    listed = json.loads(aib(e2e, "trigger", "list", "-g", RG, "-n", name, "-o", "json").stdout)
+    assert [(t["name"], t["properties"]["kind"]) for t in listed] == [("nightly", "Schedule")]
+    bad = aib(
+        e2e, "trigger", "create", "-g", RG, "-n", name, "--trigger-name", "bad", "--kind", "Schedule",
+        "--schedule", "every day",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "schedule" in bad.stderr.lower()
+    assert aib(e2e, "trigger", "delete", "-g", RG, "-n", name, "--trigger-name", "nightly").returncode == 0
+    assert json.loads(aib(e2e, "trigger", "list", "-g", RG, "-n", name, "-o", "json").stdout) == []
+    assert aib(e2e, "delete", "-g", RG, "-n", name).returncode == 0
+    gone = aib(e2e, "show", "-g", RG, "-n", name)
+    assert gone.returncode == 2 and "ResourceNotFound" in gone.stderr
