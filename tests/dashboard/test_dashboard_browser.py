@@ -78,6 +78,8 @@ def test_sign_in_run_a_busybox_build_and_watch_it_live(browser: Any, dash: E2E, 
     keys_in_log = key_count_in_runtime_log(dash)
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    requested: list[str] = []
+    context.on("request", lambda request: requested.append(request.url))
     page = context.new_page()
     sign_in(page, dash, template_url(dash, name))
     cookie = next(c for c in context.cookies() if c["name"] == "aib_session")
@@ -143,6 +145,12 @@ def test_sign_in_run_a_busybox_build_and_watch_it_live(browser: Any, dash: E2E, 
     row = page.locator("tr", has_text=name)
     assert "Succeeded" in row.inner_text()
     page.screenshot(path=str(shots / "templates.png"), full_page=True)
+
+    # no CDN, no network: every request the pages made went to the app itself
+    assert requested and all(u.startswith(dash.runtime.base_url + "/") for u in requested), {
+        u for u in requested if not u.startswith(dash.runtime.base_url + "/")
+    }
+    assert any(u.endswith("/dashboard/static/dashboard.js") for u in requested)
 
     # the key never reached a page, a URL or a log line (the runtime's start banner prints it once per
     # function URL, as `func start` does: that count must not grow)
