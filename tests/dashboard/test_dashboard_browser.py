@@ -216,6 +216,13 @@ def test_requests_without_the_cookie_or_from_another_origin_are_refused(browser:
     assert anon.request.get(url + "/runs/20260101000000-00000000/live").status == 401
     r = anon.request.post(url + "/run", form={"csrf": "x"}, headers={"Origin": base})
     assert r.status == 403
+    # a forged or altered session cookie is no session
+    anon.add_cookies(
+        [{"name": "aib_session", "value": "9999999999.bm9uY2U.forged-mac", "url": base + "/dashboard"}]
+    )
+    r = anon.request.get(url, max_redirects=0)
+    assert r.status == 303 and r.headers["location"].startswith("/dashboard/signin")
+    anon.clear_cookies()
     # a wrong key is not accepted
     page = anon.new_page()
     page.goto(base + "/dashboard/signin")
