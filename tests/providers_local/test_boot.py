@@ -4,6 +4,7 @@ a boot that overruns its timeout is killed with nothing left behind."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,88 @@ def test_serial_markers_are_parsed_per_check() -> None:
         "validation 'c' did not finish",
         "validation 'd' never ran",
     ]
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_the_shipped_image_boot_check_reaches_login_and_leaves_the_disk_untouched(
+    debian_disks: DebianDisks, scratch: Path
+) -> None:
+    vhd = scratch / "ship.vhd"
+    subprocess.run(["cp", "--sparse=always", debian_disks.gen1.path, scratch / "ship.raw"], check=True)
+    disk.raw_to_vhd_in_place(scratch / "ship.raw", vhd)
+    before = _digest(vhd)
+    log = ListLog()
+    res = boot.boot_to_target(vhd, generation="V1", timeout=600, log=log, workdir=scratch / "w")
+    assert res.ok, (res.reason, res.output_tail)
+    assert "login:" in "\n".join(res.output_tail) or "Reached target" in "\n".join(res.output_tail)
+    assert _digest(vhd) == before  # snapshot=on: the shipped disk is never written
+    assert "reached its first-boot target" in "".join(log.lines)
+    assert leaks(scratch) == []
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_the_shipped_image_boot_check_catches_an_image_that_does_not_boot(
+    debian_disks: DebianDisks, scratch: Path
+) -> None:
+    broken = scratch / "broken.raw"
+    subprocess.run(["cp", "--sparse=always", debian_disks.gen1.path, broken], check=True)
+    offset = disk.root_offset(broken)
+    # what a customizer that removes systemd (the image's init) leaves behind
+    for path in ("/usr/lib/systemd/systemd", "/usr/sbin/init"):
+        subprocess.run(["debugfs", "-w", "-R", f"rm {path}", f"{broken}?offset={offset}"], check=True,
+                       capture_output=True)  # fmt: skip
+    res = boot.boot_to_target(broken, generation="V1", timeout=300, log=ListLog(), workdir=scratch / "w")
+    assert not res.ok and res.reason
+    assert res.serial_log_path.is_file()
+    assert leaks(scratch) == []
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+DEBIAN = {
+    "type": "PlatformImage",
+    "publisher": "Debian",
+    "offer": "debian-12",
+    "sku": "12",
+    "version": "latest",
+}
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_capture_fails_naming_the_boot_check_when_a_customizer_breaks_booting(
+    debian_tarball: Path, image_cache: Path, tmp_path: Path
+) -> None:
+    from imagebuilder.providers.local.provider import LocalProvider
+    from tests.providers_local.test_provider_support import RecLog, build_input
+
+    p = LocalProvider(state_dir=tmp_path / "state", cache_dir=image_cache)
+    p.step_cache_dir = tmp_path / "steps"
+    cases = {
+        "no-init": "rm -f /usr/lib/systemd/systemd /usr/sbin/init",  # boots to a panic
+        "no-kernel": "rm -f /boot/vmlinuz-* /vmlinuz /vmlinuz.old",  # nothing to boot at all
+    }
+    for run_id, command in cases.items():
+        build = build_input({"source": DEBIAN, "customize": [{"type": "Shell", "inline": [command]}]},
+                            run_id=run_id)  # fmt: skip
+        log = RecLog()
+        prepared = p.prepare(build, log)
+        env = p.create_build_env(build, prepared, log)
+        assert p.customize(build, env, 0, log).status == "succeeded"
+        assert p.generalize(build, env, log).status == "succeeded"
+        cap = p.capture(build, env, log)
+        p.cleanup(build, keep=False, log=log)
+        assert cap.status == "failed" and cap.error is not None, run_id
+        assert cap.error.code == "ShippedImageBootFailed", cap.error
+        assert cap.error.message.startswith("shipped-image boot check failed"), cap.error.message
+    assert leaks(tmp_path) == []

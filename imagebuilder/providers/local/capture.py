@@ -1,7 +1,11 @@
 """Phase capture: the generalized root tree as a GPT disk, a fixed VHD (and a qcow2 on request), its
 sha256, and a root tree tarball for images built on top of this one. One disk per run: the raw disk is
 written once and becomes the VHD by appending the footer in place (no second full copy); it is hashed
-once, and distribute's replicas are verified against that hash."""
+once, and distribute's replicas are verified against that hash.
+
+Bootable images then pass the shipped-image boot check: the VHD itself boots read-only (`snapshot=on`)
+through its own firmware and bootloader and must reach its first-boot target (`boot.boot_to_target`);
+IMAGEBUILDER_LOCAL_BOOT_CHECK=off turns it off. A failure names the check (code ShippedImageBootFailed)."""
 
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ from imagebuilder.providers.local.context import (
     RunContext,
 )
 from imagebuilder.providers.local.fsutil import remember_sha256, sha256_cached, sha256_file
+
+BOOT_CHECK = "shipped-image boot check"
+BOOT_CHECK_CODE = "ShippedImageBootFailed"
+FIRST_BOOT_TIMEOUT = 600.0
 
 
 def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
@@ -69,7 +77,10 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
         tar_job = pool.submit(_timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)))
         try:
             t0 = time.monotonic()
-            info = disk.build_disk(root, raw, generation=generation, bootable=bootable, log=clog)
+            size_mib = disk_size_mib(ctx, root, generation=generation, bootable=bootable)
+            info = disk.build_disk(
+                root, raw, generation=generation, bootable=bootable, size_mib=size_mib, log=clog
+            )
             timings["build_disk"] = time.monotonic() - t0
             if ctx.qcow2:
                 t0 = time.monotonic()
@@ -102,17 +113,29 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
                 raise
             tail = list(getattr(exc, "tail", []) or [])[-LOG_TAIL:]
             clog.write(f"! capture failed: {exc}\n")
+            unbootable = bootable and "has no kernel" in str(exc)
+            code = BOOT_CHECK_CODE if unbootable else "CaptureFailed"
+            if isinstance(exc, DiskSizeError):
+                code = "OsDiskTooSmall"
             return CaptureResult(
                 status="failed",
                 error=ErrorInfo(
-                    code="CaptureFailed",
-                    message=f"capture failed: {exc}",
+                    code=code,
+                    message=f"{BOOT_CHECK} failed: the image cannot boot: {exc}"
+                    if unbootable
+                    else str(exc)
+                    if isinstance(exc, DiskSizeError)
+                    else f"capture failed: {exc}",
                     step="capture",
                     exit_code=getattr(exc, "returncode", None),
                     log_tail=tail,
                     log_uri=log.uri or None,
                 ),
             )
+    if bootable and ctx.settings.boot_check:
+        failed = _first_boot(ctx, vhd, generation, clog, log, timings, image)
+        if failed is not None:
+            return failed
     image["rootfs"] = str(rootfs)
     image["size"] = vhd.stat().st_size
     image["source"] = env.handle.get("source")
@@ -126,6 +149,80 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     result = CaptureResult(status="succeeded", image=image)
     record.write_text(result.model_dump_json())
     return result
+
+
+class DiskSizeError(ProviderError):
+    """vmProfile.osDiskSizeGB is smaller than the image's content."""
+
+
+def disk_size_mib(ctx: RunContext, root: Path, *, generation: str, bootable: bool) -> int | None:
+    """The disk size properties.vmProfile.osDiskSizeGB asks for (None: 0 or absent, the default size:
+    the tree plus headroom). Refused, naming the field and the size needed, when the tree does not fit."""
+    from imagebuilder.providers.local import disk
+
+    profile = ctx.props.get("vmProfile") or {}
+    try:
+        gb = int((profile.get("osDiskSizeGB") if isinstance(profile, dict) else 0) or 0)
+    except (TypeError, ValueError):
+        gb = 0
+    if gb <= 0:
+        return None
+    needed = disk.min_size_mib(root, generation=generation, bootable=bootable)
+    if gb * 1024 < needed:
+        raise DiskSizeError(
+            f"properties.vmProfile.osDiskSizeGB is {gb} GB, smaller than the image: it needs at least "
+            f"{-(-needed // 1024)} GB ({needed} MiB)",
+            hint=f"set osDiskSizeGB to {-(-needed // 1024)} or more, or to 0 for the default size",
+        )
+    return gb * 1024
+
+
+def _first_boot(
+    ctx: RunContext,
+    vhd: Path,
+    generation: str,
+    clog: LogSink,
+    log: LogSink,
+    timings: dict[str, float],
+    image: dict[str, Any],
+) -> CaptureResult | None:
+    """The shipped-image boot check: the VHD itself, read-only, must reach its first-boot target.
+    None when it did; the failed CaptureResult (naming the check) when it did not."""
+    from imagebuilder.providers.local import boot
+
+    t0 = time.monotonic()
+    res = boot.boot_to_target(
+        vhd,
+        generation=generation,
+        timeout=int(min(ctx.step_timeout, FIRST_BOOT_TIMEOUT)),
+        log=clog,
+        workdir=ctx.layout.capture / "first-boot",
+    )
+    timings["first_boot"] = time.monotonic() - t0
+    serial = res.serial_log_path
+    kept = ctx.layout.logs / f"capture-{serial.name}"
+    with contextlib.suppress(OSError):
+        if serial.is_file() and ctx.layout.logs.is_dir():
+            shutil.move(str(serial), kept)
+    shutil.rmtree(ctx.layout.capture / "first-boot", ignore_errors=True)
+    image["firstBoot"] = {"ok": res.ok, "seconds": res.seconds, "serialLog": str(kept)}
+    if res.ok:
+        return None
+    message = (
+        f"{BOOT_CHECK} failed: the captured VHD did not reach its first-boot target (a login prompt): "
+        f"{res.reason}"
+    )
+    clog.write(f"! {message}\n")
+    return CaptureResult(
+        status="failed",
+        error=ErrorInfo(
+            code=BOOT_CHECK_CODE,
+            message=message,
+            step="capture",
+            log_tail=res.output_tail[-LOG_TAIL:],
+            log_uri=log.uri or None,
+        ),
+    )
 
 
 def _plain(value: Any) -> Any:

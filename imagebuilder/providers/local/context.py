@@ -30,6 +30,7 @@ TAG_QCOW2 = "imagebuilder.local.qcow2"
 TAG_STEP_TIMEOUT = "imagebuilder.local.stepTimeoutMinutes"
 VHD_ROOT_ENV = "IMAGEBUILDER_LOCAL_VHD_ROOT"
 QCOW2_ENV = "IMAGEBUILDER_LOCAL_QCOW2"
+BOOT_CHECK_ENV = "IMAGEBUILDER_LOCAL_BOOT_CHECK"
 DEFAULT_BUILD_MINUTES = 240
 LOG_TAIL = 20
 
@@ -63,6 +64,7 @@ class Settings:
     qcow2: bool = False
     catalog_file: str | None = None
     step_cache: bool = True
+    boot_check: bool = True
     step_cache_dir: Path | None = None
     step_cache_cap: int = 10 * 1024**3
 

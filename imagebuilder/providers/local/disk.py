@@ -130,6 +130,13 @@ def default_size_mib(rootfs: Path, *, generation: str, bootable: bool) -> int:
     return -(-total // step) * step
 
 
+def min_size_mib(rootfs: Path, *, generation: str, bootable: bool) -> int:
+    """The smallest disk the tree fits on (ext4 overhead and a journal, no free space to speak of)."""
+    used, entries = tree_usage(rootfs)
+    root_mib = (used * 5 // 4 + entries * 1024) // MiB + 64
+    return _root_start_mib(generation, bootable) + root_mib + 1
+
+
 def _root_start_mib(generation: str, bootable: bool) -> int:
     if not bootable:
         return 1

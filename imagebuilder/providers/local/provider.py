@@ -10,15 +10,17 @@ Per-template options (tags) and the typed view of one call: `context`. Folders: 
 is an overlay over a cached, extracted base; customizers run in a bubblewrap sandbox (`sandbox`); the
 stores (images, gallery, VHDs) are in `gallery`. Each customizer's result is kept in the step cache
 (`stepcache`; IMAGEBUILDER_STEP_CACHE=off turns it off, IMAGEBUILDER_STEP_CACHE_MAX_GB caps it), so a
-rebuild runs only the steps after the longest unchanged prefix.
+rebuild runs only the steps after the longest unchanged prefix. Bootable images are booted once more as
+captured (the shipped-image boot check, `capture`; IMAGEBUILDER_LOCAL_BOOT_CHECK=off turns it off).
 
 VHD targets: no `uri` -> state_dir/vhds/...; `file://` -> only below state_dir/vhds or
 IMAGEBUILDER_LOCAL_VHD_ROOT; `http(s)://` blob URL -> the `blob_uploader` the provider was given.
 Network on gives each step its own namespace NATed to the outside by slirp4netns (see `sandbox`): the
 host's loopback services are not reachable from a step, as from a build VM. Gallery image definitions
 are created on first use; versioning defaults to Latest (1.0.0 first); replicaCount and
-storageAccountType are recorded per region (one verified copy per region); vmProfile is not applied
-(the disk is sized to the tree plus headroom, in whole MiB).
+storageAccountType are recorded per region (one verified replica per region: a hard link of the one
+captured disk); of vmProfile only osDiskSizeGB applies (the disk size; 0 or absent: the tree plus
+headroom, in whole MiB; smaller than the tree is refused, naming the size needed).
 
 Exceptions: permanent failures are returned as results (ErrorInfo); `TransientProviderError` (a download
 that may work next time) and `ProviderConfigError` (a tool missing) are raised.
@@ -58,6 +60,7 @@ from imagebuilder.providers.local import (
     validate,
 )
 from imagebuilder.providers.local.context import (
+    BOOT_CHECK_ENV,
     QCOW2_ENV,
     VHD_ROOT_ENV,
     BlobUploader,
@@ -104,6 +107,7 @@ class LocalProvider(ComputeProvider):
         self.qcow2 = is_true(env.get(QCOW2_ENV, ""))
         self.catalog_file = env.get(catalog.CATALOG_SETTING) or None
         self.step_cache = not is_false(env.get(stepcache.CACHE_SETTING, "on") or "on")
+        self.boot_check = not is_false(env.get(BOOT_CHECK_ENV, "on") or "on")
         self.step_cache_dir = Path(env.get(stepcache.DIR_SETTING) or self.cache_dir / "steps").resolve()
         self.step_cache_cap = stepcache.cap_bytes(env.get(stepcache.CAP_SETTING))
         self.stores = Stores(self.state_dir)
@@ -122,6 +126,7 @@ class LocalProvider(ComputeProvider):
             qcow2=self.qcow2,
             catalog_file=self.catalog_file,
             step_cache=self.step_cache,
+            boot_check=self.boot_check,
             step_cache_dir=self.step_cache_dir,
             step_cache_cap=self.step_cache_cap,
         )
