@@ -437,6 +437,9 @@ def _run_view(st: Store, req: func.HttpRequest) -> dict[str, Any]:
         "duration": views.duration(run),
         "is_latest": stored.last_run_id == run.run.run_id,
         "resume": views.resume_of(run, stored),
+        "typical": views.typical_seconds(
+            st.runs.list(stored.subscription_id, stored.resource_group, stored.name), run
+        ),
     }
 
 

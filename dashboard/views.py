@@ -327,6 +327,24 @@ class TemplateRow:
         return min(times) if times else None
 
 
+def cache_hits(run: RunRecord) -> tuple[int, int] | None:
+    """(steps taken from the step cache, steps with a cache verdict) of a run, None when it has none."""
+    steps = [s for s in _recorded_steps(run.details).values() if isinstance(_cache_of(s), dict)]
+    if not steps:
+        return None
+    return sum(1 for s in steps if (_cache_of(s) or {}).get("hit")), len(steps)
+
+
+def typical_seconds(runs: list[RunRecord], before: RunRecord) -> float | None:
+    """How long the template's last successful run before `before` took: what to expect of this one."""
+    done = [
+        r
+        for r in runs
+        if r.run_state == "Succeeded" and r.created_time < before.created_time and duration(r) is not None
+    ]
+    return duration(max(done, key=lambda r: r.created_time)) if done else None
+
+
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "–"

@@ -114,6 +114,9 @@ def test_resume_a_failed_run_from_the_page_after_fixing_the_script(
 
         # a run that did not fail offers no resume
         assert page.get_by_role("button", name="Resume from").count() == 0
+        # the template's runs say how many steps each took from the cache
+        page.goto(dash.runtime.base_url + template_url(dash, name))
+        assert "1 of 2" in page.locator("tr", has_text=record.run.run_id).inner_text()
         context.close()
     dash.assert_no_leaks()
 

@@ -102,3 +102,31 @@ def test_only_file_uris_are_local_files() -> None:
     assert views.local_file("file:///var/x/a.vhd") == "/var/x/a.vhd"
     assert views.local_file("file://host/var/x/a.vhd") is None
     assert views.local_file("https://acct.blob.core.windows.net/c/a.vhd") is None
+
+
+def test_cache_hits_and_the_duration_to_expect() -> None:
+    steps = [
+        {
+            "name": "customize[0] (Shell: a)",
+            "status": "succeeded",
+            "seconds": 0.1,
+            "cache": {"id": "x", "hit": True},
+        },
+        {
+            "name": "customize[1] (Shell: b)",
+            "status": "succeeded",
+            "seconds": 3.0,
+            "cache": {"id": "y", "hit": False},
+        },
+        {"name": "validate.inVMValidations", "status": "succeeded", "seconds": 1.0},
+    ]
+    assert views.cache_hits(record("Succeeded", steps=steps)) == (1, 2)
+    assert views.cache_hits(record("Succeeded")) is None
+    earlier = record("Succeeded")
+    earlier = RunRecord(
+        **{**earlier.__dict__, "created_time": T0.replace(day=1), "end_time": T0.replace(minute=5)}
+    )
+    failed = RunRecord(**{**earlier.__dict__, "run_state": "Failed"})
+    now = RunRecord(**{**record("Running", "Building").__dict__, "created_time": T0.replace(day=2)})
+    assert views.typical_seconds([earlier, failed, now], now) == 300.0
+    assert views.typical_seconds([now], now) is None
