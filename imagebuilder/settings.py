@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,60 @@ class Settings:
         )
 
 
+@dataclass(frozen=True)
+class AzureSettings:
+    """The Azure provider's app settings (IMAGEBUILDER_AZURE_*, IMAGEBUILDER_ARM_ENDPOINT,
+    IMAGEBUILDER_ARTIFACTS_CONTAINER), each checked: a bad value is a ValueError naming the setting and
+    what it must be."""
+
+    credential_mode: str = "default"
+    client_id: str | None = None
+    arm_endpoint: str = "https://management.azure.com"
+    poll_seconds: int = 15
+    cleanup_seconds: float = 300.0
+    write_interval: float = 1.0
+    generalize_seconds: int = 3600
+    artifacts_container: str = "image-artifacts"
+    inventory: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AzureSettings:
+        env = os.environ if environ is None else environ
+        mode = (env.get("IMAGEBUILDER_AZURE_CREDENTIAL") or "default").strip().lower()
+        if mode not in ("default", "template"):
+            raise ValueError(
+                f"IMAGEBUILDER_AZURE_CREDENTIAL={mode!r} is not a credential mode; set it to 'default' "
+                "(the app's identity) or 'template' (the template's user-assigned identity)"
+            )
+        endpoint = (env.get("IMAGEBUILDER_ARM_ENDPOINT") or "").strip() or cls.arm_endpoint
+        if not endpoint.startswith("https://"):
+            raise ValueError(
+                f"IMAGEBUILDER_ARM_ENDPOINT={endpoint!r} is not an https URL; leave it unset "
+                "(https://management.azure.com) or set your cloud's Resource Manager endpoint"
+            )
+        container = (env.get("IMAGEBUILDER_ARTIFACTS_CONTAINER") or "").strip() or cls.artifacts_container
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", container):
+            raise ValueError(
+                f"IMAGEBUILDER_ARTIFACTS_CONTAINER={container!r} is not a blob container name; use 3-63 "
+                "lower-case letters, digits and single hyphens (e.g. image-artifacts)"
+            )
+        return cls(
+            credential_mode=mode,
+            client_id=(env.get("IMAGEBUILDER_AZURE_CLIENT_ID") or env.get("AZURE_CLIENT_ID") or None),
+            arm_endpoint=endpoint,
+            poll_seconds=_positive_int(env, "IMAGEBUILDER_AZURE_POLL_SECONDS", 15, unit="seconds"),
+            cleanup_seconds=_positive_float(
+                env, "IMAGEBUILDER_AZURE_CLEANUP_SECONDS", 300.0, example="300 (seconds)"
+            ),
+            write_interval=_non_negative_float(env, "IMAGEBUILDER_AZURE_WRITE_INTERVAL", 1.0),
+            generalize_seconds=_positive_int(
+                env, "IMAGEBUILDER_AZURE_GENERALIZE_SECONDS", 3600, unit="seconds"
+            ),
+            artifacts_container=container,
+            inventory=not _flag(env, "IMAGEBUILDER_AZURE_SKIP_INVENTORY"),
+        )
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     raw = (env.get(name) or "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -62,7 +117,7 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ValueError(f"{name}={raw!r} is not a switch; set it to true or false")
 
 
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _positive_float(env: Mapping[str, str], name: str, default: float, example: str = "0.05") -> float:
     """A test knob such as IMAGEBUILDER_TIMEOUT_SCALE (it multiplies buildTimeoutInMinutes, whose AIB
     minimum is 6, so end-to-end tests can time out in seconds)."""
     raw = (env.get(name) or "").strip()
@@ -73,11 +128,13 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     except ValueError:
         value = 0.0
     if not value > 0:
-        raise ValueError(f"{name}={raw!r} is not a positive number; leave it unset (1) or set e.g. 0.05")
+        raise ValueError(
+            f"{name}={raw!r} is not a positive number; leave it unset ({default:g}) or set e.g. {example}"
+        )
     return value
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, unit: str = "") -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -86,7 +143,27 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{name}={raw!r} is not a positive whole number; set it to e.g. {default}")
+        what = f" of {unit}" if unit else ""
+        raise ValueError(
+            f"{name}={raw!r} is not a positive whole number{what}; leave it unset ({default}) or set it "
+            f"to e.g. {default}"
+        )
+    return value
+
+
+def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(
+            f"{name}={raw!r} is not a number of seconds (0 or more); leave it unset ({default:g}) or set "
+            "e.g. 0.5"
+        )
     return value
 
 

@@ -54,3 +54,48 @@ def test_timeout_scale_is_a_positive_number() -> None:
     assert Settings.from_env({"IMAGEBUILDER_TIMEOUT_SCALE": "0.05"}).timeout_scale == 0.05
     with pytest.raises(ValueError, match="IMAGEBUILDER_TIMEOUT_SCALE"):
         Settings.from_env({"IMAGEBUILDER_TIMEOUT_SCALE": "-1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("IMAGEBUILDER_AZURE_GENERALIZE_SECONDS", "an hour", "positive whole number of seconds"),
+        ("IMAGEBUILDER_AZURE_GENERALIZE_SECONDS", "0", "positive whole number of seconds"),
+        ("IMAGEBUILDER_AZURE_POLL_SECONDS", "1.5", "positive whole number of seconds"),
+        ("IMAGEBUILDER_AZURE_CLEANUP_SECONDS", "-3", "positive number"),
+        ("IMAGEBUILDER_AZURE_WRITE_INTERVAL", "fast", "0 or more"),
+        ("IMAGEBUILDER_AZURE_CREDENTIAL", "msi", "'default'"),
+        ("IMAGEBUILDER_ARM_ENDPOINT", "http://arm.local", "https URL"),
+        ("IMAGEBUILDER_ARTIFACTS_CONTAINER", "Image_Artifacts", "blob container name"),
+        ("IMAGEBUILDER_AZURE_SKIP_INVENTORY", "maybe", "true or false"),
+    ],
+)
+def test_a_bad_azure_setting_names_itself_and_what_it_must_be(name: str, value: str, says: str) -> None:
+    from imagebuilder.providers.azure.provider import AzureProvider
+    from imagebuilder.settings import AzureSettings
+
+    with pytest.raises(ValueError, match=name) as caught:
+        AzureSettings.from_env({name: value})
+    assert says in str(caught.value) and repr(value) in str(caught.value)
+    with pytest.raises(ValueError, match=name):  # the provider reads its settings the same way
+        AzureProvider(environ={name: value})
+
+
+def test_azure_settings_defaults_and_values() -> None:
+    from imagebuilder.settings import AzureSettings
+
+    assert AzureSettings.from_env({}) == AzureSettings()
+    s = AzureSettings.from_env(
+        {
+            "IMAGEBUILDER_AZURE_GENERALIZE_SECONDS": "900",
+            "IMAGEBUILDER_AZURE_WRITE_INTERVAL": "0",
+            "AZURE_CLIENT_ID": "cid",
+            "IMAGEBUILDER_AZURE_CREDENTIAL": "Template",
+        }
+    )
+    assert (s.generalize_seconds, s.write_interval, s.client_id, s.credential_mode) == (
+        900,
+        0.0,
+        "cid",
+        "template",
+    )

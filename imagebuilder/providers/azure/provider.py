@@ -61,7 +61,6 @@ from imagebuilder.providers.azure.clients import (
     make_credential,
 )
 from imagebuilder.providers.azure.context import (
-    DEFAULT_GENERALIZE_SECONDS,
     TAG_RUN,
     TAG_TEMPLATE,
     Ctx,
@@ -77,6 +76,7 @@ from imagebuilder.providers.base import (
     LogSink,
     ProviderConfigError,
 )
+from imagebuilder.settings import AzureSettings
 
 # method name -> the phase function that does it (each takes a Ctx, returns its result or NotYet)
 PHASES: dict[str, Callable[[Ctx], Any]] = {
@@ -117,29 +117,23 @@ class AzureProvider(ComputeProvider):
         **_ignored: Any,
     ) -> None:
         env = os.environ if environ is None else environ
+        cfg = AzureSettings.from_env(env)  # a bad setting is a ValueError naming it
+        self.config = cfg
         self._credential = credential
-        self._credential_mode = env.get("IMAGEBUILDER_AZURE_CREDENTIAL", "default").lower()
-        self._client_id = env.get("IMAGEBUILDER_AZURE_CLIENT_ID") or env.get("AZURE_CLIENT_ID")
+        self._credential_mode = cfg.credential_mode
+        self._client_id = cfg.client_id
         self._transport = transport
-        self._base_url = base_url or env.get("IMAGEBUILDER_ARM_ENDPOINT", "https://management.azure.com")
-        self.poll_interval = int(poll_interval or env.get("IMAGEBUILDER_AZURE_POLL_SECONDS", "15"))
+        self._base_url = base_url or cfg.arm_endpoint
+        self.poll_interval = int(poll_interval or cfg.poll_seconds)
         self._sleep = sleep
         self._clock = clock
-        self._cleanup_budget = float(
-            cleanup_budget_seconds or env.get("IMAGEBUILDER_AZURE_CLEANUP_SECONDS", "300")
-        )
-        write_interval = (
-            min_write_interval
-            if min_write_interval is not None
-            else float(env.get("IMAGEBUILDER_AZURE_WRITE_INTERVAL", "1.0"))
-        )
+        self._cleanup_budget = float(cleanup_budget_seconds or cfg.cleanup_seconds)
+        write_interval = min_write_interval if min_write_interval is not None else cfg.write_interval
         self.pacer = WritePacer(write_interval, clock, sleep)
         self._clients: dict[str, AzureClients] = {}
         self._app_account = _app_storage_account(env)
-        self._artifacts_container = env.get("IMAGEBUILDER_ARTIFACTS_CONTAINER") or "image-artifacts"
-        self._generalize_seconds = int(
-            env.get("IMAGEBUILDER_AZURE_GENERALIZE_SECONDS") or DEFAULT_GENERALIZE_SECONDS
-        )
+        self._artifacts_container = cfg.artifacts_container
+        self._generalize_seconds = cfg.generalize_seconds
 
     # -- plumbing ----------------------------------------------------------------------------------
 
