@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from imagebuilder.pipeline.artifacts import build_artifacts
 from imagebuilder.template import ImageTemplate, TemplateError, input_fingerprint
 
 
@@ -72,7 +73,7 @@ def same_blob(uri: str, blob_url: str) -> bool:
 def uses_blob(resource: Mapping[str, Any], blob_url: str) -> list[str]:
     """JSON paths of the template's scriptUri/sourceUri entries that name `blob_url`."""
     try:
-        refs: Iterable[Any] = template_of(resource).properties.artifacts()
+        refs: Iterable[Any] = build_artifacts(resource)
     except (TemplateError, ValueError):
         return []
     return [ref.target for ref in refs if same_blob(ref.uri, blob_url)]

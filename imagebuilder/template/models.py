@@ -1115,22 +1115,9 @@ class ImageTemplateProperties(ArmModel):
         return list(self.validate_.in_vm_validations or []) if self.validate_ else []
 
     def artifacts(self) -> list[ArtifactRef]:
-        """Every file a build fetches (scriptUri / sourceUri), in order, with its JSON path and checksum."""
-        found: list[ArtifactRef] = []
-        for i, c in enumerate(self.customizers):
-            found += _step_artifact(c, f"properties.customize[{i}]")
-        for i, v in enumerate(self.validators):
-            found += _step_artifact(v, f"properties.validate.inVMValidations[{i}]")
-        workload = self.optimize.workload if self.optimize else None
-        if workload is not None and workload.script_uri:
-            found.append(
-                ArtifactRef(
-                    "properties.optimize.workload.scriptUri",
-                    workload.script_uri,
-                    workload.sha256_checksum or None,
-                )
-            )
-        return found
+        """Every file a build fetches (scriptUri / sourceUri), in order, with its JSON path and checksum
+        (`artifacts_of`, the one list every provider uses)."""
+        return artifacts_of(self.model_dump(by_alias=True, exclude_none=True))
 
 
 class ArtifactRef(NamedTuple):
@@ -1141,13 +1128,40 @@ class ArtifactRef(NamedTuple):
     sha256: str | None
 
 
-def _step_artifact(step: Customizer | Validator, path: str) -> list[ArtifactRef]:
-    if isinstance(step, ShellCustomizer | PowerShellCustomizer | ShellValidator | PowerShellValidator):
-        if step.script_uri:
-            return [ArtifactRef(f"{path}.scriptUri", step.script_uri, step.sha256_checksum or None)]
-    elif isinstance(step, FileCustomizer | FileValidator) and step.source_uri:
-        return [ArtifactRef(f"{path}.sourceUri", step.source_uri, step.sha256_checksum or None)]
-    return []
+_FETCHED_BY_TYPE = {"Shell": "scriptUri", "PowerShell": "scriptUri", "File": "sourceUri"}
+
+
+def artifacts_of(properties: Any) -> list[ArtifactRef]:
+    """Every file a build fetches, from a template's `properties` as JSON (validated by the model or
+    not: providers take URI schemes the ARM model refuses, e.g. the local provider's file://):
+    Shell/PowerShell scriptUri and File sourceUri of customize and validate.inVMValidations, then
+    optimize.workload.scriptUri, in template order, each with its JSON path and expected SHA-256."""
+    props = properties if isinstance(properties, dict) else {}
+    found: list[ArtifactRef] = []
+    validate = props.get("validate") if isinstance(props.get("validate"), dict) else {}
+    lists = [("properties.customize", props.get("customize")),
+             ("properties.validate.inVMValidations", (validate or {}).get("inVMValidations"))]  # fmt: skip
+    for base, items in lists:
+        for i, step in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(step, dict):
+                continue
+            key = {"Shell": "scriptUri", "PowerShell": "scriptUri", "File": "sourceUri"}.get(
+                str(step.get("type"))
+            )
+            uri = step.get(key) if key else None
+            if isinstance(uri, str) and uri:
+                found.append(ArtifactRef(f"{base}[{i}].{key}", uri, step.get("sha256Checksum") or None))
+    optimize = props.get("optimize") if isinstance(props.get("optimize"), dict) else {}
+    workload = (optimize or {}).get("workload")
+    if isinstance(workload, dict) and isinstance(workload.get("scriptUri"), str) and workload["scriptUri"]:
+        found.append(
+            ArtifactRef(
+                "properties.optimize.workload.scriptUri",
+                workload["scriptUri"],
+                workload.get("sha256Checksum") or None,
+            )
+        )
+    return found
 
 
 class UserAssignedIdentity(ArmModel):

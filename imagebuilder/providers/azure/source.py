@@ -10,6 +10,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from imagebuilder.pipeline.artifacts import build_artifacts
 from imagebuilder.pipeline.messages import (
     ErrorInfo,
     PrepareResult,
@@ -31,14 +32,9 @@ def prepare(ctx: Ctx) -> PrepareResult:
     source = resolve_source(ctx)
     ctx.log.write(f"source resolved: {source.type} {source.id} ({source.hyper_v_generation})\n")
     artifacts: dict[str, StagedArtifact] = {}
-    steps = [(f"properties.customize[{i}]", s) for i, s in enumerate(ctx.props.get("customize") or [])]
-    validations = (ctx.props.get("validate") or {}).get("inVMValidations") or []
-    steps += [(f"properties.validate.inVMValidations[{i}]", s) for i, s in enumerate(validations)]
-    for where, step in steps:
-        field = "scriptUri" if step.get("scriptUri") else "sourceUri"
-        uri = str(step.get(field) or "")
-        if not uri:
-            continue
+    for ref in build_artifacts(ctx.build.template):
+        where, _, field = ref.target.rpartition(".")
+        uri = ref.uri
         refuse_app_storage(ctx, uri, f"{where}.{field}")
         if uri not in artifacts:
             data = ctx.arm.fetch(uri)
@@ -46,7 +42,7 @@ def prepare(ctx: Ctx) -> PrepareResult:
             ctx.log.write(f"fetched {redact(uri)}: {len(data)} bytes, sha256 {digest}\n")
             artifacts[uri] = StagedArtifact(uri=uri, sha256=digest, size=len(data), location=uri)
         digest = artifacts[uri].sha256
-        want = str(step.get("sha256Checksum") or "").lower()
+        want = str(ref.sha256 or "").lower()
         if want and want != digest:
             return PrepareResult(
                 status="failed",

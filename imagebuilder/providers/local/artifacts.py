@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.pipeline.artifacts import build_artifacts
 from imagebuilder.pipeline.messages import StagedArtifact
 from imagebuilder.providers.base import LogSink, ProviderError, TransientProviderError
 from imagebuilder.providers.local.layout import safe_name
@@ -91,24 +92,12 @@ def display_uri(uri: str) -> str:
 
 
 def collect(template: dict[str, Any]) -> list[ArtifactRef]:
-    """Every scriptUri (Shell) and sourceUri (File) of properties.customize and
-    properties.validate.inVMValidations, in template order."""
-    props = template.get("properties") or {}
-    refs: list[ArtifactRef] = []
-    lists: list[tuple[str, Any]] = [("properties.customize", props.get("customize"))]
-    validate = props.get("validate") or {}
-    if isinstance(validate, dict):
-        lists.append(("properties.validate.inVMValidations", validate.get("inVMValidations")))
-    for base, items in lists:
-        for i, item in enumerate(items or []):
-            if not isinstance(item, dict):
-                continue
-            for key in ("scriptUri", "sourceUri"):
-                uri = item.get(key)
-                if isinstance(uri, str) and uri:
-                    checksum = str(item.get("sha256Checksum") or "").strip().lower()
-                    refs.append(ArtifactRef(f"{base}[{i}].{key}", uri, checksum))
-    return refs
+    """Every file the build fetches (`pipeline.artifacts.build_artifacts`: customize,
+    inVMValidations, optimize.workload), in template order, checksums lower-cased."""
+    return [
+        ArtifactRef(ref.target, ref.uri, (ref.sha256 or "").strip().lower())
+        for ref in build_artifacts(template)
+    ]
 
 
 def file_roots(setting: str = "") -> list[Path]:
