@@ -1,5 +1,5 @@
 # The two commands a newcomer runs (see README.md). Both install what they need first.
-.PHONY: setup demo test lint bench serve
+.PHONY: setup demo test lint bench serve reliability
 
 setup:
 	bash scripts/setup.sh
@@ -20,3 +20,7 @@ bench: setup
 serve: setup
 	@test -f local.settings.json || { cp local.settings.example.json local.settings.json; echo "created local.settings.json from local.settings.example.json"; }
 	.venv/bin/python -m local_runtime start . --state-dir .state
+
+# The long reliability suite (chaos kills, concurrent builds, faults, API fuzzing) and RELIABILITY.md.
+reliability:
+	bash scripts/reliability.sh

@@ -1,0 +1,134 @@
+"""Faults: each ends in a clear failed (or recovered) state, with cleanup done (the audit) and the error
+naming the cause. Short suite: a customizer that hangs past its timeout and one that fork-bombs. Long
+suite adds a memory eater, an unreachable package mirror, Azurite stopped and restarted mid-run, and a
+corrupted SQLite page in a copy of the runtime's durable state."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.demo import LocalRuntime
+from local_runtime.azurite import Azurite
+from tests.reliability.audit import wait_clean
+from tests.reliability.conftest import LONG, Rel, record
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(1800)]
+long_only = pytest.mark.skipif(not LONG, reason="long suite only (IMAGEBUILDER_RELIABILITY=long)")
+
+
+def _run(rel: Rel, name: str, inline: list[str], **tags: str) -> dict[str, Any]:
+    template = rel.template(
+        "busybox-webpage.json",
+        customize=[{"type": "Shell", "name": "fault", "inline": inline}],
+        validate={},
+        distribute=[{"type": "VHD", "runOutputName": "vhd"}],
+    )
+    template["tags"] = {**template.get("tags", {}), **tags}
+    return rel.build(name, template, timeout=900)
+
+
+def _check(rel: Rel, case: str, final: dict[str, Any], *words: str, state: str = "Failed") -> None:
+    leaks = wait_clean(rel.provider_state, rel.cache_dir)
+    message = str(final.get("message", ""))
+    named = all(w.lower() in message.lower() for w in words)
+    ok = final["runState"] == state and named and leaks.total() == 0
+    record("fault", case, 1, lost=0 if ok else 1, leaked=leaks.total(), note=message[:160])
+    assert final["runState"] == state, final
+    assert named, (words, message)
+    assert leaks.total() == 0, leaks
+
+
+def test_customizer_hanging_past_its_timeout(rel: Rel) -> None:
+    final = _run(
+        rel, "hang", ["echo hanging", "sleep 3600"], **{"imagebuilder.local.stepTimeoutMinutes": "0.1"}
+    )
+    _check(rel, "customizer hangs past its step timeout (6 s)", final, "timed out")
+
+
+def test_customizer_fork_bomb(rel: Rel) -> None:
+    start = time.monotonic()
+    final = _run(
+        rel,
+        "forkbomb",
+        ["bomb() { bomb | bomb & }; bomb", "sleep 5", "exit 7"],
+        **{"imagebuilder.local.stepTimeoutMinutes": "0.2"},
+    )
+    _check(rel, f"customizer fork-bombs (ended in {time.monotonic() - start:.0f} s)", final, "fault")
+
+
+@long_only
+def test_customizer_eating_memory(rel: Rel) -> None:
+    final = _run(rel, "memeater", ["dd if=/dev/zero of=/dev/null bs=8G count=1", "echo survived"])
+    _check(rel, "customizer asks for 8 GB of memory", final, "exited with code")
+
+
+@long_only
+def test_package_mirror_unreachable(rel: Rel) -> None:
+    final = _run(
+        rel,
+        "nomirror",
+        ["wget -q -T 5 -O /tmp/x http://deb.debian.org/debian/dists/bookworm/Release"],
+        **{"imagebuilder.local.network": "off"},
+    )
+    _check(rel, "package mirror unreachable (network off)", final, "exited with code")
+
+
+@long_only
+def test_azurite_stopped_and_restarted_mid_run(rel: Rel, e2e_azurite: Azurite) -> None:
+    template = rel.template(
+        "busybox-webpage.json",
+        customize=[{"type": "Shell", "name": "long", "inline": ["echo long-start", "sleep 20"]}],
+        validate={},
+        distribute=[{"type": "VHD", "runOutputName": "vhd"}],
+    )
+    rel.api.put_template("storage-outage", template)
+    rel.api.run("storage-outage")
+    rel.wait_log("storage-outage", "long-start")
+    e2e_azurite.stop()
+    time.sleep(15)
+    e2e_azurite.start()  # same ports and data folder
+    final = rel.api.watch("storage-outage", timeout=900, interval=1.0)
+    _check(rel, "Azurite stopped for 15 s mid-run, restarted", final, state="Succeeded")
+
+
+@long_only
+def test_corrupted_sqlite_page_in_a_copy_of_the_state(rel: Rel, tmp_path: Path) -> None:
+    """A copy of the runtime's state with one page of durable.sqlite overwritten: the runtime started on it
+    must refuse with an error naming the file, or start and answer; it must not hang or serve garbage."""
+    rel.build(
+        "before-copy",
+        rel.template("busybox-webpage.json", validate={}, distribute=[{"type": "VHD", "runOutputName": "v"}]),
+    )
+    copy = tmp_path / "state-copy"
+    db = rel.runtime.state_dir / "durable.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copytree(rel.runtime.state_dir, copy, ignore=shutil.ignore_patterns("*.lock", "host.lock"))
+    with open(copy / "durable.sqlite", "r+b") as fh:
+        fh.seek(4096 * 2)
+        fh.write(b"\xde\xad\xbe\xef" * 1024)
+    other = LocalRuntime(state_dir=copy, env=rel.env)
+    outcome = ""
+    try:
+        other.start(timeout=60)
+        outcome = "started on the corrupted copy"
+    except Exception as exc:  # the runtime refused: its message must say which file is damaged
+        outcome = f"refused: {str(exc)[-300:]}"
+    finally:
+        other.stop()
+    log = (copy / "runtime.log").read_text() if (copy / "runtime.log").is_file() else ""
+    named = "durable.sqlite" in outcome + log or "malformed" in (outcome + log).lower()
+    record(
+        "fault",
+        "corrupted SQLite page in a copy of the durable state",
+        1,
+        lost=0 if named else 1,
+        note=outcome[:160],
+    )
+    assert named, outcome + log[-2000:]
