@@ -18,7 +18,7 @@ Exceptions::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -96,6 +96,26 @@ class VersionInfo:
 class Removal:
     version: str
     reason: str
+
+
+@dataclass(frozen=True)
+class RemovedVersion:
+    """One version a provider removed (or, in a dry run, would remove)."""
+
+    version_id: str
+    image_id: str
+    version: str
+    reason: str
+    policy_from: str
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass of a provider did; errors are reported, never raised."""
+
+    dry_run: bool
+    removed: list[RemovedVersion] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def _key(name: str) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -194,6 +195,7 @@ class FakeArm(HttpTransport):
         self.sas_issued: list[str] = []  # user delegation SAS URLs handed to run commands
         self.effects: dict[str, str | None] = {}  # run command name -> guest_effect of its script
         self.poll_urls: set[str] = set()
+        self.published_at: Callable[[], str] = lambda: datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self.role: frozenset[str] | None = (
             granted_actions()
         )  # ARM authorizes every request, polls too  # every operation URL handed out (the role must allow reading each)
@@ -1172,12 +1174,20 @@ class FakeArm(HttpTransport):
             if method == "GET":
                 return self._get(path)
             return self.error(405, "MethodNotAllowed", method)
-        if versions == "/versions":
+        if versions == "/versions":  # GalleryImageVersionList: {"value": [...], "nextLink"?}
+            if method != "GET":
+                return self.error(405, "MethodNotAllowed", method)
             base = path.lower() + "/"
             return (
                 200,
                 {},
-                {"value": [self._public(r) for k, r in self.resources.items() if k.startswith(base)]},
+                {
+                    "value": [
+                        self._public({k: v for k, v in r.items() if not k.startswith("_")})
+                        for key, r in self.resources.items()
+                        if key.startswith(base)
+                    ]
+                },
             )
         if method == "PUT":
             refused = self._check_body("Microsoft.Compute/galleries/images/versions PUT", method, path, body)
@@ -1237,6 +1247,8 @@ class FakeArm(HttpTransport):
                 path, "Microsoft.Compute/galleries/images/versions", body, "Microsoft.Compute"
             )
             stored = self.resources[path.lower()]
+            # publishingProfile.publishedDate is read-only: ARM sets it when the version is made
+            stored["properties"].setdefault("publishingProfile", {})["publishedDate"] = self.published_at()
             stored["_replication"] = [
                 {"region": r["name"], "state": "Replicating", "details": "", "progress": 0} for r in regions
             ]

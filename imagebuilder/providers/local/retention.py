@@ -10,14 +10,15 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from imagebuilder.provenance.retention import (
     PolicyError,
+    RemovedVersion,
     RetentionPolicy,
+    RetentionReport,
     VersionInfo,
     plan_removals,
     policy_from,
@@ -25,24 +26,6 @@ from imagebuilder.provenance.retention import (
 from imagebuilder.providers.local.fsutil import locked_file
 from imagebuilder.providers.local.gallery import parse_version
 from imagebuilder.providers.local.layout import StateLayout
-
-
-@dataclass(frozen=True)
-class RemovedVersion:
-    """One version removed (or, in a dry run, that would be)."""
-
-    version_id: str
-    image_id: str
-    version: str
-    reason: str
-    policy_from: str
-
-
-@dataclass
-class RetentionReport:
-    dry_run: bool
-    removed: list[RemovedVersion] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
 
 
 def _json(path: Path) -> dict[str, Any]:
