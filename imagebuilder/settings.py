@@ -57,8 +57,8 @@ class Settings:
 @dataclass(frozen=True)
 class AzureSettings:
     """The Azure provider's app settings (IMAGEBUILDER_AZURE_*, IMAGEBUILDER_ARM_ENDPOINT,
-    IMAGEBUILDER_ARTIFACTS_CONTAINER), each checked: a bad value is a ValueError naming the setting and
-    what it must be."""
+    IMAGEBUILDER_ARTIFACTS_CONTAINER, IMAGEBUILDER_DEBIAN_SECURITY_MIRROR), each checked: a bad value is a
+    ValueError naming the setting and what it must be."""
 
     credential_mode: str = "default"
     client_id: str | None = None
@@ -69,6 +69,7 @@ class AzureSettings:
     generalize_seconds: int = 3600
     artifacts_container: str = "image-artifacts"
     inventory: bool = True
+    security_mirror: str = "http://deb.debian.org/debian-security"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AzureSettings:
@@ -91,6 +92,14 @@ class AzureSettings:
                 f"IMAGEBUILDER_ARTIFACTS_CONTAINER={container!r} is not a blob container name; use 3-63 "
                 "lower-case letters, digits and single hyphens (e.g. image-artifacts)"
             )
+        mirror = (env.get("IMAGEBUILDER_DEBIAN_SECURITY_MIRROR") or "").strip() or cls.security_mirror
+        if mirror.lower() == "off":
+            mirror = ""
+        elif not mirror.startswith(("http://", "https://")):
+            raise ValueError(
+                f"IMAGEBUILDER_DEBIAN_SECURITY_MIRROR={mirror!r} is not an http(s) URL; leave it unset "
+                f"({cls.security_mirror}), set a mirror of it, or 'off' (no freshness check)"
+            )
         return cls(
             credential_mode=mode,
             client_id=(env.get("IMAGEBUILDER_AZURE_CLIENT_ID") or env.get("AZURE_CLIENT_ID") or None),
@@ -105,6 +114,7 @@ class AzureSettings:
             ),
             artifacts_container=container,
             inventory=not _flag(env, "IMAGEBUILDER_AZURE_SKIP_INVENTORY"),
+            security_mirror=mirror,
         )
 
 

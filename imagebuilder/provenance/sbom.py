@@ -51,9 +51,10 @@ class ImageFile(_Model):
 
 
 class Inventory(_Model):
-    """What a provider read from the final image's tree."""
+    """What a provider read from the final image: its dpkg database (`dpkg`), its files (`files`), or, for
+    Windows on Azure, its installed programs and hotfixes (`windows`: maintainer = publisher)."""
 
-    kind: Literal["dpkg", "files"]
+    kind: Literal["dpkg", "files", "windows"]
     os_id: str = ""
     os_version_id: str = ""
     os_codename: str = ""
@@ -248,7 +249,8 @@ def purl(pkg: InstalledPackage, inv: Inventory) -> str:
     `pkg:generic/busybox@1.36.1` for programs found in the files."""
     version = quote(pkg.version, safe=".-_~")
     if inv.kind != "dpkg":
-        return f"pkg:generic/{quote(pkg.name, safe='.-_~')}@{version}"
+        at = f"@{version}" if version else ""  # a hotfix has no version of its own
+        return f"pkg:generic/{quote(pkg.name, safe='.-_~')}{at}"
     namespace = quote(inv.os_id or "debian", safe=".-_~")
     qualifiers = []
     if pkg.arch:

@@ -9,6 +9,7 @@ from typing import Any
 from imagebuilder.pipeline.messages import (
     CaptureResult,
 )
+from imagebuilder.providers.azure import inventory
 from imagebuilder.providers.azure.context import (
     Ctx,
     NotYet,
@@ -52,4 +53,5 @@ def capture(ctx: Ctx) -> CaptureResult | NotYet:
         hyper_v_generation=env.hyper_v_generation,
         source=env.source,
     )
-    return CaptureResult(status="succeeded", image=captured.model_dump(mode="json"))
+    described = inventory.describe(ctx)  # the inventory the build VM listed before generalize
+    return CaptureResult(status="succeeded", image={**captured.model_dump(mode="json"), **described})

@@ -44,6 +44,8 @@ class Settings:
     poll_interval: int = 15
     cleanup_budget: float = 300.0
     generalize_seconds: int = DEFAULT_GENERALIZE_SECONDS
+    inventory: bool = True  # read the image's inventory (SBOM) on the build VM before generalize
+    security_mirror: str = ""  # Debian security mirror for the freshness check ("" = none)
     app_account: str = ""  # the app's own storage account (run-command logs; refused as a script source)
     artifacts_container: str = "image-artifacts"
 

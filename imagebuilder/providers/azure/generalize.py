@@ -1,5 +1,5 @@
-"""The generalize phase of the Azure provider: deprovisioning or Sysprep started detached, the power-state
-wait, deallocation and ARM's generalize.
+"""The generalize phase of the Azure provider: the image's inventory read first (inventory.py), then
+deprovisioning or Sysprep started detached, the power-state wait, deallocation and ARM's generalize.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from imagebuilder.pipeline.messages import (
     ErrorInfo,
     StepResult,
 )
-from imagebuilder.providers.azure import runcommand, scripts
+from imagebuilder.providers.azure import inventory, runcommand, scripts
 from imagebuilder.providers.azure.clients import ArmFailure
 from imagebuilder.providers.azure.context import (
     Ctx,
@@ -30,6 +30,9 @@ def generalize(ctx: Ctx) -> StepResult | NotYet:
     compute = ctx.arm.compute
     linux = env.os_type == "Linux"
     if not ctx.state.get("launched"):
+        listed = inventory.collect(ctx, env)  # what the image holds, read while the guest still runs
+        if isinstance(listed, NotYet):
+            return listed
         script = scripts.deprovision_linux() if linux else scripts.sysprep()
         ran = runcommand.run(ctx, env, "generalize", script, timeout=GENERALIZE_LAUNCH_SECONDS)
         if isinstance(ran, NotYet):

@@ -10,6 +10,7 @@ The work is in one module per phase or resource kind:
     template.py    create/delete template (staging.py: the group)      runlog.py    output to append blobs
     context.py     Settings, Ctx, NotYet and ARM helpers                names.py     ArmId, Names
     clients.py     SDK clients, operation status, error sorting         scripts.py   in-VM script text
+    inventory.py   the image's SBOM inventory, read before generalize  retention.py gallery version retention
 
 No call waits for an ARM operation: a phase returns `NotYet` and the provider returns a `Pending` carrying
 ids and step state only (the template comes back from the poll activity's build); cleanup alone waits,
@@ -181,6 +182,8 @@ class AzureProvider(ComputeProvider):
             poll_interval=self.poll_interval,
             cleanup_budget=self._cleanup_budget,
             generalize_seconds=self._generalize_seconds,
+            inventory=self.config.inventory,
+            security_mirror=self.config.security_mirror,
             app_account=self._app_account,
             artifacts_container=self._artifacts_container,
         )

@@ -29,7 +29,7 @@ RUN_COMMAND_MARGIN = 300  # seconds past a run command's timeoutInSeconds before
 
 
 def run(
-    ctx: Ctx, env: BuildHandle, key: str, script: str, timeout: int | None = None
+    ctx: Ctx, env: BuildHandle, key: str, script: str, timeout: int | None = None, *, quiet: bool = False
 ) -> tuple[int, str, str] | NotYet:
     """Run `script` in the build VM through a managed run command named after `key`.
 
@@ -37,7 +37,8 @@ def run(
     (exit code, stdout, stderr). Every run command has a deadline of its own (its timeoutInSeconds plus
     a margin): a guest agent that stopped reporting (a script stopped it, the VM hung) never moves the
     run command to a terminal state, and the build fails with RunCommandNoResponse instead of waiting
-    out buildTimeoutInMinutes."""
+    out buildTimeoutInMinutes. `quiet`: the output is data (the inventory), not logged; only the
+    start is."""
     rg, vm = env.resource_group, env.vm
     name = f"ib-{key}"
     commands = ctx.arm.compute.virtual_machine_run_commands
@@ -74,7 +75,11 @@ def run(
     execution = str(view.get("executionState") or "")
     terminal = execution in TERMINAL_RUN_STATES
     store = run_logs(ctx) if name in ctx.state.get("blobs", []) else None
-    if store is not None:
+    if quiet:
+        if store is not None and terminal:
+            streams = store.streams(ctx.names.key, name)
+            output, error = store.tail(streams.output), store.tail(streams.error)
+    elif store is not None:
         view_output, view_error = output, error
         output, error = stream_blobs(ctx, store, name, terminal)
         if terminal and not (output or error) and (view_output or view_error):
@@ -91,7 +96,7 @@ def run(
         stream_tail(ctx, name, output, terminal)
     if terminal:
         deadlines.pop(name, None)
-        if store is None and error.strip() and not ctx.state.get(f"err:{name}"):
+        if store is None and not quiet and error.strip() and not ctx.state.get(f"err:{name}"):
             ctx.log.write(error if error.endswith("\n") else error + "\n")
             ctx.state[f"err:{name}"] = True
         code = view.get("exitCode")

@@ -150,6 +150,81 @@ def deprovision_linux() -> str:
     )
 
 
+INVENTORY_BEGIN = "IMAGEBUILDER-INVENTORY begin=1"
+INVENTORY_END = "IMAGEBUILDER-INVENTORY end=1"
+
+# One tab-separated record per line: `O <os-release line>`, `P <package> <version> <arch> <Source field>
+# <maintainer> <homepage> <status>`, `L <package> <License short name>`. The awk program reads a DEP-5
+# copyright file as `providers/local/sbom.py` does: only when its first paragraph's Format names
+# copyright-format, the first line of `License:` of each paragraph that also has `Files:`.
+_DEP5_AWK = r"""BEGIN { RS = ""; FS = "\n" }
+NR == 1 { ok = 0
+          for (i = 1; i <= NF; i++) if (tolower($i) ~ /^format[ \t]*:/ && $i ~ /copyright-format/) ok = 1
+          if (!ok) exit }
+{ files = 0; lic = ""
+  for (i = 1; i <= NF; i++) {
+    l = $i; if (l ~ /^[ \t]/ || l ~ /^#/) continue
+    low = tolower(l)
+    if (low ~ /^files[ \t]*:/) files = 1
+    else if (low ~ /^license[ \t]*:/) { sub(/^[^:]*:[ \t]*/, "", l); sub(/[ \t\r]+$/, "", l); lic = l }
+  }
+  if (files && lic != "" && !(lic in seen)) { seen[lic] = 1; print "L\t" P "\t" lic } }"""
+
+
+def inventory_linux() -> str:
+    """Read-only: what the image holds, read before generalize (the SBOM's inventory): os-release, the
+    dpkg database through dpkg-query (name, version, architecture, Source, maintainer, homepage, status)
+    and the License fields of machine-readable copyright files. Prints nothing else between the markers."""
+    fmt = r"P\t${Package}\t${Version}\t${Architecture}\t${Source}\t${Maintainer}\t${Homepage}\t${Status}\n"
+    return (
+        "#!/bin/bash\nset -u\nexport LC_ALL=C\n"
+        f"echo '{INVENTORY_BEGIN}'\n"
+        "for f in /etc/os-release /usr/lib/os-release; do\n"
+        '  if [ -r "$f" ]; then awk \'{ print "O\\t" $0 }\' "$f"; break; fi\n'
+        "done\n"
+        "if command -v dpkg-query >/dev/null 2>&1; then\n"
+        f"  dpkg-query -W -f={shlex.quote(fmt)} || exit 3\n"
+        "  dpkg-query -W -f='${Package}\\t${Status}\\n' | awk -F'\\t' '$2 ~ / installed$/ { print $1 }' \\\n"
+        "    | sort -u | while IFS= read -r p; do\n"
+        '      c="/usr/share/doc/$p/copyright"\n'
+        '      [ -f "$c" ] || continue\n'
+        # the first MiB, as the local provider reads it (bigger copyright files are rare: boost's)
+        "      head -c 1048576 \"$c\" | sed 's/^[[:space:]]*$//' \\\n"
+        f'        | awk -v P="$p" {shlex.quote(_DEP5_AWK)}\n'
+        "    done\n"
+        "fi\n"
+        f"echo '{INVENTORY_END}'\n"
+    )
+
+
+def inventory_windows() -> str:
+    """Read-only: the installed programs (the Uninstall keys of HKLM, 64- and 32-bit views, and of the
+    build user) and the hotfixes (Get-HotFix), as `W`/`H` records between the markers, with the OS name
+    and version as `O` records."""
+    return (
+        "$ErrorActionPreference = 'Stop'\n"
+        f"Write-Output '{INVENTORY_BEGIN}'\n"
+        "$os = Get-CimInstance Win32_OperatingSystem\n"
+        'Write-Output ("O`tID=windows")\n'
+        'Write-Output ("O`tVERSION_ID=" + $os.Version)\n'
+        'Write-Output ("O`tPRETTY_NAME=" + $os.Caption)\n'
+        "$keys = 'HKLM:\\Software\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*',\n"
+        "  'HKLM:\\Software\\WOW6432Node\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*',\n"
+        "  'HKCU:\\Software\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*'\n"
+        "foreach ($k in $keys) {\n"
+        "  Get-ItemProperty -Path $k -ErrorAction SilentlyContinue | Where-Object { $_.DisplayName } |\n"
+        "    ForEach-Object {\n"
+        "      $arch = if ($k -like '*WOW6432Node*') { 'x86' } else { '' }\n"
+        "      $f = @($_.DisplayName, $_.DisplayVersion, $arch, $_.Publisher, $_.URLInfoAbout) |\n"
+        '        ForEach-Object { ("$_" -replace "[`t`r`n]", \' \').Trim() }\n'
+        '      Write-Output ("W`t" + ($f -join "`t"))\n'
+        "    }\n"
+        "}\n"
+        'Get-HotFix | ForEach-Object { Write-Output ("H`t" + $_.HotFixID + "`t" + $_.Description) }\n'
+        f"Write-Output '{INVENTORY_END}'\n"
+    )
+
+
 # -- Windows ----------------------------------------------------------------------------------------
 
 _PS_DOWNLOAD = r"""
