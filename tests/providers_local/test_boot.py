@@ -237,3 +237,33 @@ def test_capture_fails_naming_the_boot_check_when_a_customizer_breaks_booting(
         assert cap.error.code == "ShippedImageBootFailed", cap.error
         assert cap.error.message.startswith("shipped-image boot check failed"), cap.error.message
     assert leaks(tmp_path) == []
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_validations_boot_the_images_own_kernel_directly(debian_disks: DebianDisks, scratch: Path) -> None:
+    from imagebuilder.providers.local.layout import resolve_in_root
+
+    tree = debian_disks.tree
+    kernel, initrd = disk.find_kernel(tree)
+    raw = scratch / "plain.raw"
+    info = disk.build_disk(tree, raw, generation="V1", bootable=False)  # no boot partition, no GRUB
+    direct = boot.DirectKernel(
+        resolve_in_root(tree, kernel),
+        resolve_in_root(tree, initrd),
+        f"root=UUID={info.fs_uuid} {disk.KERNEL_CMDLINE}",
+    )
+    log = ListLog()
+    res = boot.boot_validate(
+        raw,
+        generation="V1",
+        checks=[boot.BootCheck(name="systemd is up", kind="shell", source="test -d /run/systemd/system")],
+        timeout=600,
+        log=log,
+        workdir=scratch / "w",
+        direct=direct,
+    )
+    assert res.ok, (res.failures, res.output_tail)
+    assert [c.exit_code for c in res.checks] == [0]
+    assert "direct kernel boot" in "".join(log.lines)
+    assert leaks(scratch) == []

@@ -265,3 +265,59 @@ def test_step_ids_chain_over_parent_step_and_artifacts() -> None:
     other = stepcache.base_id({"id": "a:b:c:2"}, {"network": True})
     assert not set(ids) & set(stepcache.chain(other, steps, {}))  # the parent chain reaches the source
     assert json.loads(stepcache.canonical_json({"b": 1, "a": [2]})) == {"a": [2], "b": 1}
+
+
+CHILD = """
+import json, sys
+from pathlib import Path
+from imagebuilder.pipeline.messages import BuildEnv, BuildInput
+from imagebuilder.providers.local.provider import LocalProvider
+from tests.providers_local.test_provider_support import RecLog
+a = json.loads(sys.argv[1])
+p = LocalProvider(state_dir=Path(a["state"]), cache_dir=Path(a["cache"]))
+p.step_cache_dir = Path(a["steps"])
+p.customize(BuildInput.model_validate(a["build"]), BuildEnv.model_validate(a["env"]), 0, RecLog())
+"""
+
+
+def test_a_process_killed_while_storing_a_step_leaves_no_usable_entry_and_the_retry_stores_it(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    many = "mkdir -p /opt/many && cd /opt/many && for d in $(seq 1 30); do mkdir $d; for f in $(seq 1 400); do echo $d$f > $d/$f; done; done"
+    build = build_input({"customize": [{"type": "Shell", "inline": [many]}]}, run_id="k1")
+    log = RecLog()
+    env = provider.create_build_env(build, provider.prepare(build, log), log)
+    args = {
+        "state": str(provider.state_dir),
+        "cache": str(provider.cache_dir),
+        "steps": str(provider.step_cache_dir),
+        "build": build.model_dump(mode="json"),
+        "env": env.model_dump(mode="json"),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(args)], cwd=Path(__file__).resolve().parents[2]
+    )
+    steps = provider.step_cache_dir
+    deadline = time.monotonic() + 300
+    while not (steps.is_dir() and any(p.name.startswith(".tmp-") for p in steps.iterdir())):
+        assert child.poll() is None and time.monotonic() < deadline, "the step was never being stored"
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)  # kill -9 while the entry is being written
+    child.wait()
+    sid = env.handle["step_ids"][0]
+    assert not (steps / sid).exists()
+    assert stepcache.StepCache(steps).lookup(sid) is None
+    # The retried activity does not run the step again (its layer is complete) and stores it.
+    again = provider.customize(build, env, 0, log)
+    assert (
+        again.status == "succeeded" and _cache(again.details)["stored"] and again.details["cache"]["resumed"]
+    )
+    assert "already ran before a restart" in log.text
+    provider.cleanup(build, keep=False, log=log)
+    # The next build reuses it, and no partial entry is left behind.
+    results, tree, _ = _build(
+        provider, build_input({"customize": [{"type": "Shell", "inline": [many]}]}, run_id="k2"), tmp_path
+    )
+    assert [_cache(r.details)["hit"] for r in results] == [True]
+    assert _tree(tree)["/opt/many/30/400"] == b"30400\n"
+    assert not [p for p in steps.iterdir() if p.name.startswith(".tmp-")]

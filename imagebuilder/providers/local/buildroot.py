@@ -236,6 +236,18 @@ def advance(env: BuildEnv, index: int, log: LogSink) -> Path | None:
     return layers_dir(build) / str(index)
 
 
+def finished_layer(env: BuildEnv, index: int) -> Path | None:
+    """Layer `index` when the stack already advanced past it (the step ran and succeeded, but the
+    process died before its result was recorded or stored: a retried activity), else None."""
+    if not env.handle.get("layered"):
+        return None
+    build = Path(env.handle["run_dir"]) / "build"
+    try:
+        return layers_dir(build) / str(index) if current_upper(build) == index + 1 else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def root_ready(handle: dict[str, Any]) -> bool:
     root = Path(handle["root"])
     if handle.get("mode") == "overlay":

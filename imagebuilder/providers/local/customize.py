@@ -61,6 +61,17 @@ def customize(ctx: RunContext, env: BuildEnv, index: int, log: LogSink) -> StepR
             duration_seconds=seconds,
             details={"cache": {"id": sid, "hit": True, "seconds": seconds}},
         )
+    elif sid is not None and (layer := buildroot.finished_layer(env, index)) is not None:
+        # The step ran and succeeded, then the process died (kill -9) before recording it: its layer is
+        # complete and read-only now; store it (a partial cache entry of that attempt is never used).
+        step_cache = ctx.step_cache if cache_info.get("enabled") else None
+        stored = step_cache is not None and step_cache.store(sid, layer, step=step, log=plog)
+        plog.write(f"already ran before a restart; its layer is kept{', cached as ' + sid if stored else ''}")
+        result = StepResult(
+            status="succeeded",
+            step=step,
+            details={"cache": {"id": sid, "hit": False, "seconds": 0.0, "stored": stored, "resumed": True}},
+        )
     else:
         plog.write(f"starting {step}")
         started = time.monotonic()

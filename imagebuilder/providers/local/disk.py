@@ -166,6 +166,11 @@ def _find_kernel(rootfs: Path) -> tuple[str, str]:
     )
 
 
+def find_kernel(rootfs: Path) -> tuple[str, str]:
+    """The kernel and initrd (paths inside the image) a boot of `rootfs` uses; DiskError if none."""
+    return _find_kernel(rootfs)
+
+
 def _grub_cfg(fs_uuid: str, kernel: str, initrd: str) -> str:
     return (
         f"search --no-floppy --fs-uuid --set=root {fs_uuid}\n"

@@ -32,6 +32,7 @@ from imagebuilder.providers.local.context import (
 from imagebuilder.providers.local.layout import (
     RunLayout,
     check_template_path,
+    resolve_in_root,
 )
 
 
@@ -98,8 +99,8 @@ def _validate_boot(
     vlog: LogSink,
     log: LogSink,
 ) -> StepResult:
-    """Bootable images: a throwaway disk from the tree, booted under QEMU (its own firmware,
-    bootloader and systemd), the validators run inside as root. File validators become a check that
+    """Bootable images: a throwaway disk from the tree, its own kernel, initrd and systemd booted
+    directly under QEMU, the validators run inside as root. File validators become a check that
     writes the file (base64) before the next ones run. The serial log is kept in the run's logs."""
     from imagebuilder.providers.local import boot, disk
 
@@ -128,7 +129,16 @@ def _validate_boot(
                 checks.append(boot.BootCheck(name=step, kind="file", source=str(staged)))
         raw = layout.validate_dir / "validate.raw"
         generation = str(env.handle.get("generation", "V1"))
-        disk.build_disk(tree, raw, generation=generation, bootable=True, log=vlog)
+        # Trimmed: the image's own kernel and initrd booted directly (no firmware, no bootloader, so
+        # the throwaway disk needs no boot partition); the checks start once the system is up and the
+        # VM powers off right after them. What ships is booted in full by capture's boot check.
+        kernel, initrd = disk.find_kernel(tree)
+        info = disk.build_disk(tree, raw, generation=generation, bootable=False, log=vlog)
+        direct = boot.DirectKernel(
+            kernel=resolve_in_root(tree, kernel),
+            initrd=resolve_in_root(tree, initrd),
+            cmdline=f"root=UUID={info.fs_uuid} {disk.KERNEL_CMDLINE}",
+        )
         res = boot.boot_validate(
             raw,
             generation=generation,
@@ -136,6 +146,7 @@ def _validate_boot(
             timeout=int(min(ctx.step_timeout, 900.0)),
             log=vlog,
             workdir=layout.validate_dir,
+            direct=direct,
         )
         serial = Path(res.serial_log_path)
         kept_serial = None
