@@ -208,6 +208,7 @@ class Host:
                 host_json=self.config.raw,
                 app_settings=dict(os.environ),
                 base_url=self.base_url,
+                app_source=(self.app_dir, os.environ.get("PYTHON_SCRIPT_FILE_NAME", "function_app.py")),
             )
         except Exception as exc:  # the durable engine's config errors say what to fix
             raise HostError(f"Durable Functions: {exc}") from exc

@@ -2,7 +2,8 @@
 
 It wires the engine (episodes, activities, timers, entities over SQLite in the state directory) to the
 Durable extension's HTTP API and builds the `durableClient` binding value. Modules: history (event
-shapes), replay (DTFx sequence numbers), calls (worker-style invocation), store (SQLite), engine, http_api.
+shapes), replay (DTFx sequence numbers, non-determinism), calls (worker-style invocation), workers (the
+worker processes that run user code; worker is their entry point), store (SQLite), engine, http_api.
 
     Exception
     ├── DurableConfigError   DurableHost(): host.json durableTask / an app setting it names is unusable
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +23,11 @@ from typing import Any
 
 from aiohttp import web
 
+from local_runtime.config import ConfigError, parse_timespan
 from local_runtime.durable.engine import DurableError, Engine
 from local_runtime.durable.http_api import RPC_PREFIX, WEBHOOK_PREFIX, DurableHttpApi, quote_id
-from local_runtime.indexing import FunctionInfo
+from local_runtime.durable.workers import WorkerError, WorkerPool, worker_count
+from local_runtime.indexing import DURABLE_TRIGGERS, FunctionInfo
 from local_runtime.keys import load_or_create_system_key
 
 __all__ = ["DurableConfigError", "DurableError", "DurableHost"]
@@ -43,6 +47,23 @@ def _durable_section(host_json: Mapping[str, Any]) -> dict[str, Any]:
     if section is None:
         section = host_json.get("durableTask")
     return dict(section) if isinstance(section, dict) else {}
+
+
+def _function_timeout(host_json: Mapping[str, Any]) -> float | None:
+    """host.json functionTimeout in seconds (None: unlimited, also for "-1")."""
+    raw = next((v for k, v in host_json.items() if k.lower() == "functiontimeout"), None)
+    if raw is None or str(raw).strip() in ("", "-1"):
+        return None
+    try:
+        return parse_timespan(str(raw), "host.json functionTimeout").total_seconds() or None
+    except ConfigError as exc:
+        raise DurableConfigError(str(exc)) from exc
+
+
+def _log_levels(host_json: Mapping[str, Any]) -> dict[str, str]:
+    logging_section = next((v for k, v in host_json.items() if k.lower() == "logging"), None) or {}
+    levels = next((v for k, v in logging_section.items() if k.lower() == "loglevel"), None) or {}
+    return {str(k): str(v) for k, v in levels.items()} if isinstance(levels, dict) else {}
 
 
 def resolve_hub_name(host_json: Mapping[str, Any], app_settings: Mapping[str, str]) -> str:
@@ -90,6 +111,7 @@ class DurableHost:
         host_json: dict[str, Any],
         app_settings: Mapping[str, str],
         base_url: str,
+        app_source: tuple[Path, str] | None = None,
     ) -> None:
         self.hub = resolve_hub_name(host_json, app_settings)
         section = _durable_section(host_json)
@@ -103,24 +125,61 @@ class DurableHost:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.base_url = base_url.rstrip("/")
         self.functions = functions
+        try:
+            max_orchestrators = int(
+                section.get("maxConcurrentOrchestratorFunctions", 10 * (os.cpu_count() or 1))
+            )
+        except (TypeError, ValueError) as exc:
+            raise DurableConfigError(
+                "host.json extensions.durableTask.maxConcurrentOrchestratorFunctions must be an integer"
+            ) from exc
+        timeout = _function_timeout(host_json)
+        app_dir, script = app_source or self._app_source(functions)
+        try:
+            count = (
+                worker_count(app_settings)
+                if any(f.trigger_type in DURABLE_TRIGGERS for f in functions)
+                else 0
+            )
+        except WorkerError as exc:
+            raise DurableConfigError(str(exc)) from exc
+        self.workers = WorkerPool(
+            app_dir=app_dir,
+            script=script,
+            count=count,
+            function_timeout=timeout,
+            log_levels=_log_levels(host_json),
+        )
         self.engine = Engine(
             functions=functions,
             db_path=self.state_dir / "durable.sqlite",
             max_activities=max_activities,
-            app_dir=self._app_dir(functions),
+            max_orchestrators=max_orchestrators,
+            workers=self.workers,
+            function_timeout=timeout,
         )
         self.api = DurableHttpApi(self, self.engine)
         self.system_key = load_or_create_system_key(self.state_dir / SYSTEM_KEY_FILE)
         self._extra_keys: list[str] = []
 
     @staticmethod
-    def _app_dir(functions: list[FunctionInfo]) -> str:
+    def _app_source(functions: list[FunctionInfo]) -> tuple[Path, str]:
+        """The folder and script file the worker processes import: where the app's functions are defined
+        (the SDK wraps orchestrators and entities in its own module, so those are skipped)."""
+        if not any(f.trigger_type in DURABLE_TRIGGERS for f in functions):
+            return Path.cwd(), "function_app.py"  # no worker is started (client bindings only)
         for f in functions:
+            target = inspect.unwrap(f.user_function)
+            if str(getattr(target, "__module__", "")).startswith("azure."):
+                continue
             try:
-                return str(Path(inspect.getfile(f.user_function)).parent)
+                path = Path(inspect.getfile(target)).resolve()
             except (TypeError, OSError):
                 continue
-        return str(Path.cwd())
+            return path.parent, path.name
+        raise DurableConfigError(
+            "cannot tell which file defines the app's functions; pass app_source=(folder, script)"
+        )
 
     def accept_key(self, key: str) -> None:
         """Also accept `key` (e.g. the host's master key) on the public webhook endpoints."""

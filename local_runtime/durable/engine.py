@@ -1,10 +1,11 @@
 """The durable engine: episodes, activity workers, timers, sub-orchestrations and entities over SQLite.
 
 One asyncio loop owns all state. An instance runs one episode at a time and each episode takes *all*
-visible inbox events of the instance at once (never one replay per completion). Activities run on
-`maxConcurrentActivityFunctions` workers (sync ones in a thread pool, async ones on the loop); their
-completions are committed in batches. Errors: `DurableError` (bad request from a client, carries an HTTP
-status) is the only exception this module raises to callers.
+visible inbox events of the instance at once (never one replay per completion); up to
+`maxConcurrentOrchestratorFunctions` instances are processed at once. User code runs in worker processes
+(`workers.WorkerPool`); `maxConcurrentActivityFunctions` activities run at once and their completions are
+committed in batches. Errors: `DurableError` (bad request from a client, carries an HTTP status) is the
+only exception this module raises to callers.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
@@ -34,11 +34,10 @@ from local_runtime.durable.replay import (
     replay_actions,
 )
 from local_runtime.durable.store import InboxItem, InstanceRow, Store, WorkItem
-from local_runtime.durable.threads import DaemonPool
+from local_runtime.durable.workers import FunctionTimeout, WorkerDied, WorkerPool
 from local_runtime.indexing import FunctionInfo
 
 log = logging.getLogger("local_runtime.durable")
-_T = TypeVar("_T")
 
 PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, SUSPENDED = (
     "Pending",
@@ -51,6 +50,9 @@ PENDING, RUNNING, COMPLETED, FAILED, TERMINATED, SUSPENDED = (
 TERMINAL = (COMPLETED, FAILED, TERMINATED)
 HTTP_POLL_DEFAULT = 30.0  # seconds between call_http 202 polls without Retry-After (the extension's default)
 POISON_LIMIT = 5  # host-side processing failures of one instance before it is failed (maxDequeueCount)
+HTTP_REQUEST_TIMEOUT = 100.0  # seconds per call_http request (HttpClient's default)
+HTTP_POLL_MAX = 300.0  # longest Retry-After honoured between call_http polls
+HTTP_POLL_LIMIT = 24 * 3600.0  # call_http polling without a timeout or functionTimeout ends after a day
 MAX_COALESCE = 0.5  # seconds; upper bound of the completion-batching wait (see Engine.__init__)
 # DTFx OrchestrationStatus numbers used in ExecutionCompleted.OrchestrationStatus
 _STATUS_NUM = {COMPLETED: 1, FAILED: 3, TERMINATED: 5}
@@ -81,6 +83,20 @@ class _Effects:
     created: list[Instance] = field(default_factory=list)  # new instances (their old inbox is gone)
 
 
+def _seconds(value: Any) -> float | None:
+    """A DurableHttpRequest timeout: seconds, or a TimeSpan text ("00:01:30")."""
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    if isinstance(value, str) and value.count(":") == 2:
+        try:
+            hh, mm, ss = value.split(":")
+            total = int(hh) * 3600 + int(mm) * 60 + float(ss)
+        except ValueError:
+            return None
+        return total if total > 0 else None
+    return None
+
+
 def entity_scheduler_id(name: str, key: str) -> str:
     return f"@{name.lower()}@{key}"
 
@@ -99,7 +115,9 @@ class Engine:
         functions: list[FunctionInfo],
         db_path: Path,
         max_activities: int,
-        app_dir: str,
+        workers: WorkerPool,
+        max_orchestrators: int = 10,
+        function_timeout: float | None = None,
         coalesce_window: float = 0.02,
     ) -> None:
         self.orchestrators: dict[str, FunctionInfo] = {}
@@ -114,15 +132,18 @@ class Engine:
             elif f.trigger_type == "entityTrigger":
                 self.entities[key] = f
         self.db_path = db_path
-        self.app_dir = app_dir
+        self.workers = workers
         self.max_activities = max(1, max_activities)
+        self.max_orchestrators = max(1, max_orchestrators)
+        self.function_timeout = function_timeout
+        self.running: set[str] = set()  # instances whose episode (or entity batch) is being processed
+        self.slots: asyncio.Semaphore | None = None
+        self.episodes: set[asyncio.Task[None]] = set()
         self.store: Store | None = None
         self.instances: dict[str, Instance] = {}
         self.inbox: dict[str, list[InboxItem]] = {}
         self.ready: OrderedDict[str, None] = OrderedDict()
         self.work_q: asyncio.Queue[WorkItem] = asyncio.Queue()
-        self.pool: DaemonPool | None = None
-        self.user_thread: DaemonPool | None = None
         self.completions: list[tuple[WorkItem, h.Event]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.wake = asyncio.Event()
@@ -145,8 +166,8 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.store = Store(self.db_path)
-        self.pool = DaemonPool(self.max_activities, "durable-activity")
-        self.user_thread = DaemonPool(1, "durable-orchestrator")
+        await self.workers.start()
+        self.slots = asyncio.Semaphore(self.max_orchestrators)
         for item in self.store.all_inbox():
             self._add_inbox_mem(item)
         # recovered work items may run again if they were mid-flight at the crash (QUIRKS.md)
@@ -160,11 +181,12 @@ class Engine:
         self.stopping = True
         self.wake.set()
         deadline = time.monotonic() + grace
-        while self.in_flight and time.monotonic() < deadline:
+        while (self.in_flight or self.episodes) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for t in self.tasks:
+        everything = [*self.tasks, *self.episodes]
+        for t in everything:
             t.cancel()
-        for t in self.tasks:
+        for t in everything:
             try:
                 await t
             except (asyncio.CancelledError, Exception) as exc:
@@ -176,9 +198,7 @@ class Engine:
             handle.cancel()
         self.timer_handles.clear()
         self.deferred.clear()
-        for pool in (self.pool, self.user_thread):
-            if pool is not None:
-                pool.shutdown()
+        await self.workers.stop()
         if self.http is not None:
             await self.http.close()
         if self.store is not None:
@@ -233,26 +253,50 @@ class Engine:
 
     # ------------------------------------------------------------------ dispatch
     async def _dispatch_loop(self) -> None:
+        """Start an episode (or entity batch) for every ready instance not already being processed, at
+        most `maxConcurrentOrchestratorFunctions` at once; one instance is never processed twice at once."""
+        assert self.slots is not None
         while not self.stopping:
             await self.wake.wait()
             self.wake.clear()
-            while self.ready and not self.stopping:
-                iid, _ = self.ready.popitem(last=False)
-                try:
-                    if iid.startswith("@"):
-                        await self._entity_batch(iid)
-                    else:
-                        t0 = time.perf_counter()
-                        await self._episode(iid)
-                        if iid in self.outstanding:
-                            self.replay_cost[iid] = time.perf_counter() - t0
-                        else:
-                            self.replay_cost.pop(iid, None)
-                except Exception as exc:
-                    self._processing_failed(iid, exc)
+            while not self.stopping:
+                iid = next((i for i in self.ready if i not in self.running), None)
+                if iid is None:
+                    break  # the rest are being processed: their end wakes this loop
+                await self.slots.acquire()
+                if self.stopping:
+                    self.slots.release()
+                    break
+                if iid not in self.ready or iid in self.running:  # consumed while waiting for a slot
+                    self.slots.release()
+                    continue
+                del self.ready[iid]
+                self.running.add(iid)
+                task = asyncio.create_task(self._process(iid), name=f"durable:{iid}")
+                self.episodes.add(task)
+                task.add_done_callback(self.episodes.discard)
+
+    async def _process(self, iid: str) -> None:
+        assert self.slots is not None
+        try:
+            if iid.startswith("@"):
+                await self._entity_batch(iid)
+            else:
+                t0 = time.perf_counter()
+                await self._episode(iid)
+                if iid in self.outstanding:
+                    self.replay_cost[iid] = time.perf_counter() - t0
                 else:
-                    self.failures.pop(iid, None)
-                await asyncio.sleep(0)
+                    self.replay_cost.pop(iid, None)
+        except Exception as exc:
+            self._processing_failed(iid, exc)
+        else:
+            self.failures.pop(iid, None)
+        finally:
+            self.running.discard(iid)
+            self.slots.release()
+            if iid in self.ready:
+                self.wake.set()
 
     def _processing_failed(self, iid: str, exc: Exception) -> None:
         """A host-side error (not user code) while processing `iid`: the transaction rolled back. Retry
@@ -262,6 +306,10 @@ class Engine:
         n = self.failures.get(iid, 0) + 1
         self.failures[iid] = n
         loop = asyncio.get_running_loop()
+        if n < POISON_LIMIT and isinstance(exc, WorkerDied):  # collateral of a recycled or killed worker
+            log.warning("durable: %s: %s (attempt %d of %d); retrying", iid, exc, n, POISON_LIMIT)
+            loop.call_later(min(30.0, 0.25 * 2**n), self._mark_ready, iid)
+            return
         if n < POISON_LIMIT:
             log.exception("durable: processing %s failed (attempt %d of %d); retrying", iid, n, POISON_LIMIT)
             loop.call_later(min(30.0, 0.25 * 2**n), self._mark_ready, iid)
@@ -472,7 +520,7 @@ class Engine:
                 f"The function '{row.name}' doesn't exist, is disabled, or is not an orchestrator function."
             )
         else:
-            state, error = await self._user_code(calls.run_orchestrator, fn, json.dumps(ctx))
+            state, error = await self._run_orchestrator(fn, json.dumps(ctx))
         actions: list[Any] = []
         for group in state.get("actions") or []:
             actions.extend(group if isinstance(group, list) else [group])
@@ -731,13 +779,20 @@ class Engine:
         fx.inbox.append(self.db.add_inbox(c, instance_id, row.execution_id, now, self._started(row)))
         return row
 
-    async def _user_code(self, call: Callable[..., _T], *args: Any) -> _T:
-        """Orchestrator and entity functions run on one worker thread (the Python worker runs sync
-        functions off its event loop too): a slow or blocking orchestrator never stalls HTTP. One
-        thread keeps them one at a time; the dispatch loop awaits each before the next."""
-        assert self.user_thread is not None
-        result: _T = await asyncio.wrap_future(self.user_thread.submit(call, *args))
-        return result
+    async def _run_orchestrator(
+        self, fn: FunctionInfo, context_json: str
+    ) -> tuple[dict[str, Any], str | None]:
+        """One orchestrator invocation in a worker process: (OrchestratorState, error text or None).
+        A timeout fails the orchestration with the host's message; a dead worker raises WorkerDied (the
+        episode is retried)."""
+        try:
+            ok, value = await self.workers.call("orchestrator", fn.name, context_json)
+        except FunctionTimeout as exc:
+            return {}, f"FunctionTimeoutException: {exc}"
+        if not ok:
+            return {}, str(value[-1])
+        state, error = value
+        return state, error
 
     # ------------------------------------------------------------------ activities
     async def _activity_worker(self) -> None:
@@ -749,6 +804,11 @@ class Engine:
             self.stats["activities"] += 1
             try:
                 ev = await self._run_work_item(w)
+            except WorkerDied as exc:
+                # as on Azure when a worker dies mid-activity: the activity runs again (at least once)
+                log.warning("durable: activity %s (%s #%d) is retried: %s", w.name, w.instance_id, w.seq, exc)
+                asyncio.get_running_loop().call_later(0.1, self.work_q.put_nowait, w)
+                continue
             finally:
                 self.in_flight -= 1
             self.completions.append((w, ev))
@@ -768,14 +828,19 @@ class Engine:
                         f"The function '{w.name}' doesn't exist, is disabled, or is not an activity function",
                         "",
                     )
-                if calls.is_async(fn):
-                    result = await calls.run_activity_async(fn, w.input, self.app_dir)
-                else:
-                    assert self.pool is not None
-                    result = await asyncio.wrap_future(
-                        self.pool.submit(calls.run_activity_sync, fn, w.input, self.app_dir)
-                    )
+                ok, value = await self.workers.call("activity", fn.name, w.input)
+                if not ok and value[0] == "failure":
+                    raise calls.ActivityFailure(value[1], value[2])
+                if not ok:
+                    raise RuntimeError(str(value[-1]))
+                result = value
             return h.event(h.TASK_COMPLETED, now(), TaskScheduledId=w.seq, Result=result)
+        except WorkerDied:
+            raise  # not a result: the activity runs again
+        except FunctionTimeout as exc:
+            reason = f"Activity function '{w.name}' failed: FunctionTimeoutException: {exc}"
+            details = json.dumps({"ClassName": "Microsoft.Azure.WebJobs.Host.FunctionTimeoutException"})
+            return h.event(h.TASK_FAILED, now(), TaskScheduledId=w.seq, Reason=reason, Details=details)
         except calls.ActivityFailure as f:
             return h.event(h.TASK_FAILED, now(), TaskScheduledId=w.seq, Reason=f.reason, Details=f.details)
         except Exception as exc:
@@ -785,11 +850,16 @@ class Engine:
             )
 
     async def _http_activity(self, input_text: str | None) -> str:
+        """`call_http`: one request, then (async pattern) GET polls of `Location` while it answers 202.
+        Bounded: each request by HTTP_REQUEST_TIMEOUT (HttpClient's 100 s), `Retry-After` by HTTP_POLL_MAX,
+        the whole call by the request's `timeout`, else functionTimeout, else HTTP_POLL_LIMIT."""
         req = json.loads(input_text or "{}")
         if self.http is None:
-            self.http = aiohttp.ClientSession()
+            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_REQUEST_TIMEOUT))
         headers = {k: v if isinstance(v, str) else ",".join(v) for k, v in (req.get("headers") or {}).items()}
         method, uri, content = str(req.get("method") or "GET"), str(req["uri"]), req.get("content")
+        limit = _seconds(req.get("timeout")) or self.function_timeout or HTTP_POLL_LIMIT
+        deadline = time.monotonic() + limit
         while True:
             async with self.http.request(method, uri, data=content, headers=headers) as resp:
                 body = await resp.text()
@@ -797,9 +867,14 @@ class Engine:
                 if resp.status == 202 and location and req.get("asynchronousPatternEnabled", True):
                     # the Durable HTTP async pattern: poll Location with GET until it stops answering 202
                     try:
-                        delay = float(resp.headers.get("Retry-After", ""))
+                        delay = min(HTTP_POLL_MAX, max(0.0, float(resp.headers.get("Retry-After", ""))))
                     except ValueError:
                         delay = HTTP_POLL_DEFAULT
+                    if time.monotonic() + delay > deadline:
+                        raise TimeoutError(
+                            f"call_http: {uri} still answered 202 after {limit:.0f} s of polling (the "
+                            "limit is the request's timeout, else functionTimeout, else 24 h)"
+                        )
                     method, uri, content = "GET", location, None
                     await asyncio.sleep(delay)
                     continue
@@ -874,9 +949,13 @@ class Engine:
                 ],
             }
             try:
-                out = await self._user_code(calls.run_entity, fn, json.dumps(batch))
+                ok, out = await self.workers.call("entity", fn.name, json.dumps(batch))
+                if not ok:
+                    raise RuntimeError(str(out[-1]))
                 results = list(out.get("results") or [])
                 new_state = out.get("entityState") if out.get("entityExists") else None
+            except WorkerDied:
+                raise  # the batch is processed again
             except Exception as exc:
                 log.exception("durable: entity %s failed", entity_id)
                 results = [

@@ -4,7 +4,9 @@ binds, and one host per state directory (a second one refuses, naming the holder
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -217,3 +219,92 @@ def test_an_instance_the_host_cannot_process_fails_after_five_attempts(
     assert status["output"].startswith("The host could not process this instance after 5 attempts: ")
     assert "JSONDecodeError" in status["output"]
     assert len(re.findall(r"processing bad failed \(attempt \d of 5\)", rp.output)) == 4
+
+
+def _status(rp: RuntimeProcess, iid: str) -> dict[str, object]:
+    return dict(requests.get(f"{rp.url}/durabletask/instances/{iid}", timeout=10).json())
+
+
+def _start(rp: RuntimeProcess, name: str, iid: str, value: object = None) -> None:
+    r = requests.post(f"{rp.url}/durabletask/orchestrators/{name}/{iid}", json=json.dumps(value), timeout=10)
+    assert r.status_code == 202, r.text
+
+
+def _final(rp: RuntimeProcess, iid: str, timeout: float = 40) -> dict[str, object]:
+    return dict(
+        wait_until(
+            lambda: (s := _status(rp, iid))["runtimeStatus"] in ("Completed", "Failed") and s,
+            timeout=timeout,
+            what=f"{iid} to finish",
+        )
+    )
+
+
+def test_stuck_functions_time_out_and_the_rest_keeps_running(
+    runtime: Callable[..., RuntimeProcess], tmp_path: Path
+) -> None:
+    """functionTimeout (3 s) for an orchestrator in `while True` and a sync activity sleeping 30 s: both fail
+    with the host's timeout message, their worker is recycled, other instances complete meanwhile."""
+    rp = runtime("unruly_app", tmp_path / "state", {"UNRULY_MARKS": str(tmp_path)})
+    host_pid = rp.proc.pid
+    _start(rp, "spin", "spin")
+    _start(rp, "sleeper", "sleeper")
+    for i in range(3):
+        _start(rp, "quick", f"quick-{i}", str(i))
+    for i in range(3):  # while the stuck ones still run
+        done = _final(rp, f"quick-{i}", timeout=15)
+        assert done["runtimeStatus"] == "Completed" and done["output"]["pid"] != host_pid  # type: ignore[index]
+    assert _status(rp, "spin")["runtimeStatus"] in ("Pending", "Running")  # its first episode never ends
+    spin = _final(rp, "spin")
+    assert spin["runtimeStatus"] == "Failed"
+    assert spin["output"] == (
+        "Orchestrator function 'spin' failed: FunctionTimeoutException: "
+        "Timeout value of 00:00:03 was exceeded by function: Functions.spin"
+    )
+    sleeper = _final(rp, "sleeper")
+    assert sleeper["runtimeStatus"] == "Failed"
+    assert (
+        "Activity function 'sleepy' failed: FunctionTimeoutException: "
+        "Timeout value of 00:00:03 was exceeded by function: Functions.sleepy" in str(sleeper["output"])
+    )
+    assert "Timeout value of 00:00:03 exceeded by function 'Functions.spin'" in rp.output
+    assert "recycling its worker process" in rp.output
+    # the host is still up and a fresh worker runs new work
+    assert rp.proc.poll() is None
+    _start(rp, "quick", "after", "after")
+    assert _final(rp, "after")["runtimeStatus"] == "Completed"
+
+
+def test_a_worker_killed_mid_activity_retries_it_and_the_host_survives(
+    runtime: Callable[..., RuntimeProcess], tmp_path: Path
+) -> None:
+    rp = runtime("unruly_app", tmp_path / "state", {"UNRULY_MARKS": str(tmp_path)})
+    _start(rp, "victim", "victim", "k1")
+    marks = tmp_path / "k1.jsonl"
+    wait_until(marks.exists, what="the activity to start")
+    worker = json.loads(marks.read_text().splitlines()[0])["pid"]
+    assert worker != rp.proc.pid
+    os.kill(worker, signal.SIGKILL)
+    done = _final(rp, "victim")
+    assert done["runtimeStatus"] == "Completed" and done["output"] == 2  # ran again, in a new worker
+    pids = [json.loads(line)["pid"] for line in marks.read_text().splitlines()]
+    assert pids[0] == worker and pids[1] != worker
+    assert rp.proc.poll() is None
+    assert f"worker process {worker} exited" in rp.output
+
+
+def test_functions_worker_process_count_is_honoured(
+    runtime: Callable[..., RuntimeProcess], tmp_path: Path
+) -> None:
+    env = {"UNRULY_MARKS": str(tmp_path), "FUNCTIONS_WORKER_PROCESS_COUNT": "2"}
+    rp = runtime("unruly_app", tmp_path / "state", env)
+    _start(rp, "fan", "fan", 8)
+    out = _final(rp, "fan")["output"]
+    pids = {o["pid"] for o in out}  # type: ignore[union-attr]
+    assert len(pids) == 2 and rp.proc.pid not in pids
+    bad = RuntimeProcess("unruly_app", tmp_path / "state2", {"FUNCTIONS_WORKER_PROCESS_COUNT": "11"})
+    try:
+        assert bad.proc.wait(60) == 1
+    finally:
+        bad.stop()
+    assert "FUNCTIONS_WORKER_PROCESS_COUNT must be from 1 to 10, not 11" in bad.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import aiohttp
@@ -42,18 +43,18 @@ def test_is_replaying_follows_is_played(server, run):
     assert wait_for(run, c, iid).output == [True, True, True, False]
 
 
-def test_a_blocking_orchestrator_does_not_stall_the_host(server, run):
-    import inspect
-
-    app_module = inspect.getmodule(server.functions["say_hello"].user_function)
+def test_a_blocking_orchestrator_does_not_stall_the_host(server, run, tmp_path):
     c = server.client()
-    iid = run(c.start_new("gated", None, None))
-    assert app_module.GATE_ENTERED.wait(10)
+    iid = run(c.start_new("gated", None, str(tmp_path)))
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "entered").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (tmp_path / "entered").exists()
     try:
         # the orchestrator is blocked right now; the HTTP API still answers
         assert run(c.get_status(iid)).runtime_status.value in ("Pending", "Running")
     finally:
-        app_module.GATE.set()
+        (tmp_path / "open").touch()
     assert wait_for(run, c, iid).output == "released"
 
 

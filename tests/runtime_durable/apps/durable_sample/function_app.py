@@ -378,15 +378,18 @@ def _plain(step: dict, result):
     return result
 
 
-GATE_ENTERED = threading.Event()
-GATE = threading.Event()
-
-
 @app.orchestration_trigger(context_name="context")
 def gated(context: df.DurableOrchestrationContext):
-    """Blocks inside orchestrator code (a bad habit the host must survive) until the test opens GATE."""
-    GATE_ENTERED.set()
-    GATE.wait(30)
+    """Blocks inside orchestrator code (a bad habit the host must survive) until the test creates
+    `<input>/open` (the code runs in a worker process: the gate is a file)."""
+    import time
+    from pathlib import Path
+
+    folder = Path(context.get_input())
+    (folder / "entered").touch()
+    deadline = time.monotonic() + 30
+    while not (folder / "open").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     return "released"
     yield  # a generator, like every orchestrator
 
