@@ -195,6 +195,12 @@ class FakeArm(HttpTransport):
         self.sas_issued: list[str] = []  # user delegation SAS URLs handed to run commands
         self.effects: dict[str, str | None] = {}  # run command name -> guest_effect of its script
         self.poll_urls: set[str] = set()
+        # what a managed disk's export SAS reads: a fixed VHD (data, then the 512-byte footer), mostly zeros
+        self.disk_bytes = bytearray(4 << 20)
+        self.disk_bytes[0:512] = b"\xeb\x63\x90" + b"boot sector".ljust(509, b"\0")
+        self.disk_bytes[1 << 20 : (1 << 20) + 7] = b"rootfs!"
+        self.disk_bytes[-512:] = b"conectix".ljust(512, b"\0")
+        self.disk_reads: list[str] = []  # the x-ms-range of every data read of an export
         self.published_at: Callable[[], str] = lambda: datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self.role: frozenset[str] | None = (
             granted_actions()
@@ -382,6 +388,8 @@ class FakeArm(HttpTransport):
             if fault.times > 0 and fault.method == method and re.search(fault.path, path.lower()):
                 fault.times -= 1
                 return self.error(fault.status, fault.code, fault.message, fault.headers)
+        if host.endswith(".blob.storage.azure.net"):  # a managed disk exported through its SAS
+            return self._disk_export(method, host, path, query, headers)
         if host.endswith(".blob.core.windows.net"):
             if (
                 path in ("", "/")
@@ -1349,6 +1357,63 @@ class FakeArm(HttpTransport):
             self.problem(f"run command log blob {parts.path} does not exist")
             return
         blob.extend(data.encode())
+
+    def _disk_export(self, method: str, host: str, path: str, query: dict[str, str], headers: Any):
+        """A managed disk read through its beginGetAccess SAS (a page blob): properties, the page ranges
+        holding data (Get Page Ranges, 512-byte aligned; never-written pages are not listed) and ranged
+        reads. Only the SAS authorizes: a bearer token sent here is a problem."""
+        key = f"https://{host}{path}"
+        if "sig" not in query:
+            return 403, {"x-ms-error-code": "AuthenticationFailed"}, None
+        if "authorization" in {k.lower() for k in headers}:
+            self.problem(f"{method} {key}: a credential sent along with a SAS")
+        data = self.disk_bytes
+        common = {
+            "ETag": '"0x3"',
+            "Last-Modified": "Fri, 27 Nov 2026 04:00:00 GMT",
+            "x-ms-version": "2025-01-05",
+            "x-ms-blob-type": "PageBlob",
+        }
+        if method == "HEAD":
+            return 200, {**common, "Content-Length": str(len(data))}, None
+        if method != "GET":
+            self.problem(f"unexpected {method} {key} on a disk export")
+            return 403, {"x-ms-error-code": "AuthorizationPermissionMismatch"}, None
+        if query.get("comp") == "pagelist":
+            page, ranges, start = 512, [], None
+            for offset in range(0, len(data), page):
+                used = any(data[offset : offset + page])
+                if used and start is None:
+                    start = offset
+                elif not used and start is not None:
+                    ranges.append((start, offset - 1))
+                    start = None
+            if start is not None:
+                ranges.append((start, len(data) - 1))
+            xml = "".join(f"<PageRange><Start>{a}</Start><End>{b}</End></PageRange>" for a, b in ranges)
+            body = f'<?xml version="1.0" encoding="utf-8"?><PageList>{xml}<NextMarker /></PageList>'
+            return (
+                200,
+                {**common, "x-ms-blob-content-length": str(len(data)), "Content-Type": "application/xml"},
+                body.encode(),
+            )
+        wanted = str(headers.get("x-ms-range") or headers.get("Range") or "")
+        m = re.match(r"bytes=(\d+)-(\d*)", wanted)
+        if not m:
+            self.problem(f"GET {key}: a whole-disk read without a range")
+            return 416, {}, None
+        start, end = int(m.group(1)), min(int(m.group(2) or len(data) - 1), len(data) - 1)
+        self.disk_reads.append(wanted)
+        return (
+            206,
+            {
+                **common,
+                "Content-Range": f"bytes {start}-{end}/{len(data)}",
+                "Content-Length": str(end - start + 1),
+                "Content-Type": "application/octet-stream",
+            },
+            bytes(data[start : end + 1]),
+        )
 
     def _blob(self, method: str, host: str, path: str, headers: Any):
         key = f"https://{host}{path}"

@@ -1,5 +1,6 @@
 """The capture phase of the Azure provider: the generalized VM as a managed image (Standard), or the VM
-itself for a Trusted Launch build (galleries take it directly).
+itself for a Trusted Launch build (galleries take it directly); the OS disk's SHA-256 (digest.py) and the
+inventory the build VM listed before generalize (inventory.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from imagebuilder.providers.azure.context import (
     ensure,
     run_tags,
 )
+from imagebuilder.providers.azure.digest import disk_digest
 from imagebuilder.providers.azure.handles import BuildHandle, CapturedImage
 
 
@@ -42,6 +44,9 @@ def capture(ctx: Ctx) -> CaptureResult | NotYet:
         )
     if isinstance(image, NotYet):
         return image
+    digest = disk_digest(ctx, rg, env.os_disk)  # the provenance subject's SHA-256 (digest.py)
+    if isinstance(digest, NotYet):
+        return digest
     captured = CapturedImage(
         managed_image_id=image.get("id"),
         trusted_launch=trusted,
@@ -54,4 +59,6 @@ def capture(ctx: Ctx) -> CaptureResult | NotYet:
         source=env.source,
     )
     described = inventory.describe(ctx)  # the inventory the build VM listed before generalize
-    return CaptureResult(status="succeeded", image={**captured.model_dump(mode="json"), **described})
+    image_ref = {**captured.model_dump(mode="json"), **described}
+    image_ref.update(sha256=digest["sha256"], size=digest["size"], digestOf=digest["subject"])
+    return CaptureResult(status="succeeded", image=image_ref)

@@ -356,6 +356,15 @@ class AzureClients:
             kwargs["transport"] = self.transport
         return BlobClient.from_blob_url(url, credential=self.credential, **kwargs)
 
+    def sas_blob(self, sas_url: str) -> Any:
+        """A BlobClient authorized by the SAS in its URL alone (a managed disk's export): no token sent."""
+        from azure.storage.blob import BlobClient
+
+        kwargs: dict[str, Any] = {"retry_total": 3}
+        if self.transport is not None:
+            kwargs["transport"] = self.transport
+        return BlobClient.from_blob_url(sas_url, **kwargs)
+
     def blob_service(self, account_url: str) -> Any:
         """A BlobServiceClient (containers, user delegation keys) with the app's identity."""
         from azure.storage.blob import BlobServiceClient

@@ -1,0 +1,108 @@
+"""The captured disk's SHA-256 on Azure (the provenance subject's digest): the generalized OS disk read
+through a read-only export SAS (`disks.begin_grant_access`), exactly the fixed VHD a VHD distribution
+copies and `az disk grant-access` downloads (data, then the 512-byte footer).
+
+Only the pages that hold data are downloaded (Get Page Ranges); the never-written rest is zeros by
+definition and is hashed without being read, so a 30 GiB disk holding 3 GiB moves 3 GiB over the network
+and hashes 30 GiB locally (about 20 s). The hash runs within one call (a SHA-256 state cannot be carried
+across durable polls), after the managed image exists, and the SAS is revoked right after (not awaited).
+The SAS is a secret: used here only, never logged and never put into a Pending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from imagebuilder.providers.azure.clients import ArmFailure
+from imagebuilder.providers.azure.context import Ctx, NotYet, await_op, later
+
+CHUNK = 4 << 20  # bytes per ranged read
+_ZEROS = bytes(1 << 20)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _zeros(sha: Any, count: int) -> None:
+    while count > 0:
+        step = min(count, len(_ZEROS))
+        sha.update(_ZEROS[:step] if step < len(_ZEROS) else _ZEROS)
+        count -= step
+
+
+def hash_page_blob(ctx: Ctx, sas_url: str) -> tuple[str, int, int]:
+    """(sha256, size, bytes downloaded) of a page blob read through `sas_url`."""
+    blob = ctx.arm.sas_blob(sas_url)
+    props = ctx.arm.call("read the exported disk", blob.get_blob_properties)
+    size = int(props.size or 0)
+    listed = ctx.arm.call("list the exported disk's pages", lambda: list(blob.list_page_ranges()))
+    ranges = _merged([(int(r.start), int(r.end)) for r in listed if not getattr(r, "cleared", False)])
+    sha, at, moved = hashlib.sha256(), 0, 0
+    for start, end in ranges:
+        if start >= size:
+            break
+        end = min(end, size - 1)
+        _zeros(sha, start - at)
+        offset = start
+        while offset <= end:
+            length = min(CHUNK, end + 1 - offset)
+            data = _read(ctx, blob, offset, length)
+            if len(data) != length:
+                raise ArmFailure("DiskReadShort", f"the disk export answered {len(data)} of {length} bytes")
+            sha.update(data)
+            moved += length
+            offset += length
+        at = end + 1
+    _zeros(sha, size - at)
+    return sha.hexdigest(), size, moved
+
+
+def _read(ctx: Ctx, blob: Any, offset: int, length: int) -> bytes:
+    return bytes(
+        ctx.arm.call(
+            "read the exported disk", lambda: blob.download_blob(offset=offset, length=length).readall()
+        )
+    )
+
+
+def disk_digest(ctx: Ctx, resource_group: str, disk: str) -> dict[str, Any] | NotYet:
+    """{"sha256", "size", "subject"} of the generalized OS disk, hashed once per run (kept in the step
+    state until the phase returns)."""
+    done = ctx.state.get("digest")
+    if isinstance(done, dict):
+        return done
+    disks = ctx.arm.compute.disks
+    result = ctx.op_result or {}
+    sas = ((result.get("properties") or {}).get("output") or {}).get("accessSAS") or result.get("accessSAS")
+    if not sas:
+        ctx.log.write(f"reading {disk} to compute its SHA-256\n")
+        started = ctx.arm.start(
+            f"grant access to {disk}",
+            lambda p: disks.begin_grant_access(
+                resource_group, disk, {"access": "Read", "durationInSeconds": 4 * 3600}, polling=p
+            ),
+        )
+        body = await_op(started, f"grant access to {disk}")
+        if isinstance(body, NotYet):
+            return body
+        sas = body.get("accessSAS")
+        if not sas:
+            return later(ctx)
+    try:
+        sha256, size, moved = hash_page_blob(ctx, str(sas))
+    finally:
+        ctx.arm.start(
+            f"revoke access to {disk}", lambda p: disks.begin_revoke_access(resource_group, disk, polling=p)
+        )
+    ctx.log.write(f"{disk}: SHA-256 {sha256} ({size} bytes as a fixed VHD, {moved} bytes of data read)\n")
+    digest = {"sha256": sha256, "size": size, "subject": "osDiskVhd"}
+    ctx.state["digest"] = digest
+    return digest
