@@ -198,9 +198,9 @@ def inventory_linux() -> str:
 
 
 def inventory_windows() -> str:
-    """Read-only: the installed programs (the Uninstall keys of HKLM, 64- and 32-bit views, and of the
-    build user) and the hotfixes (Get-HotFix), as `W`/`H` records between the markers, with the OS name
-    and version as `O` records."""
+    """Read-only: the machine-wide installed programs (the Uninstall keys of HKLM, 64- and 32-bit views;
+    Run Command runs as SYSTEM, so a program installed for one user only is not listed) and the hotfixes
+    (Get-HotFix), as `W`/`H` records between the markers, with the OS name and version as `O` records."""
     return (
         "$ErrorActionPreference = 'Stop'\n"
         f"Write-Output '{INVENTORY_BEGIN}'\n"
@@ -209,8 +209,7 @@ def inventory_windows() -> str:
         'Write-Output ("O`tVERSION_ID=" + $os.Version)\n'
         'Write-Output ("O`tPRETTY_NAME=" + $os.Caption)\n'
         "$keys = 'HKLM:\\Software\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*',\n"
-        "  'HKLM:\\Software\\WOW6432Node\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*',\n"
-        "  'HKCU:\\Software\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*'\n"
+        "  'HKLM:\\Software\\WOW6432Node\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*'\n"
         "foreach ($k in $keys) {\n"
         "  Get-ItemProperty -Path $k -ErrorAction SilentlyContinue | Where-Object { $_.DisplayName } |\n"
         "    ForEach-Object {\n"
