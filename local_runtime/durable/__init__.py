@@ -3,7 +3,8 @@
 It wires the engine (episodes, activities, timers, entities over SQLite in the state directory) to the
 Durable extension's HTTP API and builds the `durableClient` binding value. Modules: history (event
 shapes), replay (DTFx sequence numbers, non-determinism), calls (worker-style invocation), workers (the
-worker processes that run user code; worker is their entry point), store (SQLite), engine, http_api.
+worker processes that run user code; worker is their entry point), store (SQLite, the one SQL access
+point), engine (composed of core, scheduling, episodes, activities, entities, client), http_api.
 
     Exception
     ├── DurableConfigError   DurableHost(): host.json durableTask / an app setting it names is unusable

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from local_runtime.azurite import Azurite
-from tests.runtime.conftest import RuntimeProcess, wait_until
+from tests.runtime.conftest import APPS, RuntimeProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -308,3 +309,24 @@ def test_functions_worker_process_count_is_honoured(
     finally:
         bad.stop()
     assert "FUNCTIONS_WORKER_PROCESS_COUNT must be from 1 to 10, not 11" in bad.output
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_max_concurrent_orchestrator_functions(
+    runtime: Callable[..., RuntimeProcess], tmp_path: Path, limit: int
+) -> None:
+    app = tmp_path / "app"
+    shutil.copytree(APPS / "unruly_app", app)
+    host = {"version": "2.0", "extensions": {"durableTask": {"maxConcurrentOrchestratorFunctions": limit}}}
+    (app / "host.json").write_text(json.dumps(host))
+    rp = runtime(app, tmp_path / "state", {"UNRULY_MARKS": str(tmp_path)})
+    for i in range(3):
+        _start(rp, "blocky", f"b{i}", str(i))
+    for i in range(3):
+        assert _final(rp, f"b{i}")["output"] == str(i)
+    running = peak = 0
+    events = [json.loads(line) for line in (tmp_path / "blocky.jsonl").read_text().splitlines()]
+    for e in sorted(events, key=lambda e: e.get("start", e.get("end"))):
+        running += 1 if "start" in e else -1
+        peak = max(peak, running)
+    assert peak == (1 if limit == 1 else 3)

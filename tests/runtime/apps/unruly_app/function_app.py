@@ -64,3 +64,15 @@ def killable(tag: str) -> int:
     if attempts == 1:
         time.sleep(2.5)  # under functionTimeout; the test kills the worker meanwhile
     return attempts
+
+
+@app.orchestration_trigger(context_name="context")
+def blocky(context: df.DurableOrchestrationContext):
+    """Blocks in orchestrator code for 0.5 s, recording when (maxConcurrentOrchestratorFunctions tests)."""
+    with (MARKS / "blocky.jsonl").open("a") as f:
+        f.write(json.dumps({"start": time.time()}) + "\n")
+    time.sleep(0.5)
+    with (MARKS / "blocky.jsonl").open("a") as f:
+        f.write(json.dumps({"end": time.time()}) + "\n")
+    return context.get_input()
+    yield
