@@ -42,7 +42,7 @@ def test_quickstart_vhd_template_runs_on_busybox(app_runtime: AppRuntime, http: 
         {
             "type": "Shell",
             "name": "CheckSumCompareShellScript",
-            "inline": ["echo built > /buildArtifacts/hello"],
+            "inline": ["echo built | sudo tee /buildArtifacts/hello"],
         },
     ]
     base = (

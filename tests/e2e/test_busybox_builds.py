@@ -134,7 +134,7 @@ def test_abort_keeps_the_build_root_and_logs_and_says_where(e2e: E2E) -> None:
     name = "bb-abort"
     template = e2e.template(
         "busybox-webpage.json",
-        customize=[shell("breaks", "echo evidence > /root/evidence", "exit 7")],
+        customize=[shell("breaks", "echo evidence | sudo tee /root/evidence", "exit 7")],
         errorHandling={"onCustomizerError": "abort"},
     )
     final = e2e.build(name, template)

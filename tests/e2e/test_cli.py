@@ -108,7 +108,9 @@ def test_run_follow_in_tmux_shows_phases_advancing_and_ends_with_the_outputs(
     e2e: E2E, tmp_path: Path
 ) -> None:
     name = "cli-follow"
-    create(e2e, tmp_path, name, busybox([shell("settle", "sleep 3", "echo followed > /etc/followed")]))
+    create(
+        e2e, tmp_path, name, busybox([shell("settle", "sleep 3", "echo followed | sudo tee /etc/followed")])
+    )
     socket = f"aibtest-{uuid.uuid4().hex[:8]}"
     tmux = ["tmux", "-L", socket]
     cmd = (
@@ -176,7 +178,9 @@ def test_bad_input_exits_2_with_the_api_error(e2e: E2E, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ step in
 def test_shell_sees_what_the_failed_step_left_and_cleanup_removes_it(e2e: E2E, tmp_path: Path) -> None:
     name = "cli-shell"
-    steps = [shell("leave evidence", "echo half-done > /etc/evidence", "mkdir -p /opt/app", "exit 3")]
+    steps = [
+        shell("leave evidence", "echo half-done | sudo tee /etc/evidence", "sudo mkdir -p /opt/app", "exit 3")
+    ]
     create(e2e, tmp_path, name, busybox(steps, errorHandling={"onCustomizerError": "abort"}))
     failed = aib(e2e, "run", "-g", RG, "-n", name, timeout=600)
     assert failed.returncode == 1, failed.stdout + failed.stderr
@@ -278,13 +282,13 @@ def test_resume_from_a_failed_run_after_fixing_the_script(e2e: E2E, tmp_path: Pa
 def test_try_runs_one_step_and_prints_its_file_diff(e2e: E2E, tmp_path: Path) -> None:
     template = busybox(
         [
-            shell("zero", "echo zero > /etc/zero", "echo a > /etc/a-file"),
+            shell("zero", "echo zero | sudo tee /etc/zero", "echo a | sudo tee /etc/a-file"),
             shell(
                 "one",
-                "mkdir -p /opt/tried",
-                "echo b > /opt/tried/new",
-                "echo more >> /etc/a-file",
-                "rm /etc/zero",
+                "sudo mkdir -p /opt/tried",
+                "echo b | sudo tee /opt/tried/new",
+                "echo more | sudo tee -a /etc/a-file",
+                "sudo rm /etc/zero",
             ),
         ]
     )

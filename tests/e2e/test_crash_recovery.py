@@ -40,13 +40,13 @@ def test_kill_9_mid_build_then_restart_completes_without_redoing_finished_steps(
     template = e2e.template(
         "busybox-webpage.json",
         customize=[
-            {"type": "Shell", "name": "one", "inline": ["echo one >> /etc/steps"]},
+            {"type": "Shell", "name": "one", "inline": ["echo one | sudo tee -a /etc/steps"]},
             {
                 "type": "Shell",
                 "name": "two",
-                "inline": ["echo two-start", "sleep 10", "echo two >> /etc/steps"],
+                "inline": ["echo two-start", "sleep 10", "echo two | sudo tee -a /etc/steps"],
             },
-            {"type": "Shell", "name": "three", "inline": ["echo three >> /etc/steps"]},
+            {"type": "Shell", "name": "three", "inline": ["echo three | sudo tee -a /etc/steps"]},
         ],
         validate={},
         distribute=[{"type": "VHD", "runOutputName": "crash-vhd"}],

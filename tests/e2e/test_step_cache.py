@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 def _template(e2e: E2E, marker: str) -> dict[str, Any]:
     data = e2e.template("busybox-webpage.json")
     props = data["properties"]
-    props["customize"].append({"type": "Shell", "name": "marker", "inline": [f"echo {marker} > /marker"]})
+    props["customize"].append(
+        {"type": "Shell", "name": "marker", "inline": [f"echo {marker} | sudo tee /marker"]}
+    )
     props.pop("validate", None)
     props["distribute"] = [d for d in props["distribute"] if d["type"] == "VHD"]
     return data

@@ -48,11 +48,13 @@ def _run_to_capture(p: LocalProvider, build, log: RecLog) -> tuple:  # type: ign
 def test_full_busybox_build_every_customizer_and_distributor(
     provider: LocalProvider, file_root: Path, tmp_path: Path
 ) -> None:
-    script = b"#!/bin/sh\nset -e\necho from-file-script > /opt/file-script.txt\necho script-ran\n"
+    script = b"#!/bin/sh\nset -e\necho from-file-script | sudo tee /opt/file-script.txt >/dev/null\necho script-ran\n"
     (file_root / "setup.sh").write_bytes(script)
     served = tmp_path / "served"
     served.mkdir()
-    http_script = b"echo from-http-script > /opt/http-script.txt\n"  # no shebang: runs with /bin/sh
+    http_script = (
+        b"sudo sh -c 'echo from-http-script > /opt/http-script.txt'\n"  # no shebang: runs with /bin/sh
+    )
     (served / "web.sh").write_bytes(http_script)
     payload = b"key=value\n"
     (served / "app.conf").write_bytes(payload)
@@ -65,8 +67,8 @@ def test_full_busybox_build_every_customizer_and_distributor(
                         "type": "Shell",
                         "name": "inline",
                         "inline": [
-                            "mkdir -p /opt",
-                            "echo built > /opt/inline.txt",
+                            "sudo mkdir -p /opt",
+                            "echo built | sudo tee /opt/inline.txt >/dev/null",
                             "sudo sh -c 'id -u > /opt/sudo-uid'",
                         ],
                     },
@@ -89,7 +91,11 @@ def test_full_busybox_build_every_customizer_and_distributor(
                         "sha256Checksum": sha256(payload),
                         "destination": "/etc/app/app.conf",
                     },
-                    {"type": "Shell", "name": "history", "inline": ["echo secret > /root/.ash_history"]},
+                    {
+                        "type": "Shell",
+                        "name": "history",
+                        "inline": ["echo secret | sudo tee /root/.ash_history"],
+                    },
                 ],
                 "distribute": [
                     {
@@ -289,9 +295,9 @@ def test_symlinks_in_the_image_cannot_lead_a_file_out_of_the_root(
                 {
                     "type": "Shell",
                     "inline": [
-                        f"ln -s {outside} /opt-abs",
-                        "ln -s ../../../../../.. /opt-rel",
-                        "mkfifo /fifo",
+                        f"sudo ln -s {outside} /opt-abs",
+                        "sudo ln -s ../../../../../.. /opt-rel",
+                        "sudo mkfifo /fifo",
                     ],
                 },
                 {"type": "File", "sourceUri": (file_root / "f").as_uri(), "destination": "/opt-abs/escaped"},
@@ -322,7 +328,7 @@ def test_symlinks_in_the_image_cannot_lead_a_file_out_of_the_root(
 
 
 def test_network_off_by_tag_and_on_by_default(provider: LocalProvider) -> None:
-    count = ["grep -c : /proc/net/dev > /root/ifaces"]
+    count = ["grep -c : /proc/net/dev | sudo tee /root/ifaces"]
     off = build_input(
         {"customize": [{"type": "Shell", "inline": count}]},
         name="netoff",
@@ -397,13 +403,13 @@ def test_marketplace_image_without_local_base_names_the_available_ones(provider:
 def test_validation_in_sandbox_does_not_touch_the_image(provider: LocalProvider) -> None:
     build = build_input(
         {
-            "customize": [{"type": "Shell", "inline": ["echo v1 > /etc/app-version"]}],
+            "customize": [{"type": "Shell", "inline": ["echo v1 | sudo tee /etc/app-version"]}],
             "validate": {
                 "inVMValidations": [
                     {
                         "type": "Shell",
                         "name": "check",
-                        "inline": ["grep -q v1 /etc/app-version", "touch /validated"],
+                        "inline": ["grep -q v1 /etc/app-version", "sudo touch /validated"],
                     },
                 ]
             },
@@ -443,7 +449,7 @@ def test_validation_in_sandbox_does_not_touch_the_image(provider: LocalProvider)
 
 def test_phases_are_idempotent(provider: LocalProvider) -> None:
     build = build_input(
-        {"customize": [{"type": "Shell", "inline": ["echo x >> /counter"]}]},
+        {"customize": [{"type": "Shell", "inline": ["echo x | sudo tee -a /counter"]}]},
         tags={"imagebuilder.local.qcow2": "true"},
     )
     log = RecLog()
@@ -487,7 +493,7 @@ def test_layering_on_a_gallery_version_and_a_managed_image(provider: LocalProvid
     log = RecLog()
     golden = build_input(
         {
-            "customize": [{"type": "Shell", "inline": ["echo baseline > /etc/baseline"]}],
+            "customize": [{"type": "Shell", "inline": ["echo baseline | sudo tee /etc/baseline"]}],
             "distribute": [
                 {
                     "type": "SharedImage",
@@ -520,7 +526,13 @@ def test_layering_on_a_gallery_version_and_a_managed_image(provider: LocalProvid
         dept = build_input(
             {
                 "customize": [
-                    {"type": "Shell", "inline": ["cat /etc/baseline > /etc/dept", "echo dept >> /etc/dept"]}
+                    {
+                        "type": "Shell",
+                        "inline": [
+                            "sudo sh -c 'cat /etc/baseline > /etc/dept'",
+                            "echo dept | sudo tee -a /etc/dept",
+                        ],
+                    }
                 ],
                 "distribute": [
                     {
@@ -680,7 +692,7 @@ def test_concurrent_runs_share_the_base_and_get_distinct_versions(tmp_path: Path
     builds = [
         build_input(
             {
-                "customize": [{"type": "Shell", "inline": [f"echo {i} > /n"]}],
+                "customize": [{"type": "Shell", "inline": [f"echo {i} | sudo tee /n"]}],
                 "distribute": [
                     {
                         "type": "SharedImage",
@@ -743,8 +755,8 @@ def test_a_lost_overlay_mount_is_restored(provider: LocalProvider) -> None:
     build = build_input(
         {
             "customize": [
-                {"type": "Shell", "inline": ["echo one > /one"]},
-                {"type": "Shell", "inline": ["cat /one > /two"]},
+                {"type": "Shell", "inline": ["echo one | sudo tee /one"]},
+                {"type": "Shell", "inline": ["sudo sh -c 'cat /one > /two'"]},
             ]
         }
     )

@@ -46,12 +46,12 @@ def _steps(file_root: Path, marker: str) -> list[dict[str, Any]]:
             "type": "Shell",
             "name": "expensive",
             "inline": [
-                "mkdir -p /opt/app && seq 1 20000 > /opt/app/data",
-                f"rm -f {REMOVED}",
-                "rm -rf /etc/app && mkdir /etc/app && echo only > /etc/app/only",  # an opaque dir
+                "sudo sh -c 'mkdir -p /opt/app && seq 1 20000 > /opt/app/data'",
+                f"sudo rm -f {REMOVED}",
+                "sudo sh -c 'rm -rf /etc/app && mkdir /etc/app && echo only > /etc/app/only'",  # an opaque dir
             ],
         },
-        {"type": "Shell", "name": "marker", "inline": [f"echo {marker} > /marker"]},
+        {"type": "Shell", "name": "marker", "inline": [f"echo {marker} | sudo tee /marker"]},
     ]
 
 

@@ -56,7 +56,7 @@ def template(
             "source": dict(BUSYBOX),
             "customize": customize
             if customize is not None
-            else [{"type": "Shell", "name": "motd", "inline": ["echo hello > /etc/motd"]}],
+            else [{"type": "Shell", "name": "motd", "inline": ["echo hello | sudo tee /etc/motd"]}],
             "distribute": distribute if distribute is not None else [{"type": "VHD", "runOutputName": "vhd"}],
             **props,
         },

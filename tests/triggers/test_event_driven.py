@@ -327,7 +327,9 @@ def test_upload_of_a_changed_template_updates_it_in_place_with_its_triggers(env:
     api = type(env.api)(env.api.base_url, env.api.key, resource_group="image-templates")
     assert api.watch("updatable", timeout=120, interval=0.5)["runState"] == "Succeeded"
 
-    changed = template(customize=[{"type": "Shell", "name": "motd2", "inline": ["echo changed > /etc/motd"]}])
+    changed = template(
+        customize=[{"type": "Shell", "name": "motd2", "inline": ["echo changed | sudo tee /etc/motd"]}]
+    )
     deployment = {
         "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
         "contentVersion": "1.0.0.0",

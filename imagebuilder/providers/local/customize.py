@@ -126,6 +126,7 @@ def run_item(
             run_marker=ctx.marker,
             log=plog,
             timeout=ctx.step_timeout,
+            as_root=ctx.tags.get(customizers.TAG_BUILD_USER.lower(), "").strip().lower() == "root",
         )
     if typ == "File":
         return customizers.run_file(item, where=where, root=root, artifacts=layout.artifacts, log=plog)

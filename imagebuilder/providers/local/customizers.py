@@ -3,6 +3,17 @@ staged scriptUri run by its own shebang) in the sandbox, and File (the staged so
 host side to an absolute destination resolved inside the root, never outside it). Also the up-front
 check that rejects Windows-only customizers and validators for Linux sources.
 
+The build user, as on Image Builder's Linux build VM: Shell steps run as the non-root user `packer`
+(created in the root on first use, uid >= 1000, home /home/packer; generalize removes it, as
+`waagent -deprovision+user` does) with passwordless `sudo`. Sandbox steps run with no_new_privs, so no
+setuid sudo can work there; the step's own root wrapper (`RUN_AS_BUILD_USER`) serves instead a broker on a
+FIFO in the step's private /run, and the `sudo` first on the build user's PATH (`BUILD_USER_SUDO`, from the
+inbox, never in the image) asks it to run the command as root with the caller's stdin, stdout, stderr,
+working directory and exit code. So a script that writes /etc without sudo fails with "Permission denied",
+as on Image Builder, and the same line with sudo works; the same holds on the Debian and BusyBox bases
+(neither needs a sudo package). The template tag `imagebuilder.local.buildUser = root` runs steps as root
+instead (the behaviour before the build user; not something Image Builder offers).
+
 Exceptions::
 
     ProviderError (providers.base)
@@ -19,7 +30,7 @@ import stat
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imagebuilder.providers.base import LogSink, ProviderError
@@ -40,6 +51,156 @@ WINDOWS_ONLY = {
 }
 LINUX_CUSTOMIZERS = ("Shell", "File")
 INLINE_SHEBANG = "#!/bin/sh -e"
+
+BUILD_USER = "packer"
+#: Template tag: `root` runs Shell steps as root instead of the build user (local only).
+TAG_BUILD_USER = "imagebuilder.local.buildUser"
+BUILD_USER_DIR = "user"  # inbox/user: the build user's sudo and the root wrapper (bound read-only)
+BROKER_DIR = "/run/imagebuilder-sudo"  # in the step's private tmpfs /run
+
+# Runs as root inside the sandbox: `run-as-build-user SCRIPT`. Creates the build user if the image has
+# none, starts the sudo broker, runs SCRIPT as the user from its home, stops the broker, exits with
+# SCRIPT's code. POSIX sh for BusyBox ash and Debian dash alike; util-linux setpriv where it can change
+# uids (Debian), BusyBox su otherwise (root needs no password).
+RUN_AS_BUILD_USER = r"""#!/bin/sh
+# Build-user wrapper of the local image builder (providers/local/customizers.py): runs a step as the
+# build user with a sudo that works under no_new_privs (a root broker on a FIFO).
+exec 2>&1
+U=__USER__
+B=__BROKER__
+IB=__INBOX__
+uid=$(sed -n "s/^$U:[^:]*:\([0-9]*\):.*/\1/p" /etc/passwd)
+if [ -z "$uid" ]; then
+  uid=1000
+  while grep -q "^[^:]*:[^:]*:$uid:" /etc/passwd /etc/group 2>/dev/null; do uid=$((uid + 1)); done
+  echo "$U:x:$uid:$uid:Image Builder build user:/home/$U:/bin/sh" >> /etc/passwd || exit 125
+  grep -q "^$U:" /etc/group 2>/dev/null || echo "$U:x:$uid:" >> /etc/group
+  if [ -f /etc/shadow ] && ! grep -q "^$U:" /etc/shadow; then echo "$U:!:1::::::" >> /etc/shadow; fi
+fi
+gid=$(sed -n "s/^$U:[^:]*:[0-9]*:\([0-9]*\):.*/\1/p" /etc/passwd)
+if [ ! -d "/home/$U" ]; then
+  mkdir -p "/home/$U" && chown "$uid:$gid" "/home/$U" && chmod 0750 "/home/$U"
+fi
+[ -d /tmp ] || mkdir -m 1777 /tmp
+mkdir -p "$B" && chown "0:$gid" "$B" && chmod 0770 "$B" || exit 125
+rm -f "$B/ctl"
+mkfifo -m 0620 "$B/ctl" && chown "0:$gid" "$B/ctl" || exit 125
+
+serve() {
+  d=$1
+  case "$d" in "$B"/req.*) ;; *) return ;; esac
+  [ -d "$d" ] && [ ! -h "$d" ] || return
+  (
+    SUDO_AS=
+    cwd=$(cat "$d/cwd" 2>/dev/null)
+    set --
+    . "$d/cmd"
+    cd "$cwd" 2>/dev/null || cd /
+    [ $# -gt 0 ] || set -- /bin/sh
+    if [ -n "$SUDO_AS" ] && [ "$SUDO_AS" != root ] && [ "$SUDO_AS" != "#0" ] && [ "$SUDO_AS" != 0 ]; then
+      su -s /bin/sh "$SUDO_AS" -c "$(cat "$d/cmd"); exec \"\$@\"" <"$d/in" >"$d/out" 2>"$d/err"
+    else
+      env SUDO_USER="$U" SUDO_UID="$uid" SUDO_GID="$gid" HOME=/root USER=root LOGNAME=root "$@" \
+        <"$d/in" >"$d/out" 2>"$d/err"
+    fi
+    echo $? > "$d/rc.part" && mv "$d/rc.part" "$d/rc"
+  ) &
+}
+
+(
+  exec 3<>"$B/ctl"
+  while IFS= read -r req <&3; do serve "$req"; done
+) &
+broker=$!
+cd "/home/$U" 2>/dev/null || cd /tmp
+export HOME="/home/$U" USER="$U" LOGNAME="$U" PATH="$IB/__DIR__:$PATH" SUDO_BROKER="$B"
+if setpriv --help 2>&1 | grep -q -- --reuid; then
+  setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"
+else
+  su -m -s /bin/sh "$U" -c 'exec "$0" "$@"' "$@"
+fi
+rc=$?
+kill "$broker" 2>/dev/null
+exit "$rc"
+"""
+
+# The build user's `sudo` (first on its PATH): sends the command to the step's root broker and relays
+# stdin, stdout, stderr and the exit code. Passwordless, like the build VM's; sudo's options that ask
+# for something (-u USER) are honoured, the others accepted and ignored (no password is ever asked).
+BUILD_USER_SUDO = r"""#!/bin/sh
+# sudo of the local image builder's build user: runs the command as root through the step's broker
+# (no setuid binary can work under no_new_privs). See providers/local/customizers.py.
+B=${SUDO_BROKER:-__BROKER__}
+as=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -u) as=$2; shift 2 ;;
+    -u*) as=${1#-u}; shift ;;
+    --user=*) as=${1#--user=}; shift ;;
+    -g|-C|-D|-h|-p|-r|-t|-U|-T) shift 2 ;;
+    -i|-s|--login|--shell) shift ;;
+    -V|--version) echo "Sudo version 1.9 (local image builder broker)"; exit 0 ;;
+    -l|-v|-k|-K) exit 0 ;;
+    --) shift; break ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+if [ "$(id -u)" = 0 ] && [ -z "$as" ]; then
+  [ $# -gt 0 ] || set -- /bin/sh
+  exec env "$@"
+fi
+if [ ! -p "$B/ctl" ]; then
+  echo "sudo: no build-user broker in this step ($B)" >&2
+  exit 1
+fi
+q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+d=$(mktemp -d "$B/req.XXXXXX") || exit 1
+mkfifo "$d/in" "$d/out" "$d/err" || exit 1
+pwd > "$d/cwd"
+{
+  printf 'SUDO_AS=%s\nset --' "$(q "$as")"
+  for a in "$@"; do printf ' %s' "$(q "$a")"; done
+  printf '\n'
+} > "$d/cmd"
+exec 4<&0
+cat "$d/out" &
+o=$!
+cat "$d/err" >&2 &
+e=$!
+cat <&4 > "$d/in" &
+i=$!
+echo "$d" > "$B/ctl"
+wait "$o"
+wait "$e"
+while [ ! -f "$d/rc" ]; do sleep 0.05 2>/dev/null || sleep 1; done
+kill "$i" 2>/dev/null
+rc=$(cat "$d/rc")
+rm -rf "$d"
+exit "$rc"
+"""
+
+
+def prepare_build_user(inbox: Path) -> PurePosixPath:
+    """Write the build user's wrapper and sudo into the inbox (bound read-only at sandbox.INBOX); returns
+    the wrapper's path inside the sandbox."""
+    folder = inbox / BUILD_USER_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    subst = {
+        "__USER__": BUILD_USER,
+        "__BROKER__": BROKER_DIR,
+        "__INBOX__": sandbox.INBOX,
+        "__DIR__": BUILD_USER_DIR,
+    }
+    for name, text in (("run-as-build-user", RUN_AS_BUILD_USER), ("sudo", BUILD_USER_SUDO)):
+        for key, value in subst.items():
+            text = text.replace(key, value)
+        path = folder / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        path.chmod(0o755)
+    folder.chmod(0o755)
+    return PurePosixPath(sandbox.INBOX, BUILD_USER_DIR, "run-as-build-user")
 
 
 class CustomizerError(ProviderError):
@@ -173,9 +334,12 @@ def run_shell(
     run_marker: str,
     log: LogSink,
     timeout: float | None,
+    as_root: bool = False,
 ) -> Outcome:
-    """Run a Shell customizer/validator in the sandbox; the log gets every output line as it comes."""
+    """Run a Shell customizer/validator in the sandbox as the build user (as root with `as_root`); the log
+    gets every output line as it comes."""
     sandbox.prepare_inbox(inbox)
+    wrapper = prepare_build_user(inbox)
     steps = inbox / "steps"
     if item.get("inline"):
         script = steps / f"{step_key}.sh"
@@ -193,13 +357,14 @@ def run_shell(
         shutil.copyfile(staged, script)
     script.chmod(0o755)
     inside = f"{sandbox.INBOX}/steps/{script.name}"
+    # One pipe for both streams, so the log and the tail keep the order the lines were written in.
+    command = ["/bin/sh", "-c", 'exec "$0" 2>&1', inside] if as_root else ["/bin/sh", str(wrapper), inside]
     recorder = _TailLog(log)
     start = time.monotonic()
     try:
         done = sandbox.run(
             root,
-            # One pipe for both streams, so the log and the tail keep the order the lines were written in.
-            ["/bin/sh", "-c", 'exec "$0" 2>&1', inside],
+            command,
             network=network,
             inbox=inbox,
             run_marker=run_marker,

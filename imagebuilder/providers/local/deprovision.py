@@ -1,7 +1,8 @@
 """Offline Linux deprovisioning ("generalize") of a root tree, the way `waagent -deprovision` and
 `cloud-init clean` leave an image: machine-id emptied (not removed), SSH host keys, cloud-init and agent
 state, logs truncated, shell history, DHCP leases, temp files, build-host resolv.conf and hostname, the
-build helpers (policy-rc.d) removed, and root's password locked. Returns what it cleared.
+build helpers (policy-rc.d) removed, root's password locked, and the build user (customizers.BUILD_USER)
+removed with its home, as `waagent -deprovision+user` does. Returns what it cleared.
 
 Every path is resolved inside the root (symlinks never lead out of it); refuses to run on `/`.
 Exceptions: `DeprovisionError` (a ProviderError) for a root that is `/` or not a directory.
@@ -17,6 +18,7 @@ import stat
 from pathlib import Path
 
 from imagebuilder.providers.base import ProviderError
+from imagebuilder.providers.local.customizers import BUILD_USER
 from imagebuilder.providers.local.layout import resolve_in_root
 
 HISTORY_FILES = (".bash_history", ".ash_history", ".zsh_history", ".lesshst", ".viminfo", ".python_history")
@@ -190,7 +192,35 @@ def deprovision(root: Path) -> dict[str, list[str]]:
 
     # 10 root's password locked (like `passwd -l root`).
     _lock_root(t)
+
+    # 11 the build user the customizers ran as (like waagent -deprovision+user), with its home.
+    _remove_user(t, BUILD_USER)
     return t.report
+
+
+def _remove_user(t: _Tree, user: str) -> None:
+    """Drop `user` from the account files (and group member lists), and its home."""
+    for inside in ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"):
+        p = t.path(inside)
+        if p.is_symlink() or not p.is_file():
+            continue
+        lines = p.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            fields = line.rstrip("\n").split(":")
+            if fields[0] == user:
+                continue
+            if inside in ("/etc/group", "/etc/gshadow") and len(fields) >= 4:
+                members = [m for m in fields[-1].split(",") if m and m != user]
+                if ",".join(members) != fields[-1]:
+                    line = ":".join([*fields[:-1], ",".join(members)]) + "\n"
+            kept.append(line)
+        if kept != lines:
+            mode = p.stat().st_mode & 0o7777
+            p.write_text("".join(kept))
+            os.chmod(p, mode)
+            t.note("build user removed", p)
+    t.remove("build user removed", f"/home/{user}")
 
 
 def _lock_root(t: _Tree) -> None:
