@@ -253,7 +253,7 @@ class BuildRun:
                 raise StepFailed(self.step_error(result, c.step), keep=plan.on_customizer_error == "abort")
 
         if (self.build.template.get("properties") or {}).get("optimize"):
-            yield from self.phase(p.OPTIMIZING, "optimize: no optimization step applies; image unchanged")
+            yield from self.phase(p.OPTIMIZING, p.optimize_message(self.build.template))
 
         validation_error: ErrorInfo | None = None
         if plan.has_validations:

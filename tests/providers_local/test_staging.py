@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.pipeline.messages import TemplateInput, TemplateRef
+from imagebuilder.pipeline.messages import BuildInput, RunRef, TemplateInput, TemplateRef
 from imagebuilder.providers.base import NullLog
 from imagebuilder.providers.local.provider import LocalProvider
 
@@ -90,3 +90,28 @@ def test_sources_that_do_not_resolve(tmp_path: Path) -> None:
     missing = provider.create_template(version, NullLog())
     assert missing.error is not None and missing.error.code == "BadSharedImageVersionSource"
     assert not (tmp_path / "staging").exists() or not any((tmp_path / "staging").rglob("staging.json"))
+
+
+def test_a_mapped_source_is_recorded_as_what_it_really_is(tmp_path: Path) -> None:
+    catalog_file = tmp_path / "catalog.json"
+    catalog_file.write_text('{"Canonical:ubuntu-24_04-lts:server": "busybox"}')
+    provider = LocalProvider(state_dir=tmp_path, environ={"IMAGEBUILDER_LOCAL_CATALOG": str(catalog_file)})
+    mapped = template()
+    mapped.template["properties"]["source"].update(
+        publisher="Canonical", offer="ubuntu-24_04-lts", sku="server"
+    )
+    assert provider.create_template(mapped, NullLog()).status == "succeeded"
+    build = BuildInput(
+        run=RunRef(subscription_id=SUB, resource_group="rg1", template_name="t1", run_id="r1"),
+        template=mapped.template,
+    )
+    source = provider._resolve_source(build)
+    assert source.id == "Canonical:ubuntu-24_04-lts:server:latest"
+    assert (
+        source.details["mapped"] is True and source.details["localBase"] == "ImageBuilderLocal:busybox:stable"
+    )
+    assert source.details["builtFrom"].startswith(
+        "Canonical:ubuntu-24_04-lts:server mapped by IMAGEBUILDER_LOCAL_CATALOG"
+    )
+    plain = provider._resolve_source(BuildInput(run=build.run, template=template().template))
+    assert plain.details["mapped"] is False and "(local base)" in plain.details["builtFrom"]

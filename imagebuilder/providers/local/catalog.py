@@ -127,6 +127,15 @@ def _entries(extra: Mapping[str, str] | None) -> list[_Entry]:
     return entries
 
 
+def local_base_urn(base: BaseImage) -> str:
+    """The built-in URN (publisher:offer:sku) whose recipe `base` is built from: for a URN mapped by
+    IMAGEBUILDER_LOCAL_CATALOG, what the image really is (e.g. Debian:debian-12:12)."""
+    for entry in BUILTIN:
+        if entry.kind == base.kind and entry.generation == base.generation:
+            return entry.urn
+    return f"{base.kind}:{base.generation}"
+
+
 def available_urns(extra: Mapping[str, str] | None = None) -> list[str]:
     """Every URN (publisher:offer:sku) that resolves locally."""
     return [e.urn for e in _entries(extra)]

@@ -92,6 +92,7 @@ def _meta(captured: CaptureResult, target: dict[str, Any]) -> dict[str, Any]:
             "type": source.get("type"),
             "id": source.get("id"),
             "exactVersion": source.get("exact_version"),
+            "builtFrom": (source.get("details") or {}).get("builtFrom"),
         },
         "tags": dict(target.get("artifactTags") or {}),
     }

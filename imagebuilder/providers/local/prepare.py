@@ -49,6 +49,8 @@ def prepare(ctx: RunContext, log: LogSink) -> PrepareResult:
     except GalleryError as exc:
         return _failed(exc.code, str(exc), log)
     log.write(f"source {source.type} {source.id} -> {source.exact_version or source.id}\n")
+    if source.details.get("mapped"):
+        log.write(f"source {source.id} is not built here as such: {source.details['builtFrom']}\n")
     try:
         staged = artifacts.fetch_all(
             artifacts.collect(ctx.build.template),
@@ -96,6 +98,8 @@ def resolve_source(
             requested,
             extra=ctx.settings.catalog_extra(),
         )
+        local = catalog.local_base_urn(base)
+        mapped = local.lower() != f"{base.publisher}:{base.offer}:{base.sku}".lower()
         return SourceInfo(
             type=typ,
             id=f"{src['publisher']}:{src['offer']}:{src['sku']}:{requested}",
@@ -108,6 +112,15 @@ def resolve_source(
                 "publisher": base.publisher,
                 "offer": base.offer,
                 "sku": base.sku,
+                # what the image really is: a mapped URN is built from a local base, never the requested one
+                "mapped": mapped,
+                "localBase": local,
+                "builtFrom": (
+                    f"{base.publisher}:{base.offer}:{base.sku} mapped by {catalog.CATALOG_SETTING}, built "
+                    f"locally from {local} {base.version}"
+                    if mapped
+                    else f"{local} {base.version} (local base)"
+                ),
             },
         )
     if typ == "ManagedImage":
