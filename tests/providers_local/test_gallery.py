@@ -156,3 +156,14 @@ def test_generation_mismatch_with_existing_definition(stores: Stores) -> None:
     with pytest.raises(GalleryError) as err:
         stores.ensure_definition(ref, generation="V1", field="properties.distribute[0]")
     assert "hyperVGeneration" in str(err.value)
+
+
+def test_ids_and_regions_compare_as_arm_compares_them(stores: Stores, image_file: tuple[Path, Path, str]) -> None:
+    """Issue 16: gallery ids with lower-case resourcegroups, regions by display name ("West US 2")."""
+    lower = IMAGE.replace("resourceGroups", "resourcegroups").lower()
+    version = _publish(stores, image_file, "r1", image_id=lower, regions=("West US 2", "eastus"))
+    meta = stores.versions(GalleryImageId.parse(IMAGE, "t"))[version]
+    assert meta["provisioningState"] == "Succeeded" and set(meta["regions"]) == {"westus2", "eastus"}
+    found = stores.find_version(f"{IMAGE}/versions/latest", "source", prefer_region="westus2")
+    assert found.meta["name"] == version and found.disk.parent.name == "westus2"
+    assert _publish(stores, image_file, "r1", regions=("westus2", "East US")) == version  # same owner

@@ -24,7 +24,7 @@ from imagebuilder.providers.local.context import (
     file_uri,
 )
 from imagebuilder.providers.local.fsutil import sha256_file
-from imagebuilder.providers.local.gallery import GalleryError, GalleryImageId, ImageId
+from imagebuilder.providers.local.gallery import GalleryError, GalleryImageId, ImageId, region_key
 from imagebuilder.providers.local.layout import (
     is_within,
     safe_name,
@@ -161,7 +161,7 @@ def _to_gallery(
 ) -> ReplicationResult:
     ref = GalleryImageId.parse(str(target.get("galleryImageId") or ""), f"{field}.galleryImageId")
     regions = target_regions(ctx, target)
-    settings = next((r for r in regions if r["name"].lower() == region.lower()), None)
+    settings = next((r for r in regions if region_key(r["name"]) == region_key(region)), None)
     if settings is None:
         raise GalleryError(
             "BadSharedImageDistribute",
@@ -174,7 +174,7 @@ def _to_gallery(
     base_meta = {
         **_meta(captured, target),
         "excludeFromLatest": bool(target.get("excludeFromLatest", False)),
-        "targetRegions": [r["name"].lower() for r in regions],
+        "targetRegions": [region_key(r["name"]) for r in regions],
         "targetRegionSettings": regions,
     }
     source = captured.image.get("source") or {}

@@ -65,6 +65,11 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3)))
 
 
+def region_key(name: str) -> str:
+    """A region as ARM compares them: case and spaces folded ("West US 2" is "westus2")."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
 def _key(text: str) -> str:
     return safe_name(text.lower(), limit=90)
 
@@ -279,7 +284,7 @@ class Stores:
             meta_file = folder / "image.json"
             if meta_file.is_file():
                 old = _read_json(meta_file)
-                if str(old.get("location", "")).lower() != location.lower():
+                if region_key(str(old.get("location", ""))) != region_key(location):
                     raise GalleryError(
                         "ManagedImageLocationConflict",
                         f"{field}: managed image {image_id} already exists in {old.get('location')!r}, "
@@ -369,8 +374,8 @@ class Stores:
         meta = ready[version]
         regions = [r for r, s in (meta.get("regions") or {}).items() if s.get("state") == "Succeeded"]
         region = (
-            prefer_region.lower()
-            if prefer_region and prefer_region.lower() in regions
+            region_key(prefer_region)
+            if prefer_region and region_key(prefer_region) in regions
             else sorted(regions)[0]
         )
         folder = self.image_definition_dir(ref) / version / _key(region)
@@ -507,10 +512,10 @@ class Stores:
     ) -> Path:
         """Copy the image into one region's store of a version and mark the region Succeeded."""
         folder = self.image_definition_dir(ref) / version
-        region_dir = folder / _key(region)
+        region_dir = folder / _key(region_key(region))
         target = region_dir / DISK
         meta_path = folder / "version.json"
-        state = (_read_json(meta_path).get("regions") or {}).get(region.lower(), {})
+        state = (_read_json(meta_path).get("regions") or {}).get(region_key(region), {})
         if not (state.get("state") == "Succeeded" and target.is_file() and state.get("sha256") == sha256):
             self._set_region(ref, version, region, {**settings, "state": "Replicating"})
             try:
@@ -531,9 +536,9 @@ class Stores:
             path = folder / version / "version.json"
             meta = _read_json(path)
             regions = dict(meta.get("regions") or {})
-            regions[region.lower()] = {"name": region, **state}
+            regions[region_key(region)] = {"name": region, **state}
             meta["regions"] = regions
-            wanted = [str(r).lower() for r in meta.get("targetRegions", [])]
+            wanted = [region_key(str(r)) for r in meta.get("targetRegions", [])]
             done = all(regions.get(r, {}).get("state") == "Succeeded" for r in wanted) if wanted else True
             failed = any(s.get("state") == "Failed" for s in regions.values())
             meta["provisioningState"] = "Failed" if failed else ("Succeeded" if done else "Creating")
