@@ -80,7 +80,7 @@ def test_resume_a_failed_run_from_the_page_after_fixing_the_script(
 ) -> None:
     www = tmp_path / "www"
     www.mkdir()
-    (www / "first.sh").write_text("echo first > /etc/first\n")
+    (www / "first.sh").write_text("echo first | sudo tee /etc/first\n")
     (www / "second.sh").write_text("echo broken-on-purpose; exit 7\n")
     name = "dash-resume"
     with serve(www) as url:
@@ -95,7 +95,7 @@ def test_resume_a_failed_run_from_the_page_after_fixing_the_script(
         sign_in(page, dash, template_url(dash, name) + f"/runs/{failed_id}")
         assert page.locator("#exit-code").inner_text() == "7"
 
-        (www / "second.sh").write_text("echo second-fixed > /etc/second; echo the-fix-ran\n")
+        (www / "second.sh").write_text("echo second-fixed | sudo tee /etc/second; echo the-fix-ran\n")
         page.get_by_role("button", name="Resume from customize[1] (Shell: second)").click()
         page.wait_for_url(lambda u: "/runs/" in u and not u.endswith(failed_id))
         seen = wait_terminal(page)

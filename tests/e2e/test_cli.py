@@ -220,7 +220,7 @@ def test_shell_sees_what_the_failed_step_left_and_cleanup_removes_it(e2e: E2E, t
 def test_resume_from_a_failed_run_after_fixing_the_script(e2e: E2E, tmp_path: Path) -> None:
     www = tmp_path / "www"
     www.mkdir()
-    (www / "first.sh").write_text("echo first > /etc/first\n")
+    (www / "first.sh").write_text("echo first | sudo tee /etc/first\n")
     (www / "second.sh").write_text("echo broken; exit 7\n")
     name = "cli-resume"
 
@@ -242,7 +242,7 @@ def test_resume_from_a_failed_run_after_fixing_the_script(e2e: E2E, tmp_path: Pa
         refused = aib(e2e, "run", "-g", RG, "-n", name, "--resume-from", "20000101000000-00000000")
         assert refused.returncode == 2 and "ResourceNotFound" in refused.stderr
 
-        (www / "second.sh").write_text("echo second > /etc/second\n")  # the fix
+        (www / "second.sh").write_text("echo second | sudo tee /etc/second\n")  # the fix
         resumed = aib(e2e, "run", "-g", RG, "-n", name, "--resume-from", failed_id, "-o", "json", timeout=600)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         record = json.loads(resumed.stdout)
@@ -271,7 +271,7 @@ def test_resume_from_a_failed_run_after_fixing_the_script(e2e: E2E, tmp_path: Pa
         assert "ResumeNotPossible" in again.stderr and "only a failed run" in again.stderr
 
         # an artifact used before the failed step changed: the resumed run stops at prepare, naming it
-        (www / "first.sh").write_text("echo FIRST > /etc/first\n")
+        (www / "first.sh").write_text("echo FIRST | sudo tee /etc/first\n")
         changed = aib(e2e, "run", "-g", RG, "-n", name, "--resume-from", failed_id, "-o", "json", timeout=600)
         assert changed.returncode == 1
         error = json.loads(changed.stdout)["properties"]["error"]

@@ -42,7 +42,7 @@ def test_os_disk_size_sets_the_disk_and_too_small_is_refused(provider: LocalProv
 
     big = {
         "vmProfile": {"osDiskSizeGB": 1},
-        "customize": [{"type": "Shell", "inline": ["fallocate -l 1100M /big"]}],
+        "customize": [{"type": "Shell", "inline": ["sudo fallocate -l 1100M /big"]}],
     }
     build, cap, log = _capture(provider, big, "small")
     assert cap.status == "failed" and cap.error is not None

@@ -158,7 +158,9 @@ def test_generation_mismatch_with_existing_definition(stores: Stores) -> None:
     assert "hyperVGeneration" in str(err.value)
 
 
-def test_ids_and_regions_compare_as_arm_compares_them(stores: Stores, image_file: tuple[Path, Path, str]) -> None:
+def test_ids_and_regions_compare_as_arm_compares_them(
+    stores: Stores, image_file: tuple[Path, Path, str]
+) -> None:
     """Issue 16: gallery ids with lower-case resourcegroups, regions by display name ("West US 2")."""
     lower = IMAGE.replace("resourceGroups", "resourcegroups").lower()
     version = _publish(stores, image_file, "r1", image_id=lower, regions=("West US 2", "eastus"))

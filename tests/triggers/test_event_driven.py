@@ -70,7 +70,7 @@ def test_bad_uploads_give_an_error_result_and_no_template(env: Env) -> None:
 
 
 def test_upload_builds_a_replaced_script_rebuilds_and_events_arrive_in_order(env: Env) -> None:
-    script_v1 = "#!/bin/sh\necho v1 > /etc/release-note\n"
+    script_v1 = "#!/bin/sh\necho v1 | sudo tee /etc/release-note\n"
     url = env.upload(ARTIFACTS, "scripts/note.sh", script_v1, public=True)
     body = template(customize=[{"type": "Shell", "name": "note", "scriptUri": url}])
     deployment = {
@@ -93,7 +93,7 @@ def test_upload_builds_a_replaced_script_rebuilds_and_events_arrive_in_order(env
     assert first["properties"]["details"]["trigger"]["kind"] == "Upload"
 
     # replacing the script starts a build (the fingerprint changed) ...
-    script_v2 = "#!/bin/sh\necho v2 > /etc/release-note\n"
+    script_v2 = "#!/bin/sh\necho v2 | sudo tee /etc/release-note\n"
     env.upload(ARTIFACTS, "scripts/note.sh", script_v2, public=True)
 
     def builds(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
