@@ -283,7 +283,7 @@ p.customize(BuildInput.model_validate(a["build"]), BuildEnv.model_validate(a["en
 def test_a_process_killed_while_storing_a_step_leaves_no_usable_entry_and_the_retry_stores_it(
     provider: LocalProvider, tmp_path: Path
 ) -> None:
-    many = "mkdir -p /opt/many && cd /opt/many && for d in $(seq 1 30); do mkdir $d; for f in $(seq 1 400); do echo $d$f > $d/$f; done; done"
+    many = "sudo sh -c 'mkdir -p /opt/many && cd /opt/many && for d in $(seq 1 30); do mkdir $d; for f in $(seq 1 400); do echo $d$f > $d/$f; done; done'"
     build = build_input({"customize": [{"type": "Shell", "inline": [many]}]}, run_id="k1")
     log = RecLog()
     env = provider.create_build_env(build, provider.prepare(build, log), log)

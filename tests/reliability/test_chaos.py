@@ -38,13 +38,13 @@ FINISHED = re.compile(r"^==> (.+): (?:succeeded|done|skipped)\b.* in [0-9.]+s$",
 
 def _template(rel: Rel, debian: bool) -> dict[str, object]:
     customize = [
-        {"type": "Shell", "name": "one", "inline": ["echo one >> /etc/steps"]},
+        {"type": "Shell", "name": "one", "inline": ["echo one | sudo tee -a /etc/steps"]},
         {
             "type": "Shell",
             "name": "slow",
-            "inline": ["echo slow-start", "sleep 2", "echo slow >> /etc/steps"],
+            "inline": ["echo slow-start", "sleep 2", "echo slow | sudo tee -a /etc/steps"],
         },
-        {"type": "Shell", "name": "three", "inline": ["echo three >> /etc/steps"]},
+        {"type": "Shell", "name": "three", "inline": ["echo three | sudo tee -a /etc/steps"]},
     ]
     if debian:
         t = rel.template("debian12-webserver.json", customize=customize)

@@ -27,7 +27,9 @@ def test_builds_started_at_once_all_finish(rel: Rel) -> None:
     names = [f"conc-{i}" for i in range(n)]
     template = rel.template(
         "busybox-webpage.json",
-        customize=[{"type": "Shell", "name": "work", "inline": ["sleep 1", "echo done > /etc/conc"]}],
+        customize=[
+            {"type": "Shell", "name": "work", "inline": ["sleep 1", "echo done | sudo tee /etc/conc"]}
+        ],
         validate={},
         distribute=[{"type": "VHD", "runOutputName": "vhd"}],
     )
