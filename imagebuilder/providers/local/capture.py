@@ -69,12 +69,17 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     vhd = layout.capture / "disk.vhd"
     rootfs = layout.capture / "rootfs.tar.zst"
     timings: dict[str, float] = {}
-    # The root tree tarball (for layering) is written while the disk is built: two cores, two jobs.
+    # The root tree tarball (for layering: a later template's ManagedImage / SharedImageVersion source)
+    # is written while the disk is built, two cores, two jobs; only when a target keeps an image.
     tar_argv = ["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*",
                 "-I", "zstd -T0 -1", "-cf", str(rootfs), "."]  # fmt: skip
-    clog.write(f"$ {proc.format_argv(tar_argv)}\n")
+    layering = keeps_image(ctx)
+    if layering:
+        clog.write(f"$ {proc.format_argv(tar_argv)}\n")
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        tar_job = pool.submit(_timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)))
+        tar_job = pool.submit(
+            _timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)) if layering else None
+        )
         try:
             t0 = time.monotonic()
             size_mib = disk_size_mib(ctx, root, generation=generation, bootable=bootable)
@@ -136,7 +141,8 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
         failed = _first_boot(ctx, vhd, generation, clog, log, timings, image)
         if failed is not None:
             return failed
-    image["rootfs"] = str(rootfs)
+    if layering:
+        image["rootfs"] = str(rootfs)
     image["size"] = vhd.stat().st_size
     image["source"] = env.handle.get("source")
     image.update(sbom.describe(root, clog))  # SBOM inventory + freshness: providers/local/sbom.py
@@ -149,6 +155,13 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     result = CaptureResult(status="succeeded", image=image)
     record.write_text(result.model_dump_json())
     return result
+
+
+def keeps_image(ctx: RunContext) -> bool:
+    """Whether a distribute target keeps an image a later build can start from (ManagedImage,
+    SharedImage): only then is the root tree tarball written."""
+    targets = ctx.props.get("distribute") or []
+    return any(isinstance(t, dict) and t.get("type") in ("ManagedImage", "SharedImage") for t in targets)
 
 
 class DiskSizeError(ProviderError):
