@@ -20,6 +20,10 @@ Service behaviours modelled (each with a regression test of the request the prov
   Standard source, a TrustedLaunchSupported one no Trusted Launch VM; no managed image from a Trusted
   Launch VM.
 - Dependencies on delete (a NIC in use, a subnet in use, a disk attached or with an active SAS).
+- Gallery image versions are listed per definition (GalleryImageVersionList) with the read-only
+  publishingProfile.publishedDate ARM sets at create, and deleted with 202 + operation.
+- A managed disk's export SAS (beginGetAccess) reads a page blob on *.blob.storage.azure.net: properties,
+  Get Page Ranges (never-written pages unlisted), ranged reads only, the SAS alone authorizes.
 Problems are collected in `problems`; a test asserts the list is empty.
 """
 
@@ -201,6 +205,7 @@ class FakeArm(HttpTransport):
         self.disk_bytes[1 << 20 : (1 << 20) + 7] = b"rootfs!"
         self.disk_bytes[-512:] = b"conectix".ljust(512, b"\0")
         self.disk_reads: list[str] = []  # the x-ms-range of every data read of an export
+        self._page_lists: dict[int, bytes] = {}  # per disk_bytes object: assign a new one to change it
         self.published_at: Callable[[], str] = lambda: datetime.now(UTC).isoformat().replace("+00:00", "Z")
         self.role: frozenset[str] | None = (
             granted_actions()
@@ -1380,23 +1385,34 @@ class FakeArm(HttpTransport):
             self.problem(f"unexpected {method} {key} on a disk export")
             return 403, {"x-ms-error-code": "AuthorizationPermissionMismatch"}, None
         if query.get("comp") == "pagelist":
-            page, ranges, start = 512, [], None
-            for offset in range(0, len(data), page):
-                used = any(data[offset : offset + page])
-                if used and start is None:
-                    start = offset
-                elif not used and start is not None:
-                    ranges.append((start, offset - 1))
-                    start = None
-            if start is not None:
-                ranges.append((start, len(data) - 1))
-            xml = "".join(f"<PageRange><Start>{a}</Start><End>{b}</End></PageRange>" for a, b in ranges)
-            body = f'<?xml version="1.0" encoding="utf-8"?><PageList>{xml}<NextMarker /></PageList>'
+            cached = self._page_lists.get(id(data))
+            if cached is None:
+                cached = self._page_lists[id(data)] = self._pagelist(data)
             return (
                 200,
                 {**common, "x-ms-blob-content-length": str(len(data)), "Content-Type": "application/xml"},
-                body.encode(),
+                cached,
             )
+        return self._disk_read(key, data, headers, common)
+
+    @staticmethod
+    def _pagelist(data: bytearray) -> bytes:
+        page, ranges, start = 512, [], None
+        empty = bytes(page)
+        for offset in range(0, len(data), page):
+            used = data[offset : offset + page] != empty
+            if used and start is None:
+                start = offset
+            elif not used and start is not None:
+                ranges.append((start, offset - 1))
+                start = None
+        if start is not None:
+            ranges.append((start, len(data) - 1))
+        xml = "".join(f"<PageRange><Start>{a}</Start><End>{b}</End></PageRange>" for a, b in ranges)
+        body = f'<?xml version="1.0" encoding="utf-8"?><PageList>{xml}<NextMarker /></PageList>'
+        return body.encode()
+
+    def _disk_read(self, key: str, data: bytearray, headers: Any, common: dict[str, str]):
         wanted = str(headers.get("x-ms-range") or headers.get("Range") or "")
         m = re.match(r"bytes=(\d+)-(\d*)", wanted)
         if not m:

@@ -4,8 +4,9 @@ copies and `az disk grant-access` downloads (data, then the 512-byte footer).
 
 Only the pages that hold data are downloaded (Get Page Ranges); the never-written rest is zeros by
 definition and is hashed without being read, so a 30 GiB disk holding 3 GiB moves 3 GiB over the network
-and hashes 30 GiB locally (about 20 s). The hash runs within one call (a SHA-256 state cannot be carried
-across durable polls), after the managed image exists, and the SAS is revoked right after (not awaited).
+and hashes 30 GiB locally (22-66 s here, idle to busy; benchmarks/azure_disk_digest.py). The hash runs
+within one call (a SHA-256 state cannot be carried across durable polls), after the managed image exists,
+and the SAS is revoked right after (not awaited).
 The SAS is a secret: used here only, never logged and never put into a Pending.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from imagebuilder.providers.azure.clients import ArmFailure
 from imagebuilder.providers.azure.context import Ctx, NotYet, await_op, later
 
-CHUNK = 4 << 20  # bytes per ranged read
+CHUNK = 32 << 20  # bytes per ranged read (each also costs the SDK one Get Page Ranges of its own)
 _ZEROS = bytes(1 << 20)
 
 
