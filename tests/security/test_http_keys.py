@@ -16,7 +16,7 @@ import requests
 from api import _arm
 from local_runtime.azurite import Azurite
 from local_runtime.indexing import index_functions, load_app
-from tests.api.conftest import Runtime, minimal_template
+from tests.api.conftest import LOCAL_CATALOG, Runtime, minimal_template
 
 ROOT = Path(__file__).resolve().parents[2]
 API = "api-version=2025-10-01"
@@ -25,7 +25,12 @@ PROVIDER = "providers/Microsoft.VirtualMachineImages"
 
 @pytest.fixture(scope="module")
 def runtime(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    rt = Runtime(tmp_path_factory.mktemp("sec-runtime"), {"AzureWebJobsStorage": azurite.connection_string})
+    # The templates name Marketplace URNs: mapped to local bases as the API tests map them (create fails
+    # for a source with no local base, as AIB's does for an image that does not exist).
+    rt = Runtime(
+        tmp_path_factory.mktemp("sec-runtime"),
+        {"AzureWebJobsStorage": azurite.connection_string, "IMAGEBUILDER_LOCAL_CATALOG": LOCAL_CATALOG},
+    )
     try:
         yield rt
     finally:
