@@ -267,7 +267,9 @@ def _to_vhd(
             hint="use a blob URL, a file:// URI or leave it empty",
         )
     if not (dest.is_file() and sha256_file(dest) == sha):
-        copy_verified(src, dest, sha, log=log)
+        # The default home (no uri) is the provider's own store: a hard link of the one disk. A file://
+        # target is the user's to change: a copy of its own (reflinked where the filesystem can).
+        copy_verified(src, dest, sha, log=log, share=not uri)
     log.write(f"[distribute] VHD {name}: {dest}\n")
     return ReplicationResult(
         run_output_name=name,
