@@ -34,9 +34,11 @@ def test_capture_hashes_the_exported_disk_reading_only_its_data_pages(provider, 
     read = sum(int(r.split("-")[1]) - int(r.split("=")[1].split("-")[0]) + 1 for r in arm.disk_reads)
     assert read < 2 << 20, f"read {read} bytes of a 64 MiB disk holding ~1 MiB"
     assert "SECRET" not in log.text and "sig=" not in log.text
-    # the SAS was revoked right after, and nothing of it reached a request to ARM's host
+    # the SAS was revoked (and that awaited) before capture returned
     revokes = [p for m, p, _, _ in arm.requests if m == "POST" and p.lower().endswith("/endgetaccess")]
     assert revokes, "the export SAS stays open"
+    disk_res = next(r for r in arm.resources.values() if r["type"] == "Microsoft.Compute/disks")
+    assert disk_res["properties"].get("diskState") != "ActiveSAS"  # revoked before capture returned
     assert arm.problems == []
 
 

@@ -6,7 +6,7 @@ Only the pages that hold data are downloaded (Get Page Ranges); the never-writte
 definition and is hashed without being read, so a 30 GiB disk holding 3 GiB moves 3 GiB over the network
 and hashes 30 GiB locally (22-66 s here, idle to busy; benchmarks/azure_disk_digest.py). The hash runs
 within one call (a SHA-256 state cannot be carried across durable polls), after the managed image exists,
-and the SAS is revoked right after (not awaited).
+and the SAS is revoked right after (awaited: an open SAS blocks other uses of the disk).
 The SAS is a secret: used here only, never logged and never put into a Pending.
 """
 
@@ -97,13 +97,22 @@ def disk_digest(ctx: Ctx, resource_group: str, disk: str) -> dict[str, Any] | No
         sas = body.get("accessSAS")
         if not sas:
             return later(ctx)
-    try:
-        sha256, size, moved = hash_page_blob(ctx, str(sas))
-    finally:
-        ctx.arm.start(
+
+    def revoke() -> Any:
+        return ctx.arm.start(
             f"revoke access to {disk}", lambda p: disks.begin_revoke_access(resource_group, disk, polling=p)
         )
+
+    try:
+        sha256, size, moved = hash_page_blob(ctx, str(sas))
+    except Exception:
+        revoke()  # best effort: the failure that got here is the one to report
+        raise
     ctx.log.write(f"{disk}: SHA-256 {sha256} ({size} bytes as a fixed VHD, {moved} bytes of data read)\n")
     digest = {"sha256": sha256, "size": size, "subject": "osDiskVhd"}
     ctx.state["digest"] = digest
+    # waited for: a gallery version made from a Trusted Launch VM reads this disk, which an open SAS blocks
+    waiting = await_op(revoke(), f"revoke access to {disk}")
+    if isinstance(waiting, NotYet):
+        return waiting
     return digest
