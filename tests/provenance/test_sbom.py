@@ -60,6 +60,16 @@ BUSYBOX = Inventory(
     files=[ImageFile(path="bin/busybox", size=10, sha1="a" * 40, sha256="b" * 64)],
     components=[InstalledPackage(name="busybox", version="1.36.1", licenses=["GPL-2"])],
 )
+WINDOWS = Inventory(  # as the Azure provider reads it on a Windows build VM (providers/azure/inventory.py)
+    kind="windows",
+    os_id="windows",
+    os_version_id="10.0.20348",
+    os_name="Microsoft Windows Server 2022 Datacenter",
+    packages=[
+        InstalledPackage(name="7-Zip 24.08 (x64)", version="24.08", maintainer="Igor Pavlov"),
+        InstalledPackage(name="KB5044281", version="", maintainer="Microsoft Corporation"),
+    ],
+)
 IMAGE = ImageRef(
     template_name="web",
     run_id="r1",
@@ -84,7 +94,7 @@ def _spdx(inv: Inventory, tmp_path: Path) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("inv", [DEBIAN, BUSYBOX], ids=["debian", "busybox"])
+@pytest.mark.parametrize("inv", [DEBIAN, BUSYBOX, WINDOWS], ids=["debian", "busybox", "windows"])
 def test_spdx_validates(inv: Inventory, tmp_path: Path) -> None:
     doc = _spdx(inv, tmp_path)
     assert "SECRETSIG" not in json.dumps(doc)
@@ -130,7 +140,7 @@ def test_spdx_is_stable_and_namespaced_per_output(tmp_path: Path) -> None:
     assert a["documentNamespace"] != c["documentNamespace"]
 
 
-@pytest.mark.parametrize("inv", [DEBIAN, BUSYBOX], ids=["debian", "busybox"])
+@pytest.mark.parametrize("inv", [DEBIAN, BUSYBOX, WINDOWS], ids=["debian", "busybox", "windows"])
 def test_cyclonedx_validates(inv: Inventory) -> None:
     doc = cyclonedx_document(inv, image=IMAGE, source=SOURCE, artifacts=ARTIFACTS, created=WHEN)
     error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(doc))
