@@ -57,8 +57,8 @@ class Settings:
 @dataclass(frozen=True)
 class AzureSettings:
     """The Azure provider's app settings (IMAGEBUILDER_AZURE_*, IMAGEBUILDER_ARM_ENDPOINT,
-    IMAGEBUILDER_ARTIFACTS_CONTAINER, IMAGEBUILDER_DEBIAN_SECURITY_MIRROR), each checked: a bad value is a
-    ValueError naming the setting and what it must be."""
+    IMAGEBUILDER_ARTIFACTS_CONTAINER, IMAGEBUILDER_{DEBIAN,UBUNTU}_SECURITY_MIRROR), each checked: a bad
+    value is a ValueError naming the setting and what it must be."""
 
     credential_mode: str = "default"
     client_id: str | None = None
@@ -70,6 +70,7 @@ class AzureSettings:
     artifacts_container: str = "image-artifacts"
     inventory: bool = True
     security_mirror: str = "http://deb.debian.org/debian-security"
+    ubuntu_security_mirror: str = "http://security.ubuntu.com/ubuntu"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AzureSettings:
@@ -92,14 +93,8 @@ class AzureSettings:
                 f"IMAGEBUILDER_ARTIFACTS_CONTAINER={container!r} is not a blob container name; use 3-63 "
                 "lower-case letters, digits and single hyphens (e.g. image-artifacts)"
             )
-        mirror = (env.get("IMAGEBUILDER_DEBIAN_SECURITY_MIRROR") or "").strip() or cls.security_mirror
-        if mirror.lower() == "off":
-            mirror = ""
-        elif not mirror.startswith(("http://", "https://")):
-            raise ValueError(
-                f"IMAGEBUILDER_DEBIAN_SECURITY_MIRROR={mirror!r} is not an http(s) URL; leave it unset "
-                f"({cls.security_mirror}), set a mirror of it, or 'off' (no freshness check)"
-            )
+        mirror = _mirror(env, "IMAGEBUILDER_DEBIAN_SECURITY_MIRROR", cls.security_mirror)
+        ubuntu = _mirror(env, "IMAGEBUILDER_UBUNTU_SECURITY_MIRROR", cls.ubuntu_security_mirror)
         return cls(
             credential_mode=mode,
             client_id=(env.get("IMAGEBUILDER_AZURE_CLIENT_ID") or env.get("AZURE_CLIENT_ID") or None),
@@ -115,7 +110,21 @@ class AzureSettings:
             artifacts_container=container,
             inventory=not _flag(env, "IMAGEBUILDER_AZURE_SKIP_INVENTORY"),
             security_mirror=mirror,
+            ubuntu_security_mirror=ubuntu,
         )
+
+
+def _mirror(env: Mapping[str, str], name: str, default: str) -> str:
+    """A security mirror URL, '' for 'off' (no freshness check)."""
+    mirror = (env.get(name) or "").strip() or default
+    if mirror.lower() == "off":
+        return ""
+    if not mirror.startswith(("http://", "https://")):
+        raise ValueError(
+            f"{name}={mirror!r} is not an http(s) URL; leave it unset ({default}), set a mirror of it, or "
+            "'off' (no freshness check)"
+        )
+    return mirror
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -69,6 +69,7 @@ def test_timeout_scale_is_a_positive_number() -> None:
         ("IMAGEBUILDER_ARTIFACTS_CONTAINER", "Image_Artifacts", "blob container name"),
         ("IMAGEBUILDER_AZURE_SKIP_INVENTORY", "maybe", "true or false"),
         ("IMAGEBUILDER_DEBIAN_SECURITY_MIRROR", "deb.debian.org", "http(s) URL"),
+        ("IMAGEBUILDER_UBUNTU_SECURITY_MIRROR", "ftp://security.ubuntu.com", "http(s) URL"),
     ],
 )
 def test_a_bad_azure_setting_names_itself_and_what_it_must_be(name: str, value: str, says: str) -> None:

@@ -14,6 +14,8 @@ from imagebuilder.provenance.freshness import freshness_record, parse_packages, 
 from imagebuilder.provenance.sbom import Inventory
 
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+UBUNTU_SECURITY_MIRROR = "http://security.ubuntu.com/ubuntu"  # the same layout: dists/<codename>-security
+CHECKED_OS = ("debian", "ubuntu")  # dpkg distributions whose security suite the check knows
 _TIMEOUT = 20.0
 _MAX_BYTES = 64 << 20
 
@@ -30,9 +32,10 @@ def fetch_security_index(mirror: str, codename: str, arch: str) -> str:
 def check_freshness(
     inv: Inventory, *, security_mirror: str = DEFAULT_SECURITY_MIRROR
 ) -> dict[str, Any] | None:
-    """Pending security updates of a Debian inventory now (None for other images). An unreachable mirror
-    gives a record with `error` and no count."""
-    if inv.kind != "dpkg" or inv.os_id != "debian" or not inv.os_codename:
+    """Pending security updates of a Debian or Ubuntu inventory now (None for other images; the mirror
+    must be the distribution's: Debian's `debian-security`, Ubuntu's `security.ubuntu.com/ubuntu`). An
+    unreachable mirror gives a record with `error` and no count."""
+    if inv.kind != "dpkg" or inv.os_id not in CHECKED_OS or not inv.os_codename:
         return None
     arches = sorted({p.arch for p in inv.packages if p.arch and p.arch != "all"}) or ["amd64"]
     suite = f"{inv.os_codename}-security"

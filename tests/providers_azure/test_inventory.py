@@ -110,7 +110,8 @@ def security_mirror(host_output: str) -> Iterator[str]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.endswith("/Packages.xz") and f"/dists/{inv.os_codename}-security/" in self.path:
+            if self.path.endswith("/Packages.xz") and "-security/main/binary-" in self.path:
+                self.server.paths.append(self.path)  # type: ignore[attr-defined]
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -122,21 +123,35 @@ def security_mirror(host_output: str) -> Iterator[str]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.paths = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/debian-security"
+    yield f"http://127.0.0.1:{server.server_address[1]}/security"
     server.shutdown()
     server.server_close()
 
 
+UBUNTU = {
+    "ID": "ubuntu",
+    "VERSION_ID": '"24.04"',
+    "VERSION_CODENAME": "noble",
+    "PRETTY_NAME": '"Ubuntu 24.04 LTS"',
+}
+
+
 @needs_dpkg
+@pytest.mark.parametrize("distro", ["debian", "ubuntu"])
 def test_a_build_lists_the_image_before_generalize_and_capture_returns_it(
-    arm: FakeArm, clock: Any, tmp_path: Path, security_mirror: str, host_output: str
+    arm: FakeArm, clock: Any, tmp_path: Path, security_mirror: str, host_output: str, distro: str
 ) -> None:
     def guest(vm: str, name: str, script: str) -> tuple[int, str, str]:
         if name == "ib-inventory":  # the script runs for real, on this host's dpkg database
             ran = _run_here(script, tmp_path)
-            return ran.returncode, ran.stdout, ran.stderr
+            out = ran.stdout
+            if distro == "ubuntu":  # as if this host were an Ubuntu VM: its os-release says so
+                body = [line for line in out.split("\n") if not line.startswith("O\t")]
+                out = "\n".join([body[0], *(f"O\t{k}={v}" for k, v in UBUNTU.items()), *body[1:]])
+            return ran.returncode, out, ran.stderr
         return default_guest(vm, name, script)
 
     arm.guest = guest
@@ -144,7 +159,7 @@ def test_a_build_lists_the_image_before_generalize_and_capture_returns_it(
     provider = RecordingProvider(
         credential=FakeCredential(), transport=arm, sleep=clock.sleep, clock=clock,
         environ={"AzureWebJobsStorage__accountName": "stibapp",
-                 "IMAGEBUILDER_DEBIAN_SECURITY_MIRROR": security_mirror},
+                 f"IMAGEBUILDER_{distro.upper()}_SECURITY_MIRROR": security_mirror},
     )  # fmt: skip
     build, env, log = _ready_env(provider, arm)
     generalized, _ = settle_in_time(provider, provider.generalize(build, env, log), log, clock)
@@ -156,11 +171,19 @@ def test_a_build_lists_the_image_before_generalize_and_capture_returns_it(
     captured, _ = settle_in_time(provider, provider.capture(build, env, log), log, clock)
     assert captured.status == "succeeded", captured
     inv = Inventory.model_validate(captured.image["inventory"])
-    assert inv == read_inventory(Path("/"))  # the same shape and content the local provider produces
+    tree = read_inventory(Path("/"))
+    if distro == "ubuntu":
+        assert (inv.os_id, inv.os_codename, inv.os_name) == ("ubuntu", "noble", "Ubuntu 24.04 LTS")
+        tree = tree.model_copy(
+            update={k: getattr(inv, k) for k in ("os_id", "os_version_id", "os_codename", "os_name")}
+        )
+    assert inv == tree  # the same shape and content the local provider produces
     assert f"[sbom] inventory: {len(inv.packages)} package(s)" in log.text
     fresh = captured.image["freshness"]
     assert fresh["securityUpdatesPending"] == 1 and fresh["packages"][0]["name"] == "bash", fresh
     assert fresh["mirror"] == security_mirror
+    codename = "noble" if distro == "ubuntu" else tree.os_codename
+    assert fresh["suite"] == f"{codename}-security"
     assert arm.problems == []
 
 

@@ -46,6 +46,7 @@ class Settings:
     generalize_seconds: int = DEFAULT_GENERALIZE_SECONDS
     inventory: bool = True  # read the image's inventory (SBOM) on the build VM before generalize
     security_mirror: str = ""  # Debian security mirror for the freshness check ("" = none)
+    ubuntu_security_mirror: str = ""  # Ubuntu's ("" = none)
     app_account: str = ""  # the app's own storage account (run-command logs; refused as a script source)
     artifacts_container: str = "image-artifacts"
 

@@ -3,7 +3,8 @@ run command (`scripts.inventory_linux`: dpkg-query and the DEP-5 copyright files
 `scripts.inventory_windows`: the Uninstall registry keys and Get-HotFix) whose output goes to its append
 blob like every run command's; at capture the whole blob is read back and parsed into the same
 `provenance.sbom.Inventory` the local provider reads from its tree, plus, for Debian, the freshness
-record (`provenance.mirror.check_freshness`, the same check a Schedule trigger repeats later).
+record for Debian and Ubuntu (`provenance.mirror.check_freshness` against the distribution's security
+suite, the same check a Schedule trigger repeats later).
 
 Never fails a build: a VM without a package database, a failed command or output that cannot be read
 leaves the run without an SBOM and says why in the log. Without the app's storage account (no append
@@ -145,7 +146,7 @@ def collect(ctx: Ctx, env: BuildHandle) -> NotYet | None:
 
 def describe(ctx: Ctx) -> dict[str, Any]:
     """What capture adds to the captured image: `inventory` (the capture activity moves it to the run's
-    store) and `freshness` (Debian only), from the inventory command's output blob."""
+    store) and `freshness` (Debian, Ubuntu), from the inventory command's output blob."""
     store = runcommand.run_logs(ctx)
     if store is None or not ctx.settings.inventory:
         return {}
@@ -161,7 +162,9 @@ def describe(ctx: Ctx) -> dict[str, Any]:
         return {}
     ctx.log.write(f"[sbom] inventory: {len(inv.packages)} package(s) ({inv.os_name or 'unknown OS'})\n")
     out: dict[str, Any] = {"inventory": inv.model_dump(mode="json")}
-    mirror = ctx.settings.security_mirror
+    mirror = {"debian": ctx.settings.security_mirror, "ubuntu": ctx.settings.ubuntu_security_mirror}.get(
+        inv.os_id, ""
+    )
     fresh = check_freshness(inv, security_mirror=mirror) if mirror else None
     if fresh is not None:
         ctx.log.write(

@@ -184,6 +184,7 @@ class AzureProvider(ComputeProvider):
             generalize_seconds=self._generalize_seconds,
             inventory=self.config.inventory,
             security_mirror=self.config.security_mirror,
+            ubuntu_security_mirror=self.config.ubuntu_security_mirror,
             app_account=self._app_account,
             artifacts_container=self._artifacts_container,
         )
