@@ -4,6 +4,7 @@ the durable client binding, and the host's "Executing/Executed" log lines with f
 
 Exceptions:
     UnsupportedBinding   the app uses a binding type this host cannot serve (raised at startup)
+    FunctionTimeoutError an invocation ran past functionTimeout (it fails with the host's message)
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ HOST_TRIGGERS = {"httpTrigger", "timerTrigger", "blobTrigger", "queueTrigger", "
 
 class UnsupportedBinding(Exception):
     """A function uses a binding or trigger type the local host does not implement."""
+
+
+class FunctionTimeoutError(Exception):
+    """An invocation ran past host.json functionTimeout (the host's FunctionTimeoutException)."""
+
+
+def timespan(seconds: float) -> str:
+    """00:05:00 style, as the host prints functionTimeout."""
+    whole = int(seconds)
+    text = f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+    frac = seconds - whole
+    return text + (f".{round(frac * 1000):03d}" if frac else "")
 
 
 class DurableClientSource(Protocol):
@@ -373,7 +386,18 @@ class Invoker:
             loop = asyncio.get_running_loop()
             coro = loop.run_in_executor(self.pool, lambda: ctx.run(self._run_sync, target, kwargs))
         if self.function_timeout:
-            return await asyncio.wait_for(coro, self.function_timeout)
+            try:
+                return await asyncio.wait_for(coro, self.function_timeout)
+            except TimeoutError:
+                limit = timespan(self.function_timeout)
+                log.error(
+                    "Timeout value of %s exceeded by function 'Functions.%s'. Initiating cancellation.",
+                    limit,
+                    fn.name,
+                )
+                raise FunctionTimeoutError(
+                    f"Timeout value of {limit} was exceeded by function: Functions.{fn.name}"
+                ) from None
         return await coro
 
     async def _write_outputs(

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import local_runtime
+from local_runtime.invoke import timespan
 
 log = logging.getLogger("local_runtime.durable")
 MAX_PROCESSES = 10  # FUNCTIONS_WORKER_PROCESS_COUNT's upper bound on Azure
@@ -60,14 +61,6 @@ def worker_count(settings: Mapping[str, str]) -> int:
     if not 1 <= n <= MAX_PROCESSES:
         raise WorkerError(f"FUNCTIONS_WORKER_PROCESS_COUNT must be from 1 to 10, not {n}")
     return n
-
-
-def timespan(seconds: float) -> str:
-    """00:05:00 style, as the host prints functionTimeout."""
-    whole = int(seconds)
-    text = f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-    frac = seconds - whole
-    return text + (f".{round(frac * 1000):03d}" if frac else "")
 
 
 class _Process:

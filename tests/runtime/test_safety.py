@@ -330,3 +330,25 @@ def test_max_concurrent_orchestrator_functions(
         running += 1 if "start" in e else -1
         peak = max(peak, running)
     assert peak == (1 if limit == 1 else 3)
+
+
+def test_an_http_function_past_function_timeout_fails_with_the_hosts_message(
+    runtime: Callable[..., RuntimeProcess], tmp_path: Path
+) -> None:
+    app = tmp_path / "app"
+    shutil.copytree(APPS / "http_app", app)
+    (app / "host.json").write_text(
+        json.dumps(
+            {"version": "2.0", "functionTimeout": "00:00:02", "extensions": {"http": {"routePrefix": "api"}}}
+        )
+    )
+    rp = runtime(app, tmp_path / "state", {"LOCAL_RUNTIME_SHUTDOWN_GRACE": "1"})
+    r = requests.get(f"{rp.url}/api/sleepy", timeout=30)
+    assert r.status_code == 500
+    rp.wait_for_line(
+        r"Timeout value of 00:00:02 exceeded by function 'Functions\.sleepy'\. Initiating cancellation"
+    )
+    rp.wait_for_line(
+        r"FunctionTimeoutError: Timeout value of 00:00:02 was exceeded by function: Functions\.sleepy"
+    )
+    assert requests.get(f"{rp.url}/api/hello/x", timeout=10).status_code == 200
