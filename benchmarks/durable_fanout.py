@@ -1,7 +1,8 @@
 """Benchmark: N orchestrations x M trivial activities on local_runtime.durable vs durabletask's in-memory backend.
 
 Ours: the DurableHost on a real aiohttp server (port 0), orchestrations started over HTTP through the
-Durable RPC endpoint, history persisted in SQLite (WAL), real azure-functions-durable replay. Peer:
+Durable RPC endpoint, history persisted in SQLite (WAL), real azure-functions-durable replay, user code
+in the host's worker process (FUNCTIONS_WORKER_PROCESS_COUNT 1, as on Azure by default). Peer:
 durabletask 1.12.0 InMemoryOrchestrationBackend + TaskHubGrpcWorker/Client (in-process gRPC, no
 persistence) doing the same fan-out. Also: the median gap between two chained activities (end of one
 to start of the next). Prints measured numbers only.

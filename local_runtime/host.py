@@ -289,7 +289,10 @@ class Host:
         write_runtime_file(self.state_dir, self.base_url, self.app_dir)
         self._print_functions(router)
         if self.durable is not None:
-            await self.durable.start()
+            try:
+                await self.durable.start()
+            except Exception as exc:  # a worker process that cannot load the app, an unusable store
+                raise HostError(f"Durable Functions could not start: {exc}") from exc
         assert self.invoker is not None
         try:
             self.listeners = [
