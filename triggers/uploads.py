@@ -30,14 +30,16 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from api._arm import TRIGGER_TYPE, ArmError, in_thread, template_id
+from api._arm import TRIGGER_TYPE, ArmError, in_thread, location_slug, template_id
 from api._builds import start_build
-from api.templates import make_resource, user_part, with_service_defaults
+from api.templates import make_resource, start_create, user_part, wait_created, with_service_defaults
 from imagebuilder.pipeline.messages import RESOURCE_TYPE
+from imagebuilder.settings import Settings
 from imagebuilder.store import AlreadyExistsError, ConcurrencyError, Store, StoredTemplate
 from imagebuilder.template import (
     LATEST_API_VERSION,
     SUPPORTED_API_VERSIONS,
+    IgnoredMember,
     TemplateError,
     parse_template,
     parse_trigger,
@@ -191,18 +193,36 @@ def extract(body: Any) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any], 
 
 
 def _create_or_update(
-    st: Store, sub: str, rg: str, name: str, user: dict[str, Any]
+    st: Store, sub: str, rg: str, name: str, user: dict[str, Any], warnings: list[str]
 ) -> tuple[StoredTemplate, str]:
     for _ in range(_RETRIES):
         stored = st.templates.get(sub, rg, name)
         if stored is None:
+            # created as by PUT: Creating, then the create's checks and staging (`start_create`)
+            op = st.operations.create(
+                sub,
+                location_slug(str(user.get("location") or "")),
+                kind="create",
+                resource_id=template_id(sub, rg, name),
+            )
+            resource = make_resource(sub, rg, name, user, state="Creating")
+            service = {"createOperation": op.operation_id, "warnings": warnings}
             try:
-                return st.templates.create(sub, rg, name, make_resource(sub, rg, name, user)), "created"
+                return st.templates.create(sub, rg, name, resource, service=service), "created"
             except AlreadyExistsError:
+                st.operations.complete(sub, op.operation_id, status="Canceled")
                 continue
         if stored.provisioning_state == "Deleting":
             raise ArmError(
                 409, "Conflict", f"Image template '{name}' is being deleted; upload it again later."
+            )
+        if stored.provisioning_state in ("Creating", "Failed"):
+            raise ArmError(
+                409,
+                "Conflict",
+                f"Image template '{name}' is {stored.provisioning_state.lower()}"
+                + (" (its create failed)" if stored.provisioning_state == "Failed" else "")
+                + ": delete it, then upload the template again.",
             )
         if user_part(stored.resource, with_tags=True) == user_part(user, with_tags=True):
             return stored, "unchanged"
@@ -270,14 +290,32 @@ async def handle_upload(path: str, data: bytes, client: df.DurableOrchestrationC
     if isinstance(literal, str) and literal and not literal.startswith("["):
         name = literal
     name = validate_resource_name(name, "imageTemplateName")
-    template = parse_template(resource, api_version=version, name=name)
+    ignored: list[IgnoredMember] = []
+    strict = Settings.from_env().strict_template_members
+    template = parse_template(
+        resource, api_version=version, name=name, strict_members=strict, warnings=ignored
+    )
     # every trigger is validated before anything is written
     for trigger_name, trigger_body, trigger_version in triggers:
         validate_resource_name(trigger_name, "triggerName")
         parse_trigger(trigger_body, api_version=trigger_version)
     st = store()
     user = with_service_defaults(template.to_arm())
-    stored, change = await in_thread(_create_or_update, st, sub, rg, name, user)
+    warnings = [w.message for w in ignored]
+    stored, change = await in_thread(_create_or_update, st, sub, rg, name, user, warnings)
+    if change == "created":
+        op_id = str(stored.service.get("createOperation") or "")
+        op = await in_thread(st.operations.get, sub, op_id)
+        if op is not None:
+            await start_create(client, st, stored, op)
+        stored = await wait_created(st, sub, rg, name)
+        if stored.provisioning_state == "Failed":
+            err = (stored.resource.get("properties") or {}).get("provisioningError") or {}
+            raise UploadError(
+                str(err.get("provisioningErrorCode") or "Other"),
+                f"The template was created but its create failed: {err.get('message')} Delete it, fix the "
+                "upload and upload it again.",
+            )
     names = [await in_thread(_put_trigger, st, stored, n, b, v) for n, b, v in triggers]
     result: dict[str, Any] = {
         "status": "Accepted",
@@ -285,6 +323,8 @@ async def handle_upload(path: str, data: bytes, client: df.DurableOrchestrationC
         "template": change,
         "triggers": names,
     }
+    if warnings:
+        result["warnings"] = warnings
     run = await start_build(client, st, stored)
     await in_thread(st.runs.set_status, run.run, details={"trigger": {"kind": "Upload", "blob": path}})
     result["runId"] = run.run.run_id

@@ -69,6 +69,33 @@ def test_bad_uploads_give_an_error_result_and_no_template(env: Env) -> None:
     assert not [n for n in names if n.endswith(".result.result.json")]
 
 
+def test_upload_goes_through_the_create_checks(env: Env) -> None:
+    """An uploaded template is created as a PUT creates it: a source with no local base fails its create
+    (the result file says why, the template stays Failed); unknown members are warnings in the result."""
+    missing = template()
+    missing["properties"]["source"] = {
+        "type": "PlatformImage",
+        "publisher": "Canonical",
+        "offer": "ubuntu-24_04-lts",
+        "sku": "server",
+        "version": "latest",
+    }
+    env.upload(UPLOADS, f"{SUB}/{RG}/nobase.json", json.dumps(missing))
+    result = _result(env, f"{SUB}/{RG}/nobase.result.json")
+    assert result["status"] == "Failed" and result["error"]["code"] == "BadPIRSource", result
+    assert "IMAGEBUILDER_LOCAL_CATALOG" in result["error"]["message"]
+    assert env.api.get_template("nobase")["properties"]["provisioningState"] == "Failed"
+    env.api.delete_template("nobase")
+    odd = template()
+    odd["properties"]["vmProfile"] = {"vmSize": "Standard_D2s_v3", "tags": {"team": "x"}}
+    env.upload(UPLOADS, f"{SUB}/{RG}/oddmember.json", json.dumps(odd))
+    result = _result(env, f"{SUB}/{RG}/oddmember.result.json")
+    assert result["status"] == "Accepted", result
+    assert result["warnings"] == ["ignored unknown member properties.vmProfile.tags"]
+    assert env.api.get_template("oddmember")["properties"]["provisioningState"] == "Succeeded"
+    env.wait_done("oddmember", result["runId"])
+
+
 def test_upload_builds_a_replaced_script_rebuilds_and_events_arrive_in_order(env: Env) -> None:
     script_v1 = "#!/bin/sh\necho v1 | sudo tee /etc/release-note\n"
     url = env.upload(ARTIFACTS, "scripts/note.sh", script_v1, public=True)
