@@ -1,7 +1,7 @@
 """Render RELIABILITY.md from the JSON lines the reliability suite wrote (IMAGEBUILDER_RELIABILITY_RESULTS):
 one row per case, what was tried, how many times, what was lost or leaked (the goal is nothing).
 
-    python scripts/reliability_report.py RESULTS.jsonl > RELIABILITY.md
+    python scripts/reliability_report.py RESULTS.jsonl [NOTE] > RELIABILITY.md
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import platform
 import sys
 from pathlib import Path
 
-ORDER = {"chaos": 0, "concurrency": 1, "fault": 2, "fuzz": 3}
+ORDER = {"chaos": 0, "concurrency": 1, "cancel": 2, "fault": 3, "fuzz": 4}
 
 
-def render(rows: list[dict[str, object]], machine: str) -> str:
+def render(rows: list[dict[str, object]], machine: str, note: str = "") -> str:
     rows = sorted(rows, key=lambda r: (ORDER.get(str(r["kind"]), 9), str(r["case"])))
     modes = sorted({str(r.get("mode")) for r in rows})
     when = max((str(r.get("at", "")) for r in rows), default="")
@@ -34,6 +34,7 @@ def render(rows: list[dict[str, object]], machine: str) -> str:
         "  (tests/reliability/audit.py) counted after the case: mounts, loop devices, processes, network",
         "  namespaces of steps, staged sandbox roots, step cgroups, run folders, cache temp files.",
         f"- Totals: {tried} tried, {lost} lost, {leaked} leaked.",
+        *([f"- {note}"] if note else []),
         "",
         "| kind | case | tried | lost | leaked | notes |",
         "|---|---|---:|---:|---:|---|",
@@ -45,7 +46,7 @@ def render(rows: list[dict[str, object]], machine: str) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 2
     rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines() if line.strip()]
@@ -54,7 +55,7 @@ def main() -> int:
         f"{os.cpu_count()} cores, {platform.release()}; shared with other builds and tests "
         f"(load average at the end {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}): timings are loaded ones"
     )
-    sys.stdout.write(render(rows, machine))
+    sys.stdout.write(render(rows, machine, sys.argv[2] if len(sys.argv) == 3 else ""))
     return 0
 
 
