@@ -185,6 +185,7 @@ def run(
     echo_output: bool = True,
     redact: Sequence[str] = (),
     pass_fds: Sequence[int] = (),
+    drain_seconds: float = 5.0,
 ) -> Completed:
     """Run `argv` (a list, never a shell string) and wait for it.
 
@@ -196,6 +197,9 @@ def run(
     - `env`: entries added to (overriding) the current environment; use ``env -i`` in argv for a clean one.
     - `check`: raise `CommandError` on a non-zero exit; with `check=False` the caller reads `returncode`.
     - `pass_fds`: descriptors the command inherits (as in `subprocess.Popen`).
+    - `drain_seconds`: how long to keep relaying output after the command ended (a daemon that escaped
+      may hold the pipes open); a caller whose command cannot leave processes behind (the sandbox: pid
+      namespace) gives more, so a slow log sink still gets every line before run() returns.
     """
     args = [str(a) for a in argv]
     if not args:
@@ -251,7 +255,7 @@ def run(
     finally:
         for t in pumps:
             # A daemon that escaped the process group may hold the pipes open: do not wait forever.
-            t.join(timeout=5.0)
+            t.join(timeout=drain_seconds)
     duration = time.monotonic() - start
     stdout_bytes = b"".join(out)
     stdout = stdout_bytes.decode("utf-8", "replace")

@@ -40,6 +40,7 @@ NETWORK_READY_SECONDS = 20.0
 SLIRP_DNS = "10.0.2.3"
 HOSTNAME = "localhost"  # resolvable from every image's /etc/hosts (sudo looks it up)
 RUN_MARKER_ENV = "IMAGEBUILDER_SANDBOX_RUN"
+DRAIN_SECONDS = 300.0  # a step's output still in flight to the log when it ends (fork bombs print a lot)
 PATH = f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{INBOX}/bin"
 
 # Docker's default set minus CAP_MKNOD and CAP_SETFCAP: enough for apt, dpkg, useradd, sudo, chroot.
@@ -257,7 +258,11 @@ def run(
     with step_argv(
         root, command, network=network, inbox=inbox, run_marker=run_marker, env=env, step_limits=step_limits
     ) as (argv, pass_fds):
-        return proc.run(argv, log=log, timeout=timeout, check=False, pass_fds=pass_fds)
+        # No process outlives the step (pid namespace, cgroup): relay all of its output before returning,
+        # however slow the log sink, so nothing is written into the run's folder after the step is over.
+        return proc.run(
+            argv, log=log, timeout=timeout, check=False, pass_fds=pass_fds, drain_seconds=DRAIN_SECONDS
+        )
 
 
 @contextlib.contextmanager
