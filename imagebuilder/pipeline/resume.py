@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from imagebuilder.pipeline.artifacts import build_artifacts
+
 _CUSTOMIZE_STEP = re.compile(r"^customize\[(\d+)\]")
 
 
@@ -72,8 +74,17 @@ def failed_customizer(
     return int(match.group(1)), step
 
 
-def _artifact_uris(customizer: dict[str, Any]) -> set[str]:
-    return {str(customizer[k]) for k in ("scriptUri", "sourceUri") if customizer.get(k)}
+_CUSTOMIZE_REF = re.compile(r"^properties\.customize\[(\d+)\]\.")
+
+
+def _artifact_uris_before(template: dict[str, Any], index: int) -> set[str]:
+    """The URIs the customizers before `index` fetch (from the one list, `build_artifacts`)."""
+    uris = set()
+    for ref in build_artifacts(template):
+        match = _CUSTOMIZE_REF.match(ref.target)
+        if match and int(match.group(1)) < index:
+            uris.add(ref.uri)
+    return uris
 
 
 def plan_resume(
@@ -109,7 +120,7 @@ def plan_resume(
                 "resuming would reuse a result built from the old step: run the template again",
                 target=f"properties.customize[{i}]",
             )
-    uris = set().union(*(_artifact_uris(c) for c in new_steps[:index] if isinstance(c, dict)))
+    uris = _artifact_uris_before(current, index)
     artifacts = tuple(a for a in details.get("artifacts") or [] if a.get("uri") in uris)
     return ResumePlan(from_run_id=run_id, failed_index=index, failed_step=step, artifacts=artifacts)
 

@@ -93,7 +93,7 @@ def busybox_rootfs(busybox_tarball: Path, scratch: Path) -> Path:
 @pytest.fixture(scope="session")
 def debian_tarball(image_cache: Path) -> Path:
     """The Debian base (mmdebstrap, ~40 s cold, then cached)."""
-    base = catalog.resolve("Debian", "debian-12", "12", "latest")
+    base = catalog.resolve("Debian", "debian-12", "12", "latest", cache_dir=image_cache, refresh_hours=None)
     return bases.ensure_base(base, image_cache)
 
 

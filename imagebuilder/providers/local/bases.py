@@ -4,6 +4,8 @@
 it on first use under a lock file (concurrent callers wait, then reuse it) and publishing it atomically
 (tmp dir, then rename). `extract_base(tarball, dest)` unpacks one; `read_manifest(tarball)` returns what
 was recorded (packages and versions from dpkg-query, the recipe, the mirror, sha256, build time).
+A Debian version is ``0.<mirror date>.<n>`` (the mirror's state, see `mirrorstate`) or the recipe-only
+``0.<RECIPE_DATE>.<n>`` when the mirror's state was never known; BusyBox's is always recipe-only.
 Recipes: ``debian`` (mmdebstrap of bookworm from the host's Debian mirror, cloud kernel with a small
 MODULES=list initramfs, systemd, cloud-init, ssh, sudo) and ``busybox`` (the host's static busybox).
 """
@@ -195,7 +197,30 @@ class Recipe:
 
     @property
     def version(self) -> str:
+        """The recipe-only version: BusyBox's always; Debian's when the mirror's state is unknown."""
         return f"0.{RECIPE_DATE}.{int(self.content_hash[:4], 16)}"
+
+    @property
+    def _mirror_build(self) -> int:
+        return int(hashlib.sha256(f"{RECIPE_DATE}:{self.content_hash}".encode()).hexdigest()[:4], 16)
+
+    def mirror_version(self, stamp: str) -> str:
+        """The version of this recipe built from the mirror as of `stamp` (YYYYMMDDHHMM, UTC)."""
+        return f"0.{stamp}.{self._mirror_build}"
+
+    def owns(self, version: str) -> bool:
+        """Whether `version` is one of this recipe's: its recipe-only version or a mirror-state one."""
+        if version == self.version:
+            return True
+        parts = version.split(".")
+        return (
+            self.kind == "debian"
+            and len(parts) == 3
+            and parts[0] == "0"
+            and len(parts[1]) == 12
+            and parts[1].isdigit()
+            and parts[2] == str(self._mirror_build)
+        )
 
 
 def recipe_for(kind: Kind) -> Recipe:
@@ -240,6 +265,11 @@ def _paths(base_kind: str, version: str, cache_dir: Path) -> tuple[Path, Path, P
     return cache_dir / f"{stem}.tar.zst", cache_dir / f"{stem}.manifest.json", cache_dir / f"{stem}.lock"
 
 
+def tarball_path(base_kind: str, version: str, cache_dir: Path) -> Path:
+    """Where the base `base_kind` `version` is (or would be) cached."""
+    return _paths(base_kind, version, cache_dir)[0]
+
+
 def read_manifest(tarball: Path) -> BaseManifest:
     """The manifest next to `tarball` (``x.tar.zst`` -> ``x.manifest.json``)."""
     path = tarball.with_name(tarball.name.removesuffix(".tar.zst") + ".manifest.json")
@@ -269,9 +299,10 @@ def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None)
     whose size or sha256 no longer matches its manifest is rebuilt.
     """
     recipe = recipe_for(base.kind)
-    if base.version != recipe.version:
+    if not recipe.owns(base.version):
         raise CatalogError(
-            f"{base.urn}: version {base.version} is not the local recipe's version {recipe.version}",
+            f"{base.urn}: version {base.version} is not one of the local recipe's ({recipe.version} or "
+            f"0.<mirror date>.{recipe._mirror_build})",
             hint="resolve the source again (catalog.resolve) to get the current exact version",
         )
     cache_dir = Path(cache_dir)
@@ -295,6 +326,11 @@ def ensure_base(base: BaseImage, cache_dir: Path, *, log: LogSink | None = None)
             root = work / "root"
             if base.kind == "debian":
                 mirror, packages, details = _build_debian(recipe, root, work, log)
+                from imagebuilder.providers.local import mirrorstate
+
+                state = mirrorstate.read_state(cache_dir)
+                if state is not None and recipe.mirror_version(state.stamp) == base.version:
+                    details["mirror_state"] = {"stamp": state.stamp, "dates": state.dates}
             else:
                 mirror, packages, details = _build_busybox(root)
             tmp_tar = work / tarball.name
@@ -378,8 +414,17 @@ def extract_base(tarball: Path, dest: Path) -> None:
 # --- debian ---------------------------------------------------------------------------------------
 
 
+#: App setting: "<main mirror URL> [<security mirror URL>]" instead of the host's sources.
+MIRROR_SETTING = "IMAGEBUILDER_LOCAL_DEBIAN_MIRROR"
+
+
 def debian_mirrors(sources: Path = DEBIAN_SOURCES) -> tuple[str, str]:
-    """(main mirror, security mirror) from the host's deb822 sources, defaulting to deb.debian.org."""
+    """(main mirror, security mirror): the IMAGEBUILDER_LOCAL_DEBIAN_MIRROR setting, else the host's
+    deb822 sources, defaulting to deb.debian.org."""
+    override = os.environ.get(MIRROR_SETTING, "").split()
+    if override:
+        main = override[0].rstrip("/")
+        return main, (override[1].rstrip("/") if len(override) > 1 else f"{main}-security")
     main, security = DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
     try:
         text = sources.read_text()

@@ -2,8 +2,9 @@
 
 `resolve(publisher, offer, sku, version, *, extra=None) -> BaseImage` maps a URN to a base this machine can
 build: ``Debian:debian-12:12`` (Gen1/BIOS), ``Debian:debian-12:12-gen2`` (Gen2/UEFI), and a tiny BusyBox
-base for fast tests, ``ImageBuilderLocal:busybox:stable`` (and ``…:stable-gen2``). ``latest`` becomes the
-exact version of the current recipe (``0.<recipe date>.<content number>``), which the run records.
+base for fast tests, ``ImageBuilderLocal:busybox:stable`` (and ``…:stable-gen2``). ``latest`` becomes an
+exact version, which the run records: BusyBox's recipe version (``0.<recipe date>.<content number>``);
+Debian's follows the mirror (``0.<mirror date>.<n>``, see `mirrorstate`) when a cache dir is given.
 `ensure_base(base, cache_dir, *, log=None) -> Path` and `extract_base(tarball, dest)` live in `bases`.
 
 Exceptions::
@@ -136,6 +137,37 @@ def local_base_urn(base: BaseImage) -> str:
     return f"{base.kind}:{base.generation}"
 
 
+def _exact_version(
+    kind: Kind, wanted: str, cache_dir: Path | None, refresh_hours: float | None, log: LogSink | None
+) -> str | None:
+    from imagebuilder.providers.local import bases, mirrorstate
+
+    recipe = bases.recipe_for(kind)
+    if wanted.lower() == "latest":
+        if kind != "debian" or cache_dir is None:
+            return recipe.version
+        return mirrorstate.latest_debian_version(recipe, cache_dir, refresh_hours=refresh_hours, log=log)
+    if wanted == recipe.version:
+        return wanted
+    if kind != "debian" or not recipe.owns(wanted):
+        return None
+    if cache_dir is None or bases.tarball_path(kind, wanted, cache_dir).is_file():
+        return wanted
+    return wanted if mirrorstate.current_version(recipe, cache_dir) == wanted else None
+
+
+def _cached_versions(kind: Kind, cache_dir: Path | None) -> list[str]:
+    from imagebuilder.providers.local import bases
+
+    recipe = bases.recipe_for(kind)
+    if cache_dir is None:
+        return [recipe.version]
+    found = {
+        p.name.removeprefix(f"{kind}-").removesuffix(".tar.zst") for p in cache_dir.glob(f"{kind}-*.tar.zst")
+    }
+    return sorted(v for v in found if recipe.owns(v)) or [recipe.version]
+
+
 def available_urns(extra: Mapping[str, str] | None = None) -> list[str]:
     """Every URN (publisher:offer:sku) that resolves locally."""
     return [e.urn for e in _entries(extra)]
@@ -148,8 +180,15 @@ def resolve(
     version: str,
     *,
     extra: Mapping[str, str] | None = None,
+    cache_dir: Path | None = None,
+    refresh_hours: float | None = None,
+    log: LogSink | None = None,
 ) -> BaseImage:
     """The local base for a PlatformImage source; ``latest`` becomes the exact version.
+
+    With `cache_dir`, Debian's ``latest`` follows the mirror's state, checked at most every
+    `refresh_hours` (None: pinned to the newest cached base), and an explicit Debian version is accepted
+    when it is cached there (or is the one the recorded mirror state names); without it, the recipe's.
 
     `extra` maps more URNs (publisher:offer:sku) to a base: a built-in URN or ``kind[:V1|V2]``
     (read it from the file named by the ``IMAGEBUILDER_LOCAL_CATALOG`` setting with `load_catalog_file`).
@@ -160,12 +199,14 @@ def resolve(
     for entry in entries:
         if entry.key != key:
             continue
-        exact = recipe_version(entry.kind)
         wanted = version.strip()
-        if wanted.lower() != "latest" and wanted != exact:
+        exact = _exact_version(entry.kind, wanted, cache_dir, refresh_hours, log)
+        if exact is None:
+            have = _cached_versions(entry.kind, cache_dir)
             raise CatalogError(
-                f"version {wanted!r} of {entry.urn} is not available locally; available: {exact} (latest)",
-                hint=f"set properties.source.version to 'latest' or {exact!r}",
+                f"version {wanted!r} of {entry.urn} is not available locally; available: "
+                f"{', '.join([*have, 'latest'])}",
+                hint="set properties.source.version to 'latest' or one of those versions",
             )
         return BaseImage(
             publisher=publisher.strip(),

@@ -67,6 +67,7 @@ class Settings:
     boot_check: bool = True
     step_cache_dir: Path | None = None
     step_cache_cap: int = 10 * 1024**3
+    base_refresh_hours: float | None = 24.0  # IMAGEBUILDER_LOCAL_BASE_REFRESH_HOURS; None: pinned
 
     def catalog_extra(self) -> dict[str, str] | None:
         return catalog.load_catalog_file(self.catalog_file) if self.catalog_file else None

@@ -41,7 +41,7 @@ def prepare(ctx: RunContext, log: LogSink) -> PrepareResult:
     log = ctx.log(log, "prepare")
     try:
         customizers.check_supported(ctx.build.template)
-        source = resolve_source(ctx)
+        source = resolve_source(ctx, log)
     except customizers.CustomizerError as exc:
         return _failed(exc.code, str(exc), log)
     except catalog.CatalogError as exc:
@@ -78,9 +78,7 @@ def _failed(code: str, message: str, log: LogSink, source: SourceInfo | None = N
     )
 
 
-def resolve_source(
-    ctx: RunContext,
-) -> SourceInfo:
+def resolve_source(ctx: RunContext, log: LogSink | None = None) -> SourceInfo:
     src = ctx.props.get("source") or {}
     typ = str(src.get("type") or "")
     if typ == "PlatformImage":
@@ -97,6 +95,9 @@ def resolve_source(
             str(src["sku"]),
             requested,
             extra=ctx.settings.catalog_extra(),
+            cache_dir=ctx.settings.cache_dir,
+            refresh_hours=ctx.settings.base_refresh_hours,
+            log=log,
         )
         local = catalog.local_base_urn(base)
         mapped = local.lower() != f"{base.publisher}:{base.offer}:{base.sku}".lower()

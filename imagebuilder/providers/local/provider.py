@@ -54,6 +54,7 @@ from imagebuilder.providers.local import (
     customize,
     distribute,
     generalize,
+    mirrorstate,
     prepare,
     staging,
     stepcache,
@@ -110,6 +111,7 @@ class LocalProvider(ComputeProvider):
         self.boot_check = not is_false(env.get(BOOT_CHECK_ENV, "on") or "on")
         self.step_cache_dir = Path(env.get(stepcache.DIR_SETTING) or self.cache_dir / "steps").resolve()
         self.step_cache_cap = stepcache.cap_bytes(env.get(stepcache.CAP_SETTING))
+        self.base_refresh_hours = mirrorstate.parse_refresh_hours(env.get(mirrorstate.REFRESH_SETTING))
         self.stores = Stores(self.state_dir)
 
     @property
@@ -129,6 +131,7 @@ class LocalProvider(ComputeProvider):
             boot_check=self.boot_check,
             step_cache_dir=self.step_cache_dir,
             step_cache_cap=self.step_cache_cap,
+            base_refresh_hours=self.base_refresh_hours,
         )
 
     def context(self, build: BuildInput) -> RunContext:
