@@ -107,3 +107,25 @@ def test_changed_artifacts_names_the_uri_and_both_checksums() -> None:
     lines = changed_artifacts(p, [{"uri": "http://x/two.sh", "sha256": "c" * 64}])
     assert len(lines) == 1 and "http://x/two.sh" in lines[0] and "aaaaaaaaaaaa" in lines[0]
     assert "cccccccccccc" in lines[0]
+
+
+def test_the_artifacts_before_the_failed_step_come_from_the_one_list() -> None:
+    """`build_artifacts` decides what a step fetches: a File's sourceUri counts; what validators and
+    optimize.workload fetch is used after the failed step, so it is not carried over."""
+    current: dict[str, Any] = copy.deepcopy(TEMPLATE)
+    props = current["properties"]
+    props["customize"] = [
+        {"type": "File", "name": "f", "sourceUri": "http://x/f.txt", "destination": "/etc/f"},
+        {"type": "Shell", "name": "three", "scriptUri": "http://x/three.sh"},
+    ]
+    props["validate"] = {"inVMValidations": [{"type": "Shell", "name": "v", "scriptUri": "http://x/v.sh"}]}
+    props["optimize"] = {"workload": {"scriptUri": "http://x/w.sh"}}
+    details = {
+        "artifacts": [
+            {"uri": u, "sha256": "a" * 64}
+            for u in ("http://x/f.txt", "http://x/three.sh", "http://x/v.sh", "http://x/w.sh")
+        ]
+    }
+    error = {**ERROR, "step": "customize[1] (Shell: three)"}
+    p = plan(current, snapshot=current, details=details, error=error)
+    assert [a["uri"] for a in p.artifacts] == ["http://x/f.txt"]
