@@ -120,6 +120,7 @@ class Host:
         self.azurite: Azurite | None = None
         self.storage: Storage | None = None
         self.durable: Any = None
+        self.workers: Any = None  # local_runtime.durable.workers.WorkerPool when available
         self.keys: Keys | None = None
         self.invoker: Invoker | None = None
         self.runner: web.AppRunner | None = None
@@ -189,6 +190,27 @@ class Host:
             for f in self.functions
         )
 
+    def _make_workers(self) -> None:
+        """The worker processes that run the app's functions (FUNCTIONS_WORKER_PROCESS_COUNT), as the Python
+        worker does on Azure; without local_runtime.durable (where they live) functions run in the host."""
+        try:
+            module = importlib.import_module("local_runtime.durable.workers")
+        except ImportError as exc:
+            log.warning("worker processes are not available (%s); functions run in the host process", exc)
+            return
+        try:
+            count = module.worker_count(os.environ)
+        except module.WorkerError as exc:
+            raise HostError(str(exc)) from exc
+        timeout = self.config.function_timeout.total_seconds() if self.config.function_timeout else None
+        self.workers = module.WorkerPool(
+            app_dir=self.app_dir,
+            script=os.environ.get("PYTHON_SCRIPT_FILE_NAME", "function_app.py"),
+            count=count if self.functions else 0,
+            function_timeout=timeout,
+            log_levels=self.config.log_levels,
+        )
+
     def _make_durable(self) -> None:
         if not self._wants_durable():
             return
@@ -209,6 +231,7 @@ class Host:
                 app_settings=dict(os.environ),
                 base_url=self.base_url,
                 app_source=(self.app_dir, os.environ.get("PYTHON_SCRIPT_FILE_NAME", "function_app.py")),
+                workers=self.workers,
             )
         except Exception as exc:  # the durable engine's config errors say what to fix
             raise HostError(f"Durable Functions: {exc}") from exc
@@ -237,6 +260,7 @@ class Host:
         self.base_url = f"http://{self.options.host}:{port}"
         os.environ["WEBSITE_HOSTNAME"] = f"{self.options.host}:{port}"  # as Core Tools sets it
         try:
+            self._make_workers()
             self._make_durable()
         except HostError:
             sock.close()
@@ -252,6 +276,7 @@ class Host:
             function_timeout=self.config.function_timeout.total_seconds()
             if self.config.function_timeout
             else None,
+            workers=self.workers,
         )
         try:
             usable: list[FunctionInfo] = []
@@ -283,6 +308,12 @@ class Host:
         self.runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_shutdown_grace()
         )
+        if self.workers is not None:
+            try:
+                await self.workers.start()
+            except Exception as exc:  # the app does not load in a worker process
+                sock.close()
+                raise HostError(f"the worker process could not start: {exc}") from exc
         await self.runner.setup()
         await web.SockSite(self.runner, sock).start()
         say(f"Listening on {self.base_url}")
@@ -419,6 +450,8 @@ class Host:
                 log.exception("stopping the durable engine failed")
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.workers is not None:
+            await self.workers.stop()
         if self.storage is not None:
             await self.storage.close()
         if self.invoker is not None:

@@ -1,5 +1,6 @@
 """Invoking one function the way the Python worker does: binding data to keyword arguments, `func.Out`
-and `$return` to outputs, sync functions in a thread pool, async ones on the loop, `context` injection,
+and `$return` to outputs, the call itself in a worker process (`portable`/`unportable` carry the arguments;
+without one: sync functions in a thread pool, async ones on the loop), `context` injection,
 the durable client binding, and the host's "Executing/Executed" log lines with function-scoped logging.
 
 Exceptions:
@@ -15,6 +16,7 @@ import contextvars
 import inspect
 import logging
 import os
+import pickle
 import threading
 import time
 import traceback
@@ -53,6 +55,12 @@ def timespan(seconds: float) -> str:
     text = f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
     frac = seconds - whole
     return text + (f".{round(frac * 1000):03d}" if frac else "")
+
+
+class WorkerCalls(Protocol):
+    """The one method of `local_runtime.durable.workers.WorkerPool` this module needs."""
+
+    async def call(self, kind: str, name: str, payload: Any) -> tuple[bool, Any]: ...
 
 
 class DurableClientSource(Protocol):
@@ -160,6 +168,10 @@ class InvocationContext(func.Context):  # type: ignore[misc]
         self._trace = _TraceContext(f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01")
         self._retry = _RetryContext(retry, max_retry)
         self._tls = threading.local()
+        self._args = (invocation_id, function_name, function_directory, retry, max_retry)
+
+    def portable(self) -> tuple[Any, ...]:
+        return self._args
 
     @property
     def invocation_id(self) -> str:
@@ -197,6 +209,51 @@ class OutValue(func.Out):  # type: ignore[misc]
 
     def get(self) -> Any:
         return self._value
+
+
+_HTTP, _OUT, _CONTEXT = "__local_runtime_http__", "__local_runtime_out__", "__local_runtime_context__"
+
+
+def portable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of one invocation in a form a worker process can receive (pickle): an HttpRequest as
+    its parts, `func.Out` values and the `context` as markers the worker turns back into objects."""
+    out: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if isinstance(value, func.HttpRequest):
+            out[name] = (
+                _HTTP,
+                {
+                    "method": value.method,
+                    "url": value.url,
+                    "headers": dict(value.headers.items()),
+                    "params": dict(value.params),
+                    "route_params": dict(value.route_params),
+                    "body": value.get_body(),
+                },
+            )
+        elif isinstance(value, OutValue):
+            out[name] = (_OUT,)
+        elif isinstance(value, InvocationContext):
+            out[name] = (_CONTEXT, value.portable())
+        else:
+            out[name] = value
+    return out
+
+
+def unportable(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, OutValue]]:
+    """In the worker: `portable`'s markers back to objects; returns (kwargs, the Out values by name)."""
+    real: dict[str, Any] = {}
+    outs: dict[str, OutValue] = {}
+    for name, value in kwargs.items():
+        if isinstance(value, tuple) and value and value[0] == _HTTP:
+            real[name] = func.HttpRequest(**value[1])
+        elif isinstance(value, tuple) and value and value[0] == _OUT:
+            outs[name] = real[name] = OutValue()
+        elif isinstance(value, tuple) and value and value[0] == _CONTEXT:
+            real[name] = InvocationContext(*value[1])
+        else:
+            real[name] = value
+    return real, outs
 
 
 @dataclass
@@ -259,14 +316,16 @@ class Invoker:
         outputs: Mapping[str, OutputWriter] | None = None,
         max_workers: int | None = None,
         function_timeout: float | None = None,
+        workers: WorkerCalls | None = None,
     ) -> None:
         self.app_dir = app_dir
         self.durable = durable
         self.inputs = dict(inputs or {})
         self.outputs = dict(outputs or {})
-        workers = max_workers or int(os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or 0) or None
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="function")
+        threads = max_workers or int(os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or 0) or None
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="function")
         self.function_timeout = function_timeout
+        self.workers = workers  # a worker pool: user code runs there, as the Python worker runs it on Azure
         self.running_sync = 0  # sync functions still running in the pool (they cannot be cancelled)
         self._lock = threading.Lock()
 
@@ -378,6 +437,34 @@ class Invoker:
         return kwargs, outs
 
     async def _call(self, fn: FunctionInfo, kwargs: dict[str, Any]) -> Any:
+        if self.workers is not None:
+            return await self._call_in_worker(fn, kwargs)
+        return await self._call_here(fn, kwargs)
+
+    async def _call_in_worker(self, fn: FunctionInfo, kwargs: dict[str, Any]) -> Any:
+        """Run the function in a worker process; its timeout recycles the worker (WorkerCalls.call)."""
+        assert self.workers is not None
+        try:
+            ok, value = await self.workers.call("function", fn.name, {"kwargs": portable(kwargs)})
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            log.debug(
+                "Function '%s': arguments cannot reach a worker process (%s); running it here", fn.name, exc
+            )
+            return await self._call_here(fn, kwargs)
+        except Exception as exc:
+            if type(exc).__name__ == "FunctionTimeout":
+                raise FunctionTimeoutError(str(exc)) from None
+            raise RuntimeError(f"the worker process running Functions.{fn.name} failed: {exc}") from None
+        if not ok:
+            raise RuntimeError(f"function {fn.name!r} failed in its worker process:\n{value[-1]}")
+        result, out_values = value
+        for name, out_value in out_values.items():
+            target = kwargs.get(name)
+            if isinstance(target, OutValue):
+                target.set(out_value)
+        return result
+
+    async def _call_here(self, fn: FunctionInfo, kwargs: dict[str, Any]) -> Any:
         target = fn.user_function
         if inspect.iscoroutinefunction(target):
             coro: Awaitable[Any] = target(**kwargs)

@@ -113,6 +113,7 @@ class DurableHost:
         app_settings: Mapping[str, str],
         base_url: str,
         app_source: tuple[Path, str] | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.hub = resolve_hub_name(host_json, app_settings)
         section = _durable_section(host_json)
@@ -144,7 +145,8 @@ class DurableHost:
             )
         except WorkerError as exc:
             raise DurableConfigError(str(exc)) from exc
-        self.workers = WorkerPool(
+        # the host's pool (shared with its other functions, as one worker runs them all on Azure), or our own
+        self.workers = workers or WorkerPool(
             app_dir=app_dir,
             script=script,
             count=count,
@@ -158,6 +160,7 @@ class DurableHost:
             max_orchestrators=max_orchestrators,
             workers=self.workers,
             function_timeout=timeout,
+            own_workers=workers is None,
         )
         self.api = DurableHttpApi(self, self.engine)
         self.system_key = load_or_create_system_key(self.state_dir / SYSTEM_KEY_FILE)

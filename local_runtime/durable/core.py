@@ -84,6 +84,7 @@ class EngineCore:
         max_orchestrators: int = 10,
         function_timeout: float | None = None,
         coalesce_window: float = 0.02,
+        own_workers: bool = True,
     ) -> None:
         self.orchestrators: dict[str, FunctionInfo] = {}
         self.activities: dict[str, FunctionInfo] = {}
@@ -98,6 +99,7 @@ class EngineCore:
                 self.entities[key] = f
         self.db_path = db_path
         self.workers = workers
+        self.own_workers = own_workers  # False: the host's pool, stopped by the host after its HTTP server
         self.max_activities = max(1, max_activities)
         self.max_orchestrators = max(1, max_orchestrators)
         self.function_timeout = function_timeout

@@ -88,7 +88,8 @@ class Engine(Scheduler, Episodes, Activities, Entities, ClientOperations):
             handle.cancel()
         self.timer_handles.clear()
         self.deferred.clear()
-        await self.workers.stop()
+        if self.own_workers:
+            await self.workers.stop()
         if self.http is not None:
             await self.http.close()
         if self.store is not None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 import os
 import sys
 import threading
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 
 from local_runtime.durable import calls
 from local_runtime.indexing import FunctionInfo, index_functions, load_app
-from local_runtime.invoke import FunctionLogFilter
+from local_runtime.invoke import FunctionLogFilter, current_function, unportable
 
 READY = "ready"
 
@@ -69,6 +71,8 @@ class Worker:
             fn = self.functions.get(name)
             if fn is None:
                 self.send((call_id, False, ("error", f"no function named {name!r} in this worker")))
+            elif kind == "function":
+                self._start_function(call_id, fn, payload)
             elif kind == "activity" and calls.is_async(fn):
                 fut = asyncio.run_coroutine_threadsafe(
                     calls.run_activity_async(fn, payload, self.app_dir), self.loop
@@ -77,6 +81,52 @@ class Worker:
             else:
                 pool = self.activity_pool if kind == "activity" else self.code_pool
                 pool.submit(self._run, call_id, kind, fn, payload)
+
+    # ---- HTTP, timer, queue, blob and Event Grid functions (local_runtime.invoke prepares the arguments)
+    def _start_function(self, call_id: int, fn: FunctionInfo, payload: dict[str, Any]) -> None:
+        kwargs, outs = unportable(payload["kwargs"])
+        if inspect.iscoroutinefunction(fn.user_function):
+
+            async def run_async() -> Any:
+                token = current_function.set(fn.name)
+                try:
+                    return await fn.user_function(**kwargs)
+                finally:
+                    current_function.reset(token)
+
+            fut = asyncio.run_coroutine_threadsafe(run_async(), self.loop)
+            fut.add_done_callback(functools.partial(self._function_done, call_id, outs))
+        else:
+            self.activity_pool.submit(self._run_function, call_id, fn, kwargs, outs)
+
+    def _run_function(
+        self, call_id: int, fn: FunctionInfo, kwargs: dict[str, Any], outs: dict[str, Any]
+    ) -> None:
+        token = current_function.set(fn.name)
+        try:
+            value = fn.user_function(**kwargs)
+        except BaseException as exc:  # sys.exit() included: it fails the invocation, never the worker
+            self.send((call_id, False, ("error", "".join(traceback.format_exception(exc)).rstrip())))
+            return
+        finally:
+            current_function.reset(token)
+        self._send_function_result(call_id, value, outs)
+
+    def _function_done(self, call_id: int, outs: dict[str, Any], fut: Any) -> None:
+        try:
+            value = fut.result()
+        except BaseException as exc:
+            self.send((call_id, False, ("error", "".join(traceback.format_exception(exc)).rstrip())))
+            return
+        self._send_function_result(call_id, value, outs)
+
+    def _send_function_result(self, call_id: int, value: Any, outs: dict[str, Any]) -> None:
+        result = (value, {name: out.get() for name, out in outs.items()})
+        try:
+            self.send((call_id, True, result))
+        except Exception as exc:  # a value pickle cannot carry
+            text = f"{type(exc).__name__}: the function's result cannot be sent to the host: {exc}"
+            self.send((call_id, False, ("error", text)))
 
     def _answer(self, call_id: int, fut: Any) -> None:
         try:

@@ -167,6 +167,8 @@ class WorkerPool:
         return self._available
 
     async def start(self) -> None:
+        if self.loop is not None:
+            return  # started already (the host starts it before the durable engine would)
         self.loop = asyncio.get_running_loop()
         self._available = asyncio.Event()
         for _ in range(self.count):
@@ -251,6 +253,10 @@ class WorkerPool:
                 p.pid,
             )
             self.recycled += 1
+            if p in self.procs:  # no new call goes to it while it dies; _died starts its successor
+                self.procs.remove(p)
+                if not self.procs:
+                    self.available.clear()
             p.kill()
             raise FunctionTimeout(
                 f"Timeout value of {limit} was exceeded by function: Functions.{name}"
@@ -261,6 +267,8 @@ class WorkerPool:
         return [p.pid for p in self.procs]
 
     async def stop(self) -> None:
+        if self.stopping:
+            return
         self.stopping = True
         procs, self.procs = list(self.procs), []
         for p in procs:

@@ -346,7 +346,7 @@ def test_an_http_function_past_function_timeout_fails_with_the_hosts_message(
     r = requests.get(f"{rp.url}/api/sleepy", timeout=30)
     assert r.status_code == 500
     rp.wait_for_line(
-        r"Timeout value of 00:00:02 exceeded by function 'Functions\.sleepy'\. Initiating cancellation"
+        r"Timeout value of 00:00:02 exceeded by function 'Functions\.sleepy'.* Initiating cancellation"
     )
     rp.wait_for_line(
         r"FunctionTimeoutError: Timeout value of 00:00:02 was exceeded by function: Functions\.sleepy"
