@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import azure.durable_functions as df
 
@@ -29,30 +29,13 @@ from imagebuilder.pipeline.messages import (
 from imagebuilder.pipeline.naming import build_instance_id
 from imagebuilder.providers.base import ProviderError, TransientProviderError
 from imagebuilder.store import ConcurrencyError, Store, StoredTemplate
+from imagebuilder.template.models import ProvisioningErrorCode
 
 bp = df.Blueprint()
 logger = logging.getLogger(__name__)
 
 # AIB's ProvisioningErrorCode values (the spec's enum); any other provider code is reported as Other.
-PROVISIONING_ERROR_CODES = frozenset(
-    (
-        "BadSourceType",
-        "BadPIRSource",
-        "BadManagedImageSource",
-        "BadSharedImageVersionSource",
-        "BadCustomizerType",
-        "UnsupportedCustomizerType",
-        "NoCustomizerScript",
-        "BadValidatorType",
-        "UnsupportedValidatorType",
-        "NoValidatorScript",
-        "BadDistributeType",
-        "BadSharedImageDistribute",
-        "BadStagingResourceGroup",
-        "ServerError",
-        "Other",
-    )
-)
+PROVISIONING_ERROR_CODES = frozenset(get_args(ProvisioningErrorCode))
 
 
 class _Log:

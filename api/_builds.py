@@ -16,7 +16,14 @@ import azure.durable_functions as df
 from api._arm import ArmError, in_thread
 from imagebuilder.pipeline.messages import BuildInput, RunOptions, RunRef
 from imagebuilder.pipeline.naming import BUILD_ORCHESTRATION, CANCEL_EVENT, build_instance_id
-from imagebuilder.store import TERMINAL_RUN_STATES, RunInProgressError, RunRecord, Store, StoredTemplate
+from imagebuilder.store import (
+    TERMINAL_RUN_STATES,
+    InvalidKeyError,
+    RunInProgressError,
+    RunRecord,
+    Store,
+    StoredTemplate,
+)
 
 log = logging.getLogger("api.builds")
 
@@ -44,6 +51,15 @@ def run_ref(stored: StoredTemplate, run_id: str) -> RunRef:
         template_name=stored.name,
         run_id=run_id,
     )
+
+
+def find_run(store: Store, stored: StoredTemplate, run_id: str) -> RunRecord | None:
+    """Run `run_id` of a stored template, or None (also for an id that cannot name a run)."""
+    try:
+        found: RunRecord | None = store.runs.get(run_ref(stored, run_id))
+    except InvalidKeyError:
+        return None
+    return found
 
 
 async def start_build(

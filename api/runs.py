@@ -34,9 +34,9 @@ from api._arm import (
     template_coordinates,
     template_id,
 )
-from api._builds import cancel_build, start_build
+from api._builds import cancel_build, find_run, start_build
 from api.templates import last_run, load, load_ready
-from imagebuilder.pipeline.messages import RunOptions, RunRef
+from imagebuilder.pipeline.messages import RunOptions
 from imagebuilder.pipeline.resume import ResumeRefused, plan_resume
 from imagebuilder.provenance.keys import SigningKeyError, signing_key
 from imagebuilder.provenance.runs import FORMATS, NotRecordedError, output_sbom, run_statement
@@ -118,16 +118,7 @@ def _run_options(req: func.HttpRequest) -> RunOptions:
 
 
 def _resume_plan(st: Store, stored: StoredTemplate, run_id: str) -> Any:
-    ref = RunRef(
-        subscription_id=stored.subscription_id,
-        resource_group=stored.resource_group,
-        template_name=stored.name,
-        run_id=run_id,
-    )
-    try:
-        run = st.runs.get(ref)
-    except InvalidKeyError:
-        run = None
+    run = find_run(st, stored, run_id)
     if run is None:
         raise ArmError(
             404,
@@ -211,11 +202,7 @@ def _run(st: Store, req: func.HttpRequest) -> tuple[StoredTemplate, RunRecord]:
     sub, rg, name = template_coordinates(req)
     stored = load(st, sub, rg, name)
     run_id = route(req, "runId")
-    ref = RunRef(subscription_id=sub, resource_group=rg, template_name=stored.name, run_id=run_id)
-    try:
-        run = st.runs.get(ref)
-    except InvalidKeyError:
-        run = None
+    run = find_run(st, stored, run_id)
     if run is None:
         raise ArmError(404, "ResourceNotFound", f"Run '{run_id}' of image template '{name}' was not found.")
     return stored, run

@@ -32,13 +32,13 @@ import azure.functions as func
 import jinja2
 
 from api._arm import ArmError, in_thread, store, template_coordinates
-from api._builds import cancel_build, start_build
+from api._builds import cancel_build, find_run, start_build
 from api.runs import _resume_plan, provenance_envelope, sbom_document
 from dashboard import session as sess
 from dashboard import views
-from imagebuilder.pipeline.messages import RunOptions, RunRef
+from imagebuilder.pipeline.messages import RunOptions
 from imagebuilder.settings import Settings
-from imagebuilder.store import InvalidKeyError, RunRecord, Store, StoredTemplate, open_automation
+from imagebuilder.store import RunRecord, Store, StoredTemplate, open_automation
 
 log = logging.getLogger("dashboard")
 bp = df.Blueprint()
@@ -405,16 +405,7 @@ async def dashboard_template(
 def _run_of(st: Store, req: func.HttpRequest) -> tuple[StoredTemplate, RunRecord]:
     stored = _load(st, req)
     run_id = str(req.route_params.get("runId") or "")
-    ref = RunRef(
-        subscription_id=stored.subscription_id,
-        resource_group=stored.resource_group,
-        template_name=stored.name,
-        run_id=run_id,
-    )
-    try:
-        run = st.runs.get(ref)
-    except InvalidKeyError:
-        run = None
+    run = find_run(st, stored, run_id)
     if run is None:
         raise Refused(404, f"Run '{run_id}' of image template '{stored.name}' was not found.")
     return stored, run
