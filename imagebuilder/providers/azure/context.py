@@ -131,6 +131,29 @@ def later(ctx: Ctx) -> NotYet:
     return NotYet(None, ctx.settings.poll_interval)
 
 
+def disk_read_sas(ctx: Ctx, resource_group: str, disk: str, why: str) -> str | NotYet:
+    """A read SAS on a managed disk (granted once: the grant's finished operation is `ctx.op_result` on
+    the poll that follows), or `NotYet`. The SAS is a secret: use it at once; never log it or put it into
+    the Pending state."""
+    result = ctx.op_result or {}
+    sas = ((result.get("properties") or {}).get("output") or {}).get("accessSAS") or result.get("accessSAS")
+    if sas:
+        return str(sas)
+    ctx.log.write(f"{why}\n")
+    disks = ctx.arm.compute.disks
+    started = ctx.arm.start(
+        f"grant access to {disk}",
+        lambda p: disks.begin_grant_access(
+            resource_group, disk, {"access": "Read", "durationInSeconds": 4 * 3600}, polling=p
+        ),
+    )
+    body = await_op(started, f"grant access to {disk}")
+    if isinstance(body, NotYet):
+        return body
+    granted = body.get("accessSAS")
+    return str(granted) if granted else later(ctx)
+
+
 def ensure(
     ctx: Ctx,
     what: str,

@@ -16,7 +16,7 @@ import hashlib
 from typing import Any
 
 from imagebuilder.providers.azure.clients import ArmFailure
-from imagebuilder.providers.azure.context import Ctx, NotYet, await_op, later
+from imagebuilder.providers.azure.context import Ctx, NotYet, await_op, disk_read_sas
 
 CHUNK = 32 << 20  # bytes per ranged read (each also costs the SDK one Get Page Ranges of its own)
 _ZEROS = bytes(1 << 20)
@@ -81,22 +81,9 @@ def disk_digest(ctx: Ctx, resource_group: str, disk: str) -> dict[str, Any] | No
     if isinstance(done, dict):
         return done
     disks = ctx.arm.compute.disks
-    result = ctx.op_result or {}
-    sas = ((result.get("properties") or {}).get("output") or {}).get("accessSAS") or result.get("accessSAS")
-    if not sas:
-        ctx.log.write(f"reading {disk} to compute its SHA-256\n")
-        started = ctx.arm.start(
-            f"grant access to {disk}",
-            lambda p: disks.begin_grant_access(
-                resource_group, disk, {"access": "Read", "durationInSeconds": 4 * 3600}, polling=p
-            ),
-        )
-        body = await_op(started, f"grant access to {disk}")
-        if isinstance(body, NotYet):
-            return body
-        sas = body.get("accessSAS")
-        if not sas:
-            return later(ctx)
+    sas = disk_read_sas(ctx, resource_group, disk, f"reading {disk} to compute its SHA-256")
+    if isinstance(sas, NotYet):
+        return sas
 
     def revoke() -> Any:
         return ctx.arm.start(

@@ -16,7 +16,7 @@ from imagebuilder.providers.azure.context import (
     TAG_RUN,
     Ctx,
     NotYet,
-    await_op,
+    disk_read_sas,
     ensure,
     later,
     run_tags,
@@ -326,23 +326,9 @@ def to_vhd(
     disks = ctx.arm.compute.disks
     blob = ctx.arm.blob(uri)
     if not ctx.state.get("copy_started"):
-        sas = ((ctx.op_result or {}).get("properties") or {}).get("output", {}).get("accessSAS") or (
-            ctx.op_result or {}
-        ).get("accessSAS")
-        if not sas:
-            ctx.log.write(f"granting read access to {disk} for the VHD copy\n")
-            started = ctx.arm.start(
-                f"grant access to {disk}",
-                lambda p: disks.begin_grant_access(
-                    rg, disk, {"access": "Read", "durationInSeconds": 4 * 3600}, polling=p
-                ),
-            )
-            body = await_op(started, f"grant access to {disk}")
-            if isinstance(body, NotYet):
-                return body
-            sas = body.get("accessSAS")
-            if not sas:
-                return later(ctx)
+        sas = disk_read_sas(ctx, rg, disk, f"granting read access to {disk} for the VHD copy")
+        if isinstance(sas, NotYet):
+            return sas
         # The SAS is a secret: used right here, never logged and never put into the Pending state.
         ctx.arm.call(f"copy VHD to {redact(uri)}", lambda: blob.start_copy_from_url(sas))
         ctx.state["copy_started"] = True
