@@ -106,3 +106,67 @@ def test_root_tag_runs_steps_as_root(provider: LocalProvider) -> None:
     assert provider.customize(build, env, 0, log).status == "succeeded", log.text
     assert "] 0\n" in log.text
     provider.cleanup(build, keep=False, log=log)
+
+
+def test_file_customizer_writes_as_the_build_user(provider: LocalProvider, file_root) -> None:  # type: ignore[no-untyped-def]
+    """AIB: a Linux File customizer can write only where the build user can (/tmp); to /etc it fails
+    naming the field and the way out (download to /tmp, move with sudo), which then works."""
+    (file_root / "app.conf").write_text("key=value\n")
+    uri = (file_root / "app.conf").as_uri()
+    steps = [
+        {"type": "File", "sourceUri": uri, "destination": "/etc/app/app.conf"},
+        {"type": "File", "sourceUri": uri, "destination": "/tmp/app/app.conf"},
+        {
+            "type": "Shell",
+            "inline": [
+                "sudo mkdir -p /etc/app",
+                "sudo mv /tmp/app/app.conf /etc/app/",
+                "sudo chown root:root /etc/app/app.conf",
+            ],
+        },
+        {"type": "File", "sourceUri": uri, "destination": "/etc/app/app.conf"},
+    ]
+    build = build_input({"customize": steps})
+    log = RecLog()
+    prepared = provider.prepare(build, log)
+    assert prepared.status == "succeeded", prepared.error
+    env = provider.create_build_env(build, prepared, log)
+    root = provider.layout(build).root
+    denied = provider.customize(build, env, 0, log)
+    assert denied.status == "failed" and denied.error is not None
+    message = denied.error.message
+    assert "properties.customize[0].destination /etc/app/app.conf" in message, message
+    assert "Permission denied" in message and "/tmp/app.conf" in message and "sudo mv" in message
+    assert "cannot create folders in /etc" in message
+    assert not (root / "etc/app").exists()
+    assert provider.customize(build, env, 1, log).status == "succeeded", log.text
+    uid = int((root / "etc/passwd").read_text().split("\npacker:x:")[1].split(":")[0])
+    st = (root / "tmp/app/app.conf").stat()
+    assert (st.st_uid, st.st_mode & 0o7777) == (uid, 0o644), "a new file is the build user's, 0644"
+    assert (root / "tmp/app").stat().st_uid == uid
+    assert provider.customize(build, env, 2, log).status == "succeeded", log.text
+    assert (root / "etc/app/app.conf").read_text() == "key=value\n"
+    # An existing root-owned file is not the build user's to overwrite either.
+    again = provider.customize(build, env, 3, log)
+    assert again.status == "failed" and again.error is not None
+    assert "cannot write the existing file /etc/app/app.conf" in again.error.message
+    provider.cleanup(build, keep=False, log=log)
+
+
+def test_root_tag_lets_file_write_anywhere(provider: LocalProvider, file_root) -> None:  # type: ignore[no-untyped-def]
+    (file_root / "app.conf").write_text("key=value\n")
+    build = build_input(
+        {
+            "customize": [
+                {"type": "File", "sourceUri": (file_root / "app.conf").as_uri(), "destination": "/etc/app/x"}
+            ]
+        },
+        tags={"imagebuilder.local.buildUser": "root"},
+    )
+    log = RecLog()
+    prepared = provider.prepare(build, log)
+    env = provider.create_build_env(build, prepared, log)
+    assert provider.customize(build, env, 0, log).status == "succeeded", log.text
+    target = provider.layout(build).root / "etc/app/x"
+    assert target.read_text() == "key=value\n" and target.stat().st_uid == 0
+    provider.cleanup(build, keep=False, log=log)

@@ -89,7 +89,12 @@ def test_full_busybox_build_every_customizer_and_distributor(
                         "name": "conf",
                         "sourceUri": f"{base_url}/app.conf",
                         "sha256Checksum": sha256(payload),
-                        "destination": "/etc/app/app.conf",
+                        "destination": "/tmp/app.conf",
+                    },
+                    {
+                        "type": "Shell",
+                        "name": "place conf",
+                        "inline": ["sudo mkdir -p /etc/app", "sudo mv /tmp/app.conf /etc/app/app.conf"],
                     },
                     {
                         "type": "Shell",
@@ -119,7 +124,7 @@ def test_full_busybox_build_every_customizer_and_distributor(
             }
         )
         prepared, env, steps = _run_to_capture(provider, build, log)
-    assert [s.status for s in steps] == ["succeeded"] * 5, [s.error for s in steps]
+    assert [s.status for s in steps] == ["succeeded"] * 6, [s.error for s in steps]
     assert prepared.source is not None and prepared.source.exact_version
     assert prepared.source.exact_version != "latest"
     assert {a.sha256 for a in prepared.artifacts} == {sha256(script), sha256(http_script), sha256(payload)}
@@ -129,7 +134,7 @@ def test_full_busybox_build_every_customizer_and_distributor(
     assert (root / "opt/sudo-uid").read_text() == "0\n"
     # Steps ran as an unprivileged uid outside, yet what they made is root's on disk (idmapped root).
     assert (root / "opt/inline.txt").stat().st_uid == 0 and (root / "opt").stat().st_gid == 0
-    assert (root / "etc/app/app.conf").read_bytes() == payload
+    assert (root / "etc/app/app.conf").read_bytes() == payload and not (root / "tmp/app.conf").exists()
     assert provider.validate(build, env, log).status == "skipped"
 
     gen = provider.generalize(build, env, log)
@@ -283,21 +288,26 @@ def test_file_destination_escapes_rejected_up_front(
     assert "properties.customize[0].destination" in res.error.message
 
 
+@pytest.mark.parametrize("as_root", [True, False], ids=["root-tag", "build-user"])
 def test_symlinks_in_the_image_cannot_lead_a_file_out_of_the_root(
-    provider: LocalProvider, file_root: Path, tmp_path: Path
+    provider: LocalProvider, file_root: Path, tmp_path: Path, as_root: bool
 ) -> None:
+    """As root (tag imagebuilder.local.buildUser=root, File writes anywhere) and as the build user."""
     (file_root / "f").write_text("payload")
     outside = tmp_path / "host-target"
     outside.mkdir()
+    sudo = "" if as_root else "sudo "
     build = build_input(
         {
             "customize": [
                 {
                     "type": "Shell",
                     "inline": [
-                        f"sudo ln -s {outside} /opt-abs",
-                        "sudo ln -s ../../../../../.. /opt-rel",
-                        "sudo mkfifo /fifo",
+                        f"{sudo}ln -s {outside} /opt-abs",
+                        f"{sudo}ln -s ../../../../../.. /opt-rel",
+                        f"{sudo}mkfifo /fifo",
+                        # the build user's own links, into folders it may write in the image
+                        f"{sudo}mkdir -p {outside} && {sudo}chmod 1777 {outside}",
                     ],
                 },
                 {"type": "File", "sourceUri": (file_root / "f").as_uri(), "destination": "/opt-abs/escaped"},
@@ -307,11 +317,12 @@ def test_symlinks_in_the_image_cannot_lead_a_file_out_of_the_root(
                     "destination": "/opt-rel/tmp/escaped2",
                 },
             ]
-        }
+        },
+        tags={"imagebuilder.local.buildUser": "root"} if as_root else None,
     )
     log = RecLog()
     _prepared, env, steps = _run_to_capture(provider, build, log)
-    assert [s.status for s in steps] == ["succeeded"] * 3
+    assert [s.status for s in steps] == ["succeeded"] * 3, log.text
     fifo = {"type": "File", "sourceUri": (file_root / "f").as_uri(), "destination": "/fifo"}
     props = build.template["properties"]
     with_fifo = build.template | {"properties": props | {"customize": [*props["customize"], fifo]}}

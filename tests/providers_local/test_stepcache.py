@@ -40,7 +40,7 @@ def _steps(file_root: Path, marker: str) -> list[dict[str, Any]]:
             "type": "File",
             "name": "conf",
             "sourceUri": (file_root / "app.conf").as_uri(),
-            "destination": "/etc/app/app.conf",
+            "destination": "/tmp/app.conf",  # the build user can write /tmp only (as on AIB)
         },
         {
             "type": "Shell",
@@ -48,7 +48,7 @@ def _steps(file_root: Path, marker: str) -> list[dict[str, Any]]:
             "inline": [
                 "sudo sh -c 'mkdir -p /opt/app && seq 1 20000 > /opt/app/data'",
                 f"sudo rm -f {REMOVED}",
-                "sudo sh -c 'rm -rf /etc/app && mkdir /etc/app && echo only > /etc/app/only'",  # an opaque dir
+                "sudo sh -c 'rm -rf /etc/init.d && mkdir /etc/init.d && echo only > /etc/init.d/only'",  # opaque dir
             ],
         },
         {"type": "Shell", "name": "marker", "inline": [f"echo {marker} | sudo tee /marker"]},
@@ -123,7 +123,7 @@ def test_changing_only_the_third_customizer_reruns_only_that_step(
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"/marker"}
     assert (a["/marker"], b["/marker"]) == (b"one\n", b"two\n")
     assert REMOVED not in b and "/bin/sh" in b
-    assert [k for k in b if k.startswith("/etc/app/")] == ["/etc/app/only"]
+    assert [k for k in b if k.startswith("/etc/init.d/")] == ["/etc/init.d/only"]  # rcS stays gone
     assert b["/opt/app/data"].count(b"\n") == 20000
 
     # Nothing changed: every step is a hit. A full rebuild (cache: off) runs them all again.

@@ -149,6 +149,8 @@ def step_ids(ctx: RunContext, prepared: PrepareResult, tarball: Path) -> list[st
         "baseSize": st.st_size,
         "baseMtimeNs": st.st_mtime_ns,
         "network": ctx.network,
+        # Steps run as root or as the build user (Shell and File behave differently): part of the key.
+        "buildUser": "root" if customizers.runs_as_root(ctx.tags) else customizers.BUILD_USER,
     }
     base = stepcache.base_id(prepared.source.model_dump(mode="json"), recipe)
     sha256_of = {a.uri: a.sha256 for a in prepared.artifacts}

@@ -126,10 +126,25 @@ def run_item(
             run_marker=ctx.marker,
             log=plog,
             timeout=ctx.step_timeout,
-            as_root=ctx.tags.get(customizers.TAG_BUILD_USER.lower(), "").strip().lower() == "root",
+            as_root=customizers.runs_as_root(ctx.tags),
         )
     if typ == "File":
-        return customizers.run_file(item, where=where, root=root, artifacts=layout.artifacts, log=plog)
+        user = None
+        if not customizers.runs_as_root(ctx.tags):
+            try:
+                user = customizers.ensure_build_user(
+                    root,
+                    inbox=layout.inbox,
+                    network=bool(env.handle.get("network", True)),
+                    run_marker=ctx.marker,
+                    log=plog,
+                    timeout=ctx.step_timeout,
+                )
+            except customizers.CustomizerError as exc:
+                return customizers.Outcome(ok=False, code=exc.code, message=str(exc))
+        return customizers.run_file(
+            item, where=where, root=root, artifacts=layout.artifacts, log=plog, user=user
+        )
     return customizers.Outcome(
         ok=False,
         code="BadCustomizerType",

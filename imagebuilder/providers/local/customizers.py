@@ -1,7 +1,7 @@
 """The Linux customizers and in-sandbox validators: Shell (inline commands run as `#!/bin/sh -e`, or the
 staged scriptUri run by its own shebang) in the sandbox, and File (the staged sourceUri copied on the
-host side to an absolute destination resolved inside the root, never outside it). Also the up-front
-check that rejects Windows-only customizers and validators for Linux sources.
+host side to an absolute destination resolved inside the root, never outside it, as the build user).
+Also the up-front check that rejects Windows-only customizers and validators for Linux sources.
 
 The build user, as on Image Builder's Linux build VM: Shell steps run as the non-root user `packer`
 (created in the root on first use, uid >= 1000, home /home/packer; generalize removes it, as
@@ -11,7 +11,11 @@ FIFO in the step's private /run, and the `sudo` first on the build user's PATH (
 inbox, never in the image) asks it to run the command as root with the caller's stdin, stdout, stderr,
 working directory and exit code. So a script that writes /etc without sudo fails with "Permission denied",
 as on Image Builder, and the same line with sudo works; the same holds on the Debian and BusyBox bases
-(neither needs a sudo package). The template tag `imagebuilder.local.buildUser = root` runs steps as root
+(neither needs a sudo package). A Linux File step writes as the build user as well (Image Builder: "the
+only path Image builder can write to is /tmp"): the copy is made on the host side, but only where the
+user's permissions in the image allow, owned by it; elsewhere the step fails naming the destination and
+the way out (download to /tmp, `sudo mv` in a Shell step). The template tag
+`imagebuilder.local.buildUser = root` runs Shell steps as root and lets File write anywhere as root
 instead (the behaviour before the build user; not something Image Builder offers).
 
 Exceptions::
@@ -395,15 +399,115 @@ def run_shell(
     return Outcome(ok=True, exit_code=0, duration=duration)
 
 
-def _mkdirs_inside(root: Path, directory: str) -> Path:
+def runs_as_root(tags: dict[str, str]) -> bool:
+    """True when the template's tags (keys lower-cased) ask for steps as root (`TAG_BUILD_USER` = root)."""
+    return tags.get(TAG_BUILD_USER.lower(), "").strip().lower() == "root"
+
+
+@dataclass(frozen=True)
+class BuildUser:
+    """The build user as the image's /etc/passwd and /etc/group know it."""
+
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+    def may(self, st: os.stat_result, bits: int) -> bool:
+        """Whether the mode bits of `st` grant this user all of `bits` (a mask of 4 read, 2 write, 1
+        search), as the kernel decides for a non-root user without ACLs."""
+        if st.st_uid == self.uid:
+            granted = (st.st_mode >> 6) & 7
+        elif st.st_gid in self.groups:
+            granted = (st.st_mode >> 3) & 7
+        else:
+            granted = st.st_mode & 7
+        return granted & bits == bits
+
+
+def _read_image_file(root: Path, path: str) -> str:
+    target = resolve_in_root(root, path, follow_final=True)
+    if not is_within(target, root) or not target.is_file():
+        return ""
+    return target.read_text(errors="replace")
+
+
+def find_build_user(root: Path) -> BuildUser | None:
+    """The build user of the image at `root`, or None when its /etc/passwd has none yet."""
+    for line in _read_image_file(root, "/etc/passwd").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[0] == BUILD_USER and parts[2].isdigit() and parts[3].isdigit():
+            uid, gid = int(parts[2]), int(parts[3])
+            groups = {gid}
+            for gline in _read_image_file(root, "/etc/group").splitlines():
+                g = gline.split(":")
+                if len(g) >= 4 and g[2].isdigit() and BUILD_USER in g[3].split(","):
+                    groups.add(int(g[2]))
+            return BuildUser(uid=uid, gid=gid, groups=frozenset(groups))
+    return None
+
+
+def ensure_build_user(
+    root: Path, *, inbox: Path, network: bool, run_marker: str, log: LogSink, timeout: float | None
+) -> BuildUser:
+    """The build user of the image, created first (by the same wrapper Shell steps use, so there is one
+    way to create it) when the image has none yet."""
+    user = find_build_user(root)
+    if user is not None:
+        return user
+    sandbox.prepare_inbox(inbox)
+    wrapper = prepare_build_user(inbox)
+    recorder = _TailLog(log)
+    try:
+        done = sandbox.run(
+            root,
+            ["/bin/sh", str(wrapper), "/bin/sh", "-c", ":"],
+            network=network,
+            inbox=inbox,
+            run_marker=run_marker,
+            log=recorder,
+            timeout=timeout,
+        )
+        returncode = done.returncode
+    except proc.CommandTimeoutError as exc:
+        returncode = exc.returncode if exc.returncode is not None else -1
+    user = find_build_user(root)
+    if returncode != 0 or user is None:
+        raise CustomizerError(
+            "CustomizerFailed",
+            "",
+            f"cannot create the build user {BUILD_USER} in the image: {' '.join(recorder.tail(3))}",
+        )
+    return user
+
+
+def _mkdirs_inside(root: Path, directory: str, user: BuildUser | None = None) -> Path:
     """mkdir -p of an absolute image path resolved inside the root. The resolved path has no symlinks in
-    its existing part and nothing exists past its first missing component, so plain mkdir -p is safe."""
+    its existing part and nothing exists past its first missing component, so plain mkdir -p is safe.
+    With `user`, every existing folder must be searchable by the build user, the folders are created
+    as it would create them (owned by it, 0755) and only inside a folder it can write; a folder it
+    cannot enter or write raises PermissionError naming that folder (inside the image)."""
     target = resolve_in_root(root, directory, follow_final=True)
     if not is_within(target, root):
         raise PathEscapeError(f"{directory} resolves outside the image root")
     if target.exists() and not target.is_dir():
         raise PathEscapeError(f"{directory} exists in the image and is not a directory")
-    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if user is None:
+        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return target
+    base = Path(os.path.realpath(root))
+    current = base
+    for part in target.relative_to(base).parts:
+        inside = "/" + str(current.relative_to(base)) if current != base else "/"
+        if not user.may(current.stat(), 1):
+            raise PermissionError(f"cannot enter {inside}")
+        nxt = current / part
+        if not nxt.exists():
+            if not user.may(current.stat(), 3):
+                raise PermissionError(f"cannot create folders in {inside}")
+            nxt.mkdir(mode=0o755)
+            os.chown(nxt, user.uid, user.gid)
+            os.chmod(nxt, 0o755)  # noqa: S103 - a folder the build user made, as mkdir would
+        current = nxt
     return target
 
 
@@ -414,9 +518,13 @@ def run_file(
     root: Path,
     artifacts: Path,
     log: LogSink,
+    user: BuildUser | None = None,
 ) -> Outcome:
-    """Copy the staged sourceUri to `destination` inside the root (created root:root 0644; missing
-    parent folders are created 0755)."""
+    """Copy the staged sourceUri to `destination` inside the root. With `user` (the build user, as on
+    Image Builder), the copy is written as that user: only where it can write (in practice /tmp and its
+    home), missing parent folders created as it would, a new file owned by it 0644, an existing file
+    rewritten in place keeping its owner and mode. Without (`imagebuilder.local.buildUser = root`):
+    anywhere in the image, as root:root 0644, missing parent folders root 0755."""
     start = time.monotonic()
     uri = str(item.get("sourceUri") or "")
     raw_dest = str(item.get("destination") or "")
@@ -433,7 +541,7 @@ def run_file(
         )
     try:
         parent_inside, name = dest.rsplit("/", 1)
-        parent = _mkdirs_inside(root, parent_inside or "/")
+        parent = _mkdirs_inside(root, parent_inside or "/", user)
         target = resolve_in_root(root, f"{parent_inside}/{name}", follow_final=True)
         if target.is_dir():
             base = Path(urllib.parse.urlsplit(uri).path).name or "file"
@@ -442,6 +550,14 @@ def run_file(
             raise PathEscapeError(f"{where}.destination {raw_dest!r} resolves outside the image root")
         if target.exists() and not target.is_file():
             raise PathEscapeError(f"{where}.destination {raw_dest!r} exists in the image and is not a file")
+        existed = target.exists()
+        if user is not None:
+            base_dir = os.path.realpath(root)
+            if existed and not user.may(target.stat(), 2):
+                raise PermissionError(f"cannot write the existing file /{target.relative_to(base_dir)}")
+            if not existed and not user.may(target.parent.stat(), 3):
+                folder = target.parent.relative_to(base_dir)
+                raise PermissionError(f"cannot create files in /{'' if str(folder) == '.' else folder}")
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
@@ -449,10 +565,28 @@ def run_file(
         os.set_blocking(fd, True)
         with os.fdopen(fd, "wb") as dst, staged.open("rb") as src:
             shutil.copyfileobj(src, dst, 1024 * 1024)
-        os.chmod(target, 0o644)
-        os.chown(target, 0, 0)
+            if user is None:
+                os.fchmod(dst.fileno(), 0o644)
+                os.fchown(dst.fileno(), 0, 0)
+            elif not existed:
+                os.fchmod(dst.fileno(), 0o644)
+                os.fchown(dst.fileno(), user.uid, user.gid)
     except PathEscapeError as exc:
         return Outcome(ok=False, code="InvalidDestination", message=str(exc))
+    except PermissionError as exc:
+        moved = f"/tmp/{name}"  # noqa: S108 - the path we tell the user to use (AIB's rule)
+        return Outcome(
+            ok=False,
+            code="InvalidDestination",
+            message=(
+                f"{where}.destination {raw_dest}: Permission denied for the build user {BUILD_USER} "
+                f"({exc}). As on Image Builder, a Linux File customizer writes as the build user, which "
+                f"can write only to /tmp (and its home); set destination to {moved} and move the file "
+                f'with a Shell customizer using sudo, e.g. inline ["sudo mkdir -p {parent_inside or "/"}", '
+                f'"sudo mv {moved} {dest}"] (or tag the template {TAG_BUILD_USER}=root to write as root, '
+                "local only)"
+            ),
+        )
     except OSError as exc:
         return Outcome(
             ok=False, code="CustomizerFailed", message=f"cannot write {raw_dest} in the image: {exc.strerror}"
