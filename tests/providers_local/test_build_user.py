@@ -170,3 +170,43 @@ def test_root_tag_lets_file_write_anywhere(provider: LocalProvider, file_root) -
     target = provider.layout(build).root / "etc/app/x"
     assert target.read_text() == "key=value\n" and target.stat().st_uid == 0
     provider.cleanup(build, keep=False, log=log)
+
+
+@pytest.mark.slow
+@pytest.mark.boot
+def test_in_vm_validations_run_as_the_build_user_in_the_booted_image(provider: LocalProvider) -> None:
+    """Bootable images: inVMValidations run in the booted VM as `packer` with passwordless sudo, as on
+    Image Builder; the user exists only in the throwaway boot copy, never in the image."""
+    build = build_input(
+        {
+            "source": DEBIAN,
+            "customize": [{"type": "Shell", "inline": ["echo v1 | sudo tee /etc/app-version"]}],
+            "validate": {
+                "inVMValidations": [
+                    {
+                        "type": "Shell",
+                        "name": "as packer",
+                        "inline": [
+                            'test "$(id -un)" = packer',
+                            'test "$HOME" = /home/packer',
+                            "if touch /etc/not-as-packer 2>/dev/null; then exit 9; fi",
+                            'test "$(sudo id -u)" = 0',
+                            "grep -q v1 /etc/app-version && echo v2 | sudo tee /etc/app-version",
+                        ],
+                    }
+                ]
+            },
+        }
+    )
+    log = RecLog()
+    prepared = provider.prepare(build, log)
+    assert prepared.status == "succeeded", prepared.error
+    env = provider.create_build_env(build, prepared, log)
+    assert provider.customize(build, env, 0, log).status == "succeeded", log.text
+    res = provider.validate(build, env, log)
+    assert res.status == "succeeded", (res.error, log.text[-3000:])
+    assert res.details["mode"] == "boot"
+    root = provider.layout(build).root
+    assert (root / "etc/app-version").read_text() == "v1\n", "validation ran on a throwaway copy"
+    assert not (root / "etc/sudoers.d/90-imagebuilder-build-user").exists()
+    provider.cleanup(build, keep=False, log=log)

@@ -45,8 +45,18 @@ class BootError(ProviderError):
 
 
 @dataclass(frozen=True)
+class BootUser:
+    """Run the checks through `wrapper` (a path in the image, called as `wrapper CHECK`), e.g. as the
+    build user; `files` (path in the image -> (text, mode)) are injected into the boot copy with it,
+    root-owned (parent folders made as needed). Only the throwaway copy is changed."""
+
+    wrapper: str
+    files: dict[str, tuple[str, int]]
+
+
+@dataclass(frozen=True)
 class BootCheck:
-    """One validation run inside the booted image, as root, from /root.
+    """One validation run inside the booted image, as root from /root (or through `BootUser.wrapper`).
 
     ``kind="shell"``: `source` is script text (run by ``/bin/sh -e`` unless it starts with ``#!``, like
     Packer's inline shell); ``kind="file"``: `source` is the path of a script file on the host.
@@ -116,8 +126,9 @@ def _check_script(check: BootCheck) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def _runner(nonce: str, count: int) -> str:
+def _runner(nonce: str, count: int, wrapper: str | None = None) -> str:
     indexes = " ".join(str(i) for i in range(1, count + 1))
+    via = f'/bin/sh "{wrapper}" ' if wrapper else ""
     return f"""#!/bin/sh
 # Injected into a throwaway copy of the image by imagebuilder boot validation; never part of an artifact.
 exec </dev/null >/dev/ttyS0 2>&1
@@ -127,7 +138,7 @@ timeout 120 systemctl is-system-running --wait >/dev/null 2>&1 || true
 echo; echo "@@IB-{nonce} BEGIN@@"
 for i in {indexes}; do
   echo; echo "@@IB-{nonce} CHECK $i START@@"
-  (cd /root && HOME=/root "{GUEST_DIR}/check-$i")
+  (cd /root && HOME=/root {via}"{GUEST_DIR}/check-$i")
   rc=$?
   echo; echo "@@IB-{nonce} CHECK $i END rc=$rc@@"
 done
@@ -154,7 +165,14 @@ WantedBy=multi-user.target
 
 
 def _inject(copy: Path, offset: int, files: dict[str, tuple[Path, int]], work: Path) -> None:
-    cmds = [f"mkdir {d}" for d in ("/usr/local", "/usr/local/libexec", GUEST_DIR)]
+    folders = {"/usr/local", "/usr/local/libexec", GUEST_DIR}
+    for dest in files:
+        parent = dest.rsplit("/", 1)[0]
+        while parent and parent != "/":
+            folders.add(parent)
+            parent = parent.rsplit("/", 1)[0]
+    # debugfs mkdir of a folder that exists fails harmlessly; parents first
+    cmds = [f"mkdir {d}" for d in sorted(folders, key=lambda d: (d.count("/"), d))]
     cmds.append("mkdir /etc/systemd/system/multi-user.target.wants")
     for dest, (src, mode) in files.items():
         cmds += [
@@ -279,10 +297,12 @@ def boot_validate(
     log: LogSink | None = None,
     workdir: Path,
     direct: DirectKernel | None = None,
+    user: BootUser | None = None,
 ) -> BootResult:
     """Boot a copy of `disk` (raw, fixed VHD or qcow2) the way a Gen1/Gen2 VM would and run `checks` in it.
     With `direct`, the kernel is booted directly (no firmware, no bootloader; the fast path of
-    inVMValidations); otherwise through the disk's firmware path and bootloader.
+    inVMValidations); otherwise through the disk's firmware path and bootloader. With `user`, each check
+    runs through its wrapper (the build user, see validate.py) instead of as root.
 
     Returns a `BootResult`; raises `BootError` only when validation is impossible (no systemd in the
     image, an unreadable check file, no OVMF for Gen2). `workdir` keeps the serial log afterwards.
@@ -323,7 +343,12 @@ def boot_validate(
             src = work / f"check-{i}"
             src.write_text(text)
             files[f"{GUEST_DIR}/check-{i}"] = (src, 0o755)
-        (work / "run").write_text(_runner(nonce, len(checks)))
+        if user is not None:
+            for n, (dest, (text, mode)) in enumerate(sorted(user.files.items())):
+                src = work / f"user-{n}"
+                src.write_text(text)
+                files[dest] = (src, mode)
+        (work / "run").write_text(_runner(nonce, len(checks), user.wrapper if user else None))
         (work / "unit").write_text(_UNIT)
         files[f"{GUEST_DIR}/run"] = (work / "run", 0o755)
         files[f"/etc/systemd/system/{UNIT_NAME}"] = (work / "unit", 0o644)

@@ -185,20 +185,36 @@ exit "$rc"
 """
 
 
+#: A sudoers drop-in for the build user, for images whose own sudo a script calls by its path (in the
+#: booted VM, where setuid works; the throwaway boot copy only).
+BUILD_USER_SUDOERS = (
+    f"# Image Builder build user (boot validation copy only)\n{BUILD_USER} ALL=(ALL) NOPASSWD:ALL\n"
+)
+
+
+def build_user_scripts(base: str) -> dict[str, str]:
+    """The build user's wrapper (`run-as-build-user`) and `sudo`, for a folder `base` in the image whose
+    `user/` subfolder holds them: {name: text}."""
+    subst = {
+        "__USER__": BUILD_USER,
+        "__BROKER__": BROKER_DIR,
+        "__INBOX__": base,
+        "__DIR__": BUILD_USER_DIR,
+    }
+    out = {}
+    for name, text in (("run-as-build-user", RUN_AS_BUILD_USER), ("sudo", BUILD_USER_SUDO)):
+        for key, value in subst.items():
+            text = text.replace(key, value)
+        out[name] = text
+    return out
+
+
 def prepare_build_user(inbox: Path) -> PurePosixPath:
     """Write the build user's wrapper and sudo into the inbox (bound read-only at sandbox.INBOX); returns
     the wrapper's path inside the sandbox."""
     folder = inbox / BUILD_USER_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    subst = {
-        "__USER__": BUILD_USER,
-        "__BROKER__": BROKER_DIR,
-        "__INBOX__": sandbox.INBOX,
-        "__DIR__": BUILD_USER_DIR,
-    }
-    for name, text in (("run-as-build-user", RUN_AS_BUILD_USER), ("sudo", BUILD_USER_SUDO)):
-        for key, value in subst.items():
-            text = text.replace(key, value)
+    for name, text in build_user_scripts(sandbox.INBOX).items():
         path = folder / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)

@@ -100,8 +100,11 @@ def _validate_boot(
     log: LogSink,
 ) -> StepResult:
     """Bootable images: a throwaway disk from the tree, its own kernel, initrd and systemd booted
-    directly under QEMU, the validators run inside as root. File validators become a check that
-    writes the file (base64) before the next ones run. The serial log is kept in the run's logs."""
+    directly under QEMU, the validators run inside as the build user with passwordless sudo, as on
+    Image Builder (the same wrapper and sudo broker as in the sandbox, plus a sudoers drop-in for the
+    image's own sudo, all in the throwaway copy only; tag imagebuilder.local.buildUser=root: as root).
+    File validators become a check that writes the file (base64) before the next ones run. The serial
+    log is kept in the run's logs."""
     from imagebuilder.providers.local import boot, disk
 
     shutil.rmtree(layout.validate_dir, ignore_errors=True)
@@ -139,6 +142,14 @@ def _validate_boot(
             initrd=resolve_in_root(tree, initrd),
             cmdline=f"root=UUID={info.fs_uuid} {disk.KERNEL_CMDLINE}",
         )
+        user = None
+        if not customizers.runs_as_root(ctx.tags):
+            folder = f"{boot.GUEST_DIR}/{customizers.BUILD_USER_DIR}"
+            files = {
+                f"{folder}/{n}": (t, 0o755) for n, t in customizers.build_user_scripts(boot.GUEST_DIR).items()
+            }
+            files["/etc/sudoers.d/90-imagebuilder-build-user"] = (customizers.BUILD_USER_SUDOERS, 0o440)
+            user = boot.BootUser(wrapper=f"{folder}/run-as-build-user", files=files)
         res = boot.boot_validate(
             raw,
             generation=generation,
@@ -147,6 +158,7 @@ def _validate_boot(
             log=vlog,
             workdir=layout.validate_dir,
             direct=direct,
+            user=user,
         )
         serial = Path(res.serial_log_path)
         kept_serial = None
