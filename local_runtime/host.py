@@ -70,6 +70,17 @@ def _shutdown_grace() -> float:
         return 10.0
 
 
+@web.middleware
+async def empty_error_bodies(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A path no route can take answers 404 with an empty body, as the Functions host does (aiohttp's own
+    answer would be the text "404: Not Found"); likewise 405."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        return web.Response(status=exc.status)
+    return response
+
+
 class HostError(Exception):
     """The app cannot be hosted; the message says what to fix."""
 
@@ -295,7 +306,9 @@ class Host:
             sock.close()
             raise HostError(str(exc)) from exc
 
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[cors_middleware(self.local_host)])
+        app = web.Application(
+            client_max_size=MAX_BODY, middlewares=[empty_error_bodies, cors_middleware(self.local_host)]
+        )
         if self.durable is not None:
             self.durable.add_routes(app)
         self.eventgrid = EventGridWebhook(
@@ -380,7 +393,8 @@ class Host:
         metadata: dict[str, Any] = {**dict(req.params), **route_params, "Query": dict(req.params)}
         raw = req.get_body()
         if raw[:1] == b"{":  # JSON body properties are binding-expression values too
-            with contextlib.suppress(ValueError):
+            # (a body too deeply nested to decode is the function's to refuse, not the host's)
+            with contextlib.suppress(ValueError, RecursionError):
                 body = json.loads(raw)
                 if isinstance(body, dict):
                     metadata = {**body, **metadata}

@@ -102,11 +102,28 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._check_intact(path)
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL survives a process kill (kill -9) without losing committed transactions; only an
         # OS crash or power loss can drop the last ones, as with any WAL database.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+
+    def _check_intact(self, path: Path) -> None:
+        """Refuse a damaged history (a torn disk write, a file edited by hand): SQLite's quick_check
+        reads every page once, so a bad page is found at start instead of when some instance touches it."""
+        try:
+            rows = self.db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        else:
+            problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+        if problems:
+            self.db.close()
+            raise sqlite3.DatabaseError(
+                f"{path} is damaged ({'; '.join(problems[:3])}): restore it from a backup, or move it "
+                "away to start this state directory with an empty durable history"
+            )
 
     def close(self) -> None:
         self.db.close()

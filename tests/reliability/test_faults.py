@@ -100,11 +100,6 @@ def test_azurite_stopped_and_restarted_mid_run(rel: Rel, e2e_azurite: Azurite) -
 
 
 @long_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="host (local_runtime, another helper's): the durable store opens a damaged durable.sqlite "
-    "without PRAGMA quick_check and starts as if nothing were wrong",
-)
 def test_corrupted_sqlite_page_in_a_copy_of_the_state(rel: Rel, tmp_path: Path) -> None:
     """A copy of the runtime's state with one page of durable.sqlite overwritten: the runtime started on it
     must refuse with an error naming the file, or start and answer; it must not hang or serve garbage."""
