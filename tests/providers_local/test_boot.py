@@ -220,8 +220,8 @@ def test_capture_fails_naming_the_boot_check_when_a_customizer_breaks_booting(
     p = LocalProvider(state_dir=tmp_path / "state", cache_dir=image_cache)
     p.step_cache_dir = tmp_path / "steps"
     cases = {
-        "no-init": "rm -f /usr/lib/systemd/systemd /usr/sbin/init",  # boots to a panic
-        "no-kernel": "rm -f /boot/vmlinuz-* /vmlinuz /vmlinuz.old",  # nothing to boot at all
+        "no-init": "sudo rm -f /usr/lib/systemd/systemd /usr/sbin/init",  # boots to a panic
+        "no-kernel": "sudo rm -f /boot/vmlinuz-* /vmlinuz /vmlinuz.old",  # nothing to boot at all
     }
     for run_id, command in cases.items():
         build = build_input({"source": DEBIAN, "customize": [{"type": "Shell", "inline": [command]}]},

@@ -275,6 +275,9 @@ def _parse(
     return began, done, results, failures
 
 
+FATAL_GRACE_SECONDS = 5.0
+
+
 def _diagnose(text: str) -> str | None:
     for pattern, reason in (
         (r"Kernel panic", "the kernel panicked"),
@@ -470,6 +473,7 @@ def boot_to_target(
         if log is not None:
             log.write(f"shipped-image boot check: {disk.name} ({generation}, {fmt}, snapshot=on, TCG)\n")
         vm = proc.spawn(argv, log=log)
+        fatal_since: float | None = None
         try:
             while True:
                 text = _serial_text(serial)
@@ -479,6 +483,14 @@ def boot_to_target(
                 if not vm.alive():
                     reason = _diagnose(text) or f"the VM stopped (qemu exit code {vm.popen.returncode})"
                     break
+                # A panic or an emergency shell never reaches the target: stop after a short grace for
+                # the rest of the message, instead of waiting out the timeout.
+                diagnosis = _diagnose(text)
+                if diagnosis is not None:
+                    fatal_since = fatal_since if fatal_since is not None else time.monotonic()
+                    if time.monotonic() - fatal_since > FATAL_GRACE_SECONDS:
+                        reason = diagnosis
+                        break
                 if time.monotonic() - start > timeout:
                     timed_out = True
                     reason = _diagnose(text) or f"no login prompt within {timeout} s"

@@ -173,6 +173,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def run(
     argv: Sequence[str | Path],
     *,
@@ -186,6 +196,7 @@ def run(
     redact: Sequence[str] = (),
     pass_fds: Sequence[int] = (),
     drain_seconds: float = 5.0,
+    die_with_parent: bool = False,
 ) -> Completed:
     """Run `argv` (a list, never a shell string) and wait for it.
 
@@ -197,6 +208,8 @@ def run(
     - `env`: entries added to (overriding) the current environment; use ``env -i`` in argv for a clean one.
     - `check`: raise `CommandError` on a non-zero exit; with `check=False` the caller reads `returncode`.
     - `pass_fds`: descriptors the command inherits (as in `subprocess.Popen`).
+    - `die_with_parent`: the command is killed (SIGKILL) if this process dies first, e.g. a copy into a
+      temporary folder that a later sweep removes once its writer is gone (kill -9).
     - `drain_seconds`: how long to keep relaying output after the command ended (a daemon that escaped
       may hold the pipes open); a caller whose command cannot leave processes behind (the sandbox: pid
       namespace) gives more, so a slow log sink still gets every line before run() returns.
@@ -222,6 +235,7 @@ def run(
             cwd=cwd,
             start_new_session=True,
             pass_fds=tuple(pass_fds),
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     except FileNotFoundError as exc:
         raise ToolMissingError(

@@ -31,14 +31,14 @@ import os
 import secrets
 import shutil
 import stat
-import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.providers.base import LogSink
+from imagebuilder.providers.base import LogSink, ProviderError
+from imagebuilder.providers.local import proc
 
 CACHE_SETTING = "IMAGEBUILDER_STEP_CACHE"
 CAP_SETTING = "IMAGEBUILDER_STEP_CACHE_MAX_GB"
@@ -249,7 +249,7 @@ class StepCache:
                 # another run stored the same step first: keep theirs (or replace a damaged one)
                 if self.lookup(sid) is None:
                     os.rename(tmp, final)
-        except (OSError, subprocess.SubprocessError) as exc:
+        except (OSError, ProviderError) as exc:
             if log is not None:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 log.write(
@@ -341,7 +341,9 @@ def clone_tree(src: Path, dest: Path) -> None:
     (whiteouts) kept."""
     same_fs = os.stat(src).st_dev == os.stat(dest.parent).st_dev
     argv = ["cp", "-a", *(["-l"] if same_fs else []), "--", str(src), str(dest)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, check=False)
+    # The copy dies with its writer: a kill -9 of the writer must not leave a cp filling a temporary
+    # folder that sweep_partial is removing.
+    done = proc.run(argv, timeout=3600, check=False, die_with_parent=True)
     if done.returncode != 0:
         err = (done.stderr or "").strip().splitlines()
         text = err[-1] if err else f"cp exited {done.returncode}"
