@@ -283,6 +283,10 @@ def _diagnose(text: str) -> str | None:
         (r"Kernel panic", "the kernel panicked"),
         (r"emergency mode|Emergency shell", "systemd entered emergency mode"),
         (r"Gave up waiting for root", "the initramfs did not find the root filesystem"),
+        (
+            r"Target filesystem doesn't have requested|No working init found",
+            "the image has no init (/sbin/init): the initramfs could not start the system",
+        ),
         (r"No bootable device|Boot failed", "the firmware found nothing to boot"),
         (r"error: file .* not found|error: no such device", "GRUB could not load the kernel"),
     ):
