@@ -326,9 +326,11 @@ async def image_templates_create_or_update(
     if op is None:
         op = await in_thread(_operation_for, st, stored)
     else:
-        await start_create(client, st, stored, op)
+        # The answer is the template as this PUT created it (Creating), or Failed if the create could
+        # not be started: never a re-read, which on a fast host may already show the create's outcome.
+        stored = await start_create(client, st, stored, op)
         op = await in_thread(_get_operation, st, op)
-    fresh = await in_thread(load, st, sub, rg, name)
+    fresh = stored if created else await in_thread(load, st, sub, rg, name)
     body = await in_thread(body_of, st, fresh)
     return json_response(body, 201 if created else 200, lro_headers(req, op, location=False, version=version))
 

@@ -312,6 +312,10 @@ async def _artifact_rule(
     last = await in_thread(st.runs.latest, stored.subscription_id, stored.resource_group, stored.name)
     if last is not None and last.active:
         raise Busy(f"run {last.run.run_id} is {last.run_state}")
+    if last is None or stored.provisioning_state != "Succeeded":
+        # Never built (or still being created): a replaced artifact is a REbuild trigger; the template's
+        # first build is its own (run, autoRun, upload), which fetches the artifact as it is then.
+        return "not built yet: nothing to rebuild"
     _, inputs = await in_thread(probe, stored, with_artifacts=True)
     last_ok, before = await in_thread(baseline, st, stored)
     reason = {**reason, "fingerprint": inputs.fingerprint}

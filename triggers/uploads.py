@@ -35,7 +35,13 @@ from api._builds import start_build
 from api.templates import make_resource, start_create, user_part, wait_created, with_service_defaults
 from imagebuilder.pipeline.messages import RESOURCE_TYPE
 from imagebuilder.settings import Settings
-from imagebuilder.store import AlreadyExistsError, ConcurrencyError, Store, StoredTemplate
+from imagebuilder.store import (
+    TERMINAL_RUN_STATES,
+    AlreadyExistsError,
+    ConcurrencyError,
+    Store,
+    StoredTemplate,
+)
 from imagebuilder.template import (
     LATEST_API_VERSION,
     SUPPORTED_API_VERSIONS,
@@ -325,7 +331,18 @@ async def handle_upload(path: str, data: bytes, client: df.DurableOrchestrationC
     }
     if warnings:
         result["warnings"] = warnings
-    run = await start_build(client, st, stored)
+    try:
+        run = await start_build(client, st, stored)
+    except ArmError as exc:
+        # A template this upload just created can already be building (its create's autoRun, or a watched
+        # script that changed meanwhile): that run builds exactly what was uploaded, so the upload is
+        # accepted with it instead of failing with a Conflict.
+        active = await in_thread(st.runs.latest, sub, rg, stored.name) if change == "created" else None
+        if exc.status != 409 or active is None or active.run_state in TERMINAL_RUN_STATES:
+            raise
+        result["runId"] = active.run.run_id
+        result["note"] = f"a build of the uploaded template was already running (run {active.run.run_id})"
+        return result
     await in_thread(st.runs.set_status, run.run, details={"trigger": {"kind": "Upload", "blob": path}})
     result["runId"] = run.run.run_id
     return result
