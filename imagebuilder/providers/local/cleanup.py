@@ -3,6 +3,7 @@ by the run's identity; with `keep` (errorHandling abort) the build root is kept 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -78,15 +79,25 @@ def cleanup(ctx: RunContext, *, keep: bool, log: LogSink) -> CleanupReport:
         debug.mark_kept(run_dir, owner=ctx.build.run.template_id)
         log.write(f"[cleanup] kept for inspection: {'; '.join(kept) or 'nothing (no build root)'}\n")
         return CleanupReport(removed=removed, kept=kept, errors=errors)
+    # A step killed above may still be releasing its confined view (its thread puts the run's overlay
+    # back once the sandbox is gone): a mount that reappears is taken down again before the folder goes.
+    existed = run_dir.exists()
+    for _ in range(20):
+        for mount in sorted(mounts.mounts_under(run_dir), key=len, reverse=True):
+            with contextlib.suppress(ProviderError):
+                proc.run(["umount", "-l", mount], log=log, timeout=60)
+        if run_dir.exists() and not mounts.mounts_under(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if not run_dir.exists():
+            break
+        time.sleep(0.25)
     left = mounts.mounts_under(run_dir)
     if left:
         errors.append(f"mounts remain under {run_dir}: {', '.join(left)}; not deleting it")
     elif run_dir.exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if run_dir.exists():
-            errors.append(f"cannot remove {run_dir}")
-        else:
-            removed.append(f"run folder {run_dir}")
+        errors.append(f"cannot remove {run_dir}")
+    elif existed:
+        removed.append(f"run folder {run_dir}")
     for e in errors:
         log.write(f"! cleanup: {e}\n")
     return CleanupReport(removed=removed, kept=kept, errors=errors)
