@@ -58,65 +58,38 @@ class RunCleanup:
             )
         self.deadline = self.settings.clock() + self.settings.cleanup_budget
         compute, network = arm.compute, arm.network
-        self.delete(
-            f"VM {names.vm}",
-            f"{base}/Microsoft.Compute/virtualMachines/{names.vm}",
-            partial(compute.virtual_machines.get, rg, names.vm),
-            partial(polled, compute.virtual_machines.begin_delete, rg, names.vm),
-        )
-        self.delete(
-            f"network interface {names.nic}",
-            f"{base}/Microsoft.Network/networkInterfaces/{names.nic}",
-            partial(network.network_interfaces.get, rg, names.nic),
-            partial(polled, network.network_interfaces.begin_delete, rg, names.nic),
+        self.remove("VM", compute.virtual_machines, names.vm, f"{base}/Microsoft.Compute/virtualMachines")
+        self.remove(
+            "network interface",
+            network.network_interfaces,
+            names.nic,
+            f"{base}/Microsoft.Network/networkInterfaces",
         )
         for ip in self.tagged(
             "list public IPs", lambda: [dict(i) for i in network.public_ip_addresses.list(rg)]
         ):
-            name = str(ip["name"])
-            self.delete(
-                f"public IP {name}",
-                str(ip["id"]),
-                partial(network.public_ip_addresses.get, rg, name),
-                partial(polled, network.public_ip_addresses.begin_delete, rg, name),
-            )
+            self.remove("public IP", network.public_ip_addresses, str(ip["name"]), rid=str(ip["id"]))
         data_disks = len(props_of(self.build).get("additionalDataDisks") or [])
         for disk in [names.os_disk] + [names.data_disk(lun) for lun in range(data_disks)]:
             self.revoke_access(disk)
-            self.delete(
-                f"disk {disk}",
-                f"{base}/Microsoft.Compute/disks/{disk}",
-                partial(compute.disks.get, rg, disk),
-                partial(polled, compute.disks.begin_delete, rg, disk),
-            )
+            self.remove("disk", compute.disks, disk, f"{base}/Microsoft.Compute/disks")
         snapshots = self.tagged(
             "list snapshots", lambda: [dict(x) for x in compute.snapshots.list_by_resource_group(rg)]
         )
         for snap in snapshots:
-            name = str(snap["name"])
-            self.delete(
-                f"snapshot {name}",
-                str(snap["id"]),
-                partial(compute.snapshots.get, rg, name),
-                partial(polled, compute.snapshots.begin_delete, rg, name),
-            )
-        self.delete(
-            f"image {names.image}",
-            f"{base}/Microsoft.Compute/images/{names.image}",
-            partial(compute.images.get, rg, names.image),
-            partial(polled, compute.images.begin_delete, rg, names.image),
+            self.remove("snapshot", compute.snapshots, str(snap["name"]), rid=str(snap["id"]))
+        self.remove("image", compute.images, names.image, f"{base}/Microsoft.Compute/images")
+        self.remove(
+            "virtual network",
+            network.virtual_networks,
+            names.vnet,
+            f"{base}/Microsoft.Network/virtualNetworks",
         )
-        self.delete(
-            f"virtual network {names.vnet}",
-            f"{base}/Microsoft.Network/virtualNetworks/{names.vnet}",
-            partial(network.virtual_networks.get, rg, names.vnet),
-            partial(polled, network.virtual_networks.begin_delete, rg, names.vnet),
-        )
-        self.delete(
-            f"network security group {names.nsg}",
-            f"{base}/Microsoft.Network/networkSecurityGroups/{names.nsg}",
-            partial(network.network_security_groups.get, rg, names.nsg),
-            partial(polled, network.network_security_groups.begin_delete, rg, names.nsg),
+        self.remove(
+            "network security group",
+            network.network_security_groups,
+            names.nsg,
+            f"{base}/Microsoft.Network/networkSecurityGroups",
         )
         # a group this run created (no template-owned group, no user's group) goes last, if all else went
         if (group.get("tags") or {}).get(TAG_RUN) == self.build.run.run_id and not self.errors:
@@ -128,6 +101,17 @@ class RunCleanup:
                 partial(polled, groups.begin_delete, rg),
             )
         return CleanupReport(removed=self.removed, errors=self.errors)
+
+    def remove(self, kind: str, ops: Any, name: str, collection: str = "", *, rid: str = "") -> None:
+        """Delete the resource `name` of the staging group through the SDK operations group `ops` (its
+        `get` and `begin_delete`); its id is `rid`, or `collection/name`."""
+        rg = self.names.resource_group
+        self.delete(
+            f"{kind} {name}",
+            rid or f"{collection}/{name}",
+            partial(ops.get, rg, name),
+            partial(polled, ops.begin_delete, rg, name),
+        )
 
     def tagged(self, what: str, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """The listed resources tagged with this run (a failed listing is reported, not fatal)."""
