@@ -256,11 +256,17 @@ class AzureProvider(ComputeProvider):
             )
         return StepResult(status="failed", step=error.step or method, error=error)
 
-    def _env_error(self, env: BuildEnv, step: str) -> StepResult | None:
+    def _drive_on_env(
+        self, method: str, step: str, build: BuildInput, env: BuildEnv, log: LogSink, **extra: Any
+    ) -> Any:
+        """Drive a phase that runs on the build VM, unless creating that VM failed: then the phase fails
+        with the same error (named `step`), and nothing is called."""
         handle = BuildHandle.of(env)
         if handle.status == "failed" and handle.error is not None:
+            if method == "capture":
+                return CaptureResult(status="failed", error=handle.error)
             return StepResult(status="failed", step=step, error=handle.error)
-        return None
+        return self._drive(method, build, {"env": env.model_dump(mode="json"), **extra}, log)
 
     # -- the seam ----------------------------------------------------------------------------------
 
@@ -356,39 +362,21 @@ class AzureProvider(ComputeProvider):
         return result
 
     def customize(self, build: BuildInput, env: BuildEnv, index: int, log: LogSink) -> StepResult | Pending:
-        failed = self._env_error(env, f"customize[{index}]")
-        if failed:
-            return failed
-        result: StepResult | Pending = self._drive(
-            "customize", build, {"env": env.model_dump(mode="json"), "index": index}, log
+        result: StepResult | Pending = self._drive_on_env(
+            "customize", f"customize[{index}]", build, env, log, index=index
         )
         return result
 
     def validate(self, build: BuildInput, env: BuildEnv, log: LogSink) -> StepResult | Pending:
-        failed = self._env_error(env, "validate")
-        if failed:
-            return failed
-        result: StepResult | Pending = self._drive(
-            "validate", build, {"env": env.model_dump(mode="json")}, log
-        )
+        result: StepResult | Pending = self._drive_on_env("validate", "validate", build, env, log)
         return result
 
     def generalize(self, build: BuildInput, env: BuildEnv, log: LogSink) -> StepResult | Pending:
-        failed = self._env_error(env, "generalize")
-        if failed:
-            return failed
-        result: StepResult | Pending = self._drive(
-            "generalize", build, {"env": env.model_dump(mode="json")}, log
-        )
+        result: StepResult | Pending = self._drive_on_env("generalize", "generalize", build, env, log)
         return result
 
     def capture(self, build: BuildInput, env: BuildEnv, log: LogSink) -> CaptureResult | Pending:
-        failed = self._env_error(env, "capture")
-        if failed:
-            return CaptureResult(status="failed", error=failed.error)
-        result: CaptureResult | Pending = self._drive(
-            "capture", build, {"env": env.model_dump(mode="json")}, log
-        )
+        result: CaptureResult | Pending = self._drive_on_env("capture", "capture", build, env, log)
         return result
 
     def distribute(
