@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from imagebuilder.template import errors as E
+from imagebuilder.template.ncrontab import CronSchedule, ScheduleError
 
 DEFAULT_BUILD_TIMEOUT_MINUTES = 240
 MAX_BUILD_TIMEOUT_MINUTES = 960
@@ -1270,62 +1271,14 @@ class ImageTemplateUpdate(ArmModel):
 
 # --------------------------------------------------------------------------------------------- triggers
 
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-# (name, lowest, highest, names) of the six NCRONTAB fields, as Azure Functions timers use them.
-_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
-    ("second", 0, 59, ()),
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day", 1, 31, ()),
-    ("month", 1, 12, _MONTHS),
-    ("day-of-week", 0, 6, _DAYS),
-)
-
-
-def _cron_value(text: str, low: int, high: int, names: tuple[str, ...]) -> int | None:
-    number = _small_int(text)
-    if number is not None:
-        value = number
-    elif len(text) == 3 and text.lower() in names:
-        value = names.index(text.lower()) + low
-    else:
-        return None
-    return value if low <= value <= high else None
-
-
-def _cron_field_ok(field: str, low: int, high: int, names: tuple[str, ...]) -> bool:
-    for item in field.split(","):
-        base, _, step = item.partition("/")
-        step_value = _small_int(step) if step else None
-        if step and not (step_value is not None and 0 < step_value <= high - low + 1):
-            return False
-        if base == "*":
-            continue
-        start, dash, end = base.partition("-")
-        first = _cron_value(start, low, high, names)
-        last = _cron_value(end, low, high, names) if dash else first
-        if first is None or last is None or first > last:
-            return False
-    return True
-
-
-def _cron_problem(expr: str) -> str | None:
-    fields = expr.split()
-    if len(fields) != len(_CRON_FIELDS):
-        return f"it has {len(fields)} fields, not 6"
-    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
-        if not _cron_field_ok(text, low, high, names):
-            return f"the {name} field {_q(text)} is not valid ({low}-{high}, '*', lists, ranges, steps)"
-    return None
-
-
 _TIME_ZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
 
 
 def _check_ncrontab(expr: str) -> list[Issue]:
-    problem = _cron_problem(expr)
-    if problem is not None:
+    try:
+        CronSchedule.parse(expr)
+    except ScheduleError as exc:
+        problem = str(exc)
         return [
             Issue(
                 E.INVALID_PARAMETER,
