@@ -15,6 +15,7 @@ The only place with storage clients (azure-data-tables, azure-storage-blob). Pub
         set_status(run, *, run_state, run_sub_state, message, error, details) -> RunRecord
         add_step(run, step) ; put_output(run, name, output) ; outputs(run) ; output(run, name)
         log(run, name="customization.log") -> BlobLog           # .write(text) .uri .read()
+        blobs() -> Iterator[RunBlob]                             # run-log container listing (leak audits)
     Store.triggers: TriggerRepo   get / put / delete / list / list_all
     Store.operations: OperationRepo   create / get / complete   (ARM async operations)
     Store.purge_template(sub, rg, name, *, etag=None)
@@ -46,6 +47,7 @@ from imagebuilder.store.records import (
     TERMINAL_RUN_STATES,
     OperationRecord,
     Page,
+    RunBlob,
     RunRecord,
     StoredTemplate,
     StoredTrigger,
@@ -73,6 +75,7 @@ __all__ = [
     "OperationRecord",
     "OperationRepo",
     "Page",
+    "RunBlob",
     "RunInProgressError",
     "RunRecord",
     "RunRepo",

@@ -94,6 +94,19 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class RunBlob:
+    """One blob of the run-log container (a log, a log segment, an SBOM inventory) as listed.
+
+    `run` is the run its name belongs to (None when the name is not a run's); `committed` is False for a
+    blob that only has staged blocks (an upload that never committed)."""
+
+    name: str
+    run: RunRef | None
+    committed: bool
+    size: int
+
+
+@dataclass(frozen=True)
 class StoredTrigger:
     """One trigger of a template (`Microsoft.VirtualMachineImages/imageTemplates/triggers`)."""
 

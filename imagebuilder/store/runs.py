@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableEntity
@@ -35,11 +37,18 @@ from imagebuilder.store._storage import (
 from imagebuilder.store.errors import (
     AlreadyExistsError,
     ConcurrencyError,
+    InvalidKeyError,
     NotFoundError,
     RunInProgressError,
 )
 from imagebuilder.store.logs import BlobLog, scrub_secrets
-from imagebuilder.store.records import RUN_STATES, RUN_SUB_STATES, TERMINAL_RUN_STATES, RunRecord
+from imagebuilder.store.records import (
+    RUN_STATES,
+    RUN_SUB_STATES,
+    TERMINAL_RUN_STATES,
+    RunBlob,
+    RunRecord,
+)
 from imagebuilder.store.templates import TemplateRepo
 
 RUN_OUTPUT_TYPE = f"{RESOURCE_TYPE}/runOutputs"
@@ -393,6 +402,25 @@ class RunRepo:
             return None
         value = json.loads(data)
         return value if isinstance(value, dict) else None
+
+    def blobs(self) -> Iterator[RunBlob]:
+        """Every blob of the run-log container, uncommitted ones included, each with the run its name
+        belongs to: what a leak audit compares with the runs the store knows."""
+        committed = {b.name for b in self._logs.list_blobs()}
+        for blob in self._logs.list_blobs(include=["uncommittedblobs"]):
+            parts = str(blob.name).split("/")
+            run = None
+            if len(parts) >= 5 and all(parts[:4]):
+                try:
+                    run = RunRef(
+                        subscription_id=unquote(parts[0]),
+                        resource_group=unquote(parts[1]),
+                        template_name=unquote(parts[2]),
+                        run_id=check_run_id(parts[3]),
+                    )
+                except (ValueError, InvalidKeyError):
+                    run = None
+            yield RunBlob(blob.name, run, blob.name in committed, int(blob.size or 0))
 
     # -- removal -----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ fault, thousands of fuzzed requests; it writes JSON lines to IMAGEBUILDER_RELIAB
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,24 +63,32 @@ class Rel(E2E):
     cache_dir: Path
 
 
-@pytest.fixture
-def rel(e2e_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rel]:  # noqa: F811
-    base = tmp_path_factory.mktemp("rel")
-    cache = tmp_path_factory.getbasetemp() / "rel-cache"  # shared by the suite's runtimes
+@contextlib.contextmanager
+def open_rel(az: Azurite, base: Path, cache: Path, provider: Path | None = None) -> Iterator[Rel]:
+    """A private runtime with its folders under `base` (the provider's state in `provider` when given:
+    the disk-full fault puts it on a small filesystem), on Azurite `az`, serving the examples."""
     _seed_bases(cache)
     dirs = {
         "runtime": base / "runtime",
-        "provider": base / "provider",
+        "provider": provider or base / "provider",
         "cache": cache,
-        "steps": base / "steps",
+        "steps": (provider or base) / "steps",
     }
-    env = runtime_env(e2e_azurite, dirs)
+    env = runtime_env(az, dirs)
     runtime = LocalRuntime(state_dir=dirs["runtime"], env=env).start()
     try:
         with serve_examples() as url:
             api = ImageBuilderApi(runtime.base_url, runtime.key, resource_group=f"rel-{base.name}")
-            r = Rel(api, open_store(e2e_azurite.connection_string), runtime, dirs["provider"], url, env)
+            r = Rel(api, open_store(az.connection_string), runtime, dirs["provider"], url, env)
             r.cache_dir = cache
             yield r
     finally:
         runtime.stop()
+
+
+@pytest.fixture
+def rel(e2e_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rel]:  # noqa: F811
+    base = tmp_path_factory.mktemp("rel")
+    cache = tmp_path_factory.getbasetemp() / "rel-cache"  # shared by the suite's runtimes
+    with open_rel(e2e_azurite, base, cache) as r:
+        yield r

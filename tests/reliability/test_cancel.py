@@ -47,7 +47,7 @@ def test_cancel_at_every_phase_ends_canceled_and_the_template_deletes(rel: Rel) 
         worst = max(worst, took)
         if resp.status != 409 and final["runState"] != "Canceled":
             failures.append(f"{phase}: ended {final['runState']}: {final.get('message')}")
-        leaks = wait_clean(rel.provider_state, rel.cache_dir)
+        leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store)
         leaked += leaks.total()
         deleted = rel.api.request("DELETE", rel.api.template_path(name))
         gone = 0
@@ -58,6 +58,10 @@ def test_cancel_at_every_phase_ends_canceled_and_the_template_deletes(rel: Rel) 
             time.sleep(1)
         if deleted.status not in (200, 202, 204) or gone != 404:
             failures.append(f"{phase}: delete after cancel answered {deleted.status}, then GET {gone}")
+        after = wait_clean(rel.provider_state, rel.cache_dir, rel.store)  # the delete took the run's blobs
+        leaked += after.total()
+        if after.total():
+            failures.append(f"{phase}: left after the delete: {after}")
     record(
         "cancel",
         "cancel during a phase, then delete the template",

@@ -142,7 +142,7 @@ def test_kill_9_at_random_points_of_real_builds(rel: Rel) -> None:
             if log.count(f"==> {step}: started") != 1:
                 reran += 1
                 failures.append(f"{name}: {step} ran again after the kill")
-        leaks = wait_clean(rel.provider_state, rel.cache_dir)
+        leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store)
         leaked_total += leaks.total()
         if leaks.total():
             failures.append(f"{name}: {leaks}")

@@ -46,7 +46,7 @@ def test_builds_started_at_once_all_finish(rel: Rel) -> None:
     assert rel.runtime.proc is not None
     peak = _peak_rss_mb(rel.runtime.proc.pid)
     failed = [name for name, f in finals.items() if f["runState"] != "Succeeded"]
-    leaks = wait_clean(rel.provider_state, rel.cache_dir)
+    leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store)
     record(
         "concurrency",
         f"{n} builds started at once (2 cores)",

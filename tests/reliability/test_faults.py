@@ -34,7 +34,7 @@ def _run(rel: Rel, name: str, inline: list[str], **tags: str) -> dict[str, Any]:
 
 
 def _check(rel: Rel, case: str, final: dict[str, Any], *words: str, state: str = "Failed") -> None:
-    leaks = wait_clean(rel.provider_state, rel.cache_dir)
+    leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store)
     message = str(final.get("message", ""))
     named = all(w.lower() in message.lower() for w in words)
     ok = final["runState"] == state and named and leaks.total() == 0
@@ -126,11 +126,14 @@ def test_corrupted_sqlite_page_in_a_copy_of_the_state(rel: Rel, tmp_path: Path) 
         other.stop()
     log = (copy / "runtime.log").read_text() if (copy / "runtime.log").is_file() else ""
     named = "durable.sqlite" in outcome + log or "malformed" in (outcome + log).lower()
+    leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store)
     record(
         "fault",
         "corrupted SQLite page in a copy of the durable state",
         1,
         lost=0 if named else 1,
+        leaked=leaks.total(),
         note=outcome[:160],
     )
     assert named, outcome + log[-2000:]
+    assert leaks.total() == 0, leaks

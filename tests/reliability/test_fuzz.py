@@ -20,6 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from imagebuilder.template import parse_template
+from tests.reliability.audit import wait_clean
 from tests.reliability.conftest import Rel, pick, record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -151,11 +152,14 @@ def test_fuzzed_requests_never_5xx_and_never_leave_half_written_templates(rel: R
         except Exception as exc:
             half_written.append(f"{item.get('id')}: {exc}")
     total = statuses.total()
+    # builds the fuzzer started (a valid PUT then POST .../run) end within the scaled build timeout
+    leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store, timeout=180)
     record(
         "fuzz",
         f"schemathesis, {len(operations)} operations of the spec",
         total,
         lost=len(server_errors) + len(half_written),
+        leaked=leaks.total(),
         note=f"5xx {len(server_errors)}, non-ARM 4xx {len(bad_shape)}, half-written {len(half_written)}, "
         f"host-level 401/404 (no handler) {host_level[0]}; "
         + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
@@ -163,3 +167,4 @@ def test_fuzzed_requests_never_5xx_and_never_leave_half_written_templates(rel: R
     assert not server_errors, server_errors[:5]
     assert not bad_shape, bad_shape[:5]
     assert not half_written, half_written[:5]
+    assert leaks.total() == 0, leaks
