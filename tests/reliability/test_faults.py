@@ -1,5 +1,6 @@
 """Faults: each ends in a clear failed (or recovered) state, with cleanup done (the audit) and the error
-naming the cause. Short suite: a customizer that hangs past its timeout and one that fork-bombs. Long
+naming the cause. Short suite: a customizer that hangs past its timeout, one that fork-bombs, and the
+disk filling up while capture writes the disk image (the provider's state on a small tmpfs). Long
 suite adds a memory eater, an unreachable package mirror, Azurite stopped and restarted mid-run, and a
 corrupted SQLite page in a copy of the runtime's durable state."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from examples.demo import LocalRuntime
 from local_runtime.azurite import Azurite
 from tests.reliability.audit import wait_clean
-from tests.reliability.conftest import LONG, Rel, record
+from tests.reliability.conftest import LONG, Rel, open_rel, record
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(1800)]
 long_only = pytest.mark.skipif(not LONG, reason="long suite only (IMAGEBUILDER_RELIABILITY=long)")
@@ -60,6 +62,61 @@ def test_customizer_fork_bomb(rel: Rel) -> None:
         **{"imagebuilder.local.stepTimeoutMinutes": "0.2"},
     )
     _check(rel, f"customizer fork-bombs (ended in {time.monotonic() - start:.0f} s)", final, "fault")
+
+
+def test_disk_filling_during_capture(e2e_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The provider's state dir on a 48 MB tmpfs: the base (in the cache, elsewhere) and a step writing
+    28 MB fit, the disk image of that tree does not. The run fails naming the full filesystem and what to
+    do, cleanup leaves nothing, and once the filesystem is grown the same template builds."""
+    base = tmp_path_factory.mktemp("rel-small")
+    small = base / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", str(small)], check=True)
+    try:
+        cache = tmp_path_factory.getbasetemp() / "rel-cache"
+        with open_rel(e2e_azurite, base, cache, provider=small / "state") as rel:
+            template = rel.template(
+                "busybox-webpage.json",
+                customize=[
+                    {
+                        "type": "Shell",
+                        "name": "fill",
+                        "inline": ["sudo dd if=/dev/urandom of=/var/fill bs=1M count=28"],
+                    }
+                ],
+                validate={},
+                distribute=[{"type": "VHD", "runOutputName": "vhd"}],
+            )
+            final = rel.build("diskfull", template, timeout=900)
+            log = rel.log_text("diskfull")
+            # the tool writing the disk image met the full filesystem (not a step, not a precheck)
+            assert "No space left on device" in log, log[-3000:]
+            _check(
+                rel,
+                "disk fills while capture writes the disk image (state on a 48 MB tmpfs)",
+                final,
+                "no space left on device",
+                str(small),
+                "MiB free when capture began",
+                "needs at least",
+                "IMAGEBUILDER_STATE_DIR",
+            )
+            subprocess.run(["mount", "-o", "remount,size=256m", str(small)], check=True)  # space freed
+            rel.api.run("diskfull")
+            again = rel.api.watch("diskfull", timeout=900, interval=0.5)
+            leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store)
+            record(
+                "fault",
+                "build after the disk-full failure, with space freed",
+                1,
+                lost=0 if again["runState"] == "Succeeded" else 1,
+                leaked=leaks.total(),
+                note=str(again.get("message", ""))[:160],
+            )
+            assert again["runState"] == "Succeeded", again
+            assert leaks.total() == 0, leaks
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 @long_only

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from imagebuilder.pipeline.messages import (
 from imagebuilder.providers.base import LogSink, ProviderError, TransientProviderError
 from imagebuilder.providers.local import (
     buildroot,
+    mounts,
     proc,
     sbom,
 )
@@ -63,6 +65,7 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     start = time.monotonic()
     shutil.rmtree(layout.capture, ignore_errors=True)
     layout.capture.mkdir(parents=True, exist_ok=True)
+    free_at_start = shutil.disk_usage(layout.capture).free
     generation = str(env.handle.get("generation", "V1"))
     bootable = bool(env.handle.get("bootable", False))
     raw = layout.capture / "disk.raw"
@@ -110,13 +113,17 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
             remember_sha256(vhd, image["sha256"])
             timings["sha256"] = time.monotonic() - t0
             timings["rootfs_tar"] = tar_job.result()
-        except ProviderError as exc:
+        except (ProviderError, OSError) as exc:
             tar_job.cancel()
             with contextlib.suppress(Exception):
                 tar_job.result()
             if isinstance(exc, TransientProviderError):
                 raise
             tail = list(getattr(exc, "tail", []) or [])[-LOG_TAIL:]
+            if _no_space(exc, tail):
+                return _disk_full(ctx, root, free_at_start, exc, clog, log, tail)
+            if not isinstance(exc, ProviderError):
+                raise
             clog.write(f"! capture failed: {exc}\n")
             unbootable = bootable and "has no kernel" in str(exc)
             code = BOOT_CHECK_CODE if unbootable else "CaptureFailed"
@@ -155,6 +162,55 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     result = CaptureResult(status="succeeded", image=image)
     record.write_text(result.model_dump_json())
     return result
+
+
+def _no_space(exc: BaseException, tail: list[str]) -> bool:
+    """Whether a capture failure is the host filesystem filling up (ENOSPC, in any tool's words)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return any("No space left on device" in text for text in [str(exc), *tail])
+
+
+def _disk_full(
+    ctx: RunContext,
+    root: Path,
+    free_at_start: int,
+    exc: BaseException,
+    clog: LogSink,
+    log: LogSink,
+    tail: list[str],
+) -> CaptureResult:
+    """The failed capture of a full host filesystem: where, how much was free, about how much the disk
+    image needed, and what to do (the partial disk is already gone: build_disk writes in a temp folder)."""
+    from imagebuilder.providers.local import disk
+
+    where = ctx.layout.capture
+    try:
+        needed = f"at least {-(-disk.tree_usage(root)[0] // (1024 * 1024))} MiB (the build root's files)"
+    except OSError:
+        needed = "more than that"
+    message = (
+        f"no space left on device: the filesystem at {mounts.mount_point_of(where)} (holding {where}) "
+        "filled up while capture wrote the disk image; it had "
+        f"{free_at_start // (1024 * 1024)} MiB free when capture began, the disk image needs {needed} "
+        "plus filesystem metadata"
+        + (", and the root tree tarball about as much again" if keeps_image(ctx) else "")
+        + ". Free space on that filesystem (or set IMAGEBUILDER_STATE_DIR to a folder on a larger one) "
+        "and run the build again"
+    )
+    clog.write(f"! {message}\n  ({exc})\n")
+    with contextlib.suppress(OSError):
+        shutil.rmtree(where)  # nothing half-written stays to fill the disk until cleanup
+    return CaptureResult(
+        status="failed",
+        error=ErrorInfo(
+            code="DiskFull",
+            message=message,
+            step="capture",
+            log_tail=tail or [str(exc)[-300:]],
+            log_uri=log.uri or None,
+        ),
+    )
 
 
 def keeps_image(ctx: RunContext) -> bool:

@@ -51,3 +51,15 @@ def loops_under(folder: Path) -> list[str]:
             if path == base or path.startswith(base + "/"):
                 out.append("/dev/" + backing.parent.parent.name)
     return out
+
+
+def mount_point_of(path: Path) -> Path:
+    """The mount point of the filesystem holding `path` (the nearest existing ancestor's when it does not
+    exist): where a "no space left" error points the user."""
+    path = Path(os.path.realpath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    dev = path.stat().st_dev
+    while path != path.parent and path.parent.stat().st_dev == dev:
+        path = path.parent
+    return path
