@@ -4,6 +4,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from activities import (
+    build_slots,
     capture,
     cleanup,
     create_env,
@@ -42,6 +43,7 @@ for blueprint in (
     distribute.bp,
     cleanup.bp,
     run_status.bp,
+    build_slots.bp,
     poll.bp,
     evaluation.bp,
     uploads.bp,

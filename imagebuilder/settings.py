@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,20 @@ class Settings:
     #: IMAGEBUILDER_STRICT_TEMPLATE_MEMBERS: refuse unknown template members instead of dropping them
     #: with a warning (AIB drops them).
     strict_template_members: bool = False
+    #: IMAGEBUILDER_MAX_CONCURRENT_BUILDS: how many runs of the whole app may be past Queued at once
+    #: (see `default_max_concurrent_builds`); the others wait in runSubState Queued, first come first
+    #: served.
+    max_concurrent_builds: int = 1
+
+    @property
+    def build_slot_pool(self) -> str:
+        """The name of the app's build slot pool in storage. Azure builds share a pool per app (task
+        hub); local builds share the machine they run on, so the pool is also per provider state folder
+        (one host per state folder): two local hosts on one storage account do not share slots."""
+        if self.provider == "local":
+            folder = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
+            return f"{self.task_hub}|local|{folder}"
+        return f"{self.task_hub}|{self.provider}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -51,7 +66,37 @@ class Settings:
             builder_id=env.get("IMAGEBUILDER_BUILDER_ID", "").strip(),
             website_hostname=(env.get("WEBSITE_HOSTNAME") or "").strip() or None,
             strict_template_members=_flag(env, "IMAGEBUILDER_STRICT_TEMPLATE_MEMBERS"),
+            max_concurrent_builds=_positive_int(
+                env, "IMAGEBUILDER_MAX_CONCURRENT_BUILDS", default_max_concurrent_builds(provider)
+            ),
         )
+
+
+# Azure: the build VMs run in the user's subscription, so the bound is their regional vCPU quota, not
+# this app: 5 default build VMs (Standard_D2ds_v4, 2 vCPUs) are 10 vCPUs, within a new subscription's
+# usual regional quota of a VM family. Raise it with the quota.
+AZURE_MAX_CONCURRENT_BUILDS = 5
+# Locally a build holds about one core (customizer steps, the TCG boot check) and up to a few GiB of
+# memory (QEMU guest 1 GiB, image and cache writes in the page cache): one build per core, at most one
+# per 3 GiB of memory.
+LOCAL_GIB_PER_BUILD = 3
+
+
+def default_max_concurrent_builds(provider: str) -> int:
+    """IMAGEBUILDER_MAX_CONCURRENT_BUILDS when unset: for `azure` AZURE_MAX_CONCURRENT_BUILDS; for
+    `local` one per usable core, at most one per LOCAL_GIB_PER_BUILD GiB of memory, at least 1 (2 on a
+    2-core, 24 GiB machine)."""
+    if provider != "local":
+        return AZURE_MAX_CONCURRENT_BUILDS
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gib = float(LOCAL_GIB_PER_BUILD * cores)
+    return max(1, min(cores, int(memory_gib // LOCAL_GIB_PER_BUILD)))
 
 
 @dataclass(frozen=True)

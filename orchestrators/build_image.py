@@ -1,11 +1,15 @@
 """The `build_image` orchestration: one run of one template, phase by phase, with cleanup on every path.
 
-Queued → Building (prepare, create_env) → Customizing (one activity per customizer) → Optimizing (only
-when the template asks) → Validating (inVMValidations) → Distributing (generalize, capture, then one
-`distribute_image` sub-orchestration per distribute target). Every phase change and the end are
+Queued (waiting for one of the app's build slots, IMAGEBUILDER_MAX_CONCURRENT_BUILDS: the
+`acquire_build_slot` activity is called on durable timers with backoff until it grants one, first come
+first served) → Building (prepare, create_env) → Customizing (one activity per customizer) → Optimizing
+(only when the template asks) → Validating (inVMValidations) → Distributing (generalize, capture, then
+one `distribute_image` sub-orchestration per distribute target). Every phase change and the end are
 reported as custom status and persisted through the `run_status` activity. Each step is raced against
-the `buildTimeoutInMinutes` durable timer and the external event `cancel`; whichever way the run ends,
-`cleanup` runs. Pure: no I/O, no clock (only `context.current_utc_datetime`), JSON across the boundary.
+the `buildTimeoutInMinutes` durable timer (time spent Queued does not count) and the external event
+`cancel` (also while Queued); whichever way the run ends, `cleanup` runs (once the run held a slot) and
+then `release_build_slot` gives the slot (or the place in the queue) back. Pure: no I/O, no clock (only
+`context.current_utc_datetime`), JSON across the boundary.
 """
 
 from __future__ import annotations
@@ -38,6 +42,26 @@ RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_o
 # After a cancel or a timeout, how long to let the interrupted step notice that cleanup removed its
 # environment before the run is declared over (the step cannot be stopped from here).
 SETTLE_GRACE = timedelta(minutes=2)
+# While Queued: the first in line asks again after 2 s, growing 1.5x per unchanged answer up to 5 s;
+# those further back wait longer (2 s per place ahead), up to 30 s, so a long queue costs little history.
+STEP_QUEUE = "waiting for a build slot"
+
+
+def slot_poll_seconds(position: int, unchanged: int) -> float:
+    """Seconds until a waiter at `position` (1 = next in line) asks again, after `unchanged` answers
+    that did not move it."""
+    base, cap = (2.0, 5.0) if position <= 1 else (min(30.0, 2.0 * position), 30.0)
+    return round(min(cap, base * 1.5 ** min(unchanged, 10)), 3)
+
+
+def slot_message(grant: dict[str, Any]) -> str:
+    """The run's message while it waits: why, and where it stands."""
+    ahead = int(grant.get("position") or 1) - 1
+    return (
+        f"waiting for a build slot: {grant.get('inUse')} of {grant.get('limit')} in use "
+        f"(IMAGEBUILDER_MAX_CONCURRENT_BUILDS); {ahead} run(s) ahead in the queue"
+    )
+
 
 Gen = Generator[Any, Any, Any]
 
@@ -149,6 +173,12 @@ class BuildRun:
         self._phase_work_start = 0.0
         self.outputs: list[dict[str, Any]] = []
         self.step_reports: list[dict[str, Any]] = []
+        self.cancel: Any = None
+        self.slot_requested = False  # an acquire was sent: the pool may list us, release on every path
+        self.slot_held = False
+        self.queued_for = timedelta(0)
+        self.slot: dict[str, Any] = {}  # the grant: limit, ticket (arrival number), grant number, polls
+        self._acquire_task: Any = None
 
     # ---- status -----------------------------------------------------------------------------------
     def custom_status(self, **extra: Any) -> dict[str, Any]:
@@ -186,10 +216,77 @@ class BuildRun:
         `cancel` event. `scale` is the host's test knob (1.0 unless set; see activities/run_status)."""
         self.timeout_scale = scale
         budget = timedelta(minutes=self.plan.timeout_minutes) * scale
-        self.deadline = self.ctx.create_timer(self.started + budget)
-        cancel = self.ctx.wait_for_external_event(naming.CANCEL_EVENT)
+        self.deadline = self.ctx.create_timer(self.started + self.queued_for + budget)
+        cancel = self.cancel_event()
         self.steps.race_with = [self.deadline, cancel]
         self.steps.race_names = {id(self.deadline): "timeout", id(cancel): "cancel"}
+
+    def cancel_event(self) -> Any:
+        """The one task waiting for the `cancel` event (made once: raced while Queued and after)."""
+        if self.cancel is None:
+            self.cancel = self.ctx.wait_for_external_event(naming.CANCEL_EVENT)
+        return self.cancel
+
+    def wait_for_slot(self) -> Gen:
+        """Stay Queued until the pool grants a build slot, raced against `cancel` only (the build timeout
+        starts once the slot is held). The message says why it waits and where it stands; it is persisted
+        only when that changes."""
+        ctx, steps = self.ctx, self.steps
+        cancel = self.cancel_event()
+        steps.race_with = [cancel]
+        steps.race_names = {id(cancel): "cancel"}
+        steps.step = STEP_QUEUE
+        queued_at = ctx.current_utc_datetime
+        self.phases[p.QUEUED] = {"start": iso(queued_at)}
+        payload = {"build": self.build_json, "holder": ctx.instance_id}
+        where: tuple[Any, ...] | None = None
+        unchanged = 0
+        polls = 0
+        while True:
+            self.slot_requested = True
+            self._acquire_task = ctx.call_activity_with_retry(naming.ACTIVITY_ACQUIRE_SLOT, RETRY, payload)
+            grant = yield from steps.wait(self._acquire_task)
+            polls += 1
+            if grant.get("granted"):
+                self.slot_held = True
+                if polls > 1:
+                    self.queued_for = ctx.current_utc_datetime - queued_at
+                self.slot = {k: grant.get(k) for k in ("limit", "ticket", "grant")} | {"polls": polls}
+                return
+            now = (grant.get("position"), grant.get("inUse"), grant.get("limit"))
+            if now != where:
+                where, unchanged = now, 0
+                self.message = slot_message(grant)
+                slot = {k: grant.get(k) for k in ("position", "inUse", "limit", "waiting")}
+                yield from self.persist(details={"buildSlot": {**slot, "since": iso(queued_at)}})
+            else:
+                unchanged += 1
+            delay = slot_poll_seconds(int(grant.get("position") or 1), unchanged)
+            yield from steps.wait(ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=delay)))
+
+    def release_slot(self, interrupted: Interrupted | None) -> Gen:
+        """Give the slot (or the place in the queue) back. An acquire still in flight is let finish first
+        (bounded), so it cannot grant a slot after the release; if it still does, the run is terminal by
+        then and the next acquire reclaims it."""
+        if not self.slot_requested:
+            return None
+        inflight = self._acquire_task
+        if (
+            interrupted is not None
+            and inflight is not None
+            and interrupted.inflight is inflight
+            and not inflight.is_completed
+        ):
+            grace = self.ctx.create_timer(self.ctx.current_utc_datetime + timedelta(minutes=1))
+            yield self.ctx.task_any([inflight, grace])
+            if not grace.is_completed:
+                grace.cancel()
+        payload = {"build": self.build_json, "holder": self.ctx.instance_id}
+        try:
+            yield self.ctx.call_activity_with_retry(naming.ACTIVITY_RELEASE_SLOT, RETRY, payload)
+        except Exception as exc:  # storage gone for good: the terminal run makes the entry stale
+            return f"releasing the build slot failed ({exc}); it is reclaimed once this run is terminal"
+        return None
 
     def persist(self, *, error: ErrorInfo | None = None, details: dict[str, Any] | None = None) -> Gen:
         self.ctx.set_custom_status(self.custom_status())
@@ -330,6 +427,7 @@ class BuildRun:
         interrupted: Interrupted | None = None
         keep = False
         try:
+            yield from self.wait_for_slot()
             validation_error = yield from self.work()
             keep = validation_error is not None and self.keep_on_validation
         except Interrupted as exc:
@@ -346,14 +444,15 @@ class BuildRun:
         self.ctx.set_custom_status(self.custom_status())
         cleanup_error: str | None = None
         report = CleanupReport()
-        try:
-            report = yield from self.cleanup(keep)
-        except StepFailed as exc:
-            cleanup_error = exc.error.message
-        except Exception as exc:
-            cleanup_error = str(exc).strip().splitlines()[0] if str(exc).strip() else "cleanup failed"
-        if interrupted is not None:
-            yield from self.settle(interrupted, keep)
+        if self.slot_held:  # before that nothing was made: nothing to clean up
+            try:
+                report = yield from self.cleanup(keep)
+            except StepFailed as exc:
+                cleanup_error = exc.error.message
+            except Exception as exc:
+                cleanup_error = str(exc).strip().splitlines()[0] if str(exc).strip() else "cleanup failed"
+            if interrupted is not None:
+                yield from self.settle(interrupted, keep)
         self._close_phase()
 
         state, message = self.conclude(failure, validation_error, interrupted, report)
@@ -369,9 +468,20 @@ class BuildRun:
             "steps": self.step_reports,
             "endTime": iso(self.ctx.current_utc_datetime),
         }
+        if self.slot_requested:
+            details["buildSlot"] = {
+                "held": self.slot_held,
+                **self.slot,
+                "queuedSeconds": round(self.queued_for.total_seconds(), 3),
+            }
         if self.deadline is not None and not self.deadline.is_completed:
             self.deadline.cancel()
         yield from self.persist(error=failure or validation_error, details=details)
+        # released after the run is recorded as over, so the API never shows more runs past Queued
+        # than there are slots (the next run's Building comes after this run's end)
+        release_error = yield from self.release_slot(interrupted)
+        if release_error:
+            details["buildSlot"]["releaseError"] = release_error
         return {**self.custom_status(), **details, "error": _dump(failure or validation_error)}
 
     def settle(self, interrupted: Interrupted, keep: bool) -> Gen:

@@ -101,3 +101,29 @@ def test_azure_settings_defaults_and_values() -> None:
         "cid",
         "template",
     )
+
+
+def test_max_concurrent_builds_defaults_per_provider_and_is_checked() -> None:
+    import os
+
+    from imagebuilder.settings import AZURE_MAX_CONCURRENT_BUILDS, default_max_concurrent_builds
+
+    cores = len(os.sched_getaffinity(0))
+    local = default_max_concurrent_builds("local")
+    assert 1 <= local <= cores
+    assert Settings.from_env({}).max_concurrent_builds == local
+    assert (
+        Settings.from_env({"IMAGEBUILDER_PROVIDER": "azure"}).max_concurrent_builds
+        == AZURE_MAX_CONCURRENT_BUILDS
+    )
+    assert Settings.from_env({"IMAGEBUILDER_MAX_CONCURRENT_BUILDS": "3"}).max_concurrent_builds == 3
+    with pytest.raises(ValueError, match="IMAGEBUILDER_MAX_CONCURRENT_BUILDS='0' is not a positive whole"):
+        Settings.from_env({"IMAGEBUILDER_MAX_CONCURRENT_BUILDS": "0"})
+
+
+def test_local_hosts_with_their_own_state_folders_have_their_own_build_slot_pools() -> None:
+    a = Settings.from_env({"IMAGEBUILDER_STATE_DIR": "/tmp/a"})
+    b = Settings.from_env({"IMAGEBUILDER_STATE_DIR": "/tmp/b"})
+    assert a.build_slot_pool != b.build_slot_pool
+    azure = [Settings.from_env({"IMAGEBUILDER_PROVIDER": "azure", "IMAGEBUILDER_STATE_DIR": d}) for d in "ab"]
+    assert azure[0].build_slot_pool == azure[1].build_slot_pool == "ImageBuilderHub|azure"

@@ -31,6 +31,9 @@ ACTIVITY_DISTRIBUTE = "distribute"
 ACTIVITY_CLEANUP = "cleanup"
 ACTIVITY_RUN_STATUS = "run_status"
 ACTIVITY_POLL = "poll"
+# Build slots (activities/build_slots.py): at most IMAGEBUILDER_MAX_CONCURRENT_BUILDS runs past Queued.
+ACTIVITY_ACQUIRE_SLOT = "acquire_build_slot"
+ACTIVITY_RELEASE_SLOT = "release_build_slot"
 
 PHASE_ACTIVITIES = (
     ACTIVITY_PREPARE,

@@ -109,6 +109,8 @@ class FakeBuild:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cleanups: list[bool] = field(default_factory=list)
     timeout_scale: float | None = None
+    queued_polls: int = 0  # how many acquire_build_slot answers say "wait" before the grant
+    slot_calls: list[str] = field(default_factory=list)
 
     def activities(self) -> dict[str, Any]:
         return {
@@ -122,7 +124,22 @@ class FakeBuild:
             "cleanup": self.cleanup,
             "run_status": self.run_status,
             "poll": self.poll,
+            "acquire_build_slot": self.acquire_build_slot,
+            "release_build_slot": self.release_build_slot,
         }
+
+    def acquire_build_slot(self, p: dict[str, Any]) -> Any:
+        self.slot_calls.append("acquire")
+        if self.queued_polls > 0:
+            self.queued_polls -= 1
+            position = 1 + self.queued_polls // 2
+            return {"granted": False, "position": position, "inUse": 2, "limit": 2, "waiting": position}
+        grant = {"granted": True, "position": 0, "inUse": 1, "limit": 2, "waiting": 0, "reclaimed": []}
+        return {**grant, "ticket": 7, "grant": 5}
+
+    def release_build_slot(self, p: dict[str, Any]) -> Any:
+        self.slot_calls.append("release")
+        return {"released": True}
 
     def prepare(self, p: dict[str, Any]) -> Any:
         if self.fail_prepare:

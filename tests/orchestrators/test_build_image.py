@@ -24,8 +24,8 @@ def phase_names(host: ReplayHost) -> list[str]:
     """Activities of the parent, with run_status calls shown as their sub-state or final state."""
     out = []
     for c in host.calls:
-        if c.instance_id != "run-1":
-            continue
+        if c.instance_id != "run-1" or c.name in ("acquire_build_slot", "release_build_slot"):
+            continue  # the build slot calls have their own tests
         if c.name == "run_status":
             p = c.payload
             out.append(f"status:{p['run_state']}/{p['run_sub_state']}")
@@ -69,7 +69,9 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
     out = inst.output
     assert out["runState"] == "Succeeded" and out["runSubState"] == "Distributing"
     assert [o["status"] for o in out["outputs"]] == ["succeeded"] * 3
-    assert set(out["phases"]) == {"Building", "Customizing", "Validating", "Distributing"}
+    assert set(out["phases"]) == {"Queued", "Building", "Customizing", "Validating", "Distributing"}
+    assert out["buildSlot"]["polls"] == 1 and out["buildSlot"]["queuedSeconds"] == 0
+    assert fake.slot_calls == ["acquire", "release"]
     assert out["phases"]["Customizing"]["workSeconds"] == 4.0  # two customizers of 2 s each
     # generalize + capture + the longest of the targets (they replicate in parallel) + cleanup, 1 s each
     assert out["phases"]["Distributing"]["workSeconds"] == 4.0
@@ -300,7 +302,11 @@ def test_replay_is_deterministic_same_actions_every_episode() -> None:
 def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
     fake = FakeBuild(timeout_scale=0.05)
     # the 18 s deadline fires while the Validating status is written (17 s to 18.5 s), between steps
-    host = ReplayHost(handles(), fake.activities(), durations={"customize": 6.0, "run_status": 1.5})
+    host = ReplayHost(
+        handles(),
+        fake.activities(),
+        durations={"customize": 6.0, "run_status": 1.5, "acquire_build_slot": 0.0},
+    )
     _, inst = run(fake, build_input(buildTimeoutInMinutes=6), host=host)
     assert inst.output["runState"] == "Failed" and "timed out" in inst.output["message"]
     assert "validate" not in host.names(), "no step starts once the deadline has passed"
@@ -333,3 +339,50 @@ def test_optimizing_is_reported_between_customizing_and_validating_when_asked() 
         "status:Running/Distributing",
     ]
     assert inst.output["runState"] == "Succeeded"
+
+
+def test_a_run_waits_queued_for_a_build_slot_then_builds_and_gives_it_back() -> None:
+    fake = FakeBuild(queued_polls=4, timeout_scale=0.05)
+    host, inst = run(fake, build_input(buildTimeoutInMinutes=6))
+    # waiting: Queued with why and where, persisted when that changes (positions 2, 2, 1, 1)
+    queued = [s for s in fake.statuses if s["run_sub_state"] == "Queued"]
+    assert [s["details"]["buildSlot"]["position"] for s in queued] == [2, 1]
+    assert "waiting for a build slot: 2 of 2 in use" in queued[0]["message"]
+    assert "1 run(s) ahead" in queued[0]["message"]
+    subs = [s["run_sub_state"] for s in fake.statuses]
+    order = ["Queued", "Building", "Customizing", "Validating", "Distributing"]
+    assert [order.index(s) for s in subs] == sorted(order.index(s) for s in subs), "never backwards"
+    assert fake.slot_calls == ["acquire"] * 5 + ["release"]
+    # the slot goes back after the end is recorded: the API never shows more runs past Queued than slots
+    assert [c.name for c in host.calls if c.instance_id == "run-1"][-2:] == [
+        "run_status",
+        "release_build_slot",
+    ]
+    assert fake.statuses[-1]["run_state"] == "Succeeded"
+    out = inst.output
+    assert out["runState"] == "Succeeded"
+    # 4 waits on durable timers (4 s, 6 s at place 2; 2 s, 3 s at place 1) plus the calls between them
+    assert out["buildSlot"]["polls"] == 5 and out["buildSlot"]["queuedSeconds"] >= 10
+    assert (out["buildSlot"]["ticket"], out["buildSlot"]["grant"]) == (7, 5)
+    assert out["phases"]["Queued"]["seconds"] >= 10
+    # the 18 s build timeout started once the slot was held: a build of ~16 s does not time out
+    assert out["buildSlot"]["queuedSeconds"] + out["phases"]["Building"]["seconds"] < 40
+
+
+def test_cancel_while_queued_ends_canceled_without_building_and_leaves_the_queue() -> None:
+    fake = FakeBuild(queued_polls=1000)
+    host = ReplayHost(handles(), fake.activities())
+
+    def cancel_in_queue(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
+        if item.name == "acquire_build_slot" and fake.slot_calls.count("acquire") == 3:
+            h.raise_event(inst.instance_id, "cancel", "user asked")
+
+    host.on_schedule.append(cancel_in_queue)
+    _, inst = run(fake, host=host)
+    out = inst.output
+    assert out["runState"] == "Canceled" and out["runSubState"] == "Queued"
+    assert "waiting for a build slot" in out["message"]
+    assert "prepare" not in host.names() and fake.cleanups == [], "nothing was made: no cleanup"
+    assert fake.slot_calls[-1] == "release" and fake.slot_calls.count("release") == 1
+    assert out["buildSlot"]["held"] is False
+    assert [s["run_state"] for s in fake.statuses][-2:] == ["Canceling", "Canceled"]

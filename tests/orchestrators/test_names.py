@@ -23,7 +23,13 @@ print(json.dumps([[f.trigger_type, f.durable_name] for f in index_functions(load
 def test_orchestrations_and_activities_are_registered_under_their_names() -> None:
     out = subprocess.run([sys.executable, "-c", INDEX, str(ROOT)], capture_output=True, text=True, check=True)
     registered = {(kind, name) for kind, name in json.loads(out.stdout)}
-    activities = {*naming.PHASE_ACTIVITIES, naming.ACTIVITY_RUN_STATUS, naming.ACTIVITY_POLL}
+    activities = {
+        *naming.PHASE_ACTIVITIES,
+        naming.ACTIVITY_RUN_STATUS,
+        naming.ACTIVITY_POLL,
+        naming.ACTIVITY_ACQUIRE_SLOT,
+        naming.ACTIVITY_RELEASE_SLOT,
+    }
     for name in activities:
         assert ("activityTrigger", name) in registered, name
     for name in (naming.BUILD_ORCHESTRATION, naming.DISTRIBUTE_ORCHESTRATION):

@@ -1,0 +1,55 @@
+"""The build slot activities: `acquire_build_slot` and `release_build_slot`, the storage side of the
+app-wide limit IMAGEBUILDER_MAX_CONCURRENT_BUILDS (imagebuilder/store/slots.py holds the pool).
+
+The orchestration calls `acquire_build_slot` until it is granted (waiting on durable timers between
+calls, in runSubState Queued) and `release_build_slot` on every way out. Both are idempotent, so the
+host's retries and a replay after a crash change nothing. A holder or waiter whose run is terminal, or
+whose run record is gone (its template was deleted), is stale: the next acquire drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import azure.durable_functions as df
+
+from activities._common import build_of, settings, store
+from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.store import InvalidKeyError
+from imagebuilder.store.slots import open_slots
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+
+def run_is_over(run: RunRef) -> bool:
+    """True when `run` can hold no slot: its record is terminal or gone."""
+    try:
+        record = store().runs.get(run)
+    except InvalidKeyError:
+        return True
+    return record is None or record.terminal
+
+
+@bp.activity_trigger(input_name="payload")
+def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
+    """Input: {build, holder} (holder: the orchestration instance). Output: Grant JSON (granted,
+    position, inUse, limit, waiting, reclaimed)."""
+    build = build_of(payload)
+    holder = str(payload["holder"])
+    cfg = settings()
+    slots = open_slots(cfg.storage_connection)
+    grant = slots.acquire(cfg.build_slot_pool, holder, build.run, cfg.max_concurrent_builds, run_is_over)
+    for stale in grant.reclaimed:
+        log.warning("build slots: reclaimed the entry of %s (its run is over or gone)", stale)
+    return grant.as_json()
+
+
+@bp.activity_trigger(input_name="payload")
+def release_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
+    """Input: {build, holder}. Output: {released: bool} (False when it held nothing: a retry)."""
+    holder = str(payload["holder"])
+    cfg = settings()
+    released = open_slots(cfg.storage_connection).release(cfg.build_slot_pool, holder)
+    return {"released": released}
