@@ -460,7 +460,7 @@ class BuildRun:
             problems = [*report.errors, *([cleanup_error] if cleanup_error else [])]
             message += "\ncleanup problems: " + "; ".join(problems)
         self.run_state, self.message = state, message
-        details = {
+        details: dict[str, Any] = {
             "phases": self.phases,
             "workSeconds": round(self.steps.work_seconds, 3),
             "cleanup": report.model_dump(mode="json"),
