@@ -216,3 +216,49 @@ def test_debian_base_is_a_cloud_image_with_a_manifest(debian_tarball: Path) -> N
     assert machine_id.split()[2] == "0"  # empty: systemd makes a new one on first boot
     assert "./etc/systemd/system/ssh-hostkeys-firstboot.service" in names
     assert not any(n.startswith("./var/cache/apt/archives/") and n.endswith(".deb") for n in names)
+
+
+def _tar_entries(tarball: Path) -> dict[str, tuple[str, int, int, int, int, str, int]]:
+    """name -> (type, mode, uid, gid, size, link target, xattr count) of every member of a tar.zst."""
+    import tarfile
+
+    unzstd = subprocess.Popen(["zstd", "-dc", str(tarball)], stdout=subprocess.PIPE)
+    assert unzstd.stdout is not None
+    out = {}
+    with tarfile.open(fileobj=unzstd.stdout, mode="r|") as tar:
+        for m in tar:
+            name = m.name.removeprefix("./").rstrip("/") or "."
+            kind = "d" if m.isdir() else "l" if m.issym() else "f" if m.isreg() or m.islnk() else "o"
+            xattrs = sum(1 for k in m.pax_headers if k.startswith("SCHILY.xattr."))
+            # a hard link's member has no data: its size is its first name's
+            size = out[m.linkname.removeprefix("./")][4] if m.islnk() else m.size if m.isreg() else 0
+            out[name] = (kind, m.mode & 0o7777, m.uid, m.gid, size, m.linkname if m.issym() else "", xattrs)
+    assert unzstd.wait() == 0
+    return out
+
+
+def _tree_entries(tree: Path) -> dict[str, tuple[str, int, int, int, int, str, int]]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in [".", *dirnames, *filenames] if Path(dirpath) == tree else [*dirnames, *filenames]:
+            path = Path(dirpath) / name if name != "." else tree
+            st = path.lstat()
+            rel = "." if path == tree else str(path.relative_to(tree))
+            kind = "l" if path.is_symlink() else "d" if path.is_dir() else "f" if path.is_file() else "o"
+            size = st.st_size if kind == "f" else 0
+            target = os.readlink(path) if kind == "l" else ""
+            xattrs = 0 if kind == "l" else len(os.listxattr(path, follow_symlinks=False))
+            out[rel] = (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, size, target, xattrs)
+    return out
+
+
+def test_the_extracted_debian_tree_is_what_its_tarball_holds(debian_tarball: Path, image_cache: Path) -> None:
+    """The read-only lower layer of every Debian build root: unpacked from the tarball, or (right after
+    the base is built) the very tree the tarball was packed from, moved into place. Either way, entry for
+    entry the same types, modes, owners, sizes, link targets and extended attributes."""
+    tree = bases.extracted_tree(debian_tarball, image_cache) / "tree"
+    packed, unpacked = _tar_entries(debian_tarball), _tree_entries(tree)
+    assert len(packed) > 5000
+    assert set(packed) == set(unpacked), sorted(set(packed) ^ set(unpacked))[:20]
+    differ = {k: (packed[k], unpacked[k]) for k in packed if packed[k] != unpacked[k]}
+    assert not differ, list(differ.items())[:10]

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from imagebuilder.pipeline.messages import (
 )
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import (
+    bases,
     catalog,
     customizers,
     deprovision,
@@ -41,11 +41,8 @@ from imagebuilder.providers.local import (
 from imagebuilder.providers.local.context import (
     RunContext,
 )
-from imagebuilder.providers.local.fsutil import locked_file
 from imagebuilder.providers.local.layout import (
     RunLayout,
-    safe_name,
-    short_hash,
 )
 
 
@@ -67,28 +64,9 @@ def source_tarball(ctx: RunContext, source: SourceInfo, log: LogSink) -> Path:
 
 
 def extracted(ctx: RunContext, tarball: Path) -> Path:
-    """The tarball extracted once into the cache (read-only lower layer of build roots). Concurrent
-    callers (threads or processes) wait on a lock file and reuse the first one's result."""
-    st = tarball.stat()
-    key = f"{safe_name(tarball.name.removesuffix('.tar.zst'), limit=60)}-" + short_hash(
-        str(tarball.resolve()), str(st.st_size), str(st.st_mtime_ns)
-    )
-    dest = ctx.settings.cache_dir / "extracted" / key
-    if (dest / ".complete").is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with locked_file(dest.parent / f".{key}.lock"):
-        if (dest / ".complete").is_file():
-            return dest
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=dest.parent))
-        try:
-            catalog.extract_base(tarball, tmp / "tree")
-            (tmp / ".complete").write_text(str(tarball))
-            os.rename(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    """The tarball extracted once into the cache (read-only lower layer of build roots); see
+    `bases.extracted_tree`."""
+    return bases.extracted_tree(tarball, ctx.settings.cache_dir)
 
 
 def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> BuildEnv:
