@@ -10,17 +10,15 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import threading
 import uuid
 from typing import Any
 
 import azure.functions as func
-from azure.functions import _abc as func_abc
 from azure.functions import meta
 from azure.functions.durable_functions import ActivityTriggerConverter
 
 from local_runtime.indexing import FunctionInfo
-from local_runtime.invoke import current_function
+from local_runtime.invoke import InvocationContext, current_function
 
 OUT_OF_PROC_MARKER = "\n\n$OutOfProcData$:"
 log = logging.getLogger("local_runtime.durable")
@@ -33,68 +31,6 @@ class ActivityFailure(Exception):
         super().__init__(reason)
         self.reason = reason
         self.details = details
-
-
-class _Trace(func_abc.TraceContext):  # type: ignore[misc]
-    @property
-    def trace_state(self) -> str:
-        return ""
-
-    @property
-    def trace_parent(self) -> str:
-        return ""
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        return {}
-
-
-class _Retry(func_abc.RetryContext):  # type: ignore[misc]
-    @property
-    def retry_count(self) -> int:
-        return 0
-
-    @property
-    def max_retry_count(self) -> int:
-        return 0
-
-    @property
-    def exception(self) -> Any:
-        return None
-
-
-class InvocationContext(func.Context):  # type: ignore[misc]
-    """The `context: func.Context` the worker injects when a function declares it."""
-
-    def __init__(self, function_name: str, function_directory: str) -> None:
-        self._id = str(uuid.uuid4())
-        self._name = function_name
-        self._dir = function_directory
-        self._tls = threading.local()
-
-    @property
-    def invocation_id(self) -> str:
-        return self._id
-
-    @property
-    def thread_local_storage(self) -> threading.local:
-        return self._tls
-
-    @property
-    def function_name(self) -> str:
-        return self._name
-
-    @property
-    def function_directory(self) -> str:
-        return self._dir
-
-    @property
-    def trace_context(self) -> func_abc.TraceContext:
-        return _Trace()
-
-    @property
-    def retry_context(self) -> func_abc.RetryContext:
-        return _Retry()
 
 
 def _wants_context(fn: FunctionInfo) -> bool:
@@ -112,7 +48,7 @@ def activity_kwargs(fn: FunctionInfo, input_text: str | None, app_dir: str) -> d
     )
     kwargs: dict[str, Any] = {fn.trigger_name: value}
     if _wants_context(fn):
-        kwargs["context"] = InvocationContext(fn.name, app_dir)
+        kwargs["context"] = InvocationContext(str(uuid.uuid4()), fn.name, app_dir)
     return kwargs
 
 
