@@ -377,6 +377,32 @@ def test_step_timeout_kills_the_sandbox(provider: LocalProvider) -> None:
     assert_no_leaks(provider, build)
 
 
+def test_step_disk_limit_by_tag_stops_the_step(provider: LocalProvider) -> None:
+    """The template tag imagebuilder.local.stepDiskMB limits what one step writes to the build root in
+    all (many files, each under the per-file limit); the step fails naming the limit and the setting."""
+    build = build_input(
+        {
+            "customize": [
+                {
+                    "type": "Shell",
+                    "name": "fill",
+                    "inline": ["for i in 1 2 3 4; do sudo dd if=/dev/zero of=/var/f$i bs=1M count=8; done"],
+                }
+            ]
+        },
+        tags={"imagebuilder.local.stepDiskMB": "16"},
+    )
+    log = RecLog()
+    _p, _env, steps = _run_to_capture(provider, build, log)
+    assert steps[0].status == "failed" and steps[0].error is not None
+    assert steps[0].error.code == "CustomizerDiskLimit"
+    message = steps[0].error.message
+    assert "16 MB" in message and "imagebuilder.local.stepDiskMB" in message
+    assert "IMAGEBUILDER_STEP_DISK_MB" in message
+    provider.cleanup(build, keep=False, log=log)
+    assert_no_leaks(provider, build)
+
+
 def test_windows_customizers_rejected_for_linux_sources(provider: LocalProvider) -> None:
     build = build_input(
         {

@@ -20,7 +20,7 @@ from imagebuilder.providers.local import confine, customizers, limits, mounts, s
 from tests.security.conftest import RecLog
 
 TIGHT = limits.StepLimits(memory_mb=256, pids=64, file_size_mb=64)
-OFF = limits.StepLimits(confine=False, memory_mb=1 << 20, pids=1 << 20, file_size_mb=1 << 24)
+OFF = limits.StepLimits(confine=False, memory_mb=1 << 20, pids=1 << 20, file_size_mb=1 << 24, disk_mb=1 << 24)
 
 
 def _sh(
@@ -211,6 +211,48 @@ def test_ten_gigabyte_write_is_stopped(root: Path) -> None:
     assert "sparse=0" not in done.stdout and "real=0" not in done.stdout, done.stdout
     assert not (root / "big").exists() or (root / "big").stat().st_size <= 64 * 1024 * 1024
     assert (root / "real").stat().st_size <= 64 * 1024 * 1024
+
+
+TEN_GB = """
+i=0; while [ $i -lt 10 ]; do i=$((i+1)); dd if=/dev/zero of=/gb$i bs=1M count=1 seek=1023 2>/dev/null || exit 3; done
+echo WROTE_10_GB
+"""
+
+
+@pytest.mark.parametrize("kind", ["overlay", "plain"])
+def test_ten_gigabytes_in_one_gigabyte_files_is_refused(kind: str, root: Path, overlay_root: Path) -> None:
+    """Ten 1 GB files (sparse: each a 1 MB write at offset 1023 MB, so the test costs 10 MB of disk):
+    each passes the per-file limit (2 GB), the total passes the step's disk limit (3 GB here), so the
+    step is refused, naming the limit, the tag and the setting. With the disk limit lifted (and nothing
+    else changed) the same step writes all ten: the test fails if the limit is removed."""
+    target = overlay_root if kind == "overlay" else root
+    lim = limits.StepLimits(memory_mb=256, pids=64, file_size_mb=2048, disk_mb=3072)
+    with pytest.raises(limits.StepDiskLimitError) as info:
+        _sh(target, TEN_GB, lim=lim)
+    text = str(info.value)
+    assert "3072 MB" in text and limits.DISK_TAG in text and limits.DISK_SETTING in text, text
+    for f in target.glob("gb*"):
+        f.unlink()
+    lifted = _sh(
+        target, TEN_GB, lim=limits.StepLimits(memory_mb=256, pids=64, file_size_mb=2048, disk_mb=1 << 24)
+    )
+    assert "WROTE_10_GB" in lifted.stdout and len(list(target.glob("gb*"))) == 10, lifted.stdout
+
+
+def test_a_step_that_keeps_writing_is_stopped_while_it_runs(overlay_root: Path) -> None:
+    """Real data, 16 MB every 0.2 s for 40 files (640 MB): past the 64 MB disk limit the watcher stops
+    the step mid-way; the build root's writable layer keeps little more than the limit."""
+    script = """
+    i=0; while [ $i -lt 40 ]; do i=$((i+1)); dd if=/dev/zero of=/real$i bs=1M count=16 2>/dev/null; sleep 0.2; done
+    echo WROTE_ALL
+    """
+    lim = limits.StepLimits(memory_mb=256, pids=64, file_size_mb=2048, disk_mb=64)
+    with pytest.raises(limits.StepDiskLimitError) as info:
+        _sh(overlay_root, script, lim=lim)
+    upper = overlay_root.parent / "upper"
+    assert info.value.written > 64 * 1024 * 1024
+    assert limits.tree_bytes(upper) < 256 * 1024 * 1024
+    assert len(list(upper.glob("real*"))) < 40
 
 
 # -- seccomp --------------------------------------------------------------------------------------------

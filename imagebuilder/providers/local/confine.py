@@ -177,6 +177,12 @@ def _overlay_of(root: Path) -> dict[str, str] | None:
     return found
 
 
+def upper_of(root: Path) -> Path | None:
+    """The writable layer (overlay upperdir) of the overlay mounted at `root`; None for a plain folder."""
+    opts = _overlay_of(root)
+    return None if opts is None else _absolute(opts, opts["upperdir"])
+
+
 def _absolute(opts: dict[str, str], path: str) -> Path:
     return Path(opts.get("cwd", "/"), path) if not path.startswith("/") else Path(path)
 

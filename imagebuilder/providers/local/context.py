@@ -6,11 +6,14 @@ Per-template options are template tags, so templates move to Azure unchanged (ta
     imagebuilder.local.network = off        customizers and validators run with no network (only lo)
     imagebuilder.local.qcow2 = true         capture also writes a qcow2 (or IMAGEBUILDER_LOCAL_QCOW2=1)
     imagebuilder.local.stepTimeoutMinutes   per-step timeout (default: buildTimeoutInMinutes, else 240)
+    imagebuilder.local.stepDiskMB           MB a step may write to the build root in all (default:
+                                            IMAGEBUILDER_STEP_DISK_MB, else 16384; see limits.py)
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -21,13 +24,14 @@ from typing import Any
 
 from imagebuilder.pipeline.messages import BuildInput
 from imagebuilder.providers.base import LogSink
-from imagebuilder.providers.local import catalog, stepcache
+from imagebuilder.providers.local import catalog, limits, stepcache
 from imagebuilder.providers.local.gallery import Stores
 from imagebuilder.providers.local.layout import RunLayout
 
 TAG_NETWORK = "imagebuilder.local.network"
 TAG_QCOW2 = "imagebuilder.local.qcow2"
 TAG_STEP_TIMEOUT = "imagebuilder.local.stepTimeoutMinutes"
+TAG_STEP_DISK = limits.DISK_TAG
 VHD_ROOT_ENV = "IMAGEBUILDER_LOCAL_VHD_ROOT"
 QCOW2_ENV = "IMAGEBUILDER_LOCAL_QCOW2"
 BOOT_CHECK_ENV = "IMAGEBUILDER_LOCAL_BOOT_CHECK"
@@ -136,6 +140,14 @@ class RunContext:
         except (TypeError, ValueError):
             minutes = 0.0
         return (minutes if minutes > 0 else DEFAULT_BUILD_MINUTES) * 60.0
+
+    @property
+    def step_limits(self) -> limits.StepLimits:
+        """The limits of this run's sandbox steps: the app settings, with the disk limit from the tag
+        TAG_STEP_DISK when the template sets it (a bad value is a config error naming the tag)."""
+        lim = limits.StepLimits.from_env()
+        raw = self.tags.get(TAG_STEP_DISK.lower())
+        return dataclasses.replace(lim, disk_mb=limits.disk_mb_of_tag(raw)) if raw else lim
 
     @property
     def template_hash(self) -> str:

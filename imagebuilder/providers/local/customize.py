@@ -127,6 +127,7 @@ def run_item(
             log=plog,
             timeout=ctx.step_timeout,
             as_root=customizers.runs_as_root(ctx.tags),
+            step_limits=ctx.step_limits,
         )
     if typ == "File":
         user = None

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imagebuilder.providers.base import LogSink, ProviderError
-from imagebuilder.providers.local import proc, sandbox
+from imagebuilder.providers.local import limits, proc, sandbox
 from imagebuilder.providers.local.artifacts import display_uri, staged_name
 from imagebuilder.providers.local.layout import (
     PathEscapeError,
@@ -355,9 +355,10 @@ def run_shell(
     log: LogSink,
     timeout: float | None,
     as_root: bool = False,
+    step_limits: limits.StepLimits | None = None,
 ) -> Outcome:
     """Run a Shell customizer/validator in the sandbox as the build user (as root with `as_root`); the log
-    gets every output line as it comes."""
+    gets every output line as it comes. `step_limits`: the sandbox's (default: the app settings)."""
     sandbox.prepare_inbox(inbox)
     wrapper = prepare_build_user(inbox)
     steps = inbox / "steps"
@@ -390,6 +391,16 @@ def run_shell(
             run_marker=run_marker,
             log=recorder,
             timeout=timeout,
+            step_limits=step_limits,
+        )
+    except limits.StepDiskLimitError as exc:
+        return Outcome(
+            ok=False,
+            exit_code=exc.returncode,
+            code="CustomizerDiskLimit",
+            message=str(exc),
+            tail=recorder.tail(),
+            duration=time.monotonic() - start,
         )
     except proc.CommandTimeoutError as exc:
         return Outcome(

@@ -7,11 +7,24 @@
                                     unprivileged uid per step, so the count is the step's alone)
     IMAGEBUILDER_STEP_CPUS          CPUs' worth of time per second (default: all; e.g. 1.5): cgroup only
     IMAGEBUILDER_STEP_FILE_SIZE_MB  largest file a step may write (default 16384): RLIMIT_FSIZE
+    IMAGEBUILDER_STEP_DISK_MB       bytes a step may add to the build root in all (default 16384; the
+                                    template tag imagebuilder.local.stepDiskMB overrides it per
+                                    template): RLIMIT_FSIZE is at most this, and `DiskWatch` measures the
+                                    step's writable layer while it runs and stops the step beyond it
     IMAGEBUILDER_SANDBOX_CONFINE    on (default) / off: user namespace, idmapped root and seccomp filter
 
 The rlimits are applied with util-linux `prlimit` in the step's argv; the cgroup (v2 when the unified
 hierarchy has the controllers, else the v1 memory/pids/cpu hierarchies) is one directory per step made
 under this process's own cgroup and removed after the step.
+
+Why a watcher and not a filesystem quota for the disk limit: the step's writable layer (its overlay
+upper) must stay on the state directory's filesystem, because the step cache hard-links it (a
+size-limited filesystem per step would turn every cache store into a copy), and project quotas need a
+filesystem mounted with them, which a host may not have. The watcher rescans the layer at most every
+`DiskWatch.MAX_INTERVAL` seconds (more often while a scan is cheap, its cost kept under ~5 % of a core)
+and once more when the step ends: a step can overshoot by what it writes between two scans (then it is
+stopped), a step that ended past the limit fails all the same, and no single file can pass the limit
+(RLIMIT_FSIZE).
 """
 
 from __future__ import annotations
@@ -19,16 +32,19 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagebuilder.providers.base import ProviderConfigError
+from imagebuilder.providers.base import ProviderConfigError, ProviderError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = "imagebuilder-step-"
+DISK_SETTING = "IMAGEBUILDER_STEP_DISK_MB"
+DISK_TAG = "imagebuilder.local.stepDiskMB"
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class StepLimits:
     pids: int = 1024
     cpus: float | None = None
     file_size_mb: int = 16384
+    disk_mb: int = 16384
     confine: bool = True
 
     @classmethod
@@ -53,6 +70,7 @@ class StepLimits:
             pids=_positive(env, "IMAGEBUILDER_STEP_PIDS", cls.pids),
             cpus=_cpus(cpus_raw) if cpus_raw else None,
             file_size_mb=_positive(env, "IMAGEBUILDER_STEP_FILE_SIZE_MB", cls.file_size_mb),
+            disk_mb=_positive(env, DISK_SETTING, cls.disk_mb),
             confine=confine_raw in ("on", "true", "1"),
         )
 
@@ -64,10 +82,24 @@ class StepLimits:
             "prlimit",
             f"--as={_capped(resource.RLIMIT_AS, self.memory_mb * mib)}",
             f"--nproc={_capped(resource.RLIMIT_NPROC, self.pids)}",
-            f"--fsize={_capped(resource.RLIMIT_FSIZE, self.file_size_mb * mib)}",
+            f"--fsize={_capped(resource.RLIMIT_FSIZE, min(self.file_size_mb, self.disk_mb) * mib)}",
             "--core=0",
             "--",
         ]
+
+
+def disk_mb_of_tag(raw: str) -> int:
+    """The template tag `DISK_TAG`'s value as MB (a positive whole number), or a config error naming it."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ProviderConfigError(
+            f"the template tag {DISK_TAG} is {raw!r}",
+            hint=f"set {DISK_TAG} to a positive whole number of MB, or remove it to use {DISK_SETTING}",
+        )
+    return value
 
 
 def _capped(which: int, value: int) -> int:
@@ -233,3 +265,101 @@ def sweep_cgroups() -> list[str]:
                 if not d.exists():
                     removed.append(str(d))
     return removed
+
+
+class StepDiskLimitError(ProviderError):
+    """A step wrote more to the build root than `StepLimits.disk_mb` allows; it was stopped."""
+
+    def __init__(self, written: int, limit_mb: int, returncode: int | None, tail: list[str]) -> None:
+        mib = 1024 * 1024
+        super().__init__(
+            f"the step wrote {written // mib} MB to the build root, more than a step may write "
+            f"({limit_mb} MB): it was stopped",
+            hint=f"raise the limit with the template tag {DISK_TAG} or the app setting {DISK_SETTING}, "
+            "or make the step write less (remove what it downloads once it is installed)",
+        )
+        self.written = written
+        self.limit_mb = limit_mb
+        self.returncode = returncode
+        self.tail = tail
+
+
+def tree_bytes(folder: Path) -> int:
+    """What `folder` holds on its filesystem: every inode once (hard links), a file at least its
+    apparent size (a sparse file counts what it would take when copied or packed); submounts skipped."""
+    try:
+        dev = folder.lstat().st_dev
+    except OSError:
+        return 0
+    seen: set[int] = set()
+    total = 0
+    stack = [str(folder)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_dev != dev or st.st_ino in seen:
+                    continue
+                seen.add(st.st_ino)
+                size = st.st_blocks * 512
+                if entry.is_file(follow_symlinks=False):
+                    size = max(size, st.st_size)
+                total += size
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return total
+
+
+class DiskWatch:
+    """Watches what a running step adds to `folder` (its writable layer); past `limit_mb` it calls
+    `stop` once and records how much was written (`exceeded`). Use as a context manager around the
+    step: on exit the layer is measured once more, so a step that wrote past the limit between two
+    scans and ended is refused all the same."""
+
+    MIN_INTERVAL = 0.25
+    MAX_INTERVAL = 2.0
+    COST_SHARE = 0.05  # a scan may take at most this share of the time between scans
+
+    def __init__(self, folder: Path, limit_mb: int, stop: Callable[[], None]) -> None:
+        self.folder = folder
+        self.limit = limit_mb * 1024 * 1024
+        self.limit_mb = limit_mb
+        self._stop = stop
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.baseline = 0
+        self.exceeded: int | None = None  # bytes written when the step was stopped
+
+    def __enter__(self) -> DiskWatch:
+        self.baseline = tree_bytes(self.folder)
+        self._thread = threading.Thread(target=self._watch, name="step-disk-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.exceeded is None:  # what a step wrote faster than a scan (sparse files) still counts
+            written = tree_bytes(self.folder) - self.baseline
+            if written > self.limit:
+                self.exceeded = written
+
+    def _watch(self) -> None:
+        interval = self.MIN_INTERVAL
+        while not self._done.wait(interval):
+            t0 = time.monotonic()
+            written = tree_bytes(self.folder) - self.baseline
+            took = time.monotonic() - t0
+            if written > self.limit:
+                self.exceeded = written
+                self._stop()
+                return
+            interval = min(self.MAX_INTERVAL, max(self.MIN_INTERVAL, took / self.COST_SHARE))

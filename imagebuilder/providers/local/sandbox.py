@@ -9,12 +9,14 @@ the outside by slirp4netns with --disable-host-loopback (user-mode NAT), so the 
 Confinement (`confine.py`, `seccomp.py`, `limits.py`; on unless IMAGEBUILDER_SANDBOX_CONFINE=off): root
 inside is a fresh unprivileged uid outside (user namespace, build root idmapped so files keep their real
 owners on disk), a seccomp filter refuses mount/kexec/modules/ptrace/new namespaces (and raw sockets when
-offline), and the step runs under rlimits (address space, processes of its uid, file size) and, where the
-host allows, a cgroup (memory, pids, cpu). The step's argv:
+offline), and the step runs under rlimits (address space, processes of its uid, file size), a watcher of
+what it writes to the build root in all (`limits.DiskWatch`) and, where the host allows, a cgroup
+(memory, pids, cpu). The step's argv:
     [nsenter --net=NS] [sh -c JOIN cgroup.procs..] prlimit .. setpriv --reuid=B .. bwrap --userns FD ..
 
 Exceptions: those of `proc.run` (CommandTimeoutError when the step's timeout expires; the whole
 sandbox dies with it, since bwrap runs with --die-with-parent and its own pid namespace),
+`limits.StepDiskLimitError` when the step wrote more than its disk limit (it is stopped),
 `SandboxNetworkError` (a ProviderError) when the step's network cannot be set up, and
 `confine.ConfinementError` when the kernel cannot confine the step.
 """
@@ -254,15 +256,28 @@ def run(
     step_limits: limits.StepLimits | None = None,
 ) -> proc.Completed:
     """Run `command` in the sandbox; returns the completed command (check the returncode) or raises
-    `proc.CommandTimeoutError`. `step_limits` default to the app settings (`limits.StepLimits.from_env`)."""
+    `proc.CommandTimeoutError`, or `limits.StepDiskLimitError` when the step wrote more than its disk
+    limit to the build root (it is stopped). `step_limits` default to the app settings
+    (`limits.StepLimits.from_env`)."""
+    lim = step_limits or limits.StepLimits.from_env()
+    layer = confine.upper_of(root) or root  # what the step writes lands here (see limits.DiskWatch)
     with step_argv(
-        root, command, network=network, inbox=inbox, run_marker=run_marker, env=env, step_limits=step_limits
+        root, command, network=network, inbox=inbox, run_marker=run_marker, env=env, step_limits=lim
     ) as (argv, pass_fds):
+
+        def stop() -> None:
+            log.write(f"! the step wrote more than {lim.disk_mb} MB to the build root: stopping it\n")
+            kill_processes(find_processes(run_marker, [root]))
+
         # No process outlives the step (pid namespace, cgroup): relay all of its output before returning,
         # however slow the log sink, so nothing is written into the run's folder after the step is over.
-        return proc.run(
-            argv, log=log, timeout=timeout, check=False, pass_fds=pass_fds, drain_seconds=DRAIN_SECONDS
-        )
+        with limits.DiskWatch(layer, lim.disk_mb, stop) as watch:
+            done = proc.run(
+                argv, log=log, timeout=timeout, check=False, pass_fds=pass_fds, drain_seconds=DRAIN_SECONDS
+            )
+        if watch.exceeded is not None:
+            raise limits.StepDiskLimitError(watch.exceeded, lim.disk_mb, done.returncode, done.tail)
+        return done
 
 
 @contextlib.contextmanager
