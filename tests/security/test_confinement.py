@@ -59,6 +59,22 @@ def overlay_root(tmp_path: Path, root: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(merged)], check=False)
 
 
+# -- release after cleanup began ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cleanup_began", [True, False])
+def test_a_released_step_does_not_remount_once_cleanup_began(cleanup_began: bool, overlay_root: Path) -> None:
+    """A confined step swaps the run's overlay for its idmapped view and puts it back when released. Once
+    cleanup of the run began (the marker `stop_remounts` leaves), the release leaves it down: cleanup is
+    removing the folder under it. Without the marker the overlay comes back (the control)."""
+    assert mounts.mounted(overlay_root)
+    with confine.confined_root(overlay_root):
+        assert not mounts.mounted(overlay_root)  # swapped out while the step runs
+        if cleanup_began:
+            confine.stop_remounts(overlay_root)
+    assert mounts.mounted(overlay_root) is not cleanup_began
+
+
 # -- identity and ownership ----------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from imagebuilder.pipeline.messages import (
 )
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import (
+    confine,
     debug,
     mounts,
     proc,
@@ -30,6 +31,8 @@ def cleanup(ctx: RunContext, *, keep: bool, log: LogSink) -> CleanupReport:
     kept: list[str] = []
     errors: list[str] = []
     run_dir = layout.run_dir
+    # From here on a step this cleanup kills does not put the run's overlay back as it is released.
+    confine.stop_remounts(layout.root)
     pids = sandbox.find_processes(ctx.marker, [run_dir])
     for pid in sandbox.kill_processes(pids):
         removed.append(f"process {pid}")
@@ -79,8 +82,9 @@ def cleanup(ctx: RunContext, *, keep: bool, log: LogSink) -> CleanupReport:
         debug.mark_kept(run_dir, owner=ctx.build.run.template_id)
         log.write(f"[cleanup] kept for inspection: {'; '.join(kept) or 'nothing (no build root)'}\n")
         return CleanupReport(removed=removed, kept=kept, errors=errors)
-    # A step killed above may still be releasing its confined view (its thread puts the run's overlay
-    # back once the sandbox is gone): a mount that reappears is taken down again before the folder goes.
+    # A confined step killed above no longer puts the run's overlay back (stop_remounts), but an activity
+    # of this run still running may: buildroot.advance mounts the next layer when its step ended just
+    # before the kill. A mount that reappears is taken down again before the folder goes.
     existed = run_dir.exists()
     for _ in range(20):
         for mount in sorted(mounts.mounts_under(run_dir), key=len, reverse=True):

@@ -4,8 +4,9 @@ their real owners on disk. The root is shown to the step through an idmapped mou
 owned by uid N on disk appear as N inside, and what the step creates as N is written as N. An overlayfs
 root cannot be idmapped as a whole, so for the step it is swapped for an overlay of idmapped layers (same
 lower, upper and work directories) and put back afterwards; a plain directory root gets an idmapped bind
-on top. A step killed mid-way leaves the swap recorded in `<root>.confine.json`; the next `confined_root`
-(or `restore_root`) puts the original back.
+on top. A step killed mid-way leaves the swap recorded in its staging folder (`swapped.json`); the next
+`confined_root` (or the sweeper) puts the original back, unless cleanup of the run began (`stop_remounts`
+leaves a marker beside the root): then the overlay stays down for cleanup to remove.
 
 Exceptions: `ConfinementError` (a ProviderError) when the kernel cannot provide this (no user namespaces,
 no idmapped mounts); the sandbox then refuses to run the step unless confinement is turned off.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from imagebuilder.providers.base import ProviderError
 from imagebuilder.providers.local import mounts, proc
+from imagebuilder.providers.local.fsutil import locked_file
 
 UID_BASE = 1_000_000_000  # far above any uid a host hands out; slots of 65536 ids up to ~2.07e9
 SLOTS = 16384
@@ -227,19 +229,41 @@ def sweep() -> list[str]:
     return removed
 
 
+def _cleanup_paths(root: Path) -> tuple[Path, Path]:
+    """(marker, lock) beside a build root: the marker says cleanup of its run began; the lock orders a
+    release's remount against `stop_remounts`."""
+    return root.parent / f".{root.name}.cleanup-begun", root.parent / f".{root.name}.remount.lock"
+
+
+def stop_remounts(root: Path) -> None:
+    """Cleanup of the run whose build root is `root` begins: a confined step released from now on (its
+    sandbox killed by that cleanup) leaves the run's overlay unmounted instead of putting it back under
+    a folder being removed. Waits for a release remounting right now, so its mount is in the mount table
+    (for cleanup to take down) when this returns. A root with no folder around it has nothing to guard."""
+    marker, lock = _cleanup_paths(root)
+    if not root.parent.is_dir():
+        return
+    with contextlib.suppress(FileNotFoundError), locked_file(lock):
+        marker.touch()
+
+
 def _release(folder: Path) -> None:
     record = folder / "swapped.json"
     for mount in sorted(mounts.mounts_under(folder), key=len, reverse=True):
         detach(Path(mount))
     if record.is_file():
-        # Put the run's own overlay back, unless the run was cleaned up meanwhile (a cancel during the
-        # step); if this fails the build root's next user remounts it (buildroot.root_ready).
+        # Put the run's own overlay back, unless cleanup of the run began (`stop_remounts`: a cancel or a
+        # timeout during the step) or removed it; if this fails the build root's next user remounts it
+        # (buildroot.root_ready).
         with contextlib.suppress(ProviderError, OSError, ValueError, KeyError):
             data = json.loads(record.read_text())
             root = Path(data["root"])
             upper = _absolute(data["overlay"], data["overlay"]["upperdir"])
-            if root.is_dir() and upper.is_dir() and not mounts.mounted(root):
-                _mount_overlay(data["overlay"], root)
+            marker, lock = _cleanup_paths(root)
+            # the lock lives beside the root: a build folder already removed cannot get it (OSError)
+            with locked_file(lock):
+                if not marker.exists() and root.is_dir() and upper.is_dir() and not mounts.mounted(root):
+                    _mount_overlay(data["overlay"], root)
     # Only empty folders and our own small files go: never a recursive delete (a mount could remain).
     left = set(mounts.mounts_under(folder))
     layers = folder / "layers"
