@@ -267,7 +267,8 @@ def run(
 
         def stop() -> None:
             log.write(f"! the step wrote more than {lim.disk_mb} MB to the build root: stopping it\n")
-            kill_processes(find_processes(run_marker, [root]))
+            me = os.getpid()  # this step's processes only: another caller may use the same marker
+            kill_processes([p for p in find_processes(run_marker, [root]) if _descends_from(p, me)])
 
         # No process outlives the step (pid namespace, cgroup): relay all of its output before returning,
         # however slow the log sink, so nothing is written into the run's folder after the step is over.
@@ -392,6 +393,21 @@ def find_processes(run_marker: str, paths: Sequence[Path]) -> list[int]:
         if any(root == str(p) or root.startswith(str(p) + "/") for p in paths):
             found.append(pid)
     return found
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `ancestor` is a (grand)parent of `pid` (walking /proc's ppid chain)."""
+    for _ in range(256):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def kill_processes(pids: Sequence[int]) -> list[int]:
