@@ -170,15 +170,19 @@ class SlotPool:
                 return Grant(
                     True, 0, len(holders), limit, len(queue), [], int(held["ticket"]), int(held["grant"])
                 )
-            changed = False
+            # only entries in our way are checked (each check reads a run record): holders when no
+            # slot is free, waiters ahead of us; the ones behind are checked by those they block
             reclaimed: list[str] = []
-            for name, entry in list(holders.items()):
-                if stale({"holder": name, **entry}):
-                    del holders[name]
-                    reclaimed.append(name)
+            if len(holders) >= limit:
+                for name, entry in list(holders.items()):
+                    if stale({"holder": name, **entry}):
+                        del holders[name]
+                        reclaimed.append(name)
             kept = []
+            ahead = True
             for entry in queue:
-                if entry["holder"] != holder and stale(entry):
+                ahead = ahead and entry["holder"] != holder
+                if ahead and stale(entry):
                     reclaimed.append(str(entry["holder"]))
                 else:
                     kept.append(entry)

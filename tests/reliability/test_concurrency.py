@@ -179,9 +179,8 @@ def test_builds_started_at_once_wait_for_slots_first_come_first_served(
     n = pick(3, 8)
     names = [f"conc-{i}" for i in range(n)]
     with limited(e2e_azurite, tmp_path_factory, monkeypatch, LIMIT) as rel:
-        template = _template(rel, ["sleep 2", "echo done | sudo tee /etc/conc"])
-        for name in names:
-            rel.api.put_template(name, template)
+        for name in names:  # one script each: no step cache hits between them, every build works
+            rel.api.put_template(name, _template(rel, ["sleep 2", f"echo {name} | sudo tee /etc/conc"]))
         sampler = Sampler(rel, names)
         sampler.start()
         start = time.monotonic()

@@ -72,7 +72,9 @@ def test_stale_holders_and_waiters_are_reclaimed_by_the_next_acquire(pool: SlotP
     pool.acquire("p", "h2", ref(2), 1, live)
     pool.acquire("p", "h3", ref(3), 1, live)
     grant = pool.acquire("p", "h1", ref(1), 1, is_stale)
-    assert grant.granted and sorted(grant.reclaimed) == ["h0", "h2"]
+    assert grant.granted and grant.reclaimed == ["h0"]
+    behind = pool.acquire("p", "h3", ref(3), 1, is_stale)  # h2 is in its way: dropped
+    assert not behind.granted and behind.position == 1 and behind.reclaimed == ["h2"]
     state = pool.state("p")
     assert list(state.holders) == ["h1"] and [e["holder"] for e in state.queue] == ["h3"]
 
@@ -153,3 +155,21 @@ def test_writers_racing_never_exceed_the_limit_and_serve_in_arrival_order(
     assert order[2:] == [f"h{i}" for i in range(2, 8)]
     state = clients[0].state("p")
     assert state.tickets == 8 and state.grants == 8 and not state.holders and not state.queue
+
+
+def test_only_entries_in_the_way_are_checked(pool: SlotPool) -> None:
+    checked: list[str] = []
+
+    def spy(run: RunRef) -> bool:
+        checked.append(run.template_name)
+        return False
+
+    pool.acquire("p", "h0", ref(0), 2, spy)
+    pool.acquire("p", "h1", ref(1), 2, spy)
+    assert checked == [], "a free slot needs no check"
+    pool.acquire("p", "h2", ref(2), 2, spy)
+    pool.acquire("p", "h3", ref(3), 2, spy)
+    pool.acquire("p", "h4", ref(4), 2, spy)
+    checked.clear()
+    pool.acquire("p", "h3", ref(3), 2, spy)  # second in line: the holders and h2 are in its way
+    assert sorted(checked) == ["t0", "t1", "t2"]
