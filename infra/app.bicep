@@ -194,6 +194,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'IMAGEBUILDER_SCHEDULE_TRIGGER_SCHEDULE', value: '0 * * * * *' }
         { name: 'IMAGEBUILDER_SWEEP_SCHEDULE', value: '30 */5 * * * *' }
         { name: 'IMAGEBUILDER_ARTIFACTS_CONTAINER', value: 'image-artifacts' }
+        // Build VMs past Queued at once across the app (the default): raise it with your regional vCPU quota.
+        { name: 'IMAGEBUILDER_MAX_CONCURRENT_BUILDS', value: '5' }
       ]
     }
   }
