@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
 
-from imagebuilder.pipeline.messages import BuildInput, ErrorInfo, Pending
-from imagebuilder.pipeline.plan import Outcome
+from imagebuilder.pipeline import events as lifecycle
+from imagebuilder.pipeline.messages import BuildInput, ErrorInfo, Pending, RunRef
+from imagebuilder.pipeline.plan import Outcome, StatusUpdate
 from imagebuilder.providers.base import (
     ComputeProvider,
     LogSink,
@@ -29,8 +32,12 @@ from imagebuilder.providers.base import (
 from imagebuilder.providers.registry import get_provider
 from imagebuilder.settings import Settings
 from imagebuilder.store import Store, open_store
+from imagebuilder.store.events import publish_quietly
+from imagebuilder.store.records import RunRecord
 
 logger = logging.getLogger(__name__)
+# writes the run status a phase activity carries while the phase runs (one per activity at a time)
+_STATUS_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run-status")
 
 Phase = Callable[[ComputeProvider, BuildInput, LogSink], BaseModel]
 
@@ -61,10 +68,68 @@ def build_of(payload: dict[str, Any]) -> BuildInput:
     return BuildInput.model_validate(payload["build"])
 
 
+def write_status(run: RunRef, update: StatusUpdate) -> None:
+    """Persist a status update (op "status") of the run: one read and one write of the run record, the
+    lifecycle events of the change sent in between (before the write: a retried activity sends them
+    again, with the same ids; once written, a retry sees no change and sends none)."""
+    error = update.error.model_dump(mode="json") if update.error else None
+
+    def publish(before: RunRecord) -> None:
+        freshness = before.details.get("freshness")
+        changes = lifecycle.status_events(
+            run,
+            (before.run_state, before.run_sub_state),
+            (update.run_state, update.run_sub_state),
+            message=update.message,
+            error=error,
+            time=datetime.now(UTC),
+            freshness=freshness if isinstance(freshness, dict) else None,
+        )
+        publish_quietly(settings().storage_connection, changes)
+
+    store().runs.set_status(
+        run,
+        run_state=update.run_state,
+        run_sub_state=update.run_sub_state,
+        message=update.message,
+        error=error,
+        details=update.details or None,
+        before_write=publish,
+    )
+
+
+def _carried_status(run: RunRef, update: StatusUpdate) -> str | None:
+    """Write a status carried in a phase activity's input; None, or why it could not be written (the
+    orchestrator then has it written by the next activity or through `run_status`)."""
+    try:
+        write_status(run, update)
+    except Exception as exc:
+        logger.warning("persisting the %s status of run %s failed: %s", update.run_sub_state, run.run_id, exc)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def run_phase(payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
     """Run one provider call for the step named in `payload["step"]`, with the run's
-    customization.log as its sink, and wrap the result as an `Outcome`."""
+    customization.log as its sink, and wrap the result as an `Outcome`. A run status in the input
+    (`status`: a phase's first activity) is persisted alongside, off the step's critical path."""
     build = build_of(payload)
+    carried = payload.get("status")
+    status = (
+        _STATUS_WRITERS.submit(_carried_status, build.run, StatusUpdate.model_validate(carried))
+        if isinstance(carried, dict)
+        else None
+    )
+    try:
+        outcome = _run_phase(build, payload, phase)
+    finally:
+        error = status.result() if status is not None else None  # persisted before the activity ends
+    if error is not None:
+        outcome["status_error"] = error
+    return outcome
+
+
+def _run_phase(build: BuildInput, payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
     step = str(payload.get("step") or "step")
     log = store().runs.log(build.run)
     log.write(f"==> {step}: started\n")

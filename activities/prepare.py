@@ -23,8 +23,10 @@ def prepare(payload: dict[str, Any]) -> dict[str, Any]:
     value = outcome.get("value") or {}
     if outcome.get("kind") == "done" and value.get("source"):
         result = PrepareResult.model_validate(value)
-        run = build_of(payload).run
-        record = store().runs.get(run)
+        build = build_of(payload)
+        run = build.run
+        # only a resumed run has a plan to check (details.resumeFrom): the others skip reading the record
+        record = store().runs.get(run) if build.options.resume_from_run_id else None
         plan = (record.details.get("resumeFrom") if record else None) or {}
         changed = changed_artifacts(plan, value.get("artifacts") or []) if plan else []
         if changed:

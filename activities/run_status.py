@@ -8,7 +8,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from activities._common import build_of, settings, store, timeout_scale
+from activities._common import build_of, settings, store, timeout_scale, write_status
 from imagebuilder.pipeline import events as lifecycle
 from imagebuilder.pipeline.plan import StatusUpdate
 from imagebuilder.store.events import publish_quietly
@@ -32,28 +32,8 @@ def run_status(payload: dict[str, Any]) -> dict[str, Any]:
         publish_quietly(settings().storage_connection, replicated)
         store().runs.put_output(run, update.output_name, update.output)
         return {"op": "output", "name": update.output_name}
-    before = store().runs.get(run)
-    if before is not None:
-        changes = lifecycle.status_events(
-            run,
-            (before.run_state, before.run_sub_state),
-            (update.run_state, update.run_sub_state),
-            message=update.message,
-            error=update.error.model_dump(mode="json") if update.error else None,
-            time=datetime.now(UTC),
-            freshness=before.details.get("freshness")
-            if isinstance(before.details.get("freshness"), dict)
-            else None,
-        )
-        publish_quietly(settings().storage_connection, changes)
-    store().runs.set_status(
-        run,
-        run_state=update.run_state,
-        run_sub_state=update.run_sub_state,
-        message=update.message,
-        error=update.error.model_dump(mode="json") if update.error else None,
-        details=update.details or None,
-    )
+
+    write_status(run, update)
     return {
         "op": "status",
         "runState": update.run_state,

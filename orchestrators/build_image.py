@@ -4,8 +4,9 @@ Queued (waiting for one of the app's build slots, IMAGEBUILDER_MAX_CONCURRENT_BU
 `acquire_build_slot` activity is called on durable timers with backoff until it grants one, first come
 first served) → Building (prepare, create_env) → Customizing (one activity per customizer) → Optimizing
 (only when the template asks) → Validating (inVMValidations) → Distributing (generalize, capture, then
-one `distribute_image` sub-orchestration per distribute target). Every phase change and the end are
-reported as custom status and persisted through the `run_status` activity. Each step is raced against
+one `distribute_image` sub-orchestration per distribute target). Every phase change and the end are reported
+as custom status and persisted: the end, Building and a Queued wait through the `run_status` activity, the
+other phases by their first activity alongside its work (`status` in its input). Each step is raced against
 the `buildTimeoutInMinutes` durable timer (time spent Queued does not count) and the external event
 `cancel` (also while Queued); whichever way the run ends, `cleanup` runs (once the run held a slot) and
 then `release_build_slot` gives the slot (or the place in the queue) back. Pure: no I/O, no clock (only
@@ -108,6 +109,8 @@ class Steps:
         self.race_names: dict[int, str] = {}
         self.step = ""
         self.work_seconds = 0.0
+        # a phase's status for the phase's first activity to persist alongside its work (see BuildRun.phase)
+        self.carry: dict[str, Any] | None = None
 
     def wait(self, task: Any, *, race: bool = True) -> Gen:
         """Yield `task`, raced against the interrupting tasks; return its value or raise its error."""
@@ -142,7 +145,12 @@ class Steps:
         A permanent failure, or a transient one that outlasted the retries, raises `StepFailed`."""
         self.step = step
         payload = {"build": self.build_json, "step": step, **args}
+        carried = self.carry
+        if carried is not None:
+            payload["status"] = carried
         outcome = yield from self.attempt(activity, payload, race=race)
+        if carried is not None and outcome.status_error is None and self.carry is carried:
+            self.carry = None  # persisted; else the next activity (or run_status) carries it again
         while outcome.kind == "pending":
             pending = Pending.model_validate(outcome.value)
             fire_at = self.ctx.current_utc_datetime + timedelta(seconds=max(1, pending.retry_after_seconds))
@@ -202,12 +210,21 @@ class BuildRun:
     def ctx_time(self, stamp: str) -> datetime:
         return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=self.started.tzinfo)
 
-    def phase(self, sub_state: str, message: str) -> Gen:
-        """Enter a phase: custom status at once, then persisted through `run_status`."""
+    def phase(self, sub_state: str, message: str, *, carried: bool = True) -> Gen:
+        """Enter a phase: custom status at once, then persisted by the phase's first activity alongside
+        its work (`status` in its input: one activity transition less per phase change), or through
+        `run_status` (carried=False; returns its answer). A carried status no activity took is persisted
+        through `run_status` before the next phase."""
         self._close_phase()
+        if self.steps.carry is not None:
+            yield from self.persist()
         self.sub_state, self.message = sub_state, message
         self.phases[sub_state] = {"start": iso(self.ctx.current_utc_datetime)}
         self._phase_work_start = self.steps.work_seconds
+        if carried:
+            self.ctx.set_custom_status(self.custom_status())
+            self.steps.carry = self.status_update().model_dump(mode="json")
+            return None
         ack = yield from self.persist()
         return ack
 
@@ -288,15 +305,21 @@ class BuildRun:
             return f"releasing the build slot failed ({exc}); it is reclaimed once this run is terminal"
         return None
 
-    def persist(self, *, error: ErrorInfo | None = None, details: dict[str, Any] | None = None) -> Gen:
-        self.ctx.set_custom_status(self.custom_status())
-        update = p.StatusUpdate(
+    def status_update(
+        self, error: ErrorInfo | None = None, details: dict[str, Any] | None = None
+    ) -> p.StatusUpdate:
+        return p.StatusUpdate(
             run_state=self.run_state,
             run_sub_state=self.sub_state,
             message=self.message,
             error=error,
             details=details or {},
         )
+
+    def persist(self, *, error: ErrorInfo | None = None, details: dict[str, Any] | None = None) -> Gen:
+        self.ctx.set_custom_status(self.custom_status())
+        self.steps.carry = None  # this write supersedes a carried status
+        update = self.status_update(error, details)
         ack = yield self.ctx.call_activity_with_retry(
             naming.ACTIVITY_RUN_STATUS, RETRY, {"build": self.build_json, **update.model_dump(mode="json")}
         )
@@ -307,7 +330,7 @@ class BuildRun:
         """Everything up to the end of distribution. Returns the validation error that
         continueDistributeOnFailure let through, if any."""
         plan, steps = self.plan, self.steps
-        ack = yield from self.phase(p.BUILDING, "resolving the source and fetching artifacts")
+        ack = yield from self.phase(p.BUILDING, "resolving the source and fetching artifacts", carried=False)
         scale = ack.get("timeoutScale") if isinstance(ack, dict) else None
         self.arm(float(scale) if isinstance(scale, int | float) and scale > 0 else 1.0)
         prepared = PrepareResult.model_validate(

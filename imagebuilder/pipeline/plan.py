@@ -48,6 +48,8 @@ class Outcome(Message):
     value: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     seconds: float = 0.0
+    # the run status carried in the activity's input (`status`) could not be persisted: why
+    status_error: str | None = None
 
 
 class StatusUpdate(Message):

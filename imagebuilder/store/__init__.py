@@ -12,7 +12,7 @@ The only place with storage clients (azure-data-tables, azure-storage-blob). Pub
     Store.runs: RunRepo
         create(run, *, template_snapshot) -> RunRecord           # RunInProgressError: one run at a time
         get(run) / latest(sub, rg, name) -> RunRecord | None ; list(sub, rg, name) -> [RunRecord]
-        set_status(run, *, run_state, run_sub_state, message, error, details) -> RunRecord
+        set_status(run, *, run_state, run_sub_state, message, error, details, before_write) -> RunRecord
         add_step(run, step) ; put_output(run, name, output) ; outputs(run) ; output(run, name)
         log(run, name="customization.log") -> BlobLog           # .write(text) .uri .read()
         blobs() -> Iterator[RunBlob]                             # run-log container listing (leak audits)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -53,13 +55,14 @@ from imagebuilder.store.templates import TemplateRepo
 
 RUN_OUTPUT_TYPE = f"{RESOURCE_TYPE}/runOutputs"
 DEFAULT_LOG = "customization.log"
+OPEN_LOGS = 256  # BlobLogs kept per store (see RunRepo.log)
 
 
 def run_partition(sub: str, rg: str, template: str) -> str:
     return join_keys(sub, rg, template)
 
 
-def _ref_of(entity: TableEntity) -> RunRef:
+def _ref_of(entity: Mapping[str, Any]) -> RunRef:
     return RunRef(
         subscription_id=str(entity["SubscriptionId"]),
         resource_group=str(entity["ResourceGroup"]),
@@ -99,10 +102,18 @@ class RunRepo:
         self._outputs = outputs
         self._templates = templates
         self._logs = logs
+        # The BlobLogs in use, so that every activity of a run appends at once instead of first looking
+        # up the log's segments and creating its blob again (two storage round trips per activity).
+        self._open_logs: OrderedDict[str, BlobLog] = OrderedDict()
+        self._log_lock = threading.Lock()
 
     # -- records -----------------------------------------------------------------------------------
 
-    def _record(self, entity: TableEntity) -> RunRecord:
+    def _record(self, entity: Mapping[str, Any], etag: str | None = None) -> RunRecord:
+        """The record of a stored entity, or (`etag` given) of the entity just written with that ETag."""
+        if etag is None:
+            assert isinstance(entity, TableEntity), "a written entity's record needs its new etag"
+            etag = etag_of(entity)
         ref = _ref_of(entity)
         created = parse_iso(entity.get("CreatedTime"))
         assert created is not None
@@ -116,7 +127,7 @@ class RunRepo:
             created_time=created,
             start_time=parse_iso(entity.get("StartTime")),
             end_time=parse_iso(entity.get("EndTime")),
-            etag=etag_of(entity),
+            etag=etag,
             template_snapshot=unpack(entity, "Snapshot", {}),
             log_uri=self.log(ref).uri,
         )
@@ -226,9 +237,12 @@ class RunRepo:
         message: str | None = None,
         error: dict[str, Any] | None = None,
         details: dict[str, Any] | None = None,
+        before_write: Callable[[RunRecord], None] | None = None,
     ) -> RunRecord:
         """Update the run; fields left None are kept. Retried on ETag conflicts, so concurrent writers
-        never lose each other's updates.
+        never lose each other's updates. One read and one conditional write (the record returned is the
+        one written); `before_write(current)` sees the record as read, before each write attempt (the
+        `run_status` activity publishes lifecycle events from it: at least once, never after the write).
 
         `startTime` is set on the first Running, `endTime` on the first terminal state. A terminal
         state is final: later state, sub-state, message and error changes are ignored (details still
@@ -272,10 +286,10 @@ class RunRepo:
             if details:
                 merged = {**unpack(entity, "Details", {}), **details}
                 updated = repack(updated, "Details", merged, DETAILS_BYTES)
-            self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
-            record = self.get(run)
-            assert record is not None
-            return record
+            if before_write is not None:
+                before_write(self._record(entity))
+            etag = self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
+            return self._record(updated, etag)
 
         return retry_on_conflict(f"update run {run.run_id!r}", attempt)
 
@@ -294,10 +308,8 @@ class RunRepo:
             steps = [s for s in details.get("steps", []) if s.get("name") != step.get("name")]
             details["steps"] = [*steps, step]
             updated = repack(entity, "Details", details, DETAILS_BYTES)
-            self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
-            record = self.get(run)
-            assert record is not None
-            return record
+            etag = self._runs.replace(updated, etag_of(entity), f"run {run.run_id!r}")
+            return self._record(updated, etag)
 
         return retry_on_conflict(f"update run {run.run_id!r}", attempt)
 
@@ -358,7 +370,8 @@ class RunRepo:
     # -- logs --------------------------------------------------------------------------------------
 
     def log(self, run: RunRef, name: str = DEFAULT_LOG) -> BlobLog:
-        """The run's log `name` as an append blob (`.write(text)`, `.uri`, `.read()`)."""
+        """The run's log `name` as an append blob (`.write(text)`, `.uri`, `.read()`); the same object for
+        the same log while it is among the OPEN_LOGS most recently used."""
         blob = "/".join(
             (
                 key(run.subscription_id),
@@ -368,7 +381,12 @@ class RunRepo:
                 check_log_name(name),
             )
         )
-        return BlobLog(self._logs, blob)
+        with self._log_lock:
+            found = self._open_logs.pop(blob, None) or BlobLog(self._logs, blob)
+            self._open_logs[blob] = found  # most recently used last
+            while len(self._open_logs) > OPEN_LOGS:
+                self._open_logs.popitem(last=False)
+        return found
 
     # -- SBOM inventory ------------------------------------------------------------------------------
 

@@ -175,6 +175,7 @@ class Episodes(EngineCore):
             )
         else:
             state, error = await self._run_orchestrator(fn, json.dumps(ctx))
+        answered = h.utcnow()  # OrchestratorCompleted's time, as DTFx stamps it: when the code answered
         actions: list[Any] = []
         for group in state.get("actions") or []:
             actions.extend(group if isinstance(group, list) else [group])
@@ -217,7 +218,7 @@ class Episodes(EngineCore):
                 ev = self._decide(c, row, d, now, fx)
                 if ev is not None:
                     added.append(ev)
-            added.append(h.event(h.ORCHESTRATOR_COMPLETED, now))
+            added.append(h.event(h.ORCHESTRATOR_COMPLETED, answered))
             row.updated = time.time()
             if error is not None:
                 # NonDeterministicOrchestrationException reaches the status as its own message, as on Azure

@@ -110,10 +110,11 @@ class FakeBuild:
     cleanups: list[bool] = field(default_factory=list)
     timeout_scale: float | None = None
     queued_polls: int = 0  # how many acquire_build_slot answers say "wait" before the grant
+    carried_status_fails: int = 0  # how many carried status writes fail (the activity says why)
     slot_calls: list[str] = field(default_factory=list)
 
     def activities(self) -> dict[str, Any]:
-        return {
+        plain = {
             "prepare": self.prepare,
             "create_env": lambda p: done(BuildEnv(provider="fake", handle={"root": "/tmp/fake-root"})),
             "customize": self.customize,
@@ -127,6 +128,21 @@ class FakeBuild:
             "acquire_build_slot": self.acquire_build_slot,
             "release_build_slot": self.release_build_slot,
         }
+        own = ("run_status", "acquire_build_slot", "release_build_slot")
+        return {name: fn if name in own else self.carrying(fn) for name, fn in plain.items()}
+
+    def carrying(self, fn: Any) -> Any:
+        """A phase activity that persists the run status it carries (`status`, a phase's first one)."""
+
+        def call(p: dict[str, Any]) -> Any:
+            if isinstance(p.get("status"), dict):
+                if self.carried_status_fails > 0:  # the step runs; its status write did not happen
+                    self.carried_status_fails -= 1
+                    return {**fn(p), "status_error": "ServiceRequestError: storage unreachable"}
+                self.run_status(p["status"])
+            return fn(p)
+
+        return call
 
     def acquire_build_slot(self, p: dict[str, Any]) -> Any:
         self.slot_calls.append("acquire")

@@ -26,10 +26,10 @@ def phase_names(host: ReplayHost) -> list[str]:
     for c in host.calls:
         if c.instance_id != "run-1" or c.name in ("acquire_build_slot", "release_build_slot"):
             continue  # the build slot calls have their own tests
-        if c.name == "run_status":
-            p = c.payload
+        p = c.payload if c.name == "run_status" else c.payload.get("status")
+        if isinstance(p, dict):  # written by run_status, or carried by a phase's first activity
             out.append(f"status:{p['run_state']}/{p['run_sub_state']}")
-        else:
+        if c.name != "run_status":
             out.append(c.name if c.name != "customize" else f"customize[{c.payload['index']}]")
     return out
 
@@ -52,6 +52,8 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
         "cleanup",
         "status:Succeeded/Distributing",
     ]
+    # Building and the end go through run_status; the other phases ride on their first activity
+    assert sum(c.name == "run_status" for c in host.calls if c.instance_id == "run-1") == 2
     # one child per distribute target, one replication per region, run outputs persisted with status
     children = sorted({c.instance_id for c in host.calls if c.instance_id != "run-1"})
     assert children == ["run-1:distribute:0", "run-1:distribute:1", "run-1:distribute:2"]
@@ -301,13 +303,15 @@ def test_replay_is_deterministic_same_actions_every_episode() -> None:
 
 def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
     fake = FakeBuild(timeout_scale=0.05)
-    # the 18 s deadline fires while the Validating status is written (17 s to 18.5 s), between steps
+    # the 18 s deadline fires while the Optimizing status is written through run_status (17 s to 20 s:
+    # no activity of its own carries it), between steps
     host = ReplayHost(
         handles(),
         fake.activities(),
-        durations={"customize": 6.0, "run_status": 1.5, "acquire_build_slot": 0.0},
+        durations={"customize": 6.0, "run_status": 3.0, "acquire_build_slot": 0.0},
     )
-    _, inst = run(fake, build_input(buildTimeoutInMinutes=6), host=host)
+    template = build_input(buildTimeoutInMinutes=6, optimize={"vmBoot": {"state": "Enabled"}})
+    _, inst = run(fake, template, host=host)
     assert inst.output["runState"] == "Failed" and "timed out" in inst.output["message"]
     assert "validate" not in host.names(), "no step starts once the deadline has passed"
     assert fake.cleanups == [False]
@@ -386,3 +390,20 @@ def test_cancel_while_queued_ends_canceled_without_building_and_leaves_the_queue
     assert fake.slot_calls[-1] == "release" and fake.slot_calls.count("release") == 1
     assert out["buildSlot"]["held"] is False
     assert [s["run_state"] for s in fake.statuses][-2:] == ["Canceling", "Canceled"]
+
+
+def test_a_phase_status_its_first_activity_could_not_write_is_carried_by_the_next() -> None:
+    fake = FakeBuild(carried_status_fails=1)
+    host, inst = run(fake)
+    assert inst.output["runState"] == "Succeeded"
+    names = phase_names(host)
+    # customize[0] carried Customizing and could not write it: customize[1] carries it again
+    assert names[names.index("create_env") :][:5] == [
+        "create_env",
+        "status:Running/Customizing",
+        "customize[0]",
+        "status:Running/Customizing",
+        "customize[1]",
+    ]
+    subs = [s["run_sub_state"] for s in fake.statuses]
+    assert subs[:3] == ["Building", "Customizing", "Validating"]

@@ -19,6 +19,7 @@ from imagebuilder.store import (
     InvalidKeyError,
     NotFoundError,
     RunInProgressError,
+    RunRecord,
     Store,
     TooLargeError,
     open_store,
@@ -351,3 +352,33 @@ def test_values_shrink_without_leftover_chunks(store: Store) -> None:
     assert store.runs.get(ref()).details == {"blob": "small"}  # type: ignore[union-attr]
     with pytest.raises(TooLargeError):
         store.runs.set_status(ref(), details={"blob": os.urandom(400_000).hex()})
+
+
+def test_status_write_returns_what_is_stored_and_shows_the_state_it_replaces(
+    store: Store, other_writer: Store
+) -> None:
+    store.templates.create(SUB, "rg1", "tmpl", resource("tmpl"))
+    store.runs.create(ref(), template_snapshot={})
+    seen: list[tuple[str | None, dict[str, Any]]] = []
+
+    def before(record: RunRecord) -> None:
+        seen.append((record.run_sub_state, record.details))
+        if len(seen) == 1:  # another writer gets in between this read and the write: read again
+            other_writer.runs.set_status(ref(), details={"other": True})
+
+    written = store.runs.set_status(ref(), run_sub_state="Building", details={"mine": 1}, before_write=before)
+    assert seen == [("Queued", {}), ("Queued", {"other": True})]
+    assert written == store.runs.get(ref())  # the record written (its new ETag too), without a re-read
+    assert written.details == {"other": True, "mine": 1}
+    stepped = store.runs.add_step(ref(), {"name": "customize[0]", "status": "succeeded"})
+    assert stepped == store.runs.get(ref())
+
+
+def test_a_run_log_stays_open_for_the_next_activity(store: Store) -> None:
+    store.templates.create(SUB, "rg1", "tmpl", resource("tmpl"))
+    log = store.runs.log(ref())
+    assert store.runs.log(ref()) is log and store.runs.log(ref(), "other.log") is not log
+    log.write("one\n")
+    store.purge_template(SUB, "rg1", "tmpl")  # its blobs are gone; the open log makes its blob again
+    store.runs.log(ref()).write("two\n")
+    assert store.runs.log(ref()).read() == "two\n"
