@@ -12,7 +12,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,17 +81,33 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     layering = keeps_image(ctx)
     if layering:
         clog.write(f"$ {proc.format_argv(tar_argv)}\n")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    sbom_log = _Buffer()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         tar_job = pool.submit(
             _timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)) if layering else None
         )
+        # The SBOM inventory reads the tree while the disk is built (its log lines are kept in order).
+        sbom_job = pool.submit(_timed_value, lambda: sbom.describe(root, sbom_log))
+        # The tree's files are read ahead (page cache) while the disk is sized and built.
+        ahead_start, ahead_stop = time.monotonic(), threading.Event()
+
+        def read_ahead() -> None:
+            disk.readahead_trees(layer_dirs(root), stop=ahead_stop)
+            timings["readahead"] = time.monotonic() - ahead_start
+
+        readahead = threading.Thread(target=read_ahead, daemon=True)
+        readahead.start()
         try:
             t0 = time.monotonic()
-            size_mib = disk_size_mib(ctx, root, generation=generation, bootable=bootable)
+            usage = disk.tree_usage(root)
+            size_mib = disk_size_mib(ctx, root, generation=generation, bootable=bootable, usage=usage)
+            timings["size_walk"] = time.monotonic() - t0
+            t0 = time.monotonic()
             info = disk.build_disk(
                 root, raw, generation=generation, bootable=bootable, size_mib=size_mib, log=clog
             )
             timings["build_disk"] = time.monotonic() - t0
+            ahead_stop.set()
             if ctx.qcow2:
                 t0 = time.monotonic()
                 qcow2 = layout.capture / "disk.qcow2"
@@ -113,10 +131,14 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
             remember_sha256(vhd, image["sha256"])
             timings["sha256"] = time.monotonic() - t0
             timings["rootfs_tar"] = tar_job.result()
+            timings["sbom"], described = sbom_job.result()
         except (ProviderError, OSError) as exc:
+            ahead_stop.set()
             tar_job.cancel()
             with contextlib.suppress(Exception):
                 tar_job.result()
+            with contextlib.suppress(Exception):
+                sbom_job.result()
             if isinstance(exc, TransientProviderError):
                 raise
             tail = list(getattr(exc, "tail", []) or [])[-LOG_TAIL:]
@@ -144,6 +166,9 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
                     log_uri=log.uri or None,
                 ),
             )
+        ahead_stop.set()
+        readahead.join()
+    clog.write(sbom_log.text)
     if bootable and ctx.settings.boot_check:
         failed = _first_boot(ctx, vhd, generation, clog, log, timings, image)
         if failed is not None:
@@ -152,7 +177,7 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
         image["rootfs"] = str(rootfs)
     image["size"] = vhd.stat().st_size
     image["source"] = env.handle.get("source")
-    image.update(sbom.describe(root, clog))  # SBOM inventory + freshness: providers/local/sbom.py
+    image.update(described)  # SBOM inventory + freshness: providers/local/sbom.py
     image["seconds"] = round(time.monotonic() - start, 3)
     image["timings"] = {k: round(v, 3) for k, v in timings.items()}
     clog.write(
@@ -213,6 +238,31 @@ def _disk_full(
     )
 
 
+def layer_dirs(root: Path) -> list[Path]:
+    """The folders an overlay root is made of (its upper and lower layers, from the mount table), or the
+    root itself when it is not an overlay mount."""
+
+    target = os.path.realpath(root)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return [root]
+    for line in reversed(lines):  # the last mount at a point is the visible one
+        left, _, right = line.partition(" - ")
+        fields, super_fields = left.split(), right.split()
+        if len(fields) < 5 or len(super_fields) < 3 or mounts.unescape(fields[4]) != target:
+            continue
+        if super_fields[0] != "overlay":
+            return [root]
+        dirs: list[Path] = []
+        for opt in super_fields[2].split(","):
+            key, _, value = opt.partition("=")
+            if key in ("upperdir", "lowerdir"):
+                dirs += [Path(mounts.unescape(d)) for d in value.split(":") if d]
+        return [d for d in dirs if d.is_dir()] or [root]
+    return [root]
+
+
 def keeps_image(ctx: RunContext) -> bool:
     """Whether a distribute target keeps an image a later build can start from (ManagedImage,
     SharedImage): only then is the root tree tarball written."""
@@ -224,19 +274,23 @@ class DiskSizeError(ProviderError):
     """vmProfile.osDiskSizeGB is smaller than the image's content."""
 
 
-def disk_size_mib(ctx: RunContext, root: Path, *, generation: str, bootable: bool) -> int | None:
-    """The disk size properties.vmProfile.osDiskSizeGB asks for (None: 0 or absent, the default size:
-    the tree plus headroom). Refused, naming the field and the size needed, when the tree does not fit."""
+def disk_size_mib(
+    ctx: RunContext, root: Path, *, generation: str, bootable: bool, usage: tuple[int, int] | None = None
+) -> int:
+    """The disk size: what properties.vmProfile.osDiskSizeGB asks for, or (0 or absent) the default
+    size, the tree plus headroom. Refused, naming the field and the size needed, when the tree does not
+    fit. `usage`: the tree's `disk.tree_usage` when the caller walked it already."""
     from imagebuilder.providers.local import disk
 
+    usage = usage or disk.tree_usage(root)
     profile = ctx.props.get("vmProfile") or {}
     try:
         gb = int((profile.get("osDiskSizeGB") if isinstance(profile, dict) else 0) or 0)
     except (TypeError, ValueError):
         gb = 0
     if gb <= 0:
-        return None
-    needed = disk.min_size_mib(root, generation=generation, bootable=bootable)
+        return disk.default_size_mib(root, generation=generation, bootable=bootable, usage=usage)
+    needed = disk.min_size_mib(root, generation=generation, bootable=bootable, usage=usage)
     if gb * 1024 < needed:
         raise DiskSizeError(
             f"properties.vmProfile.osDiskSizeGB is {gb} GB, smaller than the image: it needs at least "
@@ -315,3 +369,25 @@ def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.monotonic()
     fn()
     return time.monotonic() - t0
+
+
+def _timed_value(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.monotonic()
+    value = fn()
+    return time.monotonic() - t0, value
+
+
+class _Buffer:
+    """A LogSink that keeps what a background job writes, for the log in its place afterwards."""
+
+    uri = ""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.chunks.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)

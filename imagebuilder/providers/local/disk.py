@@ -16,15 +16,19 @@ Exceptions::
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,9 +124,61 @@ def tree_usage(rootfs: Path) -> tuple[int, int]:
     return used, entries
 
 
-def default_size_mib(rootfs: Path, *, generation: str, bootable: bool) -> int:
-    """A disk size with room for the tree plus headroom: a whole number of MiB, rounded up."""
-    used, entries = tree_usage(rootfs)
+def readahead_trees(trees: list[Path], *, threads: int = 2, stop: threading.Event | None = None) -> int:
+    """Ask the kernel to read every regular file of `trees` into the page cache (POSIX_FADV_WILLNEED,
+    from a few threads: many requests in flight), so that `mkfs.ext4 -d` finds a tree that was not in
+    the page cache there instead of reading it one file at a time. Returns the number of files. For an
+    overlay root, pass its layer folders (plain directories: cheaper to walk than the union). `stop`:
+    set once the reads are no longer wanted (the disk is built)."""
+    stop = stop or threading.Event()
+    files: list[str] = []
+    for tree in trees:
+        stack = [str(tree)]
+        while stack and not stop.is_set():
+            try:
+                it = os.scandir(stack.pop())
+            except OSError:
+                continue
+            with it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(entry.path)
+                    elif stat.S_ISREG(st.st_mode) and st.st_blocks:
+                        files.append(entry.path)
+
+    def one(path: str) -> None:
+        if not stop.is_set():
+            _readahead(path)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(one, files, chunksize=64):
+            pass
+    return len(files)
+
+
+def _readahead(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def default_size_mib(
+    rootfs: Path, *, generation: str, bootable: bool, usage: tuple[int, int] | None = None
+) -> int:
+    """A disk size with room for the tree plus headroom: a whole number of MiB, rounded up. `usage`: the
+    tree's `tree_usage` when the caller has it (else the tree is walked)."""
+    used, entries = usage or tree_usage(rootfs)
     # ext4 overhead: inodes (256 B each, with slack), journal, reserved blocks; then free space.
     root_mib = (used * 5 // 4 + entries * 1024) // MiB + (512 if bootable else 32)
     total = _root_start_mib(generation, bootable) + root_mib + 1
@@ -130,9 +186,11 @@ def default_size_mib(rootfs: Path, *, generation: str, bootable: bool) -> int:
     return -(-total // step) * step
 
 
-def min_size_mib(rootfs: Path, *, generation: str, bootable: bool) -> int:
+def min_size_mib(
+    rootfs: Path, *, generation: str, bootable: bool, usage: tuple[int, int] | None = None
+) -> int:
     """The smallest disk the tree fits on (ext4 overhead and a journal, no free space to speak of)."""
-    used, entries = tree_usage(rootfs)
+    used, entries = usage or tree_usage(rootfs)
     root_mib = (used * 5 // 4 + entries * 1024) // MiB + 64
     return _root_start_mib(generation, bootable) + root_mib + 1
 
@@ -237,7 +295,7 @@ def build_disk(
         raise DiskError(f"generation {generation!r} is not V1 or V2", hint="hyperVGeneration is V1 or V2")
     if not rootfs.is_dir():
         raise DiskError(f"root tree {rootfs} is not a directory", hint="extract or build the root tree first")
-    proc.require_tools("sfdisk", "mkfs.ext4", "debugfs", "truncate")
+    proc.require_tools("sfdisk", "mkfs.ext4", "debugfs")
     kernel = initrd = None
     if bootable:
         kernel, initrd = _find_kernel(rootfs)
@@ -250,59 +308,67 @@ def build_disk(
     fs_uuid = fs_uuid or str(uuid.uuid4())
     esp_volid = f"{uuid.UUID(fs_uuid).int & 0xFFFFFFFF:08X}" if bootable and generation == "V2" else None
     root_mib = size_mib - root_start - 1  # the last MiB holds the backup GPT
+    # The GPT is fully specified here (disk and partition GUIDs too), so it need not be read back.
+    disk_uuid = str(uuid.uuid4()).upper()
+    parts = [Partition(ROOT_PARTNO, root_start * 2048, root_mib * 2048, GPT_ROOT_X86_64,
+                       str(uuid.uuid4()).upper(), "root")]  # fmt: skip
+    if bootable and generation == "V1":
+        parts.append(Partition(BIOS_PARTNO, 2048, BIOS_BOOT_MIB * 2048, GPT_BIOS_BOOT,
+                               str(uuid.uuid4()).upper(), "bios"))  # fmt: skip
+    if bootable and generation == "V2":
+        parts.append(Partition(ESP_PARTNO, 2048, ESP_MIB * 2048, GPT_ESP, str(uuid.uuid4()).upper(), "esp"))
+    root = parts[0]
     out_raw.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_raw.name}.", dir=out_raw.parent))
     tmp_name = "disk.img"
     tmp = work / tmp_name
     try:
-        proc.run(["truncate", "-s", f"{size_mib}M", tmp], log=log)
-        lines = ["label: gpt", "unit: sectors", ""]
-        lines.append(
-            f"{tmp_name}{ROOT_PARTNO} : start={root_start * 2048}, size={root_mib * 2048}, "
-            f'type={GPT_ROOT_X86_64}, name="root"'
-        )
-        if bootable and generation == "V1":
-            lines.append(
-                f"{tmp_name}{BIOS_PARTNO} : start=2048, size={BIOS_BOOT_MIB * 2048}, "
-                f'type={GPT_BIOS_BOOT}, name="bios"'
-            )
-        if bootable and generation == "V2":
-            lines.append(
-                f'{tmp_name}{ESP_PARTNO} : start=2048, size={ESP_MIB * 2048}, type={GPT_ESP}, name="esp"'
-            )
+        with tmp.open("wb") as fh:
+            fh.truncate(size_mib * MiB)
+        lines = ["label: gpt", f"label-id: {disk_uuid}", "unit: sectors", ""]
+        lines += [
+            f"{tmp_name}{p.number} : start={p.start}, size={p.size}, type={p.type}, uuid={p.uuid}, "
+            f'name="{p.name}"'
+            for p in parts
+        ]
         proc.run(
             ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", tmp_name],
             input="\n".join(lines) + "\n",
             cwd=work,
             log=log,
         )
-        table = _sfdisk_json(tmp)
-        parts = _partitions(table)
-        root = next(p for p in parts if p.number == ROOT_PARTNO)
-        try:
-            proc.run(
-                [
-                    "mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", fs_uuid,
-                    "-E", f"offset={root.offset},root_owner=0:0", "-d", rootfs, tmp, f"{root.size // 2}k",
-                ],
-                log=log,
-                timeout=_TIMEOUT,
-            )  # fmt: skip
-        except proc.CommandError as exc:
-            raise DiskError(
-                f"writing {rootfs} into an ext4 filesystem of {root.size_bytes // MiB} MiB failed\n{exc}",
-                hint="if the tree does not fit, pass a larger size_mib",
-            ) from exc
+        # The boot loader does not depend on the root filesystem's content: it is made (grub-mkimage,
+        # the ESP) while mkfs.ext4 runs, and written into the disk after it.
+        loader: concurrent.futures.Future[Callable[[], None]] | None = None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            if bootable and kernel and initrd:
+                cfg = work / "early.cfg"
+                cfg.write_text(_grub_cfg(fs_uuid, kernel, initrd))
+                if generation == "V1":
+                    bios = next(p for p in parts if p.number == BIOS_PARTNO)
+                    loader = pool.submit(_bios_grub, tmp, bios, cfg, work, log)
+                else:
+                    esp = next(p for p in parts if p.number == ESP_PARTNO)
+                    loader = pool.submit(_efi_grub, tmp, esp, esp_volid or "", cfg, work, log)
+            try:
+                proc.run(
+                    [
+                        "mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", fs_uuid,
+                        "-E", f"offset={root.offset},root_owner=0:0", "-d", rootfs, tmp, f"{root.size // 2}k",
+                    ],
+                    log=log,
+                    timeout=_TIMEOUT,
+                )  # fmt: skip
+            except proc.CommandError as exc:
+                raise DiskError(
+                    f"writing {rootfs} into an ext4 filesystem of {root.size_bytes // MiB} MiB failed\n{exc}",
+                    hint="if the tree does not fit, pass a larger size_mib",
+                ) from exc
+            install = loader.result() if loader is not None else None
         if (rootfs / "etc").is_dir():
             _write_fstab(tmp, root.offset, rootfs, fs_uuid, esp_volid, work, log)
-        if bootable and kernel and initrd:
-            cfg = work / "early.cfg"
-            cfg.write_text(_grub_cfg(fs_uuid, kernel, initrd))
-            if generation == "V1":
-                _install_bios_grub(tmp, next(p for p in parts if p.number == BIOS_PARTNO), cfg, work, log)
-            else:
-                esp = next(p for p in parts if p.number == ESP_PARTNO)
-                _install_efi_grub(tmp, esp, esp_volid or "", cfg, work, log)
+        if install is not None:
+            install()
         os.replace(tmp, out_raw)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -313,8 +379,8 @@ def build_disk(
         bootable=bootable,
         root_part_uuid=root.uuid,
         fs_uuid=fs_uuid,
-        partitions=parts,
-        disk_uuid=str(table.get("id", "")),
+        partitions=sorted(parts, key=lambda p: p.number),
+        disk_uuid=disk_uuid,
         esp_uuid=f"{esp_volid[:4]}-{esp_volid[4:]}" if esp_volid else None,
         kernel=kernel,
         details={"kernel_cmdline": f"root=UUID={fs_uuid} {KERNEL_CMDLINE}" if bootable else None},
@@ -331,22 +397,28 @@ def _write_fstab(
     log: LogSink | None,
 ) -> None:
     fstab = work / "fstab"
-    fstab.write_text(_fstab(rootfs, fs_uuid, esp_volid))
+    text = _fstab(rootfs, fs_uuid, esp_volid)
+    fstab.write_text(text)
     cmds = ["rm /etc/fstab", f"write {debugfs_host_path(fstab)} /etc/fstab", "sif /etc/fstab mode 0100644",
             "sif /etc/fstab uid 0", "sif /etc/fstab gid 0"]  # fmt: skip
     if esp_volid and not (rootfs / "boot/efi").exists():
         cmds.insert(0, "mkdir /boot/efi")
+    # debugfs exits 0 even when a command fails: the same session reads the file back.
+    cmds.append("cat /etc/fstab")
     script = work / "debugfs.cmds"
     script.write_text("\n".join(cmds) + "\n")
-    proc.run(["debugfs", "-w", "-f", script, f"{disk}?offset={offset}"], log=log, echo_output=False)
-    # debugfs exits 0 even when a command fails: check the result.
-    if read_file_from_disk(disk, "/etc/fstab", offset=offset).decode() != fstab.read_text():
-        raise DiskError(f"writing /etc/fstab into {disk} failed", hint="run e2fsck -fn on the disk's root")
+    done = proc.run(["debugfs", "-w", "-f", script, f"{disk}?offset={offset}"], log=log, echo_output=False)
+    if not done.stdout_bytes.endswith(b"debugfs: cat /etc/fstab\n" + text.encode()):
+        raise DiskError(
+            f"writing /etc/fstab into {disk} failed: {done.stderr.strip()[-300:]}",
+            hint="run e2fsck -fn on the disk's root",
+        )
 
 
-def _install_bios_grub(disk: Path, bios: Partition, cfg: Path, work: Path, log: LogSink | None) -> None:
+def _bios_grub(disk: Path, bios: Partition, cfg: Path, work: Path, log: LogSink | None) -> Callable[[], None]:
     """GRUB for BIOS on GPT without grub-install: boot.img in the MBR's code area pointing at core.img,
-    which sits in the BIOS boot partition (both sector pointers patched as grub-install would)."""
+    which sits in the BIOS boot partition (both sector pointers patched as grub-install would). Makes
+    core.img; returns what writes both into `disk`."""
     core = work / "core.img"
     proc.run(
         ["grub-mkimage", "-O", "i386-pc", "-o", core, "-c", cfg, "-p", f"(hd0,gpt{ROOT_PARTNO})/boot/grub",
@@ -363,18 +435,23 @@ def _install_bios_grub(disk: Path, bios: Partition, cfg: Path, work: Path, log: 
     struct.pack_into("<Q", data, 0x1F4, bios.start + 1)
     boot = bytearray((GRUB_I386_PC / "boot.img").read_bytes()[:440])
     struct.pack_into("<Q", boot, 0x5C, bios.start)  # GRUB_BOOT_MACHINE_KERNEL_SECTOR
-    with disk.open("r+b") as f:
-        f.seek(0)
-        f.write(boot)  # code only: the disk signature and protective MBR entry stay
-        f.seek(bios.offset)
-        f.write(data)
+
+    def install() -> None:
+        with disk.open("r+b") as f:
+            f.seek(0)
+            f.write(boot)  # code only: the disk signature and protective MBR entry stay
+            f.seek(bios.offset)
+            f.write(data)
+
+    return install
 
 
-def _install_efi_grub(
+def _efi_grub(
     disk: Path, esp: Partition, volid: str, cfg: Path, work: Path, log: LogSink | None
-) -> None:
+) -> Callable[[], None]:
     """An ESP (mkfs.vfat + mtools, no mount) holding GRUB as the removable-media
-    path EFI/BOOT/BOOTX64.EFI, which UEFI firmware boots with no NVRAM entry."""
+    path EFI/BOOT/BOOTX64.EFI, which UEFI firmware boots with no NVRAM entry. Makes the ESP; returns
+    what copies it into `disk`."""
     efi = work / "BOOTX64.EFI"
     proc.run(
         ["grub-mkimage", "-O", "x86_64-efi", "-o", efi, "-c", cfg, "-p", "/EFI/BOOT",
@@ -386,13 +463,16 @@ def _install_efi_grub(
     proc.run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-i", volid, "-h", str(esp.start), "-C", esp_img,
               str(esp.size // 2)], log=log)  # fmt: skip
     env = {"MTOOLS_SKIP_CHECK": "1"}
-    for folder in ("::/EFI", "::/EFI/BOOT"):
-        proc.run(["mmd", "-i", esp_img, folder], log=log, env=env)
+    proc.run(["mmd", "-i", esp_img, "::/EFI", "::/EFI/BOOT"], log=log, env=env)
     proc.run(["mcopy", "-i", esp_img, efi, "::/EFI/BOOT/BOOTX64.EFI"], log=log, env=env)
-    with esp_img.open("rb") as src, disk.open("r+b") as dst:
-        dst.seek(esp.offset)
-        shutil.copyfileobj(src, dst, 4 * MiB)
-    esp_img.unlink()
+
+    def install() -> None:
+        with esp_img.open("rb") as src, disk.open("r+b") as dst:
+            dst.seek(esp.offset)
+            shutil.copyfileobj(src, dst, 4 * MiB)
+        esp_img.unlink()
+
+    return install
 
 
 # --- conversions ----------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""File helpers the local provider uses in several places, written once: a file's sha256 (plain and
-remembered per path/size/mtime for this process) and an exclusive lock file shared by threads and
-processes."""
+"""File helpers the local provider uses in several places, written once: a file's sha256 (the holes of a
+sparse file are not read; plain, and remembered per path/size/mtime for this process) and an exclusive
+lock file shared by threads and processes."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -15,7 +16,52 @@ CHUNK = 4 * 1024 * 1024
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 of a file's content, read in chunks."""
+    """The sha256 of a file's content. A sparse file's holes are not read: they hash as the zeros they
+    read as (SEEK_DATA/SEEK_HOLE), so a mostly empty disk image costs the hashing, not the reading."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    zeros = memoryview(bytes(CHUNK))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left (or no SEEK_DATA here: read it all)
+                data = size if _has_seek_data(fd) else pos
+            while pos < data:  # a hole: zeros, not read
+                n = min(CHUNK, data - pos)
+                h.update(zeros[:n])
+                pos += n
+            if pos >= size:
+                break
+            try:
+                hole = os.lseek(fd, pos, os.SEEK_HOLE)
+            except OSError:
+                hole = size
+            os.lseek(fd, pos, os.SEEK_SET)
+            while pos < hole:
+                n = os.readv(fd, [view[: min(CHUNK, hole - pos)]])
+                if n <= 0:  # the file shrank under us: hash what is there
+                    return _sha256_read(path)
+                h.update(view[:n])
+                pos += n
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _has_seek_data(fd: int) -> bool:
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        return exc.errno == errno.ENXIO  # supported (a file that is all hole); EINVAL: not supported
+    return True
+
+
+def _sha256_read(path: Path) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(CHUNK), b""):
@@ -24,15 +70,17 @@ def sha256_file(path: Path) -> str:
 
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
+_SHA_XATTR = "user.imagebuilder.sha256"
 
 
 def sha256_cached(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) for this process (big files get copied to
-    several stores in a row)."""
+    """sha256 of a file, remembered per (path, size, mtime): in this process, and on the file itself (an
+    extended attribute naming the size and mtime it was computed for, so another process, e.g. the next
+    activity's worker, trusts it too; any write to the file changes its mtime and voids it)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_MEMO:
-        _SHA_MEMO[key] = sha256_file(path)
+        _SHA_MEMO[key] = _sha256_xattr(path, st) or sha256_file(path)
     return _SHA_MEMO[key]
 
 
@@ -40,6 +88,18 @@ def remember_sha256(path: Path, digest: str) -> None:
     """Record a digest computed elsewhere (e.g. while the file was written) for `sha256_cached`."""
     st = path.stat()
     _SHA_MEMO[(str(path.resolve()), st.st_size, st.st_mtime_ns)] = digest
+    with contextlib.suppress(OSError):  # a filesystem without user xattrs: this process still knows
+        os.setxattr(path, _SHA_XATTR, f"{st.st_size}:{st.st_mtime_ns}:{digest}".encode())
+
+
+def _sha256_xattr(path: Path, st: os.stat_result) -> str | None:
+    try:
+        size, mtime, digest = os.getxattr(path, _SHA_XATTR).decode().split(":")
+        if (int(size), int(mtime)) != (st.st_size, st.st_mtime_ns) or len(digest) != 64:
+            return None
+    except (OSError, ValueError):
+        return None
+    return digest
 
 
 @contextlib.contextmanager
