@@ -241,7 +241,6 @@ def _disk_full(
 def layer_dirs(root: Path) -> list[Path]:
     """The folders an overlay root is made of (its upper and lower layers, from the mount table), or the
     root itself when it is not an overlay mount."""
-
     target = os.path.realpath(root)
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
