@@ -20,7 +20,7 @@ from activities import (
 from api import async_operations, operations, runs, templates, triggers
 from dashboard import pages as dashboard_pages
 from orchestrators import build_image, distribute_image, provision_template
-from triggers import evaluation, sweeper, uploads
+from triggers import evaluation, slot_settler, sweeper, uploads
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -48,6 +48,7 @@ for blueprint in (
     evaluation.bp,
     uploads.bp,
     sweeper.bp,
+    slot_settler.bp,
     dashboard_pages.bp,
 ):
     app.register_functions(blueprint)

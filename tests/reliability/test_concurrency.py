@@ -279,7 +279,7 @@ def _wait(rel: Rel, name: str, ok: Any, timeout: float) -> dict[str, Any]:
         status = rel.api.last_run_status(name)
         if ok(status):
             return status
-        assert status.get("runState") in ("Running", "Canceling", None), (name, status)
+        assert status.get("runState") in ("Running", "Canceling", None), (name, status)  # ended early
         time.sleep(0.3)
     raise AssertionError(f"{name}: still {status} after {timeout:.0f} s")
 
@@ -308,8 +308,8 @@ def test_a_killed_hosts_slot_is_given_back_after_a_restart_and_reclaimed_when_it
 
         # 2. kill -9 while `c` holds the slot and `d` waits, then start a host with the same provider
         #    state but new durable state (the orchestrations are gone for good): their runs stay Running
-        #    until settled; cancelling them (no orchestration to tell: settled at once) makes their pool
-        #    entries stale, and the next run's acquire reclaims both
+        #    until settled (`c` by a cancel, `d` by the slot settler), which makes their pool entries
+        #    stale; then the next run gets the slot
         rel.api.run("c")
         _wait(rel, "c", lambda s: s.get("runSubState") not in (None, "Queued"), 300)
         rel.api.run("d")
@@ -324,9 +324,10 @@ def test_a_killed_hosts_slot_is_given_back_after_a_restart_and_reclaimed_when_it
             stuck = _wait(rel, "e", lambda s: WAITING in str(s.get("message")), 120)
             time.sleep(3)
             still = rel.api.last_run_status("e")
-            for name in ("c", "d"):
-                rel.api.cancel(name)
-            settled = {name: rel.api.last_run_status(name)["runState"] for name in ("c", "d")}
+            rel.api.cancel("c")  # no orchestration to tell: settled Canceled at once
+            _admin(rel, "settle_build_slots")  # `d`: its orchestration is unknown to the host now
+            _wait(rel, "d", lambda s: s.get("runState") not in ("Running", "Canceling"), 60)
+            settled = {name: last_run(rel, name) for name in ("c", "d")}
             final_e = rel.api.watch("e", timeout=900, interval=1.0)
             after_reclaim = slots.state(pool)
             # what the lost run `c` left (its build root) is the sweeper's: run it now, not in 5 min
@@ -350,7 +351,7 @@ def test_a_killed_hosts_slot_is_given_back_after_a_restart_and_reclaimed_when_it
         + int(final_e["runState"] != "Succeeded"),
         leaked=leaks.total(),
         note="resumed runs gave the slot back; lost runs' slot and queue entry reclaimed once settled "
-        "(canceled), their build root removed by the sweeper",
+        "(a cancel; the slot settler), their build root removed by the sweeper",
     )
     assert {n: f["runState"] for n, f in resumed.items()} == {"a": "Succeeded", "b": "Succeeded"}, resumed
     assert max_past_queued(runs) == 1
@@ -358,7 +359,59 @@ def test_a_killed_hosts_slot_is_given_back_after_a_restart_and_reclaimed_when_it
     assert not after_restart.holders and not after_restart.queue, after_restart
     # the slot stayed taken while the dead runs were unsettled: never granted twice
     assert "1 of 1 in use" in stuck["message"] and still["runSubState"] == "Queued", still
-    assert settled == {"c": "Canceled", "d": "Canceled"}, settled
+    assert settled["c"]["runState"] == "Canceled", settled["c"]
+    assert settled["d"]["runState"] == "Failed" and "orchestration is gone" in settled["d"]["message"]
     assert final_e["runState"] == "Succeeded", final_e
     assert not after_reclaim.holders and not after_reclaim.queue, after_reclaim
+    assert leaks.total() == 0, leaks
+
+
+def _admin(rel: Rel, function: str) -> None:
+    master = rel.runtime.keys["masterKey"]
+    resp = requests.post(
+        f"{rel.runtime.base_url}/admin/functions/{function}?code={master}", json={"input": ""}, timeout=30
+    )
+    assert resp.status_code == 202, resp.text
+
+
+def test_a_terminated_orchestrations_slot_is_settled_and_given_to_the_next_run(
+    e2e_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with limited(e2e_azurite, tmp_path_factory, monkeypatch, 1) as rel:
+        slots, pool = open_slots(conn(rel)), pool_of(rel)
+        rel.api.put_template("t", _template(rel, ["sleep 20"]))
+        rel.api.put_template("w", _template(rel, ["echo w | sudo tee /etc/w"]))
+        rel.api.run("t")
+        _wait(rel, "t", lambda s: s.get("runSubState") not in (None, "Queued"), 300)
+        rel.api.run("w")
+        _wait(rel, "w", lambda s: WAITING in str(s.get("message")), 120)
+        (holder,) = slots.state(pool).holders
+        master = rel.runtime.keys["masterKey"]
+        resp = requests.post(
+            f"{rel.runtime.base_url}/runtime/webhooks/durabletask/instances/{holder}/terminate"
+            f"?reason=test&code={master}",
+            timeout=30,
+        )
+        assert resp.status_code == 202, resp.text
+        time.sleep(3)
+        before = (rel.api.last_run_status("t"), rel.api.last_run_status("w"))
+        _admin(rel, "settle_build_slots")  # the timer, now instead of on its 5-minute tick
+        final_w = rel.api.watch("w", timeout=600, interval=1.0)
+        final_t = last_run(rel, "t")
+        after = slots.state(pool)
+        _admin(rel, "sweep_transient_resources")  # what the terminated build left is the sweeper's
+        leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store, timeout=90)
+    record(
+        "concurrency",
+        "orchestration terminated while it holds the only slot",
+        1,
+        lost=int(final_w["runState"] != "Succeeded"),
+        leaked=leaks.total(),
+        note="settled by the slot settler (sweep schedule), the next run built",
+    )
+    # terminated, the run still said Running and the waiter waited: nothing granted twice
+    assert before[0]["runState"] == "Running" and before[1]["runSubState"] == "Queued", before
+    assert final_t["runState"] == "Failed" and "Terminated" in final_t["message"], final_t
+    assert final_w["runState"] == "Succeeded", final_w
+    assert not after.holders and not after.queue, after
     assert leaks.total() == 0, leaks
