@@ -1,9 +1,9 @@
 """Pydantic models of the AIB image template schema (API 2025-10-01 and the older versions templates use).
 
 Public interface (the API, store and pipeline code against these names):
-`parse_template`, `parse_template_update`, `apply_update`, `parse_trigger`, `input_fingerprint`,
-`validate_resource_name`, `check_api_version`, `IgnoredMember`, `SUPPORTED_API_VERSIONS`, `TemplateError`
-and the models.
+`parse_template`, `parse_stored_template` (a template as stored, for providers), `parse_template_update`,
+`apply_update`, `parse_trigger`, `input_fingerprint`, `validate_resource_name`, `check_api_version`,
+`IgnoredMember`, `SUPPORTED_API_VERSIONS`, `TemplateError` and the models.
 """
 
 from imagebuilder.template.errors import TemplateError
@@ -62,6 +62,7 @@ from imagebuilder.template.parsing import (
     apply_update,
     check_api_version,
     input_fingerprint,
+    parse_stored_template,
     parse_template,
     parse_template_update,
     parse_trigger,
@@ -122,6 +123,7 @@ __all__ = [
     "apply_update",
     "check_api_version",
     "input_fingerprint",
+    "parse_stored_template",
     "parse_template",
     "parse_template_update",
     "parse_trigger",

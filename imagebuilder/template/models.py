@@ -61,6 +61,18 @@ def _api_version(info: ValidationInfo) -> str | None:
     return value if isinstance(value, str) else None
 
 
+#: Validation-context key: the input is a template as stored after a create that succeeded (what a build
+#: reads back). Types and structure are checked as always; the rules stated in prose (every `RuleViolation`:
+#: URI schemes, name patterns, step limits, api-version rules...) are not, since they were checked at PUT
+#: under the rules of that day and may have changed since: a stored template must always load.
+STORED = "stored"
+
+
+def _stored(info: ValidationInfo) -> bool:
+    ctx = info.context
+    return isinstance(ctx, dict) and ctx.get(STORED) is True
+
+
 class Issue(NamedTuple):
     """One broken rule: `field` is the JSON path relative to the model that found it ("" = the model)."""
 
@@ -189,10 +201,12 @@ def _check_uri(value: str | None, field: str, code: str = E.INVALID_PARAMETER) -
     return []
 
 
-def _check_sha(value: str) -> str:
+def _check_sha(value: str, info: ValidationInfo) -> str:
     if value == "":
         return value
     if not _SHA256.match(value):
+        if _stored(info):
+            return value  # the fetch compares it and names the field
         raise RuleViolation(
             [
                 Issue(
@@ -217,8 +231,10 @@ MAX_HISTORY_BYTES = 64 * 1024 * 1024  # steps x template JSON size, i.e. the inp
 _TAG_NAME_FORBIDDEN = set("<>%&\\?/")
 
 
-def _check_tags(tags: dict[str, str]) -> dict[str, str]:
+def _check_tags(tags: dict[str, str], info: ValidationInfo) -> dict[str, str]:
     """ARM's tag limits (they apply to the template and to everything tagged from it)."""
+    if _stored(info):
+        return tags
     issues: list[Issue] = []
     if len(tags) > MAX_TAGS:
         issues.append(Issue(E.INVALID_PARAMETER, f"At most {MAX_TAGS} tags are allowed, got {len(tags)}."))
@@ -362,7 +378,9 @@ class PlatformImageSource(ArmModel):
     plan_info: PlatformImagePurchasePlan | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> PlatformImageSource:
+    def _rules(self, info: ValidationInfo) -> PlatformImageSource:
+        if _stored(info):
+            return self
         issues: list[Issue] = []
         for f in ("publisher", "offer", "sku", "version"):
             issues += _nonempty(getattr(self, f), f, E.BAD_PIR_SOURCE)
@@ -394,7 +412,9 @@ class ManagedImageSource(ArmModel):
     image_id: str
 
     @model_validator(mode="after")
-    def _rules(self) -> ManagedImageSource:
+    def _rules(self, info: ValidationInfo) -> ManagedImageSource:
+        if _stored(info):
+            return self
         _raise(_nonempty(self.image_id, "imageId", E.BAD_MANAGED_IMAGE_SOURCE))
         return self
 
@@ -408,7 +428,9 @@ class SharedImageVersionSource(ArmModel):
     image_version_id: str
 
     @model_validator(mode="after")
-    def _rules(self) -> SharedImageVersionSource:
+    def _rules(self, info: ValidationInfo) -> SharedImageVersionSource:
+        if _stored(info):
+            return self
         m = _VERSION_ID.search(self.image_version_id)
         if not m or not (m.group("version").lower() == "latest" or is_gallery_version(m.group("version"))):
             _raise(
@@ -464,7 +486,9 @@ class _ScriptStep(_Step):
         return _check_script(self.script_uri, self.inline, self.missing_script_code, self.kind)
 
     @model_validator(mode="after")
-    def _rules(self) -> _ScriptStep:
+    def _rules(self, info: ValidationInfo) -> _ScriptStep:
+        if _stored(info):
+            return self
         _raise(self._issues())
         return self
 
@@ -517,7 +541,9 @@ class WindowsRestartCustomizer(_Step):
     restart_timeout: str | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> WindowsRestartCustomizer:
+    def _rules(self, info: ValidationInfo) -> WindowsRestartCustomizer:
+        if _stored(info):
+            return self
         if self.restart_timeout and not _GO_DURATION.match(self.restart_timeout):
             _raise(
                 [
@@ -550,7 +576,9 @@ class FileCustomizer(_Step):
     destination: str | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> FileCustomizer:
+    def _rules(self, info: ValidationInfo) -> FileCustomizer:
+        if _stored(info):
+            return self
         _raise(_check_file(self.source_uri, self.destination, E.NO_CUSTOMIZER_SCRIPT, "File customizer"))
         return self
 
@@ -623,7 +651,9 @@ class FileValidator(_Step):
     destination: str | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> FileValidator:
+    def _rules(self, info: ValidationInfo) -> FileValidator:
+        if _stored(info):
+            return self
         _raise(_check_file(self.source_uri, self.destination, E.NO_VALIDATOR_SCRIPT, "File validator"))
         return self
 
@@ -650,7 +680,9 @@ class TargetRegion(ArmModel):
     storage_account_type: StorageAccountType | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> TargetRegion:
+    def _rules(self, info: ValidationInfo) -> TargetRegion:
+        if _stored(info):
+            return self
         _raise(_nonempty(self.name, "name", E.INVALID_PARAMETER))
         return self
 
@@ -680,8 +712,8 @@ class _Distributor(ArmModel):
 
     @field_validator("run_output_name")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
+    def _name(cls, value: str, info: ValidationInfo) -> str:
+        if not NAME_PATTERN.match(value) and not _stored(info):
             raise RuleViolation(
                 [
                     Issue(
@@ -702,7 +734,9 @@ class ManagedImageDistributor(_Distributor):
     location: str
 
     @model_validator(mode="after")
-    def _rules(self) -> ManagedImageDistributor:
+    def _rules(self, info: ValidationInfo) -> ManagedImageDistributor:
+        if _stored(info):
+            return self
         _raise(
             _nonempty(self.image_id, "imageId", E.INVALID_PARAMETER)
             + _nonempty(self.location, "location", E.INVALID_PARAMETER)
@@ -727,7 +761,9 @@ class SharedImageDistributor(_Distributor):
     replication_mode: Literal["Full", "Shallow"] | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> SharedImageDistributor:
+    def _rules(self, info: ValidationInfo) -> SharedImageDistributor:
+        if _stored(info):
+            return self
         issues: list[Issue] = []
         m = _GALLERY_IMAGE_ID.match(self.gallery_image_id)
         if not m:
@@ -821,7 +857,9 @@ class VhdDistributor(_Distributor):
     uri: str | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> VhdDistributor:
+    def _rules(self, info: ValidationInfo) -> VhdDistributor:
+        if _stored(info):
+            return self
         if self.uri:
             _raise(_check_uri(self.uri, "uri"))
         return self
@@ -855,6 +893,8 @@ class VirtualNetworkConfig(ArmModel):
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> VirtualNetworkConfig:
+        if _stored(info):
+            return self
         issues: list[Issue] = []
         legacy = {
             "name": self.name,
@@ -933,7 +973,9 @@ class ImageTemplateVmProfile(ArmModel):
     vnet_config: VirtualNetworkConfig | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> ImageTemplateVmProfile:
+    def _rules(self, info: ValidationInfo) -> ImageTemplateVmProfile:
+        if _stored(info):
+            return self
         issues = [
             Issue(
                 E.INVALID_PARAMETER,
@@ -957,7 +999,9 @@ class OptimizeWorkload(ArmModel):
     sha256_checksum: Sha256 | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> OptimizeWorkload:
+    def _rules(self, info: ValidationInfo) -> OptimizeWorkload:
+        if _stored(info):
+            return self
         _raise(_check_uri(self.script_uri, "scriptUri"))
         return self
 
@@ -1018,7 +1062,9 @@ class ImageTemplateProperties(ArmModel):
     managed_resource_tags: Tags | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> ImageTemplateProperties:
+    def _rules(self, info: ValidationInfo) -> ImageTemplateProperties:
+        if _stored(info):
+            return self
         issues: list[Issue] = []
         if not self.distribute:
             issues.append(
@@ -1180,7 +1226,9 @@ class ImageTemplateIdentity(ArmModel):
     user_assigned_identities: dict[str, UserAssignedIdentity] | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> ImageTemplateIdentity:
+    def _rules(self, info: ValidationInfo) -> ImageTemplateIdentity:
+        if _stored(info):
+            return self
         ids = self.user_assigned_identities or {}
         issues: list[Issue] = []
         if self.type == "UserAssigned":
@@ -1228,6 +1276,8 @@ class ImageTemplate(ArmModel):
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> ImageTemplate:
+        if _stored(info):
+            return self
         issues = _nonempty(self.location, "location", E.LOCATION_REQUIRED)
         api_version = _api_version(info)
         if self.identity is None and api_version is not None and api_version >= IDENTITY_REQUIRED_SINCE:
@@ -1312,7 +1362,9 @@ class ScheduleTriggerProperties(ArmModel):
     only_when_security_updates_pending: bool | None = None
 
     @model_validator(mode="after")
-    def _rules(self) -> ScheduleTriggerProperties:
+    def _rules(self, info: ValidationInfo) -> ScheduleTriggerProperties:
+        if _stored(info):
+            return self
         issues = _check_ncrontab(self.schedule)
         if self.time_zone is not None and not _TIME_ZONE.match(self.time_zone):
             issues.append(

@@ -25,6 +25,7 @@ from imagebuilder.template.models import (
     DISTRIBUTOR_TYPES,
     NAME_PATTERN,
     SOURCE_TYPES,
+    STORED,
     TRIGGER_KINDS,
     UNKNOWN_MEMBERS,
     VALIDATOR_TYPES,
@@ -153,6 +154,23 @@ def parse_template(
         validate_resource_name(name)
     obj = _require_object(body)
     return _validate_lenient(ImageTemplate, obj, api_version, strict_members, warnings)
+
+
+def parse_stored_template(resource: Any) -> ImageTemplate:
+    """A template as stored (`BuildInput.template`, `TemplateInput.template`: the resource JSON, read-only
+    members and all) as the frozen model, for a build or a template-lifecycle call of a provider.
+
+    It was valid when it was PUT, so the parse must not refuse it again for rules of the PUT: only types
+    and structure are checked (validation context `models.STORED`, no api-version), the prose rules are not
+    (they may have changed since, and providers take what the ARM model refuses, e.g. the local
+    provider's file:// URIs), and members no model knows are dropped silently. A resource that still
+    cannot be read (stored by hand, or written by a schema this one no longer reads) raises
+    `TemplateError` naming the JSON path, e.g. `properties.customize[0].type`; nothing else."""
+    obj = _require_object(resource)
+    try:
+        return _validate(ImageTemplate, obj, obj, {STORED: True, UNKNOWN_MEMBERS: []})
+    except RecursionError:
+        raise TemplateError(E.INVALID_REQUEST_CONTENT, "The template is nested too deeply to read.") from None
 
 
 def parse_template_update(

@@ -159,7 +159,8 @@ def test_the_source_trigger_probe_sees_the_new_version(
 ) -> None:
     monkeypatch.setenv("IMAGEBUILDER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(mirrorstate.REFRESH_SETTING, "0")
-    template = {
+    template = {  # a template as stored (what triggers probe)
+        "location": "westus",
         "properties": {
             "source": {
                 "type": "PlatformImage",
@@ -168,7 +169,8 @@ def test_the_source_trigger_probe_sees_the_new_version(
                 "sku": "12",
                 "version": "latest",
             },
-        }
+            "distribute": [{"type": "VHD", "runOutputName": "vhd"}],
+        },
     }
     before = probe_inputs(template, with_artifacts=False, state_dir=tmp_path / "state").source
     mirror.date = "Tue, 08 Dec 2026 10:30:00 UTC"

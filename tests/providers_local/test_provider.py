@@ -429,7 +429,8 @@ def test_marketplace_image_without_local_base_names_the_available_ones(provider:
             "offer": "ubuntu-24_04-lts",
             "sku": "server",
             "version": "latest",
-        }
+        },
+        "distribute": build.template["properties"]["distribute"],
     }
     res = provider.prepare(build.model_copy(update={"template": template}), RecLog())
     assert res.status == "failed" and res.error is not None
@@ -689,10 +690,15 @@ def test_vhd_and_managed_image_targets_failures_and_uploader(provider: LocalProv
             "imageId": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/images/i",
             "location": "eastus",
         },
-        {"type": "Nope", "runOutputName": "n"},
     ]
-    build = build_input({"distribute": targets})
     log = RecLog()
+    # a target type the template model does not know: the stored template cannot be read, prepare says where
+    bad = provider.prepare(
+        build_input({"distribute": [*targets, {"type": "Nope", "runOutputName": "n"}]}), log
+    )
+    assert bad.status == "failed" and bad.error is not None and bad.error.code == "BadDistributeType"
+    assert "properties.distribute[5].type" in bad.error.message
+    build = build_input({"distribute": targets})
     prepared = provider.prepare(build, log)
     env = provider.create_build_env(build, prepared, log)
     cap = provider.capture(build, env, log)
@@ -715,8 +721,6 @@ def test_vhd_and_managed_image_targets_failures_and_uploader(provider: LocalProv
     conflict = provider.distribute(build, cap, 4, "eastus", log)
     assert conflict.status == "failed" and conflict.error is not None and "westus" in conflict.error.message
     assert conflict.error.step == "distribute[4] (ManagedImage: m2) eastus"
-    bad = provider.distribute(build, cap, 5, "westus", log)
-    assert bad.status == "failed" and bad.error is not None and bad.error.code == "BadDistributeType"
     assert "SECRET" not in log.text
     provider.cleanup(build, keep=False, log=log)
     assert_no_leaks(provider, build)

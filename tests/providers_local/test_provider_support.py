@@ -53,7 +53,8 @@ def sha256(data: bytes) -> str:
 def build_input(
     properties: dict[str, Any], *, name: str = "tpl", run_id: str = "run1", tags: Any = None
 ) -> BuildInput:
-    props = {"source": dict(BUSYBOX), **properties}
+    # a template as stored always has a distribute target (the model requires one): a VHD unless given
+    props = {"source": dict(BUSYBOX), "distribute": [{"type": "VHD", "runOutputName": "vhd"}], **properties}
     template = {
         "id": f"/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.VirtualMachineImages/imageTemplates/{name}",
         "name": name,

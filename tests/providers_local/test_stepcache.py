@@ -267,6 +267,38 @@ def test_step_ids_chain_over_parent_step_and_artifacts() -> None:
     assert json.loads(stepcache.canonical_json({"b": 1, "a": [2]})) == {"a": [2], "b": 1}
 
 
+# Ids computed by the provider before it read the template as the model (each step's JSON as stored):
+# existing cache entries are found only while these stay the same.
+PINNED_BASE = "412008b7900ec2369dd36edef1a23567eb0b477582d11c7a4863eee3b8e038cc"
+PINNED_IDS = [
+    "fb6a096e9a9c93e9622ec3df7120dd868ae94b2306bbf229b2149ae6a05dff94",
+    "6ac783c197d501ad7a6fdf969459d6d49733e298622a7540cc544522429c6f99",
+    "e1838fe889de294b57dcf6312dc90ba59ec52b64668719eab1a45a8cc425dc7e",
+]
+
+
+def test_step_ids_of_an_existing_template_do_not_change(tmp_path: Path) -> None:
+    steps = [
+        {"type": "Shell", "name": "inline", "inline": ["echo a | sudo tee /opt/a"]},
+        {"type": "Shell", "name": "script", "scriptUri": "https://h.example/s.sh", "sha256Checksum": "AB" * 32},
+        {"type": "File", "name": "conf", "sourceUri": "https://h.example/app.conf",
+         "destination": "/tmp/app.conf"},
+    ]  # fmt: skip
+    source = {
+        "type": "PlatformImage",
+        "id": "ImageBuilderLocal:busybox:stable:latest",
+        "exact_version": "1.0.0",
+    }
+    base = stepcache.base_id(source, {"network": True, "buildUser": "packer"})
+    assert base == PINNED_BASE
+    shas = {"https://h.example/s.sh": "ab" * 32, "https://h.example/app.conf": "cd" * 32}
+    ctx = LocalProvider(state_dir=tmp_path / "state").context(build_input({"customize": steps}))
+    assert stepcache.chain(base, ctx.stored_customize, shas) == PINNED_IDS
+    # why the JSON as stored is hashed: the model's dump lowers the checksum, which would change the ids
+    dumped = [c.to_json() for c in ctx.template.properties.customizers]
+    assert stepcache.chain(base, dumped, shas)[1] != PINNED_IDS[1]
+
+
 CHILD = """
 import json, sys
 from pathlib import Path

@@ -17,6 +17,7 @@ import pytest
 from imagebuilder.providers.base import TransientProviderError
 from imagebuilder.providers.local import artifacts, customizers
 from imagebuilder.providers.local.artifacts import ArtifactError, ArtifactRef
+from imagebuilder.template.models import FileCustomizer, ShellCustomizer
 from tests.security.conftest import RecLog
 
 SECRET_SIG = "sv=2024&sig=TOPSECRETsignature%2Bvalue%3D"
@@ -172,7 +173,7 @@ def test_sas_signatures_never_reach_logs_or_errors(server: str, tmp_path: Path) 
     with pytest.raises(TransientProviderError) as err2:
         _fetch(f"http://127.0.0.1:1/x.sh?{SECRET_SIG}", tmp_path / "st", log=log)
     outcome = customizers.run_shell(
-        {"type": "Shell", "scriptUri": f"https://h.invalid/x.sh?{SECRET_SIG}"},
+        ShellCustomizer.model_construct(type="Shell", script_uri=f"https://h.invalid/x.sh?{SECRET_SIG}"),
         step_key="s",
         root=tmp_path,
         inbox=tmp_path / "inbox",
@@ -202,7 +203,7 @@ def test_file_destinations_that_would_leave_the_root_are_refused(
     uri = "https://h.invalid/f.conf"
     (staged / artifacts.staged_name(uri)).write_text("x")
     outcome = customizers.run_file(
-        {"type": "File", "sourceUri": uri, "destination": destination},
+        FileCustomizer.model_construct(type="File", source_uri=uri, destination=destination),
         where="properties.customize[0]",
         root=root,
         artifacts=staged,
@@ -220,7 +221,7 @@ def test_file_destination_onto_a_device_or_fifo_in_the_root_is_refused(root: Pat
     uri = "https://h.invalid/f.conf"
     (staged / artifacts.staged_name(uri)).write_text("x")
     outcome = customizers.run_file(
-        {"type": "File", "sourceUri": uri, "destination": "/etc/fifo"},
+        FileCustomizer.model_construct(type="File", source_uri=uri, destination="/etc/fifo"),
         where="properties.customize[0]",
         root=root,
         artifacts=staged,

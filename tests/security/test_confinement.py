@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.providers.local import confine, customizers, limits, mounts, sandbox, seccomp
+from imagebuilder.template.models import FileCustomizer
 from tests.security.conftest import RecLog
 
 TIGHT = limits.StepLimits(memory_mb=256, pids=64, file_size_mb=64)
@@ -185,7 +186,7 @@ def test_symlink_swap_in_a_file_destination_stays_inside(root: Path, tmp_path: P
     (staged / customizers.staged_name(uri)).write_text("evil")
     for _ in range(20):
         customizers.run_file(
-            {"type": "File", "sourceUri": uri, "destination": "/etc/app/evil.conf"},
+            FileCustomizer.model_construct(type="File", source_uri=uri, destination="/etc/app/evil.conf"),
             where="properties.customize[1]",
             root=root,
             artifacts=staged,

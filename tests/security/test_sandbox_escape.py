@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.providers.local import customizers, deprovision, sandbox
+from imagebuilder.template.models import FileCustomizer
 from local_runtime.azurite import Azurite
 from tests.security.conftest import RecLog
 
@@ -220,7 +221,7 @@ def test_host_side_steps_do_not_follow_symlinks_out_of_the_root(root: Path, tmp_
     (staged / customizers.staged_name(uri)).write_text("evil")
     for dest in ("/etc/app/conf.d/evil.conf", "/etc/rel/evil.conf", "/etc/machine-id", "/srv/x/evil.conf"):
         customizers.run_file(
-            {"type": "File", "sourceUri": uri, "destination": dest},
+            FileCustomizer.model_construct(type="File", source_uri=uri, destination=dest),
             where="properties.customize[0]",
             root=root,
             artifacts=staged,

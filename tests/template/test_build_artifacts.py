@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from imagebuilder.pipeline.artifacts import build_artifacts
 from imagebuilder.providers.local import artifacts as local_artifacts
-from imagebuilder.template import ImageTemplate
+from imagebuilder.template import ImageTemplate, parse_stored_template
 
 SHA = "ab" * 32
 IDENTITY = "/subscriptions/s/resourceGroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i"
@@ -48,10 +48,12 @@ def test_every_consumer_sees_the_same_list_including_the_optimize_workload() -> 
         ("properties.optimize.workload.scriptUri", "https://h.example/w.sh", SHA),
     ]
     assert ImageTemplate.model_validate(template).properties.artifacts() == refs
-    local = local_artifacts.collect(template)
+    assert build_artifacts(parse_stored_template(template)) == refs  # the model providers pass
+    local = local_artifacts.collect(parse_stored_template(template))
     assert [(a.field, a.uri, a.sha256 or None) for a in local] == [(r.target, r.uri, r.sha256) for r in refs]
 
 
 def test_file_uris_the_local_provider_takes_are_listed_too() -> None:
     refs = build_artifacts(_template("file:///srv/scripts/a.sh"))
     assert refs[0].uri == "file:///srv/scripts/a.sh"
+    assert build_artifacts(parse_stored_template(_template("file:///srv/scripts/a.sh"))) == refs

@@ -33,6 +33,7 @@ from imagebuilder.pipeline.artifacts import build_artifacts
 from imagebuilder.pipeline.messages import StagedArtifact
 from imagebuilder.providers.base import LogSink, ProviderError, TransientProviderError
 from imagebuilder.providers.local.layout import safe_name
+from imagebuilder.template.models import ImageTemplate
 
 FILE_ROOT_ENV = "IMAGEBUILDER_LOCAL_FILE_ROOT"
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
@@ -91,7 +92,7 @@ def display_uri(uri: str) -> str:
     return uri
 
 
-def collect(template: dict[str, Any]) -> list[ArtifactRef]:
+def collect(template: ImageTemplate) -> list[ArtifactRef]:
     """Every file the build fetches (`pipeline.artifacts.build_artifacts`: customize,
     inVMValidations, optimize.workload), in template order, checksums lower-cased."""
     return [

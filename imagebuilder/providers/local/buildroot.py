@@ -119,7 +119,8 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
 
 
 def step_ids(ctx: RunContext, prepared: PrepareResult, tarball: Path) -> list[str]:
-    """The chain of step ids of `properties.customize` (see `stepcache`)."""
+    """The chain of step ids of `properties.customize` (see `stepcache`), hashed over each step's JSON as
+    stored (`RunContext.stored_customize`), never the model's dump: existing cache entries keep their ids."""
     assert prepared.source is not None
     st = tarball.stat()
     recipe = {
@@ -132,7 +133,7 @@ def step_ids(ctx: RunContext, prepared: PrepareResult, tarball: Path) -> list[st
     }
     base = stepcache.base_id(prepared.source.model_dump(mode="json"), recipe)
     sha256_of = {a.uri: a.sha256 for a in prepared.artifacts}
-    return stepcache.chain(base, customizers.items(ctx.build.template, "customize"), sha256_of)
+    return stepcache.chain(base, ctx.stored_customize, sha256_of)
 
 
 @dataclass(frozen=True)

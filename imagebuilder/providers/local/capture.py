@@ -37,6 +37,7 @@ from imagebuilder.providers.local.context import (
     RunContext,
 )
 from imagebuilder.providers.local.fsutil import remember_sha256, sha256_cached, sha256_file
+from imagebuilder.template.models import ManagedImageDistributor, SharedImageDistributor
 
 BOOT_CHECK = "shipped-image boot check"
 BOOT_CHECK_CODE = "ShippedImageBootFailed"
@@ -265,8 +266,8 @@ def layer_dirs(root: Path) -> list[Path]:
 def keeps_image(ctx: RunContext) -> bool:
     """Whether a distribute target keeps an image a later build can start from (ManagedImage,
     SharedImage): only then is the root tree tarball written."""
-    targets = ctx.props.get("distribute") or []
-    return any(isinstance(t, dict) and t.get("type") in ("ManagedImage", "SharedImage") for t in targets)
+    targets = ctx.template.properties.distribute
+    return any(isinstance(t, ManagedImageDistributor | SharedImageDistributor) for t in targets)
 
 
 class DiskSizeError(ProviderError):
@@ -282,11 +283,8 @@ def disk_size_mib(
     from imagebuilder.providers.local import disk
 
     usage = usage or disk.tree_usage(root)
-    profile = ctx.props.get("vmProfile") or {}
-    try:
-        gb = int((profile.get("osDiskSizeGB") if isinstance(profile, dict) else 0) or 0)
-    except (TypeError, ValueError):
-        gb = 0
+    profile = ctx.template.properties.vm_profile
+    gb = (profile.os_disk_size_gb or 0) if profile else 0
     if gb <= 0:
         return disk.default_size_mib(root, generation=generation, bootable=bootable, usage=usage)
     needed = disk.min_size_mib(root, generation=generation, bootable=bootable, usage=usage)

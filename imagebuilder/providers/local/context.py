@@ -1,6 +1,8 @@
 """The typed view of one provider call: `Settings` (what the provider was configured with, read once from
-the environment) and `RunContext` (one run of one template: its folders, its per-template options, its
-log files). Every phase module takes a `RunContext`, so the template's options are read in one place.
+the environment) and `RunContext` (one run of one template: the template as the frozen model, its folders,
+its per-template options, its log files). Every phase module takes a `RunContext` and reads the template
+through `RunContext.template` (parsed once per call, see `template.parse_stored_template`), never as a dict;
+the one exception is the step cache key, which hashes each step's JSON as stored (`stored_customize`).
 
 Per-template options are template tags, so templates move to Azure unchanged (tags are ignored there):
     imagebuilder.local.network = off        customizers and validators run with no network (only lo)
@@ -22,11 +24,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.pipeline.messages import BuildInput
-from imagebuilder.providers.base import LogSink
+from imagebuilder.pipeline.messages import BuildInput, ErrorInfo
+from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import catalog, limits, stepcache
 from imagebuilder.providers.local.gallery import Stores
 from imagebuilder.providers.local.layout import RunLayout
+from imagebuilder.template import ImageTemplate, TemplateError, parse_stored_template
 
 TAG_NETWORK = "imagebuilder.local.network"
 TAG_QCOW2 = "imagebuilder.local.qcow2"
@@ -97,6 +100,32 @@ class Tee:
                     fh.write(text)
 
 
+class TemplateUnreadable(ProviderError):
+    """The stored template cannot be read as the template model: `code` (AIB's, from the parse), `field`
+    (its JSON path). Permanent: the same template never reads differently."""
+
+    def __init__(self, error: TemplateError) -> None:
+        where = f" ({error.target})" if error.target else ""
+        super().__init__(
+            f"the template as stored cannot be read{where}: {error.message}",
+            hint="delete the template and create it again with a valid body",
+        )
+        self.code = error.code
+        self.field = error.target
+
+    def error_info(self, step: str, log: LogSink | None = None) -> ErrorInfo:
+        uri = log.uri if log is not None else ""
+        return ErrorInfo(code=self.code, message=str(self), step=step, log_uri=uri or None)
+
+
+def load_template(resource: dict[str, Any]) -> ImageTemplate:
+    """`resource` (a template as stored) as the frozen model; raises `TemplateUnreadable`."""
+    try:
+        return parse_stored_template(resource)
+    except TemplateError as exc:
+        raise TemplateUnreadable(exc) from None
+
+
 @dataclass(frozen=True)
 class RunContext:
     """One call of the provider for one run: settings, the build input, the run's folders."""
@@ -114,14 +143,29 @@ class RunContext:
         return self.layout.run_dir.name
 
     @cached_property
-    def props(self) -> dict[str, Any]:
-        props = self.build.template.get("properties") or {}
-        return props if isinstance(props, dict) else {}
+    def template(self) -> ImageTemplate:
+        """The template as the frozen model, parsed once per call (`load_template`: a stored template
+        always loads; one that cannot be read raises `TemplateUnreadable`, naming the field)."""
+        return load_template(self.build.template)
+
+    @cached_property
+    def stored_customize(self) -> list[dict[str, Any]]:
+        """Each customizer's JSON exactly as stored, for the step cache key (`stepcache.step_id` hashes it):
+        the model's dump is not always the same JSON (an upper-case sha256Checksum is lowered, members
+        matched case-insensitively are respelt, unknown members dropped), so hashing it would change the
+        ids of existing cache entries. Only when the stored list cannot be matched one to one with the
+        model's steps (members spelt in another case) are the model's dumps used."""
+        steps = self.template.properties.customizers
+        props = self.build.template.get("properties")
+        raw = props.get("customize") if isinstance(props, dict) else None
+        if isinstance(raw, list) and len(raw) == len(steps) and all(isinstance(s, dict) for s in raw):
+            return list(raw)
+        return [s.to_json() for s in steps]
 
     @cached_property
     def tags(self) -> dict[str, str]:
-        tags = self.build.template.get("tags") or {}
-        return {str(k).lower(): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+        """The template's tags, names lower-cased (per-template options are matched case-insensitively)."""
+        return {k.lower(): v for k, v in (self.template.tags or {}).items()}
 
     @property
     def network(self) -> bool:
@@ -134,7 +178,8 @@ class RunContext:
     @property
     def step_timeout(self) -> float:
         """Seconds a step may run."""
-        raw = self.tags.get(TAG_STEP_TIMEOUT.lower()) or self.props.get("buildTimeoutInMinutes") or 0
+        props = self.template.properties
+        raw = self.tags.get(TAG_STEP_TIMEOUT.lower()) or props.build_timeout_in_minutes or 0
         try:
             minutes = float(raw)
         except (TypeError, ValueError):
@@ -151,6 +196,7 @@ class RunContext:
 
     @property
     def template_hash(self) -> str:
+        """sha256 of the template as stored (keys prepare's record of a retried call)."""
         text = json.dumps(self.build.template, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from imagebuilder.pipeline.messages import (
     BuildEnv,
@@ -28,15 +27,13 @@ from imagebuilder.providers.local.context import (
     LOG_TAIL,
     RunContext,
 )
-from imagebuilder.providers.local.layout import (
-    RunLayout,
-)
 from imagebuilder.providers.local.stepcache import StepCache
+from imagebuilder.template.models import FileCustomizer, FileValidator, ShellCustomizer, ShellValidator
 
 
 def customize(ctx: RunContext, env: BuildEnv, index: int, log: LogSink) -> StepResult:
     layout = ctx.layout
-    items = customizers.items(ctx.build.template, "customize")
+    items = customizers.items(ctx.template, "customize")
     if not 0 <= index < len(items):
         raise ProviderError(f"properties.customize[{index}] does not exist ({len(items)} customizers)")
     item = items[index]
@@ -75,7 +72,7 @@ def customize(ctx: RunContext, env: BuildEnv, index: int, log: LogSink) -> StepR
     else:
         plog.write(f"starting {step}")
         started = time.monotonic()
-        outcome = run_item(ctx, env, layout, "customize", index, item, Path(env.handle["root"]), plog)
+        outcome = run_item(ctx, env, "customize", index, item, Path(env.handle["root"]), plog)
         seconds = round(time.monotonic() - started, 3)
         result = step_result(step, outcome, plog, log)
         if result.status == "succeeded" and sid is not None:
@@ -106,16 +103,16 @@ def store_step(
 def run_item(
     ctx: RunContext,
     env: BuildEnv,
-    layout: RunLayout,
     kind: str,
     index: int,
-    item: dict[str, Any],
+    item: customizers.Step,
     root: Path,
     plog: LogSink,
 ) -> customizers.Outcome:
-    typ = str(item.get("type") or "")
+    """Run one customizer or sandboxed validator (`kind`, `index`) against `root`."""
+    layout = ctx.layout
     where = customizers.field_of(kind, index)
-    if typ == "Shell":
+    if isinstance(item, ShellCustomizer | ShellValidator):
         return customizers.run_shell(
             item,
             step_key=f"{kind}-{index}",
@@ -129,7 +126,7 @@ def run_item(
             as_root=customizers.runs_as_root(ctx.tags),
             step_limits=ctx.step_limits,
         )
-    if typ == "File":
+    if isinstance(item, FileCustomizer | FileValidator):
         user = None
         if not customizers.runs_as_root(ctx.tags):
             try:
@@ -149,7 +146,7 @@ def run_item(
     return customizers.Outcome(
         ok=False,
         code="BadCustomizerType",
-        message=f"{where}.type {typ!r} cannot run in the local provider",
+        message=f"{where}.type {item.type!r} cannot run in the local provider",
     )
 
 

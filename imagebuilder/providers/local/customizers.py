@@ -47,6 +47,20 @@ from imagebuilder.providers.local.layout import (
     resolve_in_root,
     safe_name,
 )
+from imagebuilder.template.models import (
+    Customizer,
+    FileCustomizer,
+    FileValidator,
+    ImageTemplate,
+    ShellCustomizer,
+    ShellValidator,
+    Validator,
+)
+
+#: A customizer or an in-VM validator, as the template model reads it.
+Step = Customizer | Validator
+ShellStep = ShellCustomizer | ShellValidator
+FileStep = FileCustomizer | FileValidator
 
 WINDOWS_ONLY = {
     "powershell": "PowerShell",
@@ -267,14 +281,10 @@ class _TailLog:
         return list(self._lines)[-n:]
 
 
-def items(template: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+def items(template: ImageTemplate, kind: str) -> list[Step]:
     """properties.customize (kind 'customize') or properties.validate.inVMValidations ('validate')."""
-    props = template.get("properties") or {}
-    if kind == "customize":
-        raw = props.get("customize") or []
-    else:
-        raw = (props.get("validate") or {}).get("inVMValidations") or []
-    return [i if isinstance(i, dict) else {} for i in raw]
+    props = template.properties
+    return list(props.customizers) if kind == "customize" else list(props.validators)
 
 
 def field_of(kind: str, index: int) -> str:
@@ -285,52 +295,38 @@ def field_of(kind: str, index: int) -> str:
     )
 
 
-def step_name(kind: str, index: int, item: dict[str, Any]) -> str:
+def step_name(kind: str, index: int, item: Step) -> str:
     """e.g. ``customize[2] (Shell: install nginx)``."""
     label = "customize" if kind == "customize" else "validate"
-    typ = str(item.get("type") or "?")
-    name = str(item.get("name") or "").strip()
-    return f"{label}[{index}] ({typ}: {name})" if name else f"{label}[{index}] ({typ})"
+    name = (item.name or "").strip()
+    return f"{label}[{index}] ({item.type}: {name})" if name else f"{label}[{index}] ({item.type})"
 
 
-def check_supported(template: dict[str, Any], os_name: str = "Linux") -> None:
-    """Reject, before anything is built, customizers and validators this Linux build cannot run."""
+def check_supported(template: ImageTemplate, os_name: str = "Linux") -> None:
+    """Reject, before anything is built, customizers and validators this Linux build cannot run. The
+    template was parsed as stored (its PUT rules are not checked again), so the rules a step needs to
+    run at all are checked here, naming the field."""
     for kind in ("customize", "validate"):
         for i, item in enumerate(items(template, kind)):
             where = field_of(kind, i)
-            typ = str(item.get("type") or "")
-            if typ.lower() in WINDOWS_ONLY:
+            if item.type not in LINUX_CUSTOMIZERS:  # every other type of the schema is Windows-only
                 raise CustomizerError(
                     "BadCustomizerType" if kind == "customize" else "BadValidatorType",
                     f"{where}.type",
-                    f"{where}.type is {WINDOWS_ONLY[typ.lower()]}, which runs only on Windows; the source "
-                    f"image is {os_name}",
+                    f"{where}.type is {WINDOWS_ONLY.get(item.type.lower(), item.type)}, which runs only on "
+                    f"Windows; the source image is {os_name}",
                     hint="use a Shell customizer (or File) for Linux images, or a Windows source on Azure",
                 )
-            if typ not in LINUX_CUSTOMIZERS:
+            shell = item if isinstance(item, ShellCustomizer | ShellValidator) else None
+            if shell is not None and bool(shell.inline) == bool(shell.script_uri):
                 raise CustomizerError(
-                    "BadCustomizerType" if kind == "customize" else "BadValidatorType",
-                    f"{where}.type",
-                    f"{where}.type {typ!r} is not a customizer the local provider knows",
-                    hint="use Shell or File",
+                    "NoCustomizerScript" if kind == "customize" else "NoValidatorScript",
+                    where,
+                    f"{where} needs exactly one of inline or scriptUri",
+                    hint="give a list of commands in inline, or the URI of a script in scriptUri",
                 )
-            if typ == "Shell":
-                inline, uri = item.get("inline"), item.get("scriptUri")
-                if bool(inline) == bool(uri):
-                    raise CustomizerError(
-                        "NoCustomizerScript" if kind == "customize" else "NoValidatorScript",
-                        where,
-                        f"{where} needs exactly one of inline or scriptUri",
-                        hint="give a list of commands in inline, or the URI of a script in scriptUri",
-                    )
-                if inline is not None and not (
-                    isinstance(inline, list) and all(isinstance(c, str) for c in inline)
-                ):
-                    raise CustomizerError(
-                        "NoCustomizerScript", f"{where}.inline", f"{where}.inline must be a list of strings"
-                    )
-            if typ == "File":
-                if not item.get("sourceUri"):
+            if isinstance(item, FileCustomizer | FileValidator):
+                if not item.source_uri:
                     raise CustomizerError(
                         "InvalidParameter",
                         f"{where}.sourceUri",
@@ -338,13 +334,13 @@ def check_supported(template: dict[str, Any], os_name: str = "Linux") -> None:
                         hint="give the URI of the file to upload",
                     )
                 try:
-                    check_template_path(str(item.get("destination") or ""), f"{where}.destination")
+                    check_template_path(item.destination or "", f"{where}.destination")
                 except PathEscapeError as exc:
                     raise CustomizerError("InvalidDestination", f"{where}.destination", str(exc)) from exc
 
 
 def run_shell(
-    item: dict[str, Any],
+    item: ShellStep,
     *,
     step_key: str,
     root: Path,
@@ -362,11 +358,11 @@ def run_shell(
     sandbox.prepare_inbox(inbox)
     wrapper = prepare_build_user(inbox)
     steps = inbox / "steps"
-    if item.get("inline"):
+    if item.inline:
         script = steps / f"{step_key}.sh"
-        script.write_text(INLINE_SHEBANG + "\n" + "\n".join(item["inline"]) + "\n")
+        script.write_text(INLINE_SHEBANG + "\n" + "\n".join(item.inline) + "\n")
     else:
-        uri = str(item["scriptUri"])
+        uri = item.script_uri or ""
         staged = artifacts / staged_name(uri)
         if not staged.is_file():
             return Outcome(
@@ -539,7 +535,7 @@ def _mkdirs_inside(root: Path, directory: str, user: BuildUser | None = None) ->
 
 
 def run_file(
-    item: dict[str, Any],
+    item: FileStep,
     *,
     where: str,
     root: Path,
@@ -553,8 +549,8 @@ def run_file(
     rewritten in place keeping its owner and mode. Without (`imagebuilder.local.buildUser = root`):
     anywhere in the image, as root:root 0644, missing parent folders root 0755."""
     start = time.monotonic()
-    uri = str(item.get("sourceUri") or "")
-    raw_dest = str(item.get("destination") or "")
+    uri = item.source_uri or ""
+    raw_dest = item.destination or ""
     try:
         dest = check_template_path(raw_dest, f"{where}.destination")
     except PathEscapeError as exc:

@@ -29,29 +29,35 @@ from imagebuilder.providers.local.layout import (
     is_within,
     safe_name,
 )
+from imagebuilder.template.models import (
+    Distributor,
+    ManagedImageDistributor,
+    SharedImageDistributor,
+    VhdDistributor,
+)
 
 
 def distribute(
     ctx: RunContext, captured: CaptureResult, target_index: int, region: str, log: LogSink
 ) -> ReplicationResult:
-    targets = ctx.props.get("distribute") or []
+    targets = ctx.template.properties.distribute
     if not 0 <= target_index < len(targets):
         raise ProviderError(f"properties.distribute[{target_index}] does not exist ({len(targets)} targets)")
     target = targets[target_index]
     field = f"properties.distribute[{target_index}]"
-    name = str(target.get("runOutputName") or f"distribute{target_index}")
-    typ = str(target.get("type") or "")
+    name = target.run_output_name or f"distribute{target_index}"
+    typ = target.type
     step = f"distribute[{target_index}] ({typ}: {name}) {region}"
     dlog = ctx.log(log, "distribute")
     vhd = Path(str(captured.image.get("vhd", "")))
     if captured.status != "succeeded" or not vhd.is_file():
         return _failed(name, region, step, "CaptureMissing", f"{step}: no captured image at {vhd}", log)
     try:
-        if typ == "ManagedImage":
+        if isinstance(target, ManagedImageDistributor):
             return _to_managed_image(ctx, captured, target, field, name, region, dlog)
-        if typ == "SharedImage":
+        if isinstance(target, SharedImageDistributor):
             return _to_gallery(ctx, captured, target, target_index, field, name, region, dlog)
-        if typ == "VHD":
+        if isinstance(target, VhdDistributor):
             return _to_vhd(ctx, captured, target, field, name, region, dlog)
     except GalleryError as exc:
         return _failed(name, region, step, exc.code, str(exc), log)
@@ -79,7 +85,7 @@ def _owner(ctx: RunContext, target_index: int) -> dict[str, Any]:
     return {"template": ctx.build.run.template_id, "run": ctx.build.run.run_id, "target": target_index}
 
 
-def _meta(captured: CaptureResult, target: dict[str, Any]) -> dict[str, Any]:
+def _meta(captured: CaptureResult, target: Distributor) -> dict[str, Any]:
     img = captured.image
     source = img.get("source") or {}
     return {
@@ -94,21 +100,21 @@ def _meta(captured: CaptureResult, target: dict[str, Any]) -> dict[str, Any]:
             "exactVersion": source.get("exact_version"),
             "builtFrom": (source.get("details") or {}).get("builtFrom"),
         },
-        "tags": dict(target.get("artifactTags") or {}),
+        "tags": dict(target.artifact_tags or {}),
     }
 
 
 def _to_managed_image(
     ctx: RunContext,
     captured: CaptureResult,
-    target: dict[str, Any],
+    target: ManagedImageDistributor,
     field: str,
     name: str,
     region: str,
     log: LogSink,
 ) -> ReplicationResult:
-    image_id = str(target.get("imageId") or "")
-    location = str(target.get("location") or region or ctx.build.template.get("location") or "")
+    image_id = target.image_id
+    location = target.location or region or ctx.template.location
     meta = {
         **_meta(captured, target),
         "run": {"template": ctx.build.run.template_id, "run": ctx.build.run.run_id},
@@ -132,34 +138,32 @@ def _to_managed_image(
     )
 
 
-def target_regions(ctx: RunContext, target: dict[str, Any]) -> list[dict[str, Any]]:
-    regions = target.get("targetRegions")
-    if regions:
+def target_regions(ctx: RunContext, target: SharedImageDistributor) -> list[dict[str, Any]]:
+    if target.target_regions:
         return [
             {
-                "name": str(r.get("name")),
-                "replicaCount": int(r.get("replicaCount") or 1),
-                "storageAccountType": str(r.get("storageAccountType") or "Standard_LRS"),
+                "name": r.name,
+                "replicaCount": r.replica_count or 1,
+                "storageAccountType": r.storage_account_type or "Standard_LRS",
             }
-            for r in regions
-            if isinstance(r, dict)
+            for r in target.target_regions
         ]
-    names = target.get("replicationRegions") or [ctx.build.template.get("location") or "local"]
-    sat = str(target.get("storageAccountType") or "Standard_LRS")
-    return [{"name": str(n), "replicaCount": 1, "storageAccountType": sat} for n in names]
+    names = target.replication_regions or [ctx.template.location or "local"]
+    sat = target.storage_account_type or "Standard_LRS"
+    return [{"name": n, "replicaCount": 1, "storageAccountType": sat} for n in names]
 
 
 def _to_gallery(
     ctx: RunContext,
     captured: CaptureResult,
-    target: dict[str, Any],
+    target: SharedImageDistributor,
     target_index: int,
     field: str,
     name: str,
     region: str,
     log: LogSink,
 ) -> ReplicationResult:
-    ref = GalleryImageId.parse(str(target.get("galleryImageId") or ""), f"{field}.galleryImageId")
+    ref = GalleryImageId.parse(target.gallery_image_id, f"{field}.galleryImageId")
     regions = target_regions(ctx, target)
     settings = next((r for r in regions if region_key(r["name"]) == region_key(region)), None)
     if settings is None:
@@ -173,7 +177,7 @@ def _to_gallery(
     ctx.settings.stores.ensure_definition(ref, generation=generation, field=field)
     base_meta = {
         **_meta(captured, target),
-        "excludeFromLatest": bool(target.get("excludeFromLatest", False)),
+        "excludeFromLatest": bool(target.exclude_from_latest),
         "targetRegions": [region_key(r["name"]) for r in regions],
         "targetRegionSettings": regions,
     }
@@ -181,7 +185,7 @@ def _to_gallery(
     version, _version_meta = ctx.settings.stores.allocate_version(
         ref,
         owner=_owner(ctx, target_index),
-        versioning=target.get("versioning") if isinstance(target.get("versioning"), dict) else None,
+        versioning=target.versioning.to_json() if target.versioning is not None else None,
         source_version=source.get("exact_version"),
         base_meta=base_meta,
         field=field,
@@ -212,7 +216,7 @@ def _to_gallery(
 def _to_vhd(
     ctx: RunContext,
     captured: CaptureResult,
-    target: dict[str, Any],
+    target: VhdDistributor,
     field: str,
     name: str,
     region: str,
@@ -222,7 +226,7 @@ def _to_vhd(
 
     src = Path(captured.image["vhd"])
     sha = str(captured.image["sha256"])
-    uri = str(target.get("uri") or "")
+    uri = target.uri or ""
     parts = urllib.parse.urlsplit(uri)
     run = ctx.build.run
     if not uri:

@@ -1,6 +1,7 @@
-"""Phase prepare: resolve the source (`latest` becomes an exact version) and stage every `scriptUri` /
-`sourceUri` into the run's staging folder, checksums checked, before any build resource exists. A
-record keyed by the template's hash makes a retried call return the first result."""
+"""Phase prepare: read the stored template as the model (the first phase: a template that cannot be read
+fails here, naming the field), resolve the source (`latest` becomes an exact version) and stage every
+`scriptUri` / `sourceUri` into the run's staging folder, checksums checked, before any build resource
+exists. A record keyed by the template's hash makes a retried call return the first result."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from imagebuilder.providers.local import (
 )
 from imagebuilder.providers.local.context import (
     RunContext,
+    TemplateUnreadable,
 )
 from imagebuilder.providers.local.gallery import GalleryError
+from imagebuilder.template.models import ManagedImageSource, PlatformImageSource
 
 
 def prepare(ctx: RunContext, log: LogSink) -> PrepareResult:
@@ -40,8 +43,11 @@ def prepare(ctx: RunContext, log: LogSink) -> PrepareResult:
     layout.logs.mkdir(parents=True, exist_ok=True)
     log = ctx.log(log, "prepare")
     try:
-        customizers.check_supported(ctx.build.template)
+        template = ctx.template
+        customizers.check_supported(template)
         source = resolve_source(ctx, log)
+    except TemplateUnreadable as exc:
+        return _failed(exc.code, str(exc), log)
     except customizers.CustomizerError as exc:
         return _failed(exc.code, str(exc), log)
     except catalog.CatalogError as exc:
@@ -53,7 +59,7 @@ def prepare(ctx: RunContext, log: LogSink) -> PrepareResult:
         log.write(f"source {source.id} is not built here as such: {source.details['builtFrom']}\n")
     try:
         staged = artifacts.fetch_all(
-            artifacts.collect(ctx.build.template),
+            artifacts.collect(template),
             layout.artifacts,
             blob_fetcher=ctx.settings.blob_fetcher,
             log=log,
@@ -79,20 +85,21 @@ def _failed(code: str, message: str, log: LogSink, source: SourceInfo | None = N
 
 
 def resolve_source(ctx: RunContext, log: LogSink | None = None) -> SourceInfo:
-    src = ctx.props.get("source") or {}
-    typ = str(src.get("type") or "")
-    if typ == "PlatformImage":
-        missing = [k for k in ("publisher", "offer", "sku") if not src.get(k)]
+    src = ctx.template.properties.source
+    typ = src.type
+    if isinstance(src, PlatformImageSource):
+        # stored templates are not re-checked against the PUT rules: an empty member is refused here
+        missing = [k for k in ("publisher", "offer", "sku") if not getattr(src, k)]
         if missing:
             raise catalog.CatalogError(
                 f"properties.source.{missing[0]} is missing",
                 hint="a PlatformImage source needs publisher, offer, sku and version",
             )
-        requested = str(src.get("version") or "latest")
+        requested = src.version or "latest"
         base = catalog.resolve(
-            str(src["publisher"]),
-            str(src["offer"]),
-            str(src["sku"]),
+            src.publisher,
+            src.offer,
+            src.sku,
             requested,
             extra=ctx.settings.catalog_extra(),
             cache_dir=ctx.settings.cache_dir,
@@ -103,7 +110,7 @@ def resolve_source(ctx: RunContext, log: LogSink | None = None) -> SourceInfo:
         mapped = local.lower() != f"{base.publisher}:{base.offer}:{base.sku}".lower()
         return SourceInfo(
             type=typ,
-            id=f"{src['publisher']}:{src['offer']}:{src['sku']}:{requested}",
+            id=f"{src.publisher}:{src.offer}:{src.sku}:{requested}",
             exact_version=base.version,
             hyper_v_generation=base.generation,
             details={
@@ -124,12 +131,11 @@ def resolve_source(ctx: RunContext, log: LogSink | None = None) -> SourceInfo:
                 ),
             },
         )
-    if typ == "ManagedImage":
-        image_id = str(src.get("imageId") or "")
-        image = ctx.settings.stores.find_image(image_id, "properties.source.imageId")
+    if isinstance(src, ManagedImageSource):
+        image = ctx.settings.stores.find_image(src.image_id, "properties.source.imageId")
         return SourceInfo(
             type=typ,
-            id=image_id,
+            id=src.image_id,
             exact_version=None,
             hyper_v_generation="V2" if image.generation == "V2" else "V1",
             details={
@@ -139,25 +145,20 @@ def resolve_source(ctx: RunContext, log: LogSink | None = None) -> SourceInfo:
                 "version": image.meta.get("sourceVersion"),
             },
         )
-    if typ == "SharedImageVersion":
-        version_id = str(src.get("imageVersionId") or "")
-        image = ctx.settings.stores.find_version(
-            version_id, "properties.source.imageVersionId", prefer_region=ctx.build.template.get("location")
-        )
-        return SourceInfo(
-            type=typ,
-            id=version_id,
-            exact_version=str(image.meta.get("name")),
-            hyper_v_generation="V2" if image.generation == "V2" else "V1",
-            details={
-                "exactVersionId": image.id,
-                "bootable": image.bootable,
-                "rootfs": str(image.rootfs),
-                "sha256": image.meta.get("sha256"),
-            },
-        )
-    raise GalleryError(
-        "BadSourceType",
-        f"properties.source.type {typ!r} is not a source the local provider can build from",
-        hint="use PlatformImage, ManagedImage or SharedImageVersion",
+    # SharedImageVersion: the model knows no other source type
+    version_id = src.image_version_id
+    image = ctx.settings.stores.find_version(
+        version_id, "properties.source.imageVersionId", prefer_region=ctx.template.location
+    )
+    return SourceInfo(
+        type=typ,
+        id=version_id,
+        exact_version=str(image.meta.get("name")),
+        hyper_v_generation="V2" if image.generation == "V2" else "V1",
+        details={
+            "exactVersionId": image.id,
+            "bootable": image.bootable,
+            "rootfs": str(image.rootfs),
+            "sha256": image.meta.get("sha256"),
+        },
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuilder.providers.base import NullLog
-from imagebuilder.providers.local import artifacts
+from imagebuilder.providers.local import artifacts, prepare
 from imagebuilder.providers.local.provider import LocalProvider
 from imagebuilder.providers.probe import ProbedInputs, probe_run
 
@@ -23,11 +23,11 @@ def probe_inputs(
 ) -> ProbedInputs:
     """Resolve the source of `template` (an ARM resource) and, with `with_artifacts`, hash its files."""
     provider = LocalProvider(state_dir=state_dir)
-    build = probe_run(template, "probe", "probe", "probe")
-    source = provider._resolve_source(build)
+    ctx = provider.context(probe_run(template, "probe", "probe", "probe"))
+    source = prepare.resolve_source(ctx)
     shas: dict[str, str] = {}
     if with_artifacts:
-        refs = artifacts.collect(template)
+        refs = artifacts.collect(ctx.template)
         if refs:
             with tempfile.TemporaryDirectory(prefix="imagebuilder-probe-") as tmp:
                 staged = artifacts.fetch_all(

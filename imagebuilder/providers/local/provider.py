@@ -6,7 +6,9 @@ settings (read from the environment once) and hands each seam method to its phas
     generalize.py   offline deprovision                        capture.py     disk, VHD, hash
     distribute.py   managed image / gallery / VHD targets      cleanup.py     everything transient
 
-Per-template options (tags) and the typed view of one call: `context`. Folders: `layout`. The build root
+Per-template options (tags) and the typed view of one call: `context` (every phase reads the template as
+the frozen model, `RunContext.template`, parsed once per call from the JSON as stored; one that cannot be
+read fails prepare naming the field). Folders: `layout`. The build root
 is an overlay over a cached, extracted base; customizers run in a bubblewrap sandbox (`sandbox`); the
 stores (images, gallery, VHDs) are in `gallery`. Each customizer's result is kept in the step cache
 (`stepcache`; IMAGEBUILDER_STEP_CACHE=off turns it off, IMAGEBUILDER_STEP_CACHE_MAX_GB caps it), so a

@@ -36,10 +36,11 @@ from imagebuilder.pipeline.messages import (
 )
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import catalog, debug, prepare
-from imagebuilder.providers.local.context import RunContext, Settings
+from imagebuilder.providers.local.context import RunContext, Settings, TemplateUnreadable
 from imagebuilder.providers.local.fsutil import locked_file
 from imagebuilder.providers.local.gallery import GalleryError
 from imagebuilder.providers.local.layout import safe_name
+from imagebuilder.template.models import PlatformImageSource
 
 RECORD = "staging.json"
 # The run id of the synthetic run a create resolves the source with (no folder is made for it).
@@ -73,7 +74,6 @@ def _failed(code: str, message: str, log: LogSink) -> TemplateStaging:
 
 def create_template(settings: Settings, template: TemplateInput, log: LogSink) -> TemplateStaging:
     """See `ComputeProvider.create_template`."""
-    props = template.template.get("properties") or {}
     build = BuildInput(
         run=RunRef(
             subscription_id=template.ref.subscription_id,
@@ -83,22 +83,28 @@ def create_template(settings: Settings, template: TemplateInput, log: LogSink) -
         ),
         template=template.template,
     )
-    source_type = str((props.get("source") or {}).get("type") or "")
+    ctx = RunContext(settings, build)
     try:
-        source = prepare.resolve_source(RunContext(settings, build))
+        props = ctx.template.properties
+    except TemplateUnreadable as exc:
+        return _failed(exc.code, str(exc), log)
+    try:
+        source = prepare.resolve_source(ctx)
     except catalog.CatalogError as exc:
-        src = props.get("source") or {}
-        urn = ":".join(str(src.get(k, "")) for k in ("publisher", "offer", "sku", "version"))
+        src = props.source
+        urn = src.urn if isinstance(src, PlatformImageSource) else src.type  # only PlatformImage resolves
         return _failed(
             "BadPIRSource",
             f"Image not found: the platform image {urn} cannot be resolved on this machine. {exc}",
             log,
         )
     except GalleryError as exc:
-        code = exc.code if exc.code.startswith("Bad") else _SOURCE_CODES.get(source_type, "BadSourceType")
+        code = (
+            exc.code if exc.code.startswith("Bad") else _SOURCE_CODES.get(props.source.type, "BadSourceType")
+        )
         return _failed(code, f"Image not found: {exc}", log)
     log.write(f"source {source.type} {source.id} resolves to {source.exact_version or source.id}\n")
-    return _ensure_group(settings, template, str(props.get("stagingResourceGroup") or ""), log)
+    return _ensure_group(settings, template, props.staging_resource_group or "", log)
 
 
 def _ensure_group(settings: Settings, template: TemplateInput, given: str, log: LogSink) -> TemplateStaging:

@@ -30,28 +30,28 @@ from imagebuilder.providers.local.context import (
     RunContext,
 )
 from imagebuilder.providers.local.layout import (
-    RunLayout,
     check_template_path,
     resolve_in_root,
 )
+from imagebuilder.template.models import FileValidator, ShellValidator
 
 
 def validate(ctx: RunContext, env: BuildEnv, log: LogSink) -> StepResult:
-    layout = ctx.layout
-    items = customizers.items(ctx.build.template, "validate")
+    items = customizers.items(ctx.template, "validate")
     if not items:
         return StepResult(status="skipped", step="validate", details={"reason": "no inVMValidations"})
     missing = buildroot.env_ok(env, "validate", log)
     if missing:
         return missing
-    source_only = bool((ctx.props.get("validate") or {}).get("sourceValidationOnly"))
+    checks = ctx.template.properties.validate_
+    source_only = bool(checks and checks.source_validation_only)
     tree = Path(env.handle["lower"]) if source_only else Path(env.handle["root"])
     vlog = ctx.log(log, "validation")
     start = time.monotonic()
     if env.handle.get("bootable"):
-        result = _validate_boot(ctx, env, layout, items, tree, vlog, log)
+        result = _validate_boot(ctx, env, items, tree, vlog, log)
     else:
-        result = _validate_sandbox(ctx, env, layout, items, tree, vlog, log)
+        result = _validate_sandbox(ctx, env, items, tree, vlog, log)
     details = {
         **result.details,
         "sourceValidationOnly": source_only,
@@ -63,13 +63,13 @@ def validate(ctx: RunContext, env: BuildEnv, log: LogSink) -> StepResult:
 def _validate_sandbox(
     ctx: RunContext,
     env: BuildEnv,
-    layout: RunLayout,
-    items: list[dict[str, Any]],
+    items: list[customizers.Step],
     tree: Path,
     vlog: LogSink,
     log: LogSink,
 ) -> StepResult:
     """Images that cannot boot (BusyBox) validate in the sandbox, on a throwaway copy of the tree."""
+    layout = ctx.layout
     work = layout.validate_dir / "root"
     shutil.rmtree(layout.validate_dir, ignore_errors=True)
     work.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def _validate_sandbox(
             step = customizers.step_name("validate", i, item)
             plog = sandbox.PrefixedLog(vlog, step)
             plog.write(f"starting {step} (in the sandbox: the image has no kernel to boot)")
-            outcome = customize.run_item(ctx, env, layout, "validate", i, item, work, plog)
+            outcome = customize.run_item(ctx, env, "validate", i, item, work, plog)
             res = customize.step_result(step, outcome, plog, log)
             if res.status == "failed":
                 return res.model_copy(update={"details": {"mode": "sandbox", "ran": ran}})
@@ -93,8 +93,7 @@ def _validate_sandbox(
 def _validate_boot(
     ctx: RunContext,
     env: BuildEnv,
-    layout: RunLayout,
-    items: list[dict[str, Any]],
+    items: list[customizers.Step],
     tree: Path,
     vlog: LogSink,
     log: LogSink,
@@ -107,16 +106,17 @@ def _validate_boot(
     log is kept in the run's logs."""
     from imagebuilder.providers.local import boot, disk
 
+    layout = ctx.layout
     shutil.rmtree(layout.validate_dir, ignore_errors=True)
     layout.validate_dir.mkdir(parents=True, exist_ok=True)
     try:
         checks: list[boot.BootCheck] = []
         for i, item in enumerate(items):
             step = customizers.step_name("validate", i, item)
-            if item.get("type") == "File":
+            if isinstance(item, FileValidator):
                 where = customizers.field_of("validate", i)
-                dest = check_template_path(str(item.get("destination") or ""), f"{where}.destination")
-                staged = layout.artifacts / artifacts.staged_name(str(item.get("sourceUri")))
+                dest = check_template_path(item.destination or "", f"{where}.destination")
+                staged = layout.artifacts / artifacts.staged_name(str(item.source_uri))
                 data = base64.b64encode(staged.read_bytes()).decode()
                 parent = dest.rsplit("/", 1)[0] or "/"
                 q_parent, q_dest = shlex.quote(parent), shlex.quote(dest)
@@ -125,10 +125,10 @@ def _validate_boot(
                     f"IMAGEBUILDER_EOF\nchmod 0644 {q_dest}\n"
                 )
                 checks.append(boot.BootCheck(name=step, kind="shell", source=script))
-            elif item.get("inline"):
-                checks.append(boot.BootCheck(name=step, kind="shell", source="\n".join(item["inline"])))
-            else:
-                staged = layout.artifacts / artifacts.staged_name(str(item.get("scriptUri")))
+            elif isinstance(item, ShellValidator) and item.inline:
+                checks.append(boot.BootCheck(name=step, kind="shell", source="\n".join(item.inline)))
+            elif isinstance(item, ShellValidator):
+                staged = layout.artifacts / artifacts.staged_name(str(item.script_uri))
                 checks.append(boot.BootCheck(name=step, kind="file", source=str(staged)))
         raw = layout.validate_dir / "validate.raw"
         generation = str(env.handle.get("generation", "V1"))
