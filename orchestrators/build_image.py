@@ -8,7 +8,8 @@ one `distribute_image` sub-orchestration per distribute target). Every phase cha
 as custom status and persisted: the end, Building and a Queued wait through the `run_status` activity, the
 other phases by their first activity alongside its work (`status` in its input). Each step is raced against
 the `buildTimeoutInMinutes` durable timer (time spent Queued does not count) and the external event
-`cancel` (also while Queued); whichever way the run ends, `cleanup` runs (once the run held a slot) and
+`cancel` (also while Queued; one that arrives while the final cleanup runs still ends the run Canceled);
+whichever way the run ends, `cleanup` runs (once the run held a slot) and
 then `release_build_slot` gives the slot (or the place in the queue) back. Pure: no I/O, no clock (only
 `context.current_utc_datetime`), JSON across the boundary.
 """
@@ -477,6 +478,10 @@ class BuildRun:
             if interrupted is not None:
                 yield from self.settle(interrupted, keep)
         self._close_phase()
+        if interrupted is None and failure is None and self.cancel is not None and self.cancel.is_completed:
+            # A cancel accepted (202) while the run was ending: its work was done and cleanup is never
+            # raced, but the request stands and the run ends Canceled, not Succeeded.
+            interrupted = Interrupted("cancel", self.steps.step or naming.STEP_CLEANUP, None)
 
         state, message = self.conclude(failure, validation_error, interrupted, report)
         if cleanup_error or report.errors:
@@ -533,7 +538,10 @@ class BuildRun:
     ) -> tuple[str, str]:
         if interrupted is not None:
             if interrupted.reason == "cancel":
-                return p.CANCELED, f"canceled by request during {interrupted.step} ({self.sub_state})"
+                delivered = ", ".join(f"{o['runOutputName']}: {o['status']}" for o in self.outputs)
+                return p.CANCELED, f"canceled by request during {interrupted.step} ({self.sub_state})" + (
+                    f"; delivered before the cancel: {delivered}" if delivered else ""
+                )
             scaled = "" if self.timeout_scale == 1.0 else f", scaled by {self.timeout_scale:g} by the host"
             return p.FAILED, (
                 f"build timed out after {self.plan.timeout_minutes} minute(s) (buildTimeoutInMinutes"

@@ -213,6 +213,25 @@ def test_cancel_when_the_step_finishes_after_cleanup_sweeps_twice() -> None:
     assert fake.cleanups == [False, False]
 
 
+def test_cancel_accepted_while_cleanup_runs_after_the_work_ends_canceled() -> None:
+    """The API accepts a cancel (202) until the run is recorded as over; one that arrives while cleanup
+    runs after the last distribution still ends the run Canceled (saying what was delivered)."""
+    fake = FakeBuild()
+    host = ReplayHost(handles(), fake.activities(), durations={"cleanup": 10})
+
+    def cancel_in_cleanup(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
+        if item.name == "cleanup" and inst.instance_id == "run-1":
+            h.raise_event(inst.instance_id, "cancel", "user asked", after=2)
+
+    host.on_schedule.append(cancel_in_cleanup)
+    _, inst = run(fake, host=host)
+    assert inst.output["runState"] == "Canceled", inst.output
+    assert (
+        "during cleanup" in inst.output["message"] and "delivered before the cancel" in inst.output["message"]
+    )
+    assert fake.cleanups == [False]
+
+
 def test_transient_failure_is_retried_by_the_host() -> None:
     fake = FakeBuild(transient_customizer={1: 1})
     host, inst = run(fake)
