@@ -324,10 +324,12 @@ class RunRepo:
         provisioningState, plus our per-region status). Merged recursively into what is stored (dicts
         merge, other values replace) under ETag retry, so parallel per-region writers lose nothing."""
         pk, rk = self._output_pk(run), key(name)
+        fresh = [True]  # an output is mostly written once: try to create it before reading it
 
         def attempt() -> None:
-            entity = self._outputs.get(pk, rk)
+            entity = None if fresh[0] else self._outputs.get(pk, rk)
             if entity is None:
+                fresh[0] = False
                 try:
                     self._outputs.create(
                         {
@@ -340,7 +342,7 @@ class RunRepo:
                         f"run output {name!r}",
                     )
                 except AlreadyExistsError as exc:
-                    raise ConcurrencyError("run output created concurrently") from exc
+                    raise ConcurrencyError("run output exists: merge into it") from exc
                 return
             merged = deep_merge(unpack(entity, "Properties", {}), output)
             self._outputs.replace(
