@@ -24,9 +24,11 @@ orchestration overhead < 5 %. Measures only; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -252,7 +254,7 @@ class Project:
         details = record.details if record is not None else {}
         if final.get("runState") != "Succeeded":
             raise SystemExit(f"{name}: {final}")
-        out = {"total": wall, "work": float(details.get("workSeconds") or 0.0)}
+        out: dict[str, Any] = {"total": wall, "work": float(details.get("workSeconds") or 0.0)}
         if record is not None and record.end_time is not None:
             # the run's own wall (POST .../run to its terminal status, stamped by the app): the client's
             # polling delay is not orchestration overhead (see benchmarks/build_local.py)
@@ -261,6 +263,11 @@ class Project:
             out[phase] = float(p.get("seconds") or 0.0)
         out["hits"] = sum(1 for s in details.get("steps") or [] if (s.get("cache") or {}).get("hit"))
         out["log"] = self.store.runs.log(record.run).read() if record is not None else ""
+        # capture's own split (the "[capture] ... in N s {timings}" line of the run's log)
+        found = re.search(r"\[capture\] .* in [\d.]+ s (\{.*\})", out["log"])
+        if found:
+            for step, seconds in ast.literal_eval(found.group(1)).items():
+                out[f"capture.{step}"] = float(seconds)
         outputs = {o["name"]: o["properties"] for o in self.api.run_outputs(name)}
         out["vhd"] = outputs["vhd"]["artifactUri"]
         return out
@@ -306,13 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=3)
     parser.add_argument("--skip-mkosi", action="store_true")
     parser.add_argument("--skip-boot", action="store_true")
+    parser.add_argument("--skip-peers", action="store_true", help="this project only (profiling)")
     args = parser.parse_args(argv)
     print(machine())
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-rebuild-", dir="/var/tmp") as tmp_name:
         tmp = Path(tmp_name)
         peers: dict[str, Callable[[Path, str, bool], dict[str, float]]] = {"hand-written": handwritten}
-        if not args.skip_mkosi:
+        if args.skip_peers:
+            peers = {}
+        elif not args.skip_mkosi:
             problem = ensure_mkosi()
             if problem:
                 print(f"mkosi: not measured ({problem})")
@@ -378,8 +388,6 @@ def main(argv: list[str] | None = None) -> int:
                     row = project.build("boot", validate=True)
                 finally:
                     runtime.stop()
-                import re
-
                 vboot = re.search(r"boot validation passed in ([\d.]+) s", row["log"])
                 sboot = re.search(
                     r"shipped-image boot check reached its first-boot target in ([\d.]+) s", row["log"]

@@ -88,6 +88,10 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
     hits = find_hits(ctx, cache, ids, log)
     mode, hits = make_root(layout, lower, tarball, log, hits=hits)
     policy = deprovision.install_policy_rc_d(layout.root)
+    if hits:  # capture reads every file: the cached layers are read ahead while the customizers run
+        from imagebuilder.providers.local.capture import read_ahead
+
+        read_ahead(layout.root)
     sandbox.prepare_inbox(layout.inbox)
     handle: dict[str, Any] = {
         "run_dir": str(layout.run_dir),

@@ -90,14 +90,8 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
         # The SBOM inventory reads the tree while the disk is built (its log lines are kept in order).
         sbom_job = pool.submit(_timed_value, lambda: sbom.describe(root, sbom_log))
         # The tree's files are read ahead (page cache) while the disk is sized and built.
-        ahead_start, ahead_stop = time.monotonic(), threading.Event()
-
-        def read_ahead() -> None:
-            disk.readahead_trees(layer_dirs(root), stop=ahead_stop)
-            timings["readahead"] = time.monotonic() - ahead_start
-
-        readahead = threading.Thread(target=read_ahead, daemon=True)
-        readahead.start()
+        ahead_stop = threading.Event()
+        readahead = read_ahead(root, stop=ahead_stop)
         try:
             t0 = time.monotonic()
             usage = disk.tree_usage(root)
@@ -237,6 +231,19 @@ def _disk_full(
             log_uri=log.uri or None,
         ),
     )
+
+
+def read_ahead(root: Path, *, stop: threading.Event | None = None) -> threading.Thread:
+    """Start reading the build root's files into the page cache (its layer folders, see
+    `disk.readahead_trees`) in a daemon thread, and return it: called when the build root is made, so
+    that the cached layers are read while the customizers run, and again at capture (`stop` ends it)."""
+    from imagebuilder.providers.local import disk
+
+    thread = threading.Thread(
+        target=disk.readahead_trees, args=(layer_dirs(root),), kwargs={"stop": stop}, daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def layer_dirs(root: Path) -> list[Path]:
