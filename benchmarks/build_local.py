@@ -193,6 +193,21 @@ def _instance_transitions(events: list[dict[str, Any]], *, child: bool) -> list[
 
 
 # ------------------------------------------------------------------------------------ the direct chain
+REQUESTS = [0]  # HTTP requests this process sent to storage (the direct chain's activities run here)
+
+
+def count_requests() -> None:
+    import requests.adapters
+
+    send = requests.adapters.HTTPAdapter.send
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        REQUESTS[0] += 1
+        return send(self, *args, **kwargs)
+
+    requests.adapters.HTTPAdapter.send = counted  # type: ignore[method-assign]
+
+
 class DirectChain:
     """The build's activities called in order in this process, as the worker process calls them
     (`local_runtime.durable.calls.run_activity_sync`: JSON in, JSON out), with the payloads the
@@ -205,6 +220,7 @@ class DirectChain:
         self.calls = calls
         self.store = store
         self.timings: list[tuple[str, float, float]] = []
+        self.requests_before_call = 0
         self.functions = {
             (f.durable_name or f.name).lower(): f
             for f in index_functions(load_app(ROOT, "function_app.py"))
@@ -212,6 +228,7 @@ class DirectChain:
         }
 
     def call(self, name: str, payload: dict[str, Any]) -> Any:
+        self.requests_before_call = REQUESTS[0]
         t0 = time.perf_counter()
         text = self.calls.run_activity_sync(self.functions[name.lower()], json.dumps(payload), str(ROOT))
         value = json.loads(text)
@@ -231,6 +248,7 @@ class DirectChain:
             run_id=new_run_id(),
         )
         self.store.runs.create(ref, template_snapshot=stored.resource)
+        first_request = REQUESTS[0]
         build = BuildInput(run=ref, template=stored.resource).model_dump(mode="json")
         plan = p.BuildPlan.from_template(stored.resource)
         work = 0.0
@@ -286,8 +304,9 @@ class DirectChain:
         final = status(p.DISTRIBUTING, "done", state=p.SUCCEEDED, details={"workSeconds": round(work, 3)})
         self.call(naming.ACTIVITY_RUN_STATUS, final)
         self.call(naming.ACTIVITY_RELEASE_SLOT, slot)  # after the end is recorded, as build_image does
+        requests = self.requests_before_call - first_request  # up to the final status (release not)
         record = self.store.runs.get(ref)
-        return measure(record)
+        return {**measure(record), "requests": requests}
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -312,8 +331,9 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report_transitions(builds: list[list[dict[str, Any]]]) -> None:
+def report_transitions(durable: list[dict[str, Any]]) -> None:
     """Median per position over the warm durable builds (same job: same activity sequence)."""
+    builds = [b["transitions"] for b in durable]
     if not builds:
         return
     n = min(len(b) for b in builds)
@@ -332,6 +352,9 @@ def report_transitions(builds: list[list[dict[str, Any]]]) -> None:
         totals[k] = [sum(x[k] for x in b[:n]) for b in builds]
     q, r, a = (med(totals[k]) * 1000 for k in ("queue", "replay", "activity"))
     print(f"  {'all ' + str(n):<42} {q:7.1f} {r:7.1f} {a:9.1f} {q + r + a:7.1f}")
+    outside = med([b["overhead"] - sum(x["queue"] + x["replay"] + x["activity"] for x in b["transitions"])
+                   for b in durable])  # fmt: skip
+    print(f"  outside the transitions (POST .../run to the orchestration's start): {1000 * outside:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 api = ImageBuilderApi(runtime.base_url, runtime.key, resource_group="bench")
                 store = open_store(az.connection_string)
                 direct = None if args.no_direct else DirectChain(store)
+                count_requests()
 
                 def template(marker: str) -> dict[str, Any]:
                     if args.template:
@@ -375,20 +399,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(line("cold durable", cold))
                 durable: list[dict[str, Any]] = []
                 baseline: list[dict[str, Any]] = []
-                steps: list[list[dict[str, Any]]] = []
                 for i in range(1, args.warm + 1):
                     r = durable_build(api, store, f"bench-warm{i}", template(f"warm{i}"))
                     iid = naming.build_instance_id(r["record"].run)
-                    end = r["record"].end_time.timestamp()  # what ran after the end is not in its wall
-                    r["transitions"] = [t for t in transitions(db, iid) if t["done"] <= end]
-                    steps.append(r["transitions"])
+                    end = r["record"].end_time.timestamp()  # what starts after the end is not in its wall
+                    r["transitions"] = [t for t in transitions(db, iid) if t["started"] <= end]
                     durable.append(r)
                     print(line(f"warm{i} durable", r))
                     if direct is not None:
                         d = direct.build(api, f"bench-direct{i}", template(f"direct{i}"))
                         baseline.append(d)
                         print(line(f"warm{i} direct", d))
-                report_transitions(steps)
+                report_transitions(durable)
                 summarize(durable, baseline)
             finally:
                 runtime.stop()
@@ -408,7 +430,8 @@ def summarize(durable: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> 
         base = med([r["overhead"] for r in baseline])
         bwall = med([r["wall"] for r in baseline])
         print(f"direct chain (same activities, no durable runtime): median wall {bwall:.2f} s, "
-              f"overhead {base:.3f} s = {100 * base / bwall:.1f} %")  # fmt: skip
+              f"overhead {base:.3f} s = {100 * base / bwall:.1f} %, "
+              f"{med([r['requests'] for r in baseline]):.0f} storage requests")  # fmt: skip
         print(f"durable machinery: {over - base:+.3f} s per build = {1000 * (over - base) / max(n, 1):+.1f} ms "
               f"per activity transition; wall durable / direct = {wall / bwall:.2f}")  # fmt: skip
 
