@@ -24,12 +24,19 @@ Exceptions::
 
     ProviderError                 base of everything a provider raises on purpose
     ├── TransientProviderError    retry me (throttling, a lost connection, a busy resource)
-    └── ProviderConfigError       the provider cannot work here at all (a tool missing, no credentials)
+    ├── ProviderConfigError       the provider cannot work here at all (a tool missing, no credentials)
+    └── TemplateUnreadable        the template as stored cannot be read as the model (permanent; names
+                                  the field; providers return it as a failed result of the phase)
+
+**The template** reaches a provider as the JSON it was stored as (`BuildInput.template`,
+`TemplateInput.template`); providers read it as the frozen model, parsed once per call with
+`read_template` (`template.parse_stored_template`: a template valid at its PUT always loads).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from imagebuilder.pipeline.messages import (
@@ -37,6 +44,7 @@ from imagebuilder.pipeline.messages import (
     BuildInput,
     CaptureResult,
     CleanupReport,
+    ErrorInfo,
     Pending,
     PrepareResult,
     ReplicationResult,
@@ -44,6 +52,7 @@ from imagebuilder.pipeline.messages import (
     TemplateInput,
     TemplateStaging,
 )
+from imagebuilder.template import ImageTemplate, TemplateError, parse_stored_template
 
 
 class ProviderError(Exception):
@@ -60,6 +69,34 @@ class TransientProviderError(ProviderError):
 
 class ProviderConfigError(ProviderError):
     """The provider cannot run in this environment (missing tool, credentials, settings)."""
+
+
+class TemplateUnreadable(ProviderError):
+    """The template as stored cannot be read as the template model: `code` (AIB's, from the parse) and
+    `field` (its JSON path). Permanent: the same JSON never reads differently."""
+
+    def __init__(self, error: TemplateError) -> None:
+        where = f" ({error.target})" if error.target else ""
+        super().__init__(
+            f"the template as stored cannot be read{where}: {error.message}",
+            hint="delete the template and create it again with a valid body",
+        )
+        self.code = error.code
+        self.field = error.target
+
+    def error_info(self, step: str, log: LogSink | None = None) -> ErrorInfo:
+        """This failure as the `ErrorInfo` of a failed result of `step`."""
+        uri = log.uri if log is not None else ""
+        return ErrorInfo(code=self.code, message=str(self), step=step, log_uri=uri or None)
+
+
+def read_template(resource: Mapping[str, Any]) -> ImageTemplate:
+    """A template as stored (`BuildInput.template`, `TemplateInput.template`) as the frozen model; raises
+    `TemplateUnreadable` naming the field when it cannot be read."""
+    try:
+        return parse_stored_template(resource)
+    except TemplateError as exc:
+        raise TemplateUnreadable(exc) from None
 
 
 class LogSink(Protocol):

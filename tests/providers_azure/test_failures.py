@@ -471,3 +471,24 @@ def test_handles_are_typed_models_on_a_plain_json_wire(provider, arm):
     with pytest.raises(pydantic.ValidationError):
         CapturedImage.of({"status": "succeeded", "image": {"vm_id": "x"}})
     _clean(provider, arm, build, log)
+
+
+def test_an_unreadable_stored_template_fails_prepare_and_create_naming_the_field(provider, arm):
+    """The provider reads the template as the frozen model: a stored template that cannot be read (a
+    customizer type the schema does not know) is a failed result naming the field, nothing is made, and
+    cleanup still works."""
+    from imagebuilder.pipeline.messages import TemplateInput, TemplateRef
+    from tests.providers_azure.fake_arm import SUB
+
+    log = ListLog()
+    template = linux_template()
+    template["properties"]["customize"] = [{"type": "Ansible", "playbook": "site.yml"}]
+    build = build_input(template)
+    prepared = provider.prepare(build, log)
+    assert prepared.status == "failed" and prepared.error.code == "BadCustomizerType"
+    assert "properties.customize[0].type" in prepared.error.message and prepared.error.step == "prepare"
+    ref = TemplateRef(subscription_id=SUB, resource_group="rg", template_name="unreadable")
+    made = provider.create_template(TemplateInput(ref=ref, template=template), ListLog())
+    assert made.status == "failed" and "properties.customize[0].type" in made.error.message
+    assert not [r for r in arm.requests if r[0] == "PUT"]
+    assert provider.cleanup(build, keep=False, log=log).errors == []

@@ -8,6 +8,33 @@ import subprocess
 import pytest
 
 from imagebuilder.providers.azure import scripts
+from imagebuilder.template.models import (
+    STORED,
+    FileCustomizer,
+    PowerShellCustomizer,
+    ShellCustomizer,
+    WindowsUpdateCustomizer,
+)
+
+
+def _step(model, kind: str, data: dict):  # the typed step, as a stored template gives it (file:// too)
+    return model.model_validate({"type": kind, **data}, context={STORED: True})
+
+
+def _shell(data: dict) -> ShellCustomizer:
+    return _step(ShellCustomizer, "Shell", data)
+
+
+def _file_linux(data: dict) -> FileCustomizer:
+    return _step(FileCustomizer, "File", data)
+
+
+def _powershell(data: dict) -> PowerShellCustomizer:
+    return _step(PowerShellCustomizer, "PowerShell", data)
+
+
+def _windows_update(data: dict) -> WindowsUpdateCustomizer:
+    return _step(WindowsUpdateCustomizer, "WindowsUpdate", data)
 
 
 def _bash(script: str, tmp_path) -> subprocess.CompletedProcess[str]:
@@ -17,12 +44,13 @@ def _bash(script: str, tmp_path) -> subprocess.CompletedProcess[str]:
 
 
 def test_inline_shell_runs_with_sh_e_and_passes_the_exit_code(tmp_path):
-    ok = _bash(scripts.shell({"inline": ["echo one", "echo two"]}, None), tmp_path)
+    ok = _bash(scripts.shell(_shell({"inline": ["echo one", "echo two"]}), None), tmp_path)
     assert ok.returncode == 0 and ok.stdout == "one\ntwo\n"
-    failing = _bash(scripts.shell({"inline": ["echo before", "false", "echo never"]}, None), tmp_path)
+    failing = _bash(scripts.shell(_shell({"inline": ["echo before", "false", "echo never"]}), None), tmp_path)
     assert failing.returncode == 1 and "never" not in failing.stdout  # /bin/sh -e like Packer
     quoted = _bash(
-        scripts.shell({"inline": ["echo 'EOF' \"it's\" `echo ticks`", "true", "EOF=1"]}, None), tmp_path
+        scripts.shell(_shell({"inline": ["echo 'EOF' \"it's\" `echo ticks`", "true", "EOF=1"]}), None),
+        tmp_path,
     )
     assert quoted.returncode == 0 and quoted.stdout == "EOF it's ticks\n"  # the text reached sh unchanged
 
@@ -32,16 +60,20 @@ def test_script_and_file_downloads_verify_sha256_inside_the_vm(tmp_path):
     source.write_text("echo from-script\nexit 4\n")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     url = source.as_uri()
-    run = _bash(scripts.shell({"scriptUri": url}, digest), tmp_path)
+    run = _bash(scripts.shell(_shell({"scriptUri": url}), digest), tmp_path)
     assert run.returncode == 4 and "from-script" in run.stdout
-    bad = _bash(scripts.shell({"scriptUri": url}, "0" * 64), tmp_path)
+    bad = _bash(scripts.shell(_shell({"scriptUri": url}), "0" * 64), tmp_path)
     assert bad.returncode == 97 and "checksum mismatch" in bad.stderr
 
     dest = tmp_path / "etc" / "motd"
-    copied = _bash(scripts.file_linux({"sourceUri": url, "destination": str(dest)}, digest), tmp_path)
+    copied = _bash(
+        scripts.file_linux(_file_linux({"sourceUri": url, "destination": str(dest)}), digest), tmp_path
+    )
     assert copied.returncode == 0 and dest.read_bytes() == source.read_bytes()
     dest.unlink()
-    refused = _bash(scripts.file_linux({"sourceUri": url, "destination": str(dest)}, "f" * 64), tmp_path)
+    refused = _bash(
+        scripts.file_linux(_file_linux({"sourceUri": url, "destination": str(dest)}), "f" * 64), tmp_path
+    )
     assert refused.returncode == 97 and not dest.exists()
 
 
@@ -54,14 +86,14 @@ def test_markers_durations_and_filters():
     with pytest.raises(ValueError, match="'5 minutes'"):
         scripts.parse_duration("5 minutes", 1)
     with pytest.raises(ValueError, match="include:<expr>"):
-        scripts.windows_update({"filters": ["$_.BrowseOnly"]})
-    default = scripts.windows_update({})
+        scripts.windows_update(_windows_update({"filters": ["$_.BrowseOnly"]}))
+    default = scripts.windows_update(_windows_update({}))
     assert "$selected.Count -lt 1000" in default
 
 
 def test_powershell_inline_travels_base64_so_quotes_survive():
     text = "Write-Output 'it''s \"quoted\"'"
-    script = scripts.powershell({"inline": [text]}, None)
+    script = scripts.powershell(_powershell({"inline": [text]}), None)
     assert text not in script  # encoded, not spliced into PowerShell source
     import base64
     import re
@@ -74,14 +106,16 @@ def test_non_elevated_powershell_runs_as_the_vms_admin_user_as_on_aib():
     """AIB runs runElevated: false (its default) as the build VM's admin user; before the fix a brand-new
     non-admin account ran it (New-LocalUser, RunLevel Limited) and installers got access denied."""
     for step in (
-        {"type": "PowerShell", "inline": ["msiexec /i app.msi /qn"]},
-        {"type": "PowerShell", "inline": ["x"], "runElevated": True},
+        _powershell({"type": "PowerShell", "inline": ["msiexec /i app.msi /qn"]}),
+        _powershell({"type": "PowerShell", "inline": ["x"], "runElevated": True}),
     ):
         script = scripts.powershell(step, None, None, "packer")
         assert "$rc = Invoke-IbAsUser $script 'packer'" in script
         assert "-LogonType S4U -RunLevel Highest" in script
         assert "New-LocalUser" not in script and "Limited" not in script and "-Password" not in script
-    system = scripts.powershell({"inline": ["x"], "runElevated": True, "runAsSystem": True}, None)
+    system = scripts.powershell(
+        _powershell({"inline": ["x"], "runElevated": True, "runAsSystem": True}), None
+    )
     assert "$rc = Invoke-IbAsUser" not in system
 
 

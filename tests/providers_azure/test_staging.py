@@ -100,7 +100,15 @@ def test_create_refuses_what_aib_refuses(provider, arm):
     cases = [
         (linux_template(stagingResourceGroup=busy), "BadStagingResourceGroup", "is not empty"),
         (
-            linux_template(source={"type": "PlatformImage", "publisher": "x", "offer": "y", "sku": "z"}),
+            linux_template(
+                source={
+                    "type": "PlatformImage",
+                    "publisher": "x",
+                    "offer": "y",
+                    "sku": "z",
+                    "version": "latest",
+                }
+            ),
             "BadPIRSource",
             "x:y:z",
         ),

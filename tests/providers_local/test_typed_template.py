@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.pipeline.messages import BuildEnv, CaptureResult, TemplateInput, TemplateRef
-from imagebuilder.providers.base import NullLog, ProviderError
-from imagebuilder.providers.local.context import TemplateUnreadable
+from imagebuilder.providers.base import NullLog, ProviderError, TemplateUnreadable
 from imagebuilder.providers.local.provider import LocalProvider
 from imagebuilder.template import ImageTemplate
 from tests.providers_local.test_provider_support import SUB, RecLog, build_input

@@ -28,6 +28,11 @@ from imagebuilder.providers.azure.context import (
 )
 from imagebuilder.providers.azure.handles import BuildHandle
 from imagebuilder.providers.azure.names import ArmId
+from imagebuilder.template.models import (
+    ImageTemplateVmProfile,
+    ManagedImageDistributor,
+    SharedImageDistributor,
+)
 
 DEFAULT_VM_SIZE = {"V1": "Standard_D1_v2", "V2": "Standard_D2ds_v4"}
 
@@ -42,7 +47,7 @@ def ensure_staging(ctx: Ctx) -> dict[str, Any]:
             resource_group=run.resource_group,
             template_name=run.template_name,
         )
-        tags = {str(k): str(v) for k, v in (ctx.props.get("managedResourceTags") or {}).items()}
+        tags = dict(ctx.template.properties.managed_resource_tags or {})
         return staging_group.ensure(ctx.arm, ref, template_group, ctx.location, tags, ctx.log.write)
     groups = ctx.arm.resources.resource_groups
     group = ctx.arm.get("read staging resource group", lambda: groups.get(names.resource_group))
@@ -105,8 +110,8 @@ def create_build_env(ctx: Ctx) -> BuildEnv | NotYet:
     if "security" not in ctx.state:  # decided before anything exists: a conflict costs nothing
         ctx.state["security"] = security_type(ctx, source)
     ensure_staging(ctx)
-    profile = ctx.props.get("vmProfile") or {}
-    subnet_id = str((profile.get("vnetConfig") or {}).get("subnetId") or "")
+    profile = ctx.template.properties.vm_profile or ImageTemplateVmProfile()
+    subnet_id = (profile.vnet_config.subnet_id if profile.vnet_config else None) or ""
     network = ctx.arm.network
     tags = run_tags(ctx)
     if not subnet_id:
@@ -197,7 +202,7 @@ def create_build_env(ctx: Ctx) -> BuildEnv | NotYet:
         security_type=ctx.state["security"],
         source=source,
         artifacts={a.uri: a.sha256 for a in prepared.artifacts},
-        identities=[str(i) for i in (ctx.props.get("vmProfile") or {}).get("userAssignedIdentities") or []],
+        identities=list(profile.user_assigned_identities or []),
     ).as_env()
 
 
@@ -219,12 +224,12 @@ def security_type(ctx: Ctx, source: SourceInfo) -> str:
     standard: list[str] = []
     if source.details.get("security_type") == "TrustedLaunch":
         trusted.append("properties.source (a TrustedLaunch gallery image)")
-    for index, target in enumerate(ctx.props.get("distribute") or []):
+    for index, target in enumerate(ctx.template.properties.distribute):
         where = f"properties.distribute[{index}]"
-        if target.get("type") == "ManagedImage":
+        if isinstance(target, ManagedImageDistributor):
             standard.append(f"{where} (a managed image)")
-        elif target.get("type") == "SharedImage":
-            parsed = ArmId.parse(str(target.get("galleryImageId") or ""), f"{where}.galleryImageId")
+        elif isinstance(target, SharedImageDistributor):
+            parsed = ArmId.parse(target.gallery_image_id, f"{where}.galleryImageId")
             definition = gallery_image(ctx, parsed, where)
             features = {
                 str(f.get("name")): str(f.get("value"))
@@ -252,7 +257,7 @@ def security_type(ctx: Ctx, source: SourceInfo) -> str:
 def vm_body(ctx: Ctx, source: SourceInfo, nic_id: str, tags: dict[str, str]) -> dict[str, Any]:
     import secrets
 
-    profile = ctx.props.get("vmProfile") or {}
+    profile = ctx.template.properties.vm_profile or ImageTemplateVmProfile()
     generation = source.hyper_v_generation
     os_type = str(source.details.get("os_type", "Linux"))
     os_disk: dict[str, Any] = {
@@ -262,18 +267,18 @@ def vm_body(ctx: Ctx, source: SourceInfo, nic_id: str, tags: dict[str, str]) -> 
         "managedDisk": {"storageAccountType": "StandardSSD_LRS"},
         "deleteOption": "Delete",
     }
-    if int(profile.get("osDiskSizeGB") or 0) > 0:
-        os_disk["diskSizeGB"] = int(profile["osDiskSizeGB"])
+    if (profile.os_disk_size_gb or 0) > 0:
+        os_disk["diskSizeGB"] = profile.os_disk_size_gb
     data_disks = [
         {
             "lun": lun,
             "name": ctx.names.data_disk(lun),
             "createOption": "Empty",
-            "diskSizeGB": int(disk.get("sizeGB") or 0),
+            "diskSizeGB": disk.size_gb or 0,
             "managedDisk": {"storageAccountType": "StandardSSD_LRS"},
             "deleteOption": "Delete",
         }
-        for lun, disk in enumerate(ctx.props.get("additionalDataDisks") or [])
+        for lun, disk in enumerate(ctx.template.properties.additional_data_disks or [])
     ]
     # Nobody signs in (no inbound port, Run Command only). Linux gets a throwaway SSH key whose private
     # half is never kept; Windows needs a password, made here, never stored or logged. Deprovisioning
@@ -296,7 +301,7 @@ def vm_body(ctx: Ctx, source: SourceInfo, nic_id: str, tags: dict[str, str]) -> 
         "location": ctx.location,
         "tags": tags,
         "properties": {
-            "hardwareProfile": {"vmSize": str(profile.get("vmSize") or DEFAULT_VM_SIZE[generation])},
+            "hardwareProfile": {"vmSize": profile.vm_size or DEFAULT_VM_SIZE[generation]},
             "storageProfile": {
                 "imageReference": dict(source.details.get("image_reference") or {}),
                 "osDisk": os_disk,
@@ -323,7 +328,7 @@ def vm_body(ctx: Ctx, source: SourceInfo, nic_id: str, tags: dict[str, str]) -> 
     plan = source.details.get("plan")
     if plan:
         body["plan"] = plan
-    identities = [str(i) for i in profile.get("userAssignedIdentities") or []]
+    identities = list(profile.user_assigned_identities or [])
     if identities:
         body["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {i: {} for i in identities}}
     return body

@@ -17,7 +17,7 @@ from imagebuilder.providers.azure.clients import (
     Started,
     Throttled,
 )
-from imagebuilder.providers.azure.context import TAG_RUN, Settings, polled, props_of, state_of
+from imagebuilder.providers.azure.context import TAG_RUN, Settings, polled, state_of, template_or_none
 from imagebuilder.providers.azure.names import Names
 from imagebuilder.providers.base import LogSink, TransientProviderError
 
@@ -69,7 +69,8 @@ class RunCleanup:
             "list public IPs", lambda: [dict(i) for i in network.public_ip_addresses.list(rg)]
         ):
             self.remove("public IP", network.public_ip_addresses, str(ip["name"]), rid=str(ip["id"]))
-        data_disks = len(props_of(self.build).get("additionalDataDisks") or [])
+        template = template_or_none(self.build)  # cleanup never needs a readable template
+        data_disks = len((template.properties.additional_data_disks or []) if template is not None else [])
         for disk in [names.os_disk] + [names.data_disk(lun) for lun in range(data_disks)]:
             self.revoke_access(disk)
             self.remove("disk", compute.disks, disk, f"{base}/Microsoft.Compute/disks")

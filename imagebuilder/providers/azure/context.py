@@ -1,6 +1,8 @@
 """What every phase module of the Azure provider shares: the provider's settings (`Settings`), the view of
-one call (`Ctx`: the run, its log, its clients, the step state that travels in the `Pending`), and the
-small ARM helpers built on them (tags, "ensure this resource exists", "wait for this operation").
+one call (`Ctx`: the run, the template as the frozen model, its log, its clients, the step state that
+travels in the `Pending`), and the small ARM helpers built on them (tags, "ensure this resource exists",
+"wait for this operation"). Phases read the template through `Ctx.template` (parsed once per call from the
+JSON as stored, `providers.base.read_template`), never as a dict.
 
 A phase function is a re-entrant step function: it inspects what exists (names derive from the run), does
 the next thing, and returns either its result or `NotYet` (the provider turns that into a `Pending`
@@ -13,12 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from imagebuilder.pipeline.messages import BuildInput
 from imagebuilder.providers.azure.clients import ArmFailure, AzureClients, Started
 from imagebuilder.providers.azure.names import Names
-from imagebuilder.providers.base import LogSink
+from imagebuilder.providers.base import LogSink, TemplateUnreadable, read_template
+from imagebuilder.template.models import ImageTemplate
 
 TAG_TEMPLATE = "imagebuilder-template"
 TAG_RUN = "imagebuilder-run"
@@ -64,18 +68,22 @@ class Ctx:
     settings: Settings
     op_result: dict[str, Any] | None = field(default=None)
 
-    @property
-    def props(self) -> dict[str, Any]:
-        return props_of(self.build)
+    @cached_property
+    def template(self) -> ImageTemplate:
+        """The template as the frozen model, parsed once per call (raises `TemplateUnreadable`)."""
+        return read_template(self.build.template)
 
     @property
     def location(self) -> str:
-        return str(self.build.template.get("location") or "")
+        return self.template.location
 
 
-def props_of(build: BuildInput) -> dict[str, Any]:
-    props = build.template.get("properties") or {}
-    return props if isinstance(props, dict) else {}
+def template_or_none(build: BuildInput) -> ImageTemplate | None:
+    """The template as the model, or None when it cannot be read (for naming a failure, never for work)."""
+    try:
+        return read_template(build.template)
+    except TemplateUnreadable:
+        return None
 
 
 def region(name: str | None) -> str:
@@ -97,13 +105,13 @@ def version_key(version: str) -> tuple[int, ...]:
         return (-1,)
 
 
-def step_name(method: str, build: BuildInput, args: dict[str, Any]) -> str:
+def step_name(method: str, template: ImageTemplate | None, args: dict[str, Any]) -> str:
     """How a failure names the step: customize[2] (name), distribute[0] (region), or the phase."""
     if method == "customize":
         index = int(args["index"])
-        steps = props_of(build).get("customize") or []
-        step = steps[index] if index < len(steps) else {}
-        return f"customize[{index}] ({step.get('name') or step.get('type')})"
+        steps = template.properties.customizers if template is not None else []
+        step = steps[index] if index < len(steps) else None
+        return f"customize[{index}] ({(step.name or step.type) if step is not None else None})"
     if method == "distribute":
         return f"distribute[{args['target_index']}] ({args['region']})"
     return method
@@ -111,7 +119,7 @@ def step_name(method: str, build: BuildInput, args: dict[str, Any]) -> str:
 
 def run_tags(ctx: Ctx, extra: dict[str, Any] | None = None) -> dict[str, str]:
     """managedResourceTags, `extra`, and the template/run tags every transient resource carries."""
-    out = {str(k): str(v) for k, v in (ctx.props.get("managedResourceTags") or {}).items()}
+    out = dict(ctx.template.properties.managed_resource_tags or {})
     out.update({str(k): str(v) for k, v in (extra or {}).items()})
     out[TAG_TEMPLATE] = ctx.build.run.template_id
     out[TAG_RUN] = ctx.build.run.run_id

@@ -27,28 +27,35 @@ from imagebuilder.providers.azure.context import (
 )
 from imagebuilder.providers.azure.handles import CapturedImage
 from imagebuilder.providers.azure.names import ArmId
+from imagebuilder.template.models import (
+    DistributeVersionerSource,
+    ManagedImageDistributor,
+    SharedImageDistributor,
+    VhdDistributor,
+)
 
 
 def distribute(ctx: Ctx) -> ReplicationResult | NotYet:
     captured = CaptureResult.model_validate(ctx.args["captured"])
     index, region = int(ctx.args["target_index"]), str(ctx.args["region"])
-    targets = ctx.props.get("distribute") or []
+    targets = ctx.template.properties.distribute
     if index >= len(targets):
         raise ArmFailure("InvalidDistributor", f"properties.distribute[{index}] does not exist")
     target = targets[index]
     if captured.status != "succeeded":
         raise ArmFailure("CaptureFailed", "nothing to distribute: the capture failed")
-    kind = target.get("type")
-    if kind == "SharedImage":
+    if isinstance(target, SharedImageDistributor):
         return to_gallery(ctx, CapturedImage.of(captured), target, index, region)
-    if kind == "ManagedImage":
+    if isinstance(target, ManagedImageDistributor):
         return to_managed_image(ctx, CapturedImage.of(captured), target, index, region)
-    if kind == "VHD":
+    if isinstance(target, VhdDistributor):
         return to_vhd(ctx, CapturedImage.of(captured), target, index, region)
-    raise ArmFailure("InvalidDistributor", f"properties.distribute[{index}].type {kind!r} is not supported")
+    raise ArmFailure(
+        "InvalidDistributor", f"properties.distribute[{index}].type {target.type!r} is not supported"
+    )
 
 
-def target_regions(target: dict[str, Any], home: str) -> list[dict[str, Any]]:
+def target_regions(target: SharedImageDistributor, home: str) -> list[dict[str, Any]]:
     """The publishing regions of a SharedImage target, each once (ARM refuses a version whose
     targetRegions name a region twice: "Duplicate regions are not allowed"); the first mention wins,
     and the version's own region is always one of them."""
@@ -61,20 +68,20 @@ def target_regions(target: dict[str, Any], home: str) -> list[dict[str, Any]]:
             seen.add(key)
             regions.append(entry)
 
-    for r in target.get("targetRegions") or []:
+    for r in target.target_regions or []:
         add(
             {
-                "name": r["name"],
-                "regionalReplicaCount": int(r.get("replicaCount") or 1),
-                "storageAccountType": r.get("storageAccountType") or "Standard_LRS",
+                "name": r.name,
+                "regionalReplicaCount": r.replica_count or 1,
+                "storageAccountType": r.storage_account_type or "Standard_LRS",
             }
         )
-    for name in target.get("replicationRegions") or []:
+    for name in target.replication_regions or []:
         add(
             {
                 "name": name,
                 "regionalReplicaCount": 1,
-                "storageAccountType": target.get("storageAccountType") or "Standard_LRS",
+                "storageAccountType": target.storage_account_type or "Standard_LRS",
             }
         )
     if _region(home) not in seen:
@@ -83,11 +90,10 @@ def target_regions(target: dict[str, Any], home: str) -> list[dict[str, Any]]:
 
 
 def next_version(
-    ctx: Ctx, target: dict[str, Any], existing: list[dict[str, Any]], image: CapturedImage
+    ctx: Ctx, target: SharedImageDistributor, existing: list[dict[str, Any]], image: CapturedImage
 ) -> str:
-    versioning = target.get("versioning") or {"scheme": "Latest", "major": -1}
-    scheme = versioning.get("scheme", "Latest")
-    if scheme == "Source":
+    versioning = target.versioning  # None: Latest, any major
+    if isinstance(versioning, DistributeVersionerSource):
         source = image.source
         version = str(source.exact_version or "") if source else ""
         if source is None or source.type == "ManagedImage" or not re.fullmatch(r"\d+\.\d+\.\d+", version):
@@ -97,7 +103,7 @@ def next_version(
                 "with an x.y.z version",
             )
         return version
-    major = int(versioning.get("major", -1))
+    major = versioning.major if versioning is not None and versioning.major is not None else -1
     # Ignore versions this run made, so concurrent region activities compute the same name.
     others = [
         version_key(str(v["name"]))
@@ -112,13 +118,13 @@ def next_version(
 
 
 def to_gallery(
-    ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
+    ctx: Ctx, image: CapturedImage, target: SharedImageDistributor, index: int, region: str
 ) -> ReplicationResult | NotYet:
-    gallery_image_id = str(target.get("galleryImageId") or "")
+    gallery_image_id = target.gallery_image_id
     parsed = ArmId.parse(gallery_image_id, f"properties.distribute[{index}].galleryImageId")
     arm = ctx.settings.clients(parsed.subscription, ctx.build)
     rg, gallery, name = parsed.resource_group, parsed.name("galleries"), parsed.name("images")
-    output = str(target.get("runOutputName") or "")
+    output = target.run_output_name
     versions = arm.compute.gallery_image_versions
     definition = arm.get("read gallery image", lambda: arm.compute.gallery_images.get(rg, gallery, name))
     if definition is None:
@@ -152,10 +158,10 @@ def to_gallery(
     if current is None:
         publishing: dict[str, Any] = {
             "targetRegions": regions,
-            "excludeFromLatest": bool(target.get("excludeFromLatest", False)),
+            "excludeFromLatest": bool(target.exclude_from_latest),
         }
-        if target.get("replicationMode"):
-            publishing["replicationMode"] = target["replicationMode"]
+        if target.replication_mode:
+            publishing["replicationMode"] = target.replication_mode
         home = str(definition.get("location"))
         storage: dict[str, Any]
         if _region(home) != _region(image.location):
@@ -171,7 +177,7 @@ def to_gallery(
             storage = {"source": {"virtualMachineId": image.vm_id}}
         body = {
             "location": home,
-            "tags": run_tags(ctx, {**(target.get("artifactTags") or {}), "imagebuilder-output": output}),
+            "tags": run_tags(ctx, {**(target.artifact_tags or {}), "imagebuilder-output": output}),
             "properties": {"publishingProfile": publishing, "storageProfile": storage},
         }
         ctx.log.write(f"creating gallery image version {version} in {len(regions)} regions\n")
@@ -211,9 +217,9 @@ def to_gallery(
 
 
 def to_managed_image(
-    ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
+    ctx: Ctx, image: CapturedImage, target: ManagedImageDistributor, index: int, region: str
 ) -> ReplicationResult | NotYet:
-    image_id = str(target.get("imageId") or "")
+    image_id = target.image_id
     parsed = ArmId.parse(image_id, f"properties.distribute[{index}].imageId")
     if image.trusted_launch:
         raise ArmFailure(
@@ -221,7 +227,7 @@ def to_managed_image(
             f"properties.distribute[{index}]: a Trusted Launch build cannot be a managed image; "
             "use a SharedImage distributor with a Trusted Launch image definition",
         )
-    location = str(target.get("location") or image.location)
+    location = target.location or image.location
     arm = ctx.settings.clients(parsed.subscription, ctx.build)
     rg, name = parsed.resource_group, parsed.name("images")
     properties: dict[str, Any] = {
@@ -249,14 +255,14 @@ def to_managed_image(
         lambda body, p: arm.compute.images.begin_create_or_update(rg, name, body, polling=p),
         lambda: {
             "location": location,
-            "tags": run_tags(ctx, target.get("artifactTags") or {}),
+            "tags": run_tags(ctx, target.artifact_tags or {}),
             "properties": properties,
         },
     )
     if isinstance(result, NotYet):
         return result
     return ReplicationResult(
-        run_output_name=str(target.get("runOutputName") or ""),
+        run_output_name=target.run_output_name,
         region=region,
         status="succeeded",
         artifact_id=str(result.get("id") or image_id),
@@ -311,10 +317,10 @@ def snapshot_in(ctx: Ctx, image: CapturedImage, location: str) -> str | NotYet:
 
 
 def to_vhd(
-    ctx: Ctx, image: CapturedImage, target: dict[str, Any], index: int, region: str
+    ctx: Ctx, image: CapturedImage, target: VhdDistributor, index: int, region: str
 ) -> ReplicationResult | NotYet:
-    uri = str(target.get("uri") or "")
-    output = str(target.get("runOutputName") or "")
+    uri = target.uri or ""
+    output = target.run_output_name
     if not re.match(r"^https://[^/]+/[^/]+/.+", uri):
         raise ArmFailure(
             "InvalidVhdUri",

@@ -62,6 +62,8 @@ class Names:
     def of(cls, build: BuildInput) -> Names:
         run = build.run
         key = hashlib.sha256(f"{run.template_id.lower()}|{run.run_id}".encode()).hexdigest()[:10]
+        # Read from the JSON as stored, not the model: names must derive for cleanup even when the template
+        # cannot be read (and exactStagingResourceGroup, beside it, is server state the model drops).
         staging = str((build.template.get("properties") or {}).get("stagingResourceGroup") or "")
         given = bool(staging)
         template_group = staging_group.of_build(build)

@@ -67,8 +67,8 @@ from imagebuilder.providers.azure.context import (
     Ctx,
     NotYet,
     Settings,
-    props_of,
     step_name,
+    template_or_none,
 )
 from imagebuilder.providers.azure.handles import BuildHandle
 from imagebuilder.providers.azure.names import Names
@@ -76,6 +76,7 @@ from imagebuilder.providers.base import (
     ComputeProvider,
     LogSink,
     ProviderConfigError,
+    TemplateUnreadable,
 )
 from imagebuilder.settings import AzureSettings
 
@@ -141,8 +142,10 @@ class AzureProvider(ComputeProvider):
     def _template_identity(self, build: BuildInput | None) -> str | None:
         if self._credential is not None or self._credential_mode != "template" or build is None:
             return None
-        identities = list((build.template.get("identity") or {}).get("userAssignedIdentities") or {})
-        return str(identities[0]) if identities else None
+        template = template_or_none(build)  # unreadable: the app's credential; the phase then fails
+        identity = template.identity if template is not None else None
+        identities = list((identity.user_assigned_identities if identity is not None else None) or {})
+        return identities[0] if identities else None
 
     def _credential_for(self, build: BuildInput | None) -> TokenCredential:
         template_identity = self._template_identity(build)
@@ -206,6 +209,10 @@ class AzureProvider(ComputeProvider):
             if isinstance(result, NotYet):
                 return self._pending(method, build, args, ctx.state, result.op, result.retry_after)
             return result
+        except TemplateUnreadable as exc:  # permanent: the same template never reads differently
+            error = exc.error_info(step_name(method, None, args), log)
+            log.write(f"{error.step} failed: {error.code}: {error.message}\n")
+            return self._failed(method, build, args, error)
         except Throttled as throttled:
             log.write(f"ARM throttled the request; resuming in {throttled.retry_after}s\n")
             return self._pending(method, build, args, ctx.state if ctx else {}, None, throttled.retry_after)
@@ -213,7 +220,7 @@ class AzureProvider(ComputeProvider):
             error = ErrorInfo(
                 code=failure.code,
                 message=failure.arm_message,
-                step=step_name(method, build, args),
+                step=step_name(method, template_or_none(build), args),
                 log_uri=log.uri or None,
             )
             log.write(f"{error.step} failed: {error.code}: {error.message}\n")
@@ -248,9 +255,10 @@ class AzureProvider(ComputeProvider):
         if method == "capture":
             return CaptureResult(status="failed", error=error)
         if method == "distribute":
-            targets = props_of(build).get("distribute") or []
+            template = template_or_none(build)
+            targets = template.properties.distribute if template is not None else []
             index = int(args["target_index"])
-            name = str(targets[index].get("runOutputName", "")) if index < len(targets) else ""
+            name = targets[index].run_output_name if index < len(targets) else ""
             return ReplicationResult(
                 run_output_name=name, region=args["region"], status="failed", error=error
             )
@@ -303,7 +311,7 @@ class AzureProvider(ComputeProvider):
                 error = ErrorInfo(
                     code=status.error_code or f"Operation{status.state}",
                     message=status.error_message or f"{op.get('what')} ended {status.state}",
-                    step=step_name(method, build, args),
+                    step=step_name(method, template_or_none(build), args),
                     log_uri=log.uri or None,
                 )
                 log.write(f"{op.get('what')} failed: {error.code}: {error.message}\n")

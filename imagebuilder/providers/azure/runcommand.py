@@ -48,7 +48,7 @@ def run(
     )
     deadlines = ctx.state.setdefault("deadlines", {})
     if current is None:
-        build_timeout = int(ctx.props.get("buildTimeoutInMinutes") or 0) * 60 or 5400
+        build_timeout = (ctx.template.properties.build_timeout_in_minutes or 0) * 60 or 5400
         seconds = min(timeout or build_timeout, 5400)
         properties: dict[str, Any] = {
             "source": {"script": script},

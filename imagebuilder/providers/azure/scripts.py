@@ -10,7 +10,16 @@ from __future__ import annotations
 import base64
 import re
 import shlex
-from typing import Any
+
+from imagebuilder.template.models import (
+    FileCustomizer,
+    FileValidator,
+    PowerShellCustomizer,
+    PowerShellValidator,
+    ShellCustomizer,
+    ShellValidator,
+    WindowsUpdateCustomizer,
+)
 
 MARKER_WU = "IMAGEBUILDER-WU"
 MARKER_BOOT = "IMAGEBUILDER-BOOT"
@@ -72,18 +81,18 @@ def _bash_header(identity: str | None) -> str:
     return "#!/bin/bash\nset -eu\n" + f"IB_MSI={shlex.quote(identity or '')}\n" + _BASH_DOWNLOAD
 
 
-def shell(step: dict[str, Any], sha256: str | None, identity: str | None = None) -> str:
+def shell(step: ShellCustomizer | ShellValidator, sha256: str | None, identity: str | None = None) -> str:
     """A Shell customizer/validator: inline lines run by `/bin/sh -e` (like Packer), or scriptUri
     downloaded, verified and run by bash. The user's text travels base64-encoded, immune to quoting."""
-    if step.get("scriptUri"):
-        url = str(step["scriptUri"])
+    if step.script_uri:
+        url = step.script_uri
         return (
             _bash_header(identity)
             + 'script="$(mktemp)"\n'
             + f'ib_download {shlex.quote(url)} "$script" {shlex.quote(sha256 or "")}\n'
             + 'set +e\n/bin/bash "$script"\nrc=$?\nrm -f "$script"\nexit $rc\n'
         )
-    body = "\n".join(str(line) for line in step.get("inline") or []) + "\n"
+    body = "\n".join(step.inline or []) + "\n"
     encoded = base64.b64encode(body.encode("utf-8")).decode("ascii")
     return (
         "#!/bin/bash\nset -eu\n"
@@ -93,14 +102,14 @@ def shell(step: dict[str, Any], sha256: str | None, identity: str | None = None)
     )
 
 
-def file_linux(step: dict[str, Any], sha256: str, identity: str | None = None) -> str:
+def file_linux(step: FileCustomizer | FileValidator, sha256: str, identity: str | None = None) -> str:
     """A File customizer on Linux: download inside the VM, verify, move into `destination`."""
-    dest = str(step["destination"])
+    dest = str(step.destination)
     return (
         "#!/bin/bash\nset -eu\n"
         + _BASH_DOWNLOAD
         + f'mkdir -p "$(dirname {shlex.quote(dest)})"\n'
-        + f"ib_download {shlex.quote(str(step['sourceUri']))} {shlex.quote(dest)} {shlex.quote(sha256)}\n"
+        + f"ib_download {shlex.quote(str(step.source_uri))} {shlex.quote(dest)} {shlex.quote(sha256)}\n"
         + f"echo 'copied to {dest}'\n"
     )
 
@@ -274,7 +283,10 @@ function Invoke-IbAsUser([string]$ScriptPath, [string]$User) {
 
 
 def powershell(
-    step: dict[str, Any], sha256: str | None, identity: str | None = None, admin_user: str = "packer"
+    step: PowerShellCustomizer | PowerShellValidator,
+    sha256: str | None,
+    identity: str | None = None,
+    admin_user: str = "packer",
 ) -> str:
     """A PowerShell customizer/validator: runElevated + runAsSystem runs as SYSTEM (Run Command's own
     account); otherwise as the build VM's admin user `admin_user`, as AIB does. The exit code comes back."""
@@ -285,15 +297,13 @@ def powershell(
         _PS_AS_USER,
     ]
     lines.append("$script = Join-Path $env:TEMP 'imagebuilder-script.ps1'")
-    if step.get("scriptUri"):
-        lines.append(
-            f"Invoke-IbDownload {_ps_quote(str(step['scriptUri']))} $script {_ps_quote(sha256 or '')}"
-        )
+    if step.script_uri:
+        lines.append(f"Invoke-IbDownload {_ps_quote(step.script_uri)} $script {_ps_quote(sha256 or '')}")
     else:
-        body = "\n".join(str(line) for line in step.get("inline") or [])
+        body = "\n".join(step.inline or [])
         lines.append(f"Set-Content -Encoding UTF8 -Path $script -Value ({_ps_b64(body)})")
     lines.append("$ErrorActionPreference = 'Continue'")
-    if step.get("runElevated") and step.get("runAsSystem"):
+    if step.run_elevated and step.run_as_system:
         lines.append("& powershell.exe -NoProfile -ExecutionPolicy Bypass -File $script\n$rc = $LASTEXITCODE")
     else:
         lines.append(f"$rc = Invoke-IbAsUser $script {_ps_quote(admin_user)}")
@@ -301,15 +311,15 @@ def powershell(
     return "\n".join(lines) + "\n"
 
 
-def file_windows(step: dict[str, Any], sha256: str, identity: str | None = None) -> str:
+def file_windows(step: FileCustomizer | FileValidator, sha256: str, identity: str | None = None) -> str:
     """A File customizer on Windows."""
-    dest = str(step["destination"])
+    dest = str(step.destination)
     return (
         "$ErrorActionPreference = 'Stop'\n"
         + f"$IbMsi = {_ps_quote(identity or '')}\n"
         + _PS_DOWNLOAD
         + f"New-Item -ItemType Directory -Force -Path (Split-Path -Parent {_ps_quote(dest)}) | Out-Null\n"
-        + f"Invoke-IbDownload {_ps_quote(str(step['sourceUri']))} {_ps_quote(dest)} {_ps_quote(sha256)}\n"
+        + f"Invoke-IbDownload {_ps_quote(str(step.source_uri))} {_ps_quote(dest)} {_ps_quote(sha256)}\n"
         + f"Write-Output 'copied to {dest}'\n"
     )
 
@@ -337,15 +347,15 @@ def restart_check(check_command: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def windows_update(step: dict[str, Any]) -> str:
+def windows_update(step: WindowsUpdateCustomizer) -> str:
     """Search, filter, download and install updates with the Windows Update Agent API (one pass).
 
     The last line says how many were installed, how many are still pending, and whether a reboot is
     needed; the provider repeats passes (rebooting in between) until nothing is pending.
     """
-    criteria = str(step.get("searchCriteria") or DEFAULT_WU_SEARCH)
-    filters = [str(f) for f in (step.get("filters") or DEFAULT_WU_FILTERS)]
-    limit = int(step.get("updateLimit") or DEFAULT_WU_LIMIT)
+    criteria = step.search_criteria or DEFAULT_WU_SEARCH
+    filters = list(step.filters or DEFAULT_WU_FILTERS)
+    limit = step.update_limit or DEFAULT_WU_LIMIT
     filter_lines = []
     for item in filters:
         kind, _, expr = item.partition(":")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 from urllib.parse import urlsplit
 
 from imagebuilder.pipeline.artifacts import build_artifacts
@@ -26,13 +25,14 @@ from imagebuilder.providers.azure.context import (
     region as _region,
 )
 from imagebuilder.providers.azure.names import ArmId
+from imagebuilder.template.models import ManagedImageSource, PlatformImageSource
 
 
 def prepare(ctx: Ctx) -> PrepareResult:
     source = resolve_source(ctx)
     ctx.log.write(f"source resolved: {source.type} {source.id} ({source.hyper_v_generation})\n")
     artifacts: dict[str, StagedArtifact] = {}
-    for ref in build_artifacts(ctx.build.template):
+    for ref in build_artifacts(ctx.template):
         where, _, field = ref.target.rpartition(".")
         uri = ref.uri
         refuse_app_storage(ctx, uri, f"{where}.{field}")
@@ -82,12 +82,11 @@ def refuse_app_storage(ctx: Ctx, uri: str, where: str) -> None:
 
 
 def resolve_source(ctx: Ctx) -> SourceInfo:
-    source = ctx.props.get("source") or {}
-    kind = source.get("type")
-    if kind == "PlatformImage":
+    source = ctx.template.properties.source
+    if isinstance(source, PlatformImageSource):
         return resolve_platform(ctx, source)
-    if kind == "ManagedImage":
-        image_id = str(source.get("imageId") or "")
+    if isinstance(source, ManagedImageSource):
+        image_id = source.image_id
         parsed = ArmId.parse(image_id, "properties.source.imageId")
         arm = ctx.settings.clients(parsed.subscription, ctx.build)
         image = arm.get(
@@ -110,21 +109,16 @@ def resolve_source(ctx: Ctx) -> SourceInfo:
             hyper_v_generation="V2" if props.get("hyperVGeneration") == "V2" else "V1",
             details={"os_type": os_disk.get("osType", "Linux"), "image_reference": {"id": image_id}},
         )
-    if kind == "SharedImageVersion":
-        return resolve_gallery(ctx, str(source.get("imageVersionId") or ""))
-    raise ArmFailure(
-        "InvalidSourceType",
-        f"properties.source.type {kind!r} is not PlatformImage, ManagedImage or SharedImageVersion",
-    )
+    return resolve_gallery(ctx, source.image_version_id)  # SharedImageVersion: the model knows no other
 
 
-def resolve_platform(ctx: Ctx, source: dict[str, Any]) -> SourceInfo:
-    publisher, offer, sku = (str(source.get(k) or "") for k in ("publisher", "offer", "sku"))
+def resolve_platform(ctx: Ctx, source: PlatformImageSource) -> SourceInfo:
+    publisher, offer, sku = source.publisher, source.offer, source.sku
     if not (publisher and offer and sku):
         raise ArmFailure(
             "InvalidSource", "properties.source needs publisher, offer and sku for a PlatformImage"
         )
-    version = str(source.get("version") or "latest")
+    version = source.version or "latest"
     images = ctx.arm.compute.virtual_machine_images
     if version.lower() == "latest":
         listed = ctx.arm.call(
@@ -144,13 +138,13 @@ def resolve_platform(ctx: Ctx, source: dict[str, Any]) -> SourceInfo:
             "SourceImageNotFound", f"{publisher}:{offer}:{sku}:{version} does not exist in {ctx.location}"
         )
     props = image.get("properties") or {}
-    plan_info = source.get("planInfo") or {}
+    plan_info = source.plan_info
     plan: dict[str, str] | None = None
-    if plan_info:
+    if plan_info is not None:
         plan = {
-            "name": str(plan_info.get("planName")),
-            "product": str(plan_info.get("planProduct")),
-            "publisher": str(plan_info.get("planPublisher")),
+            "name": plan_info.plan_name,
+            "product": plan_info.plan_product,
+            "publisher": plan_info.plan_publisher,
         }
     elif props.get("plan"):
         p = props["plan"]

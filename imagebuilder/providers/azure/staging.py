@@ -68,7 +68,9 @@ def of_template(ref: TemplateRef, template: dict[str, Any]) -> StagingGroup:
 
 
 def of_build(build: BuildInput) -> StagingGroup | None:
-    """The template's staging group when the template was created with one (else runs use their own)."""
+    """The template's staging group when the template was created with one (else runs use their own).
+    Read from the JSON as stored: `exactStagingResourceGroup` is server state the template model drops,
+    and cleanup needs the group even for a template that cannot be read."""
     props = build.template.get("properties") or {}
     exact = str(props.get("exactStagingResourceGroup") or "")
     if not exact:

@@ -4,8 +4,6 @@ WindowsUpdate, each through runcommand.py.
 
 from __future__ import annotations
 
-from typing import Any
-
 from imagebuilder.pipeline.messages import (
     ErrorInfo,
     StepResult,
@@ -20,41 +18,50 @@ from imagebuilder.providers.azure.context import (
     tail,
 )
 from imagebuilder.providers.azure.handles import BuildHandle
+from imagebuilder.template.models import (
+    Customizer,
+    FileCustomizer,
+    FileValidator,
+    PowerShellCustomizer,
+    PowerShellValidator,
+    ShellCustomizer,
+    ShellValidator,
+    Validator,
+    WindowsRestartCustomizer,
+    WindowsUpdateCustomizer,
+)
 
 MAX_WINDOWS_UPDATE_PASSES = 20
 
 
 def script_step(
-    ctx: Ctx, env: BuildHandle, key: str, step: dict[str, Any], label: str
+    ctx: Ctx, env: BuildHandle, key: str, step: Customizer | Validator, label: str
 ) -> StepResult | NotYet:
     """Shell / PowerShell / File, as a customizer or an in-VM validator."""
-    kind = step.get("type")
+    kind = step.type
     os_type = env.os_type
     started = float(ctx.state.setdefault(f"started:{key}", ctx.settings.clock()))  # across polls
-    uri = step.get("scriptUri") or step.get("sourceUri")
+    uri = _fetched_uri(step)
     sha = env.artifacts.get(uri) if uri else None
     if uri and not sha:
         raise ArmFailure("ArtifactNotStaged", f"{label}: {redact(str(uri))} was not fetched by prepare")
     valid = [0]
     identity = env.identities[0] if env.identities else None  # for private blobs, read from inside the VM
-    if kind == "Shell":
+    if isinstance(step, ShellCustomizer | ShellValidator):
         if os_type != "Linux":
             raise ArmFailure("InvalidCustomizer", f"{label}: Shell runs on Linux; this source is {os_type}")
         script = scripts.shell(step, sha, identity)
-    elif kind == "PowerShell":
+    elif isinstance(step, PowerShellCustomizer | PowerShellValidator):
         if os_type != "Windows":
             raise ArmFailure(
                 "InvalidCustomizer", f"{label}: PowerShell runs on Windows; this source is {os_type}"
             )
-        if step.get("runAsSystem") and not step.get("runElevated"):
+        if step.run_as_system and not step.run_elevated:
             raise ArmFailure("InvalidCustomizer", f"{label}: runAsSystem needs runElevated: true")
-        try:
-            valid = [int(c) for c in step.get("validExitCodes") or [0]]
-        except (TypeError, ValueError) as exc:
-            raise ArmFailure("InvalidCustomizer", f"{label}.validExitCodes must be integers") from exc
+        valid = list(step.valid_exit_codes or [0])  # integers: the model says so
         script = scripts.powershell(step, sha, identity, ADMIN_USER)
-    elif kind == "File":
-        if not step.get("destination") or not sha:
+    elif isinstance(step, FileCustomizer | FileValidator):
+        if not step.destination or not sha:
             raise ArmFailure("InvalidCustomizer", f"{label}: File needs sourceUri and destination")
         script = (
             scripts.file_linux(step, sha, identity)
@@ -86,33 +93,42 @@ def script_step(
     return StepResult(status="succeeded", step=label, exit_code=code, duration_seconds=duration)
 
 
+def _fetched_uri(step: Customizer | Validator) -> str | None:
+    """The file the step downloads in the VM (staged and checksummed by prepare), if any."""
+    if isinstance(step, FileCustomizer | FileValidator):
+        return step.source_uri
+    if isinstance(step, ShellCustomizer | ShellValidator | PowerShellCustomizer | PowerShellValidator):
+        return step.script_uri
+    return None
+
+
 def customize(ctx: Ctx) -> StepResult | NotYet:
     env = BuildHandle.of(ctx.args["env"])
     index = int(ctx.args["index"])
-    steps = ctx.props.get("customize") or []
+    steps = ctx.template.properties.customizers
     if index >= len(steps):
         raise ArmFailure("InvalidCustomizer", f"properties.customize[{index}] does not exist")
     step = steps[index]
-    label = step_name("customize", ctx.build, ctx.args)
-    kind = step.get("type")
+    label = step_name("customize", ctx.template, ctx.args)
+    kind = step.type
     if kind in ("Shell", "PowerShell", "File"):
         return script_step(ctx, env, f"customize-{index}", step, label)
     if env.os_type != "Windows":
         raise ArmFailure("InvalidCustomizer", f"{label}: {kind} needs a Windows source")
-    if kind == "WindowsRestart":
-        timeout = scripts.parse_duration(step.get("restartTimeout"), 300)
-        command = str(step.get("restartCommand") or scripts.DEFAULT_RESTART_COMMAND)
+    if isinstance(step, WindowsRestartCustomizer):
+        timeout = scripts.parse_duration(step.restart_timeout, 300)
+        command = step.restart_command or scripts.DEFAULT_RESTART_COMMAND
         waiting = runcommand.restart(
-            ctx, env, str(index), command, step.get("restartCheckCommand") or None, timeout
+            ctx, env, str(index), command, step.restart_check_command or None, timeout
         )
         return waiting or StepResult(status="succeeded", step=label)
-    if kind == "WindowsUpdate":
+    if isinstance(step, WindowsUpdateCustomizer):
         return windows_update(ctx, env, index, step, label)
     raise ArmFailure("InvalidCustomizer", f"{label}: type {kind!r} is not supported")
 
 
 def windows_update(
-    ctx: Ctx, env: BuildHandle, index: int, step: dict[str, Any], label: str
+    ctx: Ctx, env: BuildHandle, index: int, step: WindowsUpdateCustomizer, label: str
 ) -> StepResult | NotYet:
     try:
         script = scripts.windows_update(step)
@@ -170,13 +186,13 @@ def windows_update(
 
 def validate(ctx: Ctx) -> StepResult | NotYet:
     env = BuildHandle.of(ctx.args["env"])
-    validations = (ctx.props.get("validate") or {}).get("inVMValidations") or []
+    validations = ctx.template.properties.validators
     if not validations:
         return StepResult(status="skipped", step="validate")
     done = int(ctx.state.get("next", 0))
     for j in range(done, len(validations)):
         step = validations[j]
-        label = f"validate.inVMValidations[{j}] ({step.get('name') or step.get('type')})"
+        label = f"validate.inVMValidations[{j}] ({step.name or step.type})"
         result = script_step(ctx, env, f"validate-{j}", step, label)
         if isinstance(result, NotYet) or result.status == "failed":
             return result

@@ -21,15 +21,14 @@ from imagebuilder.providers.azure.cleanup import cleanup
 from imagebuilder.providers.azure.clients import ArmFailure, AzureClients, Throttled
 from imagebuilder.providers.azure.context import Ctx, Settings
 from imagebuilder.providers.azure.names import ArmId, Names
-from imagebuilder.providers.base import LogSink, TransientProviderError
+from imagebuilder.providers.base import LogSink, TemplateUnreadable, TransientProviderError
+from imagebuilder.template.models import SharedImageDistributor
 
 
 def create_template(settings: Settings, template: TemplateInput, log: LogSink) -> TemplateStaging:
     """Check the source and the gallery targets as AIB does at create, then make (or adopt) the
     template's staging resource group (staging.py)."""
     ref = template.ref
-    props = template.template.get("properties") or {}
-    location = str(template.template.get("location") or "")
     build = BuildInput(
         run=RunRef(
             subscription_id=ref.subscription_id,
@@ -49,26 +48,30 @@ def create_template(settings: Settings, template: TemplateInput, log: LogSink) -
     try:
         group = staging_group.of_template(ref, template.template)
         ctx = Ctx(build, log, {}, {}, arm, Names.of(build), settings)
+        props = ctx.template.properties
         try:
             source.resolve_source(ctx)
         except ArmFailure as exc:
             if exc.status not in (None, 404) and exc.code not in ("SourceImageNotFound",):
                 raise
-            kind = str((props.get("source") or {}).get("type") or "")
-            raise ArmFailure(codes.get(kind, "BadSourceType"), exc.arm_message) from exc
-        for index, target in enumerate(props.get("distribute") or []):
-            if target.get("type") != "SharedImage":
+            raise ArmFailure(codes.get(props.source.type, "BadSourceType"), exc.arm_message) from exc
+        for index, target in enumerate(props.distribute):
+            if not isinstance(target, SharedImageDistributor):
                 continue
             where = f"properties.distribute[{index}]"
-            parsed = ArmId.parse(str(target.get("galleryImageId") or ""), f"{where}.galleryImageId")
+            parsed = ArmId.parse(target.gallery_image_id, f"{where}.galleryImageId")
             if buildenv.gallery_image(ctx, parsed, where) is None:
                 raise ArmFailure(
                     "BadSharedImageDistribute",
-                    f"{where}.galleryImageId {target.get('galleryImageId')} does not exist; create the "
+                    f"{where}.galleryImageId {target.gallery_image_id} does not exist; create the "
                     "gallery image definition first",
                 )
-        tags = {str(k): str(v) for k, v in (props.get("managedResourceTags") or {}).items()}
-        made = staging_group.ensure(arm, ref, group, location, tags, log.write)
+        tags = dict(props.managed_resource_tags or {})
+        made = staging_group.ensure(arm, ref, group, ctx.template.location, tags, log.write)
+    except TemplateUnreadable as exc:
+        error = exc.error_info(step, log)
+        log.write(f"{step} failed: {error.code}: {error.message}\n")
+        return TemplateStaging(status="failed", error=error)
     except ArmFailure as exc:
         log.write(f"{step} failed: {exc.code}: {exc.arm_message}\n")
         return TemplateStaging(

@@ -24,12 +24,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.pipeline.messages import BuildInput, ErrorInfo
-from imagebuilder.providers.base import LogSink, ProviderError
+from imagebuilder.pipeline.messages import BuildInput
+from imagebuilder.providers.base import LogSink, TemplateUnreadable, read_template
 from imagebuilder.providers.local import catalog, limits, stepcache
 from imagebuilder.providers.local.gallery import Stores
 from imagebuilder.providers.local.layout import RunLayout
-from imagebuilder.template import ImageTemplate, TemplateError, parse_stored_template
+from imagebuilder.template import ImageTemplate
+
+__all__ = ["RunContext", "Settings", "TemplateUnreadable"]
 
 TAG_NETWORK = "imagebuilder.local.network"
 TAG_QCOW2 = "imagebuilder.local.qcow2"
@@ -100,32 +102,6 @@ class Tee:
                     fh.write(text)
 
 
-class TemplateUnreadable(ProviderError):
-    """The stored template cannot be read as the template model: `code` (AIB's, from the parse), `field`
-    (its JSON path). Permanent: the same template never reads differently."""
-
-    def __init__(self, error: TemplateError) -> None:
-        where = f" ({error.target})" if error.target else ""
-        super().__init__(
-            f"the template as stored cannot be read{where}: {error.message}",
-            hint="delete the template and create it again with a valid body",
-        )
-        self.code = error.code
-        self.field = error.target
-
-    def error_info(self, step: str, log: LogSink | None = None) -> ErrorInfo:
-        uri = log.uri if log is not None else ""
-        return ErrorInfo(code=self.code, message=str(self), step=step, log_uri=uri or None)
-
-
-def load_template(resource: dict[str, Any]) -> ImageTemplate:
-    """`resource` (a template as stored) as the frozen model; raises `TemplateUnreadable`."""
-    try:
-        return parse_stored_template(resource)
-    except TemplateError as exc:
-        raise TemplateUnreadable(exc) from None
-
-
 @dataclass(frozen=True)
 class RunContext:
     """One call of the provider for one run: settings, the build input, the run's folders."""
@@ -144,9 +120,10 @@ class RunContext:
 
     @cached_property
     def template(self) -> ImageTemplate:
-        """The template as the frozen model, parsed once per call (`load_template`: a stored template
-        always loads; one that cannot be read raises `TemplateUnreadable`, naming the field)."""
-        return load_template(self.build.template)
+        """The template as the frozen model, parsed once per call (`providers.base.read_template`: a
+        stored template always loads; one that cannot be read raises `TemplateUnreadable`, naming the
+        field)."""
+        return read_template(self.build.template)
 
     @cached_property
     def stored_customize(self) -> list[dict[str, Any]]:
