@@ -2,14 +2,19 @@
 app-wide limit IMAGEBUILDER_MAX_CONCURRENT_BUILDS (imagebuilder/store/slots.py holds the pool).
 
 The orchestration calls `acquire_build_slot` until it is granted (waiting on durable timers between
-calls, in runSubState Queued) and `release_build_slot` on every way out. Both are idempotent, so the
-host's retries and a replay after a crash change nothing. A holder or waiter whose run is terminal, or
-whose run record is gone (its template was deleted), is stale: the next acquire drops it.
+calls, in runSubState Queued) and `release_build_slot` on every way out. A waiter that could be next
+asks with `waitSeconds` (at most MAX_WAIT_SECONDS): the activity then asks the pool every POLL_SECONDS
+until it is granted or that time is up, so a freed slot changes hands in a fraction of a second, not at
+the next durable timer, and a long wait costs little history.
+Both are idempotent, so the host's retries and a replay after a crash change nothing. A holder or waiter
+whose run is terminal, or whose run record is gone (its template was deleted), is stale: the next
+acquire drops it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import azure.durable_functions as df
@@ -21,6 +26,9 @@ from imagebuilder.store.slots import open_slots
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 30.0
+POLL_SECONDS = 0.25
 
 
 def run_is_over(run: RunRef) -> bool:
@@ -34,13 +42,19 @@ def run_is_over(run: RunRef) -> bool:
 
 @bp.activity_trigger(input_name="payload")
 def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
-    """Input: {build, holder} (holder: the orchestration instance). Output: Grant JSON (granted,
-    position, inUse, limit, waiting, reclaimed)."""
+    """Input: {build, holder, waitSeconds?} (holder: the orchestration instance). Output: Grant JSON
+    (granted, position, inUse, limit, waiting, reclaimed, ticket, grant)."""
     build = build_of(payload)
     holder = str(payload["holder"])
     cfg = settings()
     slots = open_slots(cfg.storage_connection)
-    grant = slots.acquire(cfg.build_slot_pool, holder, build.run, cfg.max_concurrent_builds, run_is_over)
+    limit = cfg.max_concurrent_builds
+    grant = slots.acquire(cfg.build_slot_pool, holder, build.run, limit, run_is_over)
+    wait = min(MAX_WAIT_SECONDS, max(0.0, float(payload.get("waitSeconds") or 0)))
+    deadline = time.monotonic() + wait
+    while not grant.granted and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)  # stale holders were checked above: the next call checks again
+        grant = slots.acquire(cfg.build_slot_pool, holder, build.run, limit, lambda _: False)
     for stale in grant.reclaimed:
         log.warning("build slots: reclaimed the entry of %s (its run is over or gone)", stale)
     return grant.as_json()

@@ -44,16 +44,20 @@ RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_o
 # After a cancel or a timeout, how long to let the interrupted step notice that cleanup removed its
 # environment before the run is declared over (the step cannot be stopped from here).
 SETTLE_GRACE = timedelta(minutes=2)
-# While Queued: the first in line asks again after 2 s, growing 1.5x per unchanged answer up to 5 s;
-# those further back wait longer (2 s per place ahead), up to 30 s, so a long queue costs little history.
+# While Queued: a waiter that could be next (place <= the limit) asks again after 1 s, and that acquire
+# waits inside the activity up to SLOT_WAIT_SECONDS for its slot (activities/build_slots.py: a slot changes
+# hands in a fraction of a second); those further back wait 2 s per place beyond the limit, growing 1.5x
+# per unchanged answer, up to 30 s, so a long queue costs little history.
+SLOT_WAIT_SECONDS = 10
 STEP_QUEUE = "waiting for a build slot"
 
 
-def slot_poll_seconds(position: int, unchanged: int) -> float:
+def slot_poll_seconds(position: int, limit: int, unchanged: int) -> float:
     """Seconds until a waiter at `position` (1 = next in line) asks again, after `unchanged` answers
     that did not move it."""
-    base, cap = (2.0, 5.0) if position <= 1 else (min(30.0, 2.0 * position), 30.0)
-    return round(min(cap, base * 1.5 ** min(unchanged, 10)), 3)
+    if position <= limit:
+        return 1.0
+    return round(min(30.0, 2.0 * (position - limit) * 1.5 ** min(unchanged, 10)), 3)
 
 
 def slot_message(grant: dict[str, Any]) -> str:
@@ -256,7 +260,7 @@ class BuildRun:
         steps.step = STEP_QUEUE
         queued_at = ctx.current_utc_datetime
         self.phases[p.QUEUED] = {"start": iso(queued_at)}
-        payload = {"build": self.build_json, "holder": ctx.instance_id}
+        payload: dict[str, Any] = {"build": self.build_json, "holder": ctx.instance_id, "waitSeconds": 0}
         where: tuple[Any, ...] | None = None
         unchanged = 0
         polls = 0
@@ -267,7 +271,7 @@ class BuildRun:
             polls += 1
             if grant.get("granted"):
                 self.slot_held = True
-                if polls > 1:
+                if polls > 1 or payload["waitSeconds"]:
                     self.queued_for = ctx.current_utc_datetime - queued_at
                 self.slot = {k: grant.get(k) for k in ("limit", "ticket", "grant")} | {"polls": polls}
                 return
@@ -279,7 +283,10 @@ class BuildRun:
                 yield from self.persist(details={"buildSlot": {**slot, "since": iso(queued_at)}})
             else:
                 unchanged += 1
-            delay = slot_poll_seconds(int(grant.get("position") or 1), unchanged)
+            position, limit = int(grant.get("position") or 1), int(grant.get("limit") or 1)
+            # could be next: the next acquire waits for the slot inside the activity
+            payload = {**payload, "waitSeconds": SLOT_WAIT_SECONDS if position <= limit else 0}
+            delay = slot_poll_seconds(position, limit, unchanged)
             yield from steps.wait(ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=delay)))
 
     def release_slot(self, interrupted: Interrupted | None) -> Gen:

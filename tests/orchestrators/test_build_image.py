@@ -72,7 +72,7 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
     assert out["runState"] == "Succeeded" and out["runSubState"] == "Distributing"
     assert [o["status"] for o in out["outputs"]] == ["succeeded"] * 3
     assert set(out["phases"]) == {"Queued", "Building", "Customizing", "Validating", "Distributing"}
-    assert out["buildSlot"]["polls"] == 1 and out["buildSlot"]["queuedSeconds"] == 0
+    assert out["buildSlot"]["polls"] == 1 and out["buildSlot"]["queuedSeconds"] == 0  # not waited
     assert fake.slot_calls == ["acquire", "release"]
     assert out["phases"]["Customizing"]["workSeconds"] == 4.0  # two customizers of 2 s each
     # generalize + capture + the longest of the targets (they replicate in parallel) + cleanup, 1 s each
@@ -384,10 +384,12 @@ def test_a_run_waits_queued_for_a_build_slot_then_builds_and_gives_it_back() -> 
     assert fake.statuses[-1]["run_state"] == "Succeeded"
     out = inst.output
     assert out["runState"] == "Succeeded"
-    # 4 waits on durable timers (4 s, 6 s at place 2; 2 s, 3 s at place 1) plus the calls between them
-    assert out["buildSlot"]["polls"] == 5 and out["buildSlot"]["queuedSeconds"] >= 10
+    # 4 waits on durable timers (1 s each: places 2 and 1 are within the limit of 2, so the next
+    # acquires wait inside the activity, waitSeconds) plus the 5 calls of 1 s each
+    assert [c.payload["waitSeconds"] for c in host.calls if c.name == "acquire_build_slot"] == [0] + [10] * 4
+    assert out["buildSlot"]["polls"] == 5 and out["buildSlot"]["queuedSeconds"] >= 9
     assert (out["buildSlot"]["ticket"], out["buildSlot"]["grant"]) == (7, 5)
-    assert out["phases"]["Queued"]["seconds"] >= 10
+    assert out["phases"]["Queued"]["seconds"] >= 9
     # the 18 s build timeout started once the slot was held: a build of ~16 s does not time out
     assert out["buildSlot"]["queuedSeconds"] + out["phases"]["Building"]["seconds"] < 40
 
@@ -426,3 +428,11 @@ def test_a_phase_status_its_first_activity_could_not_write_is_carried_by_the_nex
     ]
     subs = [s["run_sub_state"] for s in fake.statuses]
     assert subs[:3] == ["Building", "Customizing", "Validating"]
+
+
+def test_waiters_that_could_be_next_ask_often_and_the_rest_back_off() -> None:
+    from orchestrators.build_image import slot_poll_seconds
+
+    assert slot_poll_seconds(1, 2, 7) == slot_poll_seconds(2, 2, 0) == 1.0  # then wait inside the activity
+    assert slot_poll_seconds(3, 2, 0) == 2.0 and slot_poll_seconds(6, 2, 0) == 8.0
+    assert slot_poll_seconds(3, 2, 2) == 4.5 and slot_poll_seconds(3, 2, 50) == 30.0

@@ -173,6 +173,14 @@ def max_past_queued(runs: list[dict[str, Any]]) -> int:
     return peak
 
 
+def handoffs(runs: list[dict[str, Any]], limit: int) -> list[float]:
+    """Seconds from a run's recorded end to the next waiter's Building start (the slot changing hands:
+    release, the waiter's acquire answering, its Building status)."""
+    ends = sorted(_time(r["details"]["endTime"]) for r in runs)
+    starts = sorted(_time(r["details"]["phases"]["Building"]["start"]) for r in runs)
+    return [round(starts[i] - ends[i - limit], 2) for i in range(limit, len(runs))]
+
+
 def test_builds_started_at_once_wait_for_slots_first_come_first_served(
     e2e_azurite: Azurite, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,6 +211,7 @@ def test_builds_started_at_once_wait_for_slots_first_come_first_served(
     grants_in_ticket_order = [s["grant"] for s in by_ticket]
     recorded_peak = max_past_queued(list(runs.values()))
     queued_s = sorted(round(s["queuedSeconds"]) for s in slots.values())
+    gaps = sorted(handoffs(list(runs.values()), LIMIT))
     mem = sampler.figures()
     record(
         "concurrency",
@@ -213,7 +222,8 @@ def test_builds_started_at_once_wait_for_slots_first_come_first_served(
         note=(
             f"all done in {wall:.0f} s; at most {max(sampler.max_holders, recorded_peak)} past Queued; "
             f"{len(sampler.queued_seen)} seen Queued via REST; granted first come first served; "
-            f"queued s: {queued_s}; peak RSS host {mem['hostPeakMB']} MB, worker {mem['workerPeakMB']} MB "
+            f"queued s: {queued_s}; slot handoff median {gaps[len(gaps) // 2] if gaps else 0} s, "
+            f"worst {max(gaps, default=0)} s; peak RSS host {mem['hostPeakMB']} MB, worker {mem['workerPeakMB']} MB "
             f"({mem['workers']} workers), host+workers {mem['sumPeakMB']} MB"
         ),
         **mem,
