@@ -7,6 +7,8 @@ and their return value goes through `ActivityTriggerConverter.encode` (DURABLE-P
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import json
 import logging
@@ -94,6 +96,23 @@ async def run_activity_async(fn: FunctionInfo, input_text: str | None, app_dir: 
 
 def is_async(fn: FunctionInfo) -> bool:
     return inspect.iscoroutinefunction(fn.user_function)
+
+
+HISTORY_TIMESTAMPS = 65_536  # parsed history timestamps a worker process keeps (see below)
+
+
+def memoize_history_timestamps() -> None:
+    """Every episode replays the whole history, and the SDK's `HistoryEvent` parses each event's
+    timestamp with dateutil's generic parser (~0.2-0.6 ms each: most of a replay's time, growing with
+    the history). The same strings come back in every episode, so the parser is memoized in this
+    process: the same function, the same values (immutable datetimes), parsed once. Idempotent."""
+    try:
+        module = importlib.import_module("azure.durable_functions.models.history.HistoryEvent")
+    except ImportError:  # an app without the durable SDK replays nothing
+        return
+    parse = getattr(module, "dt_parse", None)
+    if callable(parse) and not hasattr(parse, "cache_info"):
+        vars(module)["dt_parse"] = functools.lru_cache(maxsize=HISTORY_TIMESTAMPS)(parse)
 
 
 def run_orchestrator(fn: FunctionInfo, context_json: str) -> tuple[dict[str, Any], str | None]:

@@ -47,6 +47,7 @@ class Worker:
     def __init__(self, conn: Connection, app_dir: Path, script: str) -> None:
         self.conn = conn
         self.app_dir = str(app_dir)
+        calls.memoize_history_timestamps()
         self.functions: dict[str, FunctionInfo] = {
             f.name: f for f in index_functions(load_app(app_dir, script))
         }

@@ -253,3 +253,33 @@ def _walker_after(actions, hist):
         walker.drain_until(futs[-1])
     walker.drain_all()
     return futs
+
+
+def test_history_timestamps_parse_once_per_worker_process_to_the_same_values() -> None:
+    import subprocess
+    import sys
+
+    # in a fresh interpreter, as a worker process does it (the memo must not leak into this test run)
+    script = """
+import importlib
+from azure.durable_functions.models.history import HistoryEvent as Event
+from azure.durable_functions.models.history import HistoryEventType as T
+from local_runtime.durable import calls
+stamps = ["2026-12-06T06:30:38.123456Z", "2026-12-06T06:30:38Z", "2026-12-06T07:30:38.5+01:00"]
+plain = [Event(T.TASK_COMPLETED, 1, True, s).timestamp for s in stamps]
+calls.memoize_history_timestamps()
+calls.memoize_history_timestamps()  # idempotent: one memo
+memo = [[Event(T.TASK_COMPLETED, 1, True, s).timestamp for s in stamps] for _ in range(3)]
+m = importlib.import_module("azure.durable_functions.models.history.HistoryEvent")
+info = m.dt_parse.cache_info()
+assert all(row == plain for row in memo), (memo, plain)
+assert all(type(a.tzinfo) is type(b.tzinfo) for a, b in zip(memo[0], plain))
+assert (info.misses, info.hits) == (3, 6), info
+try:
+    Event(T.TASK_COMPLETED, 1, True, "not a time")
+except Exception as exc:
+    print("raises", type(exc).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("raises"), out.stdout
