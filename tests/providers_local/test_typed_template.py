@@ -63,3 +63,11 @@ def test_the_typed_view_is_built_once_per_call(tmp_path: Path) -> None:
     with pytest.raises(TemplateUnreadable) as info:
         _ = provider.context(build_input(UNREADABLE)).template
     assert info.value.field == FIELD and info.value.code == "BadCustomizerType"
+
+
+def test_aib_try_refuses_an_unreadable_template_naming_the_field(tmp_path: Path) -> None:
+    from imagebuilder.providers.local import debug
+
+    with pytest.raises(TemplateUnreadable, match=r"properties\.customize\[0\]\.type"):
+        debug.try_step(build_input(UNREADABLE).template, 0, state_dir=tmp_path / "state", cache_dir=None)
+    assert not (tmp_path / "state").exists()

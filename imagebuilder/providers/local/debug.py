@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from imagebuilder.pipeline.messages import BuildInput, RunRef
-from imagebuilder.providers.base import NullLog, ProviderError
+from imagebuilder.providers.base import NullLog, ProviderError, read_template
 from imagebuilder.providers.local import proc, sandbox
 from imagebuilder.providers.local.layout import safe_name
 
@@ -211,11 +211,11 @@ def try_step(
     the local provider; returns (step succeeded, its file diff). Everything is removed afterwards."""
     from imagebuilder.providers.local.provider import LocalProvider
 
-    customize = ((template.get("properties") or {}).get("customize")) or []
-    if not 0 <= index < len(customize):
+    count = len(read_template(template).properties.customizers)  # unreadable: names the field
+    if not 0 <= index < count:
         raise DebugError(
-            f"--step {index} is out of range: the template has {len(customize)} customizer(s)",
-            hint=f"give 0..{len(customize) - 1}" if customize else "add a customizer",
+            f"--step {index} is out of range: the template has {count} customizer(s)",
+            hint=f"give 0..{count - 1}" if count else "add a customizer",
         )
     provider = LocalProvider(state_dir=state_dir, cache_dir=cache_dir)
     run_id = time.strftime("try%Y%m%d%H%M%S") + f"-{os.getpid()}"
@@ -230,7 +230,9 @@ def try_step(
             raise DebugError(f"prepare failed: {prepared.error.message if prepared.error else '?'}")
         # the build root is made for the steps before N only: the step cache may supply those (the
         # longest cached prefix is mounted), never N itself, which always runs (and is not stored)
-        props = {**(template.get("properties") or {}), "customize": customize[:index]}
+        # the steps before N as the file spells them: the step cache hashes each step's JSON as stored
+        raw = template.get("properties") or {}
+        props = {**raw, "customize": list(raw.get("customize") or [])[:index]}
         before_n = build.model_copy(update={"template": {**template, "properties": props}})
         env = provider.create_build_env(before_n, prepared, quiet)
         for i in range(index):
