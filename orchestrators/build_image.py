@@ -235,7 +235,8 @@ class BuildRun:
 
     def arm(self, scale: float) -> None:
         """Start racing every step against the build timeout (from the orchestration's start, plus the
-        time it waited Queued for a build slot) and the `cancel` event. `scale` is the host's test knob (1.0 unless set; see activities/run_status)."""
+        time it waited Queued for a build slot) and the `cancel` event. `scale` is the host's test knob
+        (1.0 unless set; see activities/run_status)."""
         self.timeout_scale = scale
         budget = timedelta(minutes=self.plan.timeout_minutes) * scale
         self.deadline = self.ctx.create_timer(self.started + self.queued_for + budget)
