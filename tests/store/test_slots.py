@@ -4,6 +4,8 @@ idempotent calls, stale entries reclaimed, and many writers racing for one pool.
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +175,42 @@ def test_only_entries_in_the_way_are_checked(pool: SlotPool) -> None:
     checked.clear()
     pool.acquire("p", "h3", ref(3), 2, spy)  # second in line: the holders and h2 are in its way
     assert sorted(checked) == ["t0", "t1", "t2"]
+
+
+def test_the_acquire_activity_waits_for_a_slot_when_asked(
+    store_azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """activities/build_slots.acquire_build_slot with waitSeconds: granted as soon as the slot is given
+    back while it waits; without, it answers at once (the orchestration then waits on a durable timer)."""
+    from activities import _common, build_slots
+    from imagebuilder.settings import Settings
+    from imagebuilder.store import open_store
+    from imagebuilder.store.slots import open_slots
+
+    monkeypatch.setenv("AzureWebJobsStorage", store_azurite.connection_string)
+    monkeypatch.setenv("IMAGEBUILDER_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("IMAGEBUILDER_MAX_CONCURRENT_BUILDS", "1")
+    _common.settings.cache_clear()
+    _common.store.cache_clear()
+    try:
+        cfg = Settings.from_env()
+        st = open_store(cfg.storage_connection)
+        st.templates.create("sub", "rg", "t0", {"location": "westeurope", "properties": {}})
+        st.runs.create(ref(0), template_snapshot={})  # h0's run is live: its slot is not stale
+        slots = open_slots(cfg.storage_connection)
+        assert slots.acquire(cfg.build_slot_pool, "h0", ref(0), 1, live).granted
+        acquire = build_slots.acquire_build_slot._function.get_user_function()
+        build = {"run": ref(1).model_dump(mode="json"), "template": {}}
+        assert acquire({"build": build, "holder": "h1"})["granted"] is False
+        answers: list[dict[str, object]] = []
+        waiter = threading.Thread(
+            target=lambda: answers.append(acquire({"build": build, "holder": "h1", "waitSeconds": 20}))
+        )
+        waiter.start()
+        time.sleep(1)
+        slots.release(cfg.build_slot_pool, "h0")
+        waiter.join(30)
+        assert answers and answers[0]["granted"] is True and answers[0]["ticket"] == 2
+    finally:
+        _common.settings.cache_clear()
+        _common.store.cache_clear()
