@@ -1,5 +1,7 @@
 """Benchmark: rebuilds side by side. The same Debian 12 job built three ways, each cold once and warm
-N times (warm = only the last customizer changed), the page cache dropped before every build:
+N times (warm = only the last customizer changed), the page cache dropped before every build, in rounds
+(every builder cold, then every builder warm, N times) so that on a shared machine the builders compared
+run under about the same load:
 
   (a) hand-written: mmdebstrap + chroot + sfdisk + `mkfs.ext4 -d` + BIOS GRUB + fixed VHD, caching its
       root tree after the expensive customizer (nginx);
@@ -18,13 +20,16 @@ Prints medians, ratios us/peer and the per-phase split. Goals (issue 10): cold <
 the faster peer; rerun with nothing changed <= 2 s before distribution; each boot <= 1.3x bare boot;
 orchestration overhead < 5 %. Measures only; asserts nothing.
 
-    .venv/bin/python benchmarks/rebuild.py [--warm 3] [--skip-mkosi] [--skip-boot]
+    .venv/bin/python benchmarks/rebuild.py [--warm 3] [--skip-mkosi] [--skip-boot] [--skip-peers]
+
+Capture's own split (size walk, disk, VHD, sha256, SBOM) per build of (c) is in the per-phase medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import platform
@@ -328,22 +333,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mkosi: not measured ({problem})")
             else:
                 peers["mkosi"] = mkosi
-        for label, fn in peers.items():
-            work = tmp / label
-            work.mkdir()
-            rows: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
-            for i in range(args.warm + 1):
-                drop_caches()
-                try:
-                    rows["cold" if i == 0 else "warm"].append(fn(work, f"m{i}", i == 0))
-                except subprocess.CalledProcessError as exc:
-                    print(f"{label}: failed ({exc}: {exc.output or ''}); not measured")
-                    break
-                print(
-                    f"{label} {'cold' if i == 0 else f'warm{i}'}: {total(rows['cold' if i == 0 else 'warm'][-1]):.2f} s"
-                )
-            if rows["warm"]:
-                results[label] = rows
         with start_azurite(tmp / "azurite") as az, serve_examples() as url:
             env = {
                 "IMAGEBUILDER_PROVIDER": "local",
@@ -359,15 +348,30 @@ def main(argv: list[str] | None = None) -> int:
                     open_store(az.connection_string),
                     url,
                 )
-                rows = {"cold": [], "warm": []}
+                builders: dict[str, Callable[[str, bool], dict[str, Any]]] = {}
+                for label, fn in peers.items():
+                    work = tmp / label
+                    work.mkdir()
+                    builders[label] = functools.partial(fn, work)
+                builders["this project"] = lambda marker, cold: project.build(marker)
+                # Round by round (every builder cold, then every builder warm, ...): on a shared machine
+                # the builders being compared run under about the same load.
+                for label in builders:
+                    results[label] = {"cold": [], "warm": []}
                 for i in range(args.warm + 1):
-                    drop_caches()
-                    row = project.build(f"m{i}")
-                    rows["cold" if i == 0 else "warm"].append(row)
-                    print(
-                        f"this project {'cold' if i == 0 else f'warm{i}'}: {row['total']:.2f} s (cache hits {row['hits']})"
-                    )
-                results["this project"] = rows
+                    kind = "cold" if i == 0 else "warm"
+                    for label, build in list(builders.items()):
+                        drop_caches()
+                        try:
+                            row = build(f"m{i}", i == 0)
+                        except subprocess.CalledProcessError as exc:
+                            print(f"{label}: failed ({exc}: {exc.output or ''}); not measured")
+                            del builders[label], results[label]
+                            continue
+                        results[label][kind].append(row)
+                        hits = f" (cache hits {row['hits']})" if "hits" in row else ""
+                        print(f"{label} {kind if i == 0 else f'warm{i}'}: {total(row):.2f} s{hits} "
+                              f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
                 drop_caches()
                 same = project.build(f"m{args.warm}")
                 before = sum(same.get(p, 0.0) for p in ("Building", "Customizing", "Validating"))
