@@ -1,7 +1,9 @@
 """Phase capture: the generalized root tree as a GPT disk, a fixed VHD (and a qcow2 on request), its
 sha256, and a root tree tarball for images built on top of this one. One disk per run: the raw disk is
 written once and becomes the VHD by appending the footer in place (no second full copy); it is hashed
-once, and distribute's replicas are verified against that hash.
+once (holes not read), the digest remembered on the file, and distribute's replicas are verified against
+that hash. The build root's layers are read ahead into the page cache (from the moment a warm build's
+root is made, `read_ahead`) and the SBOM inventory is read while the disk is built.
 
 Bootable images then pass the shipped-image boot check: the VHD itself boots read-only (`snapshot=on`)
 through its own firmware and bootloader and must reach its first-boot target (`boot.boot_to_target`);

@@ -4,9 +4,11 @@
 whose size is a whole number of MiB: partition 1 is the ext4 root (``mkfs.ext4 -E offset -d``), Gen1 (V1)
 adds a BIOS boot partition (14) holding GRUB's core.img with boot.img in the protective MBR (SeaBIOS/Hyper-V
 Gen1), Gen2 (V2) adds an EFI system partition (15) with GRUB as ``EFI/BOOT/BOOTX64.EFI`` (OVMF/Gen2), the
-layout of Debian's cloud images. `/etc/fstab` is written into the image (the tree itself is not touched).
-`to_vhd` (fixed, ``force_size``, footer checked), `to_qcow2`, `inspect_disk` (partition table, VHD footer,
-sizes) and `read_file_from_disk` / `stat_in_disk` (debugfs at the root offset) work on the results.
+layout of Debian's cloud images. `/etc/fstab` is written into the image (the tree itself is not touched);
+the boot loader is made while mkfs runs. `readahead_trees` reads trees into the page cache ahead of
+`mkfs.ext4 -d`. `to_vhd` (fixed, ``force_size``, footer checked), `raw_to_vhd_in_place` (the footer
+appended), `to_qcow2`, `inspect_disk` (partition table, VHD footer, sizes) and `read_file_from_disk` /
+`stat_in_disk` (debugfs at the root offset) work on the results.
 
 Exceptions::
 
