@@ -9,6 +9,7 @@ provider results of `messages.py`: `Outcome` (what every phase activity returns)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -148,6 +149,19 @@ def _target(index: int, distributor: dict[str, Any], location: str) -> Distribut
     )
 
 
+_RESTATED = re.compile(r"^\s*(failed\b)?\s*(with exit code -?\d+)?\s*[:\-]?\s*")
+_ONLY_EXIT_CODE = re.compile(r"^(exited )?with (exit )?code -?\d+\.?$")
+
+
+def _without_restated_step(message: str, where: str) -> str:
+    """The cause in a provider's message, without the step name and "failed" it often restates (said
+    once in the head) and without a bare exit code (also in the head); never drops the cause itself."""
+    text = message.strip()
+    if text.startswith(where):
+        text = _RESTATED.sub("", text[len(where) :], count=1)
+    return "" if _ONLY_EXIT_CODE.match(text) else text
+
+
 def failure_message(error: ErrorInfo, *, step: str | None = None, kept: list[str] | None = None) -> str:
     """AIB-style message of a failed run: which step, its exit code, the last lines, where the log is."""
     where = error.step or step or "unknown step"
@@ -155,8 +169,9 @@ def failure_message(error: ErrorInfo, *, step: str | None = None, kept: list[str
     if error.exit_code is not None:
         head += f" with exit code {error.exit_code}"
     head += f" [{error.code}]"
-    if not error.message.startswith(where):  # providers often restate the step; say it once
-        head += f": {error.message}"
+    cause = _without_restated_step(error.message, where)
+    if cause:
+        head += f": {cause}"
     parts = [head]
     tail = error.log_tail[-LOG_TAIL_LINES:]
     if tail:

@@ -55,6 +55,13 @@ def test_failure_message_names_step_exit_code_tail_and_log() -> None:
     assert text.startswith(head + ": script failed")
     restated = error.model_copy(update={"message": "customize[1] (Shell: x) failed: exited with code 2"})
     assert p.failure_message(restated).splitlines()[0] == head
+    # a restated step is said once, but the cause after it is kept (it was dropped with the step)
+    capture = ErrorInfo(
+        code="CaptureFailed", message="capture failed: mkfs.ext4: No space left", step="capture"
+    )
+    assert p.failure_message(capture).splitlines()[0] == (
+        "step capture failed [CaptureFailed]: mkfs.ext4: No space left"
+    )
     assert "line 29" in text and "line 9\n" not in text  # only the last 20 lines
     assert "full log: http://logs/customization.log" in text
     assert "kept for inspection (errorHandling abort): build root /r" in text
