@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -36,6 +36,7 @@ from imagebuilder.store.events import publish_quietly
 from imagebuilder.store.records import RunRecord
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 # writes the run status a phase activity carries while the phase runs (one per activity at a time)
 _STATUS_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run-status")
 
@@ -96,6 +97,12 @@ def write_status(run: RunRef, update: StatusUpdate) -> None:
         details=update.details or None,
         before_write=publish,
     )
+
+
+def in_background(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """Run `fn(*args)` on the activities' store writer threads (a write the step need not wait for;
+    the activity waits for it before it returns)."""
+    return _STATUS_WRITERS.submit(fn, *args)
 
 
 def _carried_status(run: RunRef, update: StatusUpdate) -> str | None:

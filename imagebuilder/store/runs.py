@@ -189,15 +189,13 @@ class RunRepo:
                 **pack("Details", {}, DETAILS_BYTES),
                 **snapshot,
             }
-            self._runs.create(entity, f"run {run.run_id!r}")
+            etag = self._runs.create(entity, f"run {run.run_id!r}")
             try:
                 self._templates.set_last_run(tmpl, run.run_id)
             except (ConcurrencyError, NotFoundError):
                 self._runs.delete(pk, rk)
                 raise
-            record = self.get(run)
-            assert record is not None
-            return record
+            return self._record(entity, etag)  # what was written (no re-read before the build starts)
 
         return retry_on_conflict(f"start run {run.run_id!r}", attempt)
 

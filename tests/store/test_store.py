@@ -127,6 +127,7 @@ def test_listing_pages_by_subscription_and_resource_group(store: Store) -> None:
 def test_run_lifecycle_one_at_a_time_and_every_run_kept(store: Store) -> None:
     store.templates.create(SUB, "rg1", "tmpl", resource("tmpl"))
     first = store.runs.create(ref(run_id="r1"), template_snapshot=resource("tmpl"))
+    assert first == store.runs.get(ref(run_id="r1"))  # the record written, its ETag included
     assert (first.run_state, first.run_sub_state, first.start_time, first.end_time) == (
         "Running",
         "Queued",
