@@ -19,8 +19,9 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from activities._common import build_of, settings, store
+from activities._common import build_of, settings, store, timeout_scale, write_status
 from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.pipeline.plan import StatusUpdate
 from imagebuilder.store import InvalidKeyError
 from imagebuilder.store.slots import open_slots
 
@@ -42,8 +43,10 @@ def run_is_over(run: RunRef) -> bool:
 
 @bp.activity_trigger(input_name="payload")
 def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
-    """Input: {build, holder, waitSeconds?} (holder: the orchestration instance). Output: Grant JSON
-    (granted, position, inUse, limit, waiting, reclaimed, ticket, grant)."""
+    """Input: {build, holder, waitSeconds?, onGrant?} (holder: the orchestration instance; onGrant: the
+    run status to write once granted, a StatusUpdate: the orchestration's next status, written here so
+    it needs no run_status call of its own). Output: Grant JSON (granted, position, inUse, limit,
+    waiting, reclaimed, ticket, grant) and, when onGrant was written, statusWritten and timeoutScale."""
     build = build_of(payload)
     holder = str(payload["holder"])
     cfg = settings()
@@ -57,7 +60,13 @@ def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
         grant = slots.acquire(cfg.build_slot_pool, holder, build.run, limit, lambda _: False)
     for stale in grant.reclaimed:
         log.warning("build slots: reclaimed the entry of %s (its run is over or gone)", stale)
-    return grant.as_json()
+    answer = grant.as_json()
+    on_grant = payload.get("onGrant")
+    if grant.granted and isinstance(on_grant, dict):
+        # a failure raises: the host retries the activity, whose acquire then answers granted again
+        write_status(build.run, StatusUpdate.model_validate(on_grant))
+        answer |= {"statusWritten": True, "timeoutScale": timeout_scale()}
+    return answer
 
 
 @bp.activity_trigger(input_name="payload")

@@ -4,14 +4,15 @@ Queued (waiting for one of the app's build slots, IMAGEBUILDER_MAX_CONCURRENT_BU
 `acquire_build_slot` activity is called on durable timers with backoff until it grants one, first come
 first served) → Building (prepare, create_env) → Customizing (one activity per customizer) → Optimizing
 (only when the template asks) → Validating (inVMValidations) → Distributing (generalize, capture, then
-one `distribute_image` sub-orchestration per distribute target). Every phase change and the end are reported
-as custom status and persisted: the end, Building and a Queued wait through the `run_status` activity, the
-other phases by their first activity alongside its work (`status` in its input). Each step is raced against
-the `buildTimeoutInMinutes` durable timer (time spent Queued does not count) and the external event
-`cancel` (also while Queued; one that arrives while the final cleanup runs still ends the run Canceled);
-whichever way the run ends, `cleanup` runs (once the run held a slot) and
-then `release_build_slot` gives the slot (or the place in the queue) back. Pure: no I/O, no clock (only
-`context.current_utc_datetime`), JSON across the boundary.
+one `distribute_image` sub-orchestration per distribute target). Every phase change and the end are
+reported as custom status and persisted: the end and a Queued wait through the `run_status` activity,
+Building by the acquire that got the slot (`onGrant`), the other phases by their first activity
+alongside its work (`status` in its input). Each step is raced against the `buildTimeoutInMinutes`
+durable timer (time spent Queued does not count) and the external event `cancel` (also while Queued;
+one that arrives while the final cleanup runs still ends the run Canceled); whichever way the run ends,
+`cleanup` runs (once the run held a slot), the end is recorded, and then `release_build_slot` gives the
+slot (or the place in the queue) back. Pure: no I/O, no clock (only `context.current_utc_datetime`),
+JSON across the boundary.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ SETTLE_GRACE = timedelta(minutes=2)
 # per unchanged answer, up to 30 s, so a long queue costs little history.
 SLOT_WAIT_SECONDS = 10
 STEP_QUEUE = "waiting for a build slot"
+BUILDING_MESSAGE = "resolving the source and fetching artifacts"
 
 
 def slot_poll_seconds(position: int, limit: int, unchanged: int) -> float:
@@ -192,6 +194,8 @@ class BuildRun:
         self.queued_for = timedelta(0)
         self.slot: dict[str, Any] = {}  # the grant: limit, ticket (arrival number), grant number, polls
         self._acquire_task: Any = None
+        # the answer of the acquire that granted the slot and wrote the Building status (timeoutScale)
+        self.building_ack: dict[str, Any] | None = None
 
     # ---- status -----------------------------------------------------------------------------------
     def custom_status(self, **extra: Any) -> dict[str, Any]:
@@ -261,7 +265,14 @@ class BuildRun:
         steps.step = STEP_QUEUE
         queued_at = ctx.current_utc_datetime
         self.phases[p.QUEUED] = {"start": iso(queued_at)}
-        payload: dict[str, Any] = {"build": self.build_json, "holder": ctx.instance_id, "waitSeconds": 0}
+        # the acquire that grants the slot also writes the Building status: no run_status call after it
+        building = p.StatusUpdate(run_state=p.RUNNING, run_sub_state=p.BUILDING, message=BUILDING_MESSAGE)
+        payload: dict[str, Any] = {
+            "build": self.build_json,
+            "holder": ctx.instance_id,
+            "waitSeconds": 0,
+            "onGrant": building.model_dump(mode="json"),
+        }
         where: tuple[Any, ...] | None = None
         unchanged = 0
         polls = 0
@@ -275,6 +286,8 @@ class BuildRun:
                 if polls > 1 or payload["waitSeconds"]:
                     self.queued_for = ctx.current_utc_datetime - queued_at
                 self.slot = {k: grant.get(k) for k in ("limit", "ticket", "grant")} | {"polls": polls}
+                if grant.get("statusWritten"):
+                    self.building_ack = {"timeoutScale": grant.get("timeoutScale")}
                 return
             now = (grant.get("position"), grant.get("inUse"), grant.get("limit"))
             if now != where:
@@ -290,23 +303,30 @@ class BuildRun:
             delay = slot_poll_seconds(position, limit, unchanged)
             yield from steps.wait(ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=delay)))
 
-    def release_slot(self, interrupted: Interrupted | None) -> Gen:
-        """Give the slot (or the place in the queue) back. An acquire still in flight is let finish first
-        (bounded), so it cannot grant a slot after the release; if it still does, the run is terminal by
-        then and the next acquire reclaims it."""
-        if not self.slot_requested:
-            return None
+    def settle_acquire(self, interrupted: Interrupted) -> Gen:
+        """A cancel that interrupted an acquire in flight: let it finish first (bounded), so it cannot
+        grant a slot after the release, and so the Building status it may have written is what the run
+        ends with (a sub-state never goes back). If it still grants later, the run is terminal by then
+        and the next acquire reclaims the slot."""
         inflight = self._acquire_task
-        if (
-            interrupted is not None
-            and inflight is not None
-            and interrupted.inflight is inflight
-            and not inflight.is_completed
-        ):
+        if inflight is None or interrupted.inflight is not inflight:
+            return
+        if not inflight.is_completed:
             grace = self.ctx.create_timer(self.ctx.current_utc_datetime + timedelta(minutes=1))
             yield self.ctx.task_any([inflight, grace])
             if not grace.is_completed:
                 grace.cancel()
+        answer = inflight.result if inflight.is_completed else None
+        if isinstance(answer, dict) and answer.get("granted") and answer.get("statusWritten"):
+            self._close_phase()
+            self.sub_state = p.BUILDING
+            self.phases[p.BUILDING] = {"start": iso(self.ctx.current_utc_datetime)}
+
+    def release_slot(self) -> Gen:
+        """Give the slot (or the place in the queue) back; a failure is reported, not raised (the run is
+        terminal by then, so the next acquire reclaims the slot anyway)."""
+        if not self.slot_requested:
+            return None
         payload = {"build": self.build_json, "holder": self.ctx.instance_id}
         try:
             yield self.ctx.call_activity_with_retry(naming.ACTIVITY_RELEASE_SLOT, RETRY, payload)
@@ -339,7 +359,15 @@ class BuildRun:
         """Everything up to the end of distribution. Returns the validation error that
         continueDistributeOnFailure let through, if any."""
         plan, steps = self.plan, self.steps
-        ack = yield from self.phase(p.BUILDING, "resolving the source and fetching artifacts", carried=False)
+        if self.building_ack is not None:  # written by the acquire that granted the slot
+            self._close_phase()
+            self.sub_state, self.message = p.BUILDING, BUILDING_MESSAGE
+            self.phases[p.BUILDING] = {"start": iso(self.ctx.current_utc_datetime)}
+            self._phase_work_start = self.steps.work_seconds
+            self.ctx.set_custom_status(self.custom_status())
+            ack: Any = self.building_ack
+        else:
+            ack = yield from self.phase(p.BUILDING, BUILDING_MESSAGE, carried=False)
         scale = ack.get("timeoutScale") if isinstance(ack, dict) else None
         self.arm(float(scale) if isinstance(scale, int | float) and scale > 0 else 1.0)
         prepared = PrepareResult.model_validate(
@@ -468,6 +496,8 @@ class BuildRun:
             failure, keep = exc.error, exc.keep
         except Exception as exc:  # an activity that still raised after its retries, or a bad result
             failure = p.error_from_exception(str(exc), step=self.steps.step or "orchestration")
+        if interrupted is not None and not self.slot_held:
+            yield from self.settle_acquire(interrupted)
         if interrupted is not None and interrupted.reason == "cancel":
             self.run_state, self.message = p.CANCELING, f"canceling during {interrupted.step}: cleaning up"
             yield from self.persist()
@@ -515,7 +545,7 @@ class BuildRun:
         yield from self.persist(error=failure or validation_error, details=details)
         # released after the run is recorded as over, so the API never shows more runs past Queued
         # than there are slots (the next run's Building comes after this run's end)
-        release_error = yield from self.release_slot(interrupted)
+        release_error = yield from self.release_slot()
         if release_error:
             details["buildSlot"]["releaseError"] = release_error
         return {**self.custom_status(), **details, "error": _dump(failure or validation_error)}

@@ -151,7 +151,11 @@ class FakeBuild:
             position = 1 + self.queued_polls // 2
             return {"granted": False, "position": position, "inUse": 2, "limit": 2, "waiting": position}
         grant = {"granted": True, "position": 0, "inUse": 1, "limit": 2, "waiting": 0, "reclaimed": []}
-        return {**grant, "ticket": 7, "grant": 5}
+        on_grant = p.get("onGrant")
+        if not isinstance(on_grant, dict):
+            return {**grant, "ticket": 7, "grant": 5}
+        self.statuses.append({k: on_grant.get(k) for k in ("run_state", "run_sub_state", "message", "error")})
+        return {**grant, "ticket": 7, "grant": 5, "statusWritten": True, "timeoutScale": self.timeout_scale}
 
     def release_build_slot(self, p: dict[str, Any]) -> Any:
         self.slot_calls.append("release")

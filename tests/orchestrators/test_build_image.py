@@ -23,8 +23,12 @@ def run(
 def phase_names(host: ReplayHost) -> list[str]:
     """Activities of the parent, with run_status calls shown as their sub-state or final state."""
     out = []
-    for c in host.calls:
-        if c.instance_id != "run-1" or c.name in ("acquire_build_slot", "release_build_slot"):
+    mine = [c for c in host.calls if c.instance_id == "run-1"]
+    granting = max((i for i, c in enumerate(mine) if c.name == "acquire_build_slot"), default=-1)
+    for i, c in enumerate(mine):
+        if i == granting:  # the acquire that got the slot writes Building (onGrant)
+            out.append(f"status:{c.payload['onGrant']['run_state']}/{c.payload['onGrant']['run_sub_state']}")
+        if c.name in ("acquire_build_slot", "release_build_slot"):
             continue  # the build slot calls have their own tests
         p = c.payload if c.name == "run_status" else c.payload.get("status")
         if isinstance(p, dict):  # written by run_status, or carried by a phase's first activity
@@ -52,8 +56,9 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
         "cleanup",
         "status:Succeeded/Distributing",
     ]
-    # Building and the end go through run_status; the other phases ride on their first activity
-    assert sum(c.name == "run_status" for c in host.calls if c.instance_id == "run-1") == 2
+    # Building rides on the acquire that got the slot, the end goes through run_status; the other
+    # phases ride on their first activity
+    assert sum(c.name == "run_status" for c in host.calls if c.instance_id == "run-1") == 1
     # one child per distribute target, one replication per region, run outputs persisted with status
     children = sorted({c.instance_id for c in host.calls if c.instance_id != "run-1"})
     assert children == ["run-1:distribute:0", "run-1:distribute:1", "run-1:distribute:2"]
@@ -327,7 +332,8 @@ def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
     host = ReplayHost(
         handles(),
         fake.activities(),
-        durations={"customize": 6.0, "run_status": 3.0, "acquire_build_slot": 0.0},
+        # the acquire that grants the slot writes Building: it takes the time that status write took
+        durations={"customize": 6.0, "run_status": 3.0, "acquire_build_slot": 3.0},
     )
     template = build_input(buildTimeoutInMinutes=6, optimize={"vmBoot": {"state": "Enabled"}})
     _, inst = run(fake, template, host=host)
@@ -336,18 +342,25 @@ def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
     assert fake.cleanups == [False]
 
 
-def test_cancel_raised_before_the_first_step_still_cancels_and_cleans_up() -> None:
+def test_cancel_while_the_granting_acquire_is_in_flight_ends_canceled_in_building() -> None:
+    """The acquire that gets the slot also writes Building; a cancel arriving meanwhile lets it finish
+    (so it cannot hold a slot after the release) and the run ends Canceled in Building, never going
+    back to Queued; nothing was built, so nothing is cleaned up, and the slot goes back."""
     fake = FakeBuild()
     host = ReplayHost(handles(), fake.activities())
 
     def cancel_at_once(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
-        if item.name == "run_status" and len(fake.statuses) == 1:  # the first status write (Building)
-            h.raise_event(inst.instance_id, "cancel", "user asked")  # arrives before anything waits for it
+        if item.name == "acquire_build_slot":
+            h.raise_event(inst.instance_id, "cancel", "user asked")
 
     host.on_schedule.append(cancel_at_once)
     _, inst = run(fake, host=host)
-    assert inst.output["runState"] == "Canceled"
-    assert "customize" not in host.names() and fake.cleanups
+    assert inst.output["runState"] == "Canceled" and inst.output["runSubState"] == "Building"
+    subs = [s["run_sub_state"] for s in fake.statuses]
+    assert subs == ["Building", "Building", "Building"], fake.statuses  # granted, Canceling, Canceled
+    assert "prepare" not in host.names() and fake.cleanups == []
+    assert fake.slot_calls == ["acquire", "release"]
+    assert host.names()[-1] == "release_build_slot"
 
 
 def test_optimizing_is_reported_between_customizing_and_validating_when_asked() -> None:

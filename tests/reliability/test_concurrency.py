@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -409,7 +410,14 @@ def test_a_terminated_orchestrations_slot_is_settled_and_given_to_the_next_run(
         final_w = rel.api.watch("w", timeout=600, interval=1.0)
         final_t = last_run(rel, "t")
         after = slots.state(pool)
-        _admin(rel, "sweep_transient_resources")  # what the terminated build left is the sweeper's
+        # a terminated orchestration does not stop its activity: the step runs out its 20 s (and may
+        # still write in its run folder); then what the terminated build left is the sweeper's
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not re.search(
+            r"\(Shell: work\): (?!started)", rel.log_text("t")
+        ):
+            time.sleep(0.5)
+        _admin(rel, "sweep_transient_resources")
         leaks = wait_clean(rel.provider_state, rel.cache_dir, rel.store, timeout=90)
     record(
         "concurrency",
