@@ -2,8 +2,8 @@
 app-wide limit IMAGEBUILDER_MAX_CONCURRENT_BUILDS (imagebuilder/store/slots.py holds the pool).
 
 The orchestration calls `acquire_build_slot` until it is granted (waiting on durable timers between
-calls, in runSubState Queued) and `release_build_slot` on every way out. A waiter that could be next
-asks with `waitSeconds` (at most MAX_WAIT_SECONDS): the activity then asks the pool every POLL_SECONDS
+calls, in runSubState Queued) and `release_build_slot` on every way out. The first in line asks with
+`waitSeconds` (at most MAX_WAIT_SECONDS): the activity then asks the pool every POLL_SECONDS
 until it is granted or that time is up, so a freed slot changes hands in a fraction of a second, not at
 the next durable timer, and a long wait costs little history.
 Both are idempotent, so the host's retries and a replay after a crash change nothing. A holder or waiter

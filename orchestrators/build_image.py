@@ -45,10 +45,11 @@ RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5_000, max_number_o
 # After a cancel or a timeout, how long to let the interrupted step notice that cleanup removed its
 # environment before the run is declared over (the step cannot be stopped from here).
 SETTLE_GRACE = timedelta(minutes=2)
-# While Queued: a waiter that could be next (place <= the limit) asks again after 1 s, and that acquire
-# waits inside the activity up to SLOT_WAIT_SECONDS for its slot (activities/build_slots.py: a slot changes
-# hands in a fraction of a second); those further back wait 2 s per place beyond the limit, growing 1.5x
-# per unchanged answer, up to 30 s, so a long queue costs little history.
+# While Queued: the first in line asks again after 1 s, and that acquire waits inside the activity up to
+# SLOT_WAIT_SECONDS for its slot (activities/build_slots.py: a slot changes hands in a fraction of a
+# second; only the first in line does, so waiting holds at most one of the host's activity slots); the
+# others within the limit ask every 2 s growing to 5 s, those further back 2 s per place beyond the
+# limit, growing 1.5x per unchanged answer, up to 30 s, so a long queue costs little history.
 SLOT_WAIT_SECONDS = 10
 STEP_QUEUE = "waiting for a build slot"
 BUILDING_MESSAGE = "resolving the source and fetching artifacts"
@@ -57,9 +58,12 @@ BUILDING_MESSAGE = "resolving the source and fetching artifacts"
 def slot_poll_seconds(position: int, limit: int, unchanged: int) -> float:
     """Seconds until a waiter at `position` (1 = next in line) asks again, after `unchanged` answers
     that did not move it."""
-    if position <= limit:
+    growth = 1.5 ** min(unchanged, 10)
+    if position <= 1:
         return 1.0
-    return round(min(30.0, 2.0 * (position - limit) * 1.5 ** min(unchanged, 10)), 3)
+    if position <= limit:
+        return round(min(5.0, 2.0 * growth), 3)
+    return round(min(30.0, 2.0 * (position - limit) * growth), 3)
 
 
 def slot_message(grant: dict[str, Any]) -> str:
@@ -298,8 +302,8 @@ class BuildRun:
             else:
                 unchanged += 1
             position, limit = int(grant.get("position") or 1), int(grant.get("limit") or 1)
-            # could be next: the next acquire waits for the slot inside the activity
-            payload = {**payload, "waitSeconds": SLOT_WAIT_SECONDS if position <= limit else 0}
+            # next in line: the next acquire waits for the slot inside the activity
+            payload = {**payload, "waitSeconds": SLOT_WAIT_SECONDS if position <= 1 else 0}
             delay = slot_poll_seconds(position, limit, unchanged)
             yield from steps.wait(ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=delay)))
 

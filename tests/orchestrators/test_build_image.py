@@ -397,9 +397,10 @@ def test_a_run_waits_queued_for_a_build_slot_then_builds_and_gives_it_back() -> 
     assert fake.statuses[-1]["run_state"] == "Succeeded"
     out = inst.output
     assert out["runState"] == "Succeeded"
-    # 4 waits on durable timers (1 s each: places 2 and 1 are within the limit of 2, so the next
-    # acquires wait inside the activity, waitSeconds) plus the 5 calls of 1 s each
-    assert [c.payload["waitSeconds"] for c in host.calls if c.name == "acquire_build_slot"] == [0] + [10] * 4
+    # 4 waits on durable timers (2 s, 3 s at place 2 within the limit of 2; 1 s, 1 s at place 1, whose
+    # acquires then wait inside the activity, waitSeconds) plus the 5 calls of 1 s each
+    waits = [c.payload["waitSeconds"] for c in host.calls if c.name == "acquire_build_slot"]
+    assert waits == [0, 0, 0, 10, 10]
     assert out["buildSlot"]["polls"] == 5 and out["buildSlot"]["queuedSeconds"] >= 9
     assert (out["buildSlot"]["ticket"], out["buildSlot"]["grant"]) == (7, 5)
     assert out["phases"]["Queued"]["seconds"] >= 9
@@ -446,6 +447,7 @@ def test_a_phase_status_its_first_activity_could_not_write_is_carried_by_the_nex
 def test_waiters_that_could_be_next_ask_often_and_the_rest_back_off() -> None:
     from orchestrators.build_image import slot_poll_seconds
 
-    assert slot_poll_seconds(1, 2, 7) == slot_poll_seconds(2, 2, 0) == 1.0  # then wait inside the activity
+    assert slot_poll_seconds(1, 2, 7) == 1.0  # then it waits inside the activity
+    assert slot_poll_seconds(2, 2, 0) == 2.0 and slot_poll_seconds(2, 2, 9) == 5.0  # within the limit
     assert slot_poll_seconds(3, 2, 0) == 2.0 and slot_poll_seconds(6, 2, 0) == 8.0
     assert slot_poll_seconds(3, 2, 2) == 4.5 and slot_poll_seconds(3, 2, 50) == 30.0
