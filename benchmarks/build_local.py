@@ -271,12 +271,14 @@ class DirectChain:
             work += outcome.seconds
             return outcome.value
 
-        slot = {"build": build, "holder": f"direct-{ref.run_id}"}
-        if not self.call(naming.ACTIVITY_ACQUIRE_SLOT, slot).get("granted"):
+        building = status(p.BUILDING, "resolving the source and fetching artifacts")
+        # as build_image: the acquire that grants the slot writes the Building status (onGrant)
+        slot = {"build": build, "holder": f"direct-{ref.run_id}", "waitSeconds": 0, "onGrant": building}
+        grant = self.call(naming.ACTIVITY_ACQUIRE_SLOT, slot)
+        if not grant.get("granted"):
             raise SystemExit("direct chain: no build slot (another build is running?)")
-        self.call(
-            naming.ACTIVITY_RUN_STATUS, status(p.BUILDING, "resolving the source and fetching artifacts")
-        )
+        if not grant.get("statusWritten"):
+            self.call(naming.ACTIVITY_RUN_STATUS, building)
         prepared = phase(naming.ACTIVITY_PREPARE, naming.STEP_PREPARE)
         env = phase(naming.ACTIVITY_CREATE_ENV, naming.STEP_CREATE_ENV, prepared=prepared)
         carry = status(p.CUSTOMIZING, "customizing")
@@ -331,27 +333,39 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def keyed(rows: list[dict[str, Any]]) -> dict[tuple[bool, str, str, int], dict[str, Any]]:
+    """Transitions by (child, activity, step, n-th such call): builds line up even when one retried
+    an activity or scheduled one more."""
+    seen: dict[tuple[bool, str, str], int] = {}
+    out: dict[tuple[bool, str, str, int], dict[str, Any]] = {}
+    for row in rows:
+        base = (row["child"], row["name"], row["step"])
+        seen[base] = seen.get(base, 0) + 1
+        out[(*base, seen[base])] = row
+    return out
+
+
 def report_transitions(durable: list[dict[str, Any]]) -> None:
-    """Median per position over the warm durable builds (same job: same activity sequence)."""
-    builds = [b["transitions"] for b in durable]
+    """Median per activity over the warm durable builds (the same job: the same activity sequence)."""
+    builds = [keyed(b["transitions"]) for b in durable]
     if not builds:
         return
-    n = min(len(b) for b in builds)
+    order = list(dict.fromkeys(k for b in builds for k in b))
     print("\nper activity transition, durable warm builds (median ms; own = the activity's seconds):")
     print(f"  {'activity':<13} {'step':<28} {'queue':>7} {'replay':>7} {'activity':>9} {'sum':>7} {'own':>8}")
-    totals = {"queue": [], "replay": [], "activity": []}
-    for i in range(n):
-        rows = [b[i] for b in builds]
+    for child, activity, step, _ in order:
+        rows = [b[key] for b in builds for key in [(child, activity, step, _)] if key in b]
         q, r, a = (med([x[k] for x in rows]) * 1000 for k in ("queue", "replay", "activity"))
         own = med([x["seconds"] for x in rows]) * 1000
-        name = ("  " if rows[0]["child"] else "") + rows[0]["name"]
-        print(
-            f"  {name:<13} {rows[0]['step'][:28]:<28} {q:7.1f} {r:7.1f} {a:9.1f} {q + r + a:7.1f} {own:8.1f}"
-        )
-    for k in totals:
-        totals[k] = [sum(x[k] for x in b[:n]) for b in builds]
-    q, r, a = (med(totals[k]) * 1000 for k in ("queue", "replay", "activity"))
-    print(f"  {'all ' + str(n):<42} {q:7.1f} {r:7.1f} {a:9.1f} {q + r + a:7.1f}")
+        name = ("  " if child else "") + activity
+        print(f"  {name:<13} {step[:28]:<28} {q:7.1f} {r:7.1f} {a:9.1f} {q + r + a:7.1f} {own:8.1f}")
+    totals = {
+        k: med([sum(x[k] for x in b["transitions"]) for b in durable]) * 1000
+        for k in ("queue", "replay", "activity")
+    }
+    q, r, a = totals["queue"], totals["replay"], totals["activity"]
+    n = med([float(len(b["transitions"])) for b in durable])
+    print(f"  {f'all {n:.0f}':<42} {q:7.1f} {r:7.1f} {a:9.1f} {q + r + a:7.1f}")
     outside = med([b["overhead"] - sum(x["queue"] + x["replay"] + x["activity"] for x in b["transitions"])
                    for b in durable])  # fmt: skip
     print(f"  outside the transitions (POST .../run to the orchestration's start): {1000 * outside:.1f} ms")
