@@ -89,16 +89,17 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
         tar_job = pool.submit(
             _timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)) if layering else None
         )
-        # The SBOM inventory reads the tree while the disk is built (its log lines are kept in order).
-        sbom_job = pool.submit(_timed_value, lambda: sbom.describe(root, sbom_log))
         # The tree's files are read ahead (page cache) while the disk is sized and built.
         ahead_stop = threading.Event()
         readahead = read_ahead(root, stop=ahead_stop)
+        sbom_job: concurrent.futures.Future[tuple[float, Any]] | None = None
         try:
             t0 = time.monotonic()
             usage = disk.tree_usage(root)
             size_mib = disk_size_mib(ctx, root, generation=generation, bootable=bootable, usage=usage)
             timings["size_walk"] = time.monotonic() - t0
+            # The SBOM inventory is read while mkfs builds the disk (its log lines are kept in order).
+            sbom_job = pool.submit(_timed_value, lambda: sbom.describe(root, sbom_log))
             t0 = time.monotonic()
             info = disk.build_disk(
                 root, raw, generation=generation, bootable=bootable, size_mib=size_mib, log=clog
@@ -135,7 +136,8 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
             with contextlib.suppress(Exception):
                 tar_job.result()
             with contextlib.suppress(Exception):
-                sbom_job.result()
+                if sbom_job is not None:
+                    sbom_job.result()
             if isinstance(exc, TransientProviderError):
                 raise
             tail = list(getattr(exc, "tail", []) or [])[-LOG_TAIL:]
