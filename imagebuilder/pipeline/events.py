@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.pipeline.plan import SUB_STATES, forward_sub_state
 
 PREFIX = "Microsoft.VirtualMachineImages.ImageTemplates."
 RUN_STARTED = PREFIX + "RunStarted"
@@ -65,7 +66,7 @@ def cloud_event(
 
 # A run moves forward through these, so the rank orders its events even where the queue does not
 # (Azure Storage queues do not promise FIFO): the CloudEvents `sequence` extension, compared as strings.
-_PHASES = ("Queued", "Building", "Customizing", "Optimizing", "Validating", "Distributing")
+_PHASES = SUB_STATES
 
 
 def _rank(type_: str, data: dict[str, Any]) -> int:
@@ -111,7 +112,7 @@ def status_events(
     if state in _TERMINAL:
         return []
     new_state = after[0] or state
-    new_sub = after[1] or sub
+    new_sub = forward_sub_state(sub, after[1])  # the store keeps the sub-state from going back
     events: list[dict[str, Any]] = []
     if sub == "Queued" and new_sub not in (None, "Queued"):
         events.append(_run_event(run, RUN_STARTED, "started", {"runSubState": new_sub}, time))

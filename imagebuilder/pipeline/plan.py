@@ -27,6 +27,15 @@ VALIDATING = "Validating"
 DISTRIBUTING = "Distributing"
 SUB_STATES = (QUEUED, BUILDING, CUSTOMIZING, OPTIMIZING, VALIDATING, DISTRIBUTING)
 
+
+def forward_sub_state(current: str | None, new: str | None) -> str | None:
+    """The sub-state a run has after `new` is reported: `new`, unless it would take the run back (a
+    late or repeated report of an earlier phase), then `current`. A run's sub-state never goes back."""
+    if new is None or current not in SUB_STATES or new not in SUB_STATES:
+        return new if new is not None else current
+    return new if SUB_STATES.index(new) >= SUB_STATES.index(current) else current
+
+
 # AIB's RunState values.
 RUNNING = "Running"
 CANCELING = "Canceling"

@@ -7,12 +7,13 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from imagebuilder.pipeline.messages import RunRef
+from imagebuilder.pipeline.plan import SUB_STATES
 
 T = TypeVar("T")
 
 RUN_STATES = ("Running", "Succeeded", "PartiallySucceeded", "Failed", "Canceling", "Canceled")
 TERMINAL_RUN_STATES = frozenset({"Succeeded", "PartiallySucceeded", "Failed", "Canceled"})
-RUN_SUB_STATES = ("Queued", "Building", "Customizing", "Optimizing", "Validating", "Distributing")
+RUN_SUB_STATES = SUB_STATES
 OPERATION_STATES = ("InProgress", "Succeeded", "Failed", "Canceled")
 TERMINAL_OPERATION_STATES = frozenset({"Succeeded", "Failed", "Canceled"})
 

@@ -19,6 +19,7 @@ from azure.data.tables import TableEntity
 from azure.storage.blob import ContainerClient
 
 from imagebuilder.pipeline.messages import RESOURCE_TYPE, RunRef
+from imagebuilder.pipeline.plan import forward_sub_state
 from imagebuilder.store._storage import (
     DETAILS_BYTES,
     SMALL_BYTES,
@@ -244,8 +245,8 @@ class RunRepo:
 
         `startTime` is set on the first Running, `endTime` on the first terminal state. A terminal
         state is final: later state, sub-state, message and error changes are ignored (details still
-        merge); Canceling does not go back to Running. `details` is merged key by key into the stored
-        details (top-level keys replace).
+        merge); Canceling does not go back to Running, nor a sub-state to an earlier phase. `details`
+        is merged key by key into the stored details (top-level keys replace).
         """
         message = None if message is None else scrub_secrets(message)
         error = None if error is None else scrub_deep(error)
@@ -275,8 +276,8 @@ class RunRepo:
                         updated["EndTime"] = stamp
                         if not updated.get("StartTime"):
                             updated["StartTime"] = stamp
-                if run_sub_state is not None:
-                    updated["RunSubState"] = run_sub_state
+                if run_sub_state is not None:  # never back to an earlier phase (a late report)
+                    updated["RunSubState"] = forward_sub_state(entity.get("RunSubState"), run_sub_state)
                 if message is not None:
                     updated["Message"] = message
                 if error is not None:

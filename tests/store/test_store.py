@@ -139,6 +139,10 @@ def test_run_lifecycle_one_at_a_time_and_every_run_kept(store: Store) -> None:
         store.runs.create(ref(run_id="r2"), template_snapshot={})
     assert info.value.active_run_id == "r1"
     store.runs.set_status(ref(run_id="r1"), run_sub_state="Customizing", details={"source": {"id": "x"}})
+    # a late report of an earlier phase does not take the run back (the message still updates)
+    late = store.runs.set_status(ref(run_id="r1"), run_sub_state="Building", message="late")
+    assert (late.run_sub_state, late.message) == ("Customizing", "late")
+    assert store.runs.get(ref(run_id="r1")).run_sub_state == "Customizing"
     done = store.runs.set_status(
         ref(run_id="r1"), run_state="Failed", message="step 2 failed", error={"code": "CustomizerFailed"}
     )

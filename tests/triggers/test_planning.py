@@ -66,6 +66,10 @@ def test_status_events_in_order_with_stable_ids() -> None:
         RUN, ("Running", "Building"), ("Running", "Building"), message="x", error=None, time=NOW
     )
     assert same == []
+    back = ev.status_events(  # a late report of an earlier phase: the store keeps the later one
+        RUN, ("Running", "Validating"), ("Running", "Customizing"), message="x", error=None, time=NOW
+    )
+    assert back == []
     failed = ev.status_events(
         RUN,
         ("Running", "Customizing"),
