@@ -5,7 +5,8 @@ run under about the same load:
 
   (a) hand-written: mmdebstrap + chroot + sfdisk + `mkfs.ext4 -d` + BIOS GRUB + fixed VHD, caching its
       root tree after the expensive customizer (nginx);
-  (b) mkosi (Debian's package, installed here with apt-get when missing) with Incremental=yes, building
+  (b) mkosi (Debian's package, installed here with apt-get when missing) with Incremental=yes (and
+      --nspawn-keep-unit: there is no system bus here for nspawn to register a scope with), building
       the tree (Format=directory: mkosi 14's disk formats need partition-scanning loop devices, which this
       kernel lacks), then the same disk + VHD tail as (a);
   (c) this project through its REST API on the local runtime (step cache on, no inVMValidations, the
@@ -182,7 +183,9 @@ def mkosi(work: Path, marker: str, cold: bool) -> dict[str, float]:
     post = proj / "mkosi.postinst"
     post.write_text(f"#!/bin/sh\necho {marker} > /marker\n")
     post.chmod(0o755)
-    argv = ["mkosi", "--incremental", "--force"] + (["--force"] if cold else [])
+    # --nspawn-keep-unit: its systemd-nspawn steps (the postinst script) run in our own scope; without it
+    # nspawn asks systemd over D-Bus for a scope unit and fails where there is no system bus (this host).
+    argv = ["mkosi", "--nspawn-keep-unit", "--incremental", "--force"] + (["--force"] if cold else [])
     t = {
         "mkosi": timed(
             lambda: subprocess.run(
