@@ -191,12 +191,18 @@ def default_size_mib(
     rootfs: Path, *, generation: str, bootable: bool, usage: tuple[int, int] | None = None
 ) -> int:
     """A disk size with room for the tree plus headroom: a whole number of MiB, rounded up. `usage`: the
-    tree's `tree_usage` when the caller has it (else the tree is walked)."""
+    tree's `tree_usage` when the caller has it (else the tree is walked).
+
+    Headroom: 256 MiB free for a bootable image (its first boots write logs, keys, caches; a VM's disk is
+    grown to its own size by cloud-init's growpart anyway, and vmProfile.osDiskSizeGB asks for more), 32
+    MiB otherwise; rounded up to 64 MiB (bootable) or 16 MiB. Every MiB here is hashed, copied and
+    uploaded with the image (it was 512 MiB rounded to 256 MiB: a 1280 MiB disk for a 425 MB tree, now
+    1024 MiB)."""
     used, entries = usage or tree_usage(rootfs)
     # ext4 overhead: inodes (256 B each, with slack), journal, reserved blocks; then free space.
-    root_mib = (used * 5 // 4 + entries * 1024) // MiB + (512 if bootable else 32)
+    root_mib = (used * 5 // 4 + entries * 1024) // MiB + (256 if bootable else 32)
     total = _root_start_mib(generation, bootable) + root_mib + 1
-    step = 256 if bootable else 16
+    step = 64 if bootable else 16
     return -(-total // step) * step
 
 
