@@ -19,8 +19,9 @@ from urllib.parse import quote
 from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableEntity, UpdateMode
+from azure.data.tables import TableClient, TableEntity, TableServiceClient, UpdateMode
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.storage.blob import BlobServiceClient
 
 from imagebuilder.store.errors import (
     AlreadyExistsError,
@@ -96,6 +97,25 @@ def identity_endpoints(conn: str) -> IdentityEndpoints | None:
         managed_identity=credential == "managedidentity",
         client_id=parts.get("clientid") or None,
     )
+
+
+def table_service(connection_string: str) -> TableServiceClient:
+    """The table service of a connection string (key, SAS, or Entra ID identity; UseDevelopmentStorage
+    expanded)."""
+    conn = expand_connection_string(connection_string)
+    identity = identity_endpoints(conn)
+    if identity is None:
+        return TableServiceClient.from_connection_string(conn)
+    return TableServiceClient(identity.table_url, credential=identity.credential())
+
+
+def blob_service(connection_string: str) -> BlobServiceClient:
+    """The blob service of a connection string, as `table_service`."""
+    conn = expand_connection_string(connection_string)
+    identity = identity_endpoints(conn)
+    if identity is None:
+        return BlobServiceClient.from_connection_string(conn)
+    return BlobServiceClient(identity.blob_url, credential=identity.credential())
 
 
 def now() -> datetime:

@@ -14,17 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from azure.data.tables import TableServiceClient
-
 from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.store._storage import (
     Table,
     etag_of,
-    expand_connection_string,
-    identity_endpoints,
     join_keys,
     key,
     pack,
+    table_service,
     unpack,
 )
 from imagebuilder.store.errors import AlreadyExistsError, ConcurrencyError
@@ -60,12 +57,7 @@ class Automation:
     """Cross-template listings and trigger evaluation state on one storage account."""
 
     def __init__(self, connection_string: str, *, prefix: str = "aib") -> None:
-        conn = expand_connection_string(connection_string)
-        identity = identity_endpoints(conn)
-        if identity is None:
-            service = TableServiceClient.from_connection_string(conn)
-        else:
-            service = TableServiceClient(identity.table_url, credential=identity.credential())
+        service = table_service(connection_string)
         self._templates = Table(service.create_table_if_not_exists(f"{prefix}templates"))
         self._runs = Table(service.create_table_if_not_exists(f"{prefix}runs"))
         self._state = Table(service.create_table_if_not_exists(f"{prefix}triggerstate"))

@@ -25,21 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.data.tables import TableServiceClient
-
 from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.store._storage import (
     SMALL_BYTES,
     Table,
     etag_of,
-    expand_connection_string,
-    identity_endpoints,
     iso,
     key,
     now,
     pack,
     repack,
     retry_on_conflict,
+    table_service,
     unpack,
 )
 from imagebuilder.store.errors import AlreadyExistsError, ConcurrencyError
@@ -98,12 +95,7 @@ class SlotPool:
     """Build slot pools on one storage account."""
 
     def __init__(self, connection_string: str, *, prefix: str = "aib") -> None:
-        conn = expand_connection_string(connection_string)
-        identity = identity_endpoints(conn)
-        if identity is None:
-            service = TableServiceClient.from_connection_string(conn)
-        else:
-            service = TableServiceClient(identity.table_url, credential=identity.credential())
+        service = table_service(connection_string)
         self._t = Table(service.create_table_if_not_exists(f"{prefix}buildslots"))
 
     def _read(self, pool: str) -> tuple[dict[str, Any], str | None]:

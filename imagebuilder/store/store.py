@@ -10,10 +10,8 @@ import re
 import threading
 
 from azure.core.exceptions import ResourceExistsError
-from azure.data.tables import TableServiceClient
-from azure.storage.blob import BlobServiceClient
 
-from imagebuilder.store._storage import Table, expand_connection_string, identity_endpoints
+from imagebuilder.store._storage import Table, blob_service, table_service
 from imagebuilder.store.operations import OperationRepo
 from imagebuilder.store.runs import RunRepo
 from imagebuilder.store.templates import TemplateRepo
@@ -32,14 +30,7 @@ class Store:
             raise ValueError(
                 f"store prefix {prefix!r} must be 1-20 lowercase letters/digits, starting with a letter"
             )
-        conn = expand_connection_string(connection_string)
-        identity = identity_endpoints(conn)
-        if identity is None:
-            tables = TableServiceClient.from_connection_string(conn)
-            blobs = BlobServiceClient.from_connection_string(conn)
-        else:
-            tables = TableServiceClient(identity.table_url, credential=identity.credential())
-            blobs = BlobServiceClient(identity.blob_url, credential=identity.credential())
+        tables, blobs = table_service(connection_string), blob_service(connection_string)
         names = {n: f"{prefix}{n}" for n in ("templates", "runs", "runoutputs", "triggers", "operations")}
         clients = {n: tables.create_table_if_not_exists(t) for n, t in names.items()}
         logs = blobs.get_container_client(f"{prefix}-runlogs")
