@@ -37,6 +37,7 @@ from typing import Any
 
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import proc
+from imagebuilder.providers.local.fsutil import walk_stat
 
 MiB = 1 << 20
 SECTOR = 512
@@ -145,24 +146,12 @@ def readahead_trees(trees: list[Path], *, threads: int = 2, stop: threading.Even
     overlay root, pass its layer folders (plain directories: cheaper to walk than the union). `stop`:
     set once the reads are no longer wanted (the disk is built)."""
     stop = stop or threading.Event()
-    files: list[str] = []
-    for tree in trees:
-        stack = [str(tree)]
-        while stack and not stop.is_set():
-            try:
-                it = os.scandir(stack.pop())
-            except OSError:
-                continue
-            with it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-                    elif stat.S_ISREG(st.st_mode) and st.st_blocks:
-                        files.append(entry.path)
+    files = [
+        path
+        for tree in trees
+        for path, st in walk_stat(tree, stop=stop.is_set)
+        if stat.S_ISREG(st.st_mode) and st.st_blocks
+    ]
 
     def one(path: str) -> None:
         if not stop.is_set():

@@ -9,7 +9,8 @@ import errno
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CHUNK = 4 * 1024 * 1024
@@ -112,3 +113,32 @@ def locked_file(path: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def walk_stat(
+    root: Path, *, same_dev: bool = False, stop: Callable[[], bool] | None = None
+) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below `root` with its lstat (never following symlinks), depth first, in no set order;
+    unreadable folders and entries are skipped. `same_dev`: do not enter other filesystems (submounts).
+    `stop()`: checked per folder; true ends the walk."""
+    try:
+        dev = root.lstat().st_dev
+    except OSError:
+        return
+    stack = [str(root)]
+    while stack and not (stop is not None and stop()):
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if same_dev and st.st_dev != dev:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                yield entry.path, st

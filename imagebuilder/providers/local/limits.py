@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import stat
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagebuilder.providers.base import ProviderConfigError, ProviderError
+from imagebuilder.providers.local.fsutil import walk_stat
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = "imagebuilder-step-"
@@ -287,33 +289,14 @@ class StepDiskLimitError(ProviderError):
 def tree_bytes(folder: Path) -> int:
     """What `folder` holds on its filesystem: every inode once (hard links), a file at least its
     apparent size (a sparse file counts what it would take when copied or packed); submounts skipped."""
-    try:
-        dev = folder.lstat().st_dev
-    except OSError:
-        return 0
     seen: set[int] = set()
     total = 0
-    stack = [str(folder)]
-    while stack:
-        try:
-            it = os.scandir(stack.pop())
-        except OSError:
+    for _, st in walk_stat(folder, same_dev=True):
+        if st.st_ino in seen:
             continue
-        with it:
-            for entry in it:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_dev != dev or st.st_ino in seen:
-                    continue
-                seen.add(st.st_ino)
-                size = st.st_blocks * 512
-                if entry.is_file(follow_symlinks=False):
-                    size = max(size, st.st_size)
-                total += size
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+        seen.add(st.st_ino)
+        size = st.st_blocks * 512
+        total += max(size, st.st_size) if stat.S_ISREG(st.st_mode) else size
     return total
 
 
