@@ -119,6 +119,23 @@ class NullLog:
         return None
 
 
+class MemoryLog:
+    """A sink that keeps what it was given (a background job's log, written in its place afterwards;
+    tests). `uri` is the empty string unless a subclass names one."""
+
+    uri = ""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.chunks.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
 class ComputeProvider(ABC):
     """Builds one run of one template through the phases of ARCHITECTURE.md.
 

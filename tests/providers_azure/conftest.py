@@ -11,6 +11,7 @@ import pytest
 
 from imagebuilder.pipeline.messages import BuildInput, Pending, RunRef
 from imagebuilder.providers.azure.provider import AzureProvider
+from imagebuilder.providers.base import MemoryLog
 from tests.providers_azure.fake_arm import SUB, FakeArm, FakeCredential
 
 RG = "myResourceGroup"
@@ -20,20 +21,10 @@ PREFIX = f"/subscriptions/{SUB}/resourceGroups"
 GALLERY_IMAGE = f"{PREFIX}/galleryRG/providers/Microsoft.Compute/galleries/myGallery/images/ubuntu"
 
 
-class ListLog:
-    """A LogSink keeping what it was given."""
+class ListLog(MemoryLog):
+    """A LogSink that keeps what was written (with a log URI, as a run's has)."""
 
     uri = "https://logs.example/customization.log"
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.parts.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 class Clock:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from imagebuilder.pipeline.messages import BuildInput, RunRef
+from imagebuilder.providers.base import MemoryLog
 from imagebuilder.providers.local import sandbox
 from imagebuilder.providers.local.provider import LocalProvider
 
@@ -30,20 +31,10 @@ BUSYBOX = {
 SUB = "00000000-0000-0000-0000-0000000000aa"
 
 
-class RecLog:
-    """A LogSink that keeps what was written."""
+class RecLog(MemoryLog):
+    """A LogSink that keeps what was written (with a log URI, as a run's has)."""
 
     uri = "http://127.0.0.1:1/devstoreaccount1/logs/customization.log"
-
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.chunks.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
 
 
 def sha256(data: bytes) -> str:

@@ -8,24 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.providers.base import MemoryLog
 from imagebuilder.providers.local import bases, catalog
 from local_runtime.azurite import Azurite, start_azurite
 
 
-class RecLog:
-    """A LogSink that keeps what was written."""
+class RecLog(MemoryLog):
+    """A LogSink that keeps what was written (with a log URI, as a run's has)."""
 
     uri = "http://127.0.0.1:1/devstoreaccount1/logs/customization.log"
-
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.chunks.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from imagebuilder.pipeline.messages import (
     CaptureResult,
     ErrorInfo,
 )
-from imagebuilder.providers.base import LogSink, ProviderError, TransientProviderError
+from imagebuilder.providers.base import LogSink, MemoryLog, ProviderError, TransientProviderError
 from imagebuilder.providers.local import (
     buildroot,
     mounts,
@@ -84,7 +84,7 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     layering = keeps_image(ctx)
     if layering:
         clog.write(f"$ {proc.format_argv(tar_argv)}\n")
-    sbom_log = _Buffer()
+    sbom_log = MemoryLog()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         tar_job = pool.submit(
             _timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)) if layering else None
@@ -383,19 +383,3 @@ def _timed_value(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.monotonic()
     value = fn()
     return time.monotonic() - t0, value
-
-
-class _Buffer:
-    """A LogSink that keeps what a background job writes, for the log in its place afterwards."""
-
-    uri = ""
-
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.chunks.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
