@@ -59,7 +59,8 @@ def test_kill_9_mid_build_then_restart_completes_without_redoing_finished_steps(
     e2e.runtime.start()  # same state dir: the durable history and keys survive
     e2e.api.base_url = e2e.runtime.base_url
     final = e2e.api.watch(name, timeout=300, interval=0.5)
-    assert final["runState"] == "Succeeded", final
+    if final["runState"] != "Succeeded":
+        pytest.fail(f"{final['message']}\n--- customization.log (end) ---\n{e2e.log_text(name)[-4000:]}")
 
     log = e2e.log_text(name)
     # finished before the crash: ran once; in flight at the crash: ran again; after: once

@@ -262,7 +262,13 @@ def _release(folder: Path) -> None:
             marker, lock = _cleanup_paths(root)
             # the lock lives beside the root: a build folder already removed cannot get it (OSError)
             with locked_file(lock):
-                if not marker.exists() and root.is_dir() and upper.is_dir() and not mounts.mounted(root):
+                if (
+                    not marker.exists()
+                    and root.is_dir()
+                    and upper.is_dir()
+                    and not mounts.mounted(root)
+                    and not _swapped_by_live_step(root, other_than=folder)
+                ):
                     _mount_overlay(data["overlay"], root)
     # Only empty folders and our own small files go: never a recursive delete (a mount could remain).
     left = set(mounts.mounts_under(folder))
@@ -280,6 +286,22 @@ def _release(folder: Path) -> None:
             continue
         with contextlib.suppress(OSError):
             path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _swapped_by_live_step(root: Path, *, other_than: Path) -> bool:
+    """Whether a step whose process is alive has `root` swapped out right now (its staging folder
+    records the swap): then the overlay must stay down (two overlays on one upper dir must never be
+    live at once); that step puts it back when it ends. The case: a step killed with its worker is
+    released (by the sweeper) while the run's next attempt of that step runs."""
+    with contextlib.suppress(OSError):
+        for folder in STAGING.iterdir():
+            pid = folder.name.split("-", 1)[0]
+            if folder == other_than or not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if Path(json.loads((folder / "swapped.json").read_text())["root"]) == root:
+                    return True
+    return False
 
 
 def _attach_clone(source: Path, target: Path, userns_fd: int | None) -> None:
@@ -333,8 +355,11 @@ def confined_root(
             upper, work = _absolute(opts, opts["upperdir"]), _absolute(opts, opts["workdir"])
             common = Path(os.path.commonpath([upper.resolve(), work.resolve()]))
             _attach_clone(common, layers / "rw", layer_ns)
-            (folder / "swapped.json").write_text(json.dumps({"root": str(root), "overlay": opts}))
-            detach(root)  # two overlays on one upper dir must never be live at once
+            # Under the lock a release's remount takes: a dead step's release never puts the overlay
+            # back between this record and the detach (it sees this live swap and leaves it down).
+            with locked_file(_cleanup_paths(root)[1]):
+                (folder / "swapped.json").write_text(json.dumps({"root": str(root), "overlay": opts}))
+                detach(root)  # two overlays on one upper dir must never be live at once
             view.mkdir(mode=0o755)
             _mount_overlay(
                 {
