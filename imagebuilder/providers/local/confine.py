@@ -221,12 +221,17 @@ def sweep() -> list[str]:
     removed: list[str] = []
     with contextlib.suppress(OSError):
         for folder in STAGING.iterdir():
-            pid = folder.name.split("-", 1)[0]
-            if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            if _owner_alive(folder):
                 continue
             _release(folder)
             removed.append(str(folder))
     return removed
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the process that staged `folder` (its name starts with that pid) is still running."""
+    pid = folder.name.split("-", 1)[0]
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
 
 
 def _cleanup_paths(root: Path) -> tuple[Path, Path]:
@@ -295,8 +300,7 @@ def _swapped_by_live_step(root: Path, *, other_than: Path) -> bool:
     released (by the sweeper) while the run's next attempt of that step runs."""
     with contextlib.suppress(OSError):
         for folder in STAGING.iterdir():
-            pid = folder.name.split("-", 1)[0]
-            if folder == other_than or not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            if folder == other_than or not _owner_alive(folder):
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError):
                 if Path(json.loads((folder / "swapped.json").read_text())["root"]) == root:
