@@ -11,6 +11,7 @@ Everything else a provider raises becomes `Outcome(kind="failed")` with an `Erro
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -136,10 +137,33 @@ def run_phase(payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
     return outcome
 
 
+class StepLog:
+    """The run's log as one step's sink: the step's `==> step: started` line goes out with the step's
+    first write (or with its end line when it writes nothing), so a step costs one log append less. The
+    line still precedes everything the step writes; a step killed before its first write leaves no
+    `started` line (it had nothing to show yet)."""
+
+    def __init__(self, log: LogSink, step: str) -> None:
+        self._log = log
+        self._head = f"==> {step}: started\n"
+        self._lock = threading.Lock()
+
+    @property
+    def uri(self) -> str:
+        return self._log.uri
+
+    def write(self, text: str) -> None:
+        with self._lock:  # the head goes out once, first, whichever thread writes first
+            head, self._head = self._head, ""
+            if head:
+                self._log.write(head + text)
+                return
+        self._log.write(text)
+
+
 def _run_phase(build: BuildInput, payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
     step = str(payload.get("step") or "step")
-    log = store().runs.log(build.run)
-    log.write(f"==> {step}: started\n")
+    log = StepLog(store().runs.log(build.run), step)
     started = time.monotonic()
     try:
         result = phase(provider(), build, log)

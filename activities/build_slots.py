@@ -43,10 +43,10 @@ def run_is_over(run: RunRef) -> bool:
 
 @bp.activity_trigger(input_name="payload")
 def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
-    """Input: {build, holder, waitSeconds?, onGrant?} (holder: the orchestration instance; onGrant: the
-    run status to write once granted, a StatusUpdate: the orchestration's next status, written here so
-    it needs no run_status call of its own). Output: Grant JSON (granted, position, inUse, limit,
-    waiting, reclaimed, ticket, grant) and, when onGrant was written, statusWritten and timeoutScale."""
+    """Input: {build, holder, waitSeconds?, onGrant?} (holder: the orchestration instance; onGrant: a
+    run status to write once granted, a StatusUpdate: sent by orchestrations started before Building
+    rode on `prepare`). Output: Grant JSON (granted, position, inUse, limit, waiting, reclaimed, ticket,
+    grant), once granted the host's timeoutScale, and statusWritten when onGrant was written."""
     build = build_of(payload)
     holder = str(payload["holder"])
     cfg = settings()
@@ -61,11 +61,14 @@ def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
     for stale in grant.reclaimed:
         log.warning("build slots: reclaimed the entry of %s (its run is over or gone)", stale)
     answer = grant.as_json()
+    if not grant.granted:
+        return answer
+    answer["timeoutScale"] = timeout_scale()
     on_grant = payload.get("onGrant")
-    if grant.granted and isinstance(on_grant, dict):
+    if isinstance(on_grant, dict):
         # a failure raises: the host retries the activity, whose acquire then answers granted again
         write_status(build.run, StatusUpdate.model_validate(on_grant))
-        answer |= {"statusWritten": True, "timeoutScale": timeout_scale()}
+        answer["statusWritten"] = True
     return answer
 
 

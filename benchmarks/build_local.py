@@ -271,14 +271,11 @@ class DirectChain:
             work += outcome.seconds
             return outcome.value
 
-        building = status(p.BUILDING, "resolving the source and fetching artifacts")
-        # as build_image: the acquire that grants the slot writes the Building status (onGrant)
-        slot = {"build": build, "holder": f"direct-{ref.run_id}", "waitSeconds": 0, "onGrant": building}
+        slot = {"build": build, "holder": f"direct-{ref.run_id}", "waitSeconds": 0}
         grant = self.call(naming.ACTIVITY_ACQUIRE_SLOT, slot)
         if not grant.get("granted"):
             raise SystemExit("direct chain: no build slot (another build is running?)")
-        if not grant.get("statusWritten"):
-            self.call(naming.ACTIVITY_RUN_STATUS, building)
+        carry = status(p.BUILDING, "resolving the source and fetching artifacts")  # rides on prepare
         prepared = phase(naming.ACTIVITY_PREPARE, naming.STEP_PREPARE)
         env = phase(naming.ACTIVITY_CREATE_ENV, naming.STEP_CREATE_ENV, prepared=prepared)
         carry = status(p.CUSTOMIZING, "customizing")

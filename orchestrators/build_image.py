@@ -6,10 +6,10 @@ first served) → Building (prepare, create_env) → Customizing (one activity p
 (only when the template asks) → Validating (inVMValidations) → Distributing (generalize, capture, then
 one `distribute_image` sub-orchestration per distribute target). Every phase change and the end are
 reported as custom status and persisted: the end and a Queued wait through the `run_status` activity,
-Building by the acquire that got the slot (`onGrant`), the other phases by their first activity
-alongside its work (`status` in its input). Each step is raced against the `buildTimeoutInMinutes`
-durable timer (time spent Queued does not count) and the external event `cancel` (also while Queued;
-one that arrives while the final cleanup runs still ends the run Canceled); whichever way the run ends,
+every phase by its first activity alongside its work (`status` in its input: Building by `prepare`).
+Each step is raced against the `buildTimeoutInMinutes` durable timer (time spent Queued does not count)
+and the external event `cancel` (also while Queued; one that arrives while the final cleanup runs still
+ends the run Canceled); whichever way the run ends,
 `cleanup` runs (once the run held a slot), the end is recorded, and then `release_build_slot` gives the
 slot (or the place in the queue) back. Pure: no I/O, no clock (only `context.current_utc_datetime`),
 JSON across the boundary.
@@ -198,8 +198,9 @@ class BuildRun:
         self.queued_for = timedelta(0)
         self.slot: dict[str, Any] = {}  # the grant: limit, ticket (arrival number), grant number, polls
         self._acquire_task: Any = None
-        # the answer of the acquire that granted the slot and wrote the Building status (timeoutScale)
-        self.building_ack: dict[str, Any] | None = None
+        # the answer of the acquire that granted the slot (timeoutScale; statusWritten: it wrote Building,
+        # as acquires did for orchestrations started before Building rode on prepare)
+        self.grant: dict[str, Any] = {}
 
     # ---- status -----------------------------------------------------------------------------------
     def custom_status(self, **extra: Any) -> dict[str, Any]:
@@ -269,14 +270,8 @@ class BuildRun:
         steps.step = STEP_QUEUE
         queued_at = ctx.current_utc_datetime
         self.phases[p.QUEUED] = {"start": iso(queued_at)}
-        # the acquire that grants the slot also writes the Building status: no run_status call after it
-        building = p.StatusUpdate(run_state=p.RUNNING, run_sub_state=p.BUILDING, message=BUILDING_MESSAGE)
-        payload: dict[str, Any] = {
-            "build": self.build_json,
-            "holder": ctx.instance_id,
-            "waitSeconds": 0,
-            "onGrant": building.model_dump(mode="json"),
-        }
+        # the grant answers the host's timeoutScale: Building then rides on prepare (no run_status call)
+        payload: dict[str, Any] = {"build": self.build_json, "holder": ctx.instance_id, "waitSeconds": 0}
         where: tuple[Any, ...] | None = None
         unchanged = 0
         polls = 0
@@ -290,8 +285,7 @@ class BuildRun:
                 if polls > 1 or payload["waitSeconds"]:
                     self.queued_for = ctx.current_utc_datetime - queued_at
                 self.slot = {k: grant.get(k) for k in ("limit", "ticket", "grant")} | {"polls": polls}
-                if grant.get("statusWritten"):
-                    self.building_ack = {"timeoutScale": grant.get("timeoutScale")}
+                self.grant = {k: grant[k] for k in ("timeoutScale", "statusWritten") if k in grant}
                 return
             now = (grant.get("position"), grant.get("inUse"), grant.get("limit"))
             if now != where:
@@ -309,8 +303,9 @@ class BuildRun:
 
     def settle_acquire(self, interrupted: Interrupted) -> Gen:
         """A cancel that interrupted an acquire in flight: let it finish first (bounded), so it cannot
-        grant a slot after the release, and so the Building status it may have written is what the run
-        ends with (a sub-state never goes back). If it still grants later, the run is terminal by then
+        grant a slot after the release, and so a Building status it wrote (acquires of orchestrations
+        started before Building rode on prepare did) is what the run ends with (a sub-state never goes
+        back). If it still grants later, the run is terminal by then
         and the next acquire reclaims the slot."""
         inflight = self._acquire_task
         if inflight is None or interrupted.inflight is not inflight:
@@ -363,13 +358,15 @@ class BuildRun:
         """Everything up to the end of distribution. Returns the validation error that
         continueDistributeOnFailure let through, if any."""
         plan, steps = self.plan, self.steps
-        if self.building_ack is not None:  # written by the acquire that granted the slot
+        ack: Any = self.grant
+        if self.grant.get("statusWritten"):  # written by the acquire that granted the slot (earlier runs)
             self._close_phase()
             self.sub_state, self.message = p.BUILDING, BUILDING_MESSAGE
             self.phases[p.BUILDING] = {"start": iso(self.ctx.current_utc_datetime)}
             self._phase_work_start = self.steps.work_seconds
             self.ctx.set_custom_status(self.custom_status())
-            ack: Any = self.building_ack
+        elif "timeoutScale" in self.grant:
+            yield from self.phase(p.BUILDING, BUILDING_MESSAGE)  # persisted by prepare alongside its work
         else:
             ack = yield from self.phase(p.BUILDING, BUILDING_MESSAGE, carried=False)
         scale = ack.get("timeoutScale") if isinstance(ack, dict) else None

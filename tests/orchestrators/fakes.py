@@ -151,11 +151,12 @@ class FakeBuild:
             position = 1 + self.queued_polls // 2
             return {"granted": False, "position": position, "inUse": 2, "limit": 2, "waiting": position}
         grant = {"granted": True, "position": 0, "inUse": 1, "limit": 2, "waiting": 0, "reclaimed": []}
-        on_grant = p.get("onGrant")
+        grant |= {"ticket": 7, "grant": 5, "timeoutScale": self.timeout_scale}
+        on_grant = p.get("onGrant")  # sent by orchestrations of an earlier version (activities/build_slots)
         if not isinstance(on_grant, dict):
-            return {**grant, "ticket": 7, "grant": 5}
+            return grant
         self.statuses.append({k: on_grant.get(k) for k in ("run_state", "run_sub_state", "message", "error")})
-        return {**grant, "ticket": 7, "grant": 5, "statusWritten": True, "timeoutScale": self.timeout_scale}
+        return {**grant, "statusWritten": True}
 
     def release_build_slot(self, p: dict[str, Any]) -> Any:
         self.slot_calls.append("release")

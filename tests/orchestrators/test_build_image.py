@@ -24,10 +24,7 @@ def phase_names(host: ReplayHost) -> list[str]:
     """Activities of the parent, with run_status calls shown as their sub-state or final state."""
     out = []
     mine = [c for c in host.calls if c.instance_id == "run-1"]
-    granting = max((i for i, c in enumerate(mine) if c.name == "acquire_build_slot"), default=-1)
-    for i, c in enumerate(mine):
-        if i == granting:  # the acquire that got the slot writes Building (onGrant)
-            out.append(f"status:{c.payload['onGrant']['run_state']}/{c.payload['onGrant']['run_sub_state']}")
+    for c in mine:
         if c.name in ("acquire_build_slot", "release_build_slot"):
             continue  # the build slot calls have their own tests
         p = c.payload if c.name == "run_status" else c.payload.get("status")
@@ -56,9 +53,11 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
         "cleanup",
         "status:Succeeded/Distributing",
     ]
-    # Building rides on the acquire that got the slot, the end goes through run_status; the other
-    # phases ride on their first activity
+    # every phase rides on its first activity (Building on prepare, not on the acquire that got the
+    # slot: its status write then runs alongside prepare's work); the end goes through run_status
     assert sum(c.name == "run_status" for c in host.calls if c.instance_id == "run-1") == 1
+    acquires = [c.payload for c in host.calls if c.name == "acquire_build_slot"]
+    assert acquires and not any("onGrant" in a for a in acquires)
     # one child per distribute target, one replication per region, run outputs persisted with status
     children = sorted({c.instance_id for c in host.calls if c.instance_id != "run-1"})
     assert children == ["run-1:distribute:0", "run-1:distribute:1", "run-1:distribute:2"]
@@ -332,7 +331,6 @@ def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
     host = ReplayHost(
         handles(),
         fake.activities(),
-        # the acquire that grants the slot writes Building: it takes the time that status write took
         durations={"customize": 6.0, "run_status": 3.0, "acquire_build_slot": 3.0},
     )
     template = build_input(buildTimeoutInMinutes=6, optimize={"vmBoot": {"state": "Enabled"}})
@@ -342,10 +340,11 @@ def test_a_deadline_that_fires_between_steps_starts_no_further_step() -> None:
     assert fake.cleanups == [False]
 
 
-def test_cancel_while_the_granting_acquire_is_in_flight_ends_canceled_in_building() -> None:
-    """The acquire that gets the slot also writes Building; a cancel arriving meanwhile lets it finish
-    (so it cannot hold a slot after the release) and the run ends Canceled in Building, never going
-    back to Queued; nothing was built, so nothing is cleaned up, and the slot goes back."""
+def test_cancel_while_the_granting_acquire_is_in_flight_ends_canceled_before_building() -> None:
+    """A cancel arriving while the acquire that gets the slot is in flight lets it finish (so it cannot
+    hold a slot after the release); the run ends Canceled in Queued (Building was never reported:
+    prepare would have carried it), nothing was built, so nothing is cleaned up, and the slot goes
+    back."""
     fake = FakeBuild()
     host = ReplayHost(handles(), fake.activities())
 
@@ -355,9 +354,9 @@ def test_cancel_while_the_granting_acquire_is_in_flight_ends_canceled_in_buildin
 
     host.on_schedule.append(cancel_at_once)
     _, inst = run(fake, host=host)
-    assert inst.output["runState"] == "Canceled" and inst.output["runSubState"] == "Building"
-    subs = [s["run_sub_state"] for s in fake.statuses]
-    assert subs == ["Building", "Building", "Building"], fake.statuses  # granted, Canceling, Canceled
+    assert inst.output["runState"] == "Canceled" and inst.output["runSubState"] == "Queued"
+    states = [(s["run_state"], s["run_sub_state"]) for s in fake.statuses]
+    assert states == [("Canceling", "Queued"), ("Canceled", "Queued")], fake.statuses
     assert "prepare" not in host.names() and fake.cleanups == []
     assert fake.slot_calls == ["acquire", "release"]
     assert host.names()[-1] == "release_build_slot"
@@ -432,16 +431,32 @@ def test_a_phase_status_its_first_activity_could_not_write_is_carried_by_the_nex
     host, inst = run(fake)
     assert inst.output["runState"] == "Succeeded"
     names = phase_names(host)
-    # customize[0] carried Customizing and could not write it: customize[1] carries it again
-    assert names[names.index("create_env") :][:5] == [
-        "create_env",
-        "status:Running/Customizing",
-        "customize[0]",
-        "status:Running/Customizing",
-        "customize[1]",
-    ]
+    # prepare carried Building and could not write it: create_env carries it again
+    assert names[:4] == ["status:Running/Building", "prepare", "status:Running/Building", "create_env"]
+    assert names[4:7] == ["status:Running/Customizing", "customize[0]", "customize[1]"]
     subs = [s["run_sub_state"] for s in fake.statuses]
     assert subs[:3] == ["Building", "Customizing", "Validating"]
+
+
+def test_an_acquire_that_wrote_building_itself_is_not_followed_by_a_second_building() -> None:
+    """Orchestrations started before Building rode on prepare sent `onGrant`: their granting acquire
+    answers statusWritten (replayed from their history), and prepare then carries no status."""
+    fake = FakeBuild()
+    acquire = fake.acquire_build_slot
+
+    def old_acquire(p: dict) -> dict:
+        answer = acquire(p)
+        fake.statuses.append(
+            {"run_state": "Running", "run_sub_state": "Building", "message": "m", "error": None}
+        )
+        return {**answer, "statusWritten": True}
+
+    fake.acquire_build_slot = old_acquire  # type: ignore[method-assign]
+    host, inst = run(fake)
+    assert inst.output["runState"] == "Succeeded"
+    assert phase_names(host)[:3] == ["prepare", "create_env", "status:Running/Customizing"]
+    assert [s["run_sub_state"] for s in fake.statuses][:2] == ["Building", "Customizing"]
+    assert "Building" in inst.output["phases"]
 
 
 def test_waiters_that_could_be_next_ask_often_and_the_rest_back_off() -> None:
