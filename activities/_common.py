@@ -42,6 +42,8 @@ T = TypeVar("T")
 _STATUS_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="run-status")
 
 Phase = Callable[[ComputeProvider, BuildInput, LogSink], BaseModel]
+# after a phase's `done` result: more to persist, run alongside the step's end line; answers Outcome fields
+Alongside = Callable[[BaseModel], dict[str, Any]]
 
 
 @cache
@@ -100,6 +102,14 @@ def write_status(run: RunRef, update: StatusUpdate) -> None:
     )
 
 
+def write_output(run: RunRef, name: str, output: dict[str, Any]) -> None:
+    """Persist one run output (op "output"); its lifecycle events go out before the write, so a retried
+    activity sends them again (same ids)."""
+    replicated = lifecycle.replication_events(run, name, output, time=datetime.now(UTC))
+    publish_quietly(settings().storage_connection, replicated)
+    store().runs.put_output(run, name, output)
+
+
 def in_background(fn: Callable[..., T], *args: Any) -> Future[T]:
     """Run `fn(*args)` on the activities' store writer threads (a write the step need not wait for;
     the activity waits for it before it returns)."""
@@ -117,10 +127,12 @@ def _carried_status(run: RunRef, update: StatusUpdate) -> str | None:
     return None
 
 
-def run_phase(payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
+def run_phase(payload: dict[str, Any], phase: Phase, alongside: Alongside | None = None) -> dict[str, Any]:
     """Run one provider call for the step named in `payload["step"]`, with the run's
     customization.log as its sink, and wrap the result as an `Outcome`. A run status in the input
-    (`status`: a phase's first activity) is persisted alongside, off the step's critical path."""
+    (`status`: a phase's first activity) is persisted alongside, off the step's critical path.
+    `alongside(result)` runs after a `done` result while the step's end line is written; the Outcome
+    fields it answers are set; if it raises, nothing is set (the orchestrator then persists it)."""
     build = build_of(payload)
     carried = payload.get("status")
     status = (
@@ -129,7 +141,7 @@ def run_phase(payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
         else None
     )
     try:
-        outcome = _run_phase(build, payload, phase)
+        outcome = _run_phase(build, payload, phase, alongside)
     finally:
         error = status.result() if status is not None else None  # persisted before the activity ends
     if error is not None:
@@ -161,9 +173,13 @@ class StepLog:
         self._log.write(text)
 
 
-def _run_phase(build: BuildInput, payload: dict[str, Any], phase: Phase) -> dict[str, Any]:
+def _run_phase(
+    build: BuildInput, payload: dict[str, Any], phase: Phase, alongside: Alongside | None
+) -> dict[str, Any]:
     step = str(payload.get("step") or "step")
-    log = StepLog(store().runs.log(build.run), step)
+    run_log = store().runs.log(build.run)
+    run_log.open()  # the log's plumbing (on first use in this process) is not the step's work
+    log = StepLog(run_log, step)
     started = time.monotonic()
     try:
         result = phase(provider(), build, log)
@@ -181,7 +197,16 @@ def _run_phase(build: BuildInput, payload: dict[str, Any], phase: Phase) -> dict
         return _finish(log, step, started, Outcome(kind="failed", value={}, error=error))
     kind = "pending" if isinstance(result, Pending) else "done"
     value = result.model_dump(mode="json")
-    return _finish(log, step, started, Outcome(kind=kind, value=value))
+    more = _STATUS_WRITERS.submit(alongside, result) if alongside is not None and kind == "done" else None
+    outcome = _finish(log, step, started, Outcome(kind=kind, value=value))
+    if more is not None:
+        try:
+            outcome.update(more.result())
+        except Exception as exc:
+            logger.warning(
+                "%s: persisting alongside the step failed (the orchestrator does it): %s", step, exc
+            )
+    return outcome
 
 
 def _finish(log: LogSink, step: str, started: float, outcome: Outcome) -> dict[str, Any]:

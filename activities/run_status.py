@@ -3,15 +3,12 @@ output in the store, where the API reads them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 
-from activities._common import build_of, settings, store, timeout_scale, write_status
-from imagebuilder.pipeline import events as lifecycle
+from activities._common import build_of, timeout_scale, write_output, write_status
 from imagebuilder.pipeline.plan import StatusUpdate
-from imagebuilder.store.events import publish_quietly
 
 bp = df.Blueprint()
 
@@ -25,12 +22,7 @@ def run_status(payload: dict[str, Any]) -> dict[str, Any]:
     if update.op == "output":
         if not update.output_name or update.output is None:
             raise ValueError("run_status op=output needs output_name and output")
-        # lifecycle events go out before the write, so a retried activity sends them again (same ids)
-        replicated = lifecycle.replication_events(
-            run, update.output_name, update.output, time=datetime.now(UTC)
-        )
-        publish_quietly(settings().storage_connection, replicated)
-        store().runs.put_output(run, update.output_name, update.output)
+        write_output(run, update.output_name, update.output)
         return {"op": "output", "name": update.output_name}
 
     write_status(run, update)

@@ -26,6 +26,7 @@ Shell, a Shell writing a marker; a fixed VHD; no inVMValidations, shipped-image 
 only the marker changed (steps 1-2 are step cache hits). Measures only; asserts nothing.
 
     .venv/bin/python benchmarks/build_local.py [--base busybox|debian] [--warm 5] [--template FILE]
+                                               [--poll 1.0]
 """
 
 from __future__ import annotations
@@ -111,11 +112,13 @@ def epoch(stamp: str | datetime | None) -> float:
 
 
 # ------------------------------------------------------------------------------------- durable builds
-def durable_build(api: ImageBuilderApi, store: Any, name: str, template: dict[str, Any]) -> dict[str, Any]:
+def durable_build(
+    api: ImageBuilderApi, store: Any, name: str, template: dict[str, Any], poll: float = 1.0
+) -> dict[str, Any]:
     api.put_template(name, template)
     t0 = time.monotonic()
     api.run(name)
-    final = api.watch(name, timeout=3600, interval=1.0)
+    final = api.watch(name, timeout=3600, interval=poll)
     client_wall = time.monotonic() - t0
     record = store.runs.latest(api.subscription, api.resource_group, name)
     if final.get("runState") != "Succeeded" or record is None:
@@ -379,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=5)
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-chain baseline")
     parser.add_argument("--cache", type=Path, help="base image cache (default: an empty one, cold)")
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=1.0,
+        help="seconds between the client's status GETs while a build runs (each is a function call "
+        "in the app's worker, alongside the build: benchmarks/rebuild.py polls every 0.1 s)",
+    )
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-build-", dir="/var/tmp") as tmp_name:
@@ -406,12 +416,12 @@ def main(argv: list[str] | None = None) -> int:
                         return load_template(args.template.resolve(), url)
                     return job(url, args.base, marker)
 
-                cold = durable_build(api, store, "bench-cold", template("cold"))
+                cold = durable_build(api, store, "bench-cold", template("cold"), args.poll)
                 print(line("cold durable", cold))
                 durable: list[dict[str, Any]] = []
                 baseline: list[dict[str, Any]] = []
                 for i in range(1, args.warm + 1):
-                    r = durable_build(api, store, f"bench-warm{i}", template(f"warm{i}"))
+                    r = durable_build(api, store, f"bench-warm{i}", template(f"warm{i}"), args.poll)
                     iid = naming.build_instance_id(r["record"].run)
                     end = r["record"].end_time.timestamp()  # what starts after the end is not in its wall
                     r["transitions"] = [t for t in transitions(db, iid) if t["started"] <= end]

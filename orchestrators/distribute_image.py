@@ -2,8 +2,9 @@
 
 Fans out `distribute` for every target region at once, collects each region's result as it arrives
 (a failed region does not stop the others; long-running replications are polled with durable timers),
-persists the run output with its own status through `run_status`, and returns a summary to
-`build_image`. It never raises for a failed region: the parent decides the run state.
+persists the run output with its own status through `run_status` (a one-region target's `distribute`
+persists it itself when it succeeds at once: `writeOutput`), and returns a summary to `build_image`. It
+never raises for a failed region: the parent decides the run state.
 """
 
 from __future__ import annotations
@@ -47,10 +48,14 @@ def distribute_image(context: df.DurableOrchestrationContext) -> Gen:
         }
         return context.call_activity_with_retry(name, RETRY, payload)
 
+    # one region: its distribute persists the run output (made from its result exactly as below)
+    first = {"writeOutput": True} if len(target.regions) == 1 else {}
     # region -> (kind of the task in flight, the task); kinds: "call" (distribute/poll) or "timer"
     inflight: dict[str, tuple[str, Any, dict[str, Any] | None]] = {
-        region: ("call", activity(region, naming.ACTIVITY_DISTRIBUTE, {}), None) for region in target.regions
+        region: ("call", activity(region, naming.ACTIVITY_DISTRIBUTE, first), None)
+        for region in target.regions
     }
+    written = False
     results: dict[str, dict[str, Any]] = {}
     work_seconds = dict.fromkeys(target.regions, 0.0)  # regions replicate in parallel
     context.set_custom_status({"runOutputName": target.run_output_name, "regions": list(target.regions)})
@@ -78,14 +83,16 @@ def distribute_image(context: df.DurableOrchestrationContext) -> Gen:
             results[region] = _region_failure(target, region, error)
         else:
             results[region] = ReplicationResult.model_validate(outcome.value).model_dump(mode="json")
+            written = outcome.output_written
 
     regions = [results[r] for r in target.regions]
     status = p.output_status(regions)
     record = p.run_output_record(target, regions, status)
-    update = p.StatusUpdate(op="output", output_name=target.run_output_name, output=record)
-    yield context.call_activity_with_retry(
-        naming.ACTIVITY_RUN_STATUS, RETRY, {"build": build_json, **update.model_dump(mode="json")}
-    )
+    if not written:
+        update = p.StatusUpdate(op="output", output_name=target.run_output_name, output=record)
+        yield context.call_activity_with_retry(
+            naming.ACTIVITY_RUN_STATUS, RETRY, {"build": build_json, **update.model_dump(mode="json")}
+        )
     return {
         "runOutputName": target.run_output_name,
         "type": target.type,

@@ -60,6 +60,8 @@ class Outcome(Message):
     seconds: float = 0.0
     # the run status carried in the activity's input (`status`) could not be persisted: why
     status_error: str | None = None
+    # `distribute` of a one-region target persisted the run output itself (no `run_status` call)
+    output_written: bool = False
 
 
 class StatusUpdate(Message):

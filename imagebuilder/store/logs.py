@@ -62,21 +62,33 @@ class BlobLog:
                 found.append((int(m.group(1) or 0), blob.name))
         return sorted(found)
 
-    def _ensure(self, index: int) -> None:
+    def _ensure(self, index: int) -> bool:
+        """Create segment `index` unless it exists; True when this call created it."""
         try:
             self._container.get_blob_client(self._segment_name(index)).create_append_blob(
                 content_settings=_TEXT, match_condition=MatchConditions.IfMissing
             )
         except (ResourceExistsError, HttpResponseError) as exc:
             if isinstance(exc, ResourceExistsError) or exc.status_code in (409, 412):
-                return
+                return False
             raise
+        return True
+
+    def open(self) -> None:
+        """Find the segment appends go to (the first write does it otherwise): a new log is created (one
+        request), an existing one has its segments listed (a later segment exists only once the first
+        is full)."""
+        self._current()
 
     def _current(self) -> int:
         if self._segment is None:
-            segments = self._segments()
-            self._segment = segments[-1][0] if segments else 0
-            self._ensure(self._segment)
+            if self._ensure(0):
+                self._segment = 0
+            else:
+                segments = self._segments()
+                self._segment = segments[-1][0] if segments else 0
+                if not segments:  # deleted meanwhile
+                    self._ensure(0)
         return self._segment
 
     def write(self, text: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from imagebuilder.pipeline import plan as pl
 from imagebuilder.pipeline.messages import (
     BuildEnv,
     CaptureResult,
@@ -112,6 +113,8 @@ class FakeBuild:
     queued_polls: int = 0  # how many acquire_build_slot answers say "wait" before the grant
     carried_status_fails: int = 0  # how many carried status writes fail (the activity says why)
     slot_calls: list[str] = field(default_factory=list)
+    output_writes_fail: bool = False  # distribute cannot persist the run output it was asked to write
+    outputs_by_distribute: list[str] = field(default_factory=list)
 
     def activities(self) -> dict[str, Any]:
         plain = {
@@ -222,15 +225,21 @@ class FakeBuild:
         if region in self.fail_regions and name == "gallery":
             err = ErrorInfo(code="ReplicationFailed", message=f"no space in {region}", step=p["step"])
             return done(ReplicationResult(run_output_name=name, region=region, status="failed", error=err))
-        return done(
-            ReplicationResult(
-                run_output_name=name,
-                region=region,
-                status="succeeded",
-                artifact_id=f"/id/{name}/{region}",
-                artifact_uri=f"file:///out/{name}",
-            )
+        result = ReplicationResult(
+            run_output_name=name,
+            region=region,
+            status="succeeded",
+            artifact_id=f"/id/{name}/{region}",
+            artifact_uri=f"file:///out/{name}",
         )
+        if not p.get("writeOutput") or self.output_writes_fail:
+            return done(result)
+        # as activities/distribute: the run output made from this one region's result
+        plan_target = pl.BuildPlan.from_template(p["build"]["template"]).targets[target]
+        regions = [result.model_dump(mode="json")]
+        self.outputs[name] = pl.run_output_record(plan_target, regions, pl.output_status(regions))
+        self.outputs_by_distribute.append(name)
+        return {**done(result), "output_written": True}
 
     def cleanup(self, p: dict[str, Any]) -> Any:
         self.cleanups.append(bool(p["keep"]))

@@ -71,6 +71,12 @@ def test_happy_path_runs_every_phase_in_order_and_distributes_per_region() -> No
     assert fake.outputs["gallery"]["provisioningState"] == "Succeeded"
     assert [r["region"] for r in fake.outputs["gallery"]["regions"]] == ["westeurope", "northeurope"]
     assert fake.outputs["managed"]["artifactId"] == "/id/managed/westeurope"
+    # a one-region target's distribute persisted its output: no run_status call in that child
+    assert sorted(fake.outputs_by_distribute) == ["managed", "vhd"]
+    outputs_via_status = [
+        c.instance_id for c in host.calls if c.name == "run_status" and c.instance_id != "run-1"
+    ]
+    assert outputs_via_status == ["run-1:distribute:1"]
     assert fake.cleanups == [False]
     out = inst.output
     assert out["runState"] == "Succeeded" and out["runSubState"] == "Distributing"
@@ -466,3 +472,16 @@ def test_waiters_that_could_be_next_ask_often_and_the_rest_back_off() -> None:
     assert slot_poll_seconds(2, 2, 0) == 2.0 and slot_poll_seconds(2, 2, 9) == 5.0  # within the limit
     assert slot_poll_seconds(3, 2, 0) == 2.0 and slot_poll_seconds(6, 2, 0) == 8.0
     assert slot_poll_seconds(3, 2, 2) == 4.5 and slot_poll_seconds(3, 2, 50) == 30.0
+
+
+def test_a_run_output_its_distribute_could_not_write_goes_through_run_status() -> None:
+    written = FakeBuild()
+    run(written)
+    fake = FakeBuild(output_writes_fail=True)
+    host, inst = run(fake)
+    assert inst.output["runState"] == "Succeeded" and fake.outputs_by_distribute == []
+    children = sorted(
+        c.instance_id for c in host.calls if c.name == "run_status" and c.instance_id != "run-1"
+    )
+    assert children == ["run-1:distribute:0", "run-1:distribute:1", "run-1:distribute:2"]
+    assert fake.outputs == written.outputs, "the same records either way"

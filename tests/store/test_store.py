@@ -387,3 +387,22 @@ def test_a_run_log_stays_open_for_the_next_activity(store: Store) -> None:
     store.purge_template(SUB, "rg1", "tmpl")  # its blobs are gone; the open log makes its blob again
     store.runs.log(ref()).write("two\n")
     assert store.runs.log(ref()).read() == "two\n"
+
+
+def test_opening_a_log_finds_its_latest_segment_or_creates_it(
+    store: Store, other_writer: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs_module, "MAX_BLOCKS_PER_SEGMENT", 2)
+    log = store.runs.log(ref(), "roll.log")
+    for i in range(3):  # segment 0 full after two blocks, the third goes to segment 1
+        log.write(f"{i}\n")
+    other = other_writer.runs.log(ref(), "roll.log")  # another process: its own open-log cache
+    other.open()
+    other.write("3\n")
+    assert log.read() == "0\n1\n2\n3\n"  # "3" went to segment 1 (and filled it: segment 2 is made)
+    assert [i for i, _ in other._segments()] == [0, 1, 2]
+    fresh = other_writer.runs.log(ref(), "new.log")
+    fresh.open()  # a new log: created by the open, empty
+    assert fresh.read() == "" and [name for _, name in fresh._segments()] == [fresh.blob_name]
+    fresh.write("x\n")
+    assert store.runs.log(ref(), "new.log").read() == "x\n"
