@@ -72,13 +72,18 @@ def build_of(payload: dict[str, Any]) -> BuildInput:
     return BuildInput.model_validate(payload["build"])
 
 
-def write_status(run: RunRef, update: StatusUpdate) -> None:
+def write_status(run: RunRef, update: StatusUpdate, log_lines: str | None = None) -> None:
     """Persist a status update (op "status") of the run: one read and one write of the run record, the
     lifecycle events of the change sent in between (before the write: a retried activity sends them
-    again, with the same ids; once written, a retry sees no change and sends none)."""
+    again, with the same ids; once written, a retry sees no change and sends none). `log_lines` are
+    appended to the run's log meanwhile, and always before the write (a reader who sees the status
+    finds them)."""
     error = update.error.model_dump(mode="json") if update.error else None
+    appended = _STATUS_WRITERS.submit(store().runs.log(run).write, log_lines) if log_lines else None
 
     def publish(before: RunRecord) -> None:
+        if appended is not None:
+            appended.result()  # a failed append fails the write: the activity is retried
         freshness = before.details.get("freshness")
         changes = lifecycle.status_events(
             run,
@@ -132,7 +137,8 @@ def run_phase(payload: dict[str, Any], phase: Phase, alongside: Alongside | None
     customization.log as its sink, and wrap the result as an `Outcome`. A run status in the input
     (`status`: a phase's first activity) is persisted alongside, off the step's critical path.
     `alongside(result)` runs after a `done` result while the step's end line is written; the Outcome
-    fields it answers are set; if it raises, nothing is set (the orchestrator then persists it)."""
+    fields it answers are set; if it raises, nothing is set (the orchestrator then persists it).
+    `deferEnd` in the input: a done or failed step's end line is answered (`log`), not written."""
     build = build_of(payload)
     carried = payload.get("status")
     status = (
@@ -172,6 +178,13 @@ class StepLog:
                 return
         self._log.write(text)
 
+    def take(self, text: str) -> str:
+        """`text` as the step's last write would append it (after the head if nothing was written yet),
+        not written: for whoever writes to the run's log next."""
+        with self._lock:
+            head, self._head = self._head, ""
+        return head + text
+
 
 def _run_phase(
     build: BuildInput, payload: dict[str, Any], phase: Phase, alongside: Alongside | None
@@ -181,6 +194,7 @@ def _run_phase(
     run_log.open()  # the log's plumbing (on first use in this process) is not the step's work
     log = StepLog(run_log, step)
     started = time.monotonic()
+    defer = bool(payload.get("deferEnd"))
     try:
         result = phase(provider(), build, log)
     except TransientProviderError as exc:
@@ -188,17 +202,17 @@ def _run_phase(
         raise
     except ProviderError as exc:
         error = ErrorInfo(code=type(exc).__name__, message=str(exc), step=step, log_uri=log.uri)
-        return _finish(log, step, started, Outcome(kind="failed", value={}, error=error))
+        return _finish(log, step, started, Outcome(kind="failed", value={}, error=error), defer)
     except Exception as exc:
         logger.exception("%s failed unexpectedly", step)
         error = ErrorInfo(
             code="UnexpectedError", message=f"{type(exc).__name__}: {exc}", step=step, log_uri=log.uri
         )
-        return _finish(log, step, started, Outcome(kind="failed", value={}, error=error))
+        return _finish(log, step, started, Outcome(kind="failed", value={}, error=error), defer)
     kind = "pending" if isinstance(result, Pending) else "done"
     value = result.model_dump(mode="json")
     more = _STATUS_WRITERS.submit(alongside, result) if alongside is not None and kind == "done" else None
-    outcome = _finish(log, step, started, Outcome(kind=kind, value=value))
+    outcome = _finish(log, step, started, Outcome(kind=kind, value=value), defer and kind == "done")
     if more is not None:
         try:
             outcome.update(more.result())
@@ -209,8 +223,13 @@ def _run_phase(
     return outcome
 
 
-def _finish(log: LogSink, step: str, started: float, outcome: Outcome) -> dict[str, Any]:
+def _finish(log: StepLog, step: str, started: float, outcome: Outcome, defer: bool = False) -> dict[str, Any]:
     seconds = round(time.monotonic() - started, 3)
     status = outcome.value.get("status") if outcome.kind == "done" else outcome.kind
-    log.write(f"==> {step}: {status or 'done'} in {seconds:.1f}s\n")
-    return outcome.model_copy(update={"seconds": seconds}).model_dump(mode="json")
+    line = f"==> {step}: {status or 'done'} in {seconds:.1f}s\n"
+    update: dict[str, Any] = {"seconds": seconds}
+    if defer:  # a Pending never defers: the polls that follow write their own lines
+        update["log"] = log.take(line)
+    else:
+        log.write(line)
+    return outcome.model_copy(update=update).model_dump(mode="json")

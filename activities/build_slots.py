@@ -19,7 +19,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from activities._common import build_of, settings, store, timeout_scale, write_status
+from activities._common import build_of, in_background, settings, store, timeout_scale, write_status
 from imagebuilder.pipeline.messages import RunRef
 from imagebuilder.pipeline.plan import StatusUpdate
 from imagebuilder.store import InvalidKeyError
@@ -49,15 +49,29 @@ def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
     grant), once granted the host's timeoutScale, and statusWritten when onGrant was written."""
     build = build_of(payload)
     holder = str(payload["holder"])
+    # the run's log is opened (made) meanwhile, so prepare does not wait for it (this process keeps
+    # it open); a failure here is harmless: the first write opens it again
+    opening = in_background(store().runs.log(build.run).open)
+    try:
+        answer = _acquire(payload, build.run, holder)
+    finally:
+        try:
+            opening.result()
+        except Exception as exc:
+            log.warning("opening the log of run %s failed (its first write retries): %s", holder, exc)
+    return answer
+
+
+def _acquire(payload: dict[str, Any], run: RunRef, holder: str) -> dict[str, Any]:
     cfg = settings()
     slots = open_slots(cfg.storage_connection)
     limit = cfg.max_concurrent_builds
-    grant = slots.acquire(cfg.build_slot_pool, holder, build.run, limit, run_is_over)
+    grant = slots.acquire(cfg.build_slot_pool, holder, run, limit, run_is_over)
     wait = min(MAX_WAIT_SECONDS, max(0.0, float(payload.get("waitSeconds") or 0)))
     deadline = time.monotonic() + wait
     while not grant.granted and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)  # stale holders were checked above: the next call checks again
-        grant = slots.acquire(cfg.build_slot_pool, holder, build.run, limit, lambda _: False)
+        grant = slots.acquire(cfg.build_slot_pool, holder, run, limit, lambda _: False)
     for stale in grant.reclaimed:
         log.warning("build slots: reclaimed the entry of %s (its run is over or gone)", stale)
     answer = grant.as_json()
@@ -67,7 +81,7 @@ def acquire_build_slot(payload: dict[str, Any]) -> dict[str, Any]:
     on_grant = payload.get("onGrant")
     if isinstance(on_grant, dict):
         # a failure raises: the host retries the activity, whose acquire then answers granted again
-        write_status(build.run, StatusUpdate.model_validate(on_grant))
+        write_status(run, StatusUpdate.model_validate(on_grant))
         answer["statusWritten"] = True
     return answer
 

@@ -15,8 +15,10 @@ bp = df.Blueprint()
 
 @bp.activity_trigger(input_name="payload")
 def run_status(payload: dict[str, Any]) -> dict[str, Any]:
-    """Input: {build, op: "status"|"output", ...StatusUpdate}. Idempotent: writing the same status twice
-    changes nothing. Returns what was written, plus the host's `timeoutScale` (see _common)."""
+    """Input: {build, op: "status"|"output", ...StatusUpdate, log?}. Idempotent: writing the same status
+    twice changes nothing. `log`: lines a step left unwritten (its end line, `deferEnd`), appended to the
+    run's log before the status is written. Returns what was written, plus the host's `timeoutScale`
+    (see _common)."""
     run = build_of(payload).run
     update = StatusUpdate.model_validate(payload)
     if update.op == "output":
@@ -25,7 +27,8 @@ def run_status(payload: dict[str, Any]) -> dict[str, Any]:
         write_output(run, update.output_name, update.output)
         return {"op": "output", "name": update.output_name}
 
-    write_status(run, update)
+    lines = payload.get("log")
+    write_status(run, update, lines if isinstance(lines, str) else None)
     return {
         "op": "status",
         "runState": update.run_state,

@@ -263,7 +263,7 @@ class DirectChain:
                                     message=message, **extra)  # fmt: skip
             return {"build": build, **update.model_dump(mode="json")}
 
-        def phase(activity: str, step: str, **args: Any) -> Any:
+        def phase(activity: str, step: str, **args: Any) -> p.Outcome:
             nonlocal work, carry
             payload = {"build": build, "step": step, **args}
             if carry is not None:  # a phase's status rides on its first activity, as in build_image
@@ -272,15 +272,15 @@ class DirectChain:
             if outcome.kind != "done" or outcome.status_error:
                 raise SystemExit(f"direct chain: {step}: {outcome}")
             work += outcome.seconds
-            return outcome.value
+            return outcome
 
         slot = {"build": build, "holder": f"direct-{ref.run_id}", "waitSeconds": 0}
         grant = self.call(naming.ACTIVITY_ACQUIRE_SLOT, slot)
         if not grant.get("granted"):
             raise SystemExit("direct chain: no build slot (another build is running?)")
         carry = status(p.BUILDING, "resolving the source and fetching artifacts")  # rides on prepare
-        prepared = phase(naming.ACTIVITY_PREPARE, naming.STEP_PREPARE)
-        env = phase(naming.ACTIVITY_CREATE_ENV, naming.STEP_CREATE_ENV, prepared=prepared)
+        prepared = phase(naming.ACTIVITY_PREPARE, naming.STEP_PREPARE).value
+        env = phase(naming.ACTIVITY_CREATE_ENV, naming.STEP_CREATE_ENV, prepared=prepared).value
         carry = status(p.CUSTOMIZING, "customizing")
         for c in plan.customizers:
             phase(naming.ACTIVITY_CUSTOMIZE, c.step, env=env, index=c.index)
@@ -289,22 +289,28 @@ class DirectChain:
             phase(naming.ACTIVITY_VALIDATE, naming.STEP_VALIDATE, env=env)
         carry = status(p.DISTRIBUTING, "generalizing")
         phase(naming.ACTIVITY_GENERALIZE, naming.STEP_GENERALIZE, env=env)
-        captured = phase(naming.ACTIVITY_CAPTURE, naming.STEP_CAPTURE, env=env)
+        captured = phase(naming.ACTIVITY_CAPTURE, naming.STEP_CAPTURE, env=env).value
         for t in plan.targets:
             longest = 0.0
+            written = False
+            one = {"writeOutput": True} if len(t.regions) == 1 else {}  # as distribute_image
             for region in t.regions:
                 before = work
-                phase(naming.ACTIVITY_DISTRIBUTE, naming.distribute_step(t.index, t.run_output_name, region),
-                      captured=captured, target_index=t.index, region=region)  # fmt: skip
+                step = naming.distribute_step(t.index, t.run_output_name, region)
+                done = phase(naming.ACTIVITY_DISTRIBUTE, step, captured=captured, target_index=t.index,
+                             region=region, **one)  # fmt: skip
+                written = done.output_written
                 longest, work = max(longest, work - before), before
             work += longest
-            update = p.StatusUpdate(
-                op="output", output_name=t.run_output_name, output={"status": "Succeeded"}
-            )
-            self.call(naming.ACTIVITY_RUN_STATUS, {"build": build, **update.model_dump(mode="json")})
-        phase(naming.ACTIVITY_CLEANUP, naming.STEP_CLEANUP, keep=False)
+            if not written:
+                update = p.StatusUpdate(
+                    op="output", output_name=t.run_output_name, output={"status": "Succeeded"}
+                )
+                self.call(naming.ACTIVITY_RUN_STATUS, {"build": build, **update.model_dump(mode="json")})
+        # as build_image: cleanup's end line rides on the final status write
+        cleaned = phase(naming.ACTIVITY_CLEANUP, naming.STEP_CLEANUP, keep=False, deferEnd=True)
         final = status(p.DISTRIBUTING, "done", state=p.SUCCEEDED, details={"workSeconds": round(work, 3)})
-        self.call(naming.ACTIVITY_RUN_STATUS, final)
+        self.call(naming.ACTIVITY_RUN_STATUS, {**final, **({"log": cleaned.log} if cleaned.log else {})})
         self.call(naming.ACTIVITY_RELEASE_SLOT, slot)  # after the end is recorded, as build_image does
         requests = self.requests_before_call - first_request  # up to the final status (release not)
         record = self.store.runs.get(ref)

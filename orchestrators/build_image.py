@@ -122,6 +122,8 @@ class Steps:
         self.work_seconds = 0.0
         # a phase's status for the phase's first activity to persist alongside its work (see BuildRun.phase)
         self.carry: dict[str, Any] | None = None
+        # end lines a step left unwritten (`deferEnd`: cleanup), for the next run_status to append
+        self.log_lines = ""
 
     def wait(self, task: Any, *, race: bool = True) -> Gen:
         """Yield `task`, raced against the interrupting tasks; return its value or raise its error."""
@@ -149,13 +151,20 @@ class Steps:
             raise StepFailed(p.error_from_exception(str(exc), step=self.step, attempts=attempts)) from None
         outcome = p.Outcome.model_validate(raw)
         self.work_seconds += outcome.seconds
+        if outcome.log:
+            self.log_lines += outcome.log
         return outcome
 
-    def call(self, activity: str, args: dict[str, Any], *, step: str, race: bool = True) -> Gen:
+    def call(
+        self, activity: str, args: dict[str, Any], *, step: str, race: bool = True, defer_end: bool = False
+    ) -> Gen:
         """Run one phase activity to its final value (polling `Pending` with durable timers).
-        A permanent failure, or a transient one that outlasted the retries, raises `StepFailed`."""
+        A permanent failure, or a transient one that outlasted the retries, raises `StepFailed`.
+        `defer_end`: the step answers its end line instead of writing it (see `log_lines`)."""
         self.step = step
         payload = {"build": self.build_json, "step": step, **args}
+        if defer_end:
+            payload["deferEnd"] = True
         carried = self.carry
         if carried is not None:
             payload["status"] = carried
@@ -348,9 +357,13 @@ class BuildRun:
         self.ctx.set_custom_status(self.custom_status())
         self.steps.carry = None  # this write supersedes a carried status
         update = self.status_update(error, details)
-        ack = yield self.ctx.call_activity_with_retry(
-            naming.ACTIVITY_RUN_STATUS, RETRY, {"build": self.build_json, **update.model_dump(mode="json")}
-        )
+        payload = {"build": self.build_json, **update.model_dump(mode="json")}
+        lines = self.steps.log_lines
+        if lines:  # a step's end line it left to this write (appended before the status is)
+            payload["log"] = lines
+        ack = yield self.ctx.call_activity_with_retry(naming.ACTIVITY_RUN_STATUS, RETRY, payload)
+        if lines:
+            self.steps.log_lines = ""
         return ack
 
     # ---- the phases -------------------------------------------------------------------------------
@@ -474,10 +487,12 @@ class BuildRun:
             return result.error if result.error.step else result.error.model_copy(update={"step": step})
         return ErrorInfo(code="StepFailed", message=f"{step} failed", step=step, exit_code=result.exit_code)
 
-    def cleanup(self, keep: bool) -> Gen:
-        """Cleanup is never raced: it runs to the end on every path."""
+    def cleanup(self, keep: bool, *, last: bool = False) -> Gen:
+        """Cleanup is never raced: it runs to the end on every path. When nothing else can write to the
+        run's log after it (`last`: no interrupted step still running), its end line rides on the run's
+        final status write (`deferEnd`), one log append less."""
         raw = yield from self.steps.call(
-            naming.ACTIVITY_CLEANUP, {"keep": keep}, step=naming.STEP_CLEANUP, race=False
+            naming.ACTIVITY_CLEANUP, {"keep": keep}, step=naming.STEP_CLEANUP, race=False, defer_end=last
         )
         return CleanupReport.model_validate(raw)
 
@@ -509,7 +524,7 @@ class BuildRun:
         report = CleanupReport()
         if self.slot_held:  # before that nothing was made: nothing to clean up
             try:
-                report = yield from self.cleanup(keep)
+                report = yield from self.cleanup(keep, last=interrupted is None)
             except StepFailed as exc:
                 cleanup_error = exc.error.message
             except Exception as exc:

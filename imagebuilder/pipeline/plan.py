@@ -62,6 +62,9 @@ class Outcome(Message):
     status_error: str | None = None
     # `distribute` of a one-region target persisted the run output itself (no `run_status` call)
     output_written: bool = False
+    # asked to (`deferEnd`: cleanup), the step's end line(s), not written: the orchestration's next
+    # `run_status` appends them to the run's log before its status write
+    log: str | None = None
 
 
 class StatusUpdate(Message):

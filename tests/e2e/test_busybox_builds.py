@@ -4,6 +4,7 @@ itself where there is one, and that nothing transient was left behind."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def test_busybox_template_builds_and_distributes_everywhere(e2e: E2E, tmp_path: 
     log = e2e.log_text(name)
     for step in ("prepare", "customize[0]", "customize[1]", "validate", "generalize", "capture", "cleanup"):
         assert f"==> {step}" in log, step
+    # each step's started line once, then its end line; the steps in order, none overlapping;
+    # cleanup's end line last (it rides on the final status write, before the run is seen Succeeded)
+    marks = []
+    for line in log.splitlines():
+        found = re.match(r"==> (.+): started$", line) or re.match(r"==> (.+): (\w+) in [0-9.]+s$", line)
+        if found:
+            marks.append((found.group(1), "started" if line.endswith(": started") else "end"))
+    steps = [s for s, kind in marks if kind == "started"]
+    assert steps[0] == "prepare (source and artifacts)" and steps[-1] == "cleanup", marks
+    parent = [m for m in marks if not m[0].startswith("distribute[")]  # regions replicate in parallel
+    assert parent == [(s, k) for s in steps if not s.startswith("distribute[") for k in ("started", "end")]
+    assert re.match(r"==> cleanup: done in [0-9.]+s$", log.splitlines()[-1]), log[-500:]
     record = e2e.latest_run(name)
     assert record.details["source"]["exact_version"]
     assert set(record.details["phases"]) >= {"Building", "Customizing", "Validating", "Distributing"}

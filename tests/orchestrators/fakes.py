@@ -115,6 +115,7 @@ class FakeBuild:
     slot_calls: list[str] = field(default_factory=list)
     output_writes_fail: bool = False  # distribute cannot persist the run output it was asked to write
     outputs_by_distribute: list[str] = field(default_factory=list)
+    log_lines: list[tuple[str, str]] = field(default_factory=list)  # (written by, text)
 
     def activities(self) -> dict[str, Any]:
         plain = {
@@ -244,10 +245,18 @@ class FakeBuild:
     def cleanup(self, p: dict[str, Any]) -> Any:
         self.cleanups.append(bool(p["keep"]))
         if p["keep"]:
-            return done(CleanupReport(kept=["/var/lib/imagebuilder/builds/tpl-r1"]))
-        return done(CleanupReport(removed=["/var/lib/imagebuilder/builds/tpl-r1"]))
+            result = done(CleanupReport(kept=["/var/lib/imagebuilder/builds/tpl-r1"]))
+        else:
+            result = done(CleanupReport(removed=["/var/lib/imagebuilder/builds/tpl-r1"]))
+        line = "==> cleanup: started\n==> cleanup: done in 1.0s\n"
+        if p.get("deferEnd"):  # as activities/_common: answered, not written
+            return {**result, "log": line}
+        self.log_lines.append(("cleanup", line))
+        return result
 
     def run_status(self, p: dict[str, Any]) -> Any:
+        if p.get("log"):
+            self.log_lines.append(("run_status", p["log"]))
         if p.get("op") == "output":
             self.outputs[p["output_name"]] = p["output"]
         else:

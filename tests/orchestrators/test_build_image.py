@@ -485,3 +485,29 @@ def test_a_run_output_its_distribute_could_not_write_goes_through_run_status() -
     )
     assert children == ["run-1:distribute:0", "run-1:distribute:1", "run-1:distribute:2"]
     assert fake.outputs == written.outputs, "the same records either way"
+
+
+def test_cleanup_leaves_its_end_line_to_the_final_status_write() -> None:
+    fake = FakeBuild()
+    host, _ = run(fake)
+    cleanups = [c.payload for c in host.calls if c.name == "cleanup"]
+    assert [c.get("deferEnd") for c in cleanups] == [True]
+    assert fake.log_lines == [("run_status", "==> cleanup: started\n==> cleanup: done in 1.0s\n")]
+    final = [c.payload for c in host.calls if c.name == "run_status" and c.instance_id == "run-1"][-1]
+    assert final["run_state"] == "Succeeded" and final["log"].startswith("==> cleanup")
+
+
+def test_a_cleanup_while_an_interrupted_step_still_runs_writes_its_own_end_line() -> None:
+    """After a cancel the interrupted step may still write to the log: cleanup's line is not held back
+    (both sweeps write their own)."""
+    fake = FakeBuild()
+    host = ReplayHost(handles(), fake.activities(), durations={"customize": 60})
+
+    def cancel_soon(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
+        if item.name == "customize" and item.input and '"index": 0' in item.input:
+            h.raise_event(inst.instance_id, "cancel", None, after=1)
+
+    host.on_schedule.append(cancel_soon)
+    _, inst = run(fake, host=host)
+    assert inst.output["runState"] == "Canceled" and fake.cleanups == [False, False]
+    assert [who for who, _ in fake.log_lines] == ["cleanup", "cleanup"]
