@@ -40,12 +40,15 @@ class BlobLog:
         self._container = container
         self._name = blob_name
         self._segment: int | None = None
+        self._uri: str | None = None
         self._pattern = re.compile(re.escape(blob_name) + r"(?:\.seg(\d{5}))?$")
 
     @property
     def uri(self) -> str:
         """The blob's URL (without credentials); segments after the first sit next to it."""
-        return str(self._container.get_blob_client(self._name).url)
+        if self._uri is None:  # a blob client is not cheap to make: every run record names its log
+            self._uri = str(self._container.get_blob_client(self._name).url)
+        return self._uri
 
     @property
     def blob_name(self) -> str:
