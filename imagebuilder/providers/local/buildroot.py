@@ -33,6 +33,7 @@ from imagebuilder.providers.local import (
     catalog,
     customizers,
     deprovision,
+    earlydisk,
     mounts,
     proc,
     sandbox,
@@ -88,6 +89,7 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
     hits = find_hits(ctx, cache, ids, log)
     mode, hits = make_root(layout, lower, tarball, log, hits=hits)
     policy = deprovision.install_policy_rc_d(layout.root)
+    early_job = _start_early_disk(ctx, source, lower, mode, len(hits), log)
     if hits:  # capture reads every file: the cached layers are read ahead while the customizers run
         from imagebuilder.providers.local.capture import read_ahead
 
@@ -110,6 +112,7 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
         "source": source.model_dump(mode="json"),
         "policy_rc_d": policy,
         "step_ids": ids,
+        "early_disk": early_job,
         "cache": {
             "enabled": cache is not None and mode == "overlay",
             "reuse": ctx.cache_reuse,
@@ -120,6 +123,42 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
     reused = f", {len(hits)} cached step(s) reused" if hits else ""
     log.write(f"build root ready ({mode}{reused}) at {layout.root} in {time.monotonic() - start:.2f} s\n")
     return BuildEnv(provider="local", handle=handle)
+
+
+def _start_early_disk(
+    ctx: RunContext, source: SourceInfo, lower: Path, mode: str, reused: int, log: LogSink
+) -> str | None:
+    """Begin the run's disk from the source and the reused layers while the customizers run
+    (earlydisk.py); returns the job's id, or None when it was not started."""
+    if mode != "overlay" or not ctx.settings.early_disk:
+        return None
+    profile = ctx.template.properties.vm_profile
+    gb = (profile.os_disk_size_gb or 0) if profile else 0
+    job = earlydisk.new_job_id()
+    started = earlydisk.start(
+        ctx.layout,
+        job=job,
+        base=Path(os.path.realpath(lower)),
+        prefix=[layers_dir(ctx.layout.build) / str(i) for i in range(reused)],
+        generation=source.hyper_v_generation,
+        bootable=bool(source.details.get("bootable", False)),
+        size_mib=gb * 1024 if gb > 0 else None,
+        env={sandbox.RUN_MARKER_ENV: ctx.marker},
+        log=log,
+    )
+    return job if started else None
+
+
+def layer_stack(handle: dict[str, Any]) -> list[Path]:
+    """A layered root's layers, bottom first (the last one is written now); [] for other roots."""
+    if not handle.get("layered"):
+        return []
+    build = Path(handle["run_dir"]) / "build"
+    try:
+        upper = current_upper(build)
+    except (OSError, ValueError, KeyError):
+        return []
+    return [layers_dir(build) / str(i) for i in range(upper + 1)]
 
 
 def step_ids(ctx: RunContext, prepared: PrepareResult, tarball: Path) -> list[str]:

@@ -30,6 +30,7 @@ from imagebuilder.pipeline.messages import (
 from imagebuilder.providers.base import LogSink, MemoryLog, ProviderError, TransientProviderError
 from imagebuilder.providers.local import (
     buildroot,
+    earlydisk,
     mounts,
     proc,
     sbom,
@@ -101,9 +102,11 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
             # The SBOM inventory is read while mkfs builds the disk (its log lines are kept in order).
             sbom_job = pool.submit(_timed_value, lambda: sbom.describe(root, sbom_log))
             t0 = time.monotonic()
-            info = disk.build_disk(
-                root, raw, generation=generation, bootable=bootable, size_mib=size_mib, log=clog
-            )
+            info = _early_disk(ctx, env, root, raw, size_mib, clog, timings)
+            if info is None:
+                info = disk.build_disk(
+                    root, raw, generation=generation, bootable=bootable, size_mib=size_mib, log=clog
+                )
             timings["build_disk"] = time.monotonic() - t0
             ahead_stop.set()
             if ctx.qcow2:
@@ -186,6 +189,40 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     result = CaptureResult(status="succeeded", image=image)
     record.write_text(result.model_dump_json())
     return result
+
+
+def _early_disk(
+    ctx: RunContext,
+    env: BuildEnv,
+    root: Path,
+    raw: Path,
+    size_mib: int,
+    log: LogSink,
+    timings: dict[str, float],
+) -> Any:
+    """The disk finished from the run's early disk (earlydisk.py), or None (then the whole tree is
+    written: the log says why)."""
+    job = env.handle.get("early_disk")
+    if not job:
+        return None
+    try:
+        early = earlydisk.take(ctx.layout, job=str(job), stack=buildroot.layer_stack(env.handle), log=log)
+        if early is None:
+            return None
+        timings["early_wait"] = early.waited
+        info, stats = earlydisk.finish(early, root, raw, size_mib=size_mib, log=log)
+    except earlydisk.EarlyDiskUnusable as exc:
+        log.write(f"[early disk] not used: {exc}\n")
+        return None
+    finally:
+        earlydisk.discard(ctx.layout)
+    timings["early_patch"] = stats.seconds
+    log.write(
+        f"[early disk] made in the background in {early.seconds:.2f} s (waited {early.waited:.2f} s); "
+        f"{stats.paths} changed path(s): {stats.written} written, {stats.removed} removed, "
+        f"{stats.bytes} bytes copied in {stats.seconds:.2f} s\n"
+    )
+    return info
 
 
 def _no_space(exc: BaseException, tail: list[str]) -> bool:

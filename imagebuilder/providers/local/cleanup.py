@@ -16,6 +16,7 @@ from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import (
     confine,
     debug,
+    earlydisk,
     mounts,
     proc,
     sandbox,
@@ -72,6 +73,7 @@ def cleanup(ctx: RunContext, *, keep: bool, log: LogSink) -> CleanupReport:
             shutil.rmtree(d, ignore_errors=True)
     if keep:
         shutil.rmtree(layout.validate_dir, ignore_errors=True)
+        earlydisk.discard(layout)  # a disk begun in the background: nothing to inspect there
         if layout.root.exists():
             kept.append(f"build root {layout.root}")
         if layout.logs.exists():

@@ -40,6 +40,7 @@ TAG_STEP_DISK = limits.DISK_TAG
 VHD_ROOT_ENV = "IMAGEBUILDER_LOCAL_VHD_ROOT"
 QCOW2_ENV = "IMAGEBUILDER_LOCAL_QCOW2"
 BOOT_CHECK_ENV = "IMAGEBUILDER_LOCAL_BOOT_CHECK"
+EARLY_DISK_ENV = "IMAGEBUILDER_LOCAL_EARLY_DISK"
 DEFAULT_BUILD_MINUTES = 240
 LOG_TAIL = 20
 
@@ -74,6 +75,7 @@ class Settings:
     catalog_file: str | None = None
     step_cache: bool = True
     boot_check: bool = True
+    early_disk: bool = True  # IMAGEBUILDER_LOCAL_EARLY_DISK (earlydisk.py)
     step_cache_dir: Path | None = None
     step_cache_cap: int = 10 * 1024**3
     base_refresh_hours: float | None = 24.0  # IMAGEBUILDER_LOCAL_BASE_REFRESH_HOURS; None: pinned

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from typing import Any
 from imagebuilder.providers.base import LogSink, ProviderError
 from imagebuilder.providers.local import proc
 from imagebuilder.providers.local.fsutil import walk_stat
+from imagebuilder.providers.local.layout import resolve_in_root
 
 MiB = 1 << 20
 SECTOR = 512
@@ -247,12 +249,13 @@ def _grub_cfg(fs_uuid: str, kernel: str, initrd: str) -> str:
     )
 
 
-def _fstab(rootfs: Path, fs_uuid: str, esp_volid: str | None) -> str:
-    """Our root (and ESP) lines, then whatever else the image's fstab mounts (kept as it was)."""
+def fstab_text(rootfs: Path, fs_uuid: str, esp_volid: str | None) -> str:
+    """Our root (and ESP) lines, then whatever else the image's fstab mounts (kept as it was). The
+    image's fstab is read inside the image (a symlink to a host path reads the image's file)."""
     ours = {"/", "/boot/efi"}
     kept: list[str] = []
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        for line in (rootfs / "etc/fstab").read_text().splitlines():
+    with contextlib.suppress(OSError, UnicodeDecodeError, ProviderError):
+        for line in resolve_in_root(rootfs, "etc/fstab").read_text().splitlines():
             fields = line.split()
             if not fields or fields[0].startswith("#") or (len(fields) > 1 and fields[1] in ours):
                 continue
@@ -283,6 +286,166 @@ def _debugfs_path(path: str) -> str:
     return f'"{path}"'
 
 
+@dataclass(frozen=True)
+class DiskPlan:
+    """A disk's layout, decided before a byte of it is written: its size (whole MiB), partitions, GUIDs
+    and the root file system's UUID. `build_disk` makes one and writes it at once; the early disk
+    (earlydisk.py) writes the table and file system when the build root is made and the rest at capture."""
+
+    size_mib: int
+    generation: str
+    bootable: bool
+    fs_uuid: str
+    disk_uuid: str
+    partitions: tuple[Partition, ...]
+
+    @property
+    def root(self) -> Partition:
+        return next(p for p in self.partitions if p.number == ROOT_PARTNO)
+
+    @property
+    def esp_volid(self) -> str | None:
+        """The ESP's FAT volume id (from the fs UUID), for V2 bootable disks."""
+        if not (self.bootable and self.generation == "V2"):
+            return None
+        return f"{uuid.UUID(self.fs_uuid).int & 0xFFFFFFFF:08X}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiskPlan:
+        parts = tuple(Partition(**p) for p in data["partitions"])
+        return cls(**{**data, "partitions": parts})
+
+    def resized(self, size_mib: int) -> DiskPlan:
+        """The same disk (GUIDs, UUIDs) with the root partition spanning a new size."""
+        root_mib = size_mib - _root_start_mib(self.generation, self.bootable) - 1
+        parts = tuple(
+            dataclasses.replace(p, size=root_mib * 2048) if p.number == ROOT_PARTNO else p
+            for p in self.partitions
+        )
+        return dataclasses.replace(self, size_mib=size_mib, partitions=parts)
+
+    def info(self, path: Path, kernel: str | None) -> DiskInfo:
+        esp_volid = self.esp_volid
+        cmdline = f"root=UUID={self.fs_uuid} {KERNEL_CMDLINE}" if self.bootable else None
+        return DiskInfo(
+            path=path,
+            size_bytes=self.size_mib * MiB,
+            generation=self.generation,
+            bootable=self.bootable,
+            root_part_uuid=self.root.uuid,
+            fs_uuid=self.fs_uuid,
+            partitions=sorted(self.partitions, key=lambda p: p.number),
+            disk_uuid=self.disk_uuid,
+            esp_uuid=f"{esp_volid[:4]}-{esp_volid[4:]}" if esp_volid else None,
+            kernel=kernel,
+            details={"kernel_cmdline": cmdline},
+        )
+
+
+def plan_disk(*, generation: str, bootable: bool, size_mib: int, fs_uuid: str | None = None) -> DiskPlan:
+    """The layout of a new disk (fresh GUIDs; the fs UUID given or fresh). DiskError for a bad
+    generation or a size below the partitions' minimum."""
+    if generation not in ("V1", "V2"):
+        raise DiskError(f"generation {generation!r} is not V1 or V2", hint="hyperVGeneration is V1 or V2")
+    root_start = _root_start_mib(generation, bootable)
+    if size_mib < root_start + 16:
+        raise DiskError(f"size_mib={size_mib} is too small", hint=f"use at least {root_start + 16} MiB")
+    root_mib = size_mib - root_start - 1  # the last MiB holds the backup GPT
+    parts = [Partition(ROOT_PARTNO, root_start * 2048, root_mib * 2048, GPT_ROOT_X86_64,
+                       str(uuid.uuid4()).upper(), "root")]  # fmt: skip
+    if bootable and generation == "V1":
+        parts.append(Partition(BIOS_PARTNO, 2048, BIOS_BOOT_MIB * 2048, GPT_BIOS_BOOT,
+                               str(uuid.uuid4()).upper(), "bios"))  # fmt: skip
+    if bootable and generation == "V2":
+        parts.append(Partition(ESP_PARTNO, 2048, ESP_MIB * 2048, GPT_ESP, str(uuid.uuid4()).upper(), "esp"))
+    return DiskPlan(
+        size_mib=size_mib,
+        generation=generation,
+        bootable=bootable,
+        fs_uuid=fs_uuid or str(uuid.uuid4()),
+        disk_uuid=str(uuid.uuid4()).upper(),
+        partitions=tuple(parts),
+    )
+
+
+def write_table(plan: DiskPlan, disk: Path, log: LogSink | None) -> None:
+    """Make `disk` a sparse file of the plan's size holding its GPT (fully specified: GUIDs too, so it
+    need not be read back); an existing file is resized (its content kept)."""
+    with disk.open("ab") as fh:
+        fh.truncate(plan.size_mib * MiB)
+    lines = ["label: gpt", f"label-id: {plan.disk_uuid}", "unit: sectors", ""]
+    lines += [
+        f"{disk.name}{p.number} : start={p.start}, size={p.size}, type={p.type}, uuid={p.uuid}, "
+        f'name="{p.name}"'
+        for p in plan.partitions
+    ]
+    proc.run(
+        ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", disk.name],
+        input="\n".join(lines) + "\n",
+        cwd=disk.parent,
+        log=log,
+    )
+
+
+def make_filesystem(
+    rootfs: Path, disk: Path, plan: DiskPlan, log: LogSink | None, *, env: dict[str, str] | None = None
+) -> None:
+    """The ext4 root file system of `plan` in `disk` at its partition's offset, holding `rootfs`
+    (``mkfs.ext4 -d``: the tree is read, never modified)."""
+    root = plan.root
+    try:
+        proc.run(
+            [
+                "mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", plan.fs_uuid,
+                "-E", f"offset={root.offset},root_owner=0:0", "-d", rootfs, disk, f"{root.size // 2}k",
+            ],
+            log=log,
+            timeout=_TIMEOUT,
+            env=env,
+            die_with_parent=True,
+        )  # fmt: skip
+    except proc.CommandError as exc:
+        raise DiskError(
+            f"writing {rootfs} into an ext4 filesystem of {root.size_bytes // MiB} MiB failed\n{exc}",
+            hint="if the tree does not fit, pass a larger size_mib",
+        ) from exc
+
+
+def grow(disk: Path, plan: DiskPlan, size_mib: int, log: LogSink | None) -> DiskPlan:
+    """`disk` (made by `plan`) grown to `size_mib`: a larger file, its GPT rewritten with the root
+    partition spanning the new room, and the ext4 root resized into it (resize2fs, offline)."""
+    bigger = plan.resized(size_mib)
+    with disk.open("ab") as fh:
+        fh.truncate(size_mib * MiB)
+    root = bigger.root
+    proc.run(
+        ["resize2fs", "-f", f"{disk}?offset={root.offset}", f"{root.size // 2}K"], log=log, timeout=_TIMEOUT
+    )
+    # resize2fs sets a regular file's length to the file system's size, not counting the offset: the
+    # table (and its backup in the last MiB) is written after it
+    write_table(bigger, disk, log)
+    return bigger
+
+
+def prepare_loader(
+    disk: Path, plan: DiskPlan, kernel: tuple[str, str] | None, work: Path, log: LogSink | None
+) -> Callable[[], None] | None:
+    """Make the boot loader of a bootable `plan` (GRUB's core.img, or the ESP) for `kernel` (paths inside
+    the image: kernel, initrd); returns what writes it into `disk`, or None when not bootable."""
+    if not (plan.bootable and kernel):
+        return None
+    cfg = work / "early.cfg"
+    cfg.write_text(_grub_cfg(plan.fs_uuid, *kernel))
+    if plan.generation == "V1":
+        bios = next(p for p in plan.partitions if p.number == BIOS_PARTNO)
+        return _bios_grub(disk, bios, cfg, work, log)
+    esp = next(p for p in plan.partitions if p.number == ESP_PARTNO)
+    return _efi_grub(disk, esp, plan.esp_volid or "", cfg, work, log)
+
+
 def build_disk(
     rootfs: Path,
     out_raw: Path,
@@ -304,96 +467,37 @@ def build_disk(
         raise DiskError(f"generation {generation!r} is not V1 or V2", hint="hyperVGeneration is V1 or V2")
     if not rootfs.is_dir():
         raise DiskError(f"root tree {rootfs} is not a directory", hint="extract or build the root tree first")
-    proc.require_tools("sfdisk", "mkfs.ext4", "debugfs")
-    kernel = initrd = None
-    if bootable:
-        kernel, initrd = _find_kernel(rootfs)
-        proc.require_tools("grub-mkimage", *(["mkfs.vfat", "mcopy", "mmd"] if generation == "V2" else []))
+    require_tools(bootable=bootable, generation=generation)
+    kernel = _find_kernel(rootfs) if bootable else None
     if size_mib is None:
         size_mib = default_size_mib(rootfs, generation=generation, bootable=bootable)
-    root_start = _root_start_mib(generation, bootable)
-    if size_mib < root_start + 16:
-        raise DiskError(f"size_mib={size_mib} is too small", hint=f"use at least {root_start + 16} MiB")
-    fs_uuid = fs_uuid or str(uuid.uuid4())
-    esp_volid = f"{uuid.UUID(fs_uuid).int & 0xFFFFFFFF:08X}" if bootable and generation == "V2" else None
-    root_mib = size_mib - root_start - 1  # the last MiB holds the backup GPT
-    # The GPT is fully specified here (disk and partition GUIDs too), so it need not be read back.
-    disk_uuid = str(uuid.uuid4()).upper()
-    parts = [Partition(ROOT_PARTNO, root_start * 2048, root_mib * 2048, GPT_ROOT_X86_64,
-                       str(uuid.uuid4()).upper(), "root")]  # fmt: skip
-    if bootable and generation == "V1":
-        parts.append(Partition(BIOS_PARTNO, 2048, BIOS_BOOT_MIB * 2048, GPT_BIOS_BOOT,
-                               str(uuid.uuid4()).upper(), "bios"))  # fmt: skip
-    if bootable and generation == "V2":
-        parts.append(Partition(ESP_PARTNO, 2048, ESP_MIB * 2048, GPT_ESP, str(uuid.uuid4()).upper(), "esp"))
-    root = parts[0]
+    plan = plan_disk(generation=generation, bootable=bootable, size_mib=size_mib, fs_uuid=fs_uuid)
     out_raw.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_raw.name}.", dir=out_raw.parent))
-    tmp_name = "disk.img"
-    tmp = work / tmp_name
+    tmp = work / "disk.img"
     try:
-        with tmp.open("wb") as fh:
-            fh.truncate(size_mib * MiB)
-        lines = ["label: gpt", f"label-id: {disk_uuid}", "unit: sectors", ""]
-        lines += [
-            f"{tmp_name}{p.number} : start={p.start}, size={p.size}, type={p.type}, uuid={p.uuid}, "
-            f'name="{p.name}"'
-            for p in parts
-        ]
-        proc.run(
-            ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", tmp_name],
-            input="\n".join(lines) + "\n",
-            cwd=work,
-            log=log,
-        )
+        write_table(plan, tmp, log)
         # The boot loader does not depend on the root filesystem's content: it is made (grub-mkimage,
         # the ESP) while mkfs.ext4 runs, and written into the disk after it.
-        loader: concurrent.futures.Future[Callable[[], None]] | None = None
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            if bootable and kernel and initrd:
-                cfg = work / "early.cfg"
-                cfg.write_text(_grub_cfg(fs_uuid, kernel, initrd))
-                if generation == "V1":
-                    bios = next(p for p in parts if p.number == BIOS_PARTNO)
-                    loader = pool.submit(_bios_grub, tmp, bios, cfg, work, log)
-                else:
-                    esp = next(p for p in parts if p.number == ESP_PARTNO)
-                    loader = pool.submit(_efi_grub, tmp, esp, esp_volid or "", cfg, work, log)
-            try:
-                proc.run(
-                    [
-                        "mkfs.ext4", "-q", "-F", "-L", "rootfs", "-U", fs_uuid,
-                        "-E", f"offset={root.offset},root_owner=0:0", "-d", rootfs, tmp, f"{root.size // 2}k",
-                    ],
-                    log=log,
-                    timeout=_TIMEOUT,
-                )  # fmt: skip
-            except proc.CommandError as exc:
-                raise DiskError(
-                    f"writing {rootfs} into an ext4 filesystem of {root.size_bytes // MiB} MiB failed\n{exc}",
-                    hint="if the tree does not fit, pass a larger size_mib",
-                ) from exc
-            install = loader.result() if loader is not None else None
+            loader = pool.submit(prepare_loader, tmp, plan, kernel, work, log)
+            make_filesystem(rootfs, tmp, plan, log)
+            install = loader.result()
         if (rootfs / "etc").is_dir():
-            _write_fstab(tmp, root.offset, rootfs, fs_uuid, esp_volid, work, log)
+            _write_fstab(tmp, plan.root.offset, rootfs, plan.fs_uuid, plan.esp_volid, work, log)
         if install is not None:
             install()
         os.replace(tmp, out_raw)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return DiskInfo(
-        path=out_raw,
-        size_bytes=size_mib * MiB,
-        generation=generation,
-        bootable=bootable,
-        root_part_uuid=root.uuid,
-        fs_uuid=fs_uuid,
-        partitions=sorted(parts, key=lambda p: p.number),
-        disk_uuid=disk_uuid,
-        esp_uuid=f"{esp_volid[:4]}-{esp_volid[4:]}" if esp_volid else None,
-        kernel=kernel,
-        details={"kernel_cmdline": f"root=UUID={fs_uuid} {KERNEL_CMDLINE}" if bootable else None},
-    )
+    return plan.info(out_raw, kernel[0] if kernel else None)
+
+
+def require_tools(*, bootable: bool, generation: str) -> None:
+    """ProviderError naming what is missing for building such a disk."""
+    proc.require_tools("sfdisk", "mkfs.ext4", "debugfs")
+    if bootable:
+        proc.require_tools("grub-mkimage", *(["mkfs.vfat", "mcopy", "mmd"] if generation == "V2" else []))
 
 
 def _write_fstab(
@@ -406,7 +510,7 @@ def _write_fstab(
     log: LogSink | None,
 ) -> None:
     fstab = work / "fstab"
-    text = _fstab(rootfs, fs_uuid, esp_volid)
+    text = fstab_text(rootfs, fs_uuid, esp_volid)
     fstab.write_text(text)
     cmds = ["rm /etc/fstab", f"write {debugfs_host_path(fstab)} /etc/fstab", "sif /etc/fstab mode 0100644",
             "sif /etc/fstab uid 0", "sif /etc/fstab gid 0"]  # fmt: skip

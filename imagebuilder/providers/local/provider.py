@@ -64,6 +64,7 @@ from imagebuilder.providers.local import (
 )
 from imagebuilder.providers.local.context import (
     BOOT_CHECK_ENV,
+    EARLY_DISK_ENV,
     QCOW2_ENV,
     VHD_ROOT_ENV,
     BlobUploader,
@@ -111,6 +112,7 @@ class LocalProvider(ComputeProvider):
         self.catalog_file = env.get(catalog.CATALOG_SETTING) or None
         self.step_cache = not is_false(env.get(stepcache.CACHE_SETTING, "on") or "on")
         self.boot_check = not is_false(env.get(BOOT_CHECK_ENV, "on") or "on")
+        self.early_disk = not is_false(env.get(EARLY_DISK_ENV, "on") or "on")
         self.step_cache_dir = Path(env.get(stepcache.DIR_SETTING) or self.cache_dir / "steps").resolve()
         self.step_cache_cap = stepcache.cap_bytes(env.get(stepcache.CAP_SETTING))
         self.base_refresh_hours = mirrorstate.parse_refresh_hours(env.get(mirrorstate.REFRESH_SETTING))
@@ -131,6 +133,7 @@ class LocalProvider(ComputeProvider):
             catalog_file=self.catalog_file,
             step_cache=self.step_cache,
             boot_check=self.boot_check,
+            early_disk=self.early_disk,
             step_cache_dir=self.step_cache_dir,
             step_cache_cap=self.step_cache_cap,
             base_refresh_hours=self.base_refresh_hours,
