@@ -90,19 +90,19 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
         tar_job = pool.submit(
             _timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)) if layering else None
         )
-        # The tree's files are read ahead (page cache) while the disk is sized and built.
+        # The SBOM inventory is read while the disk is made (its log lines are kept in order).
+        sbom_job = pool.submit(_timed_value, lambda: sbom.describe(root, sbom_log))
         ahead_stop = threading.Event()
-        readahead = read_ahead(root, stop=ahead_stop)
-        sbom_job: concurrent.futures.Future[tuple[float, Any]] | None = None
+        readahead: threading.Thread | None = None
         try:
             t0 = time.monotonic()
-            usage = disk.tree_usage(root)
-            size_mib = disk_size_mib(ctx, root, generation=generation, bootable=bootable, usage=usage)
-            timings["size_walk"] = time.monotonic() - t0
-            # The SBOM inventory is read while mkfs builds the disk (its log lines are kept in order).
-            sbom_job = pool.submit(_timed_value, lambda: sbom.describe(root, sbom_log))
+            early = _take_early(ctx, env, clog, timings)
+            if early is None:  # the whole tree is written: its files are read ahead (page cache) meanwhile
+                readahead = read_ahead(root, stop=ahead_stop)
+            size_mib = _size(ctx, root, generation, bootable, early)
+            timings["size_walk"] = time.monotonic() - t0 - timings.get("early_wait", 0.0)
             t0 = time.monotonic()
-            info = _early_disk(ctx, env, root, raw, size_mib, clog, timings)
+            info = _finish_early(ctx, early, root, raw, size_mib, clog, timings) if early else None
             if info is None:
                 info = disk.build_disk(
                     root, raw, generation=generation, bootable=bootable, size_mib=size_mib, log=clog
@@ -139,8 +139,7 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
             with contextlib.suppress(Exception):
                 tar_job.result()
             with contextlib.suppress(Exception):
-                if sbom_job is not None:
-                    sbom_job.result()
+                sbom_job.result()
             if isinstance(exc, TransientProviderError):
                 raise
             tail = list(getattr(exc, "tail", []) or [])[-LOG_TAIL:]
@@ -169,7 +168,8 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
                 ),
             )
         ahead_stop.set()
-        readahead.join()
+        if readahead is not None:
+            readahead.join()
     clog.write(sbom_log.text)
     if bootable and ctx.settings.boot_check:
         failed = _first_boot(ctx, vhd, generation, clog, log, timings, image)
@@ -191,25 +191,51 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     return result
 
 
-def _early_disk(
+def _take_early(
+    ctx: RunContext, env: BuildEnv, log: LogSink, timings: dict[str, float]
+) -> earlydisk.EarlyDisk | None:
+    """The run's early disk (earlydisk.py) once its job ended, or None (the log says why)."""
+    job = env.handle.get("early_disk")
+    if not job:
+        return None
+    early = earlydisk.take(ctx.layout, job=str(job), stack=buildroot.layer_stack(env.handle), log=log)
+    if early is None:
+        earlydisk.discard(ctx.layout)
+    else:
+        timings["early_wait"] = early.waited
+    return early
+
+
+def _size(
+    ctx: RunContext, root: Path, generation: str, bootable: bool, early: earlydisk.EarlyDisk | None
+) -> int:
+    """The disk's size (`disk_size_mib`). With an early disk the usage is first
+    bounded from above without walking the whole tree (its tree's usage plus the later layers': deletions
+    are not subtracted); the tree is walked only when that bound asks for a larger disk or one larger than
+    osDiskSizeGB."""
+    from imagebuilder.providers.local import disk
+
+    if early is not None:
+        more = [disk.tree_usage(layer) for layer in early.diff]
+        bound = (early.used[0] + sum(u[0] for u in more), early.used[1] + sum(u[1] for u in more))
+        with contextlib.suppress(DiskSizeError):
+            size = disk_size_mib(ctx, root, generation=generation, bootable=bootable, usage=bound)
+            if size <= early.plan.size_mib:
+                return size
+    return disk_size_mib(ctx, root, generation=generation, bootable=bootable, usage=disk.tree_usage(root))
+
+
+def _finish_early(
     ctx: RunContext,
-    env: BuildEnv,
+    early: earlydisk.EarlyDisk,
     root: Path,
     raw: Path,
     size_mib: int,
     log: LogSink,
     timings: dict[str, float],
 ) -> Any:
-    """The disk finished from the run's early disk (earlydisk.py), or None (then the whole tree is
-    written: the log says why)."""
-    job = env.handle.get("early_disk")
-    if not job:
-        return None
+    """The disk finished from the early disk, or None (the log says why: the whole tree is written)."""
     try:
-        early = earlydisk.take(ctx.layout, job=str(job), stack=buildroot.layer_stack(env.handle), log=log)
-        if early is None:
-            return None
-        timings["early_wait"] = early.waited
         info, stats = earlydisk.finish(early, root, raw, size_mib=size_mib, log=log)
     except earlydisk.EarlyDiskUnusable as exc:
         log.write(f"[early disk] not used: {exc}\n")

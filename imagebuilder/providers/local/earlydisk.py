@@ -64,6 +64,7 @@ class EarlyDisk:
     path: Path
     plan: disk.DiskPlan
     diff: list[Path]
+    used: tuple[int, int]
     seconds: float
     waited: float
 
@@ -168,7 +169,7 @@ def _job(
         disk.make_filesystem(source, partial, plan, log, env=env)
         os.replace(partial, folder / "disk.img")
         seconds = round(time.monotonic() - t0, 3)
-        record = {**spec, "plan": plan.as_dict(), "seconds": seconds, "used": usage[0]}
+        record = {**spec, "plan": plan.as_dict(), "seconds": seconds, "used": list(usage)}
         tmp = folder / "record.json.tmp"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, folder / "record.json")
@@ -207,6 +208,7 @@ def take(layout: RunLayout, *, job: str, stack: list[Path], log: LogSink) -> Ear
         try:
             record = json.loads((folder / "record.json").read_text())
             plan = disk.DiskPlan.from_dict(record["plan"])
+            int(record["used"][0]), int(record["used"][1])
         except (OSError, ValueError, KeyError, TypeError):
             why = "its job ended with no result (its process stopped)"
             with contextlib.suppress(OSError):
@@ -227,6 +229,7 @@ def take(layout: RunLayout, *, job: str, stack: list[Path], log: LogSink) -> Ear
         path=folder / "disk.img",
         plan=plan,
         diff=stack[len(prefix) :],
+        used=(int(record["used"][0]), int(record["used"][1])),
         seconds=float(record.get("seconds", 0.0)),
         waited=waited,
     )
