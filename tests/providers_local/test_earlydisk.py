@@ -307,12 +307,32 @@ def _capture_log(p: LocalProvider, run_id: str, marker: str) -> tuple[str, str]:
     return log.text, marker_read
 
 
-def test_a_warm_build_finishes_the_early_disk_and_the_setting_turns_it_off(provider: LocalProvider) -> None:
+def test_warm_builds_finish_the_early_disk_kept_in_the_step_cache(provider: LocalProvider) -> None:
     _capture_log(provider, "r1", "one")
     text, marker = _capture_log(provider, "r2", "two")
     assert marker == "two\n"
     assert "[early disk] the disk of the source and 1 cached step(s) is being made" in text
     assert "[early disk] made in the background" in text and "[early disk] not used" not in text
-    provider.early_disk = False
+    # The disk of that prefix was kept with the prefix's last step: the next warm build copies it.
+    kept = list((provider.step_cache_dir).glob(f"*/{earlydisk.DISKS}/*.img"))
+    assert len(kept) == 1
+    cache = LocalProvider.context(provider, build_input({}, run_id="x")).step_cache
+    assert cache is not None and cache.size() >= kept[0].stat().st_blocks * 512
     text, marker = _capture_log(provider, "r3", "three")
-    assert marker == "three\n" and "[early disk]" not in text
+    assert marker == "three\n" and "[early disk] copied from the step cache in the background" in text
+
+    # A damaged kept disk is never used: removed, the disk is made again (and kept again).
+    with kept[0].open("r+b") as fh:
+        fh.seek(disk.root_offset(kept[0]) + 1024 + 0x78)  # the superblock's volume name
+        fh.write(b"tampered")
+    text, marker = _capture_log(provider, "r4", "four")
+    assert marker == "four\n" and "is damaged" in text and "[early disk] made in the background" in text
+    text, _ = _capture_log(provider, "r5", "five")
+    assert "[early disk] copied from the step cache" in text
+
+
+def test_the_setting_turns_the_early_disk_off(provider: LocalProvider) -> None:
+    provider.early_disk = False
+    _capture_log(provider, "r1", "one")
+    text, marker = _capture_log(provider, "r2", "two")
+    assert marker == "two\n" and "[early disk]" not in text

@@ -89,7 +89,7 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
     hits = find_hits(ctx, cache, ids, log)
     mode, hits = make_root(layout, lower, tarball, log, hits=hits)
     policy = deprovision.install_policy_rc_d(layout.root)
-    early_job = _start_early_disk(ctx, source, lower, mode, len(hits), log)
+    early_job = _start_early_disk(ctx, source, lower, mode, hits, log)
     if hits:  # capture reads every file: the cached layers are read ahead while the customizers run
         from imagebuilder.providers.local.capture import read_ahead
 
@@ -126,25 +126,35 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
 
 
 def _start_early_disk(
-    ctx: RunContext, source: SourceInfo, lower: Path, mode: str, reused: int, log: LogSink
+    ctx: RunContext, source: SourceInfo, lower: Path, mode: str, hits: list[LayerHit], log: LogSink
 ) -> str | None:
     """Begin the run's disk from the source and the reused layers while the customizers run
-    (earlydisk.py); returns the job's id, or None when it was not started."""
+    (earlydisk.py; a disk kept in the step cache entry of the last reused step is copied instead of
+    made); returns the job's id, or None when it was not started."""
     if mode != "overlay" or not ctx.settings.early_disk:
         return None
     profile = ctx.template.properties.vm_profile
     gb = (profile.os_disk_size_gb or 0) if profile else 0
+    generation = source.hyper_v_generation
+    bootable = bool(source.details.get("bootable", False))
+    size_mib = gb * 1024 if gb > 0 else None
+    cache = ctx.step_cache
+    slot = None
+    if cache is not None and hits:
+        slot = earlydisk.disk_slot(cache.entry(hits[-1].id), generation=generation, bootable=bootable,
+                                   size_mib=size_mib)  # fmt: skip
     job = earlydisk.new_job_id()
     started = earlydisk.start(
         ctx.layout,
         job=job,
         base=Path(os.path.realpath(lower)),
-        prefix=[layers_dir(ctx.layout.build) / str(i) for i in range(reused)],
-        generation=source.hyper_v_generation,
-        bootable=bool(source.details.get("bootable", False)),
-        size_mib=gb * 1024 if gb > 0 else None,
+        prefix=[layers_dir(ctx.layout.build) / str(i) for i in range(len(hits))],
+        generation=generation,
+        bootable=bootable,
+        size_mib=size_mib,
         env={sandbox.RUN_MARKER_ENV: ctx.marker},
         log=log,
+        slot=slot,
     )
     return job if started else None
 

@@ -243,8 +243,10 @@ def _finish_early(
     finally:
         earlydisk.discard(ctx.layout)
     timings["early_patch"] = stats.seconds
+    how = "copied from the step cache" if early.origin == "kept" else "made"
     log.write(
-        f"[early disk] made in the background in {early.seconds:.2f} s (waited {early.waited:.2f} s); "
+        f"[early disk] {how} in the background "
+        f"in {early.seconds:.2f} s (waited {early.waited:.2f} s); "
         f"{stats.paths} changed path(s): {stats.written} written, {stats.removed} removed, "
         f"{stats.bytes} bytes copied in {stats.seconds:.2f} s\n"
     )

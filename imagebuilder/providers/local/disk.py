@@ -327,6 +327,11 @@ class DiskPlan:
         )
         return dataclasses.replace(self, size_mib=size_mib, partitions=parts)
 
+    def with_fresh_guids(self) -> DiskPlan:
+        """The same layout and file system with new GPT disk and partition GUIDs (a copy of a kept disk)."""
+        parts = tuple(dataclasses.replace(p, uuid=str(uuid.uuid4()).upper()) for p in self.partitions)
+        return dataclasses.replace(self, disk_uuid=str(uuid.uuid4()).upper(), partitions=parts)
+
     def info(self, path: Path, kernel: str | None) -> DiskInfo:
         esp_volid = self.esp_volid
         cmdline = f"root=UUID={self.fs_uuid} {KERNEL_CMDLINE}" if self.bootable else None

@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -42,9 +43,12 @@ from pathlib import Path
 
 from imagebuilder.providers.base import LogSink, MemoryLog, ProviderError
 from imagebuilder.providers.local import disk, mounts, proc
+from imagebuilder.providers.local.fsutil import copy_sparse_digest, data_extents
 from imagebuilder.providers.local.layout import RunLayout
+from imagebuilder.providers.local.stepcache import DISKS
 
 SETTING = "IMAGEBUILDER_LOCAL_EARLY_DISK"
+DISK_FORMAT = "imagebuilder-early-disk/1"
 WAIT_SECONDS = 1800.0
 _OVERLAY_XATTR = "trusted.overlay."
 _UNSUPPORTED_XATTRS = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
@@ -67,6 +71,7 @@ class EarlyDisk:
     used: tuple[int, int]
     seconds: float
     waited: float
+    origin: str = "made"
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,31 @@ class PatchStats:
     removed: int
     bytes: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class DiskSlot:
+    """Where the disk of a cached prefix is kept for the next run with the same prefix: inside the step
+    cache entry of the prefix's last step (so it is evicted with it), named by the disk's parameters.
+    ``<key>.json`` (written last) holds its layout, its tree's usage and the digest it is checked
+    against when copied out (`fsutil.copy_sparse_digest`)."""
+
+    folder: Path
+    key: str
+
+    @property
+    def image(self) -> Path:
+        return self.folder / f"{self.key}.img"
+
+    @property
+    def meta(self) -> Path:
+        return self.folder / f"{self.key}.json"
+
+
+def disk_slot(step_entry: Path, *, generation: str, bootable: bool, size_mib: int | None) -> DiskSlot:
+    params = {"format": DISK_FORMAT, "generation": generation, "bootable": bootable, "size_mib": size_mib}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
+    return DiskSlot(step_entry / DISKS, key)
 
 
 def folder_of(layout: RunLayout) -> Path:
@@ -97,6 +127,7 @@ def start(
     size_mib: int | None,
     env: dict[str, str],
     log: LogSink,
+    slot: DiskSlot | None = None,
 ) -> bool:
     """Begin the disk of `base` under the `prefix` layers (bottom first) in the background; `job` names
     this build root (the capture checks it), `size_mib` the disk size when the template sets one (else
@@ -121,7 +152,7 @@ def start(
     spec = {"job": job, "base": str(base), "prefix": [str(p) for p in prefix]}
     thread = threading.Thread(
         target=_job,
-        args=(fd, folder, spec, generation, bootable, size_mib, env),
+        args=(fd, folder, spec, generation, bootable, size_mib, env, slot),
         name=f"early-disk-{layout.run_dir.name}",
         daemon=True,
     )
@@ -146,30 +177,41 @@ def _job(
     bootable: bool,
     size_mib: int | None,
     env: dict[str, str],
+    slot: DiskSlot | None,
 ) -> None:
     log = MemoryLog()
     t0 = time.monotonic()
     tree = folder / "tree"
+    partial = folder / "disk.img.partial"
     try:
         base = Path(str(spec["base"]))
         prefix = [Path(p) for p in spec["prefix"]]  # type: ignore[attr-defined]
-        if prefix:
-            lowers = ":".join([*(str(p) for p in reversed(prefix)), str(base)])
-            proc.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowers}", str(tree)], timeout=60)
-            source = tree
+        kept = _from_slot(slot, partial, log) if slot is not None else None
+        if kept is not None:
+            plan, usage = kept
+            origin = "kept"
         else:
-            source = base
-        usage = disk.tree_usage(source)
-        size = size_mib or disk.default_size_mib(
-            source, generation=generation, bootable=bootable, usage=usage
-        )
-        plan = disk.plan_disk(generation=generation, bootable=bootable, size_mib=size)
-        partial = folder / "disk.img.partial"
-        disk.write_table(plan, partial, log)
-        disk.make_filesystem(source, partial, plan, log, env=env)
+            if prefix:
+                lowers = ":".join([*(str(p) for p in reversed(prefix)), str(base)])
+                opts = f"lowerdir={lowers}"
+                proc.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(tree)], timeout=60)
+                source = tree
+            else:
+                source = base
+            usage = disk.tree_usage(source)
+            size = size_mib or disk.default_size_mib(
+                source, generation=generation, bootable=bootable, usage=usage
+            )
+            plan = disk.plan_disk(generation=generation, bootable=bootable, size_mib=size)
+            disk.write_table(plan, partial, log)
+            disk.make_filesystem(source, partial, plan, log, env=env)
+            if slot is not None:
+                _to_slot(slot, partial, plan, usage, log)
+            origin = "made"
         os.replace(partial, folder / "disk.img")
         seconds = round(time.monotonic() - t0, 3)
-        record = {**spec, "plan": plan.as_dict(), "seconds": seconds, "used": list(usage)}
+        record = {**spec, "plan": plan.as_dict(), "seconds": seconds, "used": list(usage), "origin": origin,
+                  "log": log.text[-20000:]}  # fmt: skip
         tmp = folder / "record.json.tmp"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, folder / "record.json")
@@ -182,6 +224,56 @@ def _job(
             if mounts.mounted(tree):
                 proc.run(["umount", str(tree)], timeout=60)
         os.close(fd)
+
+
+def _from_slot(slot: DiskSlot, partial: Path, log: LogSink) -> tuple[disk.DiskPlan, tuple[int, int]] | None:
+    """The kept disk copied to `partial` and checked against its digest, with fresh GPT GUIDs (the
+    root file system's UUID stays that of the kept disk, as images made from one base image share it);
+    None when there is none or it is damaged (then removed)."""
+    try:
+        meta = json.loads(slot.meta.read_text())
+        plan = disk.DiskPlan.from_dict(meta["plan"])
+        usage = (int(meta["used"][0]), int(meta["used"][1]))
+        digest = copy_sparse_digest(slot.image, partial)
+    except FileNotFoundError:
+        partial.unlink(missing_ok=True)
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        digest, meta = f"unreadable ({exc})", {}
+    if digest != meta.get("digest"):
+        log.write(f"[early disk] the kept disk {slot.image} is damaged ({digest}); removed\n")
+        for path in (slot.meta, slot.image, partial):
+            path.unlink(missing_ok=True)
+        return None
+    plan = plan.with_fresh_guids()
+    disk.write_table(plan, partial, log)
+    return plan, usage
+
+
+def _to_slot(
+    slot: DiskSlot, partial: Path, plan: disk.DiskPlan, usage: tuple[int, int], log: LogSink
+) -> None:
+    """Keep a copy of the just made disk for the next run with the same prefix (not when the step
+    cache entry is gone, or the copy fails: a warning in the job's log)."""
+    if not slot.folder.parent.is_dir():
+        return
+    tmp = slot.folder / f".tmp-{slot.key}-{os.getpid()}-{secrets.token_hex(4)}.img"
+    try:
+        slot.folder.mkdir(exist_ok=True)
+        for stale in slot.folder.glob(".tmp-*"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(stale.name.split("-")[2])
+                if not Path(f"/proc/{pid}").exists():
+                    stale.unlink()
+        digest = copy_sparse_digest(partial, tmp)
+        os.replace(tmp, slot.image)
+        meta = {"format": DISK_FORMAT, "plan": plan.as_dict(), "used": list(usage), "digest": digest}
+        tmp.with_suffix(".json").write_text(json.dumps(meta))
+        os.replace(tmp.with_suffix(".json"), slot.meta)
+    except OSError as exc:
+        log.write(f"[early disk] warning: the disk could not be kept in {slot.folder} ({exc})\n")
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".json").unlink(missing_ok=True)
 
 
 def take(layout: RunLayout, *, job: str, stack: list[Path], log: LogSink) -> EarlyDisk | None:
@@ -217,6 +309,7 @@ def take(layout: RunLayout, *, job: str, stack: list[Path], log: LogSink) -> Ear
             return None
     finally:
         os.close(fd)
+    log.write(str(record.get("log") or ""))  # what the job ran (in the background) and said
     prefix = [Path(p) for p in record.get("prefix", [])]
     if record.get("job") != job or [str(p) for p in stack[: len(prefix)]] != [str(p) for p in prefix]:
         log.write("[early disk] not used: it was made for another build root of this run\n")
@@ -230,6 +323,7 @@ def take(layout: RunLayout, *, job: str, stack: list[Path], log: LogSink) -> Ear
         plan=plan,
         diff=stack[len(prefix) :],
         used=(int(record["used"][0]), int(record["used"][1])),
+        origin=str(record.get("origin", "made")),
         seconds=float(record.get("seconds", 0.0)),
         waited=waited,
     )
@@ -404,15 +498,8 @@ def _copy_file(src: str, dst: str) -> int:
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             size = os.fstat(fin).st_size
-            pos = copied = 0
-            while pos < size:
-                try:
-                    data = os.lseek(fin, pos, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:  # only a hole is left
-                        break
-                    raise
-                end = os.lseek(fin, data, os.SEEK_HOLE)
+            copied = 0
+            for data, end in data_extents(fin, size):
                 os.lseek(fout, data, os.SEEK_SET)
                 offset = data
                 while offset < end:
@@ -421,7 +508,6 @@ def _copy_file(src: str, dst: str) -> int:
                         break
                     offset += sent
                 copied += offset - data
-                pos = end
             os.ftruncate(fout, size)
             return copied
         finally:
@@ -483,10 +569,12 @@ def _write_fstab(root: Path, mnt: Path, plan: disk.DiskPlan) -> None:
 
 __all__ = [
     "SETTING",
+    "DiskSlot",
     "EarlyDisk",
     "EarlyDiskUnusable",
     "PatchStats",
     "discard",
+    "disk_slot",
     "finish",
     "folder_of",
     "join",

@@ -142,3 +142,49 @@ def walk_stat(
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(entry.path)
                 yield entry.path, st
+
+
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(offset, end) of each data range of an open file (SEEK_DATA/SEEK_HOLE): its holes are skipped."""
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = os.lseek(fd, data, os.SEEK_HOLE)
+        yield data, end
+        pos = end
+
+
+def copy_sparse_digest(src: Path, dst: Path) -> str:
+    """Copy `src` to a new file `dst` (holes kept) in one pass that also returns a digest of what was
+    copied: sha256 over the size and each data range's offset, length and bytes. Two files with the same
+    digest read the same."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(fin).st_size
+        h.update(f"size\0{size}\0".encode())
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            for data, end in data_extents(fin, size):
+                h.update(f"data\0{data}\0{end - data}\0".encode())
+                pos = data
+                while pos < end:
+                    n = os.preadv(fin, [view[: min(CHUNK, end - pos)]], pos)
+                    if n <= 0:
+                        raise OSError(errno.EIO, f"{src} shrank while it was copied")
+                    h.update(view[:n])
+                    os.pwrite(fout, view[:n], pos)
+                    pos += n
+            os.ftruncate(fout, size)
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+    return h.hexdigest()

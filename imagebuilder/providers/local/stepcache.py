@@ -48,6 +48,7 @@ FORMAT = "imagebuilder-step-cache/1"
 MANIFEST = "manifest.json"
 LAYER = "layer"
 USED = "last-used"
+DISKS = "disks"  # disks of the prefix ending with this step, kept by earlydisk.py (counted in the size)
 CHUNK = 1024 * 1024
 
 
@@ -279,7 +280,7 @@ class StepCache:
                 used = float((entry / USED).read_text().strip() or 0)
             except (OSError, ValueError):
                 used, meta = 0.0, {}
-            out.append((used, int(meta.get("size") or 0), entry.name))
+            out.append((used, int(meta.get("size") or 0) + _bytes_in(entry / DISKS), entry.name))
         return out
 
     def size(self) -> int:
@@ -333,6 +334,17 @@ class StepCache:
         except OSError:
             doomed = entry
         _rmtree(doomed)
+
+
+def _bytes_in(folder: Path) -> int:
+    """Disk use of the files directly in `folder` (0 when there is none)."""
+    try:
+        with os.scandir(folder) as it:
+            return sum(
+                e.stat(follow_symlinks=False).st_blocks * 512 for e in it if e.is_file(follow_symlinks=False)
+            )
+    except OSError:
+        return 0
 
 
 def clone_tree(src: Path, dest: Path) -> None:
