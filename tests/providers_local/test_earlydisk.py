@@ -9,6 +9,7 @@ the early disk and says so in its log, and with the setting off writes the whole
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import stat
@@ -336,3 +337,28 @@ def test_the_setting_turns_the_early_disk_off(provider: LocalProvider) -> None:
     _capture_log(provider, "r1", "one")
     text, marker = _capture_log(provider, "r2", "two")
     assert marker == "two\n" and "[early disk]" not in text
+
+
+def test_a_capture_killed_while_the_early_disk_was_mounted_is_retried_cleanly(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    base, layers, merged = stack["base"], stack["layers"], stack["merged"]
+    layout = _early(tmp_path, base, layers[:1], size_mib=64)
+    folder = earlydisk.folder_of(layout)
+    plan = disk.DiskPlan.from_dict(json.loads((folder / "record.json").read_text())["plan"])
+    # What a capture killed mid-patch leaves: the disk still mounted, half of the paths written.
+    opts = f"loop,offset={plan.root.offset},sizelimit={plan.root.size_bytes}"
+    subprocess.run(
+        ["mount", "-t", "ext4", "-o", opts, str(folder / "disk.img"), str(folder / "mnt")], check=True
+    )
+    paths, opaque = earlydisk.layer_paths(layers[1:])
+    earlydisk.apply(paths[: len(paths) // 2], opaque, merged, folder / "mnt")
+    log = MemoryLog()
+    early = earlydisk.take(layout, job="job-1", stack=layers, log=log)
+    assert early is not None, log.text
+    earlydisk.finish(early, merged, tmp_path / "retried.raw", size_mib=64, log=log)
+    assert str(folder) not in Path("/proc/self/mounts").read_text()  # nothing of it left mounted
+    whole = tmp_path / "whole.raw"
+    disk.build_disk(merged, whole, generation="V1", bootable=False, size_mib=64)
+    with Mounted(whole, tmp_path / "m1") as a, Mounted(tmp_path / "retried.raw", tmp_path / "m2") as b:
+        assert _describe(b) == _describe(a)

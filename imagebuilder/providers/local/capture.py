@@ -1,9 +1,11 @@
 """Phase capture: the generalized root tree as a GPT disk, a fixed VHD (and a qcow2 on request), its
-sha256, and a root tree tarball for images built on top of this one. One disk per run: the raw disk is
-written once and becomes the VHD by appending the footer in place (no second full copy); it is hashed
-once (holes not read), the digest remembered on the file, and distribute's replicas are verified against
-that hash. The build root's layers are read ahead into the page cache (from the moment a warm build's
-root is made, `read_ahead`) and the SBOM inventory is read while the disk is built.
+sha256, and a root tree tarball for images built on top of this one. One disk per run: the run's early
+disk (earlydisk.py: begun in the background when the build root was made) is finished with the paths
+written since, or, where it cannot be used, the whole tree is written; the raw disk becomes the VHD by
+appending the footer in place (no second full copy); it is hashed once (holes not read) while it is
+written back, the digest remembered on the file, and distribute's replicas are verified against that
+hash. The build root's layers are read ahead into the page cache when the whole tree is written (and
+from the moment a warm build's root is made, `read_ahead`); the SBOM inventory is read meanwhile.
 
 Bootable images then pass the shipped-image boot check: the VHD itself boots read-only (`snapshot=on`)
 through its own firmware and bootloader and must reach its first-boot target (`boot.boot_to_target`);
@@ -86,7 +88,7 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
     if layering:
         clog.write(f"$ {proc.format_argv(tar_argv)}\n")
     sbom_log = MemoryLog()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         tar_job = pool.submit(
             _timed, lambda: (proc.run(tar_argv, timeout=1800), sha256_cached(rootfs)) if layering else None
         )
@@ -116,7 +118,8 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
                 timings["to_qcow2"] = time.monotonic() - t0
             # One disk: the raw file becomes the fixed VHD (footer appended in place), hashed once.
             t0 = time.monotonic()
-            disk.raw_to_vhd_in_place(raw, vhd)
+            disk.raw_to_vhd_in_place(raw, vhd, sync=False)  # written back while it is hashed (below)
+            synced = pool.submit(_fsync, vhd)
             timings["to_vhd"] = time.monotonic() - t0
             image: dict[str, Any] = {
                 "format": "vhd",
@@ -129,6 +132,7 @@ def capture(ctx: RunContext, env: BuildEnv, log: LogSink) -> CaptureResult:
                 image["qcow2"] = str(layout.capture / "disk.qcow2")
             t0 = time.monotonic()
             image["sha256"] = sha256_file(vhd)
+            synced.result()
             remember_sha256(vhd, image["sha256"])
             timings["sha256"] = time.monotonic() - t0
             timings["rootfs_tar"] = tar_job.result()
@@ -436,6 +440,14 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _timed(fn: Callable[[], Any]) -> float:

@@ -1,4 +1,6 @@
 """Disk images from root trees, with no loop device and no mount: GPT + ext4 root, bootable by generation.
+(earlydisk.py makes the same disk in two halves from these pieces: `plan_disk`, `write_table`,
+`make_filesystem` early; `prepare_loader`, fstab and `grow` when needed at capture.)
 
 `build_disk(rootfs, out_raw, *, generation, bootable, size_mib=None, log=None) -> DiskInfo` writes a raw disk
 whose size is a whole number of MiB: partition 1 is the ext4 root (``mkfs.ext4 -E offset -d``), Gen1 (V1)
@@ -655,9 +657,10 @@ def vhd_footer(size: int, *, disk_id: uuid.UUID | None = None, when: float | Non
     return head + struct.pack(">I", checksum) + tail
 
 
-def raw_to_vhd_in_place(raw: Path, out: Path) -> Path:
+def raw_to_vhd_in_place(raw: Path, out: Path, *, sync: bool = True) -> Path:
     """Make the raw disk `raw` a fixed VHD at `out` without a second copy: the footer is appended to the
-    file itself, which is then renamed (`raw` is gone afterwards). Same rules as `to_vhd`."""
+    file itself, which is then renamed (`raw` is gone afterwards). Same rules as `to_vhd`. `sync=False`:
+    the caller fsyncs the file (e.g. while it hashes it)."""
     raw, out = Path(raw), Path(out)
     size = raw.stat().st_size
     if size % MiB:
@@ -670,7 +673,8 @@ def raw_to_vhd_in_place(raw: Path, out: Path) -> Path:
         fh.seek(size)
         fh.write(footer)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
     os.replace(raw, out)
     return out
 

@@ -371,6 +371,9 @@ def patch(early: EarlyDisk, root: Path, plan: disk.DiskPlan, log: LogSink) -> Pa
     t0 = time.monotonic()
     paths, opaque = layer_paths(early.diff)
     mnt = early.folder / "mnt"
+    # an earlier attempt of this capture killed while it was mounted: never two mounts of one disk
+    for point in sorted(mounts.mounts_under(early.folder), key=len, reverse=True):
+        proc.run(["umount", point], log=log, timeout=300)
     mnt.mkdir(exist_ok=True)
     part = plan.root
     opts = f"loop,offset={part.offset},sizelimit={part.size_bytes},noatime,noinit_itable"

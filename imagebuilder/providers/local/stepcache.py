@@ -14,6 +14,9 @@ renamed to its id only then. A lookup re-computes the digest: a truncated or alt
 no manifest) is removed and reported, never used. Leftover temporary folders of dead writers (kill -9)
 are removed by the next `evict`.
 
+An entry may also hold `disks/`: the disk of the tree ending with that step, kept by earlydisk.py for the
+next run with the same prefix (counted in the entry's size, evicted with it).
+
 Settings: IMAGEBUILDER_STEP_CACHE (on/off, default on), IMAGEBUILDER_STEP_CACHE_DIR (default
 <cache dir>/steps; on the state directory's filesystem, entries are hard links, not copies),
 IMAGEBUILDER_STEP_CACHE_MAX_GB (default 10): least recently used entries are evicted after each store
