@@ -108,9 +108,13 @@ def test_run_follow_in_tmux_shows_phases_advancing_and_ends_with_the_outputs(
     e2e: E2E, tmp_path: Path
 ) -> None:
     name = "cli-follow"
-    create(
-        e2e, tmp_path, name, busybox([shell("settle", "sleep 3", "echo followed | sudo tee /etc/followed")])
+    # two phases that last long enough to be seen running (Building and Distributing of a BusyBox build
+    # take a fraction of a second now)
+    validate = {"inVMValidations": [shell("linger", "sleep 2", "test -f /etc/followed")]}
+    template = busybox(
+        [shell("settle", "sleep 3", "echo followed | sudo tee /etc/followed")], validate=validate
     )
+    create(e2e, tmp_path, name, template)
     socket = f"aibtest-{uuid.uuid4().hex[:8]}"
     tmux = ["tmux", "-L", socket]
     cmd = (
