@@ -138,7 +138,9 @@ def run_phase(payload: dict[str, Any], phase: Phase, alongside: Alongside | None
     (`status`: a phase's first activity) is persisted alongside, off the step's critical path.
     `alongside(result)` runs after a `done` result while the step's end line is written; the Outcome
     fields it answers are set; if it raises, nothing is set (the orchestrator then persists it).
-    `deferEnd` in the input: a done or failed step's end line is answered (`log`), not written."""
+    `log` in the input: lines earlier steps left unwritten, written first (with the started line).
+    `deferEnd`: a done or failed step's end line is answered (`log`), not written, for the
+    orchestration's next activity to write first (one log append less per step)."""
     build = build_of(payload)
     carried = payload.get("status")
     status = (
@@ -159,11 +161,12 @@ class StepLog:
     """The run's log as one step's sink: the step's `==> step: started` line goes out with the step's
     first write (or with its end line when it writes nothing), so a step costs one log append less. The
     line still precedes everything the step writes; a step killed before its first write leaves no
-    `started` line (it had nothing to show yet)."""
+    `started` line (it had nothing to show yet). `lead`: lines earlier steps left unwritten (their end
+    lines), written first, with the started line."""
 
-    def __init__(self, log: LogSink, step: str) -> None:
+    def __init__(self, log: LogSink, step: str, lead: str = "") -> None:
         self._log = log
-        self._head = f"==> {step}: started\n"
+        self._head = f"{lead}==> {step}: started\n"
         self._lock = threading.Lock()
 
     @property
@@ -192,7 +195,8 @@ def _run_phase(
     step = str(payload.get("step") or "step")
     run_log = store().runs.log(build.run)
     run_log.open()  # the log's plumbing (on first use in this process) is not the step's work
-    log = StepLog(run_log, step)
+    lead = payload.get("log")
+    log = StepLog(run_log, step, lead if isinstance(lead, str) else "")
     started = time.monotonic()
     defer = bool(payload.get("deferEnd"))
     try:

@@ -257,6 +257,7 @@ class DirectChain:
         work = 0.0
 
         carry: dict[str, Any] | None = None
+        lines = ""  # end lines steps left unwritten (deferEnd), for the next activity, as in build_image
 
         def status(sub_state: str, message: str, **extra: Any) -> dict[str, Any]:
             update = p.StatusUpdate(run_state=extra.pop("state", p.RUNNING), run_sub_state=sub_state,
@@ -264,14 +265,17 @@ class DirectChain:
             return {"build": build, **update.model_dump(mode="json")}
 
         def phase(activity: str, step: str, **args: Any) -> p.Outcome:
-            nonlocal work, carry
+            nonlocal work, carry, lines
             payload = {"build": build, "step": step, **args}
             if carry is not None:  # a phase's status rides on its first activity, as in build_image
                 payload["status"], carry = carry, None
+            if lines:
+                payload["log"], lines = lines, ""
             outcome = p.Outcome.model_validate(self.call(activity, payload))
             if outcome.kind != "done" or outcome.status_error:
                 raise SystemExit(f"direct chain: {step}: {outcome}")
             work += outcome.seconds
+            lines += outcome.log or ""
             return outcome
 
         slot = {"build": build, "holder": f"direct-{ref.run_id}", "waitSeconds": 0}
@@ -279,16 +283,18 @@ class DirectChain:
         if not grant.get("granted"):
             raise SystemExit("direct chain: no build slot (another build is running?)")
         carry = status(p.BUILDING, "resolving the source and fetching artifacts")  # rides on prepare
-        prepared = phase(naming.ACTIVITY_PREPARE, naming.STEP_PREPARE).value
-        env = phase(naming.ACTIVITY_CREATE_ENV, naming.STEP_CREATE_ENV, prepared=prepared).value
+        prepared = phase(naming.ACTIVITY_PREPARE, naming.STEP_PREPARE, deferEnd=True).value
+        env = phase(
+            naming.ACTIVITY_CREATE_ENV, naming.STEP_CREATE_ENV, prepared=prepared, deferEnd=True
+        ).value
         carry = status(p.CUSTOMIZING, "customizing")
         for c in plan.customizers:
-            phase(naming.ACTIVITY_CUSTOMIZE, c.step, env=env, index=c.index)
+            phase(naming.ACTIVITY_CUSTOMIZE, c.step, env=env, index=c.index, deferEnd=True)
         if plan.has_validations:
             carry = status(p.VALIDATING, "running inVMValidations")
-            phase(naming.ACTIVITY_VALIDATE, naming.STEP_VALIDATE, env=env)
+            phase(naming.ACTIVITY_VALIDATE, naming.STEP_VALIDATE, env=env, deferEnd=True)
         carry = status(p.DISTRIBUTING, "generalizing")
-        phase(naming.ACTIVITY_GENERALIZE, naming.STEP_GENERALIZE, env=env)
+        phase(naming.ACTIVITY_GENERALIZE, naming.STEP_GENERALIZE, env=env, deferEnd=True)
         captured = phase(naming.ACTIVITY_CAPTURE, naming.STEP_CAPTURE, env=env).value
         for t in plan.targets:
             longest = 0.0
@@ -308,9 +314,9 @@ class DirectChain:
                 )
                 self.call(naming.ACTIVITY_RUN_STATUS, {"build": build, **update.model_dump(mode="json")})
         # as build_image: cleanup's end line rides on the final status write
-        cleaned = phase(naming.ACTIVITY_CLEANUP, naming.STEP_CLEANUP, keep=False, deferEnd=True)
+        phase(naming.ACTIVITY_CLEANUP, naming.STEP_CLEANUP, keep=False, deferEnd=True)
         final = status(p.DISTRIBUTING, "done", state=p.SUCCEEDED, details={"workSeconds": round(work, 3)})
-        self.call(naming.ACTIVITY_RUN_STATUS, {**final, **({"log": cleaned.log} if cleaned.log else {})})
+        self.call(naming.ACTIVITY_RUN_STATUS, {**final, **({"log": lines} if lines else {})})
         self.call(naming.ACTIVITY_RELEASE_SLOT, slot)  # after the end is recorded, as build_image does
         requests = self.requests_before_call - first_request  # up to the final status (release not)
         record = self.store.runs.get(ref)

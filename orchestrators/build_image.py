@@ -122,7 +122,7 @@ class Steps:
         self.work_seconds = 0.0
         # a phase's status for the phase's first activity to persist alongside its work (see BuildRun.phase)
         self.carry: dict[str, Any] | None = None
-        # end lines a step left unwritten (`deferEnd`: cleanup), for the next run_status to append
+        # end lines steps left unwritten (`deferEnd`), for the next activity to write first
         self.log_lines = ""
 
     def wait(self, task: Any, *, race: bool = True) -> Gen:
@@ -160,11 +160,15 @@ class Steps:
     ) -> Gen:
         """Run one phase activity to its final value (polling `Pending` with durable timers).
         A permanent failure, or a transient one that outlasted the retries, raises `StepFailed`.
-        `defer_end`: the step answers its end line instead of writing it (see `log_lines`)."""
+        `defer_end`: the step answers its end line instead of writing it (see `log_lines`); lines
+        earlier steps left are handed to this one (written first: with its first write, or answered
+        back with its own end line), also when it fails or is interrupted (it still runs)."""
         self.step = step
         payload = {"build": self.build_json, "step": step, **args}
         if defer_end:
             payload["deferEnd"] = True
+        if self.log_lines:
+            payload["log"], self.log_lines = self.log_lines, ""
         carried = self.carry
         if carried is not None:
             payload["status"] = carried
@@ -385,7 +389,7 @@ class BuildRun:
         scale = ack.get("timeoutScale") if isinstance(ack, dict) else None
         self.arm(float(scale) if isinstance(scale, int | float) and scale > 0 else 1.0)
         prepared = PrepareResult.model_validate(
-            (yield from steps.call(naming.ACTIVITY_PREPARE, {}, step=naming.STEP_PREPARE))
+            (yield from steps.call(naming.ACTIVITY_PREPARE, {}, step=naming.STEP_PREPARE, defer_end=True))
         )
         if prepared.status != "succeeded":
             raise StepFailed(prepared.error or ErrorInfo(code="PrepareFailed", message="prepare failed"))
@@ -396,6 +400,7 @@ class BuildRun:
                     naming.ACTIVITY_CREATE_ENV,
                     {"prepared": prepared.model_dump(mode="json")},
                     step=naming.STEP_CREATE_ENV,
+                    defer_end=True,
                 )
             )
         )
@@ -415,7 +420,10 @@ class BuildRun:
             result = StepResult.model_validate(
                 (
                     yield from steps.call(
-                        naming.ACTIVITY_CUSTOMIZE, {"env": env_json, "index": c.index}, step=c.step
+                        naming.ACTIVITY_CUSTOMIZE,
+                        {"env": env_json, "index": c.index},
+                        step=c.step,
+                        defer_end=True,
                     )
                 )
             )
@@ -437,7 +445,7 @@ class BuildRun:
 
         yield from self.phase(p.DISTRIBUTING, "generalizing the build environment")
         generalized = yield from steps.call(
-            naming.ACTIVITY_GENERALIZE, {"env": env_json}, step=naming.STEP_GENERALIZE
+            naming.ACTIVITY_GENERALIZE, {"env": env_json}, step=naming.STEP_GENERALIZE, defer_end=True
         )
         gen = StepResult.model_validate(generalized)
         if gen.status == "failed":
@@ -477,7 +485,7 @@ class BuildRun:
 
     def validate(self, env_json: dict[str, Any]) -> Gen:
         value = yield from self.steps.call(
-            naming.ACTIVITY_VALIDATE, {"env": env_json}, step=naming.STEP_VALIDATE
+            naming.ACTIVITY_VALIDATE, {"env": env_json}, step=naming.STEP_VALIDATE, defer_end=True
         )
         return StepResult.model_validate(value)
 
@@ -568,7 +576,8 @@ class BuildRun:
 
     def settle(self, interrupted: Interrupted, keep: bool) -> Gen:
         """After cleanup removed the environment under it, let the interrupted step finish (bounded),
-        then sweep once more in case it made something after the first cleanup."""
+        then sweep once more in case it made something after the first cleanup. The end line it left
+        unwritten (`deferEnd`) goes to the run's log with that second cleanup."""
         inflight = interrupted.inflight
         if inflight is None:
             return
@@ -578,6 +587,9 @@ class BuildRun:
             if not grace.is_completed:
                 grace.cancel()
         if inflight.is_completed:
+            raw = inflight.result
+            if isinstance(raw, dict) and isinstance(raw.get("log"), str):
+                self.steps.log_lines += raw["log"]
             try:
                 yield from self.cleanup(keep)
             except Exception as exc:  # the first cleanup's report stands

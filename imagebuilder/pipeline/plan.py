@@ -62,8 +62,8 @@ class Outcome(Message):
     status_error: str | None = None
     # `distribute` of a one-region target persisted the run output itself (no `run_status` call)
     output_written: bool = False
-    # asked to (`deferEnd`: cleanup), the step's end line(s), not written: the orchestration's next
-    # `run_status` appends them to the run's log before its status write
+    # asked to (`deferEnd`), the step's end line(s), not written: the orchestration's next activity
+    # writes them first (a phase activity with its first write, `run_status` before its status write)
     log: str | None = None
 
 

@@ -133,20 +133,33 @@ class FakeBuild:
             "release_build_slot": self.release_build_slot,
         }
         own = ("run_status", "acquire_build_slot", "release_build_slot")
-        return {name: fn if name in own else self.carrying(fn) for name, fn in plain.items()}
+        return {name: fn if name in own else self.carrying(name, fn) for name, fn in plain.items()}
 
-    def carrying(self, fn: Any) -> Any:
-        """A phase activity that persists the run status it carries (`status`, a phase's first one)."""
+    def carrying(self, name: str, fn: Any) -> Any:
+        """A phase activity that persists the run status it carries (`status`, a phase's first one) and
+        writes the run's log as activities/_common does: the lines earlier steps left (`log`) and its
+        started line first, its end line last, or answered instead of written (`deferEnd`)."""
 
         def call(p: dict[str, Any]) -> Any:
             if isinstance(p.get("status"), dict):
                 if self.carried_status_fails > 0:  # the step runs; its status write did not happen
                     self.carried_status_fails -= 1
-                    return {**fn(p), "status_error": "ServiceRequestError: storage unreachable"}
+                    return self.logging(name, p, {**fn(p), "status_error": "ServiceRequestError: x"})
                 self.run_status(p["status"])
-            return fn(p)
+            return self.logging(name, p, fn(p))
 
         return call
+
+    def logging(self, name: str, p: dict[str, Any], out: Any) -> Any:
+        head = f"{p.get('log') or ''}==> {p['step']}: started\n"
+        kind = out.get("kind") if isinstance(out, dict) else None
+        if kind not in ("done", "failed", "pending"):
+            return out  # a hanging step: it writes once it ends
+        end = f"==> {p['step']}: {kind} in 1.0s\n"
+        if p.get("deferEnd") and kind != "pending":
+            return {**out, "log": head + end}
+        self.log_lines.append((name, head + end))
+        return out
 
     def acquire_build_slot(self, p: dict[str, Any]) -> Any:
         self.slot_calls.append("acquire")
@@ -245,14 +258,8 @@ class FakeBuild:
     def cleanup(self, p: dict[str, Any]) -> Any:
         self.cleanups.append(bool(p["keep"]))
         if p["keep"]:
-            result = done(CleanupReport(kept=["/var/lib/imagebuilder/builds/tpl-r1"]))
-        else:
-            result = done(CleanupReport(removed=["/var/lib/imagebuilder/builds/tpl-r1"]))
-        line = "==> cleanup: started\n==> cleanup: done in 1.0s\n"
-        if p.get("deferEnd"):  # as activities/_common: answered, not written
-            return {**result, "log": line}
-        self.log_lines.append(("cleanup", line))
-        return result
+            return done(CleanupReport(kept=["/var/lib/imagebuilder/builds/tpl-r1"]))
+        return done(CleanupReport(removed=["/var/lib/imagebuilder/builds/tpl-r1"]))
 
     def run_status(self, p: dict[str, Any]) -> Any:
         if p.get("log"):

@@ -487,19 +487,42 @@ def test_a_run_output_its_distribute_could_not_write_goes_through_run_status() -
     assert fake.outputs == written.outputs, "the same records either way"
 
 
-def test_cleanup_leaves_its_end_line_to_the_final_status_write() -> None:
+def test_each_step_leaves_its_end_line_to_the_next_activity_and_the_log_tells_the_story() -> None:
+    """A step's end line rides on the next activity's first write (cleanup's on the final status write);
+    capture, followed by the distribute children, and each region's distribute write their own."""
     fake = FakeBuild()
     host, _ = run(fake)
-    cleanups = [c.payload for c in host.calls if c.name == "cleanup"]
-    assert [c.get("deferEnd") for c in cleanups] == [True]
-    assert fake.log_lines == [("run_status", "==> cleanup: started\n==> cleanup: done in 1.0s\n")]
-    final = [c.payload for c in host.calls if c.name == "run_status" and c.instance_id == "run-1"][-1]
-    assert final["run_state"] == "Succeeded" and final["log"].startswith("==> cleanup")
+    parent = [c for c in host.calls if c.instance_id == "run-1"]
+    deferred = [c.name for c in parent if c.payload.get("deferEnd")]
+    assert deferred == [
+        "prepare",
+        "create_env",
+        "customize",
+        "customize",
+        "validate",
+        "generalize",
+        "cleanup",
+    ]
+    story = "".join(text for who, text in fake.log_lines if who != "distribute")
+    steps = [
+        "prepare (source and artifacts)",
+        "create build environment",
+        "customize[0] (File: page)",
+        "customize[1] (Shell: setup)",
+        "validate.inVMValidations",
+        "generalize",
+        "capture",
+        "cleanup",
+    ]
+    assert story == "".join(f"==> {s}: started\n==> {s}: done in 1.0s\n" for s in steps)
+    assert [who for who, _ in fake.log_lines if who != "distribute"] == ["capture", "run_status"]
+    final = [c.payload for c in parent if c.name == "run_status"][-1]
+    assert final["run_state"] == "Succeeded" and final["log"].startswith("==> cleanup: started")
 
 
-def test_a_cleanup_while_an_interrupted_step_still_runs_writes_its_own_end_line() -> None:
-    """After a cancel the interrupted step may still write to the log: cleanup's line is not held back
-    (both sweeps write their own)."""
+def test_an_interrupted_steps_end_line_goes_out_with_the_second_cleanup() -> None:
+    """After a cancel the interrupted step may still write to the log: the first cleanup writes its own
+    end line; the step's own, answered once it ended, goes out with the second sweep."""
     fake = FakeBuild()
     host = ReplayHost(handles(), fake.activities(), durations={"customize": 60})
 
@@ -511,3 +534,7 @@ def test_a_cleanup_while_an_interrupted_step_still_runs_writes_its_own_end_line(
     _, inst = run(fake, host=host)
     assert inst.output["runState"] == "Canceled" and fake.cleanups == [False, False]
     assert [who for who, _ in fake.log_lines] == ["cleanup", "cleanup"]
+    story = "".join(text for _, text in fake.log_lines)
+    for step in ("prepare (source and artifacts)", "create build environment", "customize[0] (File: page)"):
+        assert story.count(f"==> {step}: done in 1.0s\n") == 1, story
+    assert story.count("==> cleanup: done in 1.0s\n") == 2
