@@ -370,6 +370,15 @@ def patch(early: EarlyDisk, root: Path, plan: disk.DiskPlan, log: LogSink) -> Pa
     layers (see the module's docstring), then write fstab; unmounted, with the mount's traces cleared."""
     t0 = time.monotonic()
     paths, opaque = layer_paths(early.diff)
+    # A loop device's writes that meet a full host filesystem fail late (in writeback, the file system
+    # then damaged): the patch starts only with room for what it writes, plus the journal's share.
+    need = sum(disk.tree_usage(layer)[0] for layer in early.diff) + 64 * disk.MiB
+    free = shutil.disk_usage(early.folder).free
+    if free < need:
+        raise EarlyDiskUnusable(
+            f"the filesystem holding it has {free // disk.MiB} MiB free, the changed paths need about "
+            f"{need // disk.MiB} MiB"
+        )
     mnt = early.folder / "mnt"
     # an earlier attempt of this capture killed while it was mounted: never two mounts of one disk
     for point in sorted(mounts.mounts_under(early.folder), key=len, reverse=True):
@@ -390,8 +399,14 @@ def patch(early: EarlyDisk, root: Path, plan: disk.DiskPlan, log: LogSink) -> Pa
         raise EarlyDiskUnusable(f"writing the changed paths failed: {exc}") from exc
     finally:
         proc.run(["umount", str(mnt)], log=log, timeout=300)
-    # the kernel's mount left its mount point's path and a mount count in the superblock
-    proc.run(["tune2fs", "-C", "0", "-M", "", f"{early.path}?offset={part.offset}"], timeout=60)
+    # the kernel's mount left its mount point's path and a mount count in the superblock (a file system
+    # that is not clean now was damaged while it was mounted: not used)
+    try:
+        proc.run(["tune2fs", "-C", "0", "-M", "", f"{early.path}?offset={part.offset}"], log=log, timeout=60)
+    except ProviderError as exc:
+        raise EarlyDiskUnusable(
+            f"its file system is not clean after the patch: {str(exc).splitlines()[0]}"
+        ) from exc
     return PatchStats(len(paths), counts[0], counts[1], counts[2], time.monotonic() - t0)
 
 
