@@ -28,6 +28,17 @@ def _fingerprint(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def test_the_first_boot_target_is_seen_on_a_prompt_line_the_kernel_wrote_on() -> None:
+    # seen on a Gen2 boot: getty's prompt, then the kernel's messages on the same line
+    assert boot.TARGET_REACHED.search("Debian GNU/Linux 12 localhost ttyS0\n\nlocalhost login: ")
+    assert boot.TARGET_REACHED.search("localhost login: [   29.808556] kvm: Nested Virtualization enabled\n")
+    assert boot.TARGET_REACHED.search("[  OK  ] Reached target multi-user.target - Multi-User System.\n")
+    assert not boot.TARGET_REACHED.search(
+        "[  OK  ] Started systemd-logind.service - User Login Management.\n"
+    )
+    assert not boot.TARGET_REACHED.search("Last login: never\nsomething login:x\n")
+
+
 @pytest.mark.boot
 @pytest.mark.slow
 def test_gen1_vhd_boots_and_reports_each_check(debian_disks: DebianDisks, scratch: Path) -> None:

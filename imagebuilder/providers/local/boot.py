@@ -421,9 +421,10 @@ def boot_validate(
 # --------------------------------------------------------------------------- the image that ships
 
 # What a serial console shows once the image reached its first-boot target: getty's prompt, or
-# systemd's own line for multi-user / graphical (images whose getty is not on the serial port).
+# systemd's own line for multi-user / graphical (images whose getty is not on the serial port). The
+# kernel may print on the prompt's line right after it ("localhost login: [   29.8] kvm: ...").
 TARGET_REACHED = re.compile(
-    r"^\S* ?login:\s*$|Reached target .*(Multi-User System|Graphical Interface)", re.MULTILINE
+    r"^(?!Last login)\S* ?login:(?:\s|$)|Reached target .*(Multi-User System|Graphical Interface)", re.MULTILINE
 )
 
 
