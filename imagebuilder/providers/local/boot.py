@@ -424,7 +424,9 @@ def boot_validate(
 # systemd's own line for multi-user / graphical (images whose getty is not on the serial port). The
 # kernel may print on the prompt's line right after it ("localhost login: [   29.8] kvm: ...").
 TARGET_REACHED = re.compile(
-    r"^(?!Last login)\S* ?login:(?:\s|$)|Reached target .*(Multi-User System|Graphical Interface)", re.MULTILINE
+    r"^(?!Last login)\S* ?login:(?:\s|$)"
+    r"|Reached target .*(Multi-User System|Graphical Interface)",
+    re.MULTILINE,
 )
 
 
