@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,7 @@ def test_a_patched_early_disk_holds_what_a_whole_tree_disk_holds(
     assert early is not None, log.text
     assert early.diff == layers[1:]
     patched = tmp_path / "patched.raw"
+    time.sleep(1.1)  # the patch writes fstab in a later second than the tree's /etc was written
     info, stats = earlydisk.finish(early, merged, patched, size_mib=64, log=log)
     assert info.size_bytes == 64 << 20 and patched.stat().st_size == 64 << 20
     assert stats.removed >= 3 and stats.written >= 10
