@@ -4,6 +4,7 @@ settings (read from the environment once) and hands each seam method to its phas
     prepare.py      source resolution, artifact staging        buildroot.py   the copy-on-write build root
     customize.py    one customizer                             validate.py    inVMValidations
     generalize.py   offline deprovision                        capture.py     disk, VHD, hash
+    earlydisk.py    the disk begun while the customizers run
     distribute.py   managed image / gallery / VHD targets      cleanup.py     everything transient
 
 Per-template options (tags) and the typed view of one call: `context` (every phase reads the template as
@@ -12,8 +13,11 @@ read fails prepare naming the field). Folders: `layout`. The build root
 is an overlay over a cached, extracted base; customizers run in a bubblewrap sandbox (`sandbox`); the
 stores (images, gallery, VHDs) are in `gallery`. Each customizer's result is kept in the step cache
 (`stepcache`; IMAGEBUILDER_STEP_CACHE=off turns it off, IMAGEBUILDER_STEP_CACHE_MAX_GB caps it), so a
-rebuild runs only the steps after the longest unchanged prefix. Bootable images are booted once more as
-captured (the shipped-image boot check, `capture`; IMAGEBUILDER_LOCAL_BOOT_CHECK=off turns it off).
+rebuild runs only the steps after the longest unchanged prefix. The run's disk is begun in the background
+from that prefix when the build root is made and finished at capture with the later layers (`earlydisk`;
+IMAGEBUILDER_LOCAL_EARLY_DISK=off writes the whole tree at capture instead). Bootable images are booted
+once more as captured (the shipped-image boot check, `capture`; IMAGEBUILDER_LOCAL_BOOT_CHECK=off turns
+it off).
 
 VHD targets: no `uri` -> state_dir/vhds/...; `file://` -> only below state_dir/vhds or
 IMAGEBUILDER_LOCAL_VHD_ROOT; `http(s)://` blob URL -> the `blob_uploader` the provider was given.
