@@ -64,3 +64,22 @@ def test_a_remembered_digest_holds_across_processes_until_the_file_changes(tmp_p
     with path.open("r+b") as fh:
         fh.write(b"R")  # any write changes the mtime: the record no longer applies
     assert _cached_in_another_process(path) == _plain(path)
+
+
+def test_copy_sparse_digest_copies_exactly_keeps_holes_and_tells_a_changed_byte(tmp_path: Path) -> None:
+    src = tmp_path / "src.img"
+    with src.open("wb") as fh:  # data across the copy's 4 MiB chunks, holes between and at the end
+        fh.write(os.urandom(5 << 20))
+        fh.seek(64 << 20)
+        fh.write(os.urandom(9 << 20))
+        fh.truncate(128 << 20)
+    first = fsutil.copy_sparse_digest(src, tmp_path / "a.img")
+    assert (tmp_path / "a.img").read_bytes() == src.read_bytes()
+    assert os.stat(tmp_path / "a.img").st_blocks * 512 < 20 << 20  # the holes stayed holes
+    assert fsutil.copy_sparse_digest(tmp_path / "a.img", tmp_path / "b.img") == first
+    with (tmp_path / "b.img").open("r+b") as fh:
+        fh.seek((64 << 20) + 12345)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 1]))
+    assert fsutil.copy_sparse_digest(tmp_path / "b.img", tmp_path / "c.img") != first

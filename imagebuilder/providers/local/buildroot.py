@@ -90,7 +90,9 @@ def create_build_env(ctx: RunContext, prepared: PrepareResult, log: LogSink) -> 
     mode, hits = make_root(layout, lower, tarball, log, hits=hits)
     policy = deprovision.install_policy_rc_d(layout.root)
     early_job = _start_early_disk(ctx, source, lower, mode, hits, log)
-    if hits:  # capture reads every file: the cached layers are read ahead while the customizers run
+    if hits and early_job is None:
+        # capture then writes the whole tree: the cached layers are read ahead while the customizers run
+        # (with an early disk nothing reads them all: it would only compete with the early disk's reads)
         from imagebuilder.providers.local.capture import read_ahead
 
         read_ahead(layout.root)
