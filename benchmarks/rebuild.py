@@ -304,6 +304,12 @@ class Project:
     def __init__(self, api: ImageBuilderApi, store: Any, url: str) -> None:
         self.api, self.store, self.url, self.n = api, store, url, 0
 
+    @classmethod
+    def on(cls, runtime: LocalRuntime, connection_string: str, url: str) -> Project:
+        """Builds through a started runtime's REST API, read back from its store."""
+        api = ImageBuilderApi(runtime.base_url, runtime.key, resource_group="bench")
+        return cls(api, open_store(connection_string), url)
+
     def build(self, marker: str, *, validate: bool = False) -> dict[str, Any]:
         self.n += 1
         name = f"bench-{self.n}"
@@ -447,11 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 runtime = LocalRuntime(state_dir=tmp / "runtime", env=env).start()
                 try:
-                    project = Project(
-                        ImageBuilderApi(runtime.base_url, runtime.key, resource_group="bench"),
-                        open_store(az.connection_string),
-                        url,
-                    )
+                    project = Project.on(runtime, az.connection_string, url)
                     builders["this project"] = lambda marker, cold: project.build(marker)
                     rounds(builders, results, args.warm)
                     drop_caches()
@@ -466,11 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                     env["IMAGEBUILDER_LOCAL_BOOT_CHECK"] = "on"
                     runtime = LocalRuntime(state_dir=tmp / "runtime", env=env).start()
                     try:
-                        project = Project(
-                            ImageBuilderApi(runtime.base_url, runtime.key, resource_group="bench"),
-                            open_store(az.connection_string),
-                            url,
-                        )
+                        project = Project.on(runtime, az.connection_string, url)
                         project.n = 100
                         row = project.build("boot", validate=True)
                     finally:

@@ -209,7 +209,8 @@ def test_cancel_during_a_customizer_reports_canceling_then_canceled_after_cleanu
     assert "generalize" not in host.names()
 
 
-def test_cancel_when_the_step_finishes_after_cleanup_sweeps_twice() -> None:
+def _cancelled_during_a_long_first_step() -> tuple[FakeBuild, Instance]:
+    """A build whose first customizer takes 60 s and is cancelled a second after it was scheduled."""
     fake = FakeBuild()
     host = ReplayHost(handles(), fake.activities(), durations={"customize": 60})
 
@@ -219,6 +220,11 @@ def test_cancel_when_the_step_finishes_after_cleanup_sweeps_twice() -> None:
 
     host.on_schedule.append(cancel_soon)
     _, inst = run(fake, host=host)
+    return fake, inst
+
+
+def test_cancel_when_the_step_finishes_after_cleanup_sweeps_twice() -> None:
+    fake, inst = _cancelled_during_a_long_first_step()
     assert inst.output["runState"] == "Canceled"
     assert fake.cleanups == [False, False]
 
@@ -523,15 +529,7 @@ def test_each_step_leaves_its_end_line_to_the_next_activity_and_the_log_tells_th
 def test_an_interrupted_steps_end_line_goes_out_with_the_second_cleanup() -> None:
     """After a cancel the interrupted step may still write to the log: the first cleanup writes its own
     end line; the step's own, answered once it ended, goes out with the second sweep."""
-    fake = FakeBuild()
-    host = ReplayHost(handles(), fake.activities(), durations={"customize": 60})
-
-    def cancel_soon(h: ReplayHost, inst: Instance, item: Scheduled) -> None:
-        if item.name == "customize" and item.input and '"index": 0' in item.input:
-            h.raise_event(inst.instance_id, "cancel", None, after=1)
-
-    host.on_schedule.append(cancel_soon)
-    _, inst = run(fake, host=host)
+    fake, inst = _cancelled_during_a_long_first_step()
     assert inst.output["runState"] == "Canceled" and fake.cleanups == [False, False]
     assert [who for who, _ in fake.log_lines] == ["cleanup", "cleanup"]
     story = "".join(text for _, text in fake.log_lines)
