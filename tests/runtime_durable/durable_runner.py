@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -48,4 +49,8 @@ async def main(app_dir: Path, state_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    # SIGINT stops this host (asyncio.run's handler): whatever the starting process left of it (ignored or
+    # blocked, which a child inherits across exec) must not make the graceful-stop test wait forever
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
