@@ -142,9 +142,7 @@ def start(
             return False
         finally:
             os.close(fd)
-    for point in sorted(mounts.mounts_under(folder), key=len, reverse=True):
-        proc.run(["umount", "-l", point], timeout=60)
-    shutil.rmtree(folder, ignore_errors=True)
+    discard(layout)  # what an earlier job of this run left
     for d in (folder, folder / "tree", folder / "mnt"):
         d.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
